@@ -1,0 +1,37 @@
+//! Every size and limit of the data plane, in one place, grouped by feature.
+
+/// Virtual services.
+pub mod vip {
+    /// How many VIPs (address, port, protocol) one gateway serves.
+    pub const MAX_VIPS: u32 = 32;
+}
+
+/// Backends and their Maglev lookup tables.
+pub mod ring {
+    /// Default Maglev table size: a prime, so every skip value walks the whole table.
+    pub const DEFAULT_RING_SIZE: u32 = 65_537;
+    /// Largest table the kernel-side array has room for.
+    pub const MAX_RING_SIZE: u32 = 65_537;
+    /// Each VIP owns two tables: the live one and the one being written.
+    pub const SLOTS_PER_VIP: u32 = 2;
+    /// Entries in the ring array: one `MAX_RING_SIZE` stripe per (VIP, slot).
+    pub const RING_ARRAY_ENTRIES: u32 = super::vip::MAX_VIPS * SLOTS_PER_VIP * MAX_RING_SIZE;
+    /// Backend slots across all VIPs (one per VIP/backend pair).
+    pub const MAX_BACKENDS: u32 = 4096;
+    /// Ring entry value meaning "no backend" (never written by a correct agent).
+    pub const NO_BACKEND: u32 = u32::MAX;
+}
+
+/// Flow tracking.
+pub mod conn {
+    /// Entries in the LRU connection table. When full, the least recently
+    /// used flow is evicted; its next packet is re-hashed through Maglev, which
+    /// picks the same backend unless the weights changed since.
+    pub const CONN_TABLE_SIZE: u32 = 262_144;
+}
+
+/// Counters.
+pub mod stats {
+    /// XDP actions are 0..=4 (ABORTED, DROP, PASS, TX, REDIRECT).
+    pub const XDP_ACTIONS: u32 = 5;
+}

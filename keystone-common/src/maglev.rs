@@ -1,0 +1,184 @@
+//! Weighted Maglev lookup tables (Eisenbud et al., NSDI 2016), built in user space.
+//!
+//! Each backend walks its own permutation of the table, claiming the next free
+//! entry on each of its turns; a backend gets turns in proportion to its weight.
+//! The permutation depends only on the backend's identity, so the same backends
+//! and weights give the same table on every gateway, and removing a backend moves
+//! little more than the entries it held.
+
+use alloc::{vec, vec::Vec};
+
+use crate::limits::ring::NO_BACKEND;
+
+/// One backend as Maglev sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevBackend {
+    /// Stable identity (e.g. `hash::fnv1a64` of "address:port").
+    pub id: u64,
+    /// Relative weight; 0 keeps the backend out of the table.
+    pub weight: u32,
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Builds a table of `size` entries (`size` must be prime). Each entry is an index
+/// into `backends`; every entry is `NO_BACKEND` when no backend has weight > 0.
+pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+    let m = size as u64;
+    let mut table = vec![NO_BACKEND; size as usize];
+    // Visit backends in identity order so the caller's ordering cannot change the table.
+    let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].weight > 0).collect();
+    order.sort_by_key(|&i| (backends[i].id, i));
+    let Some(max_weight) = order.iter().map(|&i| backends[i].weight as u64).max() else {
+        return table;
+    };
+    let perms: Vec<(u64, u64)> = order
+        .iter()
+        .map(|&i| {
+            let id = backends[i].id;
+            let offset = splitmix64(id) % m;
+            let skip = splitmix64(id ^ 0x6b65_7973_746f_6e65) % (m - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; order.len()];
+    let mut credit = vec![0u64; order.len()];
+    let mut filled = 0u64;
+    loop {
+        for (k, &i) in order.iter().enumerate() {
+            credit[k] += backends[i].weight as u64;
+            if credit[k] < max_weight {
+                continue;
+            }
+            credit[k] -= max_weight;
+            let (offset, skip) = perms[k];
+            let mut entry = (offset + next[k] * skip) % m;
+            while table[entry as usize] != NO_BACKEND {
+                next[k] += 1;
+                entry = (offset + next[k] * skip) % m;
+            }
+            table[entry as usize] = i as u32;
+            next[k] += 1;
+            filled += 1;
+            if filled == m {
+                return table;
+            }
+        }
+    }
+}
+
+/// Whether `n` is prime (table sizes must be).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while (d as u64) * (d as u64) <= n as u64 {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::fnv1a64;
+
+    const SIZE: u32 = crate::limits::ring::DEFAULT_RING_SIZE;
+
+    fn backends(weights: &[u32]) -> Vec<MaglevBackend> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| MaglevBackend {
+                id: fnv1a64(alloc::format!("198.18.1.{}:8080", i + 10).as_bytes()),
+                weight,
+            })
+            .collect()
+    }
+
+    fn shares(table: &[u32], n: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; n];
+        for &e in table {
+            counts[e as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / table.len() as f64).collect()
+    }
+
+    fn assert_shares_match(weights: &[u32]) {
+        let table = build(&backends(weights), SIZE);
+        let total: u32 = weights.iter().sum();
+        for (i, share) in shares(&table, weights.len()).iter().enumerate() {
+            let want = weights[i] as f64 / total as f64;
+            assert!(
+                (share - want).abs() <= 0.01,
+                "weights {weights:?}: backend {i} holds {share:.4} of the table, want {want:.4} ± 0.01"
+            );
+        }
+    }
+
+    #[test]
+    fn shares_follow_weights_within_one_percent() {
+        assert_shares_match(&[95, 5]);
+        assert_shares_match(&[90, 10]);
+        assert_shares_match(&[1, 1, 1]);
+        assert_shares_match(&[50, 30, 15, 5]);
+        assert_shares_match(&[1, 99]);
+    }
+
+    #[test]
+    fn zero_weight_backends_get_nothing_and_empty_sets_give_no_backend() {
+        let table = build(&backends(&[0, 100]), SIZE);
+        assert!(table.iter().all(|&e| e == 1));
+        let table = build(&backends(&[0, 0]), SIZE);
+        assert!(table.iter().all(|&e| e == NO_BACKEND));
+        assert!(build(&[], 7).iter().all(|&e| e == NO_BACKEND));
+    }
+
+    #[test]
+    fn same_backends_in_any_order_give_the_same_table() {
+        let b = backends(&[3, 2, 1]);
+        let mut reversed = b.clone();
+        reversed.reverse();
+        let t1: Vec<u64> = build(&b, SIZE).iter().map(|&e| b[e as usize].id).collect();
+        let t2: Vec<u64> = build(&reversed, SIZE).iter().map(|&e| reversed[e as usize].id).collect();
+        assert_eq!(t1, t2);
+    }
+
+    #[test]
+    fn removing_one_of_n_moves_little_more_than_its_share() {
+        for n in [3usize, 5, 10] {
+            let all = backends(&vec![1; n]);
+            let before: Vec<u64> = build(&all, SIZE).iter().map(|&e| all[e as usize].id).collect();
+            let removed = all[n / 2].id;
+            let rest: Vec<MaglevBackend> = all.iter().copied().filter(|b| b.id != removed).collect();
+            let after: Vec<u64> = build(&rest, SIZE).iter().map(|&e| rest[e as usize].id).collect();
+            let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / SIZE as f64;
+            let bound = 1.0 / n as f64 + 0.02;
+            assert!(moved <= bound, "n={n}: {moved:.4} of entries moved, bound {bound:.4}");
+        }
+    }
+
+    #[test]
+    fn weight_change_moves_few_entries() {
+        // A canary step 90/10 -> 80/20 should move about 10 % of the table, not reshuffle it.
+        let a = build(&backends(&[90, 10]), SIZE);
+        let b = build(&backends(&[80, 20]), SIZE);
+        let moved = a.iter().zip(&b).filter(|(x, y)| x != y).count() as f64 / SIZE as f64;
+        assert!(moved <= 0.10 + 0.03, "{moved:.4} of entries moved");
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65_537) && is_prime(7) && is_prime(655_373));
+        assert!(!is_prime(65_536) && !is_prime(1) && !is_prime(9));
+    }
+}

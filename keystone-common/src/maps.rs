@@ -1,0 +1,261 @@
+//! Map names, keys and values. Every type is `#[repr(C)]` with explicit padding:
+//! implicit padding makes hash-map keys miss silently.
+//!
+//! Addresses are stored as four `u32` words holding the address octets in network
+//! order (`u32::from_ne_bytes` of each 4-octet chunk); IPv4 uses word 0 and leaves
+//! the rest zero. Ports are network byte order (`__be16`, as in the packet).
+
+/// Map names are versioned so an upgrade can migrate pinned maps instead of
+/// mis-reading an old layout.
+pub mod names {
+    pub const VIPS: &str = "KS_VIPS_V1";
+    pub const BACKENDS: &str = "KS_BACKENDS_V1";
+    pub const RINGS: &str = "KS_RINGS_V1";
+    pub const CONNS: &str = "KS_CONNS_V1";
+    pub const REVERSE: &str = "KS_REVERSE_V1";
+    pub const VIP_STATS: &str = "KS_VIP_STATS_V1";
+    pub const BACKEND_STATS: &str = "KS_BACKEND_STATS_V1";
+    pub const ACTION_STATS: &str = "KS_ACTION_STATS_V1";
+    pub const REASON_STATS: &str = "KS_REASON_STATS_V1";
+    /// The XDP program's function name.
+    pub const PROGRAM: &str = "keystone_xdp";
+}
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// An L4 endpoint: the key of a VIP, and of a backend in the reverse-NAT map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Address words, network-order octets (see module docs).
+    pub addr: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+}
+
+/// Forwarding modes (`VipInfo::mode`).
+pub mod mode {
+    /// DNAT to the backend, reverse-NAT the replies (IPVS-NAT style).
+    pub const NAT: u32 = 0;
+    /// Rewrite only the destination MAC; backends hold the VIP (IPVS-DR style).
+    pub const DSR: u32 = 1;
+}
+
+/// VIP flags (`VipInfo::flags`).
+pub mod vip_flags {
+    /// Hash on the source address only, so a client keeps one backend across connections.
+    pub const SOURCE_STICKY: u32 = 1 << 0;
+}
+
+/// Value of the VIP map. Rewriting this one entry is what makes a new table live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into per-VIP arrays (stats, ring stripes), `< MAX_VIPS`.
+    pub index: u32,
+    /// `mode::NAT` or `mode::DSR`.
+    pub mode: u32,
+    /// `vip_flags::*`.
+    pub flags: u32,
+    /// Which of the VIP's two ring stripes is live (0 or 1).
+    pub ring_slot: u32,
+    /// Entries in the live table; 0 means no backend can take new flows.
+    pub ring_size: u32,
+}
+
+impl VipInfo {
+    /// Index of this VIP's live table's first entry in the ring array.
+    #[inline(always)]
+    pub fn ring_base(&self) -> u32 {
+        ring_base(self.index, self.ring_slot)
+    }
+}
+
+/// Index of the first entry of (VIP, slot)'s stripe in the ring array.
+#[inline(always)]
+pub const fn ring_base(vip_index: u32, slot: u32) -> u32 {
+    (vip_index * crate::limits::ring::SLOTS_PER_VIP + slot) * crate::limits::ring::MAX_RING_SIZE
+}
+
+/// Backend flags (`Backend::flags`).
+pub mod backend_flags {
+    /// The backend may receive packets. Cleared when it is removed or marked down:
+    /// flows pinned to it are then re-picked.
+    pub const UP: u32 = 1 << 0;
+}
+
+/// Value of the backend array, indexed by backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Where to send: address, port (network order), protocol and family.
+    pub endpoint: Endpoint,
+    /// `backend_flags::*`.
+    pub flags: u32,
+    /// Bumped whenever the slot is given to a different backend, so flows pinned
+    /// to the previous occupant are re-picked instead of following the slot.
+    pub generation: u32,
+    /// The VIP this backend slot serves.
+    pub vip_index: u32,
+}
+
+/// Key of the connection table: the client's 5-tuple towards the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Backend slot the flow is pinned to.
+    pub backend: u32,
+    /// `Backend::generation` when the flow was pinned.
+    pub generation: u32,
+}
+
+/// Value of the reverse-NAT map (keyed by the backend's `Endpoint`): replies from
+/// that backend get the VIP as their source. Stateless, so any gateway with the
+/// same config translates any reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseNat {
+    pub vip: Endpoint,
+    pub vip_index: u32,
+}
+
+/// Per-CPU traffic counters, per VIP and per backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that were pinned to a backend by this packet (new or re-picked).
+    pub new_flows: u64,
+}
+
+impl TrafficCounters {
+    pub fn add(&mut self, other: &TrafficCounters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+    }
+}
+
+/// Why a packet left the fast path, indexing the per-CPU reason counters. The
+/// verdict for each reason is part of its contract and is tested.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Ethernet or VLAN header cut short, or an unknown EtherType: `XDP_PASS`.
+    NotIp = 0,
+    /// IP header cut short or inconsistent (version, IHL < 5, total length beyond the
+    /// frame): `XDP_PASS` if we cannot tell it is for a VIP, `XDP_DROP` if we can.
+    BadIpHeader = 1,
+    /// TCP/UDP header cut short on a packet to a VIP: `XDP_DROP`.
+    TruncatedL4 = 2,
+    /// IPv4 fragment or IPv6 extension header on a packet to a VIP address: the ports
+    /// are not where we can read them, so `XDP_DROP` (never guessed onto a backend).
+    Unparseable = 3,
+    /// The VIP has no backend with weight > 0 for a new flow: `XDP_DROP`.
+    NoBackend = 4,
+    /// `bpf_fib_lookup` had no neighbour yet: the rewritten packet is `XDP_PASS`ed
+    /// for the kernel to forward (and resolve ARP/ND).
+    FibNoNeighbour = 5,
+    /// `bpf_fib_lookup` failed otherwise (no route, forwarding off, ...): the rewritten
+    /// packet is `XDP_PASS`ed; the kernel decides.
+    FibFailed = 6,
+    /// TTL/hop limit would expire: `XDP_PASS` so the kernel sends the ICMP error.
+    TtlExpired = 7,
+    /// Inconsistent map state (ring entry or backend slot out of range): `XDP_DROP`.
+    MapInconsistent = 8,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::NotIp,
+        Reason::BadIpHeader,
+        Reason::TruncatedL4,
+        Reason::Unparseable,
+        Reason::NoBackend,
+        Reason::FibNoNeighbour,
+        Reason::FibFailed,
+        Reason::TtlExpired,
+        Reason::MapInconsistent,
+    ];
+
+    /// Label used in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotIp => "not_ip",
+            Reason::BadIpHeader => "bad_ip_header",
+            Reason::TruncatedL4 => "truncated_l4",
+            Reason::Unparseable => "unparseable",
+            Reason::NoBackend => "no_backend",
+            Reason::FibNoNeighbour => "fib_no_neighbour",
+            Reason::FibFailed => "fib_failed",
+            Reason::TtlExpired => "ttl_expired",
+            Reason::MapInconsistent => "map_inconsistent",
+        }
+    }
+}
+
+/// Label for an XDP action number, used in metrics.
+pub const fn xdp_action_name(action: u32) -> &'static str {
+    match action {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)], Copy, and have no implicit padding.
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for TrafficCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Endpoint>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<VipInfo>(), 5 * 4);
+        assert_eq!(size_of::<Backend>(), 20 + 3 * 4);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<FlowState>(), 8);
+        assert_eq!(size_of::<ReverseNat>(), 20 + 4);
+        assert_eq!(size_of::<TrafficCounters>(), 24);
+    }
+}
