@@ -40,6 +40,46 @@ pub struct Endpoint {
     pub family: u8,
 }
 
+impl Endpoint {
+    pub fn new(addr: core::net::SocketAddr, proto: u8) -> Self {
+        let (addr_words, family) = match addr.ip() {
+            core::net::IpAddr::V4(ip) => (crate::hash::ipv4_words(ip.octets()), FAMILY_IPV4),
+            core::net::IpAddr::V6(ip) => (crate::hash::ipv6_words(ip.octets()), FAMILY_IPV6),
+        };
+        Endpoint { addr: addr_words, port: addr.port().to_be(), proto, family }
+    }
+
+    pub fn ip(&self) -> core::net::IpAddr {
+        let w = self.addr;
+        if self.family == FAMILY_IPV4 {
+            core::net::Ipv4Addr::from(w[0].to_ne_bytes()).into()
+        } else {
+            let mut o = [0u8; 16];
+            for (i, word) in w.iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            core::net::Ipv6Addr::from(o).into()
+        }
+    }
+
+    pub fn socket_addr(&self) -> core::net::SocketAddr {
+        core::net::SocketAddr::new(self.ip(), u16::from_be(self.port))
+    }
+
+    /// Stable identity for Maglev permutations: the same endpoint hashes the same on
+    /// every gateway, whatever the backend is called.
+    pub fn identity(&self) -> u64 {
+        let mut bytes = [0u8; 20];
+        for (i, word) in self.addr.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        bytes[16..18].copy_from_slice(&self.port.to_ne_bytes());
+        bytes[18] = self.proto;
+        bytes[19] = self.family;
+        crate::hash::fnv1a64(&bytes)
+    }
+}
+
 /// Forwarding modes (`VipInfo::mode`).
 pub mod mode {
     /// DNAT to the backend, reverse-NAT the replies (IPVS-NAT style).
@@ -247,6 +287,19 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn endpoints_round_trip() {
+        for s in ["198.18.0.10:80", "[2001:db8::10]:8080"] {
+            let addr: core::net::SocketAddr = s.parse().unwrap();
+            let e = Endpoint::new(addr, PROTO_TCP);
+            assert_eq!(e.socket_addr(), addr);
+            assert_ne!(e.identity(), Endpoint::new(addr, PROTO_UDP).identity());
+        }
+        let e = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
+        assert_eq!(e.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(e.addr[0].to_ne_bytes(), [198, 18, 0, 10]);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

@@ -1,0 +1,71 @@
+//! The agent's view of the XDP data plane: desired state in, counters out.
+//!
+//! `Dataplane` is a trait so the control plane's logic runs against a fake in
+//! tests that need no root; `aya_dataplane` is the real one.
+
+use keystone_common::{Endpoint, Reason, TrafficCounters, limits::stats::XDP_ACTIONS};
+
+/// One VIP as the control plane wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    /// Tenant name, for logs and metrics.
+    pub name: String,
+    pub vip: Endpoint,
+    /// `keystone_common::mode::*`.
+    pub mode: u32,
+    /// `keystone_common::vip_flags::*`.
+    pub flags: u32,
+    /// Maglev table size (prime, ≤ `MAX_RING_SIZE`).
+    pub ring_size: u32,
+    pub backends: Vec<BackendSpec>,
+}
+
+/// One backend of a VIP as the control plane wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Service name, for logs and metrics.
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// Relative weight for new flows; 0 keeps established flows but takes no new ones.
+    pub weight: u32,
+    /// False when health checks mark it down: its flows are re-picked.
+    pub up: bool,
+}
+
+/// Summed (over CPUs) counters read from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub vips: Vec<(Endpoint, TrafficCounters)>,
+    /// (VIP, backend, counters) for every backend currently programmed.
+    pub backends: Vec<(Endpoint, Endpoint, TrafficCounters)>,
+    /// Packets per XDP action, indexed by action number.
+    pub actions: [u64; XDP_ACTIONS as usize],
+    /// Packets per `Reason`, indexed by `Reason as u32`.
+    pub reasons: [u64; Reason::COUNT as usize],
+}
+
+pub trait Dataplane: Send + 'static {
+    /// Makes `vips` the live state: adds, changes and removes VIPs and backends, writes
+    /// each changed VIP's Maglev table into its inactive slot and flips to it with one
+    /// map write. Backends that disappear are marked not-up so their flows re-pick.
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError>;
+
+    /// Current counters, summed over CPUs.
+    fn counters(&self) -> Result<Counters, DataplaneError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("too many VIPs: {count} configured, the data plane holds {max}")]
+    TooManyVips { count: usize, max: u32 },
+    #[error("too many backends: {count} needed, the data plane holds {max}")]
+    TooManyBackends { count: usize, max: u32 },
+    #[error("Maglev table size {size} for VIP {vip} must be a prime no larger than {max}")]
+    BadRingSize { vip: String, size: u32, max: u32 },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
