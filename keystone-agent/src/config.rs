@@ -1,0 +1,997 @@
+//! The YAML config: the seed format (`tenants:` with services, canary and switch
+//! settings) plus what L4 needs (`listen:`, `protocol:`, `mode:`), parsed, then
+//! validated as a whole so every problem is reported at once with its line.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use keystone_common::{
+    Endpoint, PROTO_TCP, PROTO_UDP,
+    limits::{ring, vip::MAX_VIPS},
+    maglev::is_prime,
+    mode, vip_flags,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane::{BackendSpec, VipSpec},
+    yaml_lines,
+};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Config {
+    /// Interfaces the XDP program attaches to (client side and backend side).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct AdminConfig {
+    /// Admin API address; loopback by default.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the bearer token (alternative to `token`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    #[default]
+    Nat,
+    Dsr,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Canary,
+    BlueGreen,
+    Rolling,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stickiness {
+    /// Hash the whole 5-tuple: each connection is placed on its own.
+    #[default]
+    None,
+    /// Hash the client address only: a client keeps one backend across connections.
+    SourceIp,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Tenant {
+    pub name: String,
+    /// The VIP, `address:port` (IPv6 in brackets). Required.
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: ForwardingMode,
+    #[serde(default)]
+    pub stickiness: Stickiness,
+    /// Maglev table size; a prime ≤ 65,537.
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+    #[serde(default)]
+    pub deployment_strategy: Strategy,
+    #[serde(default)]
+    pub canary_config: Option<CanaryConfig>,
+    #[serde(default)]
+    pub active_environment: Option<String>,
+    #[serde(default)]
+    pub switch_config: Option<SwitchConfig>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+fn default_ring_size() -> u32 {
+    ring::DEFAULT_RING_SIZE
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct CanaryConfig {
+    /// Percent of new connections the canary starts with.
+    pub initial_traffic: f64,
+    /// Percent added each `interval`.
+    pub increment: f64,
+    pub interval: DurationSpec,
+    /// Percent at which the rollout pauses for approval.
+    #[serde(default = "hundred")]
+    pub max_traffic: f64,
+    /// Success rate (0–1, or a percentage) needed to take the next step.
+    #[serde(default = "default_health_threshold")]
+    pub health_threshold: f64,
+    /// Success rate below which the canary is rolled back.
+    #[serde(default = "default_rollback_threshold")]
+    pub rollback_threshold: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn default_health_threshold() -> f64 {
+    0.95
+}
+fn default_rollback_threshold() -> f64 {
+    0.9
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct SwitchConfig {
+    /// `instant` or `gradual`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub validation_timeout: Option<DurationSpec>,
+    #[serde(default)]
+    pub rollback_on_failure: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub success_threshold: Option<u32>,
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+    #[serde(default)]
+    pub expected_status_code: Option<u16>,
+    #[serde(default)]
+    pub expected_response: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Service {
+    pub name: String,
+    /// `http://host:port/...` (the host is resolved by the agent) ...
+    #[serde(default)]
+    pub url: Option<String>,
+    /// ... or `address:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Largest accepted weight: keeps Maglev's credit arithmetic far from overflow.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// A duration as written: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
+/// Kept as written until `validate()`, which knows the field's path and line.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum DurationSpec {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationSpec {
+    pub fn parse(&self) -> Result<Duration, String> {
+        match self {
+            DurationSpec::Seconds(s) if *s >= 0.0 && s.is_finite() => {
+                Ok(Duration::from_secs_f64(*s))
+            }
+            DurationSpec::Seconds(s) => Err(format!("{s} is not a duration ≥ 0")),
+            DurationSpec::Text(t) => humantime::parse_duration(t)
+                .map_err(|e| format!("'{t}' is not a duration like 30s or 1m30s: {e}")),
+        }
+    }
+
+    /// The value of a field that `validate()` has accepted.
+    pub fn get(&self) -> Duration {
+        self.parse().unwrap_or_default()
+    }
+}
+
+/// One thing wrong with a config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Path of the field, e.g. `tenants[0].services[1].weight`.
+    pub field: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.reason),
+            None => write!(f, "{}: {}", self.field, self.reason),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is invalid:\n{}", format_problems(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A backend with its address resolved and its labels kept for metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResolvedService {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub environment: Option<String>,
+    /// `labels.version`, or "" when absent.
+    pub version: String,
+}
+
+/// A tenant with its VIP and backends resolved: what the data plane is given.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResolvedTenant {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub mode: ForwardingMode,
+    pub stickiness: Stickiness,
+    pub ring_size: u32,
+    pub strategy: Strategy,
+    pub services: Vec<ResolvedService>,
+}
+
+impl ResolvedTenant {
+    pub fn vip_endpoint(&self) -> Endpoint {
+        Endpoint::new(self.vip, self.protocol.number())
+    }
+
+    /// The data plane's desired state for this tenant. `is_up` says whether a
+    /// backend passes its health checks (all up until health checking says otherwise).
+    pub fn vip_spec(&self, is_up: impl Fn(&ResolvedService) -> bool) -> VipSpec {
+        VipSpec {
+            name: self.name.clone(),
+            vip: self.vip_endpoint(),
+            mode: match self.mode {
+                ForwardingMode::Nat => mode::NAT,
+                ForwardingMode::Dsr => mode::DSR,
+            },
+            flags: match self.stickiness {
+                Stickiness::None => 0,
+                Stickiness::SourceIp => vip_flags::SOURCE_STICKY,
+            },
+            ring_size: self.ring_size,
+            backends: self
+                .services
+                .iter()
+                .map(|s| BackendSpec {
+                    name: s.name.clone(),
+                    endpoint: Endpoint::new(s.address, self.protocol.number()),
+                    weight: s.weight,
+                    up: is_up(s),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A parsed, validated and resolved config.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub config: Config,
+    pub tenants: Vec<ResolvedTenant>,
+    /// Fields the agent does not know, ignored (typos show up here).
+    pub ignored_fields: Vec<String>,
+}
+
+impl LoadedConfig {
+    /// Reads, parses, validates and resolves `path`; every problem is reported at once.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let mut ignored_fields = Vec::new();
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let config: Config =
+            serde_ignored::deserialize(deserializer, |p| ignored_fields.push(p.to_string()))
+                .map_err(|e| invalid(vec![syntax_problem(&e)]))?;
+        let lines = yaml_lines::index(text);
+        let tenants = validate(&config).map_err(|problems| {
+            invalid(
+                problems
+                    .into_iter()
+                    .map(|(field, reason)| Problem {
+                        line: yaml_lines::line_of(&lines, &field),
+                        field,
+                        reason,
+                    })
+                    .collect(),
+            )
+        })?;
+        Ok(LoadedConfig {
+            path: path.to_owned(),
+            config,
+            tenants,
+            ignored_fields,
+        })
+    }
+
+    pub fn vip_specs(&self, is_up: impl Fn(&str, &ResolvedService) -> bool) -> Vec<VipSpec> {
+        self.tenants
+            .iter()
+            .map(|t| t.vip_spec(|s| is_up(&t.name, s)))
+            .collect()
+    }
+}
+
+/// serde_yaml's messages start with the field path ("tenants[0].weight: invalid type …").
+fn syntax_problem(e: &serde_yaml::Error) -> Problem {
+    let message = e.to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned();
+    let (field, reason) = match message.split_once(": ") {
+        Some((field, reason)) if !field.contains(' ') => (field.to_owned(), reason.to_owned()),
+        _ => ("(document)".to_owned(), message),
+    };
+    Problem {
+        field,
+        line: e.location().map(|l| l.line()),
+        reason,
+    }
+}
+
+type Problems = Vec<(String, String)>;
+
+fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
+    let mut problems: Problems = Vec::new();
+    let mut push = |field: String, reason: String| problems.push((field, reason));
+
+    if let (Some(_), Some(_)) = (&config.admin.token, &config.admin.token_file) {
+        push(
+            "admin.token".into(),
+            "set either token or token_file, not both".into(),
+        );
+    }
+    if config.tenants.len() > MAX_VIPS as usize {
+        push(
+            "tenants".into(),
+            format!(
+                "{} tenants, but the data plane holds at most {MAX_VIPS} VIPs",
+                config.tenants.len()
+            ),
+        );
+    }
+    for (i, name) in config.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            push(
+                format!("interfaces[{i}]"),
+                format!("'{name}' is not a valid interface name"),
+            );
+        }
+    }
+
+    let mut resolved = Vec::new();
+    let mut tenant_names: HashMap<&str, usize> = HashMap::new();
+    let mut vips: HashMap<(SocketAddr, Protocol), usize> = HashMap::new();
+    // A NAT backend endpoint may serve one VIP only: replies are mapped back by it.
+    let mut nat_backends: HashMap<(SocketAddr, Protocol), String> = HashMap::new();
+
+    for (t, tenant) in config.tenants.iter().enumerate() {
+        let at = |field: &str| format!("tenants[{t}].{field}");
+        if tenant.name.trim().is_empty() {
+            push(at("name"), "must not be empty".into());
+        } else if let Some(first) = tenant_names.insert(&tenant.name, t) {
+            push(
+                at("name"),
+                format!("'{}' is already the name of tenants[{first}]", tenant.name),
+            );
+        }
+        if !is_prime(tenant.ring_size) || tenant.ring_size > ring::MAX_RING_SIZE {
+            push(
+                at("ring_size"),
+                format!(
+                    "{} must be a prime no larger than {}",
+                    tenant.ring_size,
+                    ring::MAX_RING_SIZE
+                ),
+            );
+        }
+        let vip = match tenant.listen.as_deref() {
+            None => {
+                push(
+                    at("listen"),
+                    "required: the VIP as address:port, e.g. 198.18.0.10:80".into(),
+                );
+                None
+            }
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(vip) if vip.port() == 0 => {
+                    push(at("listen"), "port must not be 0".into());
+                    None
+                }
+                Ok(vip) => Some(vip),
+                Err(_) => {
+                    push(
+                        at("listen"),
+                        format!(
+                            "'{text}' is not address:port (e.g. 198.18.0.10:80 or [2001:db8::10]:80)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(vip) = vip
+            && let Some(first) = vips.insert((vip, tenant.protocol), t)
+        {
+            push(
+                at("listen"),
+                format!(
+                    "{vip}/{:?} is already served by tenants[{first}]",
+                    tenant.protocol
+                ),
+            );
+        }
+        if let Some(canary) = &tenant.canary_config {
+            validate_canary(canary, &at("canary_config"), &mut push);
+        }
+        if let Some(switch) = &tenant.switch_config
+            && let Some(Err(reason)) = switch.validation_timeout.as_ref().map(DurationSpec::parse)
+        {
+            push(at("switch_config.validation_timeout"), reason);
+        }
+        if tenant.services.is_empty() {
+            push(at("services"), "a tenant needs at least one service".into());
+        }
+
+        let mut service_names: HashMap<&str, usize> = HashMap::new();
+        let mut endpoints: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut services = Vec::new();
+        for (s, service) in tenant.services.iter().enumerate() {
+            let at = |field: &str| format!("tenants[{t}].services[{s}].{field}");
+            if service.name.trim().is_empty() {
+                push(at("name"), "must not be empty".into());
+            } else if let Some(first) = service_names.insert(&service.name, s) {
+                push(
+                    at("name"),
+                    format!(
+                        "'{}' is already the name of services[{first}]",
+                        service.name
+                    ),
+                );
+            }
+            if let Some(health) = &service.health {
+                for (name, value) in [("interval", &health.interval), ("timeout", &health.timeout)]
+                {
+                    if let Some(Err(reason)) = value.as_ref().map(DurationSpec::parse) {
+                        push(at(&format!("health.{name}")), reason);
+                    }
+                }
+            }
+            if service.weight > MAX_WEIGHT {
+                push(
+                    at("weight"),
+                    format!(
+                        "{} is above the maximum weight {MAX_WEIGHT}",
+                        service.weight
+                    ),
+                );
+            }
+            let address = match resolve_service(service, vip.map(|v| v.ip())) {
+                Ok(address) => address,
+                Err((field, reason)) => {
+                    push(at(field), reason);
+                    continue;
+                }
+            };
+            if let Some(first) = endpoints.insert(address, s) {
+                push(
+                    at("address"),
+                    format!("{address} is already services[{first}] of this tenant"),
+                );
+            }
+            if let Some(vip) = vip {
+                if tenant.mode == ForwardingMode::Dsr && address.port() != vip.port() {
+                    push(
+                        at("address"),
+                        format!(
+                            "dsr mode rewrites only MAC addresses, so the backend port ({}) must equal the VIP port ({})",
+                            address.port(),
+                            vip.port()
+                        ),
+                    );
+                }
+                if tenant.mode == ForwardingMode::Nat
+                    && let Some(other) =
+                        nat_backends.insert((address, tenant.protocol), tenant.name.clone())
+                    && other != tenant.name
+                {
+                    push(
+                        at("address"),
+                        format!(
+                            "{address} already serves tenant '{other}' in nat mode; replies are mapped back to their VIP by backend address, so give each VIP its own backend port"
+                        ),
+                    );
+                }
+            }
+            services.push(ResolvedService {
+                name: service.name.clone(),
+                address,
+                weight: service.weight,
+                environment: service.environment.clone(),
+                version: service.labels.get("version").cloned().unwrap_or_default(),
+            });
+        }
+        if let Some(vip) = vip {
+            resolved.push(ResolvedTenant {
+                name: tenant.name.clone(),
+                vip,
+                protocol: tenant.protocol,
+                mode: tenant.mode,
+                stickiness: tenant.stickiness,
+                ring_size: tenant.ring_size,
+                strategy: tenant.deployment_strategy,
+                services,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(problems)
+    }
+}
+
+fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, String)) {
+    for (name, value) in [
+        ("initial_traffic", c.initial_traffic),
+        ("increment", c.increment),
+        ("max_traffic", c.max_traffic),
+    ] {
+        if !(0.0..=100.0).contains(&value) {
+            push(
+                format!("{at}.{name}"),
+                format!("{value} is not a percentage between 0 and 100"),
+            );
+        }
+    }
+    if c.increment <= 0.0 {
+        push(format!("{at}.increment"), "must be greater than 0".into());
+    }
+    if c.initial_traffic > c.max_traffic {
+        push(
+            format!("{at}.initial_traffic"),
+            format!(
+                "{} is above max_traffic {}",
+                c.initial_traffic, c.max_traffic
+            ),
+        );
+    }
+    match c.interval.parse() {
+        Ok(d) if d.is_zero() => push(format!("{at}.interval"), "must be greater than 0".into()),
+        Ok(_) => {}
+        Err(reason) => push(format!("{at}.interval"), reason),
+    }
+    for (name, value) in [
+        ("health_threshold", c.health_threshold),
+        ("rollback_threshold", c.rollback_threshold),
+    ] {
+        if !(0.0..=100.0).contains(&value) {
+            push(
+                format!("{at}.{name}"),
+                format!("{value} is not a rate (0–1) or a percentage (0–100)"),
+            );
+        }
+    }
+}
+
+/// Resolves a service's `address:port` or `url`, preferring an address of the VIP's
+/// family. Errors name the field (`address` or `url`) and the reason.
+fn resolve_service(
+    service: &Service,
+    vip_ip: Option<IpAddr>,
+) -> Result<SocketAddr, (&'static str, String)> {
+    let (field, host, port) = match (&service.address, &service.url) {
+        (Some(_), Some(_)) => return Err(("url", "set either url or address, not both".into())),
+        (None, None) => {
+            return Err((
+                "address",
+                "required: address: host:port or url: http://host:port".into(),
+            ));
+        }
+        (Some(address), None) => {
+            if let Ok(addr) = address.parse::<SocketAddr>() {
+                return check_family("address", addr, vip_ip);
+            }
+            let Some((host, port)) = address.rsplit_once(':') else {
+                return Err(("address", format!("'{address}' is not host:port")));
+            };
+            let port = port.parse::<u16>().map_err(|_| {
+                (
+                    "address",
+                    format!("'{port}' in '{address}' is not a port number"),
+                )
+            })?;
+            ("address", host.trim_matches(['[', ']']).to_owned(), port)
+        }
+        (None, Some(text)) => {
+            let url = url::Url::parse(text)
+                .map_err(|e| ("url", format!("'{text}' is not a URL: {e}")))?;
+            let host = match url.host() {
+                Some(url::Host::Domain(d)) => d.to_owned(),
+                Some(url::Host::Ipv4(ip)) => ip.to_string(),
+                Some(url::Host::Ipv6(ip)) => ip.to_string(),
+                None => return Err(("url", format!("'{text}' has no host"))),
+            };
+            let port = url.port_or_known_default().ok_or((
+                "url",
+                format!(
+                    "'{text}' has no port and no default for scheme '{}'",
+                    url.scheme()
+                ),
+            ))?;
+            ("url", host, port)
+        }
+    };
+    if port == 0 {
+        return Err((field, "port must not be 0".into()));
+    }
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| (field, format!("cannot resolve host '{host}': {e}")))?
+        .collect();
+    let preferred = addrs
+        .iter()
+        .find(|a| vip_ip.is_none_or(|v| v.is_ipv4() == a.is_ipv4()))
+        .or(addrs.first())
+        .copied()
+        .ok_or((field, format!("host '{host}' resolved to no address")))?;
+    check_family(field, preferred, vip_ip)
+}
+
+fn check_family(
+    field: &'static str,
+    addr: SocketAddr,
+    vip_ip: Option<IpAddr>,
+) -> Result<SocketAddr, (&'static str, String)> {
+    if addr.port() == 0 {
+        return Err((field, "port must not be 0".into()));
+    }
+    match vip_ip {
+        Some(vip) if vip.is_ipv4() != addr.is_ipv4() => Err((
+            field,
+            format!(
+                "backend {addr} and VIP {vip} are different address families; Keystone does not translate between IPv4 and IPv6"
+            ),
+        )),
+        _ => Ok(addr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
+        LoadedConfig::parse(Path::new("test.yaml"), text)
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.problems().to_vec(),
+        }
+    }
+
+    /// The seed's example shape, with the `listen:` line Keystone adds.
+    const SEED: &str = r#"
+tenants:
+  - name: api
+    listen: 198.18.0.10:80
+    deployment_strategy: canary
+    canary_config:
+      initial_traffic: 10
+      increment: 10
+      interval: 5m
+      max_traffic: 50
+      health_threshold: 0.95
+      rollback_threshold: 0.90
+    services:
+      - name: api-v1
+        url: http://localhost:8080
+        weight: 90
+        environment: production
+        health:
+          path: /health
+          interval: 10s
+          timeout: 5s
+          retries: 3
+        labels:
+          version: "1.23.0"
+      - name: api-v2
+        url: http://127.0.0.1:8081/
+        weight: 10
+        environment: canary
+        labels:
+          version: "1.24.0"
+  - name: web
+    listen: "[2001:db8::10]:443"
+    deployment_strategy: blue_green
+    active_environment: blue
+    switch_config:
+      strategy: instant
+      validation_timeout: 30s
+      rollback_on_failure: true
+    services:
+      - name: web-blue
+        address: "[2001:db8::1:1]:8443"
+        environment: blue
+      - name: web-green
+        address: "[2001:db8::1:2]:8443"
+        environment: green
+        weight: 0
+"#;
+
+    #[test]
+    fn seed_shaped_config_loads() {
+        let loaded = parse(SEED).unwrap();
+        assert_eq!(loaded.tenants.len(), 2);
+        let api = &loaded.tenants[0];
+        assert_eq!(api.vip, "198.18.0.10:80".parse().unwrap());
+        assert_eq!(api.protocol, Protocol::Tcp);
+        assert_eq!(api.mode, ForwardingMode::Nat);
+        assert_eq!(api.services[0].address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(api.services[1].version, "1.24.0");
+        let web = &loaded.tenants[1];
+        assert_eq!(web.strategy, Strategy::BlueGreen);
+        assert_eq!(web.services[0].weight, 1, "weight defaults to 1");
+        assert_eq!(web.services[1].weight, 0);
+        assert!(
+            loaded.ignored_fields.is_empty(),
+            "{:?}",
+            loaded.ignored_fields
+        );
+        let canary = loaded.config.tenants[0].canary_config.as_ref().unwrap();
+        assert_eq!(canary.interval.get(), Duration::from_secs(300));
+        let specs = loaded.vip_specs(|_, _| true);
+        assert_eq!(specs[1].vip.family, keystone_common::FAMILY_IPV6);
+        assert_eq!(specs[0].backends[0].weight, 90);
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_not_fatal() {
+        let text = SEED.replace(
+            "    deployment_strategy: canary",
+            "    deployment_strategy: canary\n    colour: red",
+        );
+        let loaded = parse(&text).unwrap();
+        assert_eq!(loaded.ignored_fields, vec!["tenants.0.colour".to_owned()]);
+    }
+
+    #[test]
+    fn missing_listen_names_field_and_line() {
+        let text = "tenants:\n  - name: api\n    services:\n      - name: a\n        address: 127.0.0.1:80\n";
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "tenants[0].listen");
+        assert_eq!(p[0].line, Some(2));
+        assert!(p[0].reason.contains("required"));
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_line() {
+        let text = "tenants:\n  - name: api\n    listen: 198.18.0.10:80\n    services:\n      - name: a\n        address: 127.0.0.1:80\n        weight: lots\n";
+        let p = problems(text);
+        assert_eq!(p[0].field, "tenants[0].services[0].weight");
+        assert_eq!(p[0].line, Some(7));
+        assert!(p[0].reason.contains("invalid type"), "{}", p[0].reason);
+    }
+
+    #[test]
+    fn bad_enum_and_duration_are_named() {
+        let text = "tenants:\n  - name: api\n    listen: 198.18.0.10:80\n    protocol: sctp\n    services: []\n";
+        let p = problems(text);
+        assert_eq!(p[0].field, "tenants[0].protocol");
+        assert_eq!(p[0].line, Some(4));
+        let text = SEED.replace("interval: 5m", "interval: soon");
+        let p = problems(&text);
+        assert_eq!(p[0].field, "tenants[0].canary_config.interval");
+        assert_eq!(p[0].line, Some(9));
+        assert!(
+            p[0].reason.contains("'soon' is not a duration"),
+            "{}",
+            p[0].reason
+        );
+    }
+
+    #[test]
+    fn all_semantic_problems_reported_at_once_with_lines() {
+        let text = r#"tenants:
+  - name: api
+    listen: 198.18.0.10:80
+    ring_size: 65536
+    services:
+      - name: a
+        address: 127.0.0.1:80
+        weight: 2000000
+      - name: a
+        address: "[::1]:80"
+      - name: c
+        url: http://no-such-host.invalid:8080
+  - name: api
+    listen: 198.18.0.10:80
+    mode: dsr
+    services:
+      - name: d
+        address: 127.0.0.1:81
+"#;
+        let p = problems(text);
+        let find = |field: &str| {
+            p.iter()
+                .find(|p| p.field == field)
+                .unwrap_or_else(|| panic!("no problem for {field} in {p:#?}"))
+        };
+        assert_eq!(find("tenants[0].ring_size").line, Some(4));
+        assert_eq!(find("tenants[0].services[0].weight").line, Some(8));
+        assert_eq!(find("tenants[0].services[1].name").line, Some(9));
+        assert!(
+            find("tenants[0].services[1].address")
+                .reason
+                .contains("address families")
+        );
+        let unresolved = find("tenants[0].services[2].url");
+        assert_eq!(unresolved.line, Some(12));
+        assert!(
+            unresolved
+                .reason
+                .contains("cannot resolve host 'no-such-host.invalid'"),
+            "{}",
+            unresolved.reason
+        );
+        assert_eq!(find("tenants[1].name").line, Some(13));
+        assert!(find("tenants[1].listen").reason.contains("already served"));
+        assert!(
+            find("tenants[1].services[0].address")
+                .reason
+                .contains("must equal the VIP port")
+        );
+        assert_eq!(p.len(), 8, "{p:#?}");
+    }
+
+    #[test]
+    fn nat_backend_shared_by_two_vips_is_refused() {
+        let text = r#"tenants:
+  - name: a
+    listen: 198.18.0.10:80
+    services: [{name: x, address: "198.18.11.2:8080"}]
+  - name: b
+    listen: 198.18.0.11:80
+    services: [{name: y, address: "198.18.11.2:8080"}]
+"#;
+        let p = problems(text);
+        assert_eq!(p[0].field, "tenants[1].services[0].address");
+        assert!(
+            p[0].reason.contains("already serves tenant 'a'"),
+            "{}",
+            p[0].reason
+        );
+    }
+
+    #[test]
+    fn canary_config_ranges_are_checked() {
+        let text = SEED
+            .replace("initial_traffic: 10", "initial_traffic: 80")
+            .replace("increment: 10", "increment: 0");
+        let p = problems(&text);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tenants[0].canary_config.increment",
+                "tenants[0].canary_config.initial_traffic"
+            ]
+        );
+        assert_eq!(p[0].line, Some(8));
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_line() {
+        let p = problems("tenants:\n  - name: [unclosed\n");
+        assert!(p[0].line.is_some(), "{p:?}");
+    }
+}

@@ -1,0 +1,6 @@
+//! Keystone's agent: config, data-plane programming, admin API and metrics.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod dataplane;
+pub mod yaml_lines;
