@@ -4,3 +4,8 @@
 pub mod config;
 pub mod dataplane;
 pub mod yaml_lines;
+pub mod agent;
+pub mod api;
+pub mod metrics;
+#[cfg(test)]
+mod api_tests;
