@@ -108,6 +108,11 @@ impl Agent {
         Ok(live.generation)
     }
 
+    /// Detaches the data plane (or leaves it forwarding); see `Dataplane::shutdown`.
+    pub fn shutdown_dataplane(&self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+        self.dataplane.lock().expect("dataplane lock poisoned").shutdown(keep_forwarding)
+    }
+
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
         self.dataplane.lock().expect("dataplane lock poisoned").counters()
     }

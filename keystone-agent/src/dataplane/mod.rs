@@ -52,6 +52,14 @@ pub trait Dataplane: Send + 'static {
 
     /// Current counters, summed over CPUs.
     fn counters(&self) -> Result<Counters, DataplaneError>;
+
+    /// Called once when the agent exits: detach and remove pins, or, with
+    /// `keep_forwarding`, leave the pinned program attached so traffic keeps flowing
+    /// until the next agent takes over.
+    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+        let _ = keep_forwarding;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
