@@ -1,1 +1,27 @@
-//! Integration tests: see tests/tests/.
+//! Keystone's network-namespace lab: the topology (client, gateway, backends),
+//! helpers to run and supervise processes inside it, agent configs, and the
+//! parsing side of the `ks-client` traffic tool.
+//!
+//! The topology lives here and only here: `cargo xtask lab|demo` and the
+//! integration tests in `tests/tests/` both build it with [`LabBuilder`].
+//! Everything a [`Lab`] creates (namespaces, veths, a bpffs mount, processes)
+//! is removed when it is dropped, also while a test panics, and is recorded
+//! in `/run/keystone-lab/<name>/state.json` so `cargo xtask lab down` can
+//! remove a lab whose owner is gone.
+
+pub mod agent;
+pub mod bins;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod lab;
+pub mod traffic;
+pub mod wait;
+
+pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN};
+pub use bins::Bins;
+pub use config::{AgentConfig, Protocol, Service, Tenant};
+pub use error::{LabError, Result};
+pub use lab::{Backend, Lab, LabBuilder, LabState, Mode, STATE_ROOT, VIP4, VIP6};
+pub use traffic::{HoldEvent, Summary};
+pub use wait::{Probe, wait_for};

@@ -1,0 +1,244 @@
+//! ks-backend: a lab backend. Answers HTTP/1.1 on TCP `[::]:<port>` (dual-stack,
+//! keep-alive) with `200 OK` and body `<name>\n`, and every UDP datagram on the same
+//! port with `<name>`, replying from the address the datagram was sent to (so it
+//! works behind DSR, where that address is the VIP held on `lo`).
+
+use std::{
+    io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Read as _, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::Arc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, recvmsg, sendmsg,
+    setsockopt, sockopt,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+#[derive(Parser)]
+#[command(about = "Keystone lab backend: HTTP and UDP answers carrying its name")]
+struct Args {
+    /// Name put in every answer.
+    #[arg(long)]
+    name: String,
+    /// TCP and UDP port.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Close idle keep-alive connections after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    idle_secs: u64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let name: Arc<str> = Arc::from(args.name.as_str());
+
+    let tcp = socket(Domain::IPV6, Type::STREAM, Protocol::TCP, false)?;
+    tcp.bind(&SockAddr::from(SocketAddr::from((
+        Ipv6Addr::UNSPECIFIED,
+        args.port,
+    ))))
+    .with_context(|| format!("binding TCP [::]:{}", args.port))?;
+    tcp.listen(256)?;
+    let tcp: TcpListener = tcp.into();
+
+    // Two UDP sockets, so each can ask for its own family's packet info.
+    let udp4 = socket(Domain::IPV4, Type::DGRAM, Protocol::UDP, false)?;
+    udp4.bind(&SockAddr::from(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        args.port,
+    ))))
+    .with_context(|| format!("binding UDP 0.0.0.0:{}", args.port))?;
+    setsockopt(&udp4, sockopt::Ipv4PacketInfo, &true).context("IP_PKTINFO")?;
+    let udp6 = socket(Domain::IPV6, Type::DGRAM, Protocol::UDP, true)?;
+    udp6.bind(&SockAddr::from(SocketAddr::from((
+        Ipv6Addr::UNSPECIFIED,
+        args.port,
+    ))))
+    .with_context(|| format!("binding UDP [::]:{}", args.port))?;
+    setsockopt(&udp6, sockopt::Ipv6RecvPacketInfo, &true).context("IPV6_RECVPKTINFO")?;
+
+    let (n4, n6) = (name.clone(), name.clone());
+    let udp4: UdpSocket = udp4.into();
+    let udp6: UdpSocket = udp6.into();
+    thread::spawn(move || udp_loop_v4(&udp4, &n4));
+    thread::spawn(move || udp_loop_v6(&udp6, &n6));
+
+    println!(
+        "ks-backend {name} listening on [::]:{port} (tcp, dual-stack) and udp 0.0.0.0:{port}, [::]:{port}",
+        port = args.port
+    );
+    io::stdout().flush()?;
+
+    let idle = Duration::from_secs(args.idle_secs);
+    for conn in tcp.incoming() {
+        match conn {
+            Ok(stream) => {
+                let name = name.clone();
+                thread::spawn(move || {
+                    if let Err(e) = serve_http(stream, &name, idle) {
+                        eprintln!("connection: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn socket(domain: Domain, ty: Type, proto: Protocol, v6only: bool) -> Result<Socket> {
+    let s = Socket::new(domain, ty, Some(proto)).context("socket")?;
+    s.set_reuse_address(true)?;
+    if domain == Domain::IPV6 {
+        s.set_only_v6(v6only)?;
+    }
+    Ok(s)
+}
+
+/// Serves HTTP/1.x requests on one connection until the peer closes or asks to.
+fn serve_http(stream: TcpStream, name: &str, idle: Duration) -> io::Result<()> {
+    stream.set_read_timeout(Some(idle))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let body = format!("{name}\n");
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut close = request_line.trim_end().ends_with("HTTP/1.0");
+        let mut content_length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") {
+                    close = v.eq_ignore_ascii_case("close");
+                }
+            }
+        }
+        io::copy(
+            &mut (&mut reader).take(content_length as u64),
+            &mut io::sink(),
+        )?;
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: {}\r\n\r\n{body}",
+            body.len(),
+            if close { "close" } else { "keep-alive" }
+        )?;
+        writer.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn udp_loop_v4(sock: &UdpSocket, name: &str) {
+    let fd = sock.as_raw_fd();
+    let mut buf = [0u8; 2048];
+    loop {
+        let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (from, dst) =
+            match recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                Ok(msg) => {
+                    let dst = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::Ipv4PacketInfo(pi) => Some(pi.ipi_addr),
+                            _ => None,
+                        })
+                    });
+                    (msg.address, dst)
+                }
+                Err(e) => {
+                    eprintln!("udp4 recv: {e}");
+                    continue;
+                }
+            };
+        let Some(from) = from else { continue };
+        let info;
+        let cmsgs: Vec<ControlMessage> = match dst {
+            Some(addr) => {
+                info = nix::libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: addr,
+                    ipi_addr: nix::libc::in_addr { s_addr: 0 },
+                };
+                vec![ControlMessage::Ipv4PacketInfo(&info)]
+            }
+            None => Vec::new(),
+        };
+        if let Err(e) = sendmsg(
+            fd,
+            &[IoSlice::new(name.as_bytes())],
+            &cmsgs,
+            MsgFlags::empty(),
+            Some(&from),
+        ) {
+            eprintln!("udp4 send to {from}: {e}");
+        }
+    }
+}
+
+fn udp_loop_v6(sock: &UdpSocket, name: &str) {
+    let fd = sock.as_raw_fd();
+    let mut buf = [0u8; 2048];
+    loop {
+        let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (from, dst) =
+            match recvmsg::<SockaddrIn6>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                Ok(msg) => {
+                    let dst = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::Ipv6PacketInfo(pi) => Some(pi.ipi6_addr),
+                            _ => None,
+                        })
+                    });
+                    (msg.address, dst)
+                }
+                Err(e) => {
+                    eprintln!("udp6 recv: {e}");
+                    continue;
+                }
+            };
+        let Some(from) = from else { continue };
+        let info;
+        let cmsgs: Vec<ControlMessage> = match dst {
+            Some(addr) => {
+                info = nix::libc::in6_pktinfo {
+                    ipi6_addr: addr,
+                    ipi6_ifindex: 0,
+                };
+                vec![ControlMessage::Ipv6PacketInfo(&info)]
+            }
+            None => Vec::new(),
+        };
+        if let Err(e) = sendmsg(
+            fd,
+            &[IoSlice::new(name.as_bytes())],
+            &cmsgs,
+            MsgFlags::empty(),
+            Some(&from),
+        ) {
+            eprintln!("udp6 send to {from}: {e}");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! What `ks-client` reports, and running it from the client namespace.
+
+use std::{collections::BTreeMap, net::SocketAddr, process::Command};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bins::Bins,
+    cmd::{self, in_ns},
+    error::{LabError, Result},
+    lab::Lab,
+};
+
+/// `ks-client`'s closing JSON line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// "tcp", "udp" or "hold".
+    pub mode: String,
+    pub target: String,
+    /// Requests (TCP) or datagrams (UDP) tried.
+    pub attempted: u64,
+    /// Answered requests, by the backend name in the answer.
+    pub by_backend: BTreeMap<String, u64>,
+    pub failed: u64,
+    /// Failures by kind ("connect: ConnectionRefused", "read: timeout", …).
+    pub errors: BTreeMap<String, u64>,
+    /// Hold mode: connections re-opened after an error.
+    #[serde(default)]
+    pub reconnects: u64,
+    pub elapsed_ms: u64,
+}
+
+impl Summary {
+    pub fn answered(&self) -> u64 {
+        self.by_backend.values().sum()
+    }
+
+    /// Percentage of answered requests that `backend` served.
+    pub fn share(&self, backend: &str) -> f64 {
+        let total = self.answered();
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * *self.by_backend.get(backend).unwrap_or(&0) as f64 / total as f64
+    }
+
+    /// `Err` (with a table) unless every backend's share is within `tolerance`
+    /// percentage points of its weight's share, and nothing failed.
+    pub fn check_split(&self, weights: &[(&str, u32)], tolerance: f64) -> Result<(), String> {
+        let total_weight: u32 = weights.iter().map(|(_, w)| w).sum();
+        let mut bad = self.failed > 0;
+        for (name, w) in weights {
+            let expected = 100.0 * f64::from(*w) / f64::from(total_weight.max(1));
+            bad |= (self.share(name) - expected).abs() > tolerance;
+        }
+        let unknown = self
+            .by_backend
+            .keys()
+            .any(|k| !weights.iter().any(|(n, _)| n == k));
+        if bad || unknown {
+            Err(format!(
+                "split outside ±{tolerance} points or requests failed:\n{}",
+                self.table(weights)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Expected vs measured, one row per backend.
+    pub fn table(&self, weights: &[(&str, u32)]) -> String {
+        let total_weight: u32 = weights.iter().map(|(_, w)| w).sum();
+        let mut s = format!(
+            "{:<10} {:>7} {:>9} {:>9} {:>8}\n",
+            "backend", "weight", "expected", "measured", "answers"
+        );
+        let mut names: Vec<&str> = weights.iter().map(|(n, _)| *n).collect();
+        names.extend(
+            self.by_backend
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !weights.iter().any(|(n, _)| n == k)),
+        );
+        for name in names {
+            let w = weights
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, w)| *w);
+            let expected = 100.0 * f64::from(w) / f64::from(total_weight.max(1));
+            s.push_str(&format!(
+                "{:<10} {:>7} {:>8.1}% {:>8.1}% {:>8}\n",
+                name,
+                w,
+                expected,
+                self.share(name),
+                self.by_backend.get(name).unwrap_or(&0)
+            ));
+        }
+        s.push_str(&format!(
+            "{} answered, {} failed{} in {} ms",
+            self.answered(),
+            self.failed,
+            if self.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", self.errors)
+            },
+            self.elapsed_ms
+        ));
+        s
+    }
+}
+
+/// One line of `ks-client --hold` output: `conn=<i> gen=<g> seq=<n> backend=<name>` or
+/// `conn=<i> gen=<g> seq=<n> error=<text>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldEvent {
+    /// Which held connection (0-based).
+    pub conn: u32,
+    /// How many times it was re-opened after an error.
+    pub generation: u32,
+    pub seq: u64,
+    pub outcome: Result<String, String>,
+}
+
+impl HoldEvent {
+    pub fn to_line(&self) -> String {
+        match &self.outcome {
+            Ok(b) => format!(
+                "conn={} gen={} seq={} backend={b}",
+                self.conn, self.generation, self.seq
+            ),
+            Err(e) => format!(
+                "conn={} gen={} seq={} error={e}",
+                self.conn, self.generation, self.seq
+            ),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("conn=")?;
+        let (conn, rest) = rest.split_once(" gen=")?;
+        let (generation, rest) = rest.split_once(" seq=")?;
+        let (seq, rest) = rest.split_once(' ')?;
+        let outcome = if let Some(b) = rest.strip_prefix("backend=") {
+            Ok(b.to_owned())
+        } else {
+            Err(rest.strip_prefix("error=")?.to_owned())
+        };
+        Some(Self {
+            conn: conn.parse().ok()?,
+            generation: generation.parse().ok()?,
+            seq: seq.parse().ok()?,
+            outcome,
+        })
+    }
+
+    /// Every event in `output`, in order.
+    pub fn parse_all(output: &str) -> Vec<Self> {
+        output.lines().filter_map(Self::parse).collect()
+    }
+}
+
+/// The last line of `output` that parses as a [`Summary`].
+pub fn parse_summary(what: &str, output: &str) -> Result<Summary> {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(line).map_err(|source| LabError::Parse {
+        what: what.to_owned(),
+        output: output.to_owned(),
+        source,
+    })
+}
+
+impl Lab {
+    /// Runs `ks-client <args>` in the client namespace and returns its summary.
+    pub fn client(&self, args: &[String]) -> Result<Summary> {
+        let client = Bins::require(&self.bins().client)?.to_path_buf();
+        let mut c: Command = in_ns(self.client_ns(), client);
+        c.args(args);
+        let what = cmd::describe(&c);
+        let out = cmd::run(&mut c)?;
+        parse_summary(&what, &out)
+    }
+
+    /// `n` new TCP connections (one HTTP request each) to `target`.
+    pub fn tcp_connections(&self, target: SocketAddr, n: u32) -> Result<Summary> {
+        self.client(&[
+            "--target".into(),
+            target.to_string(),
+            "--connections".into(),
+            n.to_string(),
+        ])
+    }
+
+    /// `n` UDP datagrams to `target`, each from a fresh socket.
+    pub fn udp_datagrams(&self, target: SocketAddr, n: u32) -> Result<Summary> {
+        self.client(&[
+            "--target".into(),
+            target.to_string(),
+            "--udp".into(),
+            n.to_string(),
+        ])
+    }
+
+    /// Starts `ks-client --hold` in the client namespace as process `name`:
+    /// `conns` keep-alive connections, one request each every `interval_ms`, for `secs`.
+    pub fn spawn_hold(
+        &mut self,
+        name: &str,
+        target: SocketAddr,
+        conns: u32,
+        secs: u32,
+        interval_ms: u32,
+    ) -> Result<u32> {
+        let client = self.bins().client.clone();
+        let ns = self.client_ns().to_owned();
+        self.spawn(
+            name,
+            &ns,
+            &client,
+            &[
+                "--target".to_owned(),
+                target.to_string(),
+                "--hold".into(),
+                secs.to_string(),
+                "--hold-connections".into(),
+                conns.to_string(),
+                "--interval-ms".into(),
+                interval_ms.to_string(),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_lines_round_trip() {
+        for e in [
+            HoldEvent {
+                conn: 3,
+                generation: 0,
+                seq: 7,
+                outcome: Ok("blue".into()),
+            },
+            HoldEvent {
+                conn: 0,
+                generation: 2,
+                seq: 1,
+                outcome: Err("read: timed out after 2s".into()),
+            },
+        ] {
+            assert_eq!(HoldEvent::parse(&e.to_line()), Some(e));
+        }
+        assert_eq!(HoldEvent::parse("{\"mode\":\"hold\"}"), None);
+    }
+
+    #[test]
+    fn split_check_uses_tolerance() {
+        let mut s = Summary::default();
+        s.by_backend.insert("blue".into(), 1830);
+        s.by_backend.insert("green".into(), 170);
+        assert!(s.check_split(&[("blue", 90), ("green", 10)], 3.0).is_ok());
+        assert!(s.check_split(&[("blue", 95), ("green", 5)], 3.0).is_err());
+        s.failed = 1;
+        assert!(s.check_split(&[("blue", 90), ("green", 10)], 3.0).is_err());
+    }
+
+    #[test]
+    fn summary_is_the_last_json_line() {
+        let out = "conn=0 gen=0 seq=0 backend=blue\n{\"mode\":\"hold\",\"target\":\"x\",\"attempted\":1,\"by_backend\":{\"blue\":1},\"failed\":0,\"errors\":{},\"elapsed_ms\":5}\n";
+        let s = parse_summary("t", out).unwrap();
+        assert_eq!(s.by_backend["blue"], 1);
+        assert_eq!(s.reconnects, 0);
+    }
+}
