@@ -95,13 +95,15 @@ impl Lab {
     }
 
     /// Starts keystone-agent in the gateway namespace on [`Lab::config_path`] with the
-    /// lab's bpffs as pin dir, and waits until `/health` answers.
+    /// lab's bpffs as pin dir and a state dir of the lab's own, and waits until
+    /// `/health` answers.
     pub fn start_agent(&mut self) -> Result<()> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
         let gw = self.gateway_ns().to_owned();
         let config = self.config_path();
         let pins = self.pin_dir();
+        let agent_state = self.state_dir().join("agent-state");
         self.spawn(
             AGENT,
             &gw,
@@ -111,6 +113,8 @@ impl Lab {
                 config.as_os_str(),
                 "--pin-dir".as_ref(),
                 pins.as_os_str(),
+                "--state-dir".as_ref(),
+                agent_state.as_os_str(),
             ],
         )?;
         self.note("config", config.display().to_string())?;

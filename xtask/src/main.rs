@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask …`: the front door for setting up, building, running the lab and
+//! the demo, and running the whole test suite.
+
+mod demo;
+mod lab;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use keystone_lab::Mode;
+
+#[derive(Parser)]
+#[command(about = "Keystone's build, lab and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: rust-src for nightly, bpf-linker (against nightly's
+    /// LLVM), and the Debian packages the lab uses. Idempotent.
+    Setup,
+    /// Setup, then build the agent (with its XDP program), keystone-ctl and the lab tools.
+    Build,
+    /// Bring a namespace lab up or down.
+    Lab {
+        #[command(subcommand)]
+        command: LabCmd,
+    },
+    /// Build, bring a lab up, and shift traffic: 100/0 → 90/10 → 50/50 → 0/100 → 100/0.
+    Demo {
+        /// New TCP connections measured per step.
+        #[arg(long, default_value_t = 1000)]
+        connections: u32,
+        #[arg(long, value_enum, default_value_t = Mode::Nat)]
+        mode: Mode,
+    },
+    /// Setup, build, then run every test (`cargo test --workspace --release`; needs root).
+    Test {
+        /// Passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Namespaces, backends, and the agent in the gateway namespace.
+    Up {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, value_enum, default_value_t = Mode::Nat)]
+        mode: Mode,
+    },
+    /// Stop everything the lab started and remove its namespaces.
+    Down {
+        #[arg(long, default_value = "lab", conflicts_with = "all")]
+        name: String,
+        /// Every lab under /run/keystone-lab (also ones a crashed test left).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => util::build(),
+        Cmd::Lab {
+            command: LabCmd::Up { name, mode },
+        } => lab::up(&name, mode),
+        Cmd::Lab {
+            command: LabCmd::Down { name, all },
+        } => lab::down(&name, all),
+        Cmd::Demo { connections, mode } => demo::demo(connections, mode),
+        Cmd::Test { args } => test::test(&args),
+    }
+}

@@ -1,0 +1,127 @@
+//! `cargo xtask lab up|down`: a lab that stays up after xtask exits.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result};
+use keystone_lab::{ADMIN_TOKEN, Lab, LabBuilder, Mode, Protocol, VIP4, VIP6};
+
+use crate::util;
+
+/// The lab's VIPs: TCP on v4 and v6, UDP on v4. DSR keeps the backend port
+/// (only MACs are rewritten), NAT shows port translation (80 → 8080).
+pub fn tenants(lab: &Lab, weights: &[(&str, u32)]) -> Result<Vec<keystone_lab::Tenant>> {
+    let mode = lab.mode();
+    let port = match mode {
+        Mode::Nat => 80,
+        Mode::Dsr => BACKEND_PORT,
+    };
+    let v4 = IpAddr::V4(VIP4);
+    let v6 = IpAddr::V6(VIP6);
+    Ok(vec![
+        lab.tenant(
+            "web",
+            SocketAddr::new(v4, port),
+            Protocol::Tcp,
+            mode,
+            BACKEND_PORT,
+            weights,
+        )?,
+        lab.tenant(
+            "web6",
+            SocketAddr::new(v6, port),
+            Protocol::Tcp,
+            mode,
+            BACKEND_PORT,
+            weights,
+        )?,
+        lab.tenant(
+            "udp",
+            SocketAddr::new(v4, BACKEND_PORT),
+            Protocol::Udp,
+            mode,
+            BACKEND_PORT,
+            weights,
+        )?,
+    ])
+}
+
+/// The port every ks-backend serves on.
+pub const BACKEND_PORT: u16 = 8080;
+
+/// Starts backends and the agent with `weights` in a fresh lab.
+pub fn start(lab: &mut Lab, weights: &[(&str, u32)]) -> Result<()> {
+    lab.start_backends(BACKEND_PORT)?;
+    let cfg = lab.agent_config(tenants(lab, weights)?);
+    lab.write_config(&cfg)?;
+    lab.start_agent()
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", lab.diagnostics()))?;
+    Ok(())
+}
+
+pub fn up(name: &str, mode: Mode) -> Result<()> {
+    util::require_root("`cargo xtask lab up`")?;
+    util::build()?;
+    let mut lab = LabBuilder::new()
+        .name(name)
+        .mode(mode)
+        .bins(util::bins()?)
+        .detach_processes(true)
+        .build()?;
+    start(&mut lab, &[("blue", 90), ("green", 10)])?;
+    let state = lab.keep()?;
+    let ctl = util::bins()?.ctl;
+    let (gw, client) = (&state.gateway_ns, &state.client_ns);
+    let port = if mode == Mode::Nat { 80 } else { BACKEND_PORT };
+    let cfg = state.notes.get("config").cloned().unwrap_or_default();
+    println!(
+        "\nlab {name:?} is up ({} mode); state and logs in /run/keystone-lab/{name}/",
+        mode.as_str()
+    );
+    println!("  client   {client}  (198.18.1.2, 2001:2:0:1::2)");
+    println!(
+        "  gateway  {gw}  (XDP + keystone-agent, admin http://127.0.0.1:9100, token {ADMIN_TOKEN})"
+    );
+    for b in &state.backends {
+        println!(
+            "  backend  {}  ({}, {}; ks-backend on :{BACKEND_PORT})",
+            b.ns, b.ipv4, b.ipv6
+        );
+    }
+    println!(
+        "  VIPs     tcp {VIP4}:{port}, tcp [{VIP6}]:{port}, udp {VIP4}:{BACKEND_PORT}; weights blue 90, green 10"
+    );
+    println!("\ntry:");
+    println!("  ip netns exec {client} curl -s http://{VIP4}:{port}/");
+    println!("  ip netns exec {client} curl -s 'http://[{VIP6}]:{port}/'");
+    println!(
+        "  ip netns exec {client} {} --target {VIP4}:{port} --connections 1000",
+        util::bins()?.client.display()
+    );
+    println!(
+        "  ip netns exec {gw} {} --token {ADMIN_TOKEN} status",
+        ctl.display()
+    );
+    println!(
+        "  edit the weights in {cfg}, then: ip netns exec {gw} {} --token {ADMIN_TOKEN} reload",
+        ctl.display()
+    );
+    println!("\ntear down: cargo xtask lab down --name {name}");
+    Ok(())
+}
+
+pub fn down(name: &str, all: bool) -> Result<()> {
+    util::require_root("`cargo xtask lab down`")?;
+    let names = if all {
+        Lab::list()
+    } else {
+        vec![name.to_owned()]
+    };
+    if names.is_empty() {
+        println!("no lab is up");
+    }
+    for n in names {
+        let removed = Lab::down(&n).with_context(|| format!("taking lab {n:?} down"))?;
+        println!("lab {n:?} is down; removed: {}", removed.join(", "));
+    }
+    Ok(())
+}

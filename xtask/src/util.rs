@@ -1,0 +1,106 @@
+//! Running cargo and other tools from xtask.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use keystone_lab::Bins;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `$CARGO_HOME`, or `~/.cargo`.
+pub fn cargo_home() -> Result<PathBuf> {
+    if let Some(h) = env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(h));
+    }
+    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cargo"))
+}
+
+/// PATH with `$CARGO_HOME/bin` (where bpf-linker goes) and the sbin directories first.
+pub fn path_env() -> Result<OsString> {
+    let mut dirs = vec![cargo_home()?.join("bin")];
+    dirs.extend(
+        env::var_os("PATH")
+            .map(|p| env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    for d in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.iter().any(|x| x == Path::new(d)) {
+            dirs.push(d.into());
+        }
+    }
+    Ok(env::join_paths(dirs)?)
+}
+
+/// The first `program` on [`path_env`].
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = path_env().ok()?;
+    env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A `cargo` command run from the workspace root with [`path_env`].
+pub fn cargo() -> Result<Command> {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root()).env("PATH", path_env()?);
+    Ok(c)
+}
+
+/// Runs `cmd` with inherited stdio; a non-zero exit is an error naming it.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let what = keystone_lab::cmd::describe(cmd);
+    let status = cmd.status().with_context(|| format!("starting `{what}`"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// `setup`, then the release binaries: agent (with its XDP object), ctl, lab tools.
+pub fn build() -> Result<()> {
+    crate::setup::setup()?;
+    println!("xtask: building keystone-agent, keystone-ctl, ks-backend, ks-client (release)");
+    run(cargo()?.args([
+        "build",
+        "--release",
+        "-p",
+        "keystone-agent",
+        "-p",
+        "keystone-ctl",
+        "-p",
+        "keystone-tests",
+        "--bins",
+    ]))
+}
+
+/// The release binaries `build` made.
+pub fn bins() -> Result<Bins> {
+    // xtask itself runs from target/release, beside them.
+    let bins = Bins::beside_current_exe()?;
+    for p in [&bins.agent, &bins.ctl, &bins.backend, &bins.client] {
+        Bins::require(p)?;
+    }
+    Ok(bins)
+}
+
+/// An error unless running as root.
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "{what} needs root (network namespaces, XDP, bpffs): run it as root, e.g. `sudo -E env PATH=$PATH cargo xtask …`"
+        );
+    }
+    Ok(())
+}
