@@ -4,6 +4,8 @@
 pub mod vip {
     /// How many VIPs (address, port, protocol) one gateway serves.
     pub const MAX_VIPS: u32 = 32;
+    /// Entries in the VIP-address set: at most one distinct address per VIP.
+    pub const MAX_VIP_ADDRS: u32 = MAX_VIPS;
 }
 
 /// Backends and their Maglev lookup tables.

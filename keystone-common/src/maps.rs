@@ -17,6 +17,10 @@ pub mod names {
     pub const BACKEND_STATS: &str = "KS_BACKEND_STATS_V1";
     pub const ACTION_STATS: &str = "KS_ACTION_STATS_V1";
     pub const REASON_STATS: &str = "KS_REASON_STATS_V1";
+    /// Set of VIP addresses (any port/protocol): lets the program tell that a packet
+    /// whose ports it cannot read (fragment, extension header, truncated or
+    /// inconsistent header) was meant for a VIP.
+    pub const VIP_ADDRS: &str = "KS_VIP_ADDRS_V1";
     /// The XDP program's function name.
     pub const PROGRAM: &str = "keystone_xdp";
 }
@@ -46,7 +50,12 @@ impl Endpoint {
             core::net::IpAddr::V4(ip) => (crate::hash::ipv4_words(ip.octets()), FAMILY_IPV4),
             core::net::IpAddr::V6(ip) => (crate::hash::ipv6_words(ip.octets()), FAMILY_IPV6),
         };
-        Endpoint { addr: addr_words, port: addr.port().to_be(), proto, family }
+        Endpoint {
+            addr: addr_words,
+            port: addr.port().to_be(),
+            proto,
+            family,
+        }
     }
 
     pub fn ip(&self) -> core::net::IpAddr {
@@ -77,6 +86,35 @@ impl Endpoint {
         bytes[18] = self.proto;
         bytes[19] = self.family;
         crate::hash::fnv1a64(&bytes)
+    }
+}
+
+/// Key of the VIP-address set (`names::VIP_ADDRS`): a VIP's address without port and
+/// protocol. The value (`u32`) is how many VIPs use the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddr {
+    /// Address words, network-order octets (see module docs).
+    pub addr: [u32; 4],
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl VipAddr {
+    #[inline(always)]
+    pub const fn new(addr: [u32; 4], family: u8) -> Self {
+        VipAddr {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl From<&Endpoint> for VipAddr {
+    fn from(e: &Endpoint) -> Self {
+        VipAddr::new(e.addr, e.family)
     }
 }
 
@@ -201,30 +239,49 @@ impl TrafficCounters {
 
 /// Why a packet left the fast path, indexing the per-CPU reason counters. The
 /// verdict for each reason is part of its contract and is tested.
+///
+/// "To a VIP address" means the destination address (any port, any protocol) is in
+/// the `names::VIP_ADDRS` set: for the packets below the ports are missing or cannot
+/// be trusted, so the address is all the program can go by. Such packets to other
+/// addresses are not ours: `XDP_PASS`, untouched, and not counted (except where a
+/// reason says "every").
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// Ethernet or VLAN header cut short, or an unknown EtherType: `XDP_PASS`.
+    /// Ethernet or VLAN header cut short, or an EtherType other than IPv4/IPv6 (ARP,
+    /// LLDP, a second VLAN tag, ...): `XDP_PASS`, counted for every such packet.
     NotIp = 0,
-    /// IP header cut short or inconsistent (version, IHL < 5, total length beyond the
-    /// frame): `XDP_PASS` if we cannot tell it is for a VIP, `XDP_DROP` if we can.
+    /// IP header cut short or inconsistent (version, IHL < 5, IPv4 total length
+    /// beyond the frame or shorter than the header, IPv6 payload beyond the frame).
+    /// `XDP_DROP` if the destination address could be read and is a VIP address;
+    /// `XDP_PASS` otherwise (cut short before the destination, or not a VIP
+    /// address). Counted for every such packet.
     BadIpHeader = 1,
-    /// TCP/UDP header cut short on a packet to a VIP: `XDP_DROP`.
+    /// TCP/UDP header cut short (by the frame or by the IP length) on a packet to a
+    /// VIP address: `XDP_DROP`.
     TruncatedL4 = 2,
-    /// IPv4 fragment or IPv6 extension header on a packet to a VIP address: the ports
-    /// are not where we can read them, so `XDP_DROP` (never guessed onto a backend).
+    /// IPv4 fragment (first or not) of a TCP/UDP datagram, or an IPv6 extension
+    /// header (hop-by-hop, routing, fragment, destination options, AH, mobility,
+    /// HIP, shim6, experimental 253/254) on a packet to a VIP address: the ports are
+    /// not where we can read them, so `XDP_DROP` (never guessed onto a backend).
     Unparseable = 3,
-    /// The VIP has no backend with weight > 0 for a new flow: `XDP_DROP`.
+    /// The VIP has no up backend with weight > 0 for a new flow (table size 0, or
+    /// the picked entry is empty or not up): `XDP_DROP`.
     NoBackend = 4,
-    /// `bpf_fib_lookup` had no neighbour yet: the rewritten packet is `XDP_PASS`ed
-    /// for the kernel to forward (and resolve ARP/ND).
+    /// `bpf_fib_lookup` had no neighbour yet. `nat`: the rewritten packet is
+    /// `XDP_PASS`ed for the kernel to forward (and resolve ARP/ND). `dsr`: the packet
+    /// is `XDP_PASS`ed untouched; its IP destination is still the VIP, so the kernel
+    /// cannot forward it to the backend: making the backends' neighbour entries
+    /// resolvable (e.g. static entries, or traffic towards them) is the operator's job.
     FibNoNeighbour = 5,
-    /// `bpf_fib_lookup` failed otherwise (no route, forwarding off, ...): the rewritten
-    /// packet is `XDP_PASS`ed; the kernel decides.
+    /// `bpf_fib_lookup` failed otherwise (no route, forwarding off, ...). `nat`: the
+    /// rewritten packet is `XDP_PASS`ed; `dsr`: untouched, `XDP_PASS`. The kernel decides.
     FibFailed = 6,
-    /// TTL/hop limit would expire: `XDP_PASS` so the kernel sends the ICMP error.
+    /// `nat` only (both directions): TTL/hop limit would expire: `XDP_PASS`, untouched,
+    /// so the kernel sends the ICMP error.
     TtlExpired = 7,
-    /// Inconsistent map state (ring entry or backend slot out of range): `XDP_DROP`.
+    /// Inconsistent map state (ring entry or backend slot out of range, backend of
+    /// another address family than its VIP): `XDP_DROP`.
     MapInconsistent = 8,
 }
 
@@ -275,6 +332,7 @@ mod pod {
     use super::*;
     // SAFETY: all are #[repr(C)], Copy, and have no implicit padding.
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for VipAddr {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
@@ -304,6 +362,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<VipAddr>(), 16 + 1 + 3);
         assert_eq!(size_of::<VipInfo>(), 5 * 4);
         assert_eq!(size_of::<Backend>(), 20 + 3 * 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);

@@ -3,7 +3,16 @@
 //! `Dataplane` is a trait so the control plane's logic runs against a fake in
 //! tests that need no root; `aya_dataplane` is the real one.
 
+use std::path::PathBuf;
+
 use keystone_common::{Endpoint, Reason, TrafficCounters, limits::stats::XDP_ACTIONS};
+
+pub mod aya_dataplane;
+pub mod object;
+pub mod tables;
+
+pub use aya_dataplane::{AttachMode, AyaDataplane, LoadOptions};
+pub use tables::{FakeMaps, MapWriter, Tables};
 
 /// One VIP as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,5 +84,80 @@ pub enum DataplaneError {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("VIP {vip} is configured twice")]
+    DuplicateVip { vip: String },
+    #[error("VIP {vip}: backend {backend} is listed twice")]
+    DuplicateBackend { vip: String, backend: String },
+    #[error("VIP {vip}: {endpoint} needs address family IPv4/IPv6 and protocol TCP/UDP")]
+    BadEndpoint { vip: String, endpoint: String },
+    #[error("VIP {vip}: unknown forwarding mode {mode}")]
+    BadMode { vip: String, mode: u32 },
+    #[error("VIP {vip}: backend {backend} must have the VIP's address family and protocol")]
+    BackendMismatch { vip: String, backend: String },
+    #[error(
+        "backend {backend} serves two nat-mode VIPs ({first} and {second}): its replies \
+         could not be translated back; give each VIP its own backend address:port"
+    )]
+    AmbiguousReverseNat {
+        backend: String,
+        first: String,
+        second: String,
+    },
+    #[error("{}", object::SKIPPED)]
+    NoObject,
+    #[error("pin directory {}: {source}", path.display())]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "pin directory {} is not on a bpf filesystem: mount one with `mount -t bpf bpf {}`",
+        path.display(),
+        path.display()
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("loading the eBPF object: {source}")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("the eBPF object has no program {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the eBPF object has no map {map}")]
+    MissingMap { map: &'static str },
+    #[error("XDP program ({what}): {source}")]
+    Program {
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "attaching XDP to {interface}: {source} (does the interface exist? \
+         try generic mode if the driver lacks native XDP)"
+    )]
+    Attach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("XDP link pinned at {}: {source}", path.display())]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning at {}: {source}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("removing pin {}: {source}", path.display())]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
 }

@@ -1,0 +1,47 @@
+//! Builds the XDP program (keystone-ebpf) for bpfel-unknown-none with aya-build and
+//! leaves it in OUT_DIR, where `src/dataplane/object.rs` includes it.
+//! `AYA_BUILD_SKIP=1` skips it (lint-only jobs); the agent then has no object.
+
+use std::{env, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rustc-check-cfg=cfg(keystone_no_ebpf)");
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip {
+        println!("cargo:rustc-cfg=keystone_no_ebpf");
+    } else if which("bpf-linker").is_none() {
+        bail!(
+            "bpf-linker is not installed (needed to build the XDP program): run `cargo xtask setup`, \
+             or set AYA_BUILD_SKIP=1 to build the agent without its eBPF object"
+        );
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../keystone-ebpf");
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .with_context(|| format!("keystone-ebpf not found at {}", ebpf_dir.display()))?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .context("keystone-ebpf path is not UTF-8")?;
+    // aya-build relays the inner cargo's stderr as build-script warnings; keep it to
+    // real diagnostics (which cargo prints even when quiet).
+    // SAFETY: build scripts are single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
+    aya_build::build_ebpf(
+        [Package { name: "keystone-ebpf", root_dir, ..Default::default() }],
+        Toolchain::default(),
+    )
+    .context("building the XDP program (keystone-ebpf) failed; `cargo xtask setup` installs the toolchain it needs")
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,590 @@
+//! The real data plane: loads the XDP object with aya 0.14, pins maps, program and
+//! links in a bpffs directory, attaches to interfaces, and programs the maps
+//! through [`Tables`].
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+    util::nr_cpus,
+};
+use keystone_common::{
+    Backend, Endpoint, FlowKey, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
+    limits::{ring::MAX_BACKENDS, stats::XDP_ACTIONS},
+    names,
+};
+
+use super::{
+    Counters, Dataplane, DataplaneError, VipSpec, object,
+    tables::{MapWriter, Tables},
+};
+
+/// Every map the program has, by pinned name.
+pub const MAP_NAMES: [&str; 10] = [
+    names::VIPS,
+    names::VIP_ADDRS,
+    names::BACKENDS,
+    names::RINGS,
+    names::CONNS,
+    names::REVERSE,
+    names::VIP_STATS,
+    names::BACKEND_STATS,
+    names::ACTION_STATS,
+    names::REASON_STATS,
+];
+
+/// How the program is attached to each interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP; falls back to generic mode, with a warning, where the
+    /// driver refuses it.
+    #[default]
+    Driver,
+    /// Generic (skb) XDP only.
+    Generic,
+}
+
+/// How to load the data plane.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Interfaces to attach to (none: load only, e.g. for `BPF_PROG_TEST_RUN`).
+    pub interfaces: Vec<String>,
+    /// A directory on a bpffs (created if missing) for the pinned maps, program and
+    /// links. `ip netns exec` remounts /sys, so callers running there pass a bpffs
+    /// they mounted themselves (`mount -t bpf bpf <dir>`).
+    pub pin_dir: PathBuf,
+    pub xdp_mode: AttachMode,
+}
+
+/// The conventional bpffs location; not visible under `ip netns exec`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/keystone";
+
+impl LoadOptions {
+    /// No interfaces, driver mode, pins in `pin_dir`.
+    pub fn new(pin_dir: impl Into<PathBuf>) -> Self {
+        LoadOptions {
+            interfaces: Vec::new(),
+            pin_dir: pin_dir.into(),
+            xdp_mode: AttachMode::Driver,
+        }
+    }
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions::new(DEFAULT_PIN_DIR)
+    }
+}
+
+/// One attached interface.
+#[derive(Debug)]
+struct Attachment {
+    interface: String,
+    pin: PathBuf,
+    link: FdLink,
+}
+
+/// The loaded program and its maps. Dropping it leaves the pins in place, so
+/// forwarding continues; [`AyaDataplane::shutdown`] decides explicitly.
+pub struct AyaDataplane {
+    ebpf: Ebpf,
+    tables: Tables<AyaMaps>,
+    pin_dir: PathBuf,
+    attachments: Vec<Attachment>,
+    reused_maps: bool,
+}
+
+impl std::fmt::Debug for AyaDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AyaDataplane")
+            .field("pin_dir", &self.pin_dir)
+            .field("attachments", &self.attachments)
+            .field("reused_maps", &self.reused_maps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AyaDataplane {
+    /// Loads the program, pinning (or reusing) its maps under `opts.pin_dir`, pins the
+    /// program, and attaches it to every interface. An interface that still has a
+    /// link pinned by a previous agent gets the new program swapped into that link
+    /// atomically (no packet sees no program). The state in reused maps is picked up,
+    /// so the first `apply` keeps established flows where they are.
+    pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
+        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
+        let pin_dir = opts.pin_dir;
+        fs::create_dir_all(&pin_dir).map_err(|source| DataplaneError::PinDir {
+            path: pin_dir.clone(),
+            source,
+        })?;
+        check_bpffs(&pin_dir)?;
+
+        let reused_maps = pin_dir.join(names::VIPS).exists();
+        let mut loader = EbpfLoader::new();
+        for name in MAP_NAMES {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+            source: Box::new(source),
+        })?;
+
+        let program = program_mut(&mut ebpf)?;
+        program.load().map_err(|source| DataplaneError::Program {
+            what: "load",
+            source,
+        })?;
+        let program_pin = pin_dir.join(names::PROGRAM);
+        remove_if_exists(&program_pin)?;
+        program
+            .pin(&program_pin)
+            .map_err(|source| DataplaneError::Pin {
+                path: program_pin.clone(),
+                source,
+            })?;
+
+        let mut attachments = Vec::new();
+        for interface in &opts.interfaces {
+            attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode)?);
+        }
+
+        let maps = AyaMaps::take(&mut ebpf)?;
+        let tables = Tables::recover(maps)?;
+        Ok(AyaDataplane {
+            ebpf,
+            tables,
+            pin_dir,
+            attachments,
+            reused_maps,
+        })
+    }
+
+    /// Whether the maps were pinned by a previous run and reused.
+    pub fn reused_maps(&self) -> bool {
+        self.reused_maps
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The loaded XDP program (e.g. for `aya::programs::TestRun`).
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(names::PROGRAM)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("load() checked the program exists and is XDP")
+    }
+
+    /// The backend a new flow to `vip` goes to, predicted the way the kernel picks it
+    /// (`keystone_common::flow_hash` into the live Maglev table, from the shadow
+    /// copy). Established flows keep their backend from the connection table.
+    pub fn predict(&self, vip: &Endpoint, flow: &FlowKey) -> Option<Endpoint> {
+        self.tables.predict(vip, flow)
+    }
+
+    /// The backend slot given to `backend` under `vip`.
+    pub fn backend_slot(&self, vip: &Endpoint, backend: &Endpoint) -> Option<u32> {
+        self.tables.backend_slot(vip, backend)
+    }
+
+    /// The connection-table entry of a flow, if any.
+    pub fn conn(
+        &self,
+        flow: &FlowKey,
+    ) -> Result<Option<keystone_common::FlowState>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(names::CONNS)
+            .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
+        let conns =
+            HashMap::<_, FlowKey, keystone_common::FlowState>::try_from(map).map_err(|source| {
+                DataplaneError::Map {
+                    map: names::CONNS,
+                    source,
+                }
+            })?;
+        match conns.get(flow, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map {
+                map: names::CONNS,
+                source,
+            }),
+        }
+    }
+
+    /// Detaches from every interface and removes all pins (maps included).
+    pub fn detach(mut self) -> Result<(), DataplaneError> {
+        self.release(false)
+    }
+
+    /// See [`Dataplane::shutdown`]. With `keep_forwarding` the pinned links, program
+    /// and maps stay, so packets keep flowing and the next agent picks them up;
+    /// without it the links are detached and every pin is removed. Idempotent.
+    fn release(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+        let attachments = std::mem::take(&mut self.attachments);
+        if keep_forwarding {
+            tracing::info!(pin_dir = %self.pin_dir.display(), "leaving the XDP program attached and pinned");
+            return Ok(());
+        }
+        for a in attachments {
+            remove_if_exists(&a.pin)?;
+            // Closing the last fd of an unpinned link detaches it.
+            drop(a.link);
+            tracing::info!(interface = %a.interface, "detached XDP program");
+        }
+        remove_if_exists(&self.pin_dir.join(names::PROGRAM))?;
+        for name in MAP_NAMES {
+            remove_if_exists(&self.pin_dir.join(name))?;
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for AyaDataplane {
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+        self.tables.apply(vips)
+    }
+
+    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+        self.release(keep_forwarding)
+    }
+
+    fn counters(&self) -> Result<Counters, DataplaneError> {
+        let maps = self.tables.maps();
+        let mut counters = Counters::default();
+        for (vip, _, index) in self.tables.vips() {
+            counters
+                .vips
+                .push((*vip, sum_traffic(&maps.vip_stats, names::VIP_STATS, index)?));
+        }
+        for (vip, backend, slot) in self.tables.backend_slots() {
+            counters.backends.push((
+                *vip,
+                *backend,
+                sum_traffic(&maps.backend_stats, names::BACKEND_STATS, slot)?,
+            ));
+        }
+        for action in 0..XDP_ACTIONS {
+            counters.actions[action as usize] =
+                sum_u64(&maps.action_stats, names::ACTION_STATS, action)?;
+        }
+        for reason in Reason::ALL {
+            counters.reasons[reason as usize] =
+                sum_u64(&maps.reason_stats, names::REASON_STATS, reason as u32)?;
+        }
+        Ok(counters)
+    }
+}
+
+fn sum_traffic(
+    map: &PerCpuArray<MapData, TrafficCounters>,
+    name: &'static str,
+    index: u32,
+) -> Result<TrafficCounters, DataplaneError> {
+    let values = map
+        .get(&index, 0)
+        .map_err(|source| DataplaneError::Map { map: name, source })?;
+    let mut total = TrafficCounters::default();
+    for v in values.iter() {
+        total.add(v);
+    }
+    Ok(total)
+}
+
+fn sum_u64(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    index: u32,
+) -> Result<u64, DataplaneError> {
+    let values = map
+        .get(&index, 0)
+        .map_err(|source| DataplaneError::Map { map: name, source })?;
+    Ok(values.iter().sum())
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let program = ebpf
+        .program_mut(names::PROGRAM)
+        .ok_or(DataplaneError::MissingProgram {
+            name: names::PROGRAM,
+        })?;
+    program
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            what: "find",
+            source,
+        })
+}
+
+/// Attaches `program` to `interface` and pins the link as `link_<interface>`, or
+/// swaps the program into the link a previous agent pinned there.
+fn attach(
+    program: &mut Xdp,
+    interface: &str,
+    pin_dir: &Path,
+    mode: AttachMode,
+) -> Result<Attachment, DataplaneError> {
+    let pin = pin_dir.join(format!("link_{interface}"));
+    let attach_err = |source| DataplaneError::Attach {
+        interface: interface.to_owned(),
+        source,
+    };
+    let link_err = |source| DataplaneError::Link {
+        path: pin.clone(),
+        source,
+    };
+    if pin.exists() {
+        let pinned = PinnedLink::from_pin(&pin).map_err(link_err)?;
+        let old: XdpLink = FdLink::from(pinned).try_into().map_err(link_err)?;
+        let id = program.attach_to_link(old).map_err(attach_err)?;
+        let link = program.take_link(id).map_err(attach_err)?;
+        let link: FdLink = link.try_into().map_err(link_err)?;
+        tracing::info!(
+            interface,
+            "replaced the program in the XDP link pinned by a previous run"
+        );
+        return Ok(Attachment {
+            interface: interface.to_owned(),
+            pin,
+            link,
+        });
+    }
+    let id = match mode {
+        AttachMode::Driver => match program.attach(interface, XdpMode::Driver) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::warn!(interface, %error, "native XDP attach failed; falling back to generic (skb) mode");
+                program
+                    .attach(interface, XdpMode::Skb)
+                    .map_err(attach_err)?
+            }
+        },
+        AttachMode::Generic => program
+            .attach(interface, XdpMode::Skb)
+            .map_err(attach_err)?,
+    };
+    let link = program.take_link(id).map_err(attach_err)?;
+    let link: FdLink = link.try_into().map_err(link_err)?;
+    let pinned = link.pin(&pin).map_err(|source| DataplaneError::Pin {
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(Attachment {
+        interface: interface.to_owned(),
+        pin,
+        link: pinned.into(),
+    })
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DataplaneError::Unpin {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Fails unless `dir` is on a bpf filesystem, going by /proc/self/mountinfo (the
+/// longest mount point containing `dir`).
+fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").map_err(|source| DataplaneError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+    let mut best: Option<(usize, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(mount_point.replace("\\040", " "));
+        let fstype = right.split(' ').next().unwrap_or_default();
+        if dir.starts_with(&mount_point) {
+            let depth = mount_point.components().count();
+            if best.is_none_or(|(d, _)| depth >= d) {
+                best = Some((depth, fstype == "bpf"));
+            }
+        }
+    }
+    match best {
+        Some((_, true)) => Ok(()),
+        _ => Err(DataplaneError::NotBpffs { path: dir }),
+    }
+}
+
+/// The program's maps, typed.
+pub struct AyaMaps {
+    vips: HashMap<MapData, Endpoint, VipInfo>,
+    vip_addrs: HashMap<MapData, VipAddr, u32>,
+    backends: Array<MapData, Backend>,
+    rings: Array<MapData, u32>,
+    reverse: HashMap<MapData, Endpoint, ReverseNat>,
+    vip_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    action_stats: PerCpuArray<MapData, u64>,
+    reason_stats: PerCpuArray<MapData, u64>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
+    ebpf.take_map(name)
+        .ok_or(DataplaneError::MissingMap { map: name })
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    T::try_from(take(ebpf, name)?).map_err(|source| DataplaneError::Map { map: name, source })
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+impl AyaMaps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Ok(AyaMaps {
+            vips: typed(ebpf, names::VIPS)?,
+            vip_addrs: typed(ebpf, names::VIP_ADDRS)?,
+            backends: typed(ebpf, names::BACKENDS)?,
+            rings: typed(ebpf, names::RINGS)?,
+            reverse: typed(ebpf, names::REVERSE)?,
+            vip_stats: typed(ebpf, names::VIP_STATS)?,
+            backend_stats: typed(ebpf, names::BACKEND_STATS)?,
+            action_stats: typed(ebpf, names::ACTION_STATS)?,
+            reason_stats: typed(ebpf, names::REASON_STATS)?,
+        })
+    }
+}
+
+fn zeroed_per_cpu<T: aya::Pod + Default>(
+    map: &'static str,
+) -> Result<PerCpuValues<T>, DataplaneError> {
+    let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Map {
+        map,
+        source: MapError::IoError(e),
+    })?;
+    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| DataplaneError::Map {
+        map,
+        source: MapError::IoError(e),
+    })
+}
+
+impl MapWriter for AyaMaps {
+    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError> {
+        self.vips
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::VIPS))
+    }
+
+    fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError> {
+        (0..MAX_BACKENDS)
+            .map(|i| self.backends.get(&i, 0).map_err(map_err(names::BACKENDS)))
+            .collect()
+    }
+
+    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError> {
+        self.reverse
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::REVERSE))
+    }
+
+    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError> {
+        self.vip_addrs
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::VIP_ADDRS))
+    }
+
+    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError> {
+        self.vips.insert(vip, info, 0).map_err(map_err(names::VIPS))
+    }
+
+    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), DataplaneError> {
+        ignore_missing(self.vips.remove(vip)).map_err(map_err(names::VIPS))
+    }
+
+    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), DataplaneError> {
+        self.vip_addrs
+            .insert(addr, count, 0)
+            .map_err(map_err(names::VIP_ADDRS))
+    }
+
+    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), DataplaneError> {
+        ignore_missing(self.vip_addrs.remove(addr)).map_err(map_err(names::VIP_ADDRS))
+    }
+
+    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.backends
+            .set(slot, backend, 0)
+            .map_err(map_err(names::BACKENDS))
+    }
+
+    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), DataplaneError> {
+        self.rings
+            .set(index, slot, 0)
+            .map_err(map_err(names::RINGS))
+    }
+
+    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), DataplaneError> {
+        self.reverse
+            .insert(backend, rev, 0)
+            .map_err(map_err(names::REVERSE))
+    }
+
+    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError> {
+        ignore_missing(self.reverse.remove(backend)).map_err(map_err(names::REVERSE))
+    }
+
+    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+        let zero = zeroed_per_cpu(names::VIP_STATS)?;
+        self.vip_stats
+            .set(index, zero, 0)
+            .map_err(map_err(names::VIP_STATS))
+    }
+
+    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let zero = zeroed_per_cpu(names::BACKEND_STATS)?;
+        self.backend_stats
+            .set(slot, zero, 0)
+            .map_err(map_err(names::BACKEND_STATS))
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+const fn libc_enoent() -> i32 {
+    2
+}

@@ -1,0 +1,736 @@
+//! Map programming without the kernel: stable VIP indexes and backend slots, Maglev
+//! tables written as diffs into the inactive stripe, one-write flips, and the order
+//! of writes that keeps established flows where they are. Raw map operations go
+//! through [`MapWriter`], so all of this runs against [`FakeMaps`] in tests.
+
+use std::collections::{HashMap, HashSet};
+
+use keystone_common::{
+    Backend, Endpoint, FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, ReverseNat,
+    VipAddr, VipInfo, backend_flags, flow_hash,
+    limits::{
+        ring::{MAX_BACKENDS, MAX_RING_SIZE, NO_BACKEND, SLOTS_PER_VIP},
+        vip::MAX_VIPS,
+    },
+    maglev::{self, MaglevBackend},
+    mode, ring_base, vip_flags,
+};
+
+use super::{DataplaneError, VipSpec};
+
+/// The raw map operations `Tables` needs. Reads are only used once, to pick up the
+/// state a previous agent left in pinned maps.
+pub trait MapWriter {
+    /// Every VIPS entry.
+    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError>;
+    /// Every BACKENDS slot, `MAX_BACKENDS` of them.
+    fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError>;
+    /// Every REVERSE entry.
+    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError>;
+    /// Every VIP_ADDRS entry.
+    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError>;
+
+    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError>;
+    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), DataplaneError>;
+    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), DataplaneError>;
+    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), DataplaneError>;
+    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError>;
+    /// One entry of the ring array (`index` is absolute: stripe base + offset).
+    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), DataplaneError>;
+    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), DataplaneError>;
+    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError>;
+    /// Zeroes a VIP index's counters (the index is given to a new VIP).
+    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError>;
+    /// Zeroes a backend slot's counters (the slot is given to a new backend).
+    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError>;
+}
+
+/// (VIP, backend): what a backend slot is allocated to.
+type SlotKey = (Endpoint, Endpoint);
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    /// Current owner, if allocated.
+    owner: Option<SlotKey>,
+    /// Whoever held the slot last (the owner, while allocated).
+    last_owner: Option<SlotKey>,
+    generation: u32,
+    /// What the kernel holds for the slot, as far as we know.
+    written: Option<Backend>,
+}
+
+/// The Maglev inputs a table was built from: size and (identity, weight, slot),
+/// sorted. Equal inputs give equal tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TableInput {
+    size: u32,
+    backends: Vec<(u64, u32, u32)>,
+}
+
+#[derive(Clone, Debug)]
+struct Vip {
+    name: String,
+    index: u32,
+    /// The table behind the live stripe (`None`: unknown, e.g. after a restart).
+    table: Option<TableInput>,
+    /// The VIPS entry the kernel holds, as far as we know.
+    written: Option<VipInfo>,
+}
+
+/// What we know one ring stripe holds: entries `0..known.len()` (the rest unknown).
+#[derive(Clone, Debug, Default)]
+struct Stripe {
+    known: Vec<u32>,
+}
+
+/// The agent's side of the maps: allocation and shadow copies.
+pub struct Tables<W> {
+    maps: W,
+    vips: HashMap<Endpoint, Vip>,
+    /// Per VIP index: which stripe is live (the other one is written next).
+    live_stripe: Vec<u32>,
+    /// Per VIP index and stripe: what the kernel holds.
+    stripes: Vec<[Stripe; SLOTS_PER_VIP as usize]>,
+    slots: Vec<Slot>,
+    slot_of: HashMap<SlotKey, u32>,
+    reverse: HashMap<Endpoint, ReverseNat>,
+    vip_addrs: HashMap<VipAddr, u32>,
+    /// Ring entries written over this value's lifetime (for tests and logs).
+    ring_writes: u64,
+}
+
+impl<W: MapWriter> Tables<W> {
+    /// Takes over `maps`, picking up what a previous agent left in them (VIP indexes,
+    /// slot owners and generations), so established flows survive an agent restart.
+    pub fn recover(maps: W) -> Result<Self, DataplaneError> {
+        let mut t = Tables {
+            maps,
+            vips: HashMap::new(),
+            live_stripe: vec![0; MAX_VIPS as usize],
+            stripes: vec![Default::default(); MAX_VIPS as usize],
+            slots: vec![Slot::default(); MAX_BACKENDS as usize],
+            slot_of: HashMap::new(),
+            reverse: HashMap::new(),
+            vip_addrs: HashMap::new(),
+            ring_writes: 0,
+        };
+        let mut by_index = HashMap::new();
+        for (vip, info) in t.maps.read_vips()? {
+            if info.index >= MAX_VIPS || by_index.contains_key(&info.index) {
+                // Not something we wrote; drop it at the next apply.
+                t.vips.insert(
+                    vip,
+                    Vip {
+                        name: String::new(),
+                        index: u32::MAX,
+                        table: None,
+                        written: Some(info),
+                    },
+                );
+                continue;
+            }
+            by_index.insert(info.index, vip);
+            t.live_stripe[info.index as usize] = info.ring_slot & 1;
+            t.vips.insert(
+                vip,
+                Vip {
+                    name: String::new(),
+                    index: info.index,
+                    table: None,
+                    written: Some(info),
+                },
+            );
+        }
+        for (slot, b) in t.maps.read_backends()?.into_iter().enumerate() {
+            let s = &mut t.slots[slot];
+            s.generation = b.generation;
+            s.written = Some(b);
+            let Some(vip) = by_index.get(&b.vip_index) else {
+                continue;
+            };
+            if b.endpoint == Endpoint::default() && b.generation == 0 {
+                continue;
+            }
+            let key = (*vip, b.endpoint);
+            s.last_owner = Some(key);
+            if b.flags & backend_flags::UP != 0 && !t.slot_of.contains_key(&key) {
+                s.owner = Some(key);
+                t.slot_of.insert(key, slot as u32);
+            }
+        }
+        t.reverse = t.maps.read_reverse()?.into_iter().collect();
+        t.vip_addrs = t.maps.read_vip_addrs()?.into_iter().collect();
+        Ok(t)
+    }
+
+    pub fn maps(&self) -> &W {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut W {
+        &mut self.maps
+    }
+
+    /// Ring entries written so far.
+    pub fn ring_writes(&self) -> u64 {
+        self.ring_writes
+    }
+
+    /// The VIP's index (stats, stripes), if programmed.
+    pub fn vip_index(&self, vip: &Endpoint) -> Option<u32> {
+        self.vips
+            .get(vip)
+            .map(|v| v.index)
+            .filter(|&i| i < MAX_VIPS)
+    }
+
+    /// The backend's slot under `vip`, if allocated.
+    pub fn backend_slot(&self, vip: &Endpoint, backend: &Endpoint) -> Option<u32> {
+        self.slot_of.get(&(*vip, *backend)).copied()
+    }
+
+    /// The generation of a backend slot.
+    pub fn slot_generation(&self, slot: u32) -> Option<u32> {
+        self.slots.get(slot as usize).map(|s| s.generation)
+    }
+
+    /// Programmed VIPs with their names and indexes.
+    pub fn vips(&self) -> impl Iterator<Item = (&Endpoint, &str, u32)> {
+        self.vips
+            .iter()
+            .filter(|(_, v)| v.index < MAX_VIPS)
+            .map(|(e, v)| (e, v.name.as_str(), v.index))
+    }
+
+    /// Allocated backend slots: (VIP, backend, slot).
+    pub fn backend_slots(&self) -> impl Iterator<Item = (&Endpoint, &Endpoint, u32)> {
+        self.slot_of.iter().map(|((v, b), &s)| (v, b, s))
+    }
+
+    /// The backend a new flow to `vip` goes to, computed as the kernel does (flow hash
+    /// into the live table) from the shadow copy. Ignores the connection table: a flow
+    /// pinned earlier keeps its backend. `None` if the VIP has no live table we know.
+    pub fn predict(&self, vip: &Endpoint, flow: &FlowKey) -> Option<Endpoint> {
+        let v = self.vips.get(vip)?;
+        let info = v.written?;
+        if info.ring_size == 0 || v.index >= MAX_VIPS {
+            return None;
+        }
+        let sticky = info.flags & vip_flags::SOURCE_STICKY != 0;
+        let entry = flow_hash(flow, sticky) % info.ring_size;
+        let stripe = &self.stripes[v.index as usize][(info.ring_slot & 1) as usize];
+        let slot = *stripe.known.get(entry as usize)?;
+        self.slots
+            .get(slot as usize)?
+            .written
+            .filter(|b| b.flags & backend_flags::UP != 0)
+            .map(|b| b.endpoint)
+    }
+
+    /// Makes `specs` the live state; see `Dataplane::apply`. Everything is validated
+    /// before the first write. Writes happen in an order that never sends a packet to
+    /// a backend slot that is not ready:
+    ///
+    /// 1. removed VIPs leave VIPS (their index and slots become free);
+    /// 2. VIP addresses, then backends that are (still) up, then reverse-NAT entries;
+    /// 3. per changed VIP: the new table into the inactive stripe (changed entries
+    ///    only), then one VIPS write flips to it;
+    /// 4. backends marked down or removed lose `UP` (their flows re-pick through the
+    ///    new tables), then stale reverse-NAT entries and VIP addresses go.
+    pub fn apply(&mut self, specs: &[VipSpec]) -> Result<(), DataplaneError> {
+        let reverse = validate(specs)?;
+        let desired: HashMap<Endpoint, &VipSpec> = specs.iter().map(|s| (s.vip, s)).collect();
+
+        // 1. Removed VIPs.
+        let removed: Vec<Endpoint> = self
+            .vips
+            .keys()
+            .filter(|e| !desired.contains_key(e))
+            .copied()
+            .collect();
+        let mut freed = HashSet::new();
+        for vip in removed {
+            if self.vips[&vip].written.is_some() {
+                self.maps.remove_vip(&vip)?;
+                self.vips.get_mut(&vip).expect("present").written = None;
+            }
+            self.vips.remove(&vip);
+            let keys: Vec<SlotKey> = self
+                .slot_of
+                .keys()
+                .filter(|(v, _)| *v == vip)
+                .copied()
+                .collect();
+            for key in keys {
+                let slot = self.slot_of[&key];
+                self.take_down(slot)?;
+                self.free_slot(key);
+                freed.insert(slot);
+            }
+        }
+
+        // Allocation (in memory): VIP indexes, then backend slots. Slots freed by this
+        // apply are reused last, so a live table never points at a slot that changed
+        // hands before the flip.
+        let used: HashSet<u32> = self.vips.values().map(|v| v.index).collect();
+        let mut free_indexes = (0..MAX_VIPS).filter(|i| !used.contains(i));
+        for spec in specs {
+            if let Some(v) = self.vips.get_mut(&spec.vip) {
+                v.name.clone_from(&spec.name);
+                if v.index < MAX_VIPS {
+                    continue;
+                }
+            }
+            let index = free_indexes.next().ok_or(DataplaneError::TooManyVips {
+                count: specs.len(),
+                max: MAX_VIPS,
+            })?;
+            self.maps.reset_vip_stats(index)?;
+            self.vips.insert(
+                spec.vip,
+                Vip {
+                    name: spec.name.clone(),
+                    index,
+                    table: None,
+                    written: None,
+                },
+            );
+        }
+        let wanted: HashSet<SlotKey> = specs
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.vip, b.endpoint)))
+            .collect();
+        let gone: Vec<SlotKey> = self
+            .slot_of
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        let mut to_remove = Vec::new();
+        for key in gone {
+            let slot = self.slot_of[&key];
+            self.free_slot(key);
+            freed.insert(slot);
+            to_remove.push(slot);
+        }
+        let total = wanted.len();
+        for spec in specs {
+            for b in &spec.backends {
+                let key = (spec.vip, b.endpoint);
+                if !self.slot_of.contains_key(&key) {
+                    self.allocate(key, &freed, total)?;
+                }
+            }
+        }
+
+        // 2. VIP addresses, backends that are up, reverse-NAT entries.
+        let mut addrs: HashMap<VipAddr, u32> = HashMap::new();
+        for spec in specs {
+            *addrs.entry(VipAddr::from(&spec.vip)).or_default() += 1;
+        }
+        for (addr, &count) in &addrs {
+            if self.vip_addrs.get(addr) != Some(&count) {
+                self.maps.set_vip_addr(addr, count)?;
+                self.vip_addrs.insert(*addr, count);
+            }
+        }
+        let mut going_down = Vec::new();
+        for spec in specs {
+            let index = self.vips[&spec.vip].index;
+            for b in &spec.backends {
+                let slot = self.slot_of[&(spec.vip, b.endpoint)];
+                let value = Backend {
+                    endpoint: b.endpoint,
+                    flags: if b.up { backend_flags::UP } else { 0 },
+                    generation: self.slots[slot as usize].generation,
+                    vip_index: index,
+                };
+                if b.up {
+                    self.write_backend(slot, value)?;
+                } else {
+                    going_down.push((slot, value));
+                }
+            }
+        }
+        for (backend, rev) in &reverse {
+            let rev = ReverseNat {
+                vip: rev.vip,
+                vip_index: self.vips[&rev.vip].index,
+            };
+            if self.reverse.get(backend) != Some(&rev) {
+                self.maps.set_reverse(backend, &rev)?;
+                self.reverse.insert(*backend, rev);
+            }
+        }
+
+        // 3. Tables and flips.
+        for spec in specs {
+            self.apply_table(spec)?;
+        }
+
+        // 4. Down and removed backends, stale reverse entries and addresses.
+        for (slot, value) in going_down {
+            self.write_backend(slot, value)?;
+        }
+        for slot in to_remove {
+            self.take_down(slot)?;
+        }
+        let stale: Vec<Endpoint> = self
+            .reverse
+            .keys()
+            .filter(|b| !reverse.contains_key(b))
+            .copied()
+            .collect();
+        for backend in stale {
+            self.maps.remove_reverse(&backend)?;
+            self.reverse.remove(&backend);
+        }
+        let stale: Vec<VipAddr> = self
+            .vip_addrs
+            .keys()
+            .filter(|a| !addrs.contains_key(a))
+            .copied()
+            .collect();
+        for addr in stale {
+            self.maps.remove_vip_addr(&addr)?;
+            self.vip_addrs.remove(&addr);
+        }
+        Ok(())
+    }
+
+    /// Builds the VIP's table if its inputs changed, writes it into the inactive
+    /// stripe and flips; rewrites the VIPS entry if mode or flags changed.
+    fn apply_table(&mut self, spec: &VipSpec) -> Result<(), DataplaneError> {
+        let v = &self.vips[&spec.vip];
+        let index = v.index;
+        let mut backends: Vec<(u64, u32, u32)> = spec
+            .backends
+            .iter()
+            .filter(|b| b.up && b.weight > 0)
+            .map(|b| {
+                (
+                    b.endpoint.identity(),
+                    b.weight,
+                    self.slot_of[&(spec.vip, b.endpoint)],
+                )
+            })
+            .collect();
+        backends.sort_unstable();
+        let input = TableInput {
+            size: spec.ring_size,
+            backends,
+        };
+        let mut info = VipInfo {
+            index,
+            mode: spec.mode,
+            flags: spec.flags,
+            ring_slot: self.live_stripe[index as usize],
+            ring_size: v.written.map_or(0, |w| w.ring_size),
+        };
+        let table_changed = v.table.as_ref() != Some(&input);
+        if table_changed {
+            if input.backends.is_empty() {
+                info.ring_size = 0;
+            } else {
+                let stripe = 1 - self.live_stripe[index as usize];
+                let ids: Vec<MaglevBackend> = input
+                    .backends
+                    .iter()
+                    .map(|&(id, weight, _)| MaglevBackend { id, weight })
+                    .collect();
+                let table: Vec<u32> = maglev::build(&ids, input.size)
+                    .into_iter()
+                    .map(|i| input.backends.get(i as usize).map_or(NO_BACKEND, |b| b.2))
+                    .collect();
+                self.write_stripe(index, stripe, &table)?;
+                info.ring_slot = stripe;
+                info.ring_size = input.size;
+            }
+        }
+        let v = self.vips.get_mut(&spec.vip).expect("allocated above");
+        if v.written != Some(info) {
+            self.maps.set_vip(&spec.vip, &info)?;
+            v.written = Some(info);
+            self.live_stripe[index as usize] = info.ring_slot;
+        }
+        v.table = Some(input);
+        Ok(())
+    }
+
+    /// Writes the entries of `table` that differ from what the stripe holds.
+    fn write_stripe(
+        &mut self,
+        index: u32,
+        stripe: u32,
+        table: &[u32],
+    ) -> Result<(), DataplaneError> {
+        let base = ring_base(index, stripe);
+        let shadow = &mut self.stripes[index as usize][stripe as usize].known;
+        for (i, &slot) in table.iter().enumerate() {
+            if shadow.get(i) == Some(&slot) {
+                continue;
+            }
+            self.maps.set_ring_entry(base + i as u32, slot)?;
+            self.ring_writes += 1;
+            if i < shadow.len() {
+                shadow[i] = slot;
+            } else if i == shadow.len() {
+                shadow.push(slot);
+            }
+            // Beyond the known prefix: written, but we keep the prefix contiguous;
+            // the loop fills it in order, so this branch is not taken.
+        }
+        Ok(())
+    }
+
+    fn write_backend(&mut self, slot: u32, value: Backend) -> Result<(), DataplaneError> {
+        let s = &mut self.slots[slot as usize];
+        if s.written != Some(value) {
+            self.maps.set_backend(slot, &value)?;
+            s.written = Some(value);
+        }
+        Ok(())
+    }
+
+    /// Clears `UP` on a slot, keeping the rest (flows pinned to it re-pick).
+    fn take_down(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        if let Some(mut b) = self.slots[slot as usize].written
+            && b.flags & backend_flags::UP != 0
+        {
+            b.flags &= !backend_flags::UP;
+            self.write_backend(slot, b)?;
+        }
+        Ok(())
+    }
+
+    fn free_slot(&mut self, key: SlotKey) {
+        if let Some(slot) = self.slot_of.remove(&key) {
+            self.slots[slot as usize].owner = None;
+        }
+    }
+
+    /// Gives `key` a slot: the one it held last if free (same backend, so its pinned
+    /// flows may stay), else a free slot not freed by this apply, else any free slot.
+    /// A slot that held another backend gets a new generation.
+    fn allocate(
+        &mut self,
+        key: SlotKey,
+        freed: &HashSet<u32>,
+        total: usize,
+    ) -> Result<u32, DataplaneError> {
+        let free = |s: &Slot| s.owner.is_none();
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| free(s) && s.last_owner == Some(key))
+            .or_else(|| {
+                self.slots
+                    .iter()
+                    .enumerate()
+                    .position(|(i, s)| free(s) && !freed.contains(&(i as u32)))
+            })
+            .or_else(|| self.slots.iter().position(free))
+            .ok_or(DataplaneError::TooManyBackends {
+                count: total,
+                max: MAX_BACKENDS,
+            })?;
+        let s = &mut self.slots[slot];
+        if s.last_owner.is_some() && s.last_owner != Some(key) {
+            s.generation = s.generation.wrapping_add(1);
+        }
+        let fresh = s.last_owner != Some(key);
+        s.owner = Some(key);
+        s.last_owner = Some(key);
+        self.slot_of.insert(key, slot as u32);
+        if fresh {
+            self.maps.reset_backend_stats(slot as u32)?;
+        }
+        Ok(slot as u32)
+    }
+}
+
+/// Checks the whole desired state before anything is written. Returns the reverse-NAT
+/// entries it implies (backend endpoint → VIP, `nat` VIPs only).
+fn validate(specs: &[VipSpec]) -> Result<HashMap<Endpoint, ReverseNat>, DataplaneError> {
+    if specs.len() > MAX_VIPS as usize {
+        return Err(DataplaneError::TooManyVips {
+            count: specs.len(),
+            max: MAX_VIPS,
+        });
+    }
+    let mut seen = HashSet::new();
+    let mut reverse: HashMap<Endpoint, ReverseNat> = HashMap::new();
+    let mut total = 0usize;
+    for spec in specs {
+        let vip = || format!("{} ({})", spec.name, spec.vip.socket_addr());
+        if !seen.insert(spec.vip) {
+            return Err(DataplaneError::DuplicateVip { vip: vip() });
+        }
+        if spec.ring_size > MAX_RING_SIZE || !maglev::is_prime(spec.ring_size) {
+            return Err(DataplaneError::BadRingSize {
+                vip: vip(),
+                size: spec.ring_size,
+                max: MAX_RING_SIZE,
+            });
+        }
+        if !matches!(spec.vip.family, FAMILY_IPV4 | FAMILY_IPV6)
+            || !matches!(spec.vip.proto, PROTO_TCP | PROTO_UDP)
+        {
+            return Err(DataplaneError::BadEndpoint {
+                vip: vip(),
+                endpoint: spec.vip.socket_addr().to_string(),
+            });
+        }
+        if !matches!(spec.mode, mode::NAT | mode::DSR) {
+            return Err(DataplaneError::BadMode {
+                vip: vip(),
+                mode: spec.mode,
+            });
+        }
+        let mut backends = HashSet::new();
+        for b in &spec.backends {
+            let backend = b.endpoint.socket_addr().to_string();
+            if !backends.insert(b.endpoint) {
+                return Err(DataplaneError::DuplicateBackend {
+                    vip: vip(),
+                    backend,
+                });
+            }
+            if b.endpoint.family != spec.vip.family || b.endpoint.proto != spec.vip.proto {
+                return Err(DataplaneError::BackendMismatch {
+                    vip: vip(),
+                    backend,
+                });
+            }
+            if spec.mode == mode::NAT {
+                if let Some(other) = reverse.get(&b.endpoint) {
+                    return Err(DataplaneError::AmbiguousReverseNat {
+                        backend,
+                        first: other.vip.socket_addr().to_string(),
+                        second: spec.vip.socket_addr().to_string(),
+                    });
+                }
+                reverse.insert(
+                    b.endpoint,
+                    ReverseNat {
+                        vip: spec.vip,
+                        vip_index: 0,
+                    },
+                );
+            }
+        }
+        total += spec.backends.len();
+    }
+    if total > MAX_BACKENDS as usize {
+        return Err(DataplaneError::TooManyBackends {
+            count: total,
+            max: MAX_BACKENDS,
+        });
+    }
+    Ok(reverse)
+}
+
+/// One map operation, as recorded by [`FakeMaps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    SetVip(Endpoint, VipInfo),
+    RemoveVip(Endpoint),
+    SetVipAddr(VipAddr, u32),
+    RemoveVipAddr(VipAddr),
+    SetBackend(u32, Backend),
+    SetRing(u32, u32),
+    SetReverse(Endpoint, ReverseNat),
+    RemoveReverse(Endpoint),
+    ResetVipStats(u32),
+    ResetBackendStats(u32),
+}
+
+/// In-memory maps that log every operation: for tests that need no root.
+#[derive(Clone, Debug, Default)]
+pub struct FakeMaps {
+    pub vips: HashMap<Endpoint, VipInfo>,
+    pub vip_addrs: HashMap<VipAddr, u32>,
+    pub backends: HashMap<u32, Backend>,
+    pub rings: HashMap<u32, u32>,
+    pub reverse: HashMap<Endpoint, ReverseNat>,
+    pub log: Vec<Op>,
+}
+
+impl FakeMaps {
+    /// The backend the kernel would pick for a new flow, from these maps alone.
+    pub fn pick(&self, vip: &Endpoint, flow: &FlowKey) -> Option<(u32, Backend)> {
+        let info = self.vips.get(vip)?;
+        if info.ring_size == 0 {
+            return None;
+        }
+        let entry = flow_hash(flow, info.flags & vip_flags::SOURCE_STICKY != 0) % info.ring_size;
+        let slot = *self.rings.get(&(info.ring_base() + entry))?;
+        let b = *self.backends.get(&slot)?;
+        (b.flags & backend_flags::UP != 0).then_some((slot, b))
+    }
+}
+
+impl MapWriter for FakeMaps {
+    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError> {
+        Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError> {
+        Ok((0..MAX_BACKENDS)
+            .map(|i| self.backends.get(&i).copied().unwrap_or_default())
+            .collect())
+    }
+    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError> {
+        Ok(self.reverse.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError> {
+        Ok(self.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError> {
+        self.vips.insert(*vip, *info);
+        self.log.push(Op::SetVip(*vip, *info));
+        Ok(())
+    }
+    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), DataplaneError> {
+        self.vips.remove(vip);
+        self.log.push(Op::RemoveVip(*vip));
+        Ok(())
+    }
+    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), DataplaneError> {
+        self.vip_addrs.insert(*addr, count);
+        self.log.push(Op::SetVipAddr(*addr, count));
+        Ok(())
+    }
+    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), DataplaneError> {
+        self.vip_addrs.remove(addr);
+        self.log.push(Op::RemoveVipAddr(*addr));
+        Ok(())
+    }
+    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.backends.insert(slot, *backend);
+        self.log.push(Op::SetBackend(slot, *backend));
+        Ok(())
+    }
+    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), DataplaneError> {
+        self.rings.insert(index, slot);
+        self.log.push(Op::SetRing(index, slot));
+        Ok(())
+    }
+    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), DataplaneError> {
+        self.reverse.insert(*backend, *rev);
+        self.log.push(Op::SetReverse(*backend, *rev));
+        Ok(())
+    }
+    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError> {
+        self.reverse.remove(backend);
+        self.log.push(Op::RemoveReverse(*backend));
+        Ok(())
+    }
+    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.log.push(Op::ResetVipStats(index));
+        Ok(())
+    }
+    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        self.log.push(Op::ResetBackendStats(slot));
+        Ok(())
+    }
+}

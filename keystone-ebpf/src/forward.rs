@@ -1,0 +1,90 @@
+//! Forwarding: `bpf_fib_lookup` for the next hop, MAC rewrite, then `XDP_TX` or `bpf_redirect`.
+
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action::XDP_TX,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use keystone_common::{FAMILY_IPV4, Reason};
+
+use crate::{Verdict, parse::Packet};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Where a FIB lookup says the packet should go.
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Looks up the route from `src` to `dst` (map words) for `pkt`, as if it arrived on
+/// the ingress interface. `Err` carries the `Reason` for a failed lookup; the caller
+/// decides the action (the contract passes the packet in both cases).
+#[inline(always)]
+pub fn fib_lookup(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+) -> Result<NextHop, Reason> {
+    // SAFETY: plain C struct of integers and unions of integers; all-zero is valid.
+    let mut p: FibParams = unsafe { zeroed() };
+    p.l4_protocol = pkt.proto;
+    p.sport = pkt.sport;
+    p.dport = pkt.dport;
+    p.__bindgen_anon_1.tot_len = pkt.ip_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if pkt.family == FAMILY_IPV4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_2.tos = pkt.tos;
+        p.__bindgen_anon_3.ipv4_src = src[0];
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = *src;
+        p.__bindgen_anon_4.ipv6_dst = *dst;
+    }
+    // SAFETY: `p` is a valid, exclusively borrowed bpf_fib_lookup of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        Ok(NextHop {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        })
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Err(Reason::FibNoNeighbour)
+    } else {
+        Err(Reason::FibFailed)
+    }
+}
+
+/// Sets the frame's MACs for `hop` and sends it: `XDP_TX` back out of the ingress
+/// interface, else `bpf_redirect` to the egress one. A VLAN tag stays as it was.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Verdict> {
+    let data = ctx.data();
+    if data + 12 > ctx.data_end() {
+        // Checked by the parser already; repeated for the verifier.
+        return Err(Verdict::drop(Reason::MapInconsistent));
+    }
+    // SAFETY: data..data + 12 is inside the frame (checked above).
+    unsafe {
+        core::ptr::write_unaligned(data as *mut [u8; 6], hop.dmac);
+        core::ptr::write_unaligned((data + 6) as *mut [u8; 6], hop.smac);
+    }
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        Ok(XDP_TX)
+    } else {
+        // SAFETY: plain helper call; with flags 0 it returns XDP_REDIRECT or XDP_ABORTED.
+        Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
+    }
+}

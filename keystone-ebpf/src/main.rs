@@ -1,0 +1,158 @@
+//! Entry point: the `keystone_xdp` program, its verdict/counting wrapper, and the two paths (client → VIP, backend reply → client).
+//
+// Built for bpfel-unknown-none by keystone-agent's build.rs. Host builds (clippy,
+// `cargo build --workspace`) compile the same code into an empty binary.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use keystone_common::{Endpoint, FlowKey, Reason, ReverseNat, VipInfo, mode};
+
+use crate::{
+    maps::{REVERSE, VIPS, count_action, count_reason, count_traffic},
+    nat::Side,
+    parse::Packet,
+};
+
+/// A packet that left the fast path: the action it gets and the reason it is counted
+/// under (see `keystone_common::Reason` for the contract).
+pub struct Verdict {
+    pub action: u32,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Verdict {
+            action: XDP_PASS,
+            reason,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Verdict {
+            action: XDP_DROP,
+            reason,
+        }
+    }
+}
+
+#[xdp]
+pub fn keystone_xdp(ctx: XdpContext) -> u32 {
+    let action = match try_keystone_xdp(&ctx) {
+        Ok(action) => action,
+        Err(Verdict { action, reason }) => {
+            count_reason(reason);
+            action
+        }
+    };
+    count_action(action);
+    action
+}
+
+#[inline(always)]
+fn try_keystone_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let Some(mut pkt) = parse::parse(ctx)? else {
+        return Ok(parse::NOT_OURS);
+    };
+    let vip_key = Endpoint {
+        addr: pkt.dst,
+        port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    if let Some(vip) = VIPS.get_ptr(&vip_key) {
+        // SAFETY: a valid map value pointer to plain data; the agent replaces entries
+        // whole, and a torn read is caught by the range checks downstream.
+        let vip = unsafe { *vip };
+        return to_backend(ctx, &mut pkt, &vip);
+    }
+    let src_key = Endpoint {
+        addr: pkt.src,
+        port: pkt.sport,
+        proto: pkt.proto,
+        family: pkt.family,
+    };
+    if let Some(rev) = REVERSE.get_ptr(&src_key) {
+        // SAFETY: as above.
+        let rev = unsafe { *rev };
+        return reply(ctx, &mut pkt, &rev);
+    }
+    Ok(parse::NOT_OURS)
+}
+
+/// Client → VIP: pick the backend, count, then DNAT (`nat`) or set MACs only (`dsr`).
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, Verdict> {
+    if vip.mode == mode::NAT && pkt.ttl <= 1 {
+        return Err(Verdict::pass(Reason::TtlExpired));
+    }
+    let key = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        src_port: pkt.sport,
+        dst_port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let choice = select::choose(&key, vip)?;
+    let to = choice.backend.endpoint;
+    if to.family != pkt.family {
+        return Err(Verdict::drop(Reason::MapInconsistent));
+    }
+    count_traffic(vip.index, choice.slot, pkt.frame_len, choice.new_flow);
+    match vip.mode {
+        mode::NAT => {
+            nat::rewrite(pkt, Side::Dst, &to);
+            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr).map_err(Verdict::pass)?;
+            forward::send(ctx, &hop)
+        }
+        mode::DSR => {
+            // The IP header stays as it is (the backend holds the VIP); only the MACs
+            // change, towards the backend's address.
+            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr).map_err(Verdict::pass)?;
+            forward::send(ctx, &hop)
+        }
+        _ => Err(Verdict::drop(Reason::MapInconsistent)),
+    }
+}
+
+/// Backend → client in `nat` mode: the source becomes the VIP again (stateless, so any
+/// gateway with the same config can translate it).
+#[inline(always)]
+fn reply(ctx: &XdpContext, pkt: &mut Packet, rev: &ReverseNat) -> Result<u32, Verdict> {
+    if pkt.ttl <= 1 {
+        return Err(Verdict::pass(Reason::TtlExpired));
+    }
+    if rev.vip.family != pkt.family {
+        return Err(Verdict::drop(Reason::MapInconsistent));
+    }
+    nat::rewrite(pkt, Side::Src, &rev.vip);
+    let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &pkt.dst).map_err(Verdict::pass)?;
+    forward::send(ctx, &hop)
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,119 @@
+//! Maps (names and sizes from keystone-common) and the per-CPU counter updates.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use keystone_common::{
+    Backend, Endpoint, FlowKey, FlowState, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
+    limits::{
+        conn::CONN_TABLE_SIZE,
+        ring::{MAX_BACKENDS, RING_ARRAY_ENTRIES},
+        stats::XDP_ACTIONS,
+        vip::{MAX_VIP_ADDRS, MAX_VIPS},
+    },
+    names,
+};
+
+// `#[map(name = ...)]` takes a literal; these assertions tie each literal to the one
+// definition in keystone-common, so the agent and the program cannot disagree.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+const _: () = {
+    assert!(same(names::VIPS, "KS_VIPS_V1"));
+    assert!(same(names::VIP_ADDRS, "KS_VIP_ADDRS_V1"));
+    assert!(same(names::BACKENDS, "KS_BACKENDS_V1"));
+    assert!(same(names::RINGS, "KS_RINGS_V1"));
+    assert!(same(names::CONNS, "KS_CONNS_V1"));
+    assert!(same(names::REVERSE, "KS_REVERSE_V1"));
+    assert!(same(names::VIP_STATS, "KS_VIP_STATS_V1"));
+    assert!(same(names::BACKEND_STATS, "KS_BACKEND_STATS_V1"));
+    assert!(same(names::ACTION_STATS, "KS_ACTION_STATS_V1"));
+    assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
+    assert!(same(names::PROGRAM, "keystone_xdp"));
+};
+
+#[map(name = "KS_VIPS_V1")]
+pub static VIPS: HashMap<Endpoint, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "KS_VIP_ADDRS_V1")]
+pub static VIP_ADDRS: HashMap<VipAddr, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
+
+#[map(name = "KS_BACKENDS_V1")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "KS_RINGS_V1")]
+pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARRAY_ENTRIES, 0);
+
+#[map(name = "KS_CONNS_V1")]
+pub static CONNS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
+
+#[map(name = "KS_REVERSE_V1")]
+pub static REVERSE: HashMap<Endpoint, ReverseNat> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "KS_VIP_STATS_V1")]
+pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "KS_BACKEND_STATS_V1")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "KS_ACTION_STATS_V1")]
+pub static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_ACTIONS, 0);
+
+#[map(name = "KS_REASON_STATS_V1")]
+pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Whether `addr` is the address of some VIP (any port and protocol).
+#[inline(always)]
+pub fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
+    VIP_ADDRS.get_ptr(VipAddr::new(addr, family)).is_some()
+}
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; nothing else writes it while this program runs here.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_action(action: u32) {
+    bump(&ACTION_STATS, action);
+}
+
+#[inline(always)]
+pub fn count_reason(reason: Reason) {
+    bump(&REASON_STATS, reason as u32);
+}
+
+#[inline(always)]
+fn add_traffic(map: &PerCpuArray<TrafficCounters>, index: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; nothing else writes it while this program runs here.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += bytes;
+        c.new_flows += new_flow as u64;
+    }
+}
+
+/// Counts one client → VIP packet for its VIP and the backend it goes to.
+#[inline(always)]
+pub fn count_traffic(vip_index: u32, backend_slot: u32, bytes: u64, new_flow: bool) {
+    add_traffic(&VIP_STATS, vip_index, bytes, new_flow);
+    add_traffic(&BACKEND_STATS, backend_slot, bytes, new_flow);
+}

@@ -1,0 +1,250 @@
+//! Parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options), IPv6, TCP and UDP, with verifier-safe bounds checks.
+
+use core::ptr::read_unaligned;
+
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use keystone_common::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, Reason};
+
+use crate::{Verdict, maps::is_vip_addr};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// A TCP/UDP packet whose headers are all inside the frame. Pointers are raw packet
+/// addresses, valid until the program returns (no helper here changes packet data).
+pub struct Packet {
+    /// Start of the IP header.
+    pub ip: usize,
+    /// Start of the TCP/UDP header; the whole fixed header (20/8 bytes) is in the frame.
+    pub l4: usize,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// IPv4 TOS (0 for IPv6), for the FIB lookup.
+    pub tos: u8,
+    /// IP datagram length, host order (IPv6: 40 + payload length), for the FIB lookup.
+    pub ip_len: u16,
+    /// Addresses as map words (network-order octets).
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Ports, network order (as in the packet and in maps).
+    pub sport: u16,
+    pub dport: u16,
+    /// Frame length in bytes, for counters.
+    pub frame_len: u64,
+    /// End of the frame (`data_end`), for re-checking bounds right before an access.
+    pub end: usize,
+}
+
+impl Packet {
+    /// Whether the L4 checksum field is at `l4 + 16` (TCP) or `l4 + 6` (UDP).
+    #[inline(always)]
+    pub fn l4_check_offset(&self) -> usize {
+        if self.proto == PROTO_TCP { 16 } else { 6 }
+    }
+}
+
+#[inline(always)]
+fn u8_at(p: usize) -> u8 {
+    // SAFETY: callers bounds-check `p` against data_end first.
+    unsafe { *(p as *const u8) }
+}
+
+/// A 16-bit field as stored (network order), e.g. a port.
+#[inline(always)]
+pub fn raw16_at(p: usize) -> u16 {
+    // SAFETY: callers bounds-check `p..p + 2` against data_end first.
+    unsafe { read_unaligned(p as *const u16) }
+}
+
+#[inline(always)]
+fn be16_at(p: usize) -> u16 {
+    u16::from_be(raw16_at(p))
+}
+
+#[inline(always)]
+pub fn raw32_at(p: usize) -> u32 {
+    // SAFETY: callers bounds-check `p..p + 4` against data_end first.
+    unsafe { read_unaligned(p as *const u32) }
+}
+
+#[inline(always)]
+fn addr6_at(p: usize) -> [u32; 4] {
+    [
+        raw32_at(p),
+        raw32_at(p + 4),
+        raw32_at(p + 8),
+        raw32_at(p + 12),
+    ]
+}
+
+/// A malformed packet to a VIP address is dropped; to anything else it passes.
+#[inline(always)]
+fn for_vip(reason: Reason, addr: [u32; 4], family: u8) -> Verdict {
+    if is_vip_addr(addr, family) {
+        Verdict::drop(reason)
+    } else {
+        Verdict::pass(reason)
+    }
+}
+
+/// Like `for_vip`, but packets not for a VIP address are not ours: pass, uncounted.
+#[inline(always)]
+fn only_for_vip(reason: Reason, addr: [u32; 4], family: u8) -> Result<Option<Packet>, Verdict> {
+    if is_vip_addr(addr, family) {
+        Err(Verdict::drop(reason))
+    } else {
+        Ok(None)
+    }
+}
+
+/// IPv6 next-header values that are extension headers (RFC 7045 / IANA), except ESP.
+#[inline(always)]
+fn is_ipv6_ext(nh: u8) -> bool {
+    matches!(nh, 0 | 43 | 44 | 60 | 51 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// Parses the frame. `Ok(None)`: not a TCP/UDP packet we could care about (pass,
+/// uncounted). `Err`: a counted verdict per the `Reason` contract.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Verdict> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HLEN > end {
+        return Err(Verdict::pass(Reason::NotIp));
+    }
+    let mut ethertype = be16_at(data + 12);
+    let mut ip = data + ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        if data + ETH_HLEN + VLAN_HLEN > end {
+            return Err(Verdict::pass(Reason::NotIp));
+        }
+        ethertype = be16_at(data + ETH_HLEN + 2);
+        ip = data + ETH_HLEN + VLAN_HLEN;
+    }
+    let frame_len = (end - data) as u64;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ip, end, frame_len),
+        ETH_P_IPV6 => parse_ipv6(ip, end, frame_len),
+        _ => Err(Verdict::pass(Reason::NotIp)),
+    }
+}
+
+#[inline(always)]
+fn l4_min(proto: u8) -> usize {
+    if proto == PROTO_TCP {
+        TCP_HLEN
+    } else {
+        UDP_HLEN
+    }
+}
+
+/// Whether the fixed TCP/UDP header at `l4` runs past the frame. Each comparison
+/// uses a constant length on the L4 pointer itself, which is what lets the verifier
+/// accept accesses through a pointer with a variable (IHL-derived) offset.
+#[inline(always)]
+fn l4_short(l4: usize, end: usize, proto: u8) -> bool {
+    if l4 + UDP_HLEN > end {
+        return true;
+    }
+    proto == PROTO_TCP && l4 + TCP_HLEN > end
+}
+
+#[inline(always)]
+fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, Verdict> {
+    if ip + IPV4_HLEN > end {
+        return Err(Verdict::pass(Reason::BadIpHeader));
+    }
+    let dst = [raw32_at(ip + 16), 0, 0, 0];
+    let b0 = u8_at(ip);
+    // IHL in bytes, 0..=60. Masked and shifted from one byte, so the verifier knows
+    // its range; `black_box` keeps LLVM from folding it into a form it cannot follow.
+    let hl = core::hint::black_box(((b0 & 0x0f) as usize) << 2) & 0x3c;
+    let tot = be16_at(ip + 2) as usize;
+    if b0 >> 4 != 4 || hl < IPV4_HLEN || tot < hl || ip + tot > end {
+        return Err(for_vip(Reason::BadIpHeader, dst, FAMILY_IPV4));
+    }
+    let proto = u8_at(ip + 9);
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(None);
+    }
+    // MF set or a non-zero offset: the first or a later fragment.
+    if be16_at(ip + 6) & 0x3fff != 0 {
+        return only_for_vip(Reason::Unparseable, dst, FAMILY_IPV4);
+    }
+    // LLVM can prove `l4 + 20 <= end` from `ip + tot <= end` and `tot >= hl + 20`
+    // and drop the check below; the verifier cannot follow that proof, so hide where
+    // `l4` came from.
+    let l4 = core::hint::black_box(ip + hl);
+    if tot < hl + l4_min(proto) || l4_short(l4, end, proto) {
+        return only_for_vip(Reason::TruncatedL4, dst, FAMILY_IPV4);
+    }
+    Ok(Some(Packet {
+        ip,
+        l4,
+        family: FAMILY_IPV4,
+        proto,
+        ttl: u8_at(ip + 8),
+        tos: u8_at(ip + 1),
+        ip_len: tot as u16,
+        src: [raw32_at(ip + 12), 0, 0, 0],
+        dst,
+        sport: raw16_at(l4),
+        dport: raw16_at(l4 + 2),
+        frame_len,
+        end,
+    }))
+}
+
+#[inline(always)]
+fn parse_ipv6(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, Verdict> {
+    if ip + IPV6_HLEN > end {
+        return Err(Verdict::pass(Reason::BadIpHeader));
+    }
+    let dst = addr6_at(ip + 24);
+    let payload = be16_at(ip + 4) as usize;
+    if u8_at(ip) >> 4 != 6 || ip + IPV6_HLEN + payload > end {
+        return Err(for_vip(Reason::BadIpHeader, dst, FAMILY_IPV6));
+    }
+    let proto = u8_at(ip + 6);
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        if is_ipv6_ext(proto) {
+            return only_for_vip(Reason::Unparseable, dst, FAMILY_IPV6);
+        }
+        return Ok(None);
+    }
+    // As for IPv4: keep LLVM from deriving the L4 bounds from the payload length.
+    let l4 = core::hint::black_box(ip + IPV6_HLEN);
+    if payload < l4_min(proto) || l4_short(l4, end, proto) {
+        return only_for_vip(Reason::TruncatedL4, dst, FAMILY_IPV6);
+    }
+    Ok(Some(Packet {
+        ip,
+        l4,
+        family: FAMILY_IPV6,
+        proto,
+        ttl: u8_at(ip + 7),
+        tos: 0,
+        ip_len: (IPV6_HLEN + payload) as u16,
+        src: addr6_at(ip + 8),
+        dst,
+        sport: raw16_at(l4),
+        dport: raw16_at(l4 + 2),
+        frame_len,
+        end,
+    }))
+}
+
+/// The action for packets that are not ours.
+pub const NOT_OURS: u32 = XDP_PASS;

@@ -1,0 +1,88 @@
+//! Backend selection: the connection table first, else the VIP's live Maglev table.
+
+use aya_ebpf::maps::Array;
+use keystone_common::{
+    Backend, FlowKey, FlowState, Reason, VipInfo,
+    backend_flags::UP,
+    flow_hash,
+    limits::ring::{MAX_RING_SIZE, NO_BACKEND},
+    vip_flags::SOURCE_STICKY,
+};
+
+use crate::{
+    Verdict,
+    maps::{BACKENDS, CONNS, RINGS},
+};
+
+/// The backend a packet goes to.
+pub struct Choice {
+    /// Backend slot (index into `BACKENDS` and `BACKEND_STATS`).
+    pub slot: u32,
+    pub backend: Backend,
+    /// The flow was pinned to the backend by this packet (new or re-picked).
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+fn backend(slots: &Array<Backend>, slot: u32) -> Option<Backend> {
+    slots.get(slot).copied()
+}
+
+/// A flow keeps its pinned backend while that slot is up, still holds the same
+/// backend (generation) and serves this VIP; otherwise it is (re-)picked through the
+/// Maglev table and pinned, which is the only per-packet write to shared state.
+#[inline(always)]
+pub fn choose(key: &FlowKey, vip: &VipInfo) -> Result<Choice, Verdict> {
+    if let Some(state) = CONNS.get_ptr(key) {
+        // SAFETY: a valid map value pointer; FlowState is plain data (a concurrent
+        // update can at worst give a stale pair, which the checks below reject).
+        let state = unsafe { *state };
+        if let Some(b) = backend(&BACKENDS, state.backend)
+            && b.flags & UP != 0
+            && b.generation == state.generation
+            && b.vip_index == vip.index
+        {
+            return Ok(Choice {
+                slot: state.backend,
+                backend: b,
+                new_flow: false,
+            });
+        }
+    }
+
+    let size = vip.ring_size;
+    if size == 0 {
+        return Err(Verdict::drop(Reason::NoBackend));
+    }
+    if size > MAX_RING_SIZE {
+        return Err(Verdict::drop(Reason::MapInconsistent));
+    }
+    let entry = flow_hash(key, vip.flags & SOURCE_STICKY != 0) % size;
+    let Some(&slot) = RINGS.get(vip.ring_base() + entry) else {
+        return Err(Verdict::drop(Reason::MapInconsistent));
+    };
+    if slot == NO_BACKEND {
+        return Err(Verdict::drop(Reason::NoBackend));
+    }
+    let Some(b) = backend(&BACKENDS, slot) else {
+        return Err(Verdict::drop(Reason::MapInconsistent));
+    };
+    if b.flags & UP == 0 {
+        return Err(Verdict::drop(Reason::NoBackend));
+    }
+    // A failed insert (cannot happen for an LRU map short of memory pressure) only
+    // means the next packet is hashed again, to the same backend.
+    let _ = CONNS.insert(
+        key,
+        FlowState {
+            backend: slot,
+            generation: b.generation,
+        },
+        0,
+    );
+    Ok(Choice {
+        slot,
+        backend: b,
+        new_flow: true,
+    })
+}
