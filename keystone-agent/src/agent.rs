@@ -57,10 +57,17 @@ pub struct Agent {
 
 impl Agent {
     /// Programs `config` into `dataplane` and returns the agent serving it.
-    pub fn start(config: LoadedConfig, mut dataplane: Box<dyn Dataplane>) -> Result<Agent, DataplaneError> {
+    pub fn start(
+        config: LoadedConfig,
+        mut dataplane: Box<dyn Dataplane>,
+    ) -> Result<Agent, DataplaneError> {
         dataplane.apply(&config.vip_specs(|_, _| true))?;
         Ok(Agent {
-            live: RwLock::new(Live { config, generation: 1, loaded_at: SystemTime::now() }),
+            live: RwLock::new(Live {
+                config,
+                generation: 1,
+                loaded_at: SystemTime::now(),
+            }),
             dataplane: Mutex::new(dataplane),
             samples: Mutex::new(VecDeque::new()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -68,7 +75,11 @@ impl Agent {
     }
 
     pub fn config(&self) -> LoadedConfig {
-        self.live.read().expect("config lock poisoned").config.clone()
+        self.live
+            .read()
+            .expect("config lock poisoned")
+            .config
+            .clone()
     }
 
     pub fn generation(&self) -> u64 {
@@ -85,7 +96,10 @@ impl Agent {
             .expect("config loader panicked")?;
         let old = self.config();
         if let Some(problem) = needs_restart(&old, &new) {
-            return Err(ReloadError::NeedsRestart { path: new.path.clone(), problem });
+            return Err(ReloadError::NeedsRestart {
+                path: new.path.clone(),
+                problem,
+            });
         }
         {
             let mut dataplane = self.dataplane.lock().expect("dataplane lock poisoned");
@@ -110,11 +124,17 @@ impl Agent {
 
     /// Detaches the data plane (or leaves it forwarding); see `Dataplane::shutdown`.
     pub fn shutdown_dataplane(&self, keep_forwarding: bool) -> Result<(), DataplaneError> {
-        self.dataplane.lock().expect("dataplane lock poisoned").shutdown(keep_forwarding)
+        self.dataplane
+            .lock()
+            .expect("dataplane lock poisoned")
+            .shutdown(keep_forwarding)
     }
 
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
-        self.dataplane.lock().expect("dataplane lock poisoned").counters()
+        self.dataplane
+            .lock()
+            .expect("dataplane lock poisoned")
+            .counters()
     }
 
     /// Records a counter sample for the live traffic share; called about once a second.
@@ -124,7 +144,9 @@ impl Agent {
         let mut samples = self.samples.lock().expect("samples lock poisoned");
         samples.push_back((now, counters));
         while samples.len() > 2
-            && samples.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= TRAFFIC_WINDOW)
+            && samples
+                .get(1)
+                .is_some_and(|(t, _)| now.duration_since(*t) >= TRAFFIC_WINDOW)
         {
             samples.pop_front();
         }
@@ -134,12 +156,21 @@ impl Agent {
     /// Everything `keystone-ctl status` shows.
     pub fn status(&self) -> Result<Status, DataplaneError> {
         let now = self.counters()?;
-        let oldest = self.samples.lock().expect("samples lock poisoned").front().cloned();
+        let oldest = self
+            .samples
+            .lock()
+            .expect("samples lock poisoned")
+            .front()
+            .cloned();
         let live = self.live.read().expect("config lock poisoned");
         let window = oldest.as_ref().map(|(t, c)| (t.elapsed(), c));
-        let find = |list: &[(Endpoint, Endpoint, TrafficCounters)], vip: &Endpoint, backend: &Endpoint| {
-            list.iter().find(|(v, b, _)| v == vip && b == backend).map(|(_, _, c)| *c).unwrap_or_default()
-        };
+        let find =
+            |list: &[(Endpoint, Endpoint, TrafficCounters)], vip: &Endpoint, backend: &Endpoint| {
+                list.iter()
+                    .find(|(v, b, _)| v == vip && b == backend)
+                    .map(|(_, _, c)| *c)
+                    .unwrap_or_default()
+            };
         let tenants = live
             .config
             .tenants
@@ -176,7 +207,12 @@ impl Agent {
                 for b in &mut backends {
                     b.traffic_share = share(b.recent_new_connections, recent_total);
                 }
-                let vip_counters = now.vips.iter().find(|(v, _)| *v == vip).map(|(_, c)| *c).unwrap_or_default();
+                let vip_counters = now
+                    .vips
+                    .iter()
+                    .find(|(v, _)| *v == vip)
+                    .map(|(_, c)| *c)
+                    .unwrap_or_default();
                 TenantStatus {
                     name: t.name.clone(),
                     vip: t.vip.to_string(),
@@ -202,13 +238,20 @@ impl Agent {
                 .enumerate()
                 .map(|(i, &n)| (xdp_action_name(i as u32).to_owned(), n))
                 .collect(),
-            packet_reasons: Reason::ALL.iter().map(|r| (r.name().to_owned(), now.reasons[*r as usize])).collect(),
+            packet_reasons: Reason::ALL
+                .iter()
+                .map(|r| (r.name().to_owned(), now.reasons[*r as usize]))
+                .collect(),
         })
     }
 }
 
 fn share(part: u64, total: u64) -> f64 {
-    if total == 0 { 0.0 } else { part as f64 / total as f64 }
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 / total as f64
+    }
 }
 
 /// Fields a reload cannot change in place.
@@ -220,7 +263,10 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
         reason: format!("{what} cannot change on reload; restart the agent to apply it"),
     };
     if old.config.interfaces != new.config.interfaces {
-        return Some(problem("interfaces", "the interfaces the XDP program is attached to".into()));
+        return Some(problem(
+            "interfaces",
+            "the interfaces the XDP program is attached to".into(),
+        ));
     }
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));

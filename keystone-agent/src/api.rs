@@ -39,7 +39,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
-        ApiError { status, error: error.into(), problems: Vec::new() }
+        ApiError {
+            status,
+            error: error.into(),
+            problems: Vec::new(),
+        }
     }
 }
 
@@ -56,12 +60,18 @@ impl IntoResponse for ApiError {
 impl From<ReloadError> for ApiError {
     fn from(e: ReloadError) -> ApiError {
         let status = match &e {
-            ReloadError::Config(crate::config::ConfigError::Read { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
-            ReloadError::Config(_) | ReloadError::NeedsRestart { .. } | ReloadError::Dataplane(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            ReloadError::Config(crate::config::ConfigError::Read { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
             }
+            ReloadError::Config(_)
+            | ReloadError::NeedsRestart { .. }
+            | ReloadError::Dataplane(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError { status, problems: e.problems(), error: e.to_string() }
+        ApiError {
+            status,
+            problems: e.problems(),
+            error: e.to_string(),
+        }
     }
 }
 
@@ -75,7 +85,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .with_state(state)
 }
 
@@ -91,8 +104,11 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer <token>)")
-            .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response(),
         Some(token) if !constant_time_eq(token.trim().as_bytes(), state.token.as_bytes()) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response()
         }
@@ -108,20 +124,26 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let registry = state.registry.clone();
     match tokio::task::spawn_blocking(move || crate::metrics::render(&registry)).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics rendering failed: {e}"))
-            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics rendering failed: {e}"),
+        )
+        .into_response(),
     }
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Status>, ApiError> {
-    state
-        .agent
-        .status()
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the data plane: {e}")))
+    state.agent.status().map(Json).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the data plane: {e}"),
+        )
+    })
 }
 
 async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
     let generation = state.agent.reload().await?;
-    Ok(Json(json!({ "status": "reloaded", "config_generation": generation })))
+    Ok(Json(
+        json!({ "status": "reloaded", "config_generation": generation }),
+    ))
 }

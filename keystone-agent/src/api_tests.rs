@@ -28,7 +28,10 @@ struct FakeDataplane {
 impl Dataplane for FakeDataplane {
     fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
         if std::mem::take(&mut *self.refuse_next.lock().unwrap()) {
-            return Err(DataplaneError::TooManyBackends { count: 9999, max: 4096 });
+            return Err(DataplaneError::TooManyBackends {
+                count: 9999,
+                max: 4096,
+            });
         }
         self.applied.lock().unwrap().push(vips.to_vec());
         Ok(())
@@ -75,10 +78,21 @@ impl Harness {
         let path = dir.path().join("keystone.yaml");
         std::fs::write(&path, config_text(90, 10)).unwrap();
         let fake = FakeDataplane::default();
-        let agent = Arc::new(Agent::start(LoadedConfig::load(&path).unwrap(), Box::new(fake.clone())).unwrap());
+        let agent = Arc::new(
+            Agent::start(LoadedConfig::load(&path).unwrap(), Box::new(fake.clone())).unwrap(),
+        );
         let registry = Arc::new(crate::metrics::registry(&agent));
-        let state = ApiState { agent, registry, token: Arc::new(TOKEN.to_owned()) };
-        Harness { _dir: dir, path, fake, state }
+        let state = ApiState {
+            agent,
+            registry,
+            token: Arc::new(TOKEN.to_owned()),
+        };
+        Harness {
+            _dir: dir,
+            path,
+            fake,
+            state,
+        }
     }
 
     fn write(&self, text: &str) {
@@ -90,7 +104,10 @@ impl Harness {
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        let response = router(self.state.clone()).oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = router(self.state.clone())
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
@@ -98,7 +115,11 @@ impl Harness {
 
     fn live_weights(&self) -> Vec<u32> {
         let applied = self.fake.applied.lock().unwrap();
-        applied.last().unwrap()[0].backends.iter().map(|b| b.weight).collect()
+        applied.last().unwrap()[0]
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .collect()
     }
 }
 
@@ -115,7 +136,12 @@ async fn health_is_open_and_everything_else_needs_the_token() {
     for (method, uri) in [("GET", "/status"), ("POST", "/admin/reload")] {
         let (status, body) = h.call(method, uri, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
-        assert!(json(&body)["error"].as_str().unwrap().contains("missing bearer token"));
+        assert!(
+            json(&body)["error"]
+                .as_str()
+                .unwrap()
+                .contains("missing bearer token")
+        );
         let (status, _) = h.call(method, uri, Some("wrong")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
     }
@@ -148,9 +174,16 @@ async fn invalid_reload_is_refused_with_field_and_line_and_old_config_stays() {
     let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let body = json(&body);
-    assert_eq!(body["problems"][0]["field"], "tenants[0].services[1].weight");
+    assert_eq!(
+        body["problems"][0]["field"],
+        "tenants[0].services[1].weight"
+    );
     assert_eq!(body["problems"][0]["line"], 13);
-    assert_eq!(h.fake.applied.lock().unwrap().len(), 1, "nothing new was applied");
+    assert_eq!(
+        h.fake.applied.lock().unwrap().len(),
+        1,
+        "nothing new was applied"
+    );
     assert_eq!(h.state.agent.generation(), 1);
     assert_eq!(h.state.agent.config().tenants[0].services[1].weight, 10);
 }
@@ -164,7 +197,12 @@ async fn interface_change_needs_a_restart() {
     let body = json(&body);
     assert_eq!(body["problems"][0]["field"], "interfaces");
     assert_eq!(body["problems"][0]["line"], 1);
-    assert!(body["error"].as_str().unwrap().contains("restart the agent"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("restart the agent")
+    );
 }
 
 #[tokio::test]
@@ -174,7 +212,12 @@ async fn dataplane_refusal_restores_the_previous_state() {
     *h.fake.refuse_next.lock().unwrap() = true;
     let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(json(&body)["error"].as_str().unwrap().contains("previous one stays live"));
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("previous one stays live")
+    );
     assert_eq!(h.live_weights(), [90, 10], "old state re-applied");
     assert_eq!(h.state.agent.generation(), 1);
 }
@@ -184,8 +227,15 @@ async fn metrics_carry_backend_counters_with_labels() {
     let h = Harness::new();
     let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
     let blue = Endpoint::new("198.18.11.2:8080".parse().unwrap(), PROTO_TCP);
-    h.fake.counters.lock().unwrap().backends =
-        vec![(vip, blue, TrafficCounters { packets: 7, bytes: 700, new_flows: 3 })];
+    h.fake.counters.lock().unwrap().backends = vec![(
+        vip,
+        blue,
+        TrafficCounters {
+            packets: 7,
+            bytes: 700,
+            new_flows: 3,
+        },
+    )];
     h.fake.counters.lock().unwrap().reasons[keystone_common::Reason::TruncatedL4 as usize] = 2;
     let (status, text) = h.call("GET", "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -208,7 +258,9 @@ async fn metrics_carry_backend_counters_with_labels() {
     assert!(packets.ends_with(" 7"), "{packets}");
     assert!(line("keystone_backend_new_connections_total{").ends_with(" 3"));
     assert!(line("keystone_xdp_exceptions_total{reason=\"truncated_l4\"}").ends_with(" 2"));
-    assert!(text.contains("keystone_backend_weight{") && text.contains("keystone_config_generation 1"));
+    assert!(
+        text.contains("keystone_backend_weight{") && text.contains("keystone_config_generation 1")
+    );
 }
 
 #[test]
@@ -219,8 +271,22 @@ fn status_traffic_share_comes_from_the_window() {
     let green = Endpoint::new("198.18.12.2:8080".parse().unwrap(), PROTO_TCP);
     let set = |b: u64, g: u64| {
         h.fake.counters.lock().unwrap().backends = vec![
-            (vip, blue, TrafficCounters { new_flows: b, ..Default::default() }),
-            (vip, green, TrafficCounters { new_flows: g, ..Default::default() }),
+            (
+                vip,
+                blue,
+                TrafficCounters {
+                    new_flows: b,
+                    ..Default::default()
+                },
+            ),
+            (
+                vip,
+                green,
+                TrafficCounters {
+                    new_flows: g,
+                    ..Default::default()
+                },
+            ),
         ];
     };
     set(1000, 0); // history before the window

@@ -12,7 +12,14 @@ use prometheus::{
 
 use crate::agent::Agent;
 
-const BACKEND_LABELS: [&str; 6] = ["tenant", "vip", "backend", "address", "version", "environment"];
+const BACKEND_LABELS: [&str; 6] = [
+    "tenant",
+    "vip",
+    "backend",
+    "address",
+    "version",
+    "environment",
+];
 
 /// Reads the data plane's counters on every scrape.
 struct DataplaneCollector {
@@ -21,11 +28,13 @@ struct DataplaneCollector {
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("metric definitions are static and valid")
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are static and valid")
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definitions are static and valid")
+    IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are static and valid")
 }
 
 struct Families {
@@ -64,8 +73,16 @@ impl Families {
                 "The backend's configured weight for new connections.",
                 &BACKEND_LABELS,
             ),
-            vip_packets: counter_vec("keystone_vip_packets_total", "Packets to the VIP.", &["tenant", "vip"]),
-            vip_bytes: counter_vec("keystone_vip_bytes_total", "Bytes to the VIP.", &["tenant", "vip"]),
+            vip_packets: counter_vec(
+                "keystone_vip_packets_total",
+                "Packets to the VIP.",
+                &["tenant", "vip"],
+            ),
+            vip_bytes: counter_vec(
+                "keystone_vip_bytes_total",
+                "Bytes to the VIP.",
+                &["tenant", "vip"],
+            ),
             vip_new: counter_vec(
                 "keystone_vip_new_connections_total",
                 "New flows to the VIP.",
@@ -81,8 +98,11 @@ impl Families {
                 "Packets that left the fast path, by reason (see keystone_common::Reason).",
                 &["reason"],
             ),
-            generation: IntGauge::new("keystone_config_generation", "Number of the live config (1 at start, +1 per reload).")
-                .expect("metric definitions are static and valid"),
+            generation: IntGauge::new(
+                "keystone_config_generation",
+                "Number of the live config (1 at start, +1 per reload).",
+            )
+            .expect("metric definitions are static and valid"),
         }
     }
 
@@ -108,7 +128,9 @@ impl Collector for DataplaneCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Some(agent) = self.agent.upgrade() else { return Vec::new() };
+        let Some(agent) = self.agent.upgrade() else {
+            return Vec::new();
+        };
         let counters = match agent.counters() {
             Ok(c) => c,
             Err(e) => {
@@ -137,20 +159,32 @@ impl Collector for DataplaneCollector {
                     s.version.as_str(),
                     s.environment.as_deref().unwrap_or(""),
                 ];
-                f.backend_weight.with_label_values(&labels).set(s.weight as i64);
+                f.backend_weight
+                    .with_label_values(&labels)
+                    .set(s.weight as i64);
                 let endpoint = Endpoint::new(s.address, t.protocol.number());
-                if let Some((_, _, c)) = counters.backends.iter().find(|(v, b, _)| *v == vip && *b == endpoint) {
-                    f.backend_packets.with_label_values(&labels).inc_by(c.packets);
+                if let Some((_, _, c)) = counters
+                    .backends
+                    .iter()
+                    .find(|(v, b, _)| *v == vip && *b == endpoint)
+                {
+                    f.backend_packets
+                        .with_label_values(&labels)
+                        .inc_by(c.packets);
                     f.backend_bytes.with_label_values(&labels).inc_by(c.bytes);
                     f.backend_new.with_label_values(&labels).inc_by(c.new_flows);
                 }
             }
         }
         for (action, &n) in counters.actions.iter().enumerate() {
-            f.actions.with_label_values(&[xdp_action_name(action as u32)]).inc_by(n);
+            f.actions
+                .with_label_values(&[xdp_action_name(action as u32)])
+                .inc_by(n);
         }
         for reason in Reason::ALL {
-            f.reasons.with_label_values(&[reason.name()]).inc_by(counters.reasons[reason as usize]);
+            f.reasons
+                .with_label_values(&[reason.name()])
+                .inc_by(counters.reasons[reason as usize]);
         }
         f.generation.set(agent.generation() as i64);
         f.collectors().iter().flat_map(|c| c.collect()).collect()
@@ -161,14 +195,24 @@ impl Collector for DataplaneCollector {
 pub fn registry(agent: &Arc<Agent>) -> Registry {
     let registry = Registry::new();
     let families = Families::new();
-    let descs = families.collectors().iter().flat_map(|c| c.desc()).cloned().collect();
+    let descs = families
+        .collectors()
+        .iter()
+        .flat_map(|c| c.desc())
+        .cloned()
+        .collect();
     registry
-        .register(Box::new(DataplaneCollector { agent: Arc::downgrade(agent), descs }))
+        .register(Box::new(DataplaneCollector {
+            agent: Arc::downgrade(agent),
+            descs,
+        }))
         .expect("the data-plane collector is registered once");
     registry
 }
 
 /// The text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> String {
-    TextEncoder::new().encode_to_string(&registry.gather()).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
 }

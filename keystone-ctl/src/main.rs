@@ -10,11 +10,22 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "keystone-ctl", version, about = "Control a Keystone agent through its admin API")]
-#[command(after_help = "Exit codes: 0 success, 1 refused by the agent, 2 usage, 3 agent unreachable, 4 auth failed")]
+#[command(
+    name = "keystone-ctl",
+    version,
+    about = "Control a Keystone agent through its admin API"
+)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 refused by the agent, 2 usage, 3 agent unreachable, 4 auth failed"
+)]
 struct Cli {
     /// Admin API base URL.
-    #[arg(long, env = "KEYSTONE_API", default_value = "http://127.0.0.1:9100", global = true)]
+    #[arg(
+        long,
+        env = "KEYSTONE_API",
+        default_value = "http://127.0.0.1:9100",
+        global = true
+    )]
     api: String,
     /// Bearer token (default: KEYSTONE_TOKEN, else the file from --token-file).
     #[arg(long, env = "KEYSTONE_TOKEN", hide_env_values = true, global = true)]
@@ -50,7 +61,10 @@ struct Failure {
 }
 
 fn fail(code: u8, message: impl Into<String>) -> Failure {
-    Failure { code, message: message.into() }
+    Failure {
+        code,
+        message: message.into(),
+    }
 }
 
 struct Client {
@@ -62,14 +76,21 @@ struct Client {
 impl Client {
     fn new(cli: &Cli) -> Client {
         let token = cli.token.clone().or_else(|| {
-            std::fs::read_to_string(&cli.token_file).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+            std::fs::read_to_string(&cli.token_file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
         });
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(std::time::Duration::from_secs(30)))
             .build()
             .into();
-        Client { base: cli.api.trim_end_matches('/').to_owned(), token, agent }
+        Client {
+            base: cli.api.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
     }
 
     /// Calls the API; a non-2xx answer becomes a Failure carrying the agent's reason.
@@ -92,7 +113,8 @@ impl Client {
                 r.call()
             }
         };
-        let mut response = result.map_err(|e| fail(3, format!("cannot reach the agent at {url}: {e}")))?;
+        let mut response =
+            result.map_err(|e| fail(3, format!("cannot reach the agent at {url}: {e}")))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -110,7 +132,10 @@ impl Client {
                 if let Some(problems) = body.get("problems").and_then(Value::as_array) {
                     message = format!("the agent answered {status}:");
                     for p in problems {
-                        let line = p["line"].as_u64().map(|l| format!("line {l}: ")).unwrap_or_default();
+                        let line = p["line"]
+                            .as_u64()
+                            .map(|l| format!("line {l}: "))
+                            .unwrap_or_default();
                         message.push_str(&format!(
                             "\n  {line}{}: {}",
                             p["field"].as_str().unwrap_or("?"),
@@ -125,7 +150,10 @@ impl Client {
 }
 
 fn reason(body: &Value) -> String {
-    body.get("error").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string())
+    body.get("error")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string())
 }
 
 fn percent(v: &Value) -> String {
@@ -207,7 +235,14 @@ fn print_status(status: &Value) {
                 text(&b["bytes"]),
             ]);
         }
-        println!("{}", table(&rows).lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
+        println!(
+            "{}",
+            table(&rows)
+                .lines()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }
 
@@ -218,10 +253,16 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Reload => client.call("POST", "/admin/reload")?,
     };
     match (cli.output, &cli.command) {
-        (Output::Json, _) => println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default()),
+        (Output::Json, _) => println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        ),
         (Output::Human, Command::Status) => print_status(&result),
         (Output::Human, Command::Reload) => {
-            println!("reloaded: config generation {}", text(&result["config_generation"]))
+            println!(
+                "reloaded: config generation {}",
+                text(&result["config_generation"])
+            )
         }
     }
     Ok(())
@@ -233,7 +274,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, message }) => {
             if cli.output == Output::Json {
-                println!("{}", serde_json::json!({ "error": message, "exit_code": code }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": message, "exit_code": code })
+                );
             }
             eprintln!("keystone-ctl: {message}");
             ExitCode::from(code)
