@@ -24,6 +24,13 @@ pub mod ring {
     pub const NO_BACKEND: u32 = u32::MAX;
 }
 
+/// The address prefilter (`maps::addr_filter`).
+pub mod filter {
+    /// 32-bit words in the filter array: 4096 words, 16 KiB, each holding 16 VIP bits
+    /// and 16 backend bits, i.e. 65,536 buckets per kind.
+    pub const ADDR_FILTER_WORDS: u32 = 4096;
+}
+
 /// Flow tracking.
 pub mod conn {
     /// Entries in the LRU connection table. When full, the least recently

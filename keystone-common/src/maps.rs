@@ -21,6 +21,8 @@ pub mod names {
     /// whose ports it cannot read (fragment, extension header, truncated or
     /// inconsistent header) was meant for a VIP.
     pub const VIP_ADDRS: &str = "KS_VIP_ADDRS_V1";
+    /// Array of `u32` words: the address prefilter, see `addr_filter`.
+    pub const ADDR_FILTER: &str = "KS_ADDR_FILTER_V1";
     /// The XDP program's function name.
     pub const PROGRAM: &str = "keystone_xdp";
 }
@@ -115,6 +117,40 @@ impl VipAddr {
 impl From<&Endpoint> for VipAddr {
     fn from(e: &Endpoint) -> Self {
         VipAddr::new(e.addr, e.family)
+    }
+}
+
+/// The address prefilter: a bitmap over a 16-bit fold of addresses that tells the
+/// program, with one array read, that a packet's destination cannot be a VIP and its
+/// source cannot be a nat backend, so most packets that are not ours skip both hash
+/// lookups (VIPS, REVERSE). False positives only cost those lookups; the agent sets
+/// a bit before the entries it covers exist and clears it after they are gone.
+pub mod addr_filter {
+    use crate::limits::filter::ADDR_FILTER_WORDS;
+
+    /// 16-bit fold of an address (map words).
+    #[inline(always)]
+    pub const fn bucket(addr: &[u32; 4]) -> u32 {
+        let x = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+        (x ^ (x >> 16)) & 0xffff
+    }
+
+    /// Filter word index of an address.
+    #[inline(always)]
+    pub const fn word(addr: &[u32; 4]) -> u32 {
+        (bucket(addr) >> 4) % ADDR_FILTER_WORDS
+    }
+
+    /// Bit (in its word) saying "some VIP has this destination address".
+    #[inline(always)]
+    pub const fn vip_bit(addr: &[u32; 4]) -> u32 {
+        1 << (bucket(addr) & 15)
+    }
+
+    /// Bit (in its word) saying "some nat backend has this source address".
+    #[inline(always)]
+    pub const fn backend_bit(addr: &[u32; 4]) -> u32 {
+        1 << (16 + (bucket(addr) & 15))
     }
 }
 

@@ -18,7 +18,10 @@ use aya_ebpf::{
 use keystone_common::{Endpoint, FlowKey, Reason, ReverseNat, VipInfo, mode};
 
 use crate::{
-    maps::{REVERSE, VIPS, count_action, count_reason, count_traffic},
+    maps::{
+        REVERSE, VIPS, count_action, count_reason, count_traffic, maybe_backend_addr,
+        maybe_vip_addr,
+    },
     nat::Side,
     parse::Packet,
 };
@@ -66,28 +69,33 @@ fn try_keystone_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
     let Some(mut pkt) = parse::parse(ctx)? else {
         return Ok(parse::NOT_OURS);
     };
-    let vip_key = Endpoint {
-        addr: pkt.dst,
-        port: pkt.dport,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
-    if let Some(vip) = VIPS.get_ptr(&vip_key) {
-        // SAFETY: a valid map value pointer to plain data; the agent replaces entries
-        // whole, and a torn read is caught by the range checks downstream.
-        let vip = unsafe { *vip };
-        return to_backend(ctx, &mut pkt, &vip);
+    // One array read rules out most packets that are not ours before any hash lookup.
+    if maybe_vip_addr(&pkt.dst) {
+        let vip_key = Endpoint {
+            addr: pkt.dst,
+            port: pkt.dport,
+            proto: pkt.proto,
+            family: pkt.family,
+        };
+        if let Some(vip) = VIPS.get_ptr(vip_key) {
+            // SAFETY: a valid map value pointer to plain data; the agent replaces entries
+            // whole, and a torn read is caught by the range checks downstream.
+            let vip = unsafe { *vip };
+            return to_backend(ctx, &mut pkt, &vip);
+        }
     }
-    let src_key = Endpoint {
-        addr: pkt.src,
-        port: pkt.sport,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
-    if let Some(rev) = REVERSE.get_ptr(&src_key) {
-        // SAFETY: as above.
-        let rev = unsafe { *rev };
-        return reply(ctx, &mut pkt, &rev);
+    if maybe_backend_addr(&pkt.src) {
+        let src_key = Endpoint {
+            addr: pkt.src,
+            port: pkt.sport,
+            proto: pkt.proto,
+            family: pkt.family,
+        };
+        if let Some(rev) = REVERSE.get_ptr(src_key) {
+            // SAFETY: as above.
+            let rev = unsafe { *rev };
+            return reply(ctx, &mut pkt, &rev);
+        }
     }
     Ok(parse::NOT_OURS)
 }

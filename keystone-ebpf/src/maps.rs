@@ -6,8 +6,10 @@ use aya_ebpf::{
 };
 use keystone_common::{
     Backend, Endpoint, FlowKey, FlowState, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
+    addr_filter,
     limits::{
         conn::CONN_TABLE_SIZE,
+        filter::ADDR_FILTER_WORDS,
         ring::{MAX_BACKENDS, RING_ARRAY_ENTRIES},
         stats::XDP_ACTIONS,
         vip::{MAX_VIP_ADDRS, MAX_VIPS},
@@ -34,6 +36,7 @@ const fn same(a: &str, b: &str) -> bool {
 const _: () = {
     assert!(same(names::VIPS, "KS_VIPS_V1"));
     assert!(same(names::VIP_ADDRS, "KS_VIP_ADDRS_V1"));
+    assert!(same(names::ADDR_FILTER, "KS_ADDR_FILTER_V1"));
     assert!(same(names::BACKENDS, "KS_BACKENDS_V1"));
     assert!(same(names::RINGS, "KS_RINGS_V1"));
     assert!(same(names::CONNS, "KS_CONNS_V1"));
@@ -50,6 +53,9 @@ pub static VIPS: HashMap<Endpoint, VipInfo> = HashMap::with_max_entries(MAX_VIPS
 
 #[map(name = "KS_VIP_ADDRS_V1")]
 pub static VIP_ADDRS: HashMap<VipAddr, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
+
+#[map(name = "KS_ADDR_FILTER_V1")]
+pub static ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_WORDS, 0);
 
 #[map(name = "KS_BACKENDS_V1")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
@@ -76,10 +82,31 @@ pub static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_AC
 #[map(name = "KS_REASON_STATS_V1")]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
+/// The prefilter's word for `addr` (0 if unreadable: nothing matches).
+#[inline(always)]
+pub fn filter_word(addr: &[u32; 4]) -> u32 {
+    ADDR_FILTER
+        .get(addr_filter::word(addr))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Whether `addr` may be a VIP address (no false negatives), from the prefilter.
+#[inline(always)]
+pub fn maybe_vip_addr(addr: &[u32; 4]) -> bool {
+    filter_word(addr) & addr_filter::vip_bit(addr) != 0
+}
+
+/// Whether `addr` may be a nat backend's address (no false negatives).
+#[inline(always)]
+pub fn maybe_backend_addr(addr: &[u32; 4]) -> bool {
+    filter_word(addr) & addr_filter::backend_bit(addr) != 0
+}
+
 /// Whether `addr` is the address of some VIP (any port and protocol).
 #[inline(always)]
 pub fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
-    VIP_ADDRS.get_ptr(VipAddr::new(addr, family)).is_some()
+    maybe_vip_addr(&addr) && VIP_ADDRS.get_ptr(VipAddr::new(addr, family)).is_some()
 }
 
 #[inline(always)]

@@ -1,25 +1,11 @@
 //! Checksum/NAT rewriting: DNAT towards a backend, SNAT of its replies back to the VIP, TTL/hop limit, incremental checksums.
 
-use core::ptr::write_unaligned;
-
 use keystone_common::{
     Endpoint, FAMILY_IPV4, PROTO_UDP,
     checksum::{replace_addr, replace16, replace32},
 };
 
-use crate::parse::{Packet, raw16_at};
-
-#[inline(always)]
-fn put16(p: usize, v: u16) {
-    // SAFETY: `p..p + 2` lies inside a header the parser bounds-checked.
-    unsafe { write_unaligned(p as *mut u16, v) }
-}
-
-#[inline(always)]
-fn put32(p: usize, v: u32) {
-    // SAFETY: `p..p + 4` lies inside a header the parser bounds-checked.
-    unsafe { write_unaligned(p as *mut u32, v) }
-}
+use crate::parse::{Packet, put16, put32, raw16_at};
 
 #[inline(always)]
 fn put8(p: usize, v: u8) {

@@ -1737,3 +1737,62 @@ fn load_refuses_a_pin_dir_outside_bpffs() {
         "error should say how to fix it: {msg}"
     );
 }
+
+/// Per-packet cost as the kernel measures it (`BPF_PROG_TEST_RUN` duration), printed
+/// rather than asserted: `cargo test -p keystone-tests --test packet -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints timings; run by hand"]
+fn per_packet_cost() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        gw.apply(&case_config());
+        let avg = |input: &[u8], ingress: u32, repeat: u32| {
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+            let mut out = vec![0u8; input.len() + 256];
+            let opts = TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..TestRunOptions::default()
+            };
+            gw.dp
+                .program()
+                .test_run(opts)
+                .expect("test run")
+                .duration
+                .as_nanos()
+        };
+        let d = Shape::default();
+        let nat = frame(&flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP), &d);
+        let dsr = frame(&flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP), &d);
+        let other = frame(&flow("198.18.0.2:40000", "198.18.0.1:22", PROTO_TCP), &d);
+        gw.run(&nat, gw.in_index); // establish
+        let runs = 20_000;
+        // NAT rewrites its input, so time single runs of a fresh copy.
+        let nat_ns: u128 =
+            (0..runs).map(|_| avg(&nat, gw.in_index, 1)).sum::<u128>() / runs as u128;
+        println!("nat, established flow:  {nat_ns} ns/packet (single runs)");
+        println!(
+            "dsr, established flow:  {} ns/packet",
+            avg(&dsr, gw.in_index, 1_000_000)
+        );
+        println!(
+            "not for a VIP:          {} ns/packet",
+            avg(&other, gw.in_index, 1_000_000)
+        );
+        let dsr_single: u128 =
+            (0..runs).map(|_| avg(&dsr, gw.in_index, 1)).sum::<u128>() / runs as u128;
+        println!(
+            "dsr, established flow:  {dsr_single} ns/packet (single runs, to compare with nat)"
+        );
+        let mut icmp = other.clone();
+        icmp[14 + 9] = 1;
+        println!(
+            "icmp (parse only):      {} ns/packet",
+            avg(&icmp, gw.in_index, 1_000_000)
+        );
+    });
+}

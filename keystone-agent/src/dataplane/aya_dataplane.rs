@@ -29,9 +29,10 @@ use super::{
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     names::VIPS,
     names::VIP_ADDRS,
+    names::ADDR_FILTER,
     names::BACKENDS,
     names::RINGS,
     names::CONNS,
@@ -438,6 +439,7 @@ fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
 pub struct AyaMaps {
     vips: HashMap<MapData, Endpoint, VipInfo>,
     vip_addrs: HashMap<MapData, VipAddr, u32>,
+    filter: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     rings: Array<MapData, u32>,
     reverse: HashMap<MapData, Endpoint, ReverseNat>,
@@ -468,6 +470,7 @@ impl AyaMaps {
         Ok(AyaMaps {
             vips: typed(ebpf, names::VIPS)?,
             vip_addrs: typed(ebpf, names::VIP_ADDRS)?,
+            filter: typed(ebpf, names::ADDR_FILTER)?,
             backends: typed(ebpf, names::BACKENDS)?,
             rings: typed(ebpf, names::RINGS)?,
             reverse: typed(ebpf, names::REVERSE)?,
@@ -518,6 +521,19 @@ impl MapWriter for AyaMaps {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::VIP_ADDRS))
+    }
+
+    fn read_filter(&self) -> Result<Vec<u32>, DataplaneError> {
+        self.filter
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::ADDR_FILTER))
+    }
+
+    fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), DataplaneError> {
+        self.filter
+            .set(index, word, 0)
+            .map_err(map_err(names::ADDR_FILTER))
     }
 
     fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError> {
