@@ -1605,6 +1605,16 @@ fn weight_changes_keep_established_flows_and_removal_repicks() {
             .collect();
         let first: Vec<SocketAddr> = flows.iter().map(|f| send(&gw, f)).collect();
         assert!(first.contains(&b0), "some flow lands on b0");
+        // The connection table pins each flow to the slot of the backend it went to.
+        for (f, to) in flows.iter().zip(&first).take(20) {
+            let state = gw
+                .dp
+                .conn(&f.key())
+                .expect("read CONNS")
+                .expect("flow is in CONNS");
+            let slot = gw.dp.backend_slot(&v, &Endpoint::new(*to, PROTO_TCP));
+            assert_eq!(Some(state.backend), slot, "CONNS entry of {f:?}");
+        }
 
         // Canary-style step: b0 drops to weight 0, b1 doubles. Established flows stay.
         gw.apply(&spec(&[0, 2, 1, 1]));
