@@ -14,7 +14,10 @@ const C2: u32 = 0x1b87_3593;
 #[inline(always)]
 fn mix(h: u32, word: u32) -> u32 {
     let k = word.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 /// MurmurHash3's finaliser: every input bit affects every output bit.
@@ -97,7 +100,10 @@ mod tests {
     #[test]
     fn hash_reads_the_right_fields() {
         // Deterministic, port-sensitive, and port-blind when source-only.
-        assert_eq!(flow_hash(&flow(40000), false), flow_hash(&flow(40000), false));
+        assert_eq!(
+            flow_hash(&flow(40000), false),
+            flow_hash(&flow(40000), false)
+        );
         let a = flow_hash(&flow(40000), false);
         let b = flow_hash(&flow(40001), false);
         assert_ne!(a, b);
@@ -111,7 +117,10 @@ mod tests {
             buckets[(flow_hash(&flow(20000 + p), false) % 16) as usize] += 1;
         }
         for b in buckets {
-            assert!((900..1100).contains(&b), "bucket {b} far from 1000: {buckets:?}");
+            assert!(
+                (900..1100).contains(&b),
+                "bucket {b} far from 1000: {buckets:?}"
+            );
         }
     }
 }

@@ -14,5 +14,5 @@ pub mod limits;
 pub mod maglev;
 pub mod maps;
 
-pub use hash::{flow_hash, FlowTuple};
+pub use hash::{FlowTuple, flow_hash};
 pub use maps::*;

@@ -32,7 +32,9 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let m = size as u64;
     let mut table = vec![NO_BACKEND; size as usize];
     // Visit backends in identity order so the caller's ordering cannot change the table.
-    let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].weight > 0).collect();
+    let mut order: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].weight > 0)
+        .collect();
     order.sort_by_key(|&i| (backends[i].id, i));
     let Some(max_weight) = order.iter().map(|&i| backends[i].weight as u64).max() else {
         return table;
@@ -79,7 +81,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -110,7 +112,10 @@ mod tests {
         for &e in table {
             counts[e as usize] += 1;
         }
-        counts.iter().map(|&c| c as f64 / table.len() as f64).collect()
+        counts
+            .iter()
+            .map(|&c| c as f64 / table.len() as f64)
+            .collect()
     }
 
     fn assert_shares_match(weights: &[u32]) {
@@ -149,7 +154,10 @@ mod tests {
         let mut reversed = b.clone();
         reversed.reverse();
         let t1: Vec<u64> = build(&b, SIZE).iter().map(|&e| b[e as usize].id).collect();
-        let t2: Vec<u64> = build(&reversed, SIZE).iter().map(|&e| reversed[e as usize].id).collect();
+        let t2: Vec<u64> = build(&reversed, SIZE)
+            .iter()
+            .map(|&e| reversed[e as usize].id)
+            .collect();
         assert_eq!(t1, t2);
     }
 
@@ -157,13 +165,24 @@ mod tests {
     fn removing_one_of_n_moves_little_more_than_its_share() {
         for n in [3usize, 5, 10] {
             let all = backends(&vec![1; n]);
-            let before: Vec<u64> = build(&all, SIZE).iter().map(|&e| all[e as usize].id).collect();
+            let before: Vec<u64> = build(&all, SIZE)
+                .iter()
+                .map(|&e| all[e as usize].id)
+                .collect();
             let removed = all[n / 2].id;
-            let rest: Vec<MaglevBackend> = all.iter().copied().filter(|b| b.id != removed).collect();
-            let after: Vec<u64> = build(&rest, SIZE).iter().map(|&e| rest[e as usize].id).collect();
-            let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / SIZE as f64;
+            let rest: Vec<MaglevBackend> =
+                all.iter().copied().filter(|b| b.id != removed).collect();
+            let after: Vec<u64> = build(&rest, SIZE)
+                .iter()
+                .map(|&e| rest[e as usize].id)
+                .collect();
+            let moved =
+                before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / SIZE as f64;
             let bound = 1.0 / n as f64 + 0.02;
-            assert!(moved <= bound, "n={n}: {moved:.4} of entries moved, bound {bound:.4}");
+            assert!(
+                moved <= bound,
+                "n={n}: {moved:.4} of entries moved, bound {bound:.4}"
+            );
         }
     }
 
