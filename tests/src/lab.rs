@@ -647,6 +647,57 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes the gateway know the MAC of the client and of every backend (v4 and v6),
+    /// by sending one UDP datagram from the gateway to port 9 of each (answered by an
+    /// ICMP port-unreachable, which also teaches the peer the gateway's MAC), until
+    /// each shows up in the gateway's neighbour table.
+    ///
+    /// The XDP program needs the next hop's MAC to redirect; without it, it hands the
+    /// packet to the kernel, which works for NAT over IPv4 but not for DSR (the
+    /// kernel has no route for the VIP) and costs IPv6 a retransmission.
+    pub fn warm_neighbours(&self) -> Result<()> {
+        let client = Bins::require(&self.bins.client)?.to_path_buf();
+        let gw = self.state.gateway_ns.clone();
+        let mut peers: Vec<(String, &str)> = vec![
+            (CLIENT4.to_string(), "eth-client"),
+            (CLIENT6.to_string(), "eth-client"),
+        ];
+        for b in &self.state.backends {
+            peers.push((b.ipv4.to_string(), &b.gw_if));
+            peers.push((b.ipv6.to_string(), &b.gw_if));
+        }
+        for (addr, dev) in peers {
+            let target = if addr.contains(':') {
+                format!("[{addr}]:9")
+            } else {
+                format!("{addr}:9")
+            };
+            wait_for(
+                &format!("the gateway to learn the MAC of {addr}"),
+                Duration::from_secs(10),
+                || {
+                    let neigh = cmd::run(
+                        Command::new("ip")
+                            .args(["-n", &gw, "neigh", "show", "to", &addr, "dev", dev]),
+                    )?;
+                    if neigh.contains("lladdr") {
+                        return Ok(Probe::Ready(()));
+                    }
+                    cmd::run(in_ns(&gw, &client).args([
+                        "--target",
+                        &target,
+                        "--udp",
+                        "1",
+                        "--timeout-ms",
+                        "200",
+                    ]))?;
+                    Ok(Probe::NotYet(neigh))
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// The last lines of every process's output, for failure messages.
     pub fn diagnostics(&self) -> String {
         let mut s = format!(

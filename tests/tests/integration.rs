@@ -1,13 +1,30 @@
 //! Integration tests: real TCP and UDP traffic through real XDP, in network
 //! namespaces each test creates and removes (see `keystone_lab`). They need root
-//! and the agent and ctl binaries: run them with `cargo xtask test`.
+//! and the agent and ctl binaries in the same target directory: run them with
+//! `cargo xtask test`, which builds everything first.
+//!
+//! Every test builds its own lab (unique names, so they run side by side), starts
+//! `keystone-agent` in the gateway namespace, and panics with the agent's output
+//! and counters when something is off.
 
 use std::{
+    fmt::Display,
     net::{IpAddr, SocketAddr},
     process::Command,
+    time::Duration,
 };
 
-use keystone_lab::{Bins, Lab, LabBuilder, Mode};
+use keystone_lab::{
+    AgentConfig, Bins, HoldEvent, Lab, LabBuilder, Mode, Probe, Protocol, Summary, VIP4, VIP6,
+    traffic::parse_summary, wait_for,
+};
+
+/// New connections (or datagrams) per measurement.
+const FLOWS: u32 = 2000;
+/// Allowed distance, in percentage points, between weight share and measured share.
+const TOLERANCE: f64 = 3.0;
+/// The port every ks-backend serves on.
+const BACKEND_PORT: u16 = 8080;
 
 /// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
 fn bins() -> Bins {
@@ -17,12 +34,440 @@ fn bins() -> Bins {
     bins
 }
 
-fn lab(mode: Mode) -> Lab {
+fn new_lab(mode: Mode, backends: &[&str]) -> Lab {
     LabBuilder::new()
         .mode(mode)
+        .backends(backends)
         .bins(bins())
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
+/// What a failure message carries: processes' output, the agent's view, its counters.
+fn context(lab: &Lab) -> String {
+    let mut s = lab.diagnostics();
+    if let Ok(out) = lab.ctl(&["status"]) {
+        s.push_str(&format!(
+            "--- keystone-ctl status:\n{}{}\n",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if let Ok((_, metrics)) = lab.admin_get("/metrics") {
+        let lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("keystone_") && !l.ends_with(" 0"))
+            .collect();
+        s.push_str(&format!("--- non-zero metrics:\n{}\n", lines.join("\n")));
+    }
+    s
+}
+
+/// Unwraps, or panics with `what`, the error and the lab's context.
+fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(lab)))
+}
+
+/// A lab in `mode` with backends serving, the gateway's neighbours known, and the
+/// agent running `tenants`.
+fn lab_with_agent(
+    mode: Mode,
+    backends: &[&str],
+    tenants: impl FnOnce(&Lab) -> Vec<keystone_lab::Tenant>,
+) -> (Lab, AgentConfig) {
+    lab_with_agent_warm(mode, backends, true, tenants)
+}
+
+fn lab_with_agent_warm(
+    mode: Mode,
+    backends: &[&str],
+    warm: bool,
+    tenants: impl FnOnce(&Lab) -> Vec<keystone_lab::Tenant>,
+) -> (Lab, AgentConfig) {
+    let mut lab = new_lab(mode, backends);
+    let r = lab.start_backends(BACKEND_PORT);
+    ok(&lab, "starting the backends", r);
+    if warm {
+        ok(
+            &lab,
+            "warming the gateway's neighbours",
+            lab.warm_neighbours(),
+        );
+    }
+    let cfg = lab.agent_config(tenants(&lab));
+    ok(&lab, "writing the agent config", lab.write_config(&cfg));
+    let r = lab.start_agent();
+    ok(&lab, "starting keystone-agent", r);
+    (lab, cfg)
+}
+
+fn tcp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
+    ok(
+        lab,
+        &format!("{n} TCP connections to {vip}"),
+        lab.tcp_connections(vip, n),
+    )
+}
+
+fn udp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
+    ok(
+        lab,
+        &format!("{n} UDP datagrams to {vip}"),
+        lab.udp_datagrams(vip, n),
+    )
+}
+
+fn assert_split(lab: &Lab, what: &str, s: &Summary, weights: &[(&str, u32)]) {
+    if let Err(table) = s.check_split(weights, TOLERANCE) {
+        panic!("{what}: {table}\n{}", context(lab));
+    }
+    eprintln!("{what}:\n{}", s.table(weights));
+}
+
+fn v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP4), port)
+}
+
+fn v6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(VIP6), port)
+}
+
+const W90_10: &[(&str, u32)] = &[("blue", 90), ("green", 10)];
+
+/// Measures a 90/10 split of `FLOWS` new flows to one VIP.
+fn split_90_10(mode: Mode, vip: SocketAddr, protocol: Protocol) {
+    split_90_10_warm(mode, vip, protocol, true);
+}
+
+fn split_90_10_warm(mode: Mode, vip: SocketAddr, protocol: Protocol, warm: bool) {
+    let (lab, _) = lab_with_agent_warm(mode, &["blue", "green"], warm, |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant("web", vip, protocol, mode, BACKEND_PORT, W90_10),
+        )]
+    });
+    let s = match protocol {
+        Protocol::Tcp => tcp(&lab, vip, FLOWS),
+        Protocol::Udp => udp(&lab, vip, FLOWS),
+    };
+    assert_split(
+        &lab,
+        &format!("{} {} {vip}", mode.as_str(), protocol.as_str()),
+        &s,
+        W90_10,
+    );
+}
+
+#[test]
+fn nat_ipv4_tcp_splits_90_10() {
+    split_90_10(Mode::Nat, v4(80), Protocol::Tcp);
+}
+
+/// The gateway starts knowing no neighbour: the first packets go through the
+/// kernel's forwarding (NAT over IPv4 only; see `Lab::warm_neighbours`).
+#[test]
+fn nat_ipv4_tcp_splits_90_10_with_cold_neighbours() {
+    split_90_10_warm(Mode::Nat, v4(80), Protocol::Tcp, false);
+}
+
+#[test]
+fn dsr_ipv4_tcp_splits_90_10() {
+    // DSR rewrites only MACs: the VIP port is the backend port.
+    split_90_10(Mode::Dsr, v4(BACKEND_PORT), Protocol::Tcp);
+}
+
+#[test]
+fn nat_ipv6_tcp_splits_90_10() {
+    split_90_10(Mode::Nat, v6(80), Protocol::Tcp);
+}
+
+#[test]
+fn dsr_ipv6_tcp_splits_90_10() {
+    split_90_10(Mode::Dsr, v6(BACKEND_PORT), Protocol::Tcp);
+}
+
+#[test]
+fn nat_ipv4_udp_splits_90_10() {
+    split_90_10(Mode::Nat, v4(53), Protocol::Udp);
+}
+
+#[test]
+fn dsr_ipv4_udp_splits_90_10() {
+    split_90_10(Mode::Dsr, v4(BACKEND_PORT), Protocol::Udp);
+}
+
+/// The admin API's unauthenticated endpoints answer, the authenticated ones want the
+/// token, and SIGTERM stops the agent with exit 0.
+#[test]
+fn admin_api_answers_and_agent_stops_cleanly() {
+    let (mut lab, _) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant(
+                "web",
+                v4(80),
+                Protocol::Tcp,
+                Mode::Nat,
+                BACKEND_PORT,
+                W90_10,
+            ),
+        )]
+    });
+    let (code, body) = ok(&lab, "GET /health", lab.admin_get("/health"));
+    assert!(
+        code == 200 && body.contains("ok"),
+        "GET /health: {code} {body}"
+    );
+    let (code, body) = ok(&lab, "GET /metrics", lab.admin_get("/metrics"));
+    assert!(
+        code == 200 && body.contains("keystone_"),
+        "GET /metrics: {code}\n{body}"
+    );
+    let out = ok(
+        &lab,
+        "curl /status without a token",
+        keystone_lab::cmd::run(keystone_lab::cmd::in_ns(lab.gateway_ns(), "curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9100/status",
+        ])),
+    );
+    assert_eq!(out.trim(), "401", "GET /status without a token");
+    let out = ok(
+        &lab,
+        "keystone-ctl status -o json",
+        lab.ctl(&["-o", "json", "status"]),
+    );
+    assert!(
+        out.status.success(),
+        "keystone-ctl -o json status: {out:?}\n{}",
+        context(&lab)
+    );
+    let json: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+    assert!(
+        json.as_ref().is_ok_and(serde_json::Value::is_object),
+        "status -o json is not a JSON object: {json:?} {out:?}"
+    );
+
+    let r = lab.stop_agent();
+    let status = ok(&lab, "stopping the agent", r);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "keystone-agent did not exit 0 on SIGTERM: {status:?}\n{}",
+        lab.diagnostics()
+    );
+}
+
+/// A canary step (90/10 → 0/100) must not move established connections: held
+/// keep-alive connections keep answering from the backend they started on, while
+/// new connections follow the new weights.
+#[test]
+fn established_connections_keep_their_backend_across_a_weight_change() {
+    let vip = v4(80);
+    let (mut lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, W90_10),
+        )]
+    });
+    const HELD: u32 = 8;
+    let r = lab.spawn_hold("hold", vip, HELD, 120, 50);
+    ok(&lab, "starting ks-client --hold", r);
+
+    // Wait until every held connection has answered a few times; note its backend.
+    let before: Vec<String> = ok(
+        &lab,
+        "held connections answering",
+        wait_for(
+            "every held connection to answer 3 times",
+            Duration::from_secs(30),
+            || {
+                lab.stdout_of("hold")
+                    .map(|out| held_backends(&HoldEvent::parse_all(&out), HELD, 0, 3))
+            },
+        ),
+    );
+    assert!(
+        before.iter().any(|b| b == "blue"),
+        "no held connection landed on blue (90 %), so the test proves nothing: {before:?}"
+    );
+    let seen_before = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold"))).len();
+
+    cfg.tenant_mut("web")
+        .set_weights(&[("blue", 0), ("green", 100)]);
+    ok(&lab, "writing the config", lab.write_config(&cfg));
+    ok(&lab, "keystone-ctl reload", lab.reload());
+
+    let s = tcp(&lab, vip, FLOWS);
+    assert_eq!(
+        s.by_backend.get("blue"),
+        None,
+        "new connections still reach blue after its weight went to 0\n{}\n{}",
+        s.table(&[("blue", 0), ("green", 100)]),
+        context(&lab)
+    );
+    assert_split(
+        &lab,
+        "new connections after 0/100",
+        &s,
+        &[("blue", 0), ("green", 100)],
+    );
+
+    // The held connections keep answering, each from its first backend, with no error.
+    let after: Vec<String> = ok(
+        &lab,
+        "held connections answering after the reload",
+        wait_for(
+            "every held connection to answer 3 more times",
+            Duration::from_secs(30),
+            || {
+                lab.stdout_of("hold")
+                    .map(|out| held_backends(&HoldEvent::parse_all(&out), HELD, seen_before, 3))
+            },
+        ),
+    );
+    let events = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold")));
+    let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
+    assert!(
+        errors.is_empty(),
+        "held connections failed: {errors:?}\n{}",
+        context(&lab)
+    );
+    assert_eq!(
+        before,
+        after,
+        "held connections changed backend after the reload\n{}",
+        context(&lab)
+    );
+    for e in &events {
+        assert_eq!(
+            e.outcome.as_deref().ok(),
+            Some(before[e.conn as usize].as_str()),
+            "connection {} moved: {e:?}",
+            e.conn
+        );
+    }
+    let r = lab.stop("hold");
+    ok(&lab, "stopping ks-client --hold", r);
+}
+
+/// From hold `events` past index `skip`, each connection's backend once every one of
+/// `conns` connections has at least `min` answers there.
+fn held_backends(events: &[HoldEvent], conns: u32, skip: usize, min: usize) -> Probe<Vec<String>> {
+    let mut per_conn: Vec<Vec<&HoldEvent>> = vec![Vec::new(); conns as usize];
+    for e in events.iter().skip(skip) {
+        if let Some(v) = per_conn.get_mut(e.conn as usize) {
+            v.push(e);
+        }
+    }
+    if per_conn
+        .iter()
+        .any(|v| v.iter().filter(|e| e.outcome.is_ok()).count() < min)
+    {
+        let counts: Vec<usize> = per_conn.iter().map(Vec::len).collect();
+        return Probe::NotYet(format!("answers per connection: {counts:?}"));
+    }
+    Probe::Ready(
+        per_conn
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .find_map(|e| e.outcome.clone().ok())
+                    .unwrap_or_default()
+            })
+            .collect(),
+    )
+}
+
+/// Removing a backend from the config sends its share of new flows to the others,
+/// in proportion to their weights.
+#[test]
+fn removed_backend_gets_no_new_flows() {
+    let vip = v4(80);
+    let weights = [("blue", 50), ("green", 25), ("red", 25)];
+    let (lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green", "red"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, &weights),
+        )]
+    });
+    let s = tcp(&lab, vip, FLOWS);
+    assert_split(&lab, "three backends 50/25/25", &s, &weights);
+
+    cfg.tenant_mut("web").services.retain(|s| s.name != "green");
+    ok(&lab, "writing the config", lab.write_config(&cfg));
+    ok(&lab, "keystone-ctl reload", lab.reload());
+    let s = tcp(&lab, vip, FLOWS);
+    assert_eq!(
+        s.by_backend.get("green"),
+        None,
+        "green was removed but still gets new flows\n{}",
+        context(&lab)
+    );
+    assert_split(
+        &lab,
+        "after removing green",
+        &s,
+        &[("blue", 50), ("red", 25)],
+    );
+}
+
+/// A config with an error is refused by reload (non-zero exit, the field named) and
+/// the running config keeps forwarding.
+#[test]
+fn invalid_config_is_refused_and_traffic_keeps_flowing() {
+    let vip = v4(80);
+    let (lab, cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, W90_10),
+        )]
+    });
+    let good = cfg.to_yaml();
+    let bad = good.replacen("weight: 10", "weight: -10", 1);
+    assert_ne!(good, bad, "the test failed to break the config");
+    ok(
+        &lab,
+        "writing the broken config",
+        lab.write_config_text(&bad),
+    );
+
+    let out = ok(&lab, "keystone-ctl reload", lab.ctl(&["reload"]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "reload of a config with weight -10 succeeded: {text}\n{}",
+        context(&lab)
+    );
+    let field = "tenants[0].services[1].weight";
+    assert!(
+        text.contains(field),
+        "reload's refusal does not name {field}: {text}"
+    );
+    let (code, body) = ok(
+        &lab,
+        "POST /admin/reload",
+        lab.admin_request("POST", "/admin/reload"),
+    );
+    assert!(
+        code == 422 && body.contains(field) && body.contains("problems"),
+        "POST /admin/reload of a bad config: {code} {body}"
+    );
+
+    let s = tcp(&lab, vip, FLOWS);
+    assert_split(&lab, "old config after a refused reload", &s, W90_10);
 }
 
 fn namespaces() -> String {
@@ -34,22 +479,24 @@ fn namespaces() -> String {
 }
 
 /// The topology alone (no agent): backends answer TCP and UDP over IPv4 and IPv6
-/// from the gateway namespace, and dropping the lab leaves no namespace behind.
+/// from the gateway namespace, and dropping the lab leaves nothing behind.
 #[test]
 fn lab_topology_serves_and_cleans_up() {
-    let mut lab = lab(Mode::Nat);
-    lab.start_backends(8080)
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.diagnostics()));
+    let mut lab = new_lab(Mode::Nat, &["blue", "green"]);
+    let r = lab.start_backends(BACKEND_PORT);
+    ok(&lab, "starting the backends", r);
     let client = lab.bins().client.clone();
     let gw = lab.gateway_ns().to_owned();
     for b in lab.backends() {
         for ip in [IpAddr::V4(b.ipv4), IpAddr::V6(b.ipv6)] {
-            let target = SocketAddr::new(ip, 8080).to_string();
+            let target = SocketAddr::new(ip, BACKEND_PORT).to_string();
             for mode in ["--connections", "--udp"] {
-                let out = lab
-                    .exec(&gw, &client, &["--target", &target, mode, "20"])
-                    .unwrap_or_else(|e| panic!("{e}\n{}", lab.diagnostics()));
-                let s = keystone_lab::traffic::parse_summary("ks-client", &out).unwrap();
+                let out = ok(
+                    &lab,
+                    "ks-client from the gateway",
+                    lab.exec(&gw, &client, &["--target", &target, mode, "20"]),
+                );
+                let s = parse_summary("ks-client", &out).unwrap();
                 assert_eq!(s.failed, 0, "{mode} to {target}: {s:?}");
                 assert_eq!(
                     s.by_backend.get(&b.name),

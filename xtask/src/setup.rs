@@ -92,7 +92,7 @@ fn rust_src(report: &mut Report) -> Result<()> {
 fn bpf_linker(report: &mut Report) -> Result<()> {
     let want = format!("bpf-linker {BPF_LINKER_VERSION}");
     if let Some(bin) = which("bpf-linker") {
-        match output(&mut Command::new(&bin).arg("--version")) {
+        match output(Command::new(&bin).arg("--version")) {
             Ok(v) if v.trim() == want => {
                 report.push(format!("{want}: already installed ({})", bin.display()));
                 return Ok(());

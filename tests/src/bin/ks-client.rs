@@ -53,6 +53,10 @@ struct Args {
     /// Stop starting new requests after this many seconds (counted as failed).
     #[arg(long, default_value_t = 120)]
     deadline_secs: u64,
+    /// Give up after this many failures in a row (the rest counted as failed), so a
+    /// broken path fails in seconds rather than one timeout per request (0: never).
+    #[arg(long, default_value_t = 50)]
+    max_consecutive_failures: u64,
 }
 
 /// Shared tallies of one run.
@@ -63,14 +67,20 @@ struct Tally {
     failed: u64,
     attempted: u64,
     reconnects: u64,
+    /// Failures since the last success.
+    failing: u64,
 }
 
 impl Tally {
     fn record(&mut self, outcome: &Result<String, String>) {
         self.attempted += 1;
         match outcome {
-            Ok(b) => *self.by_backend.entry(b.clone()).or_default() += 1,
+            Ok(b) => {
+                self.failing = 0;
+                *self.by_backend.entry(b.clone()).or_default() += 1;
+            }
             Err(e) => {
+                self.failing += 1;
                 self.failed += 1;
                 *self.errors.entry(e.clone()).or_default() += 1;
             }
@@ -86,12 +96,12 @@ fn main() -> Result<()> {
     let tally = Mutex::new(Tally::default());
 
     let mode = if let Some(n) = args.connections {
-        run_many(n, args.concurrency, deadline, &tally, || {
+        run_many(n, &args, deadline, &tally, || {
             http_once(args.target, timeout)
         });
         "tcp"
     } else if let Some(n) = args.udp {
-        run_many(n, args.concurrency, deadline, &tally, || {
+        run_many(n, &args, deadline, &tally, || {
             udp_once(args.target, timeout)
         });
         "udp"
@@ -124,22 +134,26 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Runs `one` `n` times on `concurrency` threads; what is not started by `deadline`
-/// is counted as failed.
+/// Runs `one` `n` times on `--concurrency` threads; what is not started by `deadline`,
+/// or after `--max-consecutive-failures`, is counted as failed.
 fn run_many(
     n: u64,
-    concurrency: u32,
+    args: &Args,
     deadline: Instant,
     tally: &Mutex<Tally>,
     one: impl Fn() -> Result<String, String> + Sync,
 ) {
     let next = AtomicU64::new(0);
+    let max_failing = args.max_consecutive_failures;
     thread::scope(|s| {
-        for _ in 0..concurrency.max(1) {
+        for _ in 0..args.concurrency.max(1) {
             s.spawn(|| {
                 while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let failing = tally.lock().expect("tally").failing;
                     let outcome = if Instant::now() >= deadline {
-                        Err("deadline passed".to_owned())
+                        Err("not sent: deadline passed".to_owned())
+                    } else if max_failing > 0 && failing >= max_failing {
+                        Err(format!("not sent: {max_failing} failures in a row"))
                     } else {
                         one()
                     };
