@@ -20,6 +20,16 @@ impl Protocol {
     }
 }
 
+/// A canary rollout then a blue/green flip back, as (what, blue weight, green weight):
+/// what `cargo xtask demo` shows and an integration test checks.
+pub const ROLLOUT: &[(&str, u32, u32)] = &[
+    ("start: everything on blue", 100, 0),
+    ("canary: green takes 10 %", 90, 10),
+    ("canary: green takes 50 %", 50, 50),
+    ("promote: everything on green", 0, 100),
+    ("blue/green flip back to blue", 100, 0),
+];
+
 /// One backend of a tenant.
 #[derive(Clone, Debug)]
 pub struct Service {

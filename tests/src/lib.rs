@@ -20,7 +20,7 @@ pub mod wait;
 
 pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN};
 pub use bins::Bins;
-pub use config::{AgentConfig, Protocol, Service, Tenant};
+pub use config::{AgentConfig, Protocol, ROLLOUT, Service, Tenant};
 pub use error::{LabError, Result};
 pub use lab::{Backend, Lab, LabBuilder, LabState, Mode, STATE_ROOT, VIP4, VIP6};
 pub use traffic::{HoldEvent, Summary};

@@ -15,8 +15,8 @@ use std::{
 };
 
 use keystone_lab::{
-    AgentConfig, Bins, HoldEvent, Lab, LabBuilder, Mode, Probe, Protocol, Summary, VIP4, VIP6,
-    traffic::parse_summary, wait_for,
+    AgentConfig, Bins, HoldEvent, Lab, LabBuilder, Mode, Probe, Protocol, ROLLOUT, Summary, VIP4,
+    VIP6, traffic::parse_summary, wait_for,
 };
 
 /// New connections (or datagrams) per measurement.
@@ -355,6 +355,47 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
     }
     let r = lab.stop("hold");
     ok(&lab, "stopping ks-client --hold", r);
+}
+
+/// The demo's rollout (100/0 → 90/10 → 50/50 → 0/100 → 100/0), each step a config
+/// edit plus `keystone-ctl reload`, from one client: every step's new connections
+/// follow that step's weights (a backend at weight 0 gets none), none fails.
+#[test]
+fn canary_steps_and_blue_green_flip_follow_the_weights() {
+    let vip = v4(80);
+    let (_, blue, green) = ROLLOUT[0];
+    let (lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant(
+                "web",
+                vip,
+                Protocol::Tcp,
+                Mode::Nat,
+                BACKEND_PORT,
+                &[("blue", blue), ("green", green)],
+            ),
+        )]
+    });
+    for (i, (what, blue, green)) in ROLLOUT.iter().enumerate() {
+        let weights = [("blue", *blue), ("green", *green)];
+        if i > 0 {
+            cfg.tenant_mut("web").set_weights(&weights);
+            ok(&lab, "writing the config", lab.write_config(&cfg));
+            ok(&lab, "keystone-ctl reload", lab.reload());
+        }
+        let s = tcp(&lab, vip, FLOWS);
+        for (name, w) in weights {
+            assert!(
+                w > 0 || !s.by_backend.contains_key(name),
+                "step {what}: {name} has weight 0 but got new connections\n{}\n{}",
+                s.table(&weights),
+                context(&lab)
+            );
+        }
+        assert_split(&lab, &format!("step {}: {what}", i + 1), &s, &weights);
+    }
 }
 
 /// From hold `events` past index `skip`, each connection's backend once every one of

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow, bail};
-use keystone_lab::{LabBuilder, Mode, VIP4};
+use keystone_lab::{LabBuilder, Mode, ROLLOUT, VIP4};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 use crate::{lab, util};
@@ -17,15 +17,6 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 extern "C" fn on_signal(_: nix::libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
-
-/// The steps: (what, blue weight, green weight).
-const STEPS: &[(&str, u32, u32)] = &[
-    ("start: everything on blue", 100, 0),
-    ("canary: green takes 10 %", 90, 10),
-    ("canary: green takes 50 %", 50, 50),
-    ("promote: everything on green", 0, 100),
-    ("blue/green flip back to blue", 100, 0),
-];
 
 pub fn demo(connections: u32, mode: Mode) -> Result<()> {
     util::require_root("`cargo xtask demo`")?;
@@ -54,7 +45,7 @@ pub fn demo(connections: u32, mode: Mode) -> Result<()> {
         lab.client_ns(),
         lab.gateway_ns()
     );
-    let (_, blue, green) = STEPS[0];
+    let (_, blue, green) = ROLLOUT[0];
     let weights = [("blue", blue), ("green", green)];
     lab::start(&mut lab, &weights)?;
     let port = if mode == Mode::Nat {
@@ -65,7 +56,7 @@ pub fn demo(connections: u32, mode: Mode) -> Result<()> {
     let vip = SocketAddr::new(IpAddr::V4(VIP4), port);
     println!("demo: keystone-agent is up; {connections} new TCP connections to {vip} per step\n");
 
-    for (i, (what, blue, green)) in STEPS.iter().enumerate() {
+    for (i, (what, blue, green)) in ROLLOUT.iter().enumerate() {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bail!("interrupted; the lab is being torn down");
         }

@@ -171,11 +171,14 @@ fn err(stage: &str, e: io::Error) -> String {
     }
 }
 
-/// One new connection, one request; the client closes first (so its TIME_WAIT keeps
-/// the 4-tuple from being reused by the next connections).
+/// One new connection, one request. The request asks for keep-alive so that the
+/// client, not the server, closes first: the client's TIME_WAIT then keeps its
+/// source port from being reused by the next connections, each of which is meant to
+/// be a new flow (a reused 4-tuple would find the gateway's connection-table entry
+/// of an earlier flow and keep that flow's backend).
 fn http_once(target: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut conn = HttpConn::open(target, timeout)?;
-    conn.request(false)
+    conn.request()
 }
 
 struct HttpConn {
@@ -199,13 +202,13 @@ impl HttpConn {
         })
     }
 
-    /// Sends `GET /` and returns the body (the backend's name), trimmed.
-    fn request(&mut self, keep_alive: bool) -> Result<String, String> {
+    /// Sends `GET /` (HTTP/1.1, so keep-alive) and returns the body (the backend's
+    /// name), trimmed.
+    fn request(&mut self) -> Result<String, String> {
         write!(
             self.writer,
-            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: ks-client\r\nConnection: {}\r\n\r\n",
-            self.host,
-            if keep_alive { "keep-alive" } else { "close" }
+            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: ks-client\r\n\r\n",
+            self.host
         )
         .map_err(|e| err("write", e))?;
         let mut status = String::new();
@@ -276,9 +279,9 @@ fn hold(
     let mut current: Option<HttpConn> = None;
     while Instant::now() < until {
         let outcome = match current.as_mut() {
-            Some(c) => c.request(true),
+            Some(c) => c.request(),
             None => HttpConn::open(target, timeout).and_then(|mut c| {
-                let r = c.request(true);
+                let r = c.request();
                 current = Some(c);
                 r
             }),
