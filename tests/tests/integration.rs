@@ -197,6 +197,16 @@ fn dsr_ipv4_udp_splits_90_10() {
     split_90_10(Mode::Dsr, v4(BACKEND_PORT), Protocol::Udp);
 }
 
+#[test]
+fn nat_ipv6_udp_splits_90_10() {
+    split_90_10(Mode::Nat, v6(53), Protocol::Udp);
+}
+
+#[test]
+fn dsr_ipv6_udp_splits_90_10() {
+    split_90_10(Mode::Dsr, v6(BACKEND_PORT), Protocol::Udp);
+}
+
 /// The admin API's unauthenticated endpoints answer, the authenticated ones want the
 /// token, and SIGTERM stops the agent with exit 0.
 #[test]
