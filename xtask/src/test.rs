@@ -16,9 +16,10 @@ pub fn test(extra: &[String]) -> Result<()> {
     util::build()?;
     let built = started.elapsed();
 
-    println!("xtask: cargo test --workspace --release");
+    println!("xtask: cargo test --workspace --release --no-fail-fast");
     let mut cmd = util::cargo()?;
-    cmd.args(["test", "--workspace", "--release"]);
+    // Every test binary runs even when one fails, so the summary covers the whole suite.
+    cmd.args(["test", "--workspace", "--release", "--no-fail-fast"]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
@@ -27,24 +28,15 @@ pub fn test(extra: &[String]) -> Result<()> {
         .spawn()
         .context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped");
-    let (mut passed, mut failed, mut ignored, mut suites) = (0u64, 0u64, 0u64, 0u64);
+    let (mut passed, mut failed, mut ignored, mut suites) = (0, 0, 0, 0);
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
+        if let Some(counts) = parse_result_line(&line) {
             suites += 1;
-            for part in rest.split(['.', ';']) {
-                let mut words = part.split_whitespace();
-                if let (Some(n), Some(what)) = (words.next(), words.next()) {
-                    let n: u64 = n.parse().unwrap_or(0);
-                    match what {
-                        "passed" => passed += n,
-                        "failed" => failed += n,
-                        "ignored" => ignored += n,
-                        _ => {}
-                    }
-                }
-            }
+            passed += counts.passed;
+            failed += counts.failed;
+            ignored += counts.ignored;
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
@@ -58,4 +50,51 @@ pub fn test(extra: &[String]) -> Result<()> {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// The counts of one libtest closing line.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Parses `test result: ok. 6 passed; 0 failed; 1 ignored; 0 measured; …`.
+fn parse_result_line(line: &str) -> Option<Counts> {
+    let rest = line.strip_prefix("test result: ")?;
+    let mut c = Counts::default();
+    for part in rest.split(['.', ';']) {
+        let mut words = part.split_whitespace();
+        if let (Some(n), Some(what)) = (words.next(), words.next()) {
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => c.passed += n,
+                "failed" => c.failed += n,
+                "ignored" => c.ignored += n,
+                _ => {}
+            }
+        }
+    }
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libtest_closing_lines() {
+        assert_eq!(
+            parse_result_line(
+                "test result: FAILED. 12 passed; 3 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.50s"
+            ),
+            Some(Counts {
+                passed: 12,
+                failed: 3,
+                ignored: 1
+            })
+        );
+        assert_eq!(parse_result_line("test foo ... ok"), None);
+    }
 }
