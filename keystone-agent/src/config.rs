@@ -32,7 +32,50 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub tenants: Vec<Tenant>,
+    /// The signed deployment webhook (`POST /webhooks/deployment`); off without a secret.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Where deployment events are sent (signed like the inbound webhook).
+    #[serde(default)]
+    pub notifications: Vec<NotificationTarget>,
 }
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct WebhookConfig {
+    /// Shared HMAC-SHA256 secret ...
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// ... or a file holding it.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// How far a request's timestamp may be from the agent's clock (default 5m).
+    #[serde(default)]
+    pub tolerance: Option<DurationSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct NotificationTarget {
+    /// Receiver of `POST` requests with a JSON event body.
+    pub url: String,
+    /// Secret to sign the events with (same scheme as the inbound webhook).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Events to send (default: all): started, step, paused, promoted, rolled_back,
+    /// aborted, failed.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// Deployment events a notification target can subscribe to.
+pub const DEPLOYMENT_EVENTS: [&str; 7] = [
+    "started",
+    "step",
+    "paused",
+    "promoted",
+    "rolled_back",
+    "aborted",
+    "failed",
+];
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct AdminConfig {
@@ -462,6 +505,47 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
                 format!("interfaces[{i}]"),
                 format!("'{name}' is not a valid interface name"),
             );
+        }
+    }
+
+    if let Some(webhook) = &config.webhook {
+        match (&webhook.secret, &webhook.secret_file) {
+            (Some(_), Some(_)) => push(
+                "webhook.secret".into(),
+                "set either secret or secret_file, not both".into(),
+            ),
+            (None, None) => push(
+                "webhook".into(),
+                "needs secret or secret_file to verify signatures".into(),
+            ),
+            (Some(secret), None) if secret.len() < 16 => push(
+                "webhook.secret".into(),
+                "must be at least 16 characters".into(),
+            ),
+            _ => {}
+        }
+        if let Some(Err(reason)) = webhook.tolerance.as_ref().map(DurationSpec::parse) {
+            push("webhook.tolerance".into(), reason);
+        }
+    }
+    for (i, target) in config.notifications.iter().enumerate() {
+        match url::Url::parse(&target.url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => push(
+                format!("notifications[{i}].url"),
+                format!("'{}' is not an http(s) URL", target.url),
+            ),
+        }
+        for (j, event) in target.events.iter().enumerate() {
+            if !DEPLOYMENT_EVENTS.contains(&event.as_str()) {
+                push(
+                    format!("notifications[{i}].events[{j}]"),
+                    format!(
+                        "unknown event '{event}'; known: {}",
+                        DEPLOYMENT_EVENTS.join(", ")
+                    ),
+                );
+            }
         }
     }
 
