@@ -8,4 +8,5 @@ mod api_tests;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;
+pub mod webhook;
 pub mod yaml_lines;
