@@ -7,6 +7,8 @@ pub mod api;
 mod api_tests;
 pub mod config;
 pub mod dataplane;
+pub mod deploy;
+pub mod health;
 pub mod metrics;
 pub mod webhook;
 pub mod yaml_lines;

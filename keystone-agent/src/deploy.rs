@@ -1,0 +1,886 @@
+//! The deployment engine's model and state machine: canary, blue/green and manual
+//! traffic plans. Pure logic driven by `tick(now, signals)`; the agent supplies the
+//! signals (health probes, the data plane's L4 counters), applies the resulting
+//! weights, persists the state, and sends the events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{CanaryConfig, ResolvedService, ResolvedTenant, Strategy};
+
+/// Sum of effective weights in a tenant under a plan: fine-grained enough for
+/// 0.01 % canary steps, small enough for Maglev's credit arithmetic.
+pub const WEIGHT_SCALE: f64 = 1_000_000.0;
+/// Defaults where neither the request nor `canary_config` say.
+pub const DEFAULT_INITIAL: f64 = 10.0;
+pub const DEFAULT_INCREMENT: f64 = 10.0;
+pub const DEFAULT_INTERVAL_SECS: f64 = 60.0;
+pub const DEFAULT_MIN_SAMPLES: u64 = 5;
+/// How many finished deployments are kept.
+pub const HISTORY_LIMIT: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    Progressing,
+    Paused,
+    AwaitingApproval,
+    Completed,
+    RolledBack,
+    Aborted,
+    Failed,
+}
+
+impl DeployState {
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            DeployState::Progressing | DeployState::Paused | DeployState::AwaitingApproval
+        )
+    }
+
+    /// The notification event a transition into this state sends.
+    pub fn event(self) -> &'static str {
+        match self {
+            DeployState::Progressing => "step",
+            DeployState::Paused | DeployState::AwaitingApproval => "paused",
+            DeployState::Completed => "promoted",
+            DeployState::RolledBack => "rolled_back",
+            DeployState::Aborted => "aborted",
+            DeployState::Failed => "failed",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeployState::Progressing => "progressing",
+            DeployState::Paused => "paused",
+            DeployState::AwaitingApproval => "awaiting_approval",
+            DeployState::Completed => "completed",
+            DeployState::RolledBack => "rolled_back",
+            DeployState::Aborted => "aborted",
+            DeployState::Failed => "failed",
+        }
+    }
+}
+
+/// Step parameters, as requested (request > tenant's canary_config > defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    pub initial_traffic: f64,
+    pub increment: f64,
+    pub interval_seconds: f64,
+    pub max_traffic: f64,
+    /// Success rate (0–1) needed for the next step.
+    pub health_threshold: f64,
+    /// Success rate (0–1) below which the deployment rolls back.
+    pub rollback_threshold: f64,
+    /// Fewer samples than this make a verdict inconclusive: the step holds.
+    pub min_samples: u64,
+    /// Blue/green only: how long the idle side may take to pass validation.
+    #[serde(default)]
+    pub validation_timeout_seconds: Option<f64>,
+    /// Blue/green only: flip back when the new side fails after the flip.
+    #[serde(default)]
+    pub rollback_on_failure: bool,
+}
+
+/// Rates may be written as 0.95 or 95.
+pub fn normalise_rate(rate: f64) -> f64 {
+    if rate > 1.0 { rate / 100.0 } else { rate }
+}
+
+impl Params {
+    pub fn from_canary_config(c: Option<&CanaryConfig>) -> Params {
+        Params {
+            initial_traffic: c.map_or(DEFAULT_INITIAL, |c| c.initial_traffic),
+            increment: c.map_or(DEFAULT_INCREMENT, |c| c.increment),
+            interval_seconds: c.map_or(DEFAULT_INTERVAL_SECS, |c| c.interval.get().as_secs_f64()),
+            max_traffic: c.map_or(100.0, |c| c.max_traffic),
+            health_threshold: normalise_rate(c.map_or(0.95, |c| c.health_threshold)),
+            rollback_threshold: normalise_rate(c.map_or(0.9, |c| c.rollback_threshold)),
+            min_samples: DEFAULT_MIN_SAMPLES,
+            validation_timeout_seconds: None,
+            rollback_on_failure: true,
+        }
+    }
+
+    /// Every problem with the values, as (field, reason).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        for (name, v) in [
+            ("initial_traffic", self.initial_traffic),
+            ("increment", self.increment),
+            ("max_traffic", self.max_traffic),
+        ] {
+            if !(0.0..=100.0).contains(&v) || v.is_nan() {
+                p.push((name, format!("{v} is not a percentage between 0 and 100")));
+            }
+        }
+        if self.increment <= 0.0 {
+            p.push(("increment", "must be greater than 0".into()));
+        }
+        if self.initial_traffic > self.max_traffic {
+            p.push((
+                "initial_traffic",
+                format!(
+                    "{} is above max_traffic {}",
+                    self.initial_traffic, self.max_traffic
+                ),
+            ));
+        }
+        if !(self.interval_seconds > 0.0 && self.interval_seconds.is_finite()) {
+            p.push(("interval", "must be greater than 0".into()));
+        }
+        for (name, v) in [
+            ("health_threshold", self.health_threshold),
+            ("rollback_threshold", self.rollback_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                p.push((
+                    name,
+                    format!("{v} is not a rate between 0 and 1 (or a percentage)"),
+                ));
+            }
+        }
+        if self.rollback_threshold > self.health_threshold {
+            p.push((
+                "rollback_threshold",
+                "must not be above health_threshold".into(),
+            ));
+        }
+        p
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+/// Successes and failures, cumulative; analysis works on differences.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Samples {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl Samples {
+    pub fn since(self, base: Samples) -> Samples {
+        Samples {
+            ok: self.ok.saturating_sub(base.ok),
+            failed: self.failed.saturating_sub(base.failed),
+        }
+    }
+    pub fn total(self) -> u64 {
+        self.ok + self.failed
+    }
+    pub fn add(self, other: Samples) -> Samples {
+        Samples {
+            ok: self.ok + other.ok,
+            failed: self.failed + other.failed,
+        }
+    }
+}
+
+/// What the agent measured about a deployment's new backends, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Active health probes of the new backends.
+    pub probes: Samples,
+    /// Passive L4 signals from the data plane (`nat` TCP only): handshakes answered
+    /// vs SYNs sent.
+    pub handshakes: Samples,
+    /// Every new backend is marked down by its health checks.
+    pub all_down: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub success_rate: Option<f64>,
+    pub samples: u64,
+    pub verdict: Option<Verdict>,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub at: String,
+    pub canary_percent: f64,
+    pub state: DeployState,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub tenant: String,
+    pub strategy: Strategy,
+    pub version: Option<String>,
+    pub state: DeployState,
+    /// Share of new connections the new backends get.
+    pub canary_percent: f64,
+    pub stable_backends: Vec<String>,
+    pub canary_backends: Vec<String>,
+    pub from_environment: Option<String>,
+    pub to_environment: Option<String>,
+    pub params: Params,
+    pub analysis: Analysis,
+    pub history: Vec<Step>,
+    pub started_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+    pub pipeline: Option<serde_json::Value>,
+    /// Unix seconds when the current step may advance (wall clock, so a restarted
+    /// agent resumes the same schedule).
+    pub next_step_at: f64,
+    /// Unix seconds the deployment started; for the duration metric.
+    pub started_unix: f64,
+    /// Blue/green: the idle side has passed validation.
+    #[serde(default)]
+    pub validated: bool,
+    /// Signal counters at the start of the current step (not persisted: a restarted
+    /// agent starts a fresh measurement window).
+    #[serde(skip)]
+    pub baseline: Option<(Samples, Samples)>,
+}
+
+/// A state change worth an event, a log line and a metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub deployment_id: String,
+    pub kind: &'static str,
+}
+
+pub fn rfc3339(unix: f64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Deployment {
+    fn record(&mut self, now: f64, reason: impl Into<String>) {
+        let step = Step {
+            at: rfc3339(now),
+            canary_percent: self.canary_percent,
+            state: self.state,
+            reason: reason.into(),
+        };
+        self.updated_at = step.at.clone();
+        if !self.state.is_active() {
+            self.finished_at = Some(step.at.clone());
+        }
+        self.history.push(step);
+    }
+
+    /// Moves to `state` at `percent`, recording why; returns the event.
+    fn transition(
+        &mut self,
+        now: f64,
+        state: DeployState,
+        percent: f64,
+        reason: impl Into<String>,
+    ) -> Event {
+        self.state = state;
+        self.canary_percent = percent;
+        self.baseline = None;
+        self.next_step_at = now + self.params.interval_seconds;
+        self.record(now, reason);
+        Event {
+            deployment_id: self.id.clone(),
+            kind: state.event(),
+        }
+    }
+
+    fn analyse(&mut self, signals: &Signals) -> Verdict {
+        let (probes_base, handshakes_base) = *self
+            .baseline
+            .get_or_insert((signals.probes, signals.handshakes));
+        let probes = signals.probes.since(probes_base);
+        let handshakes = signals.handshakes.since(handshakes_base);
+        let all = probes.add(handshakes);
+        let mut source = Vec::new();
+        if probes.total() > 0 {
+            source.push(format!("health probes {}/{}", probes.ok, probes.total()));
+        }
+        if handshakes.total() > 0 {
+            source.push(format!(
+                "tcp handshakes {}/{}",
+                handshakes.ok,
+                handshakes.total()
+            ));
+        }
+        let rate = (all.total() > 0).then(|| all.ok as f64 / all.total() as f64);
+        let verdict = if signals.all_down {
+            source.push("every new backend is failing its health checks".into());
+            Verdict::Fail
+        } else if all.total() < self.params.min_samples {
+            Verdict::Inconclusive
+        } else if rate.unwrap_or(0.0) < self.params.rollback_threshold {
+            Verdict::Fail
+        } else if rate.unwrap_or(0.0) >= self.params.health_threshold {
+            Verdict::Pass
+        } else {
+            Verdict::Inconclusive
+        };
+        self.analysis = Analysis {
+            success_rate: rate,
+            samples: all.total(),
+            verdict: Some(verdict),
+            source: if source.is_empty() {
+                "no samples yet".into()
+            } else {
+                source.join(", ")
+            },
+        };
+        verdict
+    }
+
+    fn verdict_reason(&self) -> String {
+        let a = &self.analysis;
+        match (a.verdict, a.success_rate) {
+            (Some(Verdict::Inconclusive), _) if a.samples < self.params.min_samples => {
+                format!(
+                    "inconclusive: {} samples < min_samples {}; holding",
+                    a.samples, self.params.min_samples
+                )
+            }
+            (_, Some(rate)) => format!(
+                "success rate {:.1}% over {} samples ({})",
+                rate * 100.0,
+                a.samples,
+                a.source
+            ),
+            _ => a.source.clone(),
+        }
+    }
+
+    /// Advances the deployment; returns the events it produced.
+    pub fn tick(&mut self, now: f64, signals: &Signals) -> Vec<Event> {
+        let events = self.advance(now, signals);
+        if !events.is_empty() {
+            // A new step measures from here.
+            self.baseline = Some((signals.probes, signals.handshakes));
+        }
+        events
+    }
+
+    fn advance(&mut self, now: f64, signals: &Signals) -> Vec<Event> {
+        let mut events = Vec::new();
+        match self.state {
+            DeployState::Progressing | DeployState::AwaitingApproval => {}
+            _ => return events,
+        }
+        if self.strategy == Strategy::BlueGreen && !self.validated {
+            return events; // the agent's validation decides (see `validation_done`)
+        }
+        let verdict = self.analyse(signals);
+        if verdict == Verdict::Fail {
+            let back_to =
+                if self.strategy == Strategy::BlueGreen && !self.params.rollback_on_failure {
+                    None
+                } else {
+                    Some(0.0)
+                };
+            let reason = format!("rolled back: {}", self.verdict_reason());
+            match back_to {
+                Some(p) => events.push(self.transition(now, DeployState::RolledBack, p, reason)),
+                None => {
+                    let percent = self.canary_percent;
+                    events.push(self.transition(
+                        now,
+                        DeployState::Failed,
+                        percent,
+                        format!(
+                            "failed (rollback_on_failure is off): {}",
+                            self.verdict_reason()
+                        ),
+                    ));
+                }
+            }
+            return events;
+        }
+        if self.state != DeployState::Progressing || now < self.next_step_at {
+            return events;
+        }
+        match verdict {
+            Verdict::Pass => {
+                let target = (self.canary_percent + self.params.increment)
+                    .min(self.params.max_traffic)
+                    .min(100.0);
+                let reason = self.verdict_reason();
+                if self.canary_percent >= 100.0 || target >= 100.0 {
+                    events.push(self.transition(
+                        now,
+                        DeployState::Completed,
+                        100.0,
+                        format!("promoted: {reason}"),
+                    ));
+                } else if self.canary_percent >= self.params.max_traffic {
+                    events.push(self.transition(
+                        now,
+                        DeployState::AwaitingApproval,
+                        self.canary_percent,
+                        format!(
+                            "reached max_traffic {}%: awaiting approval (promote); {reason}",
+                            self.params.max_traffic
+                        ),
+                    ));
+                } else {
+                    events.push(self.transition(
+                        now,
+                        DeployState::Progressing,
+                        target,
+                        format!("step to {target}%: {reason}"),
+                    ));
+                }
+            }
+            _ => {
+                // Hold the step; note it in the history once per distinct reason.
+                let reason = self.verdict_reason();
+                let holding = format!("holding at {}%: {reason}", self.canary_percent);
+                let last = self.history.last().map(|s| s.reason.as_str()).unwrap_or("");
+                if !same_kind(last, &holding) {
+                    self.record(now, holding);
+                }
+            }
+        }
+        events
+    }
+
+    /// Blue/green: the idle side's validation finished.
+    pub fn validation_done(&mut self, now: f64, result: Result<(), String>) -> Vec<Event> {
+        if self.state != DeployState::Progressing || self.validated {
+            return Vec::new();
+        }
+        match result {
+            Err(e) => vec![self.transition(
+                now,
+                DeployState::Failed,
+                0.0,
+                format!("validation of the idle side failed: {e}"),
+            )],
+            Ok(()) => {
+                self.validated = true;
+                // `instant` is one step of 100 %; the new side is then watched for one
+                // interval (rolled back if it fails) before the switch completes.
+                let percent = self
+                    .params
+                    .initial_traffic
+                    .max(self.params.increment)
+                    .min(100.0);
+                vec![self.transition(
+                    now,
+                    DeployState::Progressing,
+                    percent,
+                    format!("idle side validated; switched {percent}% to it"),
+                )]
+            }
+        }
+    }
+
+    /// Operator actions. Errors say why the action does not apply in this state.
+    pub fn act(&mut self, now: f64, action: Action) -> Result<Event, String> {
+        use DeployState::*;
+        let state = self.state;
+        let not_allowed = || {
+            format!(
+                "cannot {} a deployment that is {}",
+                action.name(),
+                state.name()
+            )
+        };
+        let event = match (action, state) {
+            (Action::Promote, Progressing | Paused | AwaitingApproval) => {
+                self.transition(now, Completed, 100.0, "promoted by operator")
+            }
+            (Action::Abort, Progressing | Paused | AwaitingApproval) => {
+                self.transition(now, Aborted, 0.0, "aborted by operator")
+            }
+            (Action::Rollback, Progressing | Paused | AwaitingApproval | Completed) => {
+                self.transition(now, RolledBack, 0.0, "rolled back by operator")
+            }
+            (Action::Pause, Progressing) => {
+                let p = self.canary_percent;
+                self.transition(now, Paused, p, "paused by operator")
+            }
+            (Action::Resume, Paused) => {
+                let p = self.canary_percent;
+                self.transition(now, Progressing, p, "resumed by operator")
+            }
+            _ => return Err(not_allowed()),
+        };
+        Ok(event)
+    }
+}
+
+/// Two history reasons of the same kind differ only in numbers.
+fn same_kind(a: &str, b: &str) -> bool {
+    let strip = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_ascii_digit() && *c != '.')
+            .collect::<String>()
+    };
+    strip(a) == strip(b)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Promote,
+    Abort,
+    Rollback,
+    Pause,
+    Resume,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "promote" => Action::Promote,
+            "abort" => Action::Abort,
+            "rollback" => Action::Rollback,
+            "pause" => Action::Pause,
+            "resume" => Action::Resume,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Abort => "abort",
+            Action::Rollback => "roll back",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+        }
+    }
+}
+
+/// How a tenant's new connections are shared, when not simply by configured weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TrafficPlan {
+    /// `to` gets `to_percent` % (split by configured weight within it), `from` the rest;
+    /// services in neither get nothing.
+    Split {
+        from: Vec<String>,
+        to: Vec<String>,
+        to_percent: f64,
+    },
+    /// Explicit weights by service name (others get 0).
+    Manual { weights: BTreeMap<String, u32> },
+}
+
+impl TrafficPlan {
+    /// The plan a deployment implies in its current state.
+    pub fn of(d: &Deployment) -> TrafficPlan {
+        TrafficPlan::Split {
+            from: d.stable_backends.clone(),
+            to: d.canary_backends.clone(),
+            to_percent: d.canary_percent,
+        }
+    }
+}
+
+/// Effective weight per service of `tenant` (same order as `tenant.services`).
+pub fn effective_weights(
+    tenant: &ResolvedTenant,
+    active_environment: Option<&str>,
+    plan: Option<&TrafficPlan>,
+) -> Vec<u32> {
+    let configured = |s: &ResolvedService| s.weight;
+    match plan {
+        None => match (tenant.strategy, active_environment) {
+            (Strategy::BlueGreen, Some(env)) => {
+                let active: Vec<String> = tenant
+                    .services
+                    .iter()
+                    .filter(|s| s.environment.as_deref() == Some(env))
+                    .map(|s| s.name.clone())
+                    .collect();
+                split(tenant, &[], &active, 100.0)
+            }
+            _ => tenant.services.iter().map(configured).collect(),
+        },
+        Some(TrafficPlan::Manual { weights }) => tenant
+            .services
+            .iter()
+            .map(|s| weights.get(&s.name).copied().unwrap_or(0))
+            .collect(),
+        Some(TrafficPlan::Split {
+            from,
+            to,
+            to_percent,
+        }) => split(tenant, from, to, *to_percent),
+    }
+}
+
+fn split(tenant: &ResolvedTenant, from: &[String], to: &[String], to_percent: f64) -> Vec<u32> {
+    let group_weight = |names: &[String], share: f64, s: &ResolvedService| -> u32 {
+        if !names.contains(&s.name) || share <= 0.0 {
+            return 0;
+        }
+        let members: Vec<&ResolvedService> = tenant
+            .services
+            .iter()
+            .filter(|m| names.contains(&m.name))
+            .collect();
+        let total: u64 = members.iter().map(|m| m.weight as u64).sum();
+        // Within a group, configured weights set the split; all-zero means equal.
+        let fraction = if total == 0 {
+            1.0 / members.len() as f64
+        } else {
+            s.weight as f64 / total as f64
+        };
+        (share / 100.0 * WEIGHT_SCALE * fraction).round() as u32
+    };
+    let to_percent = to_percent.clamp(0.0, 100.0);
+    tenant
+        .services
+        .iter()
+        .map(|s| group_weight(to, to_percent, s).max(group_weight(from, 100.0 - to_percent, s)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ForwardingMode, Protocol, Stickiness};
+
+    fn tenant() -> ResolvedTenant {
+        let svc = |name: &str, weight, env: &str, version: &str| ResolvedService {
+            name: name.into(),
+            address: "198.18.11.2:8080".parse().unwrap(),
+            weight,
+            environment: Some(env.into()),
+            version: version.into(),
+        };
+        ResolvedTenant {
+            name: "web".into(),
+            vip: "198.18.0.10:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            mode: ForwardingMode::Nat,
+            stickiness: Stickiness::None,
+            ring_size: 65537,
+            strategy: Strategy::Canary,
+            services: vec![
+                svc("blue-1", 3, "blue", "1.0"),
+                svc("blue-2", 1, "blue", "1.0"),
+                svc("green", 0, "green", "1.1"),
+            ],
+        }
+    }
+
+    fn canary(params: Params) -> Deployment {
+        Deployment {
+            id: "d1".into(),
+            tenant: "web".into(),
+            strategy: Strategy::Canary,
+            version: Some("1.1".into()),
+            state: DeployState::Progressing,
+            canary_percent: params.initial_traffic,
+            stable_backends: vec!["blue-1".into(), "blue-2".into()],
+            canary_backends: vec!["green".into()],
+            from_environment: None,
+            to_environment: None,
+            next_step_at: params.interval_seconds,
+            params,
+            analysis: Analysis::default(),
+            history: Vec::new(),
+            started_at: rfc3339(0.0),
+            updated_at: rfc3339(0.0),
+            finished_at: None,
+            pipeline: None,
+            started_unix: 0.0,
+            validated: false,
+            baseline: None,
+        }
+    }
+
+    fn params() -> Params {
+        Params {
+            initial_traffic: 10.0,
+            increment: 30.0,
+            interval_seconds: 2.0,
+            max_traffic: 100.0,
+            health_threshold: 0.95,
+            rollback_threshold: 0.9,
+            min_samples: 5,
+            validation_timeout_seconds: None,
+            rollback_on_failure: true,
+        }
+    }
+
+    fn ok(n: u64) -> Signals {
+        Signals {
+            probes: Samples { ok: n, failed: 0 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn weights_split_by_plan_and_configured_weight() {
+        let t = tenant();
+        assert_eq!(effective_weights(&t, None, None), [3, 1, 0]);
+        let plan = TrafficPlan::Split {
+            from: vec!["blue-1".into(), "blue-2".into()],
+            to: vec!["green".into()],
+            to_percent: 10.0,
+        };
+        let w = effective_weights(&t, None, Some(&plan));
+        assert_eq!(w, [675_000, 225_000, 100_000]);
+        let mut bg = t.clone();
+        bg.strategy = Strategy::BlueGreen;
+        assert_eq!(
+            effective_weights(&bg, Some("green"), None),
+            [0, 0, 1_000_000],
+            "all-zero group splits equally"
+        );
+        let manual = TrafficPlan::Manual {
+            weights: BTreeMap::from([("green".to_owned(), 7)]),
+        };
+        assert_eq!(effective_weights(&t, None, Some(&manual)), [0, 0, 7]);
+    }
+
+    #[test]
+    fn healthy_canary_steps_on_schedule_and_promotes_itself() {
+        let mut d = canary(params());
+        let mut percents = vec![d.canary_percent];
+        let mut t = 0.0;
+        let mut probes = 0;
+        while d.state == DeployState::Progressing && t < 20.0 {
+            t += 0.5;
+            probes += 2;
+            for e in d.tick(t, &ok(probes)) {
+                assert!(matches!(e.kind, "step" | "promoted"), "{e:?}");
+                percents.push(d.canary_percent);
+            }
+        }
+        assert_eq!(percents, [10.0, 40.0, 70.0, 100.0]);
+        assert_eq!(d.state, DeployState::Completed);
+        assert!(d.finished_at.is_some());
+        assert!(
+            d.history
+                .last()
+                .unwrap()
+                .reason
+                .starts_with("promoted: success rate 100.0%"),
+            "{:?}",
+            d.history
+        );
+    }
+
+    #[test]
+    fn failing_canary_rolls_back_at_once() {
+        let mut d = canary(params());
+        d.tick(0.5, &ok(0)); // baseline
+        let bad = Signals {
+            probes: Samples { ok: 2, failed: 8 },
+            ..Default::default()
+        };
+        let events = d.tick(1.0, &bad);
+        assert_eq!(
+            events,
+            [Event {
+                deployment_id: "d1".into(),
+                kind: "rolled_back"
+            }]
+        );
+        assert_eq!((d.state, d.canary_percent), (DeployState::RolledBack, 0.0));
+        assert!(
+            d.history
+                .last()
+                .unwrap()
+                .reason
+                .contains("success rate 20.0%")
+        );
+        // Health checks marking every canary backend down is enough on its own.
+        let mut d = canary(params());
+        let events = d.tick(
+            0.5,
+            &Signals {
+                all_down: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(events[0].kind, "rolled_back");
+    }
+
+    #[test]
+    fn too_few_samples_hold_the_step() {
+        let mut d = canary(params());
+        d.tick(0.1, &ok(0));
+        assert!(d.tick(2.5, &ok(3)).is_empty(), "3 < min_samples 5");
+        assert_eq!(d.canary_percent, 10.0);
+        assert_eq!(d.analysis.verdict, Some(Verdict::Inconclusive));
+        assert!(
+            d.history
+                .last()
+                .unwrap()
+                .reason
+                .contains("inconclusive: 3 samples < min_samples 5")
+        );
+        d.tick(3.0, &ok(4));
+        assert_eq!(d.history.len(), 1, "the same hold is recorded once");
+        let events = d.tick(3.5, &ok(6));
+        assert_eq!(events[0].kind, "step");
+        assert_eq!(d.canary_percent, 40.0);
+    }
+
+    #[test]
+    fn max_traffic_waits_for_approval_and_operator_actions_follow_state() {
+        let mut d = canary(Params {
+            max_traffic: 40.0,
+            ..params()
+        });
+        d.tick(0.1, &ok(0));
+        d.tick(2.5, &ok(10));
+        assert_eq!(d.canary_percent, 40.0);
+        let events = d.tick(5.0, &ok(20));
+        assert_eq!(events[0].kind, "paused");
+        assert_eq!(d.state, DeployState::AwaitingApproval);
+        assert!(d.tick(9.0, &ok(40)).is_empty(), "no steps while waiting");
+        assert_eq!(
+            d.act(9.5, Action::Resume).unwrap_err(),
+            "cannot resume a deployment that is awaiting_approval"
+        );
+        assert_eq!(d.act(10.0, Action::Promote).unwrap().kind, "promoted");
+        assert_eq!((d.state, d.canary_percent), (DeployState::Completed, 100.0));
+        assert!(d.act(11.0, Action::Abort).is_err());
+        assert_eq!(d.act(12.0, Action::Rollback).unwrap().kind, "rolled_back");
+        assert_eq!(d.canary_percent, 0.0);
+    }
+
+    #[test]
+    fn pause_and_resume() {
+        let mut d = canary(params());
+        d.act(0.5, Action::Pause).unwrap();
+        assert!(d.tick(5.0, &ok(100)).is_empty());
+        d.act(6.0, Action::Resume).unwrap();
+        d.tick(6.1, &ok(100));
+        assert_eq!(d.tick(8.5, &ok(200))[0].kind, "step");
+    }
+
+    #[test]
+    fn params_problems_are_named() {
+        let p = Params {
+            increment: 0.0,
+            initial_traffic: 120.0,
+            rollback_threshold: 0.99,
+            ..params()
+        };
+        let fields: Vec<&str> = p.problems().iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            fields,
+            [
+                "initial_traffic",
+                "increment",
+                "initial_traffic",
+                "rollback_threshold"
+            ]
+        );
+        assert_eq!(normalise_rate(95.0), 0.95);
+    }
+}

@@ -1,0 +1,487 @@
+//! Active health checks: TCP connect or HTTP (path, expected status, expected body),
+//! with rise/fall thresholds and flap damping. Results feed the data plane (a down
+//! backend leaves the Maglev table and its flows are re-picked) and canary analysis.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::watch,
+    task::JoinHandle,
+};
+
+use crate::config::{HealthConfig, LoadedConfig};
+
+/// Defaults where the config is silent (HAProxy-like: 2 up, 3 down).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// Flap damping: this many down-transitions within `FLAP_WINDOW_INTERVALS` intervals
+/// double the successes needed to come back (up to 8×).
+const FLAP_LIMIT: usize = 3;
+const FLAP_WINDOW_INTERVALS: u32 = 30;
+/// Most bytes of an HTTP answer read to find the status line and expected body.
+const MAX_HTTP_RESPONSE: usize = 64 * 1024;
+
+/// What a probe does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Probe {
+    Tcp,
+    Http {
+        path: String,
+        expected_status: u16,
+        expected_body: Option<String>,
+    },
+}
+
+/// One backend's check, from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckSpec {
+    pub address: SocketAddr,
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl CheckSpec {
+    /// From the seed's `health:` block: `path` makes it HTTP; `retries` is the seed's
+    /// name for the fall threshold, `failure_threshold` wins when both are given.
+    pub fn from_config(address: SocketAddr, health: &HealthConfig) -> CheckSpec {
+        let probe = match &health.path {
+            Some(path) => Probe::Http {
+                path: path.clone(),
+                expected_status: health.expected_status_code.unwrap_or(200),
+                expected_body: health.expected_response.clone(),
+            },
+            None => Probe::Tcp,
+        };
+        CheckSpec {
+            address,
+            probe,
+            interval: health
+                .interval
+                .as_ref()
+                .map(|d| d.get())
+                .unwrap_or(DEFAULT_INTERVAL),
+            timeout: health
+                .timeout
+                .as_ref()
+                .map(|d| d.get())
+                .unwrap_or(DEFAULT_TIMEOUT),
+            rise: health.success_threshold.unwrap_or(DEFAULT_RISE).max(1),
+            fall: health
+                .failure_threshold
+                .or(health.retries)
+                .unwrap_or(DEFAULT_FALL)
+                .max(1),
+        }
+    }
+}
+
+/// Runs one probe; `Err` says why it failed.
+pub async fn probe(spec: &CheckSpec) -> Result<(), String> {
+    tokio::time::timeout(spec.timeout, probe_inner(spec))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", spec.timeout)))
+}
+
+async fn probe_inner(spec: &CheckSpec) -> Result<(), String> {
+    let mut stream = TcpStream::connect(spec.address)
+        .await
+        .map_err(|e| format!("connect {}: {e}", spec.address))?;
+    let Probe::Http {
+        path,
+        expected_status,
+        expected_body,
+    } = &spec.probe
+    else {
+        return Ok(());
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: keystone-health\r\nConnection: close\r\n\r\n",
+        spec.address
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send request: {e}"))?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read response: {e}"))?;
+        response.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&response);
+        let complete = n == 0 || response.len() >= MAX_HTTP_RESPONSE || http_complete(&text);
+        if complete {
+            return check_response(&text, *expected_status, expected_body.as_deref());
+        }
+    }
+}
+
+/// Whether a response with a Content-Length has all its body.
+fn http_complete(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|len| body.len() >= len)
+}
+
+fn check_response(
+    text: &str,
+    expected_status: u16,
+    expected_body: Option<&str>,
+) -> Result<(), String> {
+    let status_line = text.lines().next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP response: '{}'",
+                status_line.chars().take(60).collect::<String>()
+            )
+        })?;
+    if status != expected_status {
+        return Err(format!("HTTP status {status}, expected {expected_status}"));
+    }
+    if let Some(want) = expected_body {
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        if !body.contains(want) {
+            return Err(format!("body does not contain '{want}'"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// No check configured, or none finished yet: treated as up.
+    Unknown,
+    Up,
+    Down,
+}
+
+/// A backend's health as the checker sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendHealth {
+    pub state: HealthState,
+    pub consecutive_ok: u32,
+    pub consecutive_failed: u32,
+    /// Probes since the checker started (canary analysis takes differences).
+    pub total_ok: u64,
+    pub total_failed: u64,
+    pub last_error: Option<String>,
+    /// Successes needed to come back up (rise, raised while flapping).
+    pub rise_needed: u32,
+    #[serde(skip)]
+    down_transitions: VecDeque<Instant>,
+}
+
+impl BackendHealth {
+    fn new(rise: u32) -> BackendHealth {
+        BackendHealth {
+            state: HealthState::Unknown,
+            consecutive_ok: 0,
+            consecutive_failed: 0,
+            total_ok: 0,
+            total_failed: 0,
+            last_error: None,
+            rise_needed: rise,
+            down_transitions: VecDeque::new(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state != HealthState::Down
+    }
+
+    /// Records one probe result; returns true if the state changed.
+    fn record(&mut self, spec: &CheckSpec, result: Result<(), String>, now: Instant) -> bool {
+        let before = self.state;
+        match result {
+            Ok(()) => {
+                self.total_ok += 1;
+                self.consecutive_ok += 1;
+                self.consecutive_failed = 0;
+                self.last_error = None;
+                let needed = if self.state == HealthState::Down {
+                    self.rise_needed
+                } else {
+                    1
+                };
+                if self.consecutive_ok >= needed {
+                    self.state = HealthState::Up;
+                }
+            }
+            Err(e) => {
+                self.total_failed += 1;
+                self.consecutive_failed += 1;
+                self.consecutive_ok = 0;
+                self.last_error = Some(e);
+                if self.consecutive_failed >= spec.fall && self.state != HealthState::Down {
+                    self.state = HealthState::Down;
+                    let window = spec.interval * FLAP_WINDOW_INTERVALS;
+                    self.down_transitions.push_back(now);
+                    while self
+                        .down_transitions
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) > window)
+                    {
+                        self.down_transitions.pop_front();
+                    }
+                    let flaps = self.down_transitions.len();
+                    let factor = if flaps >= FLAP_LIMIT {
+                        1u32 << (flaps - FLAP_LIMIT + 1).min(3)
+                    } else {
+                        1
+                    };
+                    self.rise_needed = spec.rise * factor;
+                }
+            }
+        }
+        self.state != before
+    }
+}
+
+/// Backend identity in the checker: (tenant, service).
+pub type BackendKey = (String, String);
+
+/// Runs the checks of every backend that has a `health:` block.
+pub struct HealthChecker {
+    states: Arc<Mutex<HashMap<BackendKey, BackendHealth>>>,
+    tasks: Mutex<HashMap<BackendKey, (CheckSpec, JoinHandle<()>)>>,
+    /// Bumped on every state change, so the agent can reconcile.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for HealthChecker {
+    fn default() -> Self {
+        HealthChecker {
+            states: Arc::default(),
+            tasks: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl HealthChecker {
+    /// Fires whenever a backend changes state.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Starts, restarts or stops checks to match `config`. Unchanged checks keep
+    /// running with their history.
+    pub fn sync(&self, config: &LoadedConfig) {
+        let mut wanted: HashMap<BackendKey, CheckSpec> = HashMap::new();
+        for (tenant, raw) in config.tenants.iter().zip(&config.config.tenants) {
+            for (service, raw_service) in tenant.services.iter().zip(&raw.services) {
+                if let Some(health) = &raw_service.health {
+                    wanted.insert(
+                        (tenant.name.clone(), service.name.clone()),
+                        CheckSpec::from_config(service.address, health),
+                    );
+                }
+            }
+        }
+        let mut tasks = self.tasks.lock().expect("health tasks lock poisoned");
+        tasks.retain(|key, (spec, handle)| {
+            let keep = wanted.get(key) == Some(spec);
+            if !keep {
+                handle.abort();
+                self.states
+                    .lock()
+                    .expect("health lock poisoned")
+                    .remove(key);
+            }
+            keep
+        });
+        for (key, spec) in wanted {
+            if tasks.contains_key(&key) {
+                continue;
+            }
+            self.states
+                .lock()
+                .expect("health lock poisoned")
+                .insert(key.clone(), BackendHealth::new(spec.rise));
+            let handle = tokio::spawn(run_check(
+                key.clone(),
+                spec.clone(),
+                self.states.clone(),
+                self.changed.clone(),
+            ));
+            tasks.insert(key, (spec, handle));
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Health of one backend; `None` when it has no check.
+    pub fn get(&self, tenant: &str, service: &str) -> Option<BackendHealth> {
+        self.states
+            .lock()
+            .expect("health lock poisoned")
+            .get(&(tenant.to_owned(), service.to_owned()))
+            .cloned()
+    }
+
+    pub fn is_up(&self, tenant: &str, service: &str) -> bool {
+        self.get(tenant, service).is_none_or(|h| h.is_up())
+    }
+}
+
+async fn run_check(
+    key: BackendKey,
+    spec: CheckSpec,
+    states: Arc<Mutex<HashMap<BackendKey, BackendHealth>>>,
+    changed: watch::Sender<u64>,
+) {
+    let mut tick = tokio::time::interval(spec.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = probe(&spec).await;
+        let mut states = states.lock().expect("health lock poisoned");
+        let Some(health) = states.get_mut(&key) else {
+            return;
+        };
+        if health.record(&spec, result, Instant::now()) {
+            tracing::info!(
+                tenant = %key.0, service = %key.1, state = ?health.state,
+                error = health.last_error.as_deref().unwrap_or(""),
+                "backend health changed"
+            );
+            drop(states);
+            changed.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(probe: Probe, address: SocketAddr) -> CheckSpec {
+        CheckSpec {
+            address,
+            probe,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+        }
+    }
+
+    #[test]
+    fn rise_and_fall_thresholds_and_flap_damping() {
+        let s = spec(Probe::Tcp, "127.0.0.1:1".parse().unwrap());
+        let mut h = BackendHealth::new(s.rise);
+        let now = Instant::now();
+        assert!(
+            h.record(&s, Ok(()), now),
+            "unknown → up on the first success"
+        );
+        assert!(!h.record(&s, Err("x".into()), now));
+        assert!(!h.record(&s, Err("x".into()), now));
+        assert!(
+            h.record(&s, Err("x".into()), now),
+            "down after fall=3 failures"
+        );
+        assert_eq!(h.state, HealthState::Down);
+        assert!(!h.record(&s, Ok(()), now));
+        assert!(h.record(&s, Ok(()), now), "up after rise=2 successes");
+        // Flap twice more: the third down-transition within the window doubles rise.
+        for _ in 0..2 {
+            for _ in 0..3 {
+                h.record(&s, Err("x".into()), now);
+            }
+            for _ in 0..h.rise_needed {
+                h.record(&s, Ok(()), now);
+            }
+        }
+        assert_eq!(h.state, HealthState::Up);
+        assert_eq!(h.rise_needed, 4, "damped: rise doubled after 3 flaps");
+    }
+
+    #[test]
+    fn http_responses_are_checked_for_status_and_body() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+        assert!(check_response(ok, 200, Some("ok")).is_ok());
+        assert_eq!(
+            check_response(ok, 204, None),
+            Err("HTTP status 200, expected 204".into())
+        );
+        assert_eq!(
+            check_response(ok, 200, Some("ready")),
+            Err("body does not contain 'ready'".into())
+        );
+        assert!(
+            check_response("SSH-2.0", 200, None)
+                .unwrap_err()
+                .contains("not an HTTP response")
+        );
+        assert!(http_complete(ok));
+        assert!(!http_complete(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok"
+        ));
+    }
+
+    #[tokio::test]
+    async fn probes_against_real_sockets() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nblue\r\n")
+                    .await;
+            }
+        });
+        assert_eq!(probe(&spec(Probe::Tcp, addr)).await, Ok(()));
+        let http = |status, body: Option<&str>| {
+            spec(
+                Probe::Http {
+                    path: "/health".into(),
+                    expected_status: status,
+                    expected_body: body.map(Into::into),
+                },
+                addr,
+            )
+        };
+        assert_eq!(probe(&http(200, Some("blue"))).await, Ok(()));
+        assert!(probe(&http(200, Some("green"))).await.is_err());
+        // A closed port fails fast with the reason.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = probe(&spec(Probe::Tcp, closed)).await.unwrap_err();
+        assert!(err.contains("connect"), "{err}");
+    }
+}
