@@ -10,5 +10,6 @@ pub mod dataplane;
 pub mod deploy;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod webhook;
 pub mod yaml_lines;
