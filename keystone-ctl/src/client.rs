@@ -1,0 +1,129 @@
+//! The admin API client: one call per request, answers mapped to exit codes.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::exit;
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+pub fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        self.call("POST", path, body)
+    }
+
+    /// Calls the API; a non-2xx answer becomes a Failure carrying the agent's reason.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let result = if method == "POST" {
+            let mut r = self.agent.post(&url);
+            if let Some(auth) = &auth {
+                r = r.header("Authorization", auth);
+            }
+            match body {
+                Some(body) => r
+                    .header("Content-Type", "application/json")
+                    .send(body.to_string().as_bytes()),
+                None => r.send_empty(),
+            }
+        } else {
+            let mut r = self.agent.get(&url);
+            if let Some(auth) = &auth {
+                r = r.header("Authorization", auth);
+            }
+            r.call()
+        };
+        let mut response = result.map_err(|e| {
+            fail(
+                exit::UNREACHABLE,
+                format!("cannot reach the agent at {url}: {e}"),
+            )
+        })?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        match status {
+            200..=299 => Ok(body),
+            401 => Err(fail(
+                exit::AUTH,
+                format!(
+                    "the agent refused the token: {} (pass --token, set KEYSTONE_TOKEN, or --token-file)",
+                    reason(&body)
+                ),
+            )),
+            _ => {
+                let mut message = format!("the agent answered {status}: {}", reason(&body));
+                if let Some(problems) = body.get("problems").and_then(Value::as_array) {
+                    for p in problems {
+                        let line = p["line"]
+                            .as_u64()
+                            .map(|l| format!("line {l}: "))
+                            .unwrap_or_default();
+                        message.push_str(&format!(
+                            "\n  {line}{}: {}",
+                            p["field"].as_str().unwrap_or("?"),
+                            p["reason"].as_str().unwrap_or("?")
+                        ));
+                    }
+                }
+                Err(fail(exit::REFUSED, message))
+            }
+        }
+    }
+}
+
+fn reason(body: &Value) -> String {
+    body.get("error")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// Percent-encodes a path segment (tenant names and ids are usually plain already).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,388 @@
+//! Human output: tables padded to their widest cell, from the API's JSON.
+
+use serde_json::Value;
+
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A 0–1 share as a percentage.
+pub fn share(v: &Value) -> String {
+    v.as_f64()
+        .map(|f| format!("{:.1}%", f * 100.0))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// A 0–100 value as a percentage.
+pub fn percent(v: &Value) -> String {
+    v.as_f64()
+        .map(|f| format!("{}%", trim_float(f)))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// 20 → "20", 12.5 → "12.5", 33.333333 → "33.33".
+pub fn trim_float(f: f64) -> String {
+    let s = format!("{f:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Columns padded to their widest cell; the header is the first row.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let widths: Vec<usize> = (0..first.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn header(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|s| (*s).to_owned()).collect()
+}
+
+pub fn status(status: &Value) -> String {
+    let mut out = format!(
+        "config {} (generation {}, loaded {})\n",
+        text(&status["config_path"]),
+        text(&status["config_generation"]),
+        text(&status["config_loaded_at"])
+    );
+    let window = status["traffic_window_seconds"].as_f64().unwrap_or(0.0);
+    for t in status["tenants"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n{}  VIP {}/{}  mode {}  strategy {}  new connections {}\n",
+            text(&t["name"]),
+            text(&t["vip"]),
+            text(&t["protocol"]),
+            text(&t["mode"]),
+            text(&t["strategy"]),
+            text(&t["new_connections"]),
+        ));
+        let traffic = format!("TRAFFIC%({window:.0}s)");
+        let mut rows = vec![header(&[
+            "BACKEND",
+            "ADDRESS",
+            "VERSION",
+            "ENV",
+            "WEIGHT",
+            "WEIGHT%",
+            &traffic,
+            "NEW CONNS",
+            "PACKETS",
+            "BYTES",
+        ])];
+        for b in t["backends"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                text(&b["name"]),
+                text(&b["address"]),
+                text(&b["version"]),
+                text(&b["environment"]),
+                text(&b["weight"]),
+                share(&b["weight_share"]),
+                share(&b["traffic_share"]),
+                text(&b["new_connections"]),
+                text(&b["packets"]),
+                text(&b["bytes"]),
+            ]);
+        }
+        out.push_str(&indent(&table(&rows)));
+        out.push('\n');
+    }
+    out
+}
+
+/// One tenant (`GET /tenants` item, or the answer to `weights`).
+pub fn tenant(t: &Value) -> String {
+    let mut out = format!(
+        "{}  VIP {}/{}  mode {}  strategy {}  active environment {}  deployment {}\n",
+        text(&t["name"]),
+        text(&t["vip"]),
+        text(&t["protocol"]),
+        text(&t["mode"]),
+        text(&t["strategy"]),
+        text(&t["active_environment"]),
+        text(&t["deployment_id"]),
+    );
+    let mut rows = vec![header(&[
+        "BACKEND",
+        "ADDRESS",
+        "VERSION",
+        "ENV",
+        "HEALTH",
+        "WEIGHT",
+        "EFFECTIVE",
+        "TRAFFIC%",
+    ])];
+    for b in t["backends"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(&b["name"]),
+            text(&b["address"]),
+            text(&b["version"]),
+            text(&b["environment"]),
+            text(&b["health"]),
+            text(&b["configured_weight"]),
+            text(&b["effective_weight"]),
+            percent(&b["traffic_percent"]),
+        ]);
+    }
+    out.push_str(&indent(&table(&rows)));
+    out.push('\n');
+    out
+}
+
+pub fn tenants(body: &Value) -> String {
+    let list: Vec<String> = body["tenants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(tenant)
+        .collect();
+    if list.is_empty() {
+        "no tenants\n".to_owned()
+    } else {
+        list.join("\n")
+    }
+}
+
+/// "98.5% of 240 (pass)" or "no samples".
+pub fn analysis(a: &Value) -> String {
+    let samples = a["samples"].as_u64().unwrap_or(0);
+    let verdict = a["verdict"].as_str().unwrap_or("-");
+    match a["success_rate"].as_f64() {
+        Some(rate) => format!("{}% of {samples} ({verdict})", trim_float(rate * 100.0)),
+        None => format!("no samples ({verdict})"),
+    }
+}
+
+pub fn last_reason(d: &Value) -> String {
+    d["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .map(|s| text(&s["reason"]))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+pub fn deployments(body: &Value) -> String {
+    let mut rows = vec![header(&[
+        "ID", "TENANT", "STRATEGY", "VERSION", "STATE", "CANARY%", "ANALYSIS", "STARTED",
+        "FINISHED",
+    ])];
+    for d in body["deployments"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(&d["id"]),
+            text(&d["tenant"]),
+            text(&d["strategy"]),
+            text(&d["version"]),
+            text(&d["state"]),
+            percent(&d["canary_percent"]),
+            analysis(&d["analysis"]),
+            text(&d["started_at"]),
+            text(&d["finished_at"]),
+        ]);
+    }
+    if rows.len() == 1 {
+        return "no deployments\n".to_owned();
+    }
+    table(&rows) + "\n"
+}
+
+/// One deployment with its parameters and step history.
+pub fn deployment(d: &Value) -> String {
+    let mut out = format!(
+        "deployment {}  tenant {}  {} {}  state {}  canary {}\n",
+        text(&d["id"]),
+        text(&d["tenant"]),
+        text(&d["strategy"]),
+        text(&d["version"]),
+        text(&d["state"]),
+        percent(&d["canary_percent"]),
+    );
+    let list = |v: &Value| {
+        let names: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    out.push_str(&format!(
+        "  stable {}  →  new {}\n",
+        list(&d["stable_backends"]),
+        list(&d["canary_backends"])
+    ));
+    if !d["from_environment"].is_null() || !d["to_environment"].is_null() {
+        out.push_str(&format!(
+            "  environment {} → {}\n",
+            text(&d["from_environment"]),
+            text(&d["to_environment"])
+        ));
+    }
+    out.push_str(&format!(
+        "  analysis {} from {}\n",
+        analysis(&d["analysis"]),
+        text(&d["analysis"]["source"])
+    ));
+    if let Some(params) = d["params"].as_object()
+        && !params.is_empty()
+    {
+        let p: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        out.push_str(&format!("  params {}\n", p.join(" ")));
+    }
+    out.push_str(&format!(
+        "  started {}  updated {}  finished {}\n",
+        text(&d["started_at"]),
+        text(&d["updated_at"]),
+        text(&d["finished_at"])
+    ));
+    if let Some(pipeline) = d["pipeline"].as_object() {
+        let p: Vec<String> = pipeline
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        out.push_str(&format!("  pipeline {}\n", p.join(" ")));
+    }
+    let mut rows = vec![header(&["AT", "CANARY%", "STATE", "REASON"])];
+    for s in d["history"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(&s["at"]),
+            percent(&s["canary_percent"]),
+            text(&s["state"]),
+            text(&s["reason"]),
+        ]);
+    }
+    if rows.len() > 1 {
+        out.push_str(&indent(&table(&rows)));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn table_pads_columns_and_trims_line_ends() {
+        let rows = vec![
+            header(&["NAME", "WEIGHT", "ENV"]),
+            vec!["api-v1".into(), "90".into(), "".into()],
+            vec!["b".into(), "10".into(), "green".into()],
+        ];
+        assert_eq!(
+            table(&rows),
+            "NAME    WEIGHT  ENV\napi-v1  90\nb       10      green"
+        );
+        assert_eq!(table(&[]), "");
+    }
+
+    #[test]
+    fn tenant_table_shows_weights_health_and_traffic() {
+        let t = json!({
+            "name": "api", "vip": "198.18.0.10:80", "protocol": "tcp", "mode": "nat",
+            "strategy": "canary", "active_environment": null, "deployment_id": "d-1",
+            "backends": [
+                {"name": "api-v1", "address": "198.18.11.2:8080", "environment": "blue",
+                 "version": "1.23.0", "configured_weight": 90, "effective_weight": 800000,
+                 "traffic_percent": 80.0, "health": "up"},
+                {"name": "api-v2", "address": "198.18.12.2:8080", "environment": null,
+                 "version": "1.24.0", "configured_weight": 10, "effective_weight": 200000,
+                 "traffic_percent": 20.0, "health": "unknown"}
+            ]
+        });
+        let expected = "\
+api  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  active environment -  deployment d-1
+  BACKEND  ADDRESS           VERSION  ENV   HEALTH   WEIGHT  EFFECTIVE  TRAFFIC%
+  api-v1   198.18.11.2:8080  1.23.0   blue  up       90      800000     80%
+  api-v2   198.18.12.2:8080  1.24.0   -     unknown  10      200000     20%
+";
+        assert_eq!(tenant(&t), expected);
+        assert_eq!(tenants(&json!({"tenants": [t]})), expected);
+        assert_eq!(tenants(&json!({"tenants": []})), "no tenants\n");
+    }
+
+    fn sample_deployment() -> Value {
+        json!({
+            "id": "d-7", "tenant": "api", "strategy": "canary", "version": "1.24.0",
+            "state": "awaiting_approval", "canary_percent": 50.0,
+            "stable_backends": ["api-v1"], "canary_backends": ["api-v2"],
+            "from_environment": null, "to_environment": null,
+            "params": {"increment": 10.0, "initial_traffic": 10.0},
+            "analysis": {"success_rate": 0.985, "samples": 240, "verdict": "pass", "source": "health probes"},
+            "history": [
+                {"at": "2026-11-21T21:00:00Z", "canary_percent": 10.0, "state": "progressing", "reason": "started"},
+                {"at": "2026-11-21T21:00:02Z", "canary_percent": 50.0, "state": "awaiting_approval", "reason": "reached max_traffic 50%"}
+            ],
+            "started_at": "2026-11-21T21:00:00Z", "updated_at": "2026-11-21T21:00:02Z",
+            "finished_at": null, "pipeline": {"id": "4711"}
+        })
+    }
+
+    #[test]
+    fn deployment_list_and_detail() {
+        let d = sample_deployment();
+        assert_eq!(
+            deployments(&json!({"deployments": [d.clone()]})),
+            "\
+ID   TENANT  STRATEGY  VERSION  STATE              CANARY%  ANALYSIS             STARTED               FINISHED
+d-7  api     canary    1.24.0   awaiting_approval  50%      98.5% of 240 (pass)  2026-11-21T21:00:00Z  -
+"
+        );
+        assert_eq!(deployments(&json!({"deployments": []})), "no deployments\n");
+        let detail = deployment(&d);
+        assert!(
+            detail.starts_with(
+                "deployment d-7  tenant api  canary 1.24.0  state awaiting_approval  canary 50%\n  stable api-v1  →  new api-v2\n"
+            ),
+            "{detail}"
+        );
+        assert!(detail.contains("  analysis 98.5% of 240 (pass) from health probes\n"));
+        assert!(detail.contains("  params increment=10.0 initial_traffic=10.0\n"));
+        assert!(detail.contains("  pipeline id=4711\n"));
+        assert!(detail.ends_with(
+            "  AT                    CANARY%  STATE              REASON\n  2026-11-21T21:00:00Z  10%      progressing        started\n  2026-11-21T21:00:02Z  50%      awaiting_approval  reached max_traffic 50%\n"
+        ), "{detail}");
+    }
+
+    #[test]
+    fn analysis_without_samples() {
+        assert_eq!(
+            analysis(&json!({"success_rate": null, "samples": 0, "verdict": "inconclusive"})),
+            "no samples (inconclusive)"
+        );
+        assert_eq!(trim_float(33.3333), "33.33");
+        assert_eq!(trim_float(20.0), "20");
+    }
+}
