@@ -12,8 +12,9 @@ use crate::{
     bins::Bins,
     cmd::{self, in_ns},
     config::{AgentConfig, Protocol, Service, Tenant},
+    deploy::Deployment,
     error::{LabError, Result, io_err},
-    lab::{Lab, Mode},
+    lab::{Lab, Mode, tail},
     wait::{Probe, wait_for},
 };
 
@@ -25,6 +26,33 @@ pub const ADMIN_TOKEN: &str = "lab-secret";
 pub const AGENT: &str = "agent";
 /// How long the agent gets to load XDP and answer `/health`.
 const AGENT_READY: Duration = Duration::from_secs(60);
+
+/// How a request to the admin API authenticates.
+#[derive(Clone, Copy, Debug)]
+pub enum Auth<'a> {
+    /// The lab's token ([`ADMIN_TOKEN`]).
+    Token,
+    /// Another bearer token (a wrong one, in tests).
+    Bearer(&'a str),
+    /// No `Authorization` header.
+    None,
+}
+
+/// A 2xx answer's JSON body as `T`, or an error with the status and body.
+fn parse_answer<T: serde::de::DeserializeOwned>(what: &str, code: u16, body: &str) -> Result<T> {
+    if !(200..300).contains(&code) {
+        return Err(LabError::Http {
+            what: what.to_owned(),
+            status: code,
+            body: body.to_owned(),
+        });
+    }
+    serde_json::from_str(body).map_err(|source| LabError::Parse {
+        what: what.to_owned(),
+        output: body.to_owned(),
+        source,
+    })
+}
 
 impl Lab {
     /// A tenant on `listen` with one service per named backend at
@@ -52,6 +80,7 @@ impl Lab {
                     weight: *weight,
                     environment: b.name.clone(),
                     version: format!("1.{}.0", b.index - 1),
+                    health: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -62,6 +91,9 @@ impl Lab {
             mode,
             strategy: "canary".into(),
             services,
+            canary: None,
+            active_environment: None,
+            switch: None,
         })
     }
 
@@ -72,6 +104,7 @@ impl Lab {
             admin_listen: ADMIN_LISTEN.into(),
             token: ADMIN_TOKEN.into(),
             tenants,
+            webhook: None,
         }
     }
 
@@ -157,6 +190,121 @@ impl Lab {
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
         let code = code.trim().parse().unwrap_or(0);
         Ok((code, body.to_owned()))
+    }
+
+    /// `method http://ADMIN_LISTEN<path>` from the gateway namespace (curl) with the
+    /// given authentication, extra headers and body (sent as is, `Content-Type:
+    /// application/json` unless a header says otherwise). Returns (status, body).
+    pub fn admin_send(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Auth<'_>,
+        headers: &[(&str, String)],
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let mut c = in_ns(self.gateway_ns(), "curl");
+        c.args(["-sS", "-m", "5", "-X", method, "-w", "\n%{http_code}"]);
+        let bearer = match auth {
+            Auth::Token => Some(ADMIN_TOKEN),
+            Auth::Bearer(t) => Some(t),
+            Auth::None => None,
+        };
+        if let Some(t) = bearer {
+            c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            c.args(["-H", "Content-Type: application/json"]);
+        }
+        for (k, v) in headers {
+            c.arg("-H").arg(format!("{k}: {v}"));
+        }
+        let out = match body {
+            Some(body) => {
+                c.args(["--data-binary", "@-"]);
+                c.arg(format!("http://{ADMIN_LISTEN}{path}"));
+                cmd::run_with_stdin(&mut c, body)?
+            }
+            None => {
+                c.arg(format!("http://{ADMIN_LISTEN}{path}"));
+                cmd::run(&mut c)?
+            }
+        };
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
+        Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+    }
+
+    /// `GET /deployments/{id}`.
+    pub fn deployment(&self, id: &str) -> Result<Deployment> {
+        let path = format!("/deployments/{id}");
+        let (code, body) = self.admin_get(&path)?;
+        parse_answer(&format!("GET {path}"), code, &body)
+    }
+
+    /// `GET /deployments` (newest first).
+    pub fn deployments(&self) -> Result<Vec<Deployment>> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            deployments: Vec<Deployment>,
+        }
+        let (code, body) = self.admin_get("/deployments")?;
+        parse_answer::<List>("GET /deployments", code, &body).map(|l| l.deployments)
+    }
+
+    /// `GET /tenants`, as JSON.
+    pub fn tenants_json(&self) -> Result<serde_json::Value> {
+        let (code, body) = self.admin_get("/tenants")?;
+        parse_answer("GET /tenants", code, &body)
+    }
+
+    /// Polls `GET /deployments/{id}` until `done` holds for it; returns that view.
+    /// Fails early if the agent exits.
+    pub fn wait_deployment(
+        &mut self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Deployment) -> bool,
+    ) -> Result<Deployment> {
+        wait_for(&format!("deployment {id}: {what}"), timeout, || {
+            self.ensure_running(AGENT)?;
+            let d = self.deployment(id)?;
+            Ok(if done(&d) {
+                Probe::Ready(d)
+            } else {
+                Probe::NotYet(d.summary())
+            })
+        })
+    }
+
+    /// Starts `keystone-ctl --api … --token … <args>` in the gateway namespace as the
+    /// lab process `name` (e.g. a `wait` that runs while the test drives traffic);
+    /// see [`Lab::exited`] and [`Lab::stdout_of`].
+    pub fn spawn_ctl(&mut self, name: &str, args: &[&str]) -> Result<u32> {
+        let ctl = self.bins().ctl.clone();
+        let gw = self.gateway_ns().to_owned();
+        let mut all = vec![
+            "--api".to_owned(),
+            format!("http://{ADMIN_LISTEN}"),
+            "--token".to_owned(),
+            ADMIN_TOKEN.to_owned(),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        self.spawn(name, &gw, &ctl, &all)
+    }
+
+    /// Waits up to `timeout` for the lab process `name` to exit; returns its status.
+    pub fn wait_exit(&mut self, name: &str, timeout: Duration) -> Result<ExitStatus> {
+        wait_for(&format!("{name} to exit"), timeout, || {
+            Ok(match self.exited(name)? {
+                Some(status) => Probe::Ready(status),
+                None => Probe::NotYet(tail(&self.stdout_of(name).unwrap_or_default(), 3)),
+            })
+        })
     }
 
     /// Runs `keystone-ctl --api … --token … <args>` in the gateway namespace; returns

@@ -38,6 +38,75 @@ pub struct Service {
     pub weight: u32,
     pub environment: String,
     pub version: String,
+    /// Active health check (`health:`); none by default.
+    pub health: Option<HealthCheck>,
+}
+
+/// A service's `health:` block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthCheck {
+    /// HTTP path (ks-backend answers any path with 200 and its name); `None` is a
+    /// TCP connect check.
+    pub path: Option<String>,
+    /// Durations as the config takes them (`200ms`, `2s`).
+    pub interval: String,
+    pub timeout: String,
+    /// Successes to come up (rise) and failures to go down (fall).
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl HealthCheck {
+    /// `GET /` every 200 ms, 500 ms timeout, up after 1 success, down after 2 failures:
+    /// fast enough for tests that fail a backend mid-rollout.
+    pub fn fast_http() -> Self {
+        Self {
+            path: Some("/".into()),
+            interval: "200ms".into(),
+            timeout: "500ms".into(),
+            success_threshold: 1,
+            failure_threshold: 2,
+        }
+    }
+}
+
+/// A tenant's `canary_config:` block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryConfig {
+    pub initial_traffic: f64,
+    pub increment: f64,
+    /// As the config takes it (`2s`).
+    pub interval: String,
+    pub max_traffic: Option<f64>,
+}
+
+/// A blue/green tenant's `switch_config:` block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwitchConfig {
+    /// `instant` or `gradual`.
+    pub strategy: String,
+    pub validation_timeout: String,
+    pub rollback_on_failure: bool,
+}
+
+impl SwitchConfig {
+    /// `{strategy: instant, validation_timeout: 5s, rollback_on_failure: true}`.
+    pub fn instant() -> Self {
+        Self {
+            strategy: "instant".into(),
+            validation_timeout: "5s".into(),
+            rollback_on_failure: true,
+        }
+    }
+}
+
+/// The config's `webhook:` block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookConfig {
+    /// At least 16 characters.
+    pub secret: String,
+    /// How far a request's timestamp may be from the agent's clock (`5m`).
+    pub tolerance: String,
 }
 
 /// One VIP with its backends.
@@ -49,9 +118,36 @@ pub struct Tenant {
     pub mode: Mode,
     pub strategy: String,
     pub services: Vec<Service>,
+    pub canary: Option<CanaryConfig>,
+    /// Blue/green: the environment taking traffic (`active_environment:`).
+    pub active_environment: Option<String>,
+    pub switch: Option<SwitchConfig>,
 }
 
 impl Tenant {
+    /// The same health check on every service.
+    pub fn with_health(mut self, check: HealthCheck) -> Self {
+        for s in &mut self.services {
+            s.health = Some(check.clone());
+        }
+        self
+    }
+
+    /// `deployment_strategy: canary` with this `canary_config`.
+    pub fn with_canary(mut self, canary: CanaryConfig) -> Self {
+        self.strategy = "canary".into();
+        self.canary = Some(canary);
+        self
+    }
+
+    /// `deployment_strategy: blue_green`: only `active` takes traffic until a switch.
+    pub fn blue_green(mut self, active: &str, switch: SwitchConfig) -> Self {
+        self.strategy = "blue_green".into();
+        self.active_environment = Some(active.to_owned());
+        self.switch = Some(switch);
+        self
+    }
+
     /// Sets the weight of each named service; services not named keep theirs.
     /// Panics on a name the tenant does not have (a typo in a test).
     pub fn set_weights(&mut self, weights: &[(&str, u32)]) {
@@ -73,6 +169,7 @@ pub struct AgentConfig {
     pub admin_listen: String,
     pub token: String,
     pub tenants: Vec<Tenant>,
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl AgentConfig {
@@ -93,6 +190,11 @@ impl AgentConfig {
         let _ = writeln!(y, "admin:");
         let _ = writeln!(y, "  listen: {}", q(&self.admin_listen));
         let _ = writeln!(y, "  token: {}", q(&self.token));
+        if let Some(w) = &self.webhook {
+            let _ = writeln!(y, "webhook:");
+            let _ = writeln!(y, "  secret: {}", q(&w.secret));
+            let _ = writeln!(y, "  tolerance: {}", q(&w.tolerance));
+        }
         let _ = writeln!(y, "tenants:");
         for t in &self.tenants {
             let _ = writeln!(y, "  - name: {}", q(&t.name));
@@ -100,6 +202,24 @@ impl AgentConfig {
             let _ = writeln!(y, "    protocol: {}", t.protocol.as_str());
             let _ = writeln!(y, "    mode: {}", t.mode.as_str());
             let _ = writeln!(y, "    deployment_strategy: {}", t.strategy);
+            if let Some(c) = &t.canary {
+                let _ = writeln!(y, "    canary_config:");
+                let _ = writeln!(y, "      initial_traffic: {}", c.initial_traffic);
+                let _ = writeln!(y, "      increment: {}", c.increment);
+                let _ = writeln!(y, "      interval: {}", q(&c.interval));
+                if let Some(m) = c.max_traffic {
+                    let _ = writeln!(y, "      max_traffic: {m}");
+                }
+            }
+            if let Some(env) = &t.active_environment {
+                let _ = writeln!(y, "    active_environment: {}", q(env));
+            }
+            if let Some(sw) = &t.switch {
+                let _ = writeln!(y, "    switch_config:");
+                let _ = writeln!(y, "      strategy: {}", q(&sw.strategy));
+                let _ = writeln!(y, "      validation_timeout: {}", q(&sw.validation_timeout));
+                let _ = writeln!(y, "      rollback_on_failure: {}", sw.rollback_on_failure);
+            }
             let _ = writeln!(y, "    services:");
             for s in &t.services {
                 let _ = writeln!(y, "      - name: {}", q(&s.name));
@@ -107,6 +227,17 @@ impl AgentConfig {
                 let _ = writeln!(y, "        weight: {}", s.weight);
                 let _ = writeln!(y, "        environment: {}", q(&s.environment));
                 let _ = writeln!(y, "        labels: {{ version: {} }}", q(&s.version));
+                if let Some(h) = &s.health {
+                    let mut fields = Vec::new();
+                    if let Some(path) = &h.path {
+                        fields.push(format!("path: {}", q(path)));
+                    }
+                    fields.push(format!("interval: {}", q(&h.interval)));
+                    fields.push(format!("timeout: {}", q(&h.timeout)));
+                    fields.push(format!("success_threshold: {}", h.success_threshold));
+                    fields.push(format!("failure_threshold: {}", h.failure_threshold));
+                    let _ = writeln!(y, "        health: {{ {} }}", fields.join(", "));
+                }
             }
         }
         y
@@ -123,6 +254,7 @@ mod tests {
             interfaces: vec!["eth-client".into(), "eth-blue".into()],
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
+            webhook: None,
             tenants: vec![Tenant {
                 name: "web".into(),
                 listen: "[2001:2::10]:80".parse().unwrap(),
@@ -135,7 +267,11 @@ mod tests {
                     weight: 90,
                     environment: "blue".into(),
                     version: "1.0.0".into(),
+                    health: None,
                 }],
+                canary: None,
+                active_environment: None,
+                switch: None,
             }],
         };
         let y = cfg.to_yaml();
@@ -151,5 +287,75 @@ mod tests {
         ] {
             assert!(y.contains(want), "{want:?} missing from:\n{y}");
         }
+    }
+
+    /// The deployment blocks come out in the agent's format and the agent accepts them.
+    #[test]
+    fn deployment_blocks_are_what_the_agent_reads() {
+        let svc = |name: &str, ip: &str, version: &str| Service {
+            name: name.into(),
+            address: SocketAddr::new(ip.parse().unwrap(), 8080),
+            weight: 1,
+            environment: name.into(),
+            version: version.into(),
+            health: None,
+        };
+        let tenant = |name: &str, listen: &str, blue: &str, green: &str| Tenant {
+            name: name.into(),
+            listen: listen.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            mode: Mode::Nat,
+            strategy: "canary".into(),
+            services: vec![svc("blue", blue, "1.0.0"), svc("green", green, "1.1.0")],
+            canary: None,
+            active_environment: None,
+            switch: None,
+        };
+        let cfg = AgentConfig {
+            interfaces: vec!["eth-client".into()],
+            admin_listen: "127.0.0.1:9100".into(),
+            token: "t".into(),
+            webhook: Some(WebhookConfig {
+                secret: "0123456789abcdef-lab".into(),
+                tolerance: "5m".into(),
+            }),
+            tenants: vec![
+                tenant("web", "198.18.0.10:80", "198.18.11.2", "198.18.12.2")
+                    .with_health(HealthCheck::fast_http())
+                    .with_canary(CanaryConfig {
+                        initial_traffic: 10.0,
+                        increment: 30.0,
+                        interval: "2s".into(),
+                        max_traffic: Some(70.0),
+                    }),
+                tenant(
+                    "shop",
+                    "[2001:2::10]:80",
+                    "2001:2:0:11::2",
+                    "2001:2:0:12::2",
+                )
+                .blue_green("blue", SwitchConfig::instant()),
+            ],
+        };
+        let y = cfg.to_yaml();
+        for want in [
+            "webhook:\n  secret: \"0123456789abcdef-lab\"\n  tolerance: \"5m\"",
+            "    canary_config:\n      initial_traffic: 10\n      increment: 30\n      interval: \"2s\"\n      max_traffic: 70",
+            "    deployment_strategy: blue_green",
+            "    active_environment: \"blue\"",
+            "      strategy: \"instant\"",
+            "        health: { path: \"/\", interval: \"200ms\", timeout: \"500ms\", success_threshold: 1, failure_threshold: 2 }",
+        ] {
+            assert!(y.contains(want), "{want:?} missing from:\n{y}");
+        }
+        let loaded =
+            keystone_agent::config::LoadedConfig::parse(std::path::Path::new("lab.yaml"), &y)
+                .unwrap_or_else(|e| panic!("the agent refuses the lab's config: {e}\n{y}"));
+        assert!(
+            loaded.ignored_fields.is_empty(),
+            "fields the agent ignores: {:?}",
+            loaded.ignored_fields
+        );
+        assert_eq!(loaded.tenants.len(), 2);
     }
 }

@@ -69,6 +69,12 @@ pub enum LabError {
     },
     #[error("no backend named {name:?} in this lab")]
     NoBackend { name: String },
+    #[error("{what}: HTTP {status}: {body}")]
+    Http {
+        what: String,
+        status: u16,
+        body: String,
+    },
 }
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;

@@ -620,31 +620,93 @@ impl Lab {
         let backend_bin = self.bins.backend.clone();
         let port = port.to_string();
         for b in self.state.backends.clone() {
-            let pname = format!("backend-{}", b.name);
             self.spawn(
-                &pname,
+                &Self::backend_process(&b.name),
                 &b.ns,
                 &backend_bin,
                 &["--name", &b.name, "--port", &port],
             )?;
         }
         for b in self.state.backends.clone() {
-            let pname = format!("backend-{}", b.name);
-            wait_for(
-                &format!("ks-backend {} to listen", b.name),
-                BACKEND_READY,
-                || {
-                    self.ensure_running(&pname)?;
-                    let out = self.stdout_of(&pname)?;
-                    Ok(if out.contains("listening") {
-                        Probe::Ready(())
-                    } else {
-                        Probe::NotYet(out)
-                    })
-                },
-            )?;
+            self.wait_backend_listening(&b.name)?;
         }
         Ok(())
+    }
+
+    /// The process name of backend `name`'s ks-backend (`backend-<name>`).
+    pub fn backend_process(name: &str) -> String {
+        format!("backend-{name}")
+    }
+
+    /// Starts ks-backend in one backend's namespace (e.g. again, after
+    /// [`Lab::stop_backend`]) and waits until it listens.
+    pub fn start_backend(&mut self, name: &str, port: u16) -> Result<()> {
+        let b = self.backend(name)?.clone();
+        let backend_bin = self.bins.backend.clone();
+        self.spawn(
+            &Self::backend_process(name),
+            &b.ns,
+            &backend_bin,
+            &["--name", name, "--port", &port.to_string()],
+        )?;
+        self.wait_backend_listening(name)
+    }
+
+    /// Stops one backend's ks-backend: its port is closed from then on (new
+    /// connections are refused, health checks fail), the namespace stays.
+    pub fn stop_backend(&mut self, name: &str) -> Result<Option<ExitStatus>> {
+        self.stop(&Self::backend_process(name))
+    }
+
+    fn wait_backend_listening(&mut self, name: &str) -> Result<()> {
+        let pname = Self::backend_process(name);
+        wait_for(
+            &format!("ks-backend {name} to listen"),
+            BACKEND_READY,
+            || {
+                self.ensure_running(&pname)?;
+                let out = self.stdout_of(&pname)?;
+                Ok(if out.contains("listening") {
+                    Probe::Ready(())
+                } else {
+                    Probe::NotYet(out)
+                })
+            },
+        )
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up, as in a crash) and
+    /// reaps it; returns how it exited.
+    pub fn kill(&mut self, name: &str) -> Result<Option<ExitStatus>> {
+        let idx = self
+            .state
+            .processes
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| LabError::NoProcess {
+                name: name.to_owned(),
+            })?;
+        let status = match self.children.remove(name) {
+            Some(mut child) => {
+                // `ip netns exec` execs the program, so the child is the process itself.
+                let _ = child.kill();
+                Some(
+                    child
+                        .wait()
+                        .map_err(io_err(format!("waiting for {name}")))?,
+                )
+            }
+            None => {
+                let _ = kill(
+                    Pid::from_raw(self.state.processes[idx].pid as i32),
+                    Signal::SIGKILL,
+                );
+                None
+            }
+        };
+        self.state.processes.remove(idx);
+        self.save()?;
+        Ok(status)
     }
 
     /// Makes the gateway know the MAC of the client and of every backend (v4 and v6),

@@ -13,15 +13,20 @@ pub mod agent;
 pub mod bins;
 pub mod cmd;
 pub mod config;
+pub mod deploy;
 pub mod error;
 pub mod lab;
 pub mod traffic;
 pub mod wait;
 
-pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN};
+pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN, Auth};
 pub use bins::Bins;
-pub use config::{AgentConfig, Protocol, ROLLOUT, Service, Tenant};
+pub use config::{
+    AgentConfig, CanaryConfig, HealthCheck, Protocol, ROLLOUT, Service, SwitchConfig, Tenant,
+    WebhookConfig,
+};
+pub use deploy::Deployment;
 pub use error::{LabError, Result};
 pub use lab::{Backend, Lab, LabBuilder, LabState, Mode, STATE_ROOT, VIP4, VIP6};
-pub use traffic::{HoldEvent, Summary};
+pub use traffic::{Batch, ClientLoop, HoldEvent, Summary};
 pub use wait::{Probe, wait_for};

@@ -1,6 +1,17 @@
 //! What `ks-client` reports, and running it from the client namespace.
 
-use std::{collections::BTreeMap, net::SocketAddr, process::Command};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +42,24 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &Summary) {
+        if self.mode.is_empty() {
+            self.mode = other.mode.clone();
+            self.target = other.target.clone();
+        }
+        self.attempted += other.attempted;
+        self.failed += other.failed;
+        self.reconnects += other.reconnects;
+        self.elapsed_ms += other.elapsed_ms;
+        for (k, v) in &other.by_backend {
+            *self.by_backend.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+    }
+
     pub fn answered(&self) -> u64 {
         self.by_backend.values().sum()
     }
@@ -175,15 +204,119 @@ pub fn parse_summary(what: &str, output: &str) -> Result<Summary> {
     })
 }
 
+/// One run of `ks-client --connections` inside a [`ClientLoop`].
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub started: Instant,
+    pub finished: Instant,
+    pub summary: Summary,
+}
+
+/// New TCP connections without pause: `ks-client --connections <batch>` run again and
+/// again from the client namespace by a background thread, until [`ClientLoop::stop`]
+/// (or drop), or `max_time`, whichever comes first.
+pub struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    batches: Arc<Mutex<Vec<Batch>>>,
+    handle: Option<JoinHandle<Result<()>>>,
+}
+
+impl ClientLoop {
+    /// The batches finished so far.
+    pub fn batches(&self) -> Vec<Batch> {
+        self.batches.lock().expect("batches lock").clone()
+    }
+
+    /// Whether the loop has ended by itself (its time bound, or an error).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops after the running batch; returns every batch, or the error that ended
+    /// the loop early.
+    pub fn stop(mut self) -> Result<Vec<Batch>> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("client loop thread panicked")?;
+        }
+        Ok(self.batches())
+    }
+
+    /// Everything the batches saw, summed.
+    pub fn total(batches: &[Batch]) -> Summary {
+        let mut total = Summary::default();
+        for b in batches {
+            total.merge(&b.summary);
+        }
+        total
+    }
+}
+
+impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run_client(client: &PathBuf, ns: &str, args: &[String]) -> Result<Summary> {
+    let mut c: Command = in_ns(ns, client);
+    c.args(args);
+    let what = cmd::describe(&c);
+    let out = cmd::run(&mut c)?;
+    parse_summary(&what, &out)
+}
+
 impl Lab {
+    /// Starts a [`ClientLoop`] of `batch` new connections per `ks-client` run to
+    /// `target`, ending by itself after `max_time`.
+    pub fn client_loop(
+        &self,
+        target: SocketAddr,
+        batch: u32,
+        max_time: Duration,
+    ) -> Result<ClientLoop> {
+        let client = Bins::require(&self.bins().client)?.to_path_buf();
+        let ns = self.client_ns().to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let args = vec![
+            "--target".to_owned(),
+            target.to_string(),
+            "--connections".to_owned(),
+            batch.to_string(),
+            "--concurrency".to_owned(),
+            "4".to_owned(),
+        ];
+        let handle = {
+            let (stop, batches) = (stop.clone(), batches.clone());
+            thread::spawn(move || {
+                let until = Instant::now() + max_time;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    let started = Instant::now();
+                    let summary = run_client(&client, &ns, &args)?;
+                    batches.lock().expect("batches lock").push(Batch {
+                        started,
+                        finished: Instant::now(),
+                        summary,
+                    });
+                }
+                Ok(())
+            })
+        };
+        Ok(ClientLoop {
+            stop,
+            batches,
+            handle: Some(handle),
+        })
+    }
+
     /// Runs `ks-client <args>` in the client namespace and returns its summary.
     pub fn client(&self, args: &[String]) -> Result<Summary> {
         let client = Bins::require(&self.bins().client)?.to_path_buf();
-        let mut c: Command = in_ns(self.client_ns(), client);
-        c.args(args);
-        let what = cmd::describe(&c);
-        let out = cmd::run(&mut c)?;
-        parse_summary(&what, &out)
+        run_client(&client, self.client_ns(), args)
     }
 
     /// `n` new TCP connections (one HTTP request each) to `target`.

@@ -1,0 +1,1097 @@
+//! The deployment engine in the namespace lab: canaries that promote or roll back
+//! themselves, a blue/green flip under load, the signed webhook, an agent killed in
+//! the middle of a rollout, and the example CI scripts — with real traffic through
+//! real XDP, the real agent and keystone-ctl. Run them with `cargo xtask test`.
+//!
+//! Every test builds its own lab (unique names, removed on drop, also on panic),
+//! waits for states by polling with deadlines (never a sleep standing in for one),
+//! and panics with the agent's output, its deployments and counters when something
+//! is off.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Display,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use keystone_lab::{
+    AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder,
+    Mode, Probe, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd, wait_for,
+};
+
+/// The port every ks-backend serves on.
+const BACKEND_PORT: u16 = 8080;
+/// Allowed distance, in percentage points, between a step's percentage and the
+/// measured share of new connections.
+const TOLERANCE: f64 = 5.0;
+/// New connections each step must have been measured with, at least.
+const MIN_PER_STEP: u64 = 400;
+/// New connections per ks-client run when measuring a step (several runs fit in a step).
+const BATCH: u32 = 200;
+/// The webhook's shared secret in these labs.
+const WEBHOOK_SECRET: &str = "lab-webhook-secret-0123";
+/// Generous bounds for things that take a second or two.
+const SHORT: Duration = Duration::from_secs(30);
+const LONG: Duration = Duration::from_secs(90);
+
+/// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
+fn bins() -> Bins {
+    let mut bins = Bins::beside_current_exe().expect("target dir");
+    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
+    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
+    bins
+}
+
+fn v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP4), port)
+}
+
+fn v6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(VIP6), port)
+}
+
+/// What a failure message carries: processes' output, the deployments, the tenants.
+fn context(lab: &Lab) -> String {
+    let mut s = lab.diagnostics();
+    if let Ok(list) = lab.deployments() {
+        for d in list {
+            s.push_str(&format!(
+                "--- deployment {}\n{}\n",
+                d.summary(),
+                d.history_table()
+            ));
+        }
+    }
+    if let Ok(out) = lab.ctl(&["tenants"]) {
+        s.push_str(&format!(
+            "--- keystone-ctl tenants:\n{}{}\n",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    s
+}
+
+/// Unwraps, or panics with `what`, the error and the lab's context.
+fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(lab)))
+}
+
+/// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
+/// and the agent running `cfg(lab)`.
+fn lab_with_agent(backends: &[&str], cfg: impl FnOnce(&Lab) -> AgentConfig) -> Lab {
+    let mut lab = LabBuilder::new()
+        .mode(Mode::Nat)
+        .backends(backends)
+        .bins(bins())
+        .build()
+        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let r = lab.start_backends(BACKEND_PORT);
+    ok(&lab, "starting the backends", r);
+    ok(
+        &lab,
+        "warming the gateway's neighbours",
+        lab.warm_neighbours(),
+    );
+    let cfg = cfg(&lab);
+    ok(&lab, "writing the agent config", lab.write_config(&cfg));
+    let r = lab.start_agent();
+    ok(&lab, "starting keystone-agent", r);
+    lab
+}
+
+/// Tenant `name` on `vip` over `weights`' backends (blue 1.0.0, green 1.1.0,
+/// red 1.2.0), each with a fast HTTP health check.
+fn tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)]) -> Tenant {
+    ok(
+        lab,
+        "tenant",
+        lab.tenant(name, vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
+    )
+    .with_health(HealthCheck::fast_http())
+}
+
+/// Tenant `name` without health checks (a canary then holds its first step: with no
+/// traffic there are no samples, so no verdict).
+fn plain_tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)]) -> Tenant {
+    ok(
+        lab,
+        "tenant",
+        lab.tenant(name, vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
+    )
+}
+
+/// `canary_config` with `interval`; its percentages are the issue's (10, +30).
+fn canary_config(interval: &str) -> CanaryConfig {
+    CanaryConfig {
+        initial_traffic: 10.0,
+        increment: 30.0,
+        interval: interval.into(),
+        max_traffic: None,
+    }
+}
+
+fn tcp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
+    ok(
+        lab,
+        &format!("{n} TCP connections to {vip}"),
+        lab.tcp_connections(vip, n),
+    )
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `keystone-ctl -o json <args>` that starts a deployment; returns its id.
+fn ctl_start(lab: &Lab, args: &[&str]) -> String {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let out = ok(lab, "keystone-ctl", lab.ctl(&all));
+    assert!(
+        out.status.success(),
+        "keystone-ctl {args:?} failed: {}\n{}",
+        output_text(&out),
+        context(lab)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("keystone-ctl {args:?}: not JSON ({e}): {}", stdout(&out)));
+    json["deployment_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("keystone-ctl {args:?}: no deployment_id in {json}"))
+        .to_owned()
+}
+
+/// Starts `keystone-ctl wait <id>` in the background as lab process `name`.
+fn spawn_wait(lab: &mut Lab, name: &str, id: &str, timeout: &str) {
+    let r = lab.spawn_ctl(
+        name,
+        &["wait", id, "--timeout", timeout, "--interval", "200ms"],
+    );
+    ok(lab, "starting keystone-ctl wait", r);
+}
+
+/// The exit code of the background `keystone-ctl wait` `name`, once it exits.
+fn wait_code(lab: &mut Lab, name: &str) -> Option<i32> {
+    let r: Result<ExitStatus, _> = lab.wait_exit(name, LONG);
+    let status = ok(lab, "keystone-ctl wait to exit", r);
+    eprintln!(
+        "keystone-ctl wait ({status}):\n{}",
+        lab.stdout_of(name).unwrap_or_default()
+    );
+    status.code()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// Asserts that `s` has no failure and only `backend` answered.
+fn assert_all_on(lab: &Lab, what: &str, s: &Summary, backend: &str) {
+    let others: Vec<(&String, &u64)> = s.by_backend.iter().filter(|(b, _)| *b != backend).collect();
+    assert!(
+        s.failed == 0 && others.is_empty() && s.answered() > 0,
+        "{what}: expected every new connection on {backend}, got {:?} ({} failed: {:?})\n{}",
+        s.by_backend,
+        s.failed,
+        s.errors,
+        context(lab)
+    );
+}
+
+/// A healthy canary (10 % + 30 % every 2 s) started with `keystone-ctl canary start`
+/// steps 10 → 40 → 70 → 100 by itself and is promoted (`keystone-ctl wait` exits 0);
+/// at every step the share of new connections the canary gets is the step's
+/// percentage, ±5 points.
+///
+/// Each step is measured with batches of new connections; a batch counts only when
+/// the deployment's percentage was the same before and after it (so it was measured
+/// entirely within one step); batches that straddle a step are dropped.
+#[test]
+fn healthy_canary_steps_to_100_and_promotes_itself() {
+    let vip = v4(80);
+    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![tenant(
+            lab,
+            "web",
+            vip,
+            &[("blue", 100), ("green", 0)],
+        )])
+    });
+    let before = tcp(&lab, vip, BATCH);
+    assert_all_on(&lab, "before the canary", &before, "blue");
+
+    let id = ctl_start(
+        &lab,
+        &[
+            "canary",
+            "start",
+            "web",
+            "--version",
+            "1.1.0",
+            "--initial-traffic",
+            "10",
+            "--increment",
+            "30",
+            "--interval",
+            "2s",
+        ],
+    );
+    spawn_wait(&mut lab, "wait", &id, "90s");
+
+    // Percentage (in tenths) → what the batches measured entirely within it.
+    let mut steps: BTreeMap<u32, Summary> = BTreeMap::new();
+    let mut straddled = 0;
+    let started = Instant::now();
+    let done = loop {
+        assert!(
+            started.elapsed() < LONG && straddled < 100,
+            "the canary did not finish measuring within {LONG:?} ({straddled} batches straddled a step)\n{}",
+            context(&lab)
+        );
+        let before = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        assert!(
+            before.state == "progressing" || before.state == "completed",
+            "the healthy canary is {}\n{}",
+            before.summary(),
+            context(&lab)
+        );
+        let final_measured = steps
+            .get(&1000)
+            .is_some_and(|s| s.answered() >= MIN_PER_STEP);
+        if before.state == "completed" && final_measured {
+            break before;
+        }
+        let s = tcp(&lab, vip, BATCH);
+        let after = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        if after.canary_percent == before.canary_percent {
+            steps
+                .entry((before.canary_percent * 10.0).round() as u32)
+                .or_default()
+                .merge(&s);
+        } else {
+            straddled += 1;
+        }
+    };
+
+    assert_eq!(
+        done.percent_steps(),
+        [10.0, 40.0, 70.0, 100.0],
+        "the canary's steps\n{}",
+        done.history_table()
+    );
+    for percent in done.percent_steps() {
+        let s = steps
+            .get(&((percent * 10.0).round() as u32))
+            .cloned()
+            .unwrap_or_default();
+        let weights = [("blue", 100 - percent as u32), ("green", percent as u32)];
+        eprintln!("step {percent}%:\n{}", s.table(&weights));
+        assert!(
+            s.answered() >= MIN_PER_STEP,
+            "step {percent}%: only {} connections measured within the step (want ≥ {MIN_PER_STEP}; {straddled} batches straddled a step)\n{}",
+            s.answered(),
+            context(&lab)
+        );
+        if let Err(table) = s.check_split(&weights, TOLERANCE) {
+            panic!("step {percent}%: {table}\n{}", context(&lab));
+        }
+    }
+    assert_eq!(
+        wait_code(&mut lab, "wait"),
+        Some(0),
+        "keystone-ctl wait on a promoted canary\n{}",
+        context(&lab)
+    );
+    let last = done.history.last().expect("history");
+    assert!(
+        last.state == "completed" && last.reason.contains("promoted"),
+        "last step: {last:?}"
+    );
+}
+
+/// A canary whose backend starts failing its health check mid-rollout (its server is
+/// stopped at 40 %) is rolled back to 0 % by the agent within two intervals of the
+/// failure; `keystone-ctl wait` exits 10, and new connections all land on stable.
+#[test]
+fn failing_canary_rolls_back_by_itself() {
+    const INTERVAL_SECS: f64 = 3.0;
+    let vip = v4(80);
+    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![tenant(
+            lab,
+            "web",
+            vip,
+            &[("blue", 100), ("green", 0)],
+        )])
+    });
+    let id = ctl_start(
+        &lab,
+        &[
+            "canary",
+            "start",
+            "web",
+            "--version",
+            "1.1.0",
+            "--initial-traffic",
+            "10",
+            "--increment",
+            "30",
+            "--interval",
+            "3s",
+        ],
+    );
+    spawn_wait(&mut lab, "wait", &id, "90s");
+    let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
+        d.canary_percent >= 40.0 || !d.is_running()
+    });
+    let at40 = ok(&lab, "waiting for the canary", r);
+    assert!(
+        at40.state == "progressing" && at40.canary_percent == 40.0,
+        "the canary did not get to 40 % healthy: {}\n{}",
+        at40.summary(),
+        context(&lab)
+    );
+
+    let failed_at = unix_now();
+    let r = lab.stop_backend("green");
+    ok(&lab, "stopping green's server", r);
+    let r = lab.wait_deployment(&id, "end", LONG, |d| !d.is_running());
+    let done = ok(&lab, "waiting for the rollback", r);
+    assert!(
+        done.state == "rolled_back" && done.canary_percent == 0.0,
+        "after green failed the canary is {}\n{}",
+        done.summary(),
+        context(&lab)
+    );
+    let rollback = done.history.last().expect("history");
+    let after = rollback.unix().expect("RFC 3339 timestamp") - failed_at;
+    eprintln!(
+        "rolled back {after:.2} s after green's server stopped:\n{}",
+        done.history_table()
+    );
+    assert!(
+        after <= 2.0 * INTERVAL_SECS,
+        "the rollback came {after:.1} s after the failure, more than two intervals ({} s)\n{}",
+        2.0 * INTERVAL_SECS,
+        context(&lab)
+    );
+    assert!(
+        rollback.reason.contains("rolled back"),
+        "rollback reason: {rollback:?}"
+    );
+    assert_eq!(
+        wait_code(&mut lab, "wait"),
+        Some(10),
+        "keystone-ctl wait on a rolled-back canary\n{}",
+        context(&lab)
+    );
+    let s = tcp(&lab, vip, 1000);
+    assert_all_on(&lab, "new connections after the rollback", &s, "blue");
+}
+
+/// From hold `events` past index `skip`, each connection's backend once every one of
+/// `conns` connections has at least `min` answers there.
+fn held_backends(events: &[HoldEvent], conns: u32, skip: usize, min: usize) -> Probe<Vec<String>> {
+    let mut per_conn: Vec<Vec<&HoldEvent>> = vec![Vec::new(); conns as usize];
+    for e in events.iter().skip(skip) {
+        if let Some(v) = per_conn.get_mut(e.conn as usize) {
+            v.push(e);
+        }
+    }
+    if per_conn
+        .iter()
+        .any(|v| v.iter().filter(|e| e.outcome.is_ok()).count() < min)
+    {
+        let counts: Vec<usize> = per_conn.iter().map(Vec::len).collect();
+        return Probe::NotYet(format!("answers per connection: {counts:?}"));
+    }
+    Probe::Ready(
+        per_conn
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .find_map(|e| e.outcome.clone().ok())
+                    .unwrap_or_default()
+            })
+            .collect(),
+    )
+}
+
+/// Waits until every held connection of lab process `name` has answered `min` more
+/// times after event index `skip`; returns each one's backend.
+fn held_answers(lab: &Lab, name: &str, conns: u32, skip: usize, min: usize) -> Vec<String> {
+    let r = wait_for(
+        &format!("every held connection to answer {min} times"),
+        SHORT,
+        || {
+            lab.stdout_of(name)
+                .map(|out| held_backends(&HoldEvent::parse_all(&out), conns, skip, min))
+        },
+    );
+    ok(lab, "held connections answering", r)
+}
+
+fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
+    HoldEvent::parse_all(&ok(lab, "hold output", lab.stdout_of(name)))
+}
+
+/// Waits until the loop has finished `n` batches that started after `since`.
+fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
+    let r = wait_for(&format!("{n} batches of new connections"), SHORT, || {
+        let done = traffic
+            .batches()
+            .iter()
+            .filter(|b| b.started >= since)
+            .count();
+        // A loop that ended by itself (an error) is reported by `stop()`.
+        Ok(if done >= n || traffic.is_finished() {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet(format!("{done} batches"))
+        })
+    });
+    ok(lab, "traffic", r)
+}
+
+/// A blue/green instant flip under load: a client opens new connections without
+/// pause through the switch; none fails, and every connection opened after the flip
+/// lands on green. Keep-alive connections opened on blue before the flip keep
+/// answering from blue afterwards (they drain, they are not cut).
+#[test]
+fn blue_green_instant_flip_under_load() {
+    const HELD: u32 = 4;
+    let vip = v4(80);
+    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![
+            tenant(lab, "web", vip, &[("blue", 1), ("green", 1)])
+                .with_canary(canary_config("2s"))
+                .blue_green("blue", SwitchConfig::instant()),
+        ])
+    });
+    let s = tcp(&lab, vip, 400);
+    assert_all_on(
+        &lab,
+        "before the switch (active_environment blue)",
+        &s,
+        "blue",
+    );
+
+    let r = lab.spawn_hold("hold", vip, HELD, 120, 50);
+    ok(&lab, "starting ks-client --hold", r);
+    let before = held_answers(&lab, "hold", HELD, 0, 3);
+    assert!(
+        before.iter().all(|b| b == "blue"),
+        "held connections before the switch: {before:?}"
+    );
+    let traffic = ok(
+        &lab,
+        "starting the client loop",
+        lab.client_loop(vip, 100, LONG),
+    );
+    batches_after(&lab, &traffic, Instant::now(), 2);
+
+    let id = ctl_start(
+        &lab,
+        &["switch", "web", "--to", "green", "--strategy", "instant"],
+    );
+    let r = lab.wait_deployment(&id, "flip to green", SHORT, |d| {
+        d.canary_percent >= 100.0 || !d.is_running()
+    });
+    let flipped = ok(&lab, "waiting for the flip", r);
+    let flipped_at = Instant::now();
+    assert!(
+        flipped.canary_percent == 100.0 && flipped.state != "failed",
+        "the switch did not flip: {}\n{}",
+        flipped.summary(),
+        context(&lab)
+    );
+    batches_after(&lab, &traffic, flipped_at, 3);
+    let out = ok(
+        &lab,
+        "keystone-ctl wait",
+        lab.ctl(&["wait", &id, "--timeout", "60s", "--interval", "200ms"]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "keystone-ctl wait on the switch: {}\n{}",
+        output_text(&out),
+        context(&lab)
+    );
+    let seen = hold_events(&lab, "hold").len();
+    let after = held_answers(&lab, "hold", HELD, seen, 3);
+    let batches = ok(&lab, "the client loop", traffic.stop());
+
+    let total = ClientLoop::total(&batches);
+    let mut post_flip = Summary::default();
+    for b in batches.iter().filter(|b| b.started >= flipped_at) {
+        post_flip.merge(&b.summary);
+    }
+    eprintln!(
+        "{} batches through the switch: {:?}, {} failed; after the flip: {:?}",
+        batches.len(),
+        total.by_backend,
+        total.failed,
+        post_flip.by_backend
+    );
+    assert!(
+        total.failed == 0 && total.answered() > 0,
+        "new connections failed during the switch: {} of {} ({:?})\n{}",
+        total.failed,
+        total.attempted,
+        total.errors,
+        context(&lab)
+    );
+    assert_all_on(&lab, "new connections after the flip", &post_flip, "green");
+    let s = tcp(&lab, vip, 400);
+    assert_all_on(
+        &lab,
+        "new connections after the switch completed",
+        &s,
+        "green",
+    );
+
+    let events = hold_events(&lab, "hold");
+    let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
+    assert!(
+        errors.is_empty(),
+        "held connections were cut: {errors:?}\n{}",
+        context(&lab)
+    );
+    assert!(
+        after.iter().all(|b| b == "blue"),
+        "held connections after the switch: {after:?} (they should stay on blue)"
+    );
+    let r = lab.stop("hold");
+    ok(&lab, "stopping ks-client --hold", r);
+}
+
+/// The signed webhook and a fresh Unix timestamp.
+fn now_secs() -> u64 {
+    unix_now() as u64
+}
+
+/// `X-Keystone-Timestamp` and `X-Keystone-Signature` for `body`, signed with `secret`
+/// by the agent's own code.
+fn signed(secret: &str, ts: u64, body: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Keystone-Timestamp", ts.to_string()),
+        (
+            "X-Keystone-Signature",
+            keystone_agent::webhook::sign(secret.as_bytes(), ts, body.as_bytes()),
+        ),
+    ]
+}
+
+fn post_webhook(lab: &Lab, headers: &[(&str, String)], body: &str) -> (u16, String) {
+    ok(
+        lab,
+        "POST /webhooks/deployment",
+        lab.admin_send(
+            "POST",
+            "/webhooks/deployment",
+            Auth::None,
+            headers,
+            Some(body),
+        ),
+    )
+}
+
+/// Effective weight per backend of every tenant, from `GET /tenants`.
+fn weights(lab: &Lab) -> BTreeMap<String, u64> {
+    let json = ok(lab, "GET /tenants", lab.tenants_json());
+    let mut w = BTreeMap::new();
+    for t in json["tenants"].as_array().into_iter().flatten() {
+        for b in t["backends"].as_array().into_iter().flatten() {
+            w.insert(
+                format!(
+                    "{}/{}",
+                    t["name"].as_str().unwrap_or("?"),
+                    b["name"].as_str().unwrap_or("?")
+                ),
+                b["effective_weight"].as_u64().unwrap_or(u64::MAX),
+            );
+        }
+    }
+    w
+}
+
+fn deployment_ids(lab: &Lab) -> Vec<String> {
+    ok(lab, "GET /deployments", lab.deployments())
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
+/// The admin API without the bearer token (or with a wrong one) answers 401 with a
+/// JSON reason and changes nothing. The signed webhook starts a deployment (202 with
+/// its id, visible in `GET /deployments`); a wrong signature, a missing one, a stale
+/// or future timestamp, and a replay of an accepted request are refused with 401 and
+/// change nothing (no deployment, same weights); malformed JSON and an unknown
+/// strategy get 400 with a reason.
+#[test]
+fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
+    let vip = v4(80);
+    let lab = lab_with_agent(&["blue", "green"], |lab| {
+        let mut cfg = lab.agent_config(vec![plain_tenant(
+            lab,
+            "web",
+            vip,
+            &[("blue", 100), ("green", 0)],
+        )]);
+        cfg.webhook = Some(WebhookConfig {
+            secret: WEBHOOK_SECRET.into(),
+            tolerance: "5m".into(),
+        });
+        cfg
+    });
+    let weights0 = weights(&lab);
+    assert_eq!(weights0.get("web/green"), Some(&0), "{weights0:?}");
+
+    // The bearer token.
+    let canary = r#"{"service":"web","version":"1.1.0","initial_traffic":50}"#;
+    let switch = r#"{"service":"web","to":"green"}"#;
+    let set = r#"{"weights":{"green":100}}"#;
+    for (method, path, body) in [
+        ("GET", "/status", None),
+        ("GET", "/tenants", None),
+        ("GET", "/deployments", None),
+        ("GET", "/deployments/web-1-1", None),
+        ("POST", "/deployments/canary", Some(canary)),
+        ("POST", "/deployments/blue-green/switch", Some(switch)),
+        ("POST", "/deployments/web-1-1/promote", None),
+        ("POST", "/tenants/web/weights", Some(set)),
+        ("POST", "/admin/reload", None),
+    ] {
+        for auth in [Auth::None, Auth::Bearer("not-the-token")] {
+            let (code, answer) = ok(
+                &lab,
+                "admin request",
+                lab.admin_send(method, path, auth, &[], body),
+            );
+            let json: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            assert!(
+                code == 401 && json["error"].is_string(),
+                "{method} {path} with {auth:?}: HTTP {code} {answer} (want 401 with a JSON error)"
+            );
+        }
+    }
+    assert_eq!(deployment_ids(&lab), Vec::<String>::new());
+    assert_eq!(weights(&lab), weights0, "a refused request changed weights");
+    let (code, _) = ok(&lab, "GET /health", lab.admin_get("/health"));
+    assert_eq!(code, 200, "GET /health needs no token");
+
+    // Refused webhooks.
+    let body = serde_json::json!({
+        "service": "web",
+        "version": "1.1.0",
+        "strategy": "canary",
+        "pipeline": { "id": "4711", "commit": "3f2c1e9" },
+        "config": { "initial_traffic": 10, "increment": 10, "interval": "5m" },
+    })
+    .to_string();
+    let now = now_secs();
+    let mut bad_signature = signed(WEBHOOK_SECRET, now, &body);
+    bad_signature[1].1 = "sha256=zz".into();
+    let refusals: Vec<(&str, Vec<(&str, String)>)> = vec![
+        (
+            "signed with another secret",
+            signed("another-secret-0123456", now, &body),
+        ),
+        (
+            "signature of another body",
+            signed(WEBHOOK_SECRET, now, "{}"),
+        ),
+        ("not a signature", bad_signature),
+        (
+            "no signature",
+            vec![("X-Keystone-Timestamp", now.to_string())],
+        ),
+        ("no headers", vec![]),
+        (
+            "stale timestamp (an hour ago)",
+            signed(WEBHOOK_SECRET, now - 3600, &body),
+        ),
+        (
+            "timestamp an hour ahead",
+            signed(WEBHOOK_SECRET, now + 3600, &body),
+        ),
+    ];
+    for (what, headers) in &refusals {
+        let (code, answer) = post_webhook(&lab, headers, &body);
+        assert!(
+            code == 401 && answer.contains("error"),
+            "webhook {what}: HTTP {code} {answer} (want 401)\n{}",
+            context(&lab)
+        );
+        eprintln!("webhook {what}: 401 {answer}");
+        assert_eq!(
+            deployment_ids(&lab),
+            Vec::<String>::new(),
+            "webhook {what} started a deployment"
+        );
+        assert_eq!(weights(&lab), weights0, "webhook {what} changed weights");
+    }
+
+    // Accepted, once.
+    let headers = signed(WEBHOOK_SECRET, now_secs(), &body);
+    let (code, answer) = post_webhook(&lab, &headers, &body);
+    assert_eq!(code, 202, "signed webhook: {answer}\n{}", context(&lab));
+    let json: serde_json::Value = serde_json::from_str(&answer)
+        .unwrap_or_else(|e| panic!("webhook answer is not JSON ({e}): {answer}"));
+    let id = json["deployment_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no deployment_id in {answer}"))
+        .to_owned();
+    assert_eq!(deployment_ids(&lab), std::slice::from_ref(&id));
+    let d = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+    assert!(
+        d.state == "progressing"
+            && d.canary_percent == 10.0
+            && d.tenant == "web"
+            && d.canary_backends == ["green"],
+        "the webhook's deployment: {d:?}"
+    );
+    assert_eq!(
+        d.pipeline.as_ref().map(|p| p["id"].clone()),
+        Some(serde_json::json!("4711")),
+        "the pipeline is kept with the deployment"
+    );
+    let weights1 = weights(&lab);
+    assert!(
+        weights1["web/green"] > 0,
+        "the canary's weights: {weights1:?}"
+    );
+
+    let (code, answer) = post_webhook(&lab, &headers, &body);
+    assert!(
+        code == 401 && answer.contains("error"),
+        "replayed webhook: HTTP {code} {answer} (want 401)"
+    );
+    eprintln!("replayed webhook: 401 {answer}");
+    assert_eq!(
+        deployment_ids(&lab),
+        std::slice::from_ref(&id),
+        "a replay started a deployment"
+    );
+    assert_eq!(weights(&lab), weights1, "a replay changed weights");
+
+    // Malformed bodies, properly signed.
+    for (what, bad, says) in [
+        ("malformed JSON", r#"{"service": "web", "version": "#, ""),
+        (
+            "unknown strategy",
+            r#"{"service":"web","version":"1.1.0","strategy":"yolo"}"#,
+            "strategy",
+        ),
+    ] {
+        let (code, answer) = post_webhook(&lab, &signed(WEBHOOK_SECRET, now_secs(), bad), bad);
+        let json: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        let reason = json["error"].as_str().unwrap_or_default();
+        assert!(
+            code == 400 && !reason.is_empty() && reason.contains(says),
+            "webhook with {what}: HTTP {code} {answer} (want 400 with a reason)"
+        );
+        eprintln!("webhook with {what}: 400 {reason}");
+    }
+    assert_eq!(deployment_ids(&lab), [id]);
+    assert_eq!(weights(&lab), weights1);
+}
+
+/// The agent SIGKILLed in the middle of a canary (at 40 %) and started again with the
+/// same state and pin directories resumes the canary at 40 %, which then finishes by
+/// itself; new connections opened without pause through the kill and the restart
+/// never fail (the pinned XDP program keeps forwarding while no agent runs).
+#[test]
+fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
+    let vip = v4(80);
+    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![tenant(
+            lab,
+            "web",
+            vip,
+            &[("blue", 100), ("green", 0)],
+        )])
+    });
+    let id = ctl_start(
+        &lab,
+        &[
+            "canary",
+            "start",
+            "web",
+            "--version",
+            "1.1.0",
+            "--initial-traffic",
+            "10",
+            "--increment",
+            "30",
+            "--interval",
+            "10s",
+        ],
+    );
+    let traffic = ok(
+        &lab,
+        "starting the client loop",
+        lab.client_loop(vip, 100, Duration::from_secs(120)),
+    );
+    let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
+        d.canary_percent >= 40.0 || !d.is_running()
+    });
+    let at40 = ok(&lab, "waiting for the canary", r);
+    assert!(
+        at40.state == "progressing" && at40.canary_percent == 40.0,
+        "the canary did not get to 40 %: {}\n{}",
+        at40.summary(),
+        context(&lab)
+    );
+
+    let killed_at = Instant::now();
+    let r = lab.kill("agent");
+    let status = ok(&lab, "killing the agent", r);
+    eprintln!("keystone-agent killed: {status:?}");
+    batches_after(&lab, &traffic, killed_at, 2);
+    let restarted_at = Instant::now();
+    let r = lab.start_agent();
+    ok(&lab, "starting keystone-agent again", r);
+    let resumed = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+    eprintln!(
+        "after the restart: {}\n{}",
+        resumed.summary(),
+        resumed.history_table()
+    );
+    assert!(
+        resumed.state == "progressing"
+            && resumed.canary_percent == 40.0
+            && resumed.history.len() >= at40.history.len(),
+        "the restarted agent did not resume the canary at 40 %: {}\n{}",
+        resumed.summary(),
+        context(&lab)
+    );
+    batches_after(&lab, &traffic, Instant::now(), 2);
+    let batches = ok(&lab, "the client loop", traffic.stop());
+
+    let total = ClientLoop::total(&batches);
+    let mut agentless = Summary::default();
+    for b in batches
+        .iter()
+        .filter(|b| b.started >= killed_at && b.finished <= restarted_at)
+    {
+        agentless.merge(&b.summary);
+    }
+    eprintln!(
+        "{} batches: {:?}, {} failed; while no agent ran: {:?}",
+        batches.len(),
+        total.by_backend,
+        total.failed,
+        agentless.by_backend
+    );
+    assert!(
+        total.failed == 0,
+        "new connections failed around the agent's restart: {} of {} ({:?})\n{}",
+        total.failed,
+        total.attempted,
+        total.errors,
+        context(&lab)
+    );
+    assert!(
+        agentless.answered() > 0 && agentless.by_backend.contains_key("green"),
+        "no connection was measured while the agent was down: {agentless:?}"
+    );
+
+    let out = ok(
+        &lab,
+        "keystone-ctl wait",
+        lab.ctl(&["wait", &id, "--timeout", "60s", "--interval", "200ms"]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the resumed canary did not finish: {}\n{}",
+        output_text(&out),
+        context(&lab)
+    );
+    let done = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+    assert_eq!(
+        done.percent_steps(),
+        [10.0, 40.0, 70.0, 100.0],
+        "{}",
+        done.history_table()
+    );
+}
+
+/// Where the example CI scripts live.
+fn ci_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .join("examples/ci")
+}
+
+/// Runs `sh examples/ci/<script>` in the gateway namespace with the lab's API, token
+/// and keystone-ctl, plus `env`; returns its exit code (and prints its output).
+fn run_script(lab: &Lab, script: &str, env: &[(&str, &str)]) -> Option<i32> {
+    let ctl = lab.bins().ctl.clone();
+    let mut c = cmd::in_ns(lab.gateway_ns(), "sh");
+    c.arg(ci_dir().join(script))
+        .env(
+            "KEYSTONE_API",
+            format!("http://{}", keystone_lab::ADMIN_LISTEN),
+        )
+        .env("KEYSTONE_TOKEN", keystone_lab::ADMIN_TOKEN)
+        .env("KEYSTONE_CTL", &ctl)
+        .env("KEYSTONE_WAIT_TIMEOUT", "60s");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = ok(lab, script, cmd::output(&mut c));
+    eprintln!(
+        "--- {script} {env:?}: {}\n{}",
+        out.status,
+        output_text(&out)
+    );
+    out.status.code()
+}
+
+/// The example pipelines' scripts (examples/ci), run unchanged in the lab's gateway:
+/// a canary that is promoted; a health check of green, then a blue/green switch to it;
+/// a switch back started through the signed webhook (openssl + curl); and a canary of
+/// a backend that is down, which the agent rolls back and the script fails with 10.
+#[test]
+fn ci_scripts_release_through_the_lab() {
+    for pipeline in [".gitlab-ci.yml", "github-actions.yml"] {
+        let text = std::fs::read_to_string(ci_dir().join(pipeline))
+            .unwrap_or_else(|e| panic!("examples/ci/{pipeline}: {e}"));
+        for script in [
+            "keystone-health.sh",
+            "keystone-switch.sh",
+            "keystone-canary.sh",
+        ] {
+            assert!(text.contains(script), "{pipeline} does not run {script}");
+        }
+    }
+    let web = v4(80);
+    let shop = v6(80);
+    let lab = lab_with_agent(&["blue", "green", "red"], |lab| {
+        let mut cfg = lab.agent_config(vec![
+            tenant(lab, "web", web, &[("blue", 100), ("green", 0), ("red", 0)]),
+            tenant(lab, "shop", shop, &[("blue", 1), ("green", 1)])
+                .with_canary(canary_config("1s"))
+                .blue_green("blue", SwitchConfig::instant()),
+        ]);
+        cfg.webhook = Some(WebhookConfig {
+            secret: WEBHOOK_SECRET.into(),
+            tolerance: "5m".into(),
+        });
+        cfg
+    });
+
+    // Canary job.
+    let code = run_script(
+        &lab,
+        "keystone-canary.sh",
+        &[
+            ("KEYSTONE_SERVICE", "web"),
+            ("KEYSTONE_VERSION", "1.1.0"),
+            ("KEYSTONE_INITIAL_TRAFFIC", "10"),
+            ("KEYSTONE_INCREMENT", "45"),
+            ("KEYSTONE_INTERVAL", "1s"),
+        ],
+    );
+    assert_eq!(code, Some(0), "keystone-canary.sh\n{}", context(&lab));
+    let s = tcp(&lab, web, 400);
+    assert_all_on(&lab, "web after the canary job", &s, "green");
+
+    // Blue/green jobs: health check, then switch.
+    let green = ok(&lab, "green", lab.backend("green")).clone();
+    let urls = format!(
+        "http://{}:{BACKEND_PORT}/ http://[{}]:{BACKEND_PORT}/",
+        green.ipv4, green.ipv6
+    );
+    let code = run_script(
+        &lab,
+        "keystone-health.sh",
+        &[
+            ("KEYSTONE_HEALTH_URLS", &urls),
+            ("KEYSTONE_HEALTH_EXPECT", "green"),
+            ("KEYSTONE_HEALTH_TIMEOUT", "30"),
+            ("KEYSTONE_HEALTH_PAUSE", "1"),
+        ],
+    );
+    assert_eq!(code, Some(0), "keystone-health.sh\n{}", context(&lab));
+    let code = run_script(
+        &lab,
+        "keystone-switch.sh",
+        &[
+            ("KEYSTONE_SERVICE", "shop"),
+            ("KEYSTONE_TO", "green"),
+            ("KEYSTONE_SWITCH_STRATEGY", "instant"),
+        ],
+    );
+    assert_eq!(code, Some(0), "keystone-switch.sh\n{}", context(&lab));
+    let s = tcp(&lab, shop, 400);
+    assert_all_on(&lab, "shop after the switch job", &s, "green");
+
+    // Webhook job: switch back to blue.
+    let code = run_script(
+        &lab,
+        "keystone-webhook.sh",
+        &[
+            ("KEYSTONE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("KEYSTONE_SERVICE", "shop"),
+            ("KEYSTONE_VERSION", "1.0.0"),
+            ("KEYSTONE_STRATEGY", "blue_green"),
+            ("KEYSTONE_ENVIRONMENT", "blue"),
+            ("KEYSTONE_PIPELINE_ID", "4711"),
+            ("KEYSTONE_COMMIT", "3f2c1e9"),
+        ],
+    );
+    assert_eq!(code, Some(0), "keystone-webhook.sh\n{}", context(&lab));
+    let s = tcp(&lab, shop, 400);
+    assert_all_on(&lab, "shop after the webhook job", &s, "blue");
+    let hooked = ok(&lab, "GET /deployments", lab.deployments())
+        .into_iter()
+        .find(|d| d.tenant == "shop")
+        .expect("the webhook's deployment");
+    assert_eq!(
+        hooked.pipeline.as_ref().map(|p| p["id"].clone()),
+        Some(serde_json::json!("4711")),
+        "{hooked:?}"
+    );
+
+    // A canary of a backend that is down: rolled back, the job fails with 10.
+    let mut lab = lab;
+    let r = lab.stop_backend("red");
+    ok(&lab, "stopping red's server", r);
+    let code = run_script(
+        &lab,
+        "keystone-canary.sh",
+        &[
+            ("KEYSTONE_SERVICE", "web"),
+            ("KEYSTONE_VERSION", "1.2.0"),
+            ("KEYSTONE_INTERVAL", "1s"),
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(10),
+        "keystone-canary.sh of a broken version must fail the job with 10\n{}",
+        context(&lab)
+    );
+    let s = tcp(&lab, web, 400);
+    assert_all_on(&lab, "web after the rolled-back canary", &s, "green");
+}
