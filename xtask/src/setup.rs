@@ -16,6 +16,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("curl", "curl"),
     ("sysctl", "procps"),
+    // examples/ci/keystone-webhook.sh signs with it; the tests run that script.
+    ("openssl", "openssl"),
 ];
 
 /// What setup did, one line per step.
