@@ -12,9 +12,17 @@ pub mod names {
     pub const BACKENDS: &str = "KS_BACKENDS_V1";
     pub const RINGS: &str = "KS_RINGS_V1";
     pub const CONNS: &str = "KS_CONNS_V1";
-    pub const REVERSE: &str = "KS_REVERSE_V1";
+    /// V2: `ReverseNat` gained `backend_slot`. A V1 map pinned by an older agent is
+    /// migrated (see `REVERSE_V1`), never read with the new layout.
+    pub const REVERSE: &str = "KS_REVERSE_V2";
+    /// The reverse-NAT map of older agents (value `legacy::ReverseNatV1`): read once to
+    /// fill `REVERSE` on an upgrade, then unpinned.
+    pub const REVERSE_V1: &str = "KS_REVERSE_V1";
     pub const VIP_STATS: &str = "KS_VIP_STATS_V1";
     pub const BACKEND_STATS: &str = "KS_BACKEND_STATS_V1";
+    /// Per-CPU array of `L4Counters`, indexed by backend slot: passive TCP signals
+    /// per backend (connection attempts and how its replies answered them).
+    pub const BACKEND_L4: &str = "KS_BACKEND_L4_V1";
     pub const ACTION_STATS: &str = "KS_ACTION_STATS_V1";
     pub const REASON_STATS: &str = "KS_REASON_STATS_V1";
     /// Set of VIP addresses (any port/protocol): lets the program tell that a packet
@@ -162,6 +170,25 @@ pub mod mode {
     pub const DSR: u32 = 1;
 }
 
+/// TCP header flag bits (byte 13 of the TCP header), as the program reads them.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+
+    /// SYN set, ACK clear: the first packet of a new connection (or its retransmit).
+    /// It is always (re-)picked through the live Maglev table, even when its 4-tuple
+    /// is in the connection table from an earlier connection (IPVS's
+    /// `conn_reuse_mode`): a reused source port must not keep an old backend that
+    /// no longer takes new connections.
+    #[inline(always)]
+    pub const fn is_new_connection(flags: u8) -> bool {
+        flags & (SYN | ACK) == SYN
+    }
+}
+
 /// VIP flags (`VipInfo::flags`).
 pub mod vip_flags {
     /// Hash on the source address only, so a client keeps one backend across connections.
@@ -253,6 +280,51 @@ pub struct FlowState {
 pub struct ReverseNat {
     pub vip: Endpoint,
     pub vip_index: u32,
+    /// The backend's slot under `vip` (this gateway's allocation), so the reply path
+    /// can count `L4Counters` for the backend that answered. Out of range (e.g.
+    /// `NO_BACKEND` for an entry migrated without a slot): nothing is counted.
+    pub backend_slot: u32,
+}
+
+/// Layouts of earlier map versions, for migrating pinned maps on an upgrade.
+pub mod legacy {
+    use super::Endpoint;
+
+    /// Value of `names::REVERSE_V1`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ReverseNatV1 {
+        pub vip: Endpoint,
+        pub vip_index: u32,
+    }
+}
+
+/// Per-CPU passive TCP signals per backend slot (`names::BACKEND_L4`): how many
+/// connection attempts a backend got and how it answered them. In `nat` mode the
+/// replies cross the gateway, so `syn_ack / syn` is the backend's connection success
+/// rate; in `dsr` mode only `syn` moves. UDP counts nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L4Counters {
+    /// Client → backend TCP packets with SYN set and ACK clear (retransmits
+    /// included, so a backend that does not answer shows a low success rate).
+    pub syn: u64,
+    /// Backend → client SYN+ACK (`nat` only).
+    pub syn_ack: u64,
+    /// Backend → client packets with RST set (`nat` only): refused connections,
+    /// aborts.
+    pub rst: u64,
+    /// Backend → client packets with FIN set (`nat` only).
+    pub fin: u64,
+}
+
+impl L4Counters {
+    pub fn add(&mut self, other: &L4Counters) {
+        self.syn += other.syn;
+        self.syn_ack += other.syn_ack;
+        self.rst += other.rst;
+        self.fin += other.fin;
+    }
 }
 
 /// Per-CPU traffic counters, per VIP and per backend.
@@ -261,7 +333,11 @@ pub struct ReverseNat {
 pub struct TrafficCounters {
     pub packets: u64,
     pub bytes: u64,
-    /// Flows that were pinned to a backend by this packet (new or re-picked).
+    /// Flows that were pinned to a backend by this packet (new or re-picked): a
+    /// packet without a usable connection-table entry, or a TCP SYN (ACK clear) whose
+    /// pick differs from its 4-tuple's entry. A SYN retransmit, or a reused 4-tuple
+    /// whose new SYN picks the backend it already had, writes nothing and is not
+    /// counted again.
     pub new_flows: u64,
 }
 
@@ -302,7 +378,10 @@ pub enum Reason {
     /// not where we can read them, so `XDP_DROP` (never guessed onto a backend).
     Unparseable = 3,
     /// The VIP has no up backend with weight > 0 for a new flow (table size 0, or
-    /// the picked entry is empty or not up): `XDP_DROP`.
+    /// the picked entry is empty or not up): `XDP_DROP`. A new flow is one without a
+    /// usable connection-table entry, or any TCP packet with SYN set and ACK clear
+    /// (`tcp_flags::is_new_connection`): such a SYN is dropped here even when its
+    /// 4-tuple is still pinned to a backend from an earlier connection.
     NoBackend = 4,
     /// `bpf_fib_lookup` had no neighbour yet. `nat`: the rewritten packet is
     /// `XDP_PASS`ed for the kernel to forward (and resolve ARP/ND). `dsr`: the packet
@@ -374,7 +453,9 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for legacy::ReverseNatV1 {}
     unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for L4Counters {}
 }
 
 #[cfg(test)]
@@ -403,7 +484,21 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 20 + 3 * 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowState>(), 8);
-        assert_eq!(size_of::<ReverseNat>(), 20 + 4);
+        assert_eq!(size_of::<ReverseNat>(), 20 + 4 + 4);
+        assert_eq!(size_of::<legacy::ReverseNatV1>(), 20 + 4);
         assert_eq!(size_of::<TrafficCounters>(), 24);
+        assert_eq!(size_of::<L4Counters>(), 4 * 8);
+        assert_eq!(core::mem::align_of::<L4Counters>(), 8);
+    }
+
+    #[test]
+    fn new_connections_are_syn_without_ack() {
+        use tcp_flags::*;
+        assert!(is_new_connection(SYN));
+        assert!(is_new_connection(SYN | PSH));
+        assert!(!is_new_connection(SYN | ACK));
+        assert!(!is_new_connection(ACK));
+        assert!(!is_new_connection(FIN | ACK));
+        assert!(!is_new_connection(0));
     }
 }

@@ -15,12 +15,12 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use keystone_common::{Endpoint, FlowKey, Reason, ReverseNat, VipInfo, mode};
+use keystone_common::{Endpoint, FlowKey, PROTO_TCP, Reason, ReverseNat, VipInfo, mode, tcp_flags};
 
 use crate::{
     maps::{
-        REVERSE, VIPS, count_action, count_reason, count_traffic, maybe_backend_addr,
-        maybe_vip_addr,
+        REVERSE, VIPS, count_action, count_reason, count_reply, count_syn, count_traffic,
+        maybe_backend_addr, maybe_vip_addr,
     },
     nat::Side,
     parse::Packet,
@@ -100,7 +100,8 @@ fn try_keystone_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
     Ok(parse::NOT_OURS)
 }
 
-/// Client → VIP: pick the backend, count, then DNAT (`nat`) or set MACs only (`dsr`).
+/// Client → VIP: pick the backend (a TCP SYN without ACK always through the live
+/// Maglev table), count, then DNAT (`nat`) or set MACs only (`dsr`).
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, Verdict> {
     if vip.mode == mode::NAT && pkt.ttl <= 1 {
@@ -115,12 +116,16 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
         family: pkt.family,
         _pad: [0; 2],
     };
-    let choice = select::choose(&key, vip)?;
+    let syn = pkt.proto == PROTO_TCP && tcp_flags::is_new_connection(pkt.tcp_flags);
+    let choice = select::choose(&key, vip, syn)?;
     let to = choice.backend.endpoint;
     if to.family != pkt.family {
         return Err(Verdict::drop(Reason::MapInconsistent));
     }
     count_traffic(vip.index, choice.slot, pkt.frame_len, choice.new_flow);
+    if syn {
+        count_syn(choice.slot);
+    }
     match vip.mode {
         mode::NAT => {
             nat::rewrite(pkt, Side::Dst, &to);
@@ -138,7 +143,8 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
 }
 
 /// Backend → client in `nat` mode: the source becomes the VIP again (stateless, so any
-/// gateway with the same config can translate it).
+/// gateway with the same config can translate it). TCP SYN+ACK, RST and FIN are
+/// counted for the backend that sent them.
 #[inline(always)]
 fn reply(ctx: &XdpContext, pkt: &mut Packet, rev: &ReverseNat) -> Result<u32, Verdict> {
     if pkt.ttl <= 1 {
@@ -146,6 +152,9 @@ fn reply(ctx: &XdpContext, pkt: &mut Packet, rev: &ReverseNat) -> Result<u32, Ve
     }
     if rev.vip.family != pkt.family {
         return Err(Verdict::drop(Reason::MapInconsistent));
+    }
+    if pkt.proto == PROTO_TCP {
+        count_reply(rev.backend_slot, pkt.tcp_flags);
     }
     nat::rewrite(pkt, Side::Src, &rev.vip);
     let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &pkt.dst).map_err(Verdict::pass)?;

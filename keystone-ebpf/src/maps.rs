@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use keystone_common::{
-    Backend, Endpoint, FlowKey, FlowState, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
-    addr_filter,
+    Backend, Endpoint, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
+    VipAddr, VipInfo, addr_filter,
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
@@ -14,7 +14,7 @@ use keystone_common::{
         stats::XDP_ACTIONS,
         vip::{MAX_VIP_ADDRS, MAX_VIPS},
     },
-    names,
+    names, tcp_flags,
 };
 
 // `#[map(name = ...)]` takes a literal; these assertions tie each literal to the one
@@ -40,9 +40,10 @@ const _: () = {
     assert!(same(names::BACKENDS, "KS_BACKENDS_V1"));
     assert!(same(names::RINGS, "KS_RINGS_V1"));
     assert!(same(names::CONNS, "KS_CONNS_V1"));
-    assert!(same(names::REVERSE, "KS_REVERSE_V1"));
+    assert!(same(names::REVERSE, "KS_REVERSE_V2"));
     assert!(same(names::VIP_STATS, "KS_VIP_STATS_V1"));
     assert!(same(names::BACKEND_STATS, "KS_BACKEND_STATS_V1"));
+    assert!(same(names::BACKEND_L4, "KS_BACKEND_L4_V1"));
     assert!(same(names::ACTION_STATS, "KS_ACTION_STATS_V1"));
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
     assert!(same(names::PROGRAM, "keystone_xdp"));
@@ -66,7 +67,7 @@ pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARRAY_ENTRIES, 0);
 #[map(name = "KS_CONNS_V1")]
 pub static CONNS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
-#[map(name = "KS_REVERSE_V1")]
+#[map(name = "KS_REVERSE_V2")]
 pub static REVERSE: HashMap<Endpoint, ReverseNat> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KS_VIP_STATS_V1")]
@@ -75,6 +76,9 @@ pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entri
 #[map(name = "KS_BACKEND_STATS_V1")]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "KS_BACKEND_L4_V1")]
+pub static BACKEND_L4: PerCpuArray<L4Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KS_ACTION_STATS_V1")]
 pub static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_ACTIONS, 0);
@@ -143,4 +147,31 @@ fn add_traffic(map: &PerCpuArray<TrafficCounters>, index: u32, bytes: u64, new_f
 pub fn count_traffic(vip_index: u32, backend_slot: u32, bytes: u64, new_flow: bool) {
     add_traffic(&VIP_STATS, vip_index, bytes, new_flow);
     add_traffic(&BACKEND_STATS, backend_slot, bytes, new_flow);
+}
+
+/// Counts a client → backend TCP SYN (ACK clear) for the backend it goes to.
+#[inline(always)]
+pub fn count_syn(backend_slot: u32) {
+    if let Some(c) = BACKEND_L4.get_ptr_mut(backend_slot) {
+        // SAFETY: per-CPU slot; nothing else writes it while this program runs here.
+        unsafe { (*c).syn += 1 };
+    }
+}
+
+/// Counts a backend → client TCP reply's SYN+ACK, RST and FIN bits for the backend
+/// that sent it. Plain segments (no SYN, RST or FIN: nearly all of them) return
+/// before any map access.
+#[inline(always)]
+pub fn count_reply(backend_slot: u32, flags: u8) {
+    if flags & (tcp_flags::SYN | tcp_flags::RST | tcp_flags::FIN) == 0 {
+        return;
+    }
+    if let Some(c) = BACKEND_L4.get_ptr_mut(backend_slot) {
+        // SAFETY: per-CPU slot; nothing else writes it while this program runs here.
+        let c = unsafe { &mut *c };
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        c.syn_ack += (flags & syn_ack == syn_ack) as u64;
+        c.rst += (flags & tcp_flags::RST != 0) as u64;
+        c.fin += (flags & tcp_flags::FIN != 0) as u64;
+    }
 }

@@ -39,6 +39,8 @@ pub struct Packet {
     /// Ports, network order (as in the packet and in maps).
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags (`keystone_common::tcp_flags`); 0 for UDP.
+    pub tcp_flags: u8,
     /// Frame length in bytes, for counters.
     pub frame_len: u64,
     /// End of the frame (`data_end`), for re-checking bounds right before an access.
@@ -179,6 +181,18 @@ fn l4_min(proto: u8) -> usize {
     }
 }
 
+/// The TCP flags byte (the low byte of the 16-bit word at `l4 + 12`, after the data
+/// offset), or 0 for UDP. For TCP the caller has checked `l4 + 20 <= end`; the check
+/// is repeated here for the verifier.
+#[inline(always)]
+fn tcp_flags_at(l4: usize, end: usize, proto: u8) -> u8 {
+    if proto == PROTO_TCP && l4 + TCP_HLEN <= end {
+        be16_at(l4 + 12) as u8
+    } else {
+        0
+    }
+}
+
 /// Whether the fixed TCP/UDP header at `l4` runs past the frame. Each comparison
 /// uses a constant length on the L4 pointer itself, which is what lets the verifier
 /// accept accesses through a pointer with a variable (IHL-derived) offset.
@@ -231,6 +245,7 @@ fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
         dst,
         sport: raw16_at(l4),
         dport: raw16_at(l4 + 2),
+        tcp_flags: tcp_flags_at(l4, end, proto),
         frame_len,
         end,
     }))
@@ -270,6 +285,7 @@ fn parse_ipv6(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
         dst,
         sport: raw16_at(l4),
         dport: raw16_at(l4 + 2),
+        tcp_flags: tcp_flags_at(l4, end, proto),
         frame_len,
         end,
     }))

@@ -31,23 +31,34 @@ fn backend(slots: &Array<Backend>, slot: u32) -> Option<Backend> {
 /// A flow keeps its pinned backend while that slot is up, still holds the same
 /// backend (generation) and serves this VIP; otherwise it is (re-)picked through the
 /// Maglev table and pinned, which is the only per-packet write to shared state.
+///
+/// `new_connection` (a TCP SYN without ACK, `tcp_flags::is_new_connection`) skips the
+/// pinned entry: the packet is picked through the live table like a new flow, and the
+/// entry is overwritten only if the pick differs (a SYN retransmit writes nothing).
+/// So a client reusing the 4-tuple of a closed connection starts on a backend the
+/// current weights choose, while the established packets of a tracked flow keep
+/// their backend across weight changes.
+///
+/// Errors: `NoBackend` (table size 0, empty entry, picked backend not up) and
+/// `MapInconsistent` (table size beyond the array, ring entry out of range), both
+/// `XDP_DROP`.
 #[inline(always)]
-pub fn choose(key: &FlowKey, vip: &VipInfo) -> Result<Choice, Verdict> {
-    if let Some(state) = CONNS.get_ptr(key) {
-        // SAFETY: a valid map value pointer; FlowState is plain data (a concurrent
-        // update can at worst give a stale pair, which the checks below reject).
-        let state = unsafe { *state };
-        if let Some(b) = backend(&BACKENDS, state.backend)
-            && b.flags & UP != 0
-            && b.generation == state.generation
-            && b.vip_index == vip.index
-        {
-            return Ok(Choice {
-                slot: state.backend,
-                backend: b,
-                new_flow: false,
-            });
-        }
+pub fn choose(key: &FlowKey, vip: &VipInfo, new_connection: bool) -> Result<Choice, Verdict> {
+    // SAFETY: a valid map value pointer; FlowState is plain data (a concurrent
+    // update can at worst give a stale pair, which the checks below reject).
+    let pinned = CONNS.get_ptr(key).map(|state| unsafe { *state });
+    if !new_connection
+        && let Some(state) = pinned
+        && let Some(b) = backend(&BACKENDS, state.backend)
+        && b.flags & UP != 0
+        && b.generation == state.generation
+        && b.vip_index == vip.index
+    {
+        return Ok(Choice {
+            slot: state.backend,
+            backend: b,
+            new_flow: false,
+        });
     }
 
     let size = vip.ring_size;
@@ -70,19 +81,21 @@ pub fn choose(key: &FlowKey, vip: &VipInfo) -> Result<Choice, Verdict> {
     if b.flags & UP == 0 {
         return Err(Verdict::drop(Reason::NoBackend));
     }
-    // A failed insert (cannot happen for an LRU map short of memory pressure) only
-    // means the next packet is hashed again, to the same backend.
-    let _ = CONNS.insert(
-        key,
-        FlowState {
-            backend: slot,
-            generation: b.generation,
-        },
-        0,
-    );
+    let state = FlowState {
+        backend: slot,
+        generation: b.generation,
+    };
+    // Only a SYN can find its own pick already pinned (a retransmit, or a reused
+    // 4-tuple that lands where it was): nothing to write, not a new flow.
+    let new_flow = pinned != Some(state);
+    if new_flow {
+        // A failed insert (cannot happen for an LRU map short of memory pressure)
+        // only means the next packet is hashed again, to the same backend.
+        let _ = CONNS.insert(key, state, 0);
+    }
     Ok(Choice {
         slot,
         backend: b,
-        new_flow: true,
+        new_flow,
     })
 }

@@ -19,7 +19,11 @@ use aya::programs::{TestRun, TestRunOptions};
 use keystone_agent::dataplane::{
     AyaDataplane, BackendSpec, Counters, Dataplane, LoadOptions, VipSpec,
 };
-use keystone_common::{Endpoint, FlowKey, PROTO_TCP, PROTO_UDP, Reason, checksum, mode, vip_flags};
+use keystone_common::{
+    Endpoint, FlowKey, L4Counters, PROTO_TCP, PROTO_UDP, Reason, checksum, mode,
+    tcp_flags::{ACK, FIN, PSH, RST, SYN},
+    vip_flags,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -301,6 +305,8 @@ struct Shape {
     options: Vec<u8>,
     /// Send UDP/IPv4 with checksum 0 ("none").
     udp_no_checksum: bool,
+    /// TCP flags (`keystone_common::tcp_flags`); SYN by default, a flow's first packet.
+    tcp_flags: u8,
 }
 
 impl Default for Shape {
@@ -313,6 +319,7 @@ impl Default for Shape {
             payload: 32,
             options: Vec::new(),
             udp_no_checksum: false,
+            tcp_flags: SYN,
         }
     }
 }
@@ -346,7 +353,7 @@ fn frame(f: &Flow, s: &Shape) -> Vec<u8> {
     let check_at = if f.proto == PROTO_TCP {
         l4.extend(0x0102_0304u32.to_be_bytes()); // seq
         l4.extend(0u32.to_be_bytes()); // ack
-        l4.extend([0x50, 0x02]); // data offset 5, SYN
+        l4.extend([0x50, s.tcp_flags]); // data offset 5, flags
         l4.extend(64240u16.to_be_bytes()); // window
         l4.extend([0, 0, 0, 0]); // checksum, urgent
         16
@@ -1455,9 +1462,26 @@ fn random_flow(rng: &mut Rng, vip: SocketAddr, proto: u8) -> Flow {
     }
 }
 
-/// Sends the flow's first packet; returns where it went (from the output frame).
+/// Sends the flow's first packet (a SYN for TCP); returns where it went (from the
+/// output frame).
 fn send(gw: &Gateway, f: &Flow) -> SocketAddr {
-    let input = frame(f, &Shape::default());
+    send_flags(gw, f, SYN)
+}
+
+/// Sends a packet of an established TCP flow (ACK, no SYN).
+fn send_established(gw: &Gateway, f: &Flow) -> SocketAddr {
+    send_flags(gw, f, ACK | PSH)
+}
+
+/// Sends one packet of `f` with TCP flags `tcp_flags`; returns where it went.
+fn send_flags(gw: &Gateway, f: &Flow, tcp_flags: u8) -> SocketAddr {
+    let input = frame(
+        f,
+        &Shape {
+            tcp_flags,
+            ..Shape::default()
+        },
+    );
     let (action, out) = gw.run(&input, gw.in_index);
     assert_eq!(
         action,
@@ -1620,7 +1644,7 @@ fn weight_changes_keep_established_flows_and_removal_repicks() {
         gw.apply(&spec(&[0, 2, 1, 1]));
         for (f, want) in flows.iter().zip(&first) {
             assert_eq!(
-                send(&gw, f),
+                send_established(&gw, f),
                 *want,
                 "established flow {f:?} moved after a weight change"
             );
@@ -1641,7 +1665,7 @@ fn weight_changes_keep_established_flows_and_removal_repicks() {
         specs[0].backends.remove(0);
         gw.apply(&specs);
         for (f, was) in flows.iter().zip(&first) {
-            let got = send(&gw, f);
+            let got = send_established(&gw, f);
             if *was == b0 {
                 assert_ne!(got, b0, "flow {f:?} still goes to removed b0");
                 assert_eq!(
@@ -1667,7 +1691,11 @@ fn weight_changes_keep_established_flows_and_removal_repicks() {
             slot
         );
         for f in &flows {
-            assert_ne!(send(&gw, f), b1, "flow {f:?} still goes to down b1");
+            assert_ne!(
+                send_established(&gw, f),
+                b1,
+                "flow {f:?} still goes to down b1"
+            );
         }
 
         // All backends gone: new flows are dropped and counted.
@@ -1678,6 +1706,210 @@ fn weight_changes_keep_established_flows_and_removal_repicks() {
         assert_eq!(action, XDP_DROP);
         let after = gw.counters();
         assert_eq!(reason_deltas(&before, &after), vec![(Reason::NoBackend, 1)]);
+    });
+}
+
+/// A TCP SYN without ACK is a new connection even when its 4-tuple is still in the
+/// connection table (a client reusing the source port of a closed connection): it is
+/// picked through the live table, like IPVS's `conn_reuse_mode`, while the tuple's
+/// established packets keep their backend.
+#[test]
+fn a_syn_on_a_tracked_tuple_is_picked_through_the_live_table() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let v = ep(vip4(100), 80, PROTO_TCP);
+        let b0 = ep(backend4(0), 8080, PROTO_TCP);
+        let b1 = ep(backend4(1), 8080, PROTO_TCP);
+        let spec = |w0, w1| {
+            vec![vip(
+                "v",
+                v,
+                mode::NAT,
+                vec![backend("b0", b0, w0), backend("b1", b1, w1)],
+            )]
+        };
+        let new_flows = |gw: &Gateway, b: &Endpoint| {
+            gw.counters()
+                .backends
+                .iter()
+                .find(|(_, e, _)| e == b)
+                .map(|(_, _, t)| t.new_flows)
+                .expect("backend counters")
+        };
+        let pinned_slot = |gw: &Gateway, f: &Flow| {
+            gw.dp
+                .conn(&f.key())
+                .expect("read CONNS")
+                .map(|state| state.backend)
+        };
+        let (to0, to1) = (b0.socket_addr(), b1.socket_addr());
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+
+        gw.apply(&spec(100, 0));
+        assert_eq!(send(&gw, &f), to0, "first connection's SYN");
+        assert_eq!(send_established(&gw, &f), to0);
+        assert_eq!(new_flows(&gw, &b0), 1);
+
+        // Canary step to 0/100: the first connection's remaining packets (before the
+        // port is reused) stay on b0.
+        gw.apply(&spec(0, 100));
+        assert_eq!(
+            send_established(&gw, &f),
+            to0,
+            "established packet moved after a weight change"
+        );
+        assert_eq!(
+            send_flags(&gw, &f, FIN | ACK),
+            to0,
+            "the old connection's FIN"
+        );
+        assert_eq!(pinned_slot(&gw, &f), gw.dp.backend_slot(&v, &b0));
+
+        // The client reuses the 4-tuple for a new connection: its SYN follows the
+        // live table (b1), re-pins the tuple and counts as a new flow.
+        assert_eq!(
+            send(&gw, &f),
+            to1,
+            "a new connection on a reused 4-tuple went to the weight-0 backend"
+        );
+        assert_eq!(pinned_slot(&gw, &f), gw.dp.backend_slot(&v, &b1));
+        assert_eq!((new_flows(&gw, &b0), new_flows(&gw, &b1)), (1, 1));
+        // Its retransmit picks the same backend: nothing rewritten, no new flow.
+        assert_eq!(send(&gw, &f), to1, "SYN retransmit");
+        assert_eq!(new_flows(&gw, &b1), 1, "a SYN retransmit is not a new flow");
+        // The new connection is established on b1 and keeps it across a weight change.
+        gw.apply(&spec(100, 0));
+        assert_eq!(send_established(&gw, &f), to1);
+        // SYN+ACK is not a new connection: it follows the pinned entry.
+        assert_eq!(send_flags(&gw, &f, SYN | ACK), to1);
+
+        // No backend takes new connections: a SYN on the tracked tuple is dropped
+        // (NoBackend), its established packets still reach their backend.
+        gw.apply(&spec(0, 0));
+        let before = gw.counters();
+        let (action, _) = gw.run(&frame(&f, &Shape::default()), gw.in_index);
+        assert_eq!(action, XDP_DROP, "SYN with no backend for new connections");
+        assert_eq!(
+            reason_deltas(&before, &gw.counters()),
+            vec![(Reason::NoBackend, 1)]
+        );
+        assert_eq!(send_established(&gw, &f), to1);
+    });
+}
+
+fn l4(syn: u64, syn_ack: u64, rst: u64, fin: u64) -> L4Counters {
+    L4Counters {
+        syn,
+        syn_ack,
+        rst,
+        fin,
+    }
+}
+
+/// Per backend, the L4 counters that moved between two readings.
+fn l4_deltas(before: &Counters, after: &Counters) -> Vec<(SocketAddr, L4Counters)> {
+    let mut deltas: Vec<(SocketAddr, L4Counters)> = after
+        .backend_l4
+        .iter()
+        .filter_map(|(vip, b, a)| {
+            let z = L4Counters::default();
+            let old = before
+                .backend_l4
+                .iter()
+                .find(|(v, e, _)| v == vip && e == b)
+                .map_or(z, |(_, _, c)| *c);
+            let d = l4(
+                a.syn - old.syn,
+                a.syn_ack - old.syn_ack,
+                a.rst - old.rst,
+                a.fin - old.fin,
+            );
+            (d != z).then_some((b.socket_addr(), d))
+        })
+        .collect();
+    deltas.sort_by_key(|(b, _)| *b);
+    deltas
+}
+
+/// Passive TCP signals per backend: client SYNs (ACK clear) count `syn` for the
+/// backend they go to, a nat backend's SYN+ACK/RST/FIN replies count for it; UDP and
+/// other segments count nothing; dsr backends only get `syn`.
+#[test]
+fn l4_counters_count_syns_and_the_backends_answers() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let config = case_config();
+        gw.apply(&config);
+        let (inn, out) = (gw.in_index, gw.out_index);
+        let start = gw.counters();
+        let programmed: usize = config.iter().map(|v| v.backends.len()).sum();
+        assert_eq!(start.backend_l4.len(), programmed, "one entry per backend");
+        assert!(
+            start
+                .backend_l4
+                .iter()
+                .all(|(_, _, c)| *c == L4Counters::default())
+        );
+
+        let client = |s: &str, proto| flow("198.18.0.2:41000", s, proto);
+        let from_backend = |b: &str, proto| flow(b, "198.18.0.2:41000", proto);
+        let from_client = Shape::default();
+        let from = |i: u8| Shape {
+            dst_mac: OUT_MAC,
+            src_mac: backend_mac(i),
+            ..Shape::default()
+        };
+        let b0: SocketAddr = "198.18.1.10:8080".parse().unwrap();
+        let b6: SocketAddr = "[2001:db8:1::10]:8080".parse().unwrap();
+        let d0: SocketAddr = "198.18.1.12:80".parse().unwrap();
+        #[rustfmt::skip]
+        let steps: Vec<(&str, Flow, Shape, u8, u32, u32, Vec<(SocketAddr, L4Counters)>)> = vec![
+            ("nat SYN", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0))]),
+            ("nat SYN retransmit", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0))]),
+            ("nat SYN+ACK reply", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 1, 0, 0))]),
+            ("client ACK", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), ACK, inn, XDP_REDIRECT, vec![]),
+            ("client data", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), ACK | PSH, inn, XDP_REDIRECT, vec![]),
+            ("backend data", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), ACK | PSH, out, XDP_REDIRECT, vec![]),
+            ("client FIN", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), FIN | ACK, inn, XDP_REDIRECT, vec![]),
+            ("backend FIN", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), FIN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 0, 1))]),
+            ("backend RST+ACK (refused)", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0))]),
+            ("backend RST", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0))]),
+            ("nat ipv6 SYN", flow("[2001:db8::2]:41000", "[2001:db8::100]:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b6, l4(1, 0, 0, 0))]),
+            ("nat ipv6 SYN+ACK", flow("[2001:db8:1::10]:8080", "[2001:db8::2]:41000", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b6, l4(0, 1, 0, 0))]),
+            ("udp to a nat VIP", client("198.18.0.100:53", PROTO_UDP), from_client.clone(), 0, inn, XDP_REDIRECT, vec![]),
+            ("udp reply", from_backend("198.18.1.11:5353", PROTO_UDP), from(1), 0, out, XDP_REDIRECT, vec![]),
+            ("dsr SYN", client("198.18.0.101:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(d0, l4(1, 0, 0, 0))]),
+            ("dsr ACK", client("198.18.0.101:80", PROTO_TCP), from_client.clone(), ACK, inn, XDP_REDIRECT, vec![]),
+            // A dsr backend answers the client directly; a packet from it that does
+            // cross the gateway is not a reply the gateway translates or counts.
+            ("dsr backend SYN+ACK", from_backend("198.18.1.12:80", PROTO_TCP), from(2), SYN | ACK, out, XDP_PASS, vec![]),
+            ("SYN with no backend", client("198.18.0.106:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_DROP, vec![]),
+        ];
+        for (what, f, shape, tcp_flags, ingress, action, want) in steps {
+            let before = gw.counters();
+            let (got, _) = gw.run(&frame(&f, &Shape { tcp_flags, ..shape }), ingress);
+            assert_eq!(
+                got,
+                action,
+                "{what}: action {}",
+                keystone_common::xdp_action_name(got)
+            );
+            assert_eq!(
+                l4_deltas(&before, &gw.counters()),
+                want,
+                "{what}: L4 counters"
+            );
+        }
+        let total: Vec<_> = l4_deltas(&start, &gw.counters());
+        assert_eq!(
+            total,
+            vec![
+                (b0, l4(2, 1, 2, 1)),
+                (d0, l4(1, 0, 0, 0)),
+                (b6, l4(1, 1, 0, 0)),
+            ],
+            "totals"
+        );
     });
 }
 
@@ -1775,11 +2007,43 @@ fn per_packet_cost() {
                 .duration
                 .as_nanos()
         };
-        let d = Shape::default();
+        // Established packets are ACKs: a SYN (ACK clear) is always picked through the
+        // Maglev table, timed separately below.
+        let d = Shape {
+            tcp_flags: ACK,
+            ..Shape::default()
+        };
+        let syn = Shape::default();
         let nat = frame(&flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP), &d);
         let dsr = frame(&flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP), &d);
+        let nat_syn = frame(
+            &flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP),
+            &syn,
+        );
+        let dsr_syn = frame(
+            &flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP),
+            &syn,
+        );
+        let reply = frame(
+            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
+            &Shape {
+                dst_mac: OUT_MAC,
+                src_mac: backend_mac(0),
+                ..d.clone()
+            },
+        );
+        let reply_fin = frame(
+            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
+            &Shape {
+                dst_mac: OUT_MAC,
+                src_mac: backend_mac(0),
+                tcp_flags: FIN | ACK,
+                ..d.clone()
+            },
+        );
         let other = frame(&flow("198.18.0.2:40000", "198.18.0.1:22", PROTO_TCP), &d);
-        gw.run(&nat, gw.in_index); // establish
+        gw.run(&nat_syn, gw.in_index); // establish
+        gw.run(&dsr_syn, gw.in_index);
         let runs = 20_000;
         // NAT rewrites its input, so time single runs of a fresh copy.
         let nat_ns: u128 =
@@ -1798,6 +2062,25 @@ fn per_packet_cost() {
         println!(
             "dsr, established flow:  {dsr_single} ns/packet (single runs, to compare with nat)"
         );
+        let nat_syn_ns: u128 = (0..runs)
+            .map(|_| avg(&nat_syn, gw.in_index, 1))
+            .sum::<u128>()
+            / runs as u128;
+        println!("nat, SYN of a tracked tuple: {nat_syn_ns} ns/packet (single runs)");
+        println!(
+            "dsr, SYN of a tracked tuple: {} ns/packet",
+            avg(&dsr_syn, gw.in_index, 1_000_000)
+        );
+        let reply_ns: u128 = (0..runs)
+            .map(|_| avg(&reply, gw.out_index, 1))
+            .sum::<u128>()
+            / runs as u128;
+        println!("nat reply, ACK:         {reply_ns} ns/packet (single runs)");
+        let fin_ns: u128 = (0..runs)
+            .map(|_| avg(&reply_fin, gw.out_index, 1))
+            .sum::<u128>()
+            / runs as u128;
+        println!("nat reply, FIN (counted): {fin_ns} ns/packet (single runs)");
         let mut icmp = other.clone();
         icmp[14 + 9] = 1;
         println!(

@@ -18,8 +18,13 @@ use aya::{
     util::nr_cpus,
 };
 use keystone_common::{
-    Backend, Endpoint, FlowKey, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
-    limits::{ring::MAX_BACKENDS, stats::XDP_ACTIONS},
+    Backend, Endpoint, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
+    backend_flags,
+    legacy::ReverseNatV1,
+    limits::{
+        ring::{MAX_BACKENDS, NO_BACKEND},
+        stats::XDP_ACTIONS,
+    },
     names,
 };
 
@@ -29,7 +34,7 @@ use super::{
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::ADDR_FILTER,
@@ -39,6 +44,7 @@ pub const MAP_NAMES: [&str; 11] = [
     names::REVERSE,
     names::VIP_STATS,
     names::BACKEND_STATS,
+    names::BACKEND_L4,
     names::ACTION_STATS,
     names::REASON_STATS,
 ];
@@ -138,6 +144,9 @@ impl AyaDataplane {
             source: Box::new(source),
         })?;
 
+        // Before the new program can run: it reads REVERSE with the new layout.
+        let migrated = migrate_reverse_v1(&mut ebpf, &pin_dir)?;
+
         let program = program_mut(&mut ebpf)?;
         program.load().map_err(|source| DataplaneError::Program {
             what: "load",
@@ -155,6 +164,12 @@ impl AyaDataplane {
         let mut attachments = Vec::new();
         for interface in &opts.interfaces {
             attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode)?);
+        }
+
+        if migrated {
+            // The new program is attached; an old one still running elsewhere keeps
+            // its own reference to the V1 map.
+            remove_if_exists(&pin_dir.join(names::REVERSE_V1))?;
         }
 
         let maps = AyaMaps::take(&mut ebpf)?;
@@ -244,7 +259,7 @@ impl AyaDataplane {
             tracing::info!(interface = %a.interface, "detached XDP program");
         }
         remove_if_exists(&self.pin_dir.join(names::PROGRAM))?;
-        for name in MAP_NAMES {
+        for name in MAP_NAMES.into_iter().chain([names::REVERSE_V1]) {
             remove_if_exists(&self.pin_dir.join(name))?;
         }
         Ok(())
@@ -274,6 +289,9 @@ impl Dataplane for AyaDataplane {
                 *backend,
                 sum_traffic(&maps.backend_stats, names::BACKEND_STATS, slot)?,
             ));
+            counters
+                .backend_l4
+                .push((*vip, *backend, sum_l4(&maps.backend_l4, slot)?));
         }
         for action in 0..XDP_ACTIONS {
             counters.actions[action as usize] =
@@ -302,6 +320,18 @@ fn sum_traffic(
     Ok(total)
 }
 
+fn sum_l4(
+    map: &PerCpuArray<MapData, L4Counters>,
+    index: u32,
+) -> Result<L4Counters, DataplaneError> {
+    let values = map.get(&index, 0).map_err(map_err(names::BACKEND_L4))?;
+    let mut total = L4Counters::default();
+    for v in values.iter() {
+        total.add(v);
+    }
+    Ok(total)
+}
+
 fn sum_u64(
     map: &PerCpuArray<MapData, u64>,
     name: &'static str,
@@ -311,6 +341,66 @@ fn sum_u64(
         .get(&index, 0)
         .map_err(|source| DataplaneError::Map { map: name, source })?;
     Ok(values.iter().sum())
+}
+
+/// Upgrades from an agent whose REVERSE map was `names::REVERSE_V1` (no backend slot):
+/// copies its entries into the new map, with each backend's slot found in the reused
+/// BACKENDS map, before the new program is attached, so replies of established `nat`
+/// flows stay translated across the upgrade (the first `apply` then rewrites the
+/// entries from the config). Returns whether a V1 map was found.
+fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
+    let path = pin_dir.join(names::REVERSE_V1);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let v1_err = map_err(names::REVERSE_V1);
+    let old: HashMap<MapData, Endpoint, ReverseNatV1> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&path).map_err(&v1_err)?))
+            .map_err(&v1_err)?;
+    let entries: Vec<(Endpoint, ReverseNatV1)> =
+        old.iter().collect::<Result<_, _>>().map_err(&v1_err)?;
+    let backends: Vec<Backend> = {
+        let map = ebpf
+            .map(names::BACKENDS)
+            .ok_or(DataplaneError::MissingMap {
+                map: names::BACKENDS,
+            })?;
+        let array = Array::<_, Backend>::try_from(map).map_err(map_err(names::BACKENDS))?;
+        (0..MAX_BACKENDS)
+            .map(|i| array.get(&i, 0).map_err(map_err(names::BACKENDS)))
+            .collect::<Result<_, _>>()?
+    };
+    let map = ebpf
+        .map_mut(names::REVERSE)
+        .ok_or(DataplaneError::MissingMap {
+            map: names::REVERSE,
+        })?;
+    let mut new =
+        HashMap::<_, Endpoint, ReverseNat>::try_from(map).map_err(map_err(names::REVERSE))?;
+    for (backend, rev) in &entries {
+        let slot = backends
+            .iter()
+            .position(|b| {
+                b.endpoint == *backend
+                    && b.vip_index == rev.vip_index
+                    && b.flags & backend_flags::UP != 0
+            })
+            .map_or(NO_BACKEND, |s| s as u32);
+        let value = ReverseNat {
+            vip: rev.vip,
+            vip_index: rev.vip_index,
+            backend_slot: slot,
+        };
+        new.insert(backend, value, 0)
+            .map_err(map_err(names::REVERSE))?;
+    }
+    tracing::info!(
+        entries = entries.len(),
+        "migrated the reverse-NAT map from {} to {}",
+        names::REVERSE_V1,
+        names::REVERSE
+    );
+    Ok(true)
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
@@ -445,6 +535,7 @@ pub struct AyaMaps {
     reverse: HashMap<MapData, Endpoint, ReverseNat>,
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_l4: PerCpuArray<MapData, L4Counters>,
     action_stats: PerCpuArray<MapData, u64>,
     reason_stats: PerCpuArray<MapData, u64>,
 }
@@ -476,6 +567,7 @@ impl AyaMaps {
             reverse: typed(ebpf, names::REVERSE)?,
             vip_stats: typed(ebpf, names::VIP_STATS)?,
             backend_stats: typed(ebpf, names::BACKEND_STATS)?,
+            backend_l4: typed(ebpf, names::BACKEND_L4)?,
             action_stats: typed(ebpf, names::ACTION_STATS)?,
             reason_stats: typed(ebpf, names::REASON_STATS)?,
         })
@@ -587,7 +679,11 @@ impl MapWriter for AyaMaps {
         let zero = zeroed_per_cpu(names::BACKEND_STATS)?;
         self.backend_stats
             .set(slot, zero, 0)
-            .map_err(map_err(names::BACKEND_STATS))
+            .map_err(map_err(names::BACKEND_STATS))?;
+        let zero = zeroed_per_cpu(names::BACKEND_L4)?;
+        self.backend_l4
+            .set(slot, zero, 0)
+            .map_err(map_err(names::BACKEND_L4))
     }
 }
 

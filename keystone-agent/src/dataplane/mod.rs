@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use keystone_common::{Endpoint, Reason, TrafficCounters, limits::stats::XDP_ACTIONS};
+use keystone_common::{Endpoint, L4Counters, Reason, TrafficCounters, limits::stats::XDP_ACTIONS};
 
 pub mod aya_dataplane;
 pub mod object;
@@ -47,6 +47,10 @@ pub struct Counters {
     pub vips: Vec<(Endpoint, TrafficCounters)>,
     /// (VIP, backend, counters) for every backend currently programmed.
     pub backends: Vec<(Endpoint, Endpoint, TrafficCounters)>,
+    /// (VIP, backend, passive TCP signals) for every backend currently programmed:
+    /// SYNs sent to it and, in `nat` mode, its SYN+ACK/RST/FIN replies.
+    /// `syn_ack / syn` is its connection success rate (see `L4Counters`).
+    pub backend_l4: Vec<(Endpoint, Endpoint, L4Counters)>,
     /// Packets per XDP action, indexed by action number.
     pub actions: [u64; XDP_ACTIONS as usize],
     /// Packets per `Reason`, indexed by `Reason as u32`.

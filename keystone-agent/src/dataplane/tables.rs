@@ -45,7 +45,8 @@ pub trait MapWriter {
     fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError>;
     /// Zeroes a VIP index's counters (the index is given to a new VIP).
     fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError>;
-    /// Zeroes a backend slot's counters (the slot is given to a new backend).
+    /// Zeroes a backend slot's counters, traffic and L4 (the slot is given to a new
+    /// backend).
     fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError>;
 }
 
@@ -384,6 +385,7 @@ impl<W: MapWriter> Tables<W> {
             let rev = ReverseNat {
                 vip: rev.vip,
                 vip_index: self.vips[&rev.vip].index,
+                backend_slot: self.slot_of[&(rev.vip, *backend)],
             };
             if self.reverse.get(backend) != Some(&rev) {
                 self.maps.set_reverse(backend, &rev)?;
@@ -655,6 +657,7 @@ fn validate(specs: &[VipSpec]) -> Result<HashMap<Endpoint, ReverseNat>, Dataplan
                     ReverseNat {
                         vip: spec.vip,
                         vip_index: 0,
+                        backend_slot: 0,
                     },
                 );
             }
@@ -1060,6 +1063,45 @@ mod tests {
             t.maps().log.contains(&Op::ResetBackendStats(b0)),
             "new occupant starts with zero counters"
         );
+    }
+
+    #[test]
+    fn reverse_entries_carry_the_backend_slot() {
+        let mut t = tables();
+        apply(&mut t, &two(1, 1));
+        for b in ["198.18.1.10:8080", "198.18.1.11:8080"] {
+            assert_eq!(t.maps().reverse[&ep(b)].backend_slot, slot(&t, b), "{b}");
+        }
+        // b0 leaves, b2 takes its slot, b0 comes back in another slot: the reply
+        // path must count each backend's answers under its own slot.
+        let b0 = slot(&t, "198.18.1.10:8080");
+        apply(&mut t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
+        apply(
+            &mut t,
+            &[vip(
+                V,
+                vec![
+                    backend("198.18.1.11:8080", 1),
+                    backend("198.18.1.12:8080", 1),
+                ],
+            )],
+        );
+        assert_eq!(slot(&t, "198.18.1.12:8080"), b0);
+        apply(
+            &mut t,
+            &[vip(
+                V,
+                vec![
+                    backend("198.18.1.10:8080", 1),
+                    backend("198.18.1.11:8080", 1),
+                    backend("198.18.1.12:8080", 1),
+                ],
+            )],
+        );
+        assert_ne!(slot(&t, "198.18.1.10:8080"), b0);
+        for b in ["198.18.1.10:8080", "198.18.1.11:8080", "198.18.1.12:8080"] {
+            assert_eq!(t.maps().reverse[&ep(b)].backend_slot, slot(&t, b), "{b}");
+        }
     }
 
     #[test]
