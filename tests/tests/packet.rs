@@ -1968,6 +1968,87 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
     });
 }
 
+/// Upgrading from an agent that pinned the reverse-NAT map as `KS_REVERSE_V1` (no
+/// backend slot): `load` fills `KS_REVERSE_V2` from it, with each backend's slot from
+/// the reused BACKENDS map, before the new program runs, so replies are translated
+/// (and counted for the right backend) before the first `apply`; V1 is unpinned.
+#[test]
+fn a_pinned_v1_reverse_map_is_migrated_on_load() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use keystone_common::{ReverseNat, legacy::ReverseNatV1, limits::ring::MAX_BACKENDS, names};
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let v = ep(vip4(100), 80, PROTO_TCP);
+        let b0 = ep(backend4(0), 8080, PROTO_TCP);
+        let spec = vec![vip("v", v, mode::NAT, vec![backend("b0", b0, 1)])];
+        let mut dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .unwrap_or_else(|e| panic!("first load: {e}"));
+        dp.apply(&spec).unwrap();
+        let slot = dp.backend_slot(&v, &b0).expect("b0 has a slot");
+        let open = |name: &str| {
+            Map::from_map_data(MapData::from_pin(pin_dir.join(name)).unwrap()).unwrap()
+        };
+        let v2: BpfHashMap<MapData, Endpoint, ReverseNat> =
+            open(names::REVERSE).try_into().unwrap();
+        let vip_index = v2.get(&b0, 0).expect("b0's reverse entry").vip_index;
+        drop(v2);
+        dp.shutdown(true).unwrap();
+        drop(dp);
+
+        // What an older agent leaves behind: REVERSE as V1, and no V2.
+        std::fs::remove_file(pin_dir.join(names::REVERSE)).unwrap();
+        let mut v1 = BpfHashMap::<MapData, Endpoint, ReverseNatV1>::create(MAX_BACKENDS, 0)
+            .expect("create a V1 map");
+        v1.insert(b0, ReverseNatV1 { vip: v, vip_index }, 0)
+            .unwrap();
+        // `pin` consumes the map; the pin keeps it alive.
+        v1.pin(pin_dir.join(names::REVERSE_V1)).unwrap();
+
+        let dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .unwrap_or_else(|e| panic!("load over a V1 map: {e}"));
+        assert!(
+            !pin_dir.join(names::REVERSE_V1).exists(),
+            "the V1 map stays pinned after the migration"
+        );
+        let v2: BpfHashMap<MapData, Endpoint, ReverseNat> =
+            open(names::REVERSE).try_into().unwrap();
+        assert_eq!(
+            v2.get(&b0, 0).expect("migrated entry"),
+            ReverseNat {
+                vip: v,
+                vip_index,
+                backend_slot: slot
+            }
+        );
+        let gw = Gateway {
+            dp,
+            _bpffs: bpffs,
+            in_index: ifindex(IN_IF),
+            out_index: ifindex(OUT_IF),
+        };
+        // No apply yet: the reply is translated from the migrated entry alone.
+        let reply = frame(
+            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
+            &Shape {
+                dst_mac: OUT_MAC,
+                src_mac: backend_mac(0),
+                tcp_flags: SYN | ACK,
+                ..Shape::default()
+            },
+        );
+        let before = gw.counters();
+        let (action, out) = gw.run(&reply, gw.out_index);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(parse_flow(&out).src, v.socket_addr());
+        assert_eq!(
+            l4_deltas(&before, &gw.counters()),
+            vec![(b0.socket_addr(), l4(0, 1, 0, 0))]
+        );
+    });
+}
+
 #[test]
 fn load_refuses_a_pin_dir_outside_bpffs() {
     let dir = std::env::temp_dir().join(format!("keystone-not-bpffs-{}", std::process::id()));
