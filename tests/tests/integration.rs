@@ -568,3 +568,124 @@ fn lab_topology_serves_and_cleans_up() {
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// A backend's passive L4 counters (`keystone_common::L4Counters`, summed over CPUs),
+/// read from the agent's pinned maps: its slot from the reverse-NAT entry, then its
+/// entry of the per-backend L4 array. (`keystone-ctl status` does not show them yet.)
+fn backend_l4(lab: &Lab, backend: SocketAddr) -> keystone_common::L4Counters {
+    use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+    use keystone_common::{Endpoint, L4Counters, PROTO_TCP, ReverseNat, names};
+
+    let pins = lab.pin_dir();
+    let open = |name: &str| {
+        let data = MapData::from_pin(pins.join(name))
+            .unwrap_or_else(|e| panic!("opening the agent's pinned map {name}: {e}"));
+        Map::from_map_data(data).unwrap_or_else(|e| panic!("map {name}: {e}"))
+    };
+    let reverse: HashMap<MapData, Endpoint, ReverseNat> = open(names::REVERSE)
+        .try_into()
+        .unwrap_or_else(|e| panic!("{}: {e}", names::REVERSE));
+    let slot = reverse
+        .get(&Endpoint::new(backend, PROTO_TCP), 0)
+        .unwrap_or_else(|e| panic!("no reverse-NAT entry for {backend}: {e}"))
+        .backend_slot;
+    let l4: PerCpuArray<MapData, L4Counters> = open(names::BACKEND_L4)
+        .try_into()
+        .unwrap_or_else(|e| panic!("{}: {e}", names::BACKEND_L4));
+    let mut total = L4Counters::default();
+    for c in l4
+        .get(&slot, 0)
+        .unwrap_or_else(|e| panic!("{} slot {slot}: {e}", names::BACKEND_L4))
+        .iter()
+    {
+        total.add(c);
+    }
+    total
+}
+
+/// Passive L4 signals in `nat` mode: through one VIP, connections to a serving
+/// backend count about as many SYN+ACKs as SYNs (at least one of each per
+/// connection); through another, whose backend's port has no listener, the
+/// backend's RSTs are counted and it sends no SYN+ACK.
+#[test]
+fn nat_counts_syn_acks_of_a_serving_backend_and_rsts_of_a_closed_port() {
+    const N: u32 = 40;
+    const CLOSED_PORT: u16 = 9999;
+    let serving = v4(80);
+    let closed = v4(81);
+    let (lab, _) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        let web = ok(
+            lab,
+            "tenant",
+            lab.tenant(
+                "web",
+                serving,
+                Protocol::Tcp,
+                Mode::Nat,
+                BACKEND_PORT,
+                &[("blue", 1)],
+            ),
+        );
+        let mut refused = ok(
+            lab,
+            "tenant",
+            lab.tenant(
+                "refused",
+                closed,
+                Protocol::Tcp,
+                Mode::Nat,
+                BACKEND_PORT,
+                &[("green", 1)],
+            ),
+        );
+        // ks-backend listens on BACKEND_PORT only: green refuses this one.
+        for s in &mut refused.services {
+            s.address.set_port(CLOSED_PORT);
+        }
+        vec![web, refused]
+    });
+    let blue = SocketAddr::new(
+        ok(&lab, "blue", lab.backend("blue")).ipv4.into(),
+        BACKEND_PORT,
+    );
+    let green = SocketAddr::new(
+        ok(&lab, "green", lab.backend("green")).ipv4.into(),
+        CLOSED_PORT,
+    );
+
+    let s = tcp(&lab, serving, N);
+    assert!(
+        s.failed == 0 && s.by_backend.get("blue") == Some(&(N as u64)),
+        "{N} connections to {serving}: {s:?}\n{}",
+        context(&lab)
+    );
+    let r = lab.client(&[
+        "--target".into(),
+        closed.to_string(),
+        "--connections".into(),
+        N.to_string(),
+        "--max-consecutive-failures".into(),
+        "0".into(),
+    ]);
+    let s = ok(&lab, &format!("{N} TCP connections to {closed}"), r);
+    assert!(
+        s.failed == N as u64 && s.by_backend.is_empty(),
+        "connections to a closed port should all be refused: {s:?}\n{}",
+        context(&lab)
+    );
+
+    let b = backend_l4(&lab, blue);
+    let g = backend_l4(&lab, green);
+    eprintln!("blue (serving): {b:?}\ngreen (closed port): {g:?}");
+    let n = N as u64;
+    assert!(
+        b.syn >= n && b.syn_ack >= n && b.syn_ack <= b.syn && b.rst == 0,
+        "serving backend: want syn_ack ≈ syn ≥ {N} and no RST, got {b:?}\n{}",
+        context(&lab)
+    );
+    assert!(
+        g.syn >= n && g.rst >= n && g.syn_ack == 0,
+        "closed port: want syn ≥ {N}, rst ≥ {N}, syn_ack = 0, got {g:?}\n{}",
+        context(&lab)
+    );
+}
