@@ -1831,6 +1831,17 @@ fn l4_deltas(before: &Counters, after: &Counters) -> Vec<(SocketAddr, L4Counters
     deltas
 }
 
+/// (what, flow, frame shape, TCP flags, ingress, action, L4 counters that move).
+type L4Step = (
+    &'static str,
+    Flow,
+    Shape,
+    u8,
+    u32,
+    u32,
+    Vec<(SocketAddr, L4Counters)>,
+);
+
 /// Passive TCP signals per backend: client SYNs (ACK clear) count `syn` for the
 /// backend they go to, a nat backend's SYN+ACK/RST/FIN replies count for it; UDP and
 /// other segments count nothing; dsr backends only get `syn`.
@@ -1863,7 +1874,7 @@ fn l4_counters_count_syns_and_the_backends_answers() {
         let b6: SocketAddr = "[2001:db8:1::10]:8080".parse().unwrap();
         let d0: SocketAddr = "198.18.1.12:80".parse().unwrap();
         #[rustfmt::skip]
-        let steps: Vec<(&str, Flow, Shape, u8, u32, u32, Vec<(SocketAddr, L4Counters)>)> = vec![
+        let steps: Vec<L4Step> = vec![
             ("nat SYN", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0))]),
             ("nat SYN retransmit", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0))]),
             ("nat SYN+ACK reply", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 1, 0, 0))]),
