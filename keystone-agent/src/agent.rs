@@ -1,23 +1,44 @@
-//! The agent's live state: the running config, the data plane, and recent traffic.
-//! The admin API, signals and metrics all go through here.
+//! The agent's live state: the running config, health, deployments and the data plane.
+//! The admin API, the webhook, signals and the engine's ticker all go through here.
+//!
+//! Lock order: `runtime` → `live` → `dataplane` (each held briefly, never across
+//! an await).
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     path::PathBuf,
-    sync::{Mutex, RwLock},
-    time::{Duration, Instant, SystemTime},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use keystone_common::{Endpoint, Reason, TrafficCounters, xdp_action_name};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{ConfigError, LoadedConfig, Problem},
-    dataplane::{Counters, Dataplane, DataplaneError},
+    config::{
+        ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, Protocol, ResolvedTenant,
+        Strategy,
+    },
+    dataplane::{Counters, Dataplane, DataplaneError, VipSpec},
+    deploy::{
+        self, Action, DeployState, Deployment, Params, Samples, Signals, TrafficPlan,
+        effective_weights,
+    },
+    health::{self, CheckSpec, HealthChecker, HealthState, Probe},
+    metrics::DeploymentMetrics,
+    notify::Notifier,
+    store::{PersistedState, Store, StoreError},
 };
 
 /// How far back the "live" traffic share looks.
 pub const TRAFFIC_WINDOW: Duration = Duration::from_secs(10);
+/// How often deployments are advanced.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Blue/green: how long the new side is watched after the flip (and the step interval
+/// of a gradual switch) unless `canary_config.interval` or the request says.
+pub const DEFAULT_SWITCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Blue/green validation: how long the idle side may take unless `switch_config` says.
+pub const DEFAULT_VALIDATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -40,38 +61,130 @@ impl ReloadError {
     }
 }
 
+/// Why a deployment request or action was refused; each maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("no tenant named '{tenant}'")]
+    UnknownTenant { tenant: String },
+    #[error("no deployment with id '{id}'")]
+    UnknownDeployment { id: String },
+    #[error(
+        "deployment {id} is already {state} for tenant '{tenant}'; promote, abort or roll it back first"
+    )]
+    AlreadyRunning {
+        tenant: String,
+        id: String,
+        state: &'static str,
+    },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{reason}")]
+    NotAllowed { reason: String },
+    #[error("the data plane refused the change: {0}")]
+    Dataplane(#[from] DataplaneError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot program the config into the data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("cannot read the saved state: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DeployError {
+    DeployError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
 struct Live {
     config: LoadedConfig,
     generation: u64,
     loaded_at: SystemTime,
 }
 
+/// Deployments and traffic plans: what is persisted.
+struct Runtime {
+    state: PersistedState,
+}
+
 pub struct Agent {
     live: RwLock<Live>,
+    runtime: Mutex<Runtime>,
     dataplane: Mutex<Box<dyn Dataplane>>,
+    health: HealthChecker,
+    store: Option<Store>,
+    notifier: Notifier,
+    pub deploy_metrics: DeploymentMetrics,
     /// Counter samples, oldest first, covering about `TRAFFIC_WINDOW`.
     samples: Mutex<VecDeque<(Instant, Counters)>>,
     /// Reloads are serialised so SIGHUP and the API cannot interleave.
     reload_lock: tokio::sync::Mutex<()>,
 }
 
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 impl Agent {
-    /// Programs `config` into `dataplane` and returns the agent serving it.
+    /// Restores saved deployments, starts health checks, and programs the data plane.
+    /// Must run inside a Tokio runtime (health checks and notifications are tasks).
     pub fn start(
         config: LoadedConfig,
-        mut dataplane: Box<dyn Dataplane>,
-    ) -> Result<Agent, DataplaneError> {
-        dataplane.apply(&config.vip_specs(|_, _| true))?;
-        Ok(Agent {
+        dataplane: Box<dyn Dataplane>,
+        store: Option<Store>,
+    ) -> Result<Arc<Agent>, StartError> {
+        let state = match &store {
+            Some(store) => store.load()?,
+            None => PersistedState {
+                version: crate::store::STATE_VERSION,
+                ..Default::default()
+            },
+        };
+        let health = HealthChecker::default();
+        health.sync(&config);
+        let notifier = Notifier::new(&config.config.notifications);
+        let agent = Arc::new(Agent {
             live: RwLock::new(Live {
                 config,
                 generation: 1,
                 loaded_at: SystemTime::now(),
             }),
+            runtime: Mutex::new(Runtime { state }),
             dataplane: Mutex::new(dataplane),
+            health,
+            store,
+            notifier,
+            deploy_metrics: DeploymentMetrics::new(),
             samples: Mutex::new(VecDeque::new()),
             reload_lock: tokio::sync::Mutex::new(()),
-        })
+        });
+        {
+            let runtime = agent.runtime();
+            let resumed: Vec<String> = runtime
+                .state
+                .deployments
+                .iter()
+                .filter(|d| d.state.is_active())
+                .map(|d| format!("{} ({} at {}%)", d.id, d.state.name(), d.canary_percent))
+                .collect();
+            if !resumed.is_empty() {
+                tracing::info!(deployments = ?resumed, "resuming saved deployments");
+            }
+            agent.reconcile(&runtime)?;
+        }
+        agent.save_config_copy();
+        agent.resume_validations();
+        Ok(agent)
+    }
+
+    fn runtime(&self) -> MutexGuard<'_, Runtime> {
+        self.runtime.lock().expect("runtime lock poisoned")
     }
 
     pub fn config(&self) -> LoadedConfig {
@@ -84,6 +197,41 @@ impl Agent {
 
     pub fn generation(&self) -> u64 {
         self.live.read().expect("config lock poisoned").generation
+    }
+
+    pub fn health(&self) -> &HealthChecker {
+        &self.health
+    }
+
+    /// The data plane's desired state: config + traffic plans + health.
+    fn desired(&self, config: &LoadedConfig, runtime: &Runtime) -> Vec<VipSpec> {
+        config
+            .tenants
+            .iter()
+            .map(|t| {
+                // From `config`, not `self.live`: reload calls this holding `live.write()`.
+                let weights = weights_of(config, t, runtime);
+                t.vip_spec(|i, _| weights[i], |s| self.health.is_up(&t.name, &s.name))
+            })
+            .collect()
+    }
+
+    /// Makes the data plane match config, plans and health.
+    fn reconcile(&self, runtime: &Runtime) -> Result<(), DataplaneError> {
+        let config = self.config();
+        let specs = self.desired(&config, runtime);
+        self.dataplane
+            .lock()
+            .expect("dataplane lock poisoned")
+            .apply(&specs)
+    }
+
+    /// Re-applies after a health change.
+    pub fn health_changed(&self) {
+        let runtime = self.runtime();
+        if let Err(e) = self.reconcile(&runtime) {
+            tracing::error!(error = %e, "cannot apply a health change to the data plane");
+        }
     }
 
     /// Re-reads the config file and makes it live, or leaves the running config
@@ -101,25 +249,750 @@ impl Agent {
                 problem,
             });
         }
+        let mut runtime = self.runtime();
+        let saved_plans = runtime.state.plans.clone();
+        let mut events = forget_changed_tenants(&old, &new, &mut runtime.state, unix_now());
         {
-            let mut dataplane = self.dataplane.lock().expect("dataplane lock poisoned");
-            if let Err(e) = dataplane.apply(&new.vip_specs(|_, _| true)) {
+            let mut live = self.live.write().expect("config lock poisoned");
+            let previous = std::mem::replace(&mut live.config, new.clone());
+            let specs = self.desired(&new, &runtime);
+            let applied = self
+                .dataplane
+                .lock()
+                .expect("dataplane lock poisoned")
+                .apply(&specs);
+            if let Err(e) = applied {
                 // Put back what was live; a half-applied change must not linger.
-                if let Err(restore) = dataplane.apply(&old.vip_specs(|_, _| true)) {
+                live.config = previous;
+                runtime.state.plans = saved_plans;
+                events.clear();
+                let specs = self.desired(&live.config, &runtime);
+                if let Err(restore) = self
+                    .dataplane
+                    .lock()
+                    .expect("dataplane lock poisoned")
+                    .apply(&specs)
+                {
                     tracing::error!(error = %restore, "could not restore the previous config in the data plane");
                 }
                 return Err(ReloadError::Dataplane(e));
             }
+            live.generation += 1;
+            live.loaded_at = SystemTime::now();
         }
         for field in &new.ignored_fields {
             tracing::warn!(field, "unknown config field ignored");
         }
-        let mut live = self.live.write().expect("config lock poisoned");
-        live.config = new;
-        live.generation += 1;
-        live.loaded_at = SystemTime::now();
-        tracing::info!(generation = live.generation, "config reloaded");
-        Ok(live.generation)
+        self.health.sync(&new);
+        self.notifier.update_targets(&new.config.notifications);
+        self.persist(&runtime);
+        self.publish(&runtime, &events);
+        drop(runtime);
+        self.save_config_copy();
+        let generation = self.generation();
+        tracing::info!(generation, "config reloaded");
+        Ok(generation)
+    }
+
+    fn save_config_copy(&self) {
+        let Some(store) = &self.store else { return };
+        let path = self.config().path;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if let Err(e) = store.save_config(&text) {
+                    tracing::warn!(error = %e, "cannot keep a copy of the live config");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot re-read the live config to keep a copy"),
+        }
+    }
+
+    fn persist(&self, runtime: &Runtime) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.save(&runtime.state)
+        {
+            tracing::error!(error = %e, "cannot persist deployment state");
+        }
+    }
+
+    /// Logs, counts and sends the events.
+    fn publish(&self, runtime: &Runtime, events: &[deploy::Event]) {
+        for event in events {
+            let Some(d) = runtime
+                .state
+                .deployments
+                .iter()
+                .find(|d| d.id == event.deployment_id)
+            else {
+                continue;
+            };
+            tracing::info!(
+                deployment = %d.id, tenant = %d.tenant, event = event.kind, state = d.state.name(),
+                canary_percent = d.canary_percent,
+                reason = d.history.last().map(|s| s.reason.as_str()).unwrap_or(""),
+                "deployment event"
+            );
+            self.deploy_metrics.record(d, event.kind);
+            self.notifier.notify(
+                event.kind,
+                serde_json::to_value(d).expect("deployment serialises"),
+            );
+        }
+    }
+
+    /// Advances every active deployment; called every `TICK`.
+    pub fn tick(&self) {
+        let counters = self.counters().ok();
+        let config = self.config();
+        let mut runtime = self.runtime();
+        let now = unix_now();
+        let mut events = Vec::new();
+        let mut changed = false;
+        for i in 0..runtime.state.deployments.len() {
+            let d = &runtime.state.deployments[i];
+            if !d.state.is_active() {
+                continue;
+            }
+            let signals = self.signals(&config, d, counters.as_ref());
+            let d = &mut runtime.state.deployments[i];
+            let before = (d.history.len(), d.analysis.clone());
+            let new = d.tick(now, &signals);
+            changed |= before != (d.history.len(), d.analysis.clone());
+            if !new.is_empty() {
+                let plan = TrafficPlan::of(d);
+                let tenant = d.tenant.clone();
+                runtime.state.plans.insert(tenant, plan);
+                events.extend(new);
+            }
+        }
+        if events.is_empty() {
+            if changed {
+                self.persist(&runtime);
+            }
+            return;
+        }
+        if let Err(e) = self.reconcile(&runtime) {
+            tracing::error!(error = %e, "cannot apply a deployment step to the data plane");
+        }
+        self.persist(&runtime);
+        self.publish(&runtime, &events);
+    }
+
+    /// What the deployment's new backends have shown since the agent started.
+    fn signals(
+        &self,
+        config: &LoadedConfig,
+        d: &Deployment,
+        counters: Option<&Counters>,
+    ) -> Signals {
+        let Some(tenant) = config.tenants.iter().find(|t| t.name == d.tenant) else {
+            return Signals::default();
+        };
+        let mut signals = Signals::default();
+        let mut checked = 0;
+        let mut down = 0;
+        for name in &d.canary_backends {
+            if let Some(h) = self.health.get(&tenant.name, name) {
+                signals.probes = signals.probes.plus(Samples {
+                    ok: h.total_ok,
+                    failed: h.total_failed,
+                });
+                checked += 1;
+                down += usize::from(h.state == HealthState::Down);
+            }
+        }
+        signals.all_down = checked > 0 && checked == d.canary_backends.len() && down == checked;
+        if tenant.mode == ForwardingMode::Nat
+            && tenant.protocol == Protocol::Tcp
+            && let Some(counters) = counters
+        {
+            let vip = tenant.vip_endpoint();
+            for s in tenant
+                .services
+                .iter()
+                .filter(|s| d.canary_backends.contains(&s.name))
+            {
+                let endpoint = Endpoint::new(s.address, tenant.protocol.number());
+                if let Some((_, _, l4)) = counters
+                    .backend_l4
+                    .iter()
+                    .find(|(v, b, _)| *v == vip && *b == endpoint)
+                {
+                    let answered = l4.syn_ack.min(l4.syn);
+                    signals.handshakes = signals.handshakes.plus(Samples {
+                        ok: answered,
+                        failed: l4.syn - answered,
+                    });
+                }
+            }
+        }
+        signals
+    }
+
+    fn tenant(&self, name: &str) -> Result<ResolvedTenant, DeployError> {
+        self.config()
+            .tenants
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| DeployError::UnknownTenant {
+                tenant: name.to_owned(),
+            })
+    }
+
+    fn check_not_running(runtime: &Runtime, tenant: &str) -> Result<(), DeployError> {
+        match runtime
+            .state
+            .deployments
+            .iter()
+            .find(|d| d.tenant == tenant && d.state.is_active())
+        {
+            Some(d) => Err(DeployError::AlreadyRunning {
+                tenant: tenant.to_owned(),
+                id: d.id.clone(),
+                state: d.state.name(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a canary of `version` (its backends are the services with that
+    /// `labels.version`) against the services now taking traffic.
+    pub fn start_canary(&self, req: CanaryRequest) -> Result<Deployment, DeployError> {
+        let tenant = self.tenant(&req.service)?;
+        let raw = self.raw_tenant(&tenant.name);
+        let mut params = Params::from_canary_config(raw.canary_config.as_ref());
+        req.overrides.apply(&mut params)?;
+        let canary: Vec<String> = tenant
+            .services
+            .iter()
+            .filter(|s| s.version == req.version)
+            .map(|s| s.name.clone())
+            .collect();
+        if canary.is_empty() {
+            let versions: Vec<&str> = tenant.services.iter().map(|s| s.version.as_str()).collect();
+            return Err(invalid(
+                "version",
+                format!(
+                    "no service of tenant '{}' has labels.version '{}' (versions: {})",
+                    tenant.name,
+                    req.version,
+                    versions.join(", ")
+                ),
+            ));
+        }
+        let mut runtime = self.runtime();
+        Self::check_not_running(&runtime, &tenant.name)?;
+        let weights = weights_of(&self.config(), &tenant, &runtime);
+        let stable: Vec<String> = tenant
+            .services
+            .iter()
+            .zip(&weights)
+            .filter(|(s, w)| **w > 0 && !canary.contains(&s.name))
+            .map(|(s, _)| s.name.clone())
+            .collect();
+        if stable.is_empty() {
+            return Err(invalid(
+                "version",
+                format!(
+                    "tenant '{}' has no other service taking traffic to compare the canary with",
+                    tenant.name
+                ),
+            ));
+        }
+        let env = tenant
+            .services
+            .iter()
+            .find(|s| canary.contains(&s.name))
+            .and_then(|s| s.environment.clone());
+        let d = self.new_deployment(
+            &mut runtime,
+            &tenant,
+            Strategy::Canary,
+            Some(req.version),
+            stable,
+            canary,
+            params,
+            req.pipeline,
+        );
+        let d = Deployment {
+            to_environment: env,
+            ..d
+        };
+        self.launch(runtime, d, "started")
+    }
+
+    /// Starts a blue/green switch to environment `to`: validate it, then flip.
+    pub fn start_switch(self: &Arc<Self>, req: SwitchRequest) -> Result<Deployment, DeployError> {
+        let tenant = self.tenant(&req.service)?;
+        let raw = self.raw_tenant(&tenant.name);
+        let in_env = |env: &str| -> Vec<String> {
+            tenant
+                .services
+                .iter()
+                .filter(|s| s.environment.as_deref() == Some(env))
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        let to = in_env(&req.to);
+        if to.is_empty() {
+            return Err(invalid(
+                "to",
+                format!(
+                    "no service of tenant '{}' is in environment '{}'",
+                    tenant.name, req.to
+                ),
+            ));
+        }
+        let mut runtime = self.runtime();
+        Self::check_not_running(&runtime, &tenant.name)?;
+        let weights = weights_of(&self.config(), &tenant, &runtime);
+        let from_env = match req.from.clone() {
+            Some(from) => from,
+            None => {
+                let mut live: Vec<String> = tenant
+                    .services
+                    .iter()
+                    .zip(&weights)
+                    .filter(|(s, w)| **w > 0 && !to.contains(&s.name))
+                    .filter_map(|(s, _)| s.environment.clone())
+                    .collect();
+                live.dedup();
+                match live.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(invalid(
+                            "from",
+                            "no other environment takes traffic now; nothing to switch from",
+                        ));
+                    }
+                    many => {
+                        return Err(invalid(
+                            "from",
+                            format!(
+                                "several environments take traffic ({}); say which with \"from\"",
+                                many.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        if from_env == req.to {
+            return Err(invalid(
+                "to",
+                format!(
+                    "'{}' is already the environment being switched from",
+                    req.to
+                ),
+            ));
+        }
+        let from = in_env(&from_env);
+        let switch = raw.switch_config.clone().unwrap_or_default();
+        let strategy = req
+            .strategy
+            .clone()
+            .or(switch.strategy.clone())
+            .unwrap_or_else(|| "instant".into());
+        let mut params = Params::from_canary_config(raw.canary_config.as_ref());
+        if raw.canary_config.is_none() {
+            params.interval_seconds = DEFAULT_SWITCH_INTERVAL.as_secs_f64();
+        }
+        match strategy.as_str() {
+            "instant" => {
+                params.initial_traffic = 100.0;
+                params.increment = 100.0;
+                params.max_traffic = 100.0;
+            }
+            "gradual" => params.max_traffic = 100.0,
+            other => {
+                return Err(invalid(
+                    "strategy",
+                    format!("unknown switch strategy '{other}'; expected instant or gradual"),
+                ));
+            }
+        }
+        params.rollback_on_failure = switch.rollback_on_failure.unwrap_or(true);
+        params.validation_timeout_seconds = Some(
+            switch
+                .validation_timeout
+                .as_ref()
+                .map(DurationSpec::get)
+                .unwrap_or(DEFAULT_VALIDATION_TIMEOUT)
+                .as_secs_f64(),
+        );
+        req.overrides.apply(&mut params)?;
+        let d = self.new_deployment(
+            &mut runtime,
+            &tenant,
+            Strategy::BlueGreen,
+            None,
+            from,
+            to,
+            params,
+            req.pipeline,
+        );
+        let d = Deployment {
+            canary_percent: 0.0,
+            from_environment: Some(from_env),
+            to_environment: Some(req.to.clone()),
+            ..d
+        };
+        let id = d.id.clone();
+        let d = self.launch(runtime, d, "started; validating the idle side")?;
+        self.spawn_validation(id);
+        Ok(d)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor for every strategy"
+    )]
+    fn new_deployment(
+        &self,
+        runtime: &mut Runtime,
+        tenant: &ResolvedTenant,
+        strategy: Strategy,
+        version: Option<String>,
+        stable: Vec<String>,
+        canary: Vec<String>,
+        params: Params,
+        pipeline: Option<serde_json::Value>,
+    ) -> Deployment {
+        let now = unix_now();
+        runtime.state.next_seq += 1;
+        let id = format!("{}-{}-{}", tenant.name, now as u64, runtime.state.next_seq);
+        Deployment {
+            id,
+            tenant: tenant.name.clone(),
+            strategy,
+            version,
+            state: DeployState::Progressing,
+            canary_percent: params.initial_traffic,
+            stable_backends: stable,
+            canary_backends: canary,
+            from_environment: None,
+            to_environment: None,
+            next_step_at: now + params.interval_seconds,
+            params,
+            analysis: Default::default(),
+            history: Vec::new(),
+            started_at: deploy::rfc3339(now),
+            updated_at: deploy::rfc3339(now),
+            finished_at: None,
+            pipeline,
+            started_unix: now,
+            validated: false,
+            baseline: None,
+        }
+    }
+
+    /// Records, applies, persists and announces a new deployment.
+    fn launch(
+        &self,
+        mut runtime: MutexGuard<'_, Runtime>,
+        mut d: Deployment,
+        reason: &str,
+    ) -> Result<Deployment, DeployError> {
+        let now = unix_now();
+        d.history.push(deploy::Step {
+            at: deploy::rfc3339(now),
+            canary_percent: d.canary_percent,
+            state: d.state,
+            reason: reason.to_owned(),
+        });
+        let previous_plan = runtime
+            .state
+            .plans
+            .insert(d.tenant.clone(), TrafficPlan::of(&d));
+        if let Err(e) = self.reconcile(&runtime) {
+            match previous_plan {
+                Some(plan) => runtime.state.plans.insert(d.tenant.clone(), plan),
+                None => runtime.state.plans.remove(&d.tenant),
+            };
+            return Err(e.into());
+        }
+        runtime.state.deployments.push(d.clone());
+        let overflow = runtime
+            .state
+            .deployments
+            .len()
+            .saturating_sub(deploy::HISTORY_LIMIT);
+        if overflow > 0 {
+            // Drop the oldest finished ones.
+            let mut dropped = 0;
+            runtime.state.deployments.retain(|x| {
+                let drop = dropped < overflow && !x.state.is_active();
+                dropped += usize::from(drop);
+                !drop
+            });
+        }
+        self.persist(&runtime);
+        let event = deploy::Event {
+            deployment_id: d.id.clone(),
+            kind: "started",
+        };
+        self.publish(&runtime, std::slice::from_ref(&event));
+        Ok(d)
+    }
+
+    fn resume_validations(self: &Arc<Self>) {
+        let pending: Vec<String> = self
+            .runtime()
+            .state
+            .deployments
+            .iter()
+            .filter(|d| {
+                d.state == DeployState::Progressing
+                    && d.strategy == Strategy::BlueGreen
+                    && !d.validated
+            })
+            .map(|d| d.id.clone())
+            .collect();
+        for id in pending {
+            self.spawn_validation(id);
+        }
+    }
+
+    /// Probes every backend of the new side (its health check, or a TCP connect) until
+    /// all pass or the validation timeout runs out, then lets the deployment flip.
+    fn spawn_validation(self: &Arc<Self>, id: String) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let Some((targets, timeout)) = agent.validation_targets(&id) else {
+                return;
+            };
+            let deadline = Instant::now() + timeout;
+            let mut result = Err("not probed yet".to_owned());
+            while Instant::now() < deadline {
+                let mut failures = Vec::new();
+                for (name, spec) in &targets {
+                    if let Err(e) = health::probe(spec).await {
+                        failures.push(format!("{name}: {e}"));
+                    }
+                }
+                if failures.is_empty() {
+                    result = Ok(());
+                    break;
+                }
+                result = Err(failures.join("; "));
+                let pause = targets
+                    .first()
+                    .map(|(_, s)| s.interval)
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+            let result = result.map_err(|e| format!("{e} (gave up after {timeout:?})"));
+            let mut runtime = agent.runtime();
+            let Some(d) = runtime.state.deployments.iter_mut().find(|d| d.id == id) else {
+                return;
+            };
+            let events = d.validation_done(unix_now(), result);
+            if events.is_empty() {
+                return;
+            }
+            let plan = TrafficPlan::of(d);
+            let tenant = d.tenant.clone();
+            runtime.state.plans.insert(tenant, plan);
+            if let Err(e) = agent.reconcile(&runtime) {
+                tracing::error!(error = %e, "cannot apply a blue/green flip to the data plane");
+            }
+            agent.persist(&runtime);
+            agent.publish(&runtime, &events);
+        });
+    }
+
+    fn validation_targets(&self, id: &str) -> Option<(Vec<(String, CheckSpec)>, Duration)> {
+        let runtime = self.runtime();
+        let d = runtime.state.deployments.iter().find(|d| d.id == id)?;
+        let config = self.config();
+        let tenant = config.tenants.iter().find(|t| t.name == d.tenant)?;
+        let raw = config.config.tenants.iter().find(|t| t.name == d.tenant)?;
+        let targets = tenant
+            .services
+            .iter()
+            .zip(&raw.services)
+            .filter(|(s, _)| d.canary_backends.contains(&s.name))
+            .map(|(s, r)| {
+                let spec = match &r.health {
+                    Some(h) => CheckSpec::from_config(s.address, h),
+                    None => CheckSpec {
+                        address: s.address,
+                        probe: Probe::Tcp,
+                        interval: Duration::from_secs(1),
+                        timeout: health::DEFAULT_TIMEOUT,
+                        rise: 1,
+                        fall: 1,
+                    },
+                };
+                (s.name.clone(), spec)
+            })
+            .collect();
+        let timeout = Duration::from_secs_f64(
+            d.params
+                .validation_timeout_seconds
+                .unwrap_or(DEFAULT_VALIDATION_TIMEOUT.as_secs_f64()),
+        );
+        Some((targets, timeout))
+    }
+
+    /// promote / abort / rollback / pause / resume.
+    pub fn act(&self, id: &str, action: Action) -> Result<Deployment, DeployError> {
+        let mut runtime = self.runtime();
+        let i = runtime
+            .state
+            .deployments
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| DeployError::UnknownDeployment { id: id.to_owned() })?;
+        let tenant = runtime.state.deployments[i].tenant.clone();
+        if action == Action::Rollback
+            && let Some(newer) = runtime.state.deployments[i + 1..]
+                .iter()
+                .find(|d| d.tenant == tenant)
+        {
+            return Err(DeployError::NotAllowed {
+                reason: format!(
+                    "deployment {} of the same tenant is newer; roll that one back instead",
+                    newer.id
+                ),
+            });
+        }
+        let d = &mut runtime.state.deployments[i];
+        let event = d
+            .act(unix_now(), action)
+            .map_err(|reason| DeployError::NotAllowed { reason })?;
+        let plan = TrafficPlan::of(d);
+        let d = d.clone();
+        runtime.state.plans.insert(tenant, plan);
+        self.reconcile(&runtime)?;
+        self.persist(&runtime);
+        self.publish(&runtime, &[event]);
+        Ok(d)
+    }
+
+    pub fn deployments(&self) -> Vec<Deployment> {
+        let mut list = self.runtime().state.deployments.clone();
+        list.reverse();
+        list
+    }
+
+    pub fn deployment(&self, id: &str) -> Result<Deployment, DeployError> {
+        self.runtime()
+            .state
+            .deployments
+            .iter()
+            .find(|d| d.id == id)
+            .cloned()
+            .ok_or_else(|| DeployError::UnknownDeployment { id: id.to_owned() })
+    }
+
+    /// Manual weights for a tenant, until the next deployment or a reload that
+    /// changes the tenant.
+    pub fn set_weights(
+        &self,
+        tenant: &str,
+        weights: BTreeMap<String, u32>,
+    ) -> Result<TenantView, DeployError> {
+        let t = self.tenant(tenant)?;
+        for (name, w) in &weights {
+            if !t.services.iter().any(|s| &s.name == name) {
+                return Err(invalid(
+                    format!("weights.{name}"),
+                    format!("tenant '{tenant}' has no service '{name}'"),
+                ));
+            }
+            if *w > crate::config::MAX_WEIGHT {
+                return Err(invalid(
+                    format!("weights.{name}"),
+                    format!(
+                        "{w} is above the maximum weight {}",
+                        crate::config::MAX_WEIGHT
+                    ),
+                ));
+            }
+        }
+        if weights.values().all(|w| *w == 0) {
+            return Err(invalid(
+                "weights",
+                "at least one service needs a weight above 0",
+            ));
+        }
+        let mut runtime = self.runtime();
+        Self::check_not_running(&runtime, tenant)?;
+        let previous = runtime
+            .state
+            .plans
+            .insert(tenant.to_owned(), TrafficPlan::Manual { weights });
+        if let Err(e) = self.reconcile(&runtime) {
+            match previous {
+                Some(p) => runtime.state.plans.insert(tenant.to_owned(), p),
+                None => runtime.state.plans.remove(tenant),
+            };
+            return Err(e.into());
+        }
+        self.persist(&runtime);
+        drop(runtime);
+        Ok(self
+            .tenants()
+            .into_iter()
+            .find(|v| v.name == tenant)
+            .expect("tenant exists"))
+    }
+
+    fn raw_tenant(&self, name: &str) -> crate::config::Tenant {
+        self.config()
+            .config
+            .tenants
+            .into_iter()
+            .find(|t| t.name == name)
+            .expect("resolved tenants come from the config")
+    }
+
+    pub fn tenants(&self) -> Vec<TenantView> {
+        let config = self.config();
+        let runtime = self.runtime();
+        config
+            .tenants
+            .iter()
+            .map(|t| {
+                let weights = weights_of(&config, t, &runtime);
+                let total: u64 = weights.iter().map(|w| *w as u64).sum();
+                TenantView {
+                    name: t.name.clone(),
+                    vip: t.vip.to_string(),
+                    protocol: t.protocol,
+                    mode: t.mode,
+                    strategy: t.strategy,
+                    active_environment: active_environment(&config, &t.name),
+                    deployment_id: runtime
+                        .state
+                        .deployments
+                        .iter()
+                        .rev()
+                        .find(|d| d.tenant == t.name && d.state.is_active())
+                        .map(|d| d.id.clone()),
+                    backends: t
+                        .services
+                        .iter()
+                        .zip(&weights)
+                        .map(|(s, w)| TenantBackendView {
+                            name: s.name.clone(),
+                            address: s.address.to_string(),
+                            environment: s.environment.clone(),
+                            version: s.version.clone(),
+                            configured_weight: s.weight,
+                            effective_weight: *w,
+                            traffic_percent: share(*w as u64, total) * 100.0,
+                            health: self
+                                .health
+                                .get(&t.name, &s.name)
+                                .map_or(HealthState::Unknown, |h| h.state),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     /// Detaches the data plane (or leaves it forwarding); see `Dataplane::shutdown`.
@@ -162,6 +1035,7 @@ impl Agent {
             .expect("samples lock poisoned")
             .front()
             .cloned();
+        let views = self.tenants();
         let live = self.live.read().expect("config lock poisoned");
         let window = oldest.as_ref().map(|(t, c)| (t.elapsed(), c));
         let find =
@@ -175,31 +1049,44 @@ impl Agent {
             .config
             .tenants
             .iter()
-            .map(|t| {
+            .zip(views)
+            .map(|(t, view)| {
                 let vip = t.vip_endpoint();
-                let total_weight: u64 = t.services.iter().map(|s| s.weight as u64).sum();
                 let mut backends: Vec<BackendStatus> = t
                     .services
                     .iter()
-                    .map(|s| {
+                    .zip(&view.backends)
+                    .map(|(s, v)| {
                         let endpoint = Endpoint::new(s.address, t.protocol.number());
                         let total = find(&now.backends, &vip, &endpoint);
                         let recent = window.map(|(_, then)| {
-                            let before = find(&then.backends, &vip, &endpoint);
-                            total.new_flows.saturating_sub(before.new_flows)
+                            total
+                                .new_flows
+                                .saturating_sub(find(&then.backends, &vip, &endpoint).new_flows)
                         });
+                        let l4 = now
+                            .backend_l4
+                            .iter()
+                            .find(|(a, b, _)| *a == vip && *b == endpoint)
+                            .map(|(_, _, c)| *c)
+                            .unwrap_or_default();
                         BackendStatus {
                             name: s.name.clone(),
                             address: s.address.to_string(),
                             environment: s.environment.clone(),
                             version: s.version.clone(),
                             weight: s.weight,
-                            weight_share: share(s.weight as u64, total_weight),
+                            effective_weight: v.effective_weight,
+                            weight_share: v.traffic_percent / 100.0,
+                            health: v.health,
                             packets: total.packets,
                             bytes: total.bytes,
                             new_connections: total.new_flows,
                             recent_new_connections: recent.unwrap_or(0),
                             traffic_share: 0.0,
+                            tcp_syn: l4.syn,
+                            tcp_syn_ack: l4.syn_ack,
+                            tcp_rst: l4.rst,
                         }
                     })
                     .collect();
@@ -219,6 +1106,7 @@ impl Agent {
                     protocol: t.protocol,
                     mode: t.mode,
                     strategy: t.strategy,
+                    deployment_id: view.deployment_id,
                     packets: vip_counters.packets,
                     bytes: vip_counters.bytes,
                     new_connections: vip_counters.new_flows,
@@ -246,6 +1134,69 @@ impl Agent {
     }
 }
 
+/// Effective weights of `tenant`'s services under `config` and the runtime's plan.
+fn weights_of(config: &LoadedConfig, tenant: &ResolvedTenant, runtime: &Runtime) -> Vec<u32> {
+    let active_env = active_environment(config, &tenant.name);
+    effective_weights(
+        tenant,
+        active_env.as_deref(),
+        runtime.state.plans.get(&tenant.name),
+    )
+}
+
+fn active_environment(config: &LoadedConfig, tenant: &str) -> Option<String> {
+    config
+        .config
+        .tenants
+        .iter()
+        .find(|t| t.name == tenant)
+        .and_then(|t| t.active_environment.clone())
+}
+
+/// After a reload: a tenant whose services changed drops its traffic plan (the
+/// config's weights rule again), and a running deployment whose backends are gone
+/// fails. Returns the events.
+fn forget_changed_tenants(
+    old: &LoadedConfig,
+    new: &LoadedConfig,
+    state: &mut PersistedState,
+    now: f64,
+) -> Vec<deploy::Event> {
+    let mut events = Vec::new();
+    for d in state.deployments.iter_mut().filter(|d| d.state.is_active()) {
+        let Some(t) = new.tenants.iter().find(|t| t.name == d.tenant) else {
+            events.push(d.fail(now, "its tenant was removed from the config"));
+            continue;
+        };
+        let missing: Vec<&String> = d
+            .stable_backends
+            .iter()
+            .chain(&d.canary_backends)
+            .filter(|n| !t.services.iter().any(|s| &s.name == *n))
+            .collect();
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            events.push(d.fail(
+                now,
+                format!("services {} were removed from the config", names.join(", ")),
+            ));
+        }
+    }
+    let active: Vec<String> = state
+        .deployments
+        .iter()
+        .filter(|d| d.state.is_active())
+        .map(|d| d.tenant.clone())
+        .collect();
+    state.plans.retain(|tenant, _| {
+        let before = old.tenants.iter().find(|t| &t.name == tenant);
+        let after = new.tenants.iter().find(|t| &t.name == tenant);
+        active.contains(tenant)
+            || (after.is_some() && before.map(|b| &b.services) == after.map(|a| &a.services))
+    });
+    events
+}
+
 fn share(part: u64, total: u64) -> f64 {
     if total == 0 {
         0.0
@@ -271,7 +1222,125 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
     }
+    let webhook = |c: &LoadedConfig| serde_json::to_value(&c.config.webhook).ok();
+    if webhook(old) != webhook(new) {
+        return Some(problem(
+            "webhook",
+            "the webhook secret and tolerance".into(),
+        ));
+    }
     None
+}
+
+/// Optional step parameters of a deployment request.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ParamOverrides {
+    pub initial_traffic: Option<f64>,
+    pub increment: Option<f64>,
+    pub interval: Option<DurationSpec>,
+    pub max_traffic: Option<f64>,
+    pub health_threshold: Option<f64>,
+    pub rollback_threshold: Option<f64>,
+    pub min_samples: Option<u64>,
+    pub validation_timeout: Option<DurationSpec>,
+    pub rollback_on_failure: Option<bool>,
+}
+
+impl ParamOverrides {
+    pub fn apply(&self, p: &mut Params) -> Result<(), DeployError> {
+        if let Some(v) = self.initial_traffic {
+            p.initial_traffic = v;
+        }
+        if let Some(v) = self.increment {
+            p.increment = v;
+        }
+        if let Some(v) = &self.interval {
+            p.interval_seconds = v
+                .parse()
+                .map_err(|reason| invalid("interval", reason))?
+                .as_secs_f64();
+        }
+        if let Some(v) = self.max_traffic {
+            p.max_traffic = v;
+        }
+        if let Some(v) = self.health_threshold {
+            p.health_threshold = deploy::normalise_rate(v);
+        }
+        if let Some(v) = self.rollback_threshold {
+            p.rollback_threshold = deploy::normalise_rate(v);
+        }
+        if let Some(v) = self.min_samples {
+            p.min_samples = v;
+        }
+        if let Some(v) = &self.validation_timeout {
+            p.validation_timeout_seconds = Some(
+                v.parse()
+                    .map_err(|reason| invalid("validation_timeout", reason))?
+                    .as_secs_f64(),
+            );
+        }
+        if let Some(v) = self.rollback_on_failure {
+            p.rollback_on_failure = v;
+        }
+        match p.problems().into_iter().next() {
+            Some((field, reason)) => Err(invalid(field, reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `POST /deployments/canary`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CanaryRequest {
+    /// The tenant.
+    pub service: String,
+    /// `labels.version` of the canary backends.
+    pub version: String,
+    #[serde(flatten)]
+    pub overrides: ParamOverrides,
+    #[serde(default)]
+    pub pipeline: Option<serde_json::Value>,
+}
+
+/// `POST /deployments/blue-green/switch`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SwitchRequest {
+    pub service: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    pub to: String,
+    /// `instant` or `gradual`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(flatten)]
+    pub overrides: ParamOverrides,
+    #[serde(default)]
+    pub pipeline: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantView {
+    pub name: String,
+    pub vip: String,
+    pub protocol: Protocol,
+    pub mode: ForwardingMode,
+    pub strategy: Strategy,
+    pub active_environment: Option<String>,
+    pub backends: Vec<TenantBackendView>,
+    pub deployment_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantBackendView {
+    pub name: String,
+    pub address: String,
+    pub environment: Option<String>,
+    pub version: String,
+    pub configured_weight: u32,
+    pub effective_weight: u32,
+    /// Share of new connections the weights give this backend.
+    pub traffic_percent: f64,
+    pub health: HealthState,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -282,17 +1351,18 @@ pub struct Status {
     /// Seconds covered by `recent_new_connections` / `traffic_share`.
     pub traffic_window_seconds: f64,
     pub tenants: Vec<TenantStatus>,
-    pub xdp_actions: std::collections::BTreeMap<String, u64>,
-    pub packet_reasons: std::collections::BTreeMap<String, u64>,
+    pub xdp_actions: BTreeMap<String, u64>,
+    pub packet_reasons: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TenantStatus {
     pub name: String,
     pub vip: String,
-    pub protocol: crate::config::Protocol,
-    pub mode: crate::config::ForwardingMode,
-    pub strategy: crate::config::Strategy,
+    pub protocol: Protocol,
+    pub mode: ForwardingMode,
+    pub strategy: Strategy,
+    pub deployment_id: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,
@@ -305,9 +1375,13 @@ pub struct BackendStatus {
     pub address: String,
     pub environment: Option<String>,
     pub version: String,
+    /// Configured weight.
     pub weight: u32,
-    /// This backend's share of the tenant's total weight.
+    /// Weight in the data plane now (deployments and manual weights applied).
+    pub effective_weight: u32,
+    /// This backend's share of the tenant's effective weight.
     pub weight_share: f64,
+    pub health: HealthState,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,
@@ -315,4 +1389,8 @@ pub struct BackendStatus {
     pub recent_new_connections: u64,
     /// Share of the tenant's new connections within the traffic window.
     pub traffic_share: f64,
+    /// Passive L4 signals (`nat` TCP): SYNs sent, SYN-ACKs and RSTs answered.
+    pub tcp_syn: u64,
+    pub tcp_syn_ack: u64,
+    pub tcp_rst: u64,
 }

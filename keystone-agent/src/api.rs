@@ -8,8 +8,9 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Request, State},
-    http::{StatusCode, header},
+    body::Bytes,
+    extract::{Path, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -19,15 +20,22 @@ use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
-    agent::{Agent, ReloadError},
-    config::Problem,
+    agent::{Agent, CanaryRequest, DeployError, ParamOverrides, ReloadError, SwitchRequest},
+    config::{Problem, Strategy},
+    deploy::{Action, Deployment},
+    webhook::{WebhookVerifier, parse_webhook},
 };
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
 
 #[derive(Clone)]
 pub struct ApiState {
     pub agent: Arc<Agent>,
     pub registry: Arc<Registry>,
     pub token: Arc<String>,
+    /// `None` when the config has no `webhook:` secret.
+    pub webhook: Option<Arc<WebhookVerifier>>,
 }
 
 /// A JSON error answer with a reason.
@@ -75,14 +83,52 @@ impl From<ReloadError> for ApiError {
     }
 }
 
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> ApiError {
+        let status = match &e {
+            DeployError::UnknownTenant { .. } | DeployError::UnknownDeployment { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            DeployError::AlreadyRunning { .. } | DeployError::NotAllowed { .. } => {
+                StatusCode::CONFLICT
+            }
+            DeployError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Dataplane(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// A JSON body, or a 400 naming what is wrong with it.
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(v)| v).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {}", e.body_text()),
+        )
+    })
+}
+
 pub fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/status", get(status))
         .route("/admin/reload", post(reload))
+        .route("/tenants", get(tenants))
+        .route("/tenants/{name}/weights", post(set_weights))
+        .route("/deployments", get(deployments))
+        .route("/deployments/canary", post(start_canary))
+        .route("/deployments/blue-green/switch", post(start_switch))
+        .route("/deployments/{id}", get(deployment))
+        .route("/deployments/{id}/{action}", post(act))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.yaml",
+            get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
+        )
+        .route("/webhooks/deployment", post(webhook))
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(TimeoutLayer::with_status_code(
@@ -146,4 +192,131 @@ async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
     Ok(Json(
         json!({ "status": "reloaded", "config_generation": generation }),
     ))
+}
+
+async fn tenants(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "tenants": state.agent.tenants() }))
+}
+
+#[derive(serde::Deserialize)]
+struct WeightsRequest {
+    weights: std::collections::BTreeMap<String, u32>,
+}
+
+async fn set_weights(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    payload: Result<Json<WeightsRequest>, JsonRejection>,
+) -> Result<Json<crate::agent::TenantView>, ApiError> {
+    let req = body(payload)?;
+    Ok(Json(state.agent.set_weights(&name, req.weights)?))
+}
+
+async fn deployments(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "deployments": state.agent.deployments() }))
+}
+
+async fn deployment(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(state.agent.deployment(&id)?))
+}
+
+fn accepted(d: Deployment) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "deployment_id": d.id, "deployment": d })),
+    )
+        .into_response()
+}
+
+async fn start_canary(
+    State(state): State<ApiState>,
+    payload: Result<Json<CanaryRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = body(payload)?;
+    Ok(accepted(state.agent.start_canary(req)?))
+}
+
+async fn start_switch(
+    State(state): State<ApiState>,
+    payload: Result<Json<SwitchRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = body(payload)?;
+    Ok(accepted(state.agent.start_switch(req)?))
+}
+
+async fn act(
+    State(state): State<ApiState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Deployment>, ApiError> {
+    let action = Action::parse(&action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no action '{action}'; expected promote, abort, rollback, pause or resume"),
+        )
+    })?;
+    Ok(Json(state.agent.act(&id, action)?))
+}
+
+/// The signed CI webhook: verify, parse, then start what it asks for.
+async fn webhook(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(verifier) = &state.webhook else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the deployment webhook is off: set webhook.secret (or secret_file) in the config",
+        ));
+    };
+    verifier
+        .verify(&headers, &raw, std::time::SystemTime::now())
+        .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    let overrides: ParamOverrides = match &hook.config {
+        None => ParamOverrides::default(),
+        Some(config) => serde_json::from_value(config.clone())
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("config: {e}")))?,
+    };
+    let switch_strategy = hook
+        .config
+        .as_ref()
+        .and_then(|c| c.get("switch_strategy"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    let deployment = match hook.strategy() {
+        Strategy::Canary | Strategy::Rolling => {
+            let mut overrides = overrides;
+            if hook.strategy() == Strategy::Rolling {
+                // A rolling update is a canary that goes all the way without approval.
+                overrides.max_traffic = Some(100.0);
+            }
+            state.agent.start_canary(CanaryRequest {
+                service: hook.service,
+                version: hook.version,
+                overrides,
+                pipeline: hook.pipeline,
+            })?
+        }
+        Strategy::BlueGreen => {
+            let Some(to) = hook.environment else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "environment: required for strategy blue_green (the environment to switch to)",
+                ));
+            };
+            state.agent.start_switch(SwitchRequest {
+                service: hook.service,
+                from: None,
+                to,
+                strategy: switch_strategy,
+                overrides,
+                pipeline: hook.pipeline,
+            })?
+        }
+    };
+    Ok(accepted(deployment))
 }

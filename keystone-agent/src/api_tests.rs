@@ -43,6 +43,7 @@ impl Dataplane for FakeDataplane {
 }
 
 const TOKEN: &str = "test-token";
+const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
 
 fn config_text(blue: u32, green: u32) -> String {
     format!(
@@ -78,14 +79,22 @@ impl Harness {
         let path = dir.path().join("keystone.yaml");
         std::fs::write(&path, config_text(90, 10)).unwrap();
         let fake = FakeDataplane::default();
-        let agent = Arc::new(
-            Agent::start(LoadedConfig::load(&path).unwrap(), Box::new(fake.clone())).unwrap(),
-        );
+        let store = crate::store::Store::new(dir.path().join("state"));
+        let agent = Agent::start(
+            LoadedConfig::load(&path).unwrap(),
+            Box::new(fake.clone()),
+            Some(store),
+        )
+        .unwrap();
         let registry = Arc::new(crate::metrics::registry(&agent));
         let state = ApiState {
             agent,
             registry,
             token: Arc::new(TOKEN.to_owned()),
+            webhook: Some(Arc::new(crate::webhook::WebhookVerifier::new(
+                WEBHOOK_SECRET,
+                std::time::Duration::from_secs(300),
+            ))),
         };
         Harness {
             _dir: dir,
@@ -100,12 +109,29 @@ impl Harness {
     }
 
     async fn call(&self, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, String) {
-        let mut request = Request::builder().method(method).uri(uri);
+        self.send(method, uri, token, &[], "").await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         let response = router(self.state.clone())
-            .oneshot(request.body(Body::empty()).unwrap())
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
             .await
             .unwrap();
         let status = response.status();
@@ -263,8 +289,8 @@ async fn metrics_carry_backend_counters_with_labels() {
     );
 }
 
-#[test]
-fn status_traffic_share_comes_from_the_window() {
+#[tokio::test]
+async fn status_traffic_share_comes_from_the_window() {
     let h = Harness::new();
     let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
     let blue = Endpoint::new("198.18.11.2:8080".parse().unwrap(), PROTO_TCP);
@@ -297,4 +323,357 @@ fn status_traffic_share_comes_from_the_window() {
     assert_eq!(backends[0].recent_new_connections, 900);
     assert!((backends[0].traffic_share - 0.9).abs() < 1e-9);
     assert!((backends[1].traffic_share - 0.1).abs() < 1e-9);
+}
+
+fn percents(weights: &[u32]) -> Vec<f64> {
+    let total: u64 = weights.iter().map(|w| *w as u64).sum();
+    weights
+        .iter()
+        .map(|w| (*w as f64 * 1000.0 / total as f64).round() / 10.0)
+        .collect()
+}
+
+#[tokio::test]
+async fn canary_lifecycle_through_the_api() {
+    let h = Harness::new();
+    let start = r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
+    let (status, body) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    assert_eq!(json(&body)["deployment"]["canary_backends"][0], "green");
+    assert_eq!(percents(&h.live_weights()), [80.0, 20.0]);
+
+    let (status, body) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("already progressing")
+    );
+
+    let (status, body) = h
+        .call("POST", &format!("/deployments/{id}/pause"), Some(TOKEN))
+        .await;
+    assert_eq!(
+        (status, json(&body)["state"].clone()),
+        (StatusCode::OK, "paused".into())
+    );
+    let (status, body) = h
+        .call("POST", &format!("/deployments/{id}/resume"), Some(TOKEN))
+        .await;
+    assert_eq!(
+        (status, json(&body)["state"].clone()),
+        (StatusCode::OK, "progressing".into())
+    );
+    let (status, body) = h
+        .call("POST", &format!("/deployments/{id}/promote"), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["state"], "completed");
+    assert_eq!(percents(&h.live_weights()), [0.0, 100.0]);
+    let (status, body) = h
+        .call("POST", &format!("/deployments/{id}/abort"), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot abort a deployment that is completed")
+    );
+    let (status, _) = h
+        .call("POST", &format!("/deployments/{id}/rollback"), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(percents(&h.live_weights()), [100.0, 0.0]);
+
+    let (_, body) = h
+        .call("GET", &format!("/deployments/{id}"), Some(TOKEN))
+        .await;
+    let reasons: Vec<String> = json(&body)["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "started",
+            "paused by operator",
+            "resumed by operator",
+            "promoted by operator",
+            "rolled back by operator"
+        ]
+    );
+    let (_, body) = h.call("GET", "/metrics", None).await;
+    assert!(body.contains("keystone_deployments_total{environment=\"green\",service=\"web\",status=\"rolled_back\",strategy=\"canary\"} 1"), "{body}");
+}
+
+#[tokio::test]
+async fn deployment_requests_are_checked() {
+    let h = Harness::new();
+    let cases = [
+        (
+            r#"{"service":"nope","version":"1.1.0"}"#,
+            StatusCode::NOT_FOUND,
+            "no tenant named 'nope'",
+        ),
+        (
+            r#"{"service":"web","version":"9.9"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no service of tenant 'web' has labels.version '9.9' (versions: 1.0.0, 1.1.0)",
+        ),
+        (
+            r#"{"service":"web","version":"1.1.0","increment":0}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "increment: must be greater than 0",
+        ),
+        (
+            r#"{"service":"web","version":"1.1.0","interval":"soon"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "interval: 'soon' is not a duration",
+        ),
+        (
+            r#"{"service":"web"}"#,
+            StatusCode::BAD_REQUEST,
+            "missing field `version`",
+        ),
+        (
+            r#"{"service":"web","#,
+            StatusCode::BAD_REQUEST,
+            "bad request body",
+        ),
+    ];
+    for (request, want_status, want_error) in cases {
+        let (status, body) = h
+            .send("POST", "/deployments/canary", Some(TOKEN), &[], request)
+            .await;
+        assert_eq!(status, want_status, "{request} -> {body}");
+        let error = json(&body)["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.contains(want_error),
+            "{request}: '{error}' lacks '{want_error}'"
+        );
+    }
+    assert!(h.state.agent.deployments().is_empty());
+    let (status, _) = h
+        .call("POST", "/deployments/nope/promote", Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h
+        .send(
+            "POST",
+            "/tenants/web/weights",
+            Some(TOKEN),
+            &[],
+            r#"{"weights":{"purple":1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn manual_weights_and_tenant_view() {
+    let h = Harness::new();
+    let (status, body) = h
+        .send(
+            "POST",
+            "/tenants/web/weights",
+            Some(TOKEN),
+            &[],
+            r#"{"weights":{"blue":1,"green":3}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.live_weights(), [1, 3]);
+    let (_, body) = h.call("GET", "/tenants", Some(TOKEN)).await;
+    let green = &json(&body)["tenants"][0]["backends"][1];
+    assert_eq!(
+        (
+            green["configured_weight"].clone(),
+            green["effective_weight"].clone()
+        ),
+        (10.into(), 3.into())
+    );
+    assert_eq!(green["traffic_percent"], 75.0);
+    assert_eq!(green["health"], "unknown");
+    // A reload that changes the tenant hands it back to the config's weights.
+    h.write(&config_text(50, 50));
+    h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(h.live_weights(), [50, 50]);
+}
+
+#[tokio::test]
+async fn a_canary_steps_itself_on_passive_signals_and_persists() {
+    let h = Harness::new();
+    let start = r#"{"service":"web","version":"1.1.0","initial_traffic":10,"increment":45,"interval":"50ms","min_samples":10}"#;
+    let (status, body) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
+    let green = Endpoint::new("198.18.12.2:8080".parse().unwrap(), PROTO_TCP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = vec![];
+    let mut handshakes = 0;
+    while h.state.agent.deployment(&id).unwrap().state.is_active() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no promotion: {:#?}",
+            h.state.agent.deployment(&id).unwrap().history
+        );
+        handshakes += 5;
+        h.fake.counters.lock().unwrap().backend_l4 = vec![(
+            vip,
+            green,
+            keystone_common::L4Counters {
+                syn: handshakes,
+                syn_ack: handshakes,
+                ..Default::default()
+            },
+        )];
+        h.state.agent.tick();
+        let p = h.state.agent.deployment(&id).unwrap().canary_percent;
+        if seen.last() != Some(&p) {
+            seen.push(p);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await; // pacing of the simulated traffic, not synchronisation
+    }
+    assert_eq!(seen, [10.0, 55.0, 100.0]);
+    let saved = crate::store::Store::new(h._dir.path().join("state"))
+        .load()
+        .unwrap();
+    assert_eq!(
+        saved.deployments[0].state,
+        crate::deploy::DeployState::Completed
+    );
+    assert_eq!(percents(&h.live_weights()), [0.0, 100.0]);
+}
+
+#[tokio::test]
+async fn a_canary_with_failing_handshakes_rolls_back() {
+    let h = Harness::new();
+    let start = r#"{"service":"web","version":"1.1.0","interval":"1h","min_samples":10}"#;
+    let (_, body) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
+        .await;
+    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    h.state.agent.tick(); // baseline
+    let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
+    let green = Endpoint::new("198.18.12.2:8080".parse().unwrap(), PROTO_TCP);
+    h.fake.counters.lock().unwrap().backend_l4 = vec![(
+        vip,
+        green,
+        keystone_common::L4Counters {
+            syn: 20,
+            syn_ack: 2,
+            rst: 18,
+            ..Default::default()
+        },
+    )];
+    h.state.agent.tick();
+    let d = h.state.agent.deployment(&id).unwrap();
+    assert_eq!(
+        d.state,
+        crate::deploy::DeployState::RolledBack,
+        "{:#?}",
+        d.history
+    );
+    assert!(
+        d.history
+            .last()
+            .unwrap()
+            .reason
+            .contains("success rate 10.0% over 20 samples (tcp handshakes 2/20)"),
+        "{:#?}",
+        d.history
+    );
+    assert_eq!(percents(&h.live_weights()), [100.0, 0.0]);
+}
+
+#[tokio::test]
+async fn signed_webhook_starts_a_deployment_and_bad_ones_change_nothing() {
+    let h = Harness::new();
+    let body = r#"{"service":"web","version":"1.1.0","strategy":"canary","pipeline":{"id":"42"},"config":{"initial_traffic":5}}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed = |ts: u64, body: &str, secret: &str| {
+        vec![
+            ("x-keystone-timestamp", ts.to_string()),
+            (
+                "x-keystone-signature",
+                crate::webhook::sign(secret.as_bytes(), ts, body.as_bytes()),
+            ),
+        ]
+    };
+    let refused = [
+        (
+            signed(now, body, "wrong-secret-0123456789"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (vec![], StatusCode::UNAUTHORIZED),
+        (
+            signed(now - 3600, body, WEBHOOK_SECRET),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    for (headers, want) in refused {
+        let (status, answer) = h
+            .send("POST", "/webhooks/deployment", None, &headers, body)
+            .await;
+        assert_eq!(status, want, "{answer}");
+        assert!(json(&answer)["error"].is_string());
+    }
+    assert!(
+        h.state.agent.deployments().is_empty(),
+        "refused webhooks changed nothing"
+    );
+
+    let headers = signed(now, body, WEBHOOK_SECRET);
+    let (status, answer) = h
+        .send("POST", "/webhooks/deployment", None, &headers, body)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let d = &json(&answer)["deployment"];
+    assert_eq!(
+        (d["canary_percent"].clone(), d["pipeline"]["id"].clone()),
+        (5.0.into(), "42".into())
+    );
+    let (status, _) = h
+        .send("POST", "/webhooks/deployment", None, &headers, body)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a replay is refused");
+
+    for (bad, want) in [
+        (
+            r#"{"service":"web","version":"1.1.0","strategy":"yolo"}"#,
+            "unknown strategy 'yolo'",
+        ),
+        (r#"{"service":"web","#, "JSON"),
+    ] {
+        let (status, answer) = h
+            .send(
+                "POST",
+                "/webhooks/deployment",
+                None,
+                &signed(now, bad, WEBHOOK_SECRET),
+                bad,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            json(&answer)["error"].as_str().unwrap().contains(want),
+            "{answer}"
+        );
+    }
+    assert_eq!(h.state.agent.deployments().len(), 1);
 }

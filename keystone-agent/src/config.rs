@@ -371,9 +371,13 @@ impl ResolvedTenant {
         Endpoint::new(self.vip, self.protocol.number())
     }
 
-    /// The data plane's desired state for this tenant. `is_up` says whether a
-    /// backend passes its health checks (all up until health checking says otherwise).
-    pub fn vip_spec(&self, is_up: impl Fn(&ResolvedService) -> bool) -> VipSpec {
+    /// The data plane's desired state for this tenant: `weight` gives each service's
+    /// effective weight (by index), `is_up` whether it passes its health checks.
+    pub fn vip_spec(
+        &self,
+        weight: impl Fn(usize, &ResolvedService) -> u32,
+        is_up: impl Fn(&ResolvedService) -> bool,
+    ) -> VipSpec {
         VipSpec {
             name: self.name.clone(),
             vip: self.vip_endpoint(),
@@ -389,10 +393,11 @@ impl ResolvedTenant {
             backends: self
                 .services
                 .iter()
-                .map(|s| BackendSpec {
+                .enumerate()
+                .map(|(i, s)| BackendSpec {
                     name: s.name.clone(),
                     endpoint: Endpoint::new(s.address, self.protocol.number()),
-                    weight: s.weight,
+                    weight: weight(i, s),
                     up: is_up(s),
                 })
                 .collect(),
@@ -451,10 +456,11 @@ impl LoadedConfig {
         })
     }
 
-    pub fn vip_specs(&self, is_up: impl Fn(&str, &ResolvedService) -> bool) -> Vec<VipSpec> {
+    /// Desired state with configured weights and every backend up.
+    pub fn vip_specs(&self) -> Vec<VipSpec> {
         self.tenants
             .iter()
-            .map(|t| t.vip_spec(|s| is_up(&t.name, s)))
+            .map(|t| t.vip_spec(|_, s| s.weight, |_| true))
             .collect()
     }
 }
@@ -932,7 +938,7 @@ tenants:
         );
         let canary = loaded.config.tenants[0].canary_config.as_ref().unwrap();
         assert_eq!(canary.interval.get(), Duration::from_secs(300));
-        let specs = loaded.vip_specs(|_, _| true);
+        let specs = loaded.vip_specs();
         assert_eq!(specs[1].vip.family, keystone_common::FAMILY_IPV6);
         assert_eq!(specs[0].backends[0].weight, 90);
     }

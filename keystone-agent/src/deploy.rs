@@ -179,7 +179,7 @@ impl Samples {
     pub fn total(self) -> u64 {
         self.ok + self.failed
     }
-    pub fn add(self, other: Samples) -> Samples {
+    pub fn plus(self, other: Samples) -> Samples {
         Samples {
             ok: self.ok + other.ok,
             failed: self.failed + other.failed,
@@ -301,7 +301,7 @@ impl Deployment {
             .get_or_insert((signals.probes, signals.handshakes));
         let probes = signals.probes.since(probes_base);
         let handshakes = signals.handshakes.since(handshakes_base);
-        let all = probes.add(handshakes);
+        let all = probes.plus(handshakes);
         let mut source = Vec::new();
         if probes.total() > 0 {
             source.push(format!("health probes {}/{}", probes.ok, probes.total()));
@@ -406,6 +406,13 @@ impl Deployment {
         if self.state != DeployState::Progressing || now < self.next_step_at {
             return events;
         }
+        // A blue/green switch watches the new side for one interval after the flip;
+        // without a failure it is done (no samples is no evidence against it).
+        if self.strategy == Strategy::BlueGreen && self.canary_percent >= 100.0 {
+            let reason = format!("switch complete: {}", self.verdict_reason());
+            events.push(self.transition(now, DeployState::Completed, 100.0, reason));
+            return events;
+        }
         match verdict {
             Verdict::Pass => {
                 let target = (self.canary_percent + self.params.increment)
@@ -449,6 +456,12 @@ impl Deployment {
             }
         }
         events
+    }
+
+    /// Ends an active deployment as failed (e.g. its backends left the config); the
+    /// traffic goes back to the old side.
+    pub fn fail(&mut self, now: f64, reason: impl Into<String>) -> Event {
+        self.transition(now, DeployState::Failed, 0.0, reason)
     }
 
     /// Blue/green: the idle side's validation finished.

@@ -19,6 +19,8 @@ use keystone_agent::{
     api::{ApiState, router},
     config::LoadedConfig,
     dataplane::aya_dataplane::{AyaDataplane, LoadOptions},
+    store::Store,
+    webhook::WebhookVerifier,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -121,10 +123,15 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
         ..LoadOptions::default()
     })
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
-    let agent = Arc::new(
-        Agent::start(config, Box::new(dataplane))
-            .context("cannot program the config into the data plane")?,
-    );
+    let webhook = match &config.config.webhook {
+        Some(w) => Some(Arc::new(
+            WebhookVerifier::from_config(w).context("cannot set up the deployment webhook")?,
+        )),
+        None => None,
+    };
+    let store = Store::new(&args.state_dir);
+    let agent =
+        Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
     let registry = Arc::new(keystone_agent::metrics::registry(&agent));
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
@@ -133,12 +140,15 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(sample_traffic(agent.clone()));
+    tokio::spawn(run_deployments(agent.clone()));
+    tokio::spawn(follow_health(agent.clone()));
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
         agent: agent.clone(),
         registry,
         token: Arc::new(token),
+        webhook,
     });
     let mut graceful_rx = shutdown_rx.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -187,6 +197,29 @@ async fn handle_signals(agent: Arc<Agent>, shutdown: tokio::sync::watch::Sender<
     }
     tracing::info!("shutting down");
     let _ = shutdown.send(true);
+}
+
+/// Advances deployments every `TICK`.
+async fn run_deployments(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(keystone_agent::agent::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let agent = agent.clone();
+        // Map reads and table writes are syscalls: keep them off the async workers.
+        if let Err(e) = tokio::task::spawn_blocking(move || agent.tick()).await {
+            tracing::error!(error = %e, "deployment tick panicked");
+        }
+    }
+}
+
+/// Re-applies the data plane whenever a backend's health changes.
+async fn follow_health(agent: Arc<Agent>) {
+    let mut changes = agent.health().subscribe();
+    while changes.changed().await.is_ok() {
+        let agent = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.health_changed()).await;
+    }
 }
 
 /// Samples counters once a second for the live traffic share in `status`.

@@ -5,12 +5,88 @@ use std::sync::{Arc, Weak};
 
 use keystone_common::{Endpoint, Reason, xdp_action_name};
 use prometheus::{
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
 
-use crate::agent::Agent;
+use crate::{
+    agent::Agent,
+    deploy::{DeployState, Deployment},
+    health::HealthState,
+};
+
+/// Deployment counters, updated as events happen (they are not in the kernel).
+pub struct DeploymentMetrics {
+    total: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl Default for DeploymentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeploymentMetrics {
+    pub fn new() -> DeploymentMetrics {
+        DeploymentMetrics {
+            total: counter_vec(
+                "keystone_deployments_total",
+                "Deployments by outcome: status is started, completed, rolled_back, aborted or failed.",
+                &["service", "strategy", "environment", "status"],
+            ),
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "keystone_deployment_duration_seconds",
+                    "Time from a deployment's start to its end, by outcome.",
+                )
+                .buckets(vec![
+                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ]),
+                &["service", "strategy", "status"],
+            )
+            .expect("metric definitions are static and valid"),
+        }
+    }
+
+    /// Counts a deployment event.
+    pub fn record(&self, d: &Deployment, event: &str) {
+        let strategy = strategy_name(d);
+        let env = d
+            .to_environment
+            .as_deref()
+            .or(d.version.as_deref())
+            .unwrap_or("");
+        let status = match event {
+            "started" => "started",
+            _ if d.state.is_active() => return,
+            _ => d.state.name(),
+        };
+        self.total
+            .with_label_values(&[d.tenant.as_str(), strategy, env, status])
+            .inc();
+        if !d.state.is_active() {
+            let seconds = (crate::agent::unix_now() - d.started_unix).max(0.0);
+            self.duration
+                .with_label_values(&[d.tenant.as_str(), strategy, status])
+                .observe(seconds);
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 2] {
+        [&self.total, &self.duration]
+    }
+}
+
+fn strategy_name(d: &Deployment) -> &'static str {
+    match d.strategy {
+        crate::config::Strategy::Canary => "canary",
+        crate::config::Strategy::BlueGreen => "blue_green",
+        crate::config::Strategy::Rolling => "rolling",
+    }
+}
 
 const BACKEND_LABELS: [&str; 6] = [
     "tenant",
@@ -45,6 +121,11 @@ struct Families {
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     vip_new: IntCounterVec,
+    backend_health: IntGaugeVec,
+    tcp_syn: IntCounterVec,
+    tcp_syn_ack: IntCounterVec,
+    tcp_rst: IntCounterVec,
+    canary_percent: GaugeVec,
     actions: IntCounterVec,
     reasons: IntCounterVec,
     generation: IntGauge,
@@ -73,6 +154,34 @@ impl Families {
                 "The backend's configured weight for new connections.",
                 &BACKEND_LABELS,
             ),
+            backend_health: gauge_vec(
+                "keystone_backend_health",
+                "Health-check state: 1 up, 0 down, -1 unknown (no check configured or none finished).",
+                &BACKEND_LABELS,
+            ),
+            tcp_syn: counter_vec(
+                "keystone_backend_tcp_syn_total",
+                "TCP connection attempts (SYNs, retransmits included) sent to the backend (nat mode).",
+                &BACKEND_LABELS,
+            ),
+            tcp_syn_ack: counter_vec(
+                "keystone_backend_tcp_syn_ack_total",
+                "Handshakes the backend answered with SYN-ACK (nat mode).",
+                &BACKEND_LABELS,
+            ),
+            tcp_rst: counter_vec(
+                "keystone_backend_tcp_rst_total",
+                "Resets sent by the backend (nat mode).",
+                &BACKEND_LABELS,
+            ),
+            canary_percent: GaugeVec::new(
+                Opts::new(
+                    "keystone_canary_traffic_percent",
+                    "Share of new connections the tenant's latest deployment gives its new backends.",
+                ),
+                &["service", "environment"],
+            )
+            .expect("metric definitions are static and valid"),
             vip_packets: counter_vec(
                 "keystone_vip_packets_total",
                 "Packets to the VIP.",
@@ -106,12 +215,17 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 10] {
+    fn collectors(&self) -> [&dyn Collector; 15] {
         [
             &self.backend_packets,
             &self.backend_bytes,
             &self.backend_new,
             &self.backend_weight,
+            &self.backend_health,
+            &self.tcp_syn,
+            &self.tcp_syn_ack,
+            &self.tcp_rst,
+            &self.canary_percent,
             &self.vip_packets,
             &self.vip_bytes,
             &self.vip_new,
@@ -140,7 +254,8 @@ impl Collector for DataplaneCollector {
         };
         let f = Families::new();
         let config = agent.config();
-        for t in &config.tenants {
+        let views = agent.tenants();
+        for (t, view) in config.tenants.iter().zip(&views) {
             let vip = t.vip_endpoint();
             let vip_text = t.vip.to_string();
             if let Some((_, c)) = counters.vips.iter().find(|(v, _)| *v == vip) {
@@ -149,7 +264,7 @@ impl Collector for DataplaneCollector {
                 f.vip_bytes.with_label_values(&labels).inc_by(c.bytes);
                 f.vip_new.with_label_values(&labels).inc_by(c.new_flows);
             }
-            for s in &t.services {
+            for (s, b) in t.services.iter().zip(&view.backends) {
                 let address = s.address.to_string();
                 let labels = [
                     t.name.as_str(),
@@ -161,7 +276,14 @@ impl Collector for DataplaneCollector {
                 ];
                 f.backend_weight
                     .with_label_values(&labels)
-                    .set(s.weight as i64);
+                    .set(b.effective_weight as i64);
+                f.backend_health
+                    .with_label_values(&labels)
+                    .set(match b.health {
+                        HealthState::Up => 1,
+                        HealthState::Down => 0,
+                        HealthState::Unknown => -1,
+                    });
                 let endpoint = Endpoint::new(s.address, t.protocol.number());
                 if let Some((_, _, c)) = counters
                     .backends
@@ -174,7 +296,37 @@ impl Collector for DataplaneCollector {
                     f.backend_bytes.with_label_values(&labels).inc_by(c.bytes);
                     f.backend_new.with_label_values(&labels).inc_by(c.new_flows);
                 }
+                if let Some((_, _, l4)) = counters
+                    .backend_l4
+                    .iter()
+                    .find(|(v, b, _)| *v == vip && *b == endpoint)
+                {
+                    f.tcp_syn.with_label_values(&labels).inc_by(l4.syn);
+                    f.tcp_syn_ack.with_label_values(&labels).inc_by(l4.syn_ack);
+                    f.tcp_rst.with_label_values(&labels).inc_by(l4.rst);
+                }
             }
+        }
+        // The latest deployment per tenant sets its canary percentage.
+        let mut seen = Vec::new();
+        for d in agent.deployments() {
+            if seen.contains(&d.tenant) {
+                continue;
+            }
+            let percent = if d.state == DeployState::Completed {
+                100.0
+            } else {
+                d.canary_percent
+            };
+            let env = d
+                .to_environment
+                .as_deref()
+                .or(d.version.as_deref())
+                .unwrap_or("");
+            f.canary_percent
+                .with_label_values(&[d.tenant.as_str(), env])
+                .set(percent);
+            seen.push(d.tenant);
         }
         for (action, &n) in counters.actions.iter().enumerate() {
             f.actions
@@ -187,7 +339,11 @@ impl Collector for DataplaneCollector {
                 .inc_by(counters.reasons[reason as usize]);
         }
         f.generation.set(agent.generation() as i64);
-        f.collectors().iter().flat_map(|c| c.collect()).collect()
+        f.collectors()
+            .iter()
+            .chain(agent.deploy_metrics.collectors().iter())
+            .flat_map(|c| c.collect())
+            .collect()
     }
 }
 
@@ -198,6 +354,7 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
     let descs = families
         .collectors()
         .iter()
+        .chain(agent.deploy_metrics.collectors().iter())
         .flat_map(|c| c.desc())
         .cloned()
         .collect();
