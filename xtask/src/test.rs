@@ -29,23 +29,42 @@ pub fn test(extra: &[String]) -> Result<()> {
         .context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped");
     let (mut passed, mut failed, mut ignored, mut suites) = (0, 0, 0, 0);
+    // A binary that announced its tests and never printed its result crashed, hung
+    // and was killed, or was stopped: its tests are neither passed nor failed above.
+    let (mut announced, mut unfinished) = (false, 0);
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
+        if is_running_line(&line) {
+            unfinished += u32::from(announced);
+            announced = true;
+        }
         if let Some(counts) = parse_result_line(&line) {
+            announced = false;
             suites += 1;
             passed += counts.passed;
             failed += counts.failed;
             ignored += counts.ignored;
         }
     }
+    unfinished += u32::from(announced);
     let status = child.wait().context("waiting for cargo test")?;
     println!(
         "\nxtask test: {suites} test binaries; setup+build {:.0} s, total {:.0} s",
         built.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
+    println!(
+        "summary: {passed} passed, {failed} failed, {ignored} skipped{}",
+        if unfinished > 0 {
+            format!(
+                "; {unfinished} test binar{} did not finish (crashed, hung or killed: see above)",
+                if unfinished == 1 { "y" } else { "ies" }
+            )
+        } else {
+            String::new()
+        }
+    );
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
@@ -58,6 +77,14 @@ struct Counts {
     passed: u64,
     failed: u64,
     ignored: u64,
+}
+
+/// Whether `line` is libtest's header of a test binary (`running 12 tests`).
+fn is_running_line(line: &str) -> bool {
+    line.strip_prefix("running ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_some_and(|n| n.parse::<u64>().is_ok())
+        && (line.ends_with(" tests") || line.ends_with(" test"))
 }
 
 /// Parses `test result: ok. 6 passed; 0 failed; 1 ignored; 0 measured; …`.
@@ -96,5 +123,9 @@ mod tests {
             })
         );
         assert_eq!(parse_result_line("test foo ... ok"), None);
+        assert!(is_running_line("running 73 tests"));
+        assert!(is_running_line("running 1 test"));
+        assert!(!is_running_line("running the suite"));
+        assert!(!is_running_line("test running 3 tests ... ok"));
     }
 }
