@@ -5,8 +5,8 @@ use core::mem::{size_of, zeroed};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action::XDP_TX,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action::XDP_TX,
     },
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -25,16 +25,39 @@ pub struct NextHop {
     pub dmac: [u8; 6],
 }
 
+/// Why a FIB lookup gave no next hop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FibMiss {
+    /// The route is not unicast (`BPF_FIB_LKUP_RET_NOT_FWDED`): the destination is
+    /// the gateway itself (or broadcast/multicast), so the kernel delivers it locally.
+    Local,
+    /// The neighbour's MAC is not known yet.
+    NoNeighbour,
+    /// No route, forwarding disabled, ...
+    Failed,
+}
+
+impl FibMiss {
+    /// The reason a packet that goes on after this miss is counted under.
+    #[inline(always)]
+    pub const fn reason(self) -> Reason {
+        match self {
+            FibMiss::NoNeighbour => Reason::FibNoNeighbour,
+            FibMiss::Local | FibMiss::Failed => Reason::FibFailed,
+        }
+    }
+}
+
 /// Looks up the route from `src` to `dst` (map words) for `pkt`, as if it arrived on
-/// the ingress interface. `Err` carries the `Reason` for a failed lookup; the caller
-/// decides the action (the contract passes the packet in both cases).
+/// the ingress interface. The caller decides what a miss means (the contract passes
+/// the packet for every miss; see `Reason::FibNoNeighbour`, `Reason::FibFailed`).
 #[inline(always)]
 pub fn fib_lookup(
     ctx: &XdpContext,
     pkt: &Packet,
     src: &[u32; 4],
     dst: &[u32; 4],
-) -> Result<NextHop, Reason> {
+) -> Result<NextHop, FibMiss> {
     // SAFETY: plain C struct of integers and unions of integers; all-zero is valid.
     let mut p: FibParams = unsafe { zeroed() };
     p.l4_protocol = pkt.proto;
@@ -61,9 +84,11 @@ pub fn fib_lookup(
             dmac: p.dmac,
         })
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Err(Reason::FibNoNeighbour)
+        Err(FibMiss::NoNeighbour)
+    } else if rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+        Err(FibMiss::Local)
     } else {
-        Err(Reason::FibFailed)
+        Err(FibMiss::Failed)
     }
 }
 

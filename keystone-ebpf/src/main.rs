@@ -18,6 +18,7 @@ use aya_ebpf::{
 use keystone_common::{Endpoint, FlowKey, PROTO_TCP, Reason, ReverseNat, VipInfo, mode, tcp_flags};
 
 use crate::{
+    forward::FibMiss,
     maps::{
         REVERSE, VIPS, count_action, count_reason, count_reply, count_syn, count_traffic,
         maybe_backend_addr, maybe_vip_addr,
@@ -129,13 +130,15 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
     match vip.mode {
         mode::NAT => {
             nat::rewrite(pkt, Side::Dst, &to);
-            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr).map_err(Verdict::pass)?;
+            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr)
+                .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         mode::DSR => {
             // The IP header stays as it is (the backend holds the VIP); only the MACs
             // change, towards the backend's address.
-            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr).map_err(Verdict::pass)?;
+            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr)
+                .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         _ => Err(Verdict::drop(Reason::MapInconsistent)),
@@ -145,19 +148,28 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
 /// Backend → client in `nat` mode: the source becomes the VIP again (stateless, so any
 /// gateway with the same config can translate it). TCP SYN+ACK, RST and FIN are
 /// counted for the backend that sent them.
+///
+/// A packet from the backend's service address to the gateway itself (the FIB says
+/// the destination is local: e.g. the agent's own health checks of that backend) is
+/// not a reply to a client: `XDP_PASS`, untouched, uncounted. The route is looked up
+/// before the rewrite for that reason (with the VIP as source, as after it).
 #[inline(always)]
 fn reply(ctx: &XdpContext, pkt: &mut Packet, rev: &ReverseNat) -> Result<u32, Verdict> {
-    if pkt.ttl <= 1 {
-        return Err(Verdict::pass(Reason::TtlExpired));
-    }
     if rev.vip.family != pkt.family {
         return Err(Verdict::drop(Reason::MapInconsistent));
+    }
+    let hop = forward::fib_lookup(ctx, pkt, &rev.vip.addr, &pkt.dst);
+    if let Err(FibMiss::Local) = hop {
+        return Ok(parse::NOT_OURS);
+    }
+    if pkt.ttl <= 1 {
+        return Err(Verdict::pass(Reason::TtlExpired));
     }
     if pkt.proto == PROTO_TCP {
         count_reply(rev.backend_slot, pkt.tcp_flags);
     }
     nat::rewrite(pkt, Side::Src, &rev.vip);
-    let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &pkt.dst).map_err(Verdict::pass)?;
+    let hop = hop.map_err(|miss| Verdict::pass(miss.reason()))?;
     forward::send(ctx, &hop)
 }
 

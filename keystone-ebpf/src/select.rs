@@ -44,18 +44,26 @@ fn backend(slots: &Array<Backend>, slot: u32) -> Option<Backend> {
 /// `XDP_DROP`.
 #[inline(always)]
 pub fn choose(key: &FlowKey, vip: &VipInfo, new_connection: bool) -> Result<Choice, Verdict> {
-    // SAFETY: a valid map value pointer; FlowState is plain data (a concurrent
-    // update can at worst give a stale pair, which the checks below reject).
-    let pinned = CONNS.get_ptr(key).map(|state| unsafe { *state });
+    // No entry reads as slot NO_BACKEND, which no backend has (a plain value rather
+    // than an `Option`: LLVM may spill an `Option`'s undefined payload, which the
+    // verifier refuses to read).
+    let pinned = match CONNS.get_ptr(key) {
+        // SAFETY: a valid map value pointer; FlowState is plain data (a concurrent
+        // update can at worst give a stale pair, which the checks below reject).
+        Some(state) => unsafe { *state },
+        None => FlowState {
+            backend: NO_BACKEND,
+            generation: 0,
+        },
+    };
     if !new_connection
-        && let Some(state) = pinned
-        && let Some(b) = backend(&BACKENDS, state.backend)
+        && let Some(b) = backend(&BACKENDS, pinned.backend)
         && b.flags & UP != 0
-        && b.generation == state.generation
+        && b.generation == pinned.generation
         && b.vip_index == vip.index
     {
         return Ok(Choice {
-            slot: state.backend,
+            slot: pinned.backend,
             backend: b,
             new_flow: false,
         });
@@ -87,7 +95,7 @@ pub fn choose(key: &FlowKey, vip: &VipInfo, new_connection: bool) -> Result<Choi
     };
     // Only a SYN can find its own pick already pinned (a retransmit, or a reused
     // 4-tuple that lands where it was): nothing to write, not a new flow.
-    let new_flow = pinned != Some(state);
+    let new_flow = pinned != state;
     if new_flow {
         // A failed insert (cannot happen for an LRU map short of memory pressure)
         // only means the next packet is hashed again, to the same backend.

@@ -1039,6 +1039,43 @@ fn packet_cases() {
             output: Expect::Same,
             reason: Some(Reason::TtlExpired),
         });
+        // The gateway's own connections to a nat backend's service address (the
+        // agent's health checks): the backend's answers are for the gateway, not for
+        // a client, so they must reach its stack as they are.
+        for (what, f, i) in [
+            (
+                "tcp/ipv4 from a nat backend to the gateway itself -> pass untouched",
+                flow("198.18.1.10:8080", "198.18.1.1:40000", PROTO_TCP),
+                0,
+            ),
+            (
+                "udp/ipv4 from a nat backend to the gateway itself -> pass untouched",
+                flow("198.18.1.11:5353", "198.18.1.1:40001", PROTO_UDP),
+                1,
+            ),
+            (
+                "tcp/ipv6 from a nat backend to the gateway itself -> pass untouched",
+                flow("[2001:db8:1::10]:8080", "[2001:db8:1::1]:40000", PROTO_TCP),
+                0,
+            ),
+        ] {
+            cases.push(Case {
+                what,
+                input: frame(
+                    &f,
+                    &Shape {
+                        dst_mac: OUT_MAC,
+                        src_mac: backend_mac(i),
+                        tcp_flags: SYN | ACK,
+                        ..d.clone()
+                    },
+                ),
+                ingress: out,
+                action: XDP_PASS,
+                output: Expect::Same,
+                reason: None,
+            });
+        }
         cases.push(Case {
             what: "packet from a dsr backend is not reverse-translated",
             input: frame(
@@ -1885,6 +1922,8 @@ fn l4_counters_count_syns_and_the_backends_answers() {
             ("backend FIN", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), FIN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 0, 1))]),
             ("backend RST+ACK (refused)", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0))]),
             ("backend RST", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0))]),
+            // The agent's own health check of b0: not a client's connection.
+            ("backend SYN+ACK to the gateway itself", flow("198.18.1.10:8080", "198.18.1.1:41000", PROTO_TCP), from(0), SYN | ACK, out, XDP_PASS, vec![]),
             ("nat ipv6 SYN", flow("[2001:db8::2]:41000", "[2001:db8::100]:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b6, l4(1, 0, 0, 0))]),
             ("nat ipv6 SYN+ACK", flow("[2001:db8:1::10]:8080", "[2001:db8::2]:41000", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b6, l4(0, 1, 0, 0))]),
             ("udp to a nat VIP", client("198.18.0.100:53", PROTO_UDP), from_client.clone(), 0, inn, XDP_REDIRECT, vec![]),
