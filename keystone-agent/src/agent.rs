@@ -594,8 +594,14 @@ impl Agent {
             .or(switch.strategy.clone())
             .unwrap_or_else(|| "instant".into());
         let mut params = Params::from_canary_config(raw.canary_config.as_ref());
-        if raw.canary_config.is_none() {
+        if let Some(interval) = &switch.interval {
+            params.interval_seconds = interval.get().as_secs_f64();
+        } else if raw.canary_config.is_none() {
             params.interval_seconds = DEFAULT_SWITCH_INTERVAL.as_secs_f64();
+        }
+        if let Some(increment) = switch.increment {
+            params.increment = increment;
+            params.initial_traffic = increment;
         }
         match strategy.as_str() {
             "instant" => {

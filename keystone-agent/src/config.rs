@@ -216,6 +216,13 @@ pub struct SwitchConfig {
     pub validation_timeout: Option<DurationSpec>,
     #[serde(default)]
     pub rollback_on_failure: Option<bool>,
+    /// How long the new side is watched after an instant flip, and the step interval
+    /// of a gradual switch (default: `canary_config.interval`, else 10s).
+    #[serde(default)]
+    pub interval: Option<DurationSpec>,
+    /// Percent per step of a gradual switch (default: `canary_config.increment`, else 10).
+    #[serde(default)]
+    pub increment: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -620,10 +627,32 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
         if let Some(canary) = &tenant.canary_config {
             validate_canary(canary, &at("canary_config"), &mut push);
         }
-        if let Some(switch) = &tenant.switch_config
-            && let Some(Err(reason)) = switch.validation_timeout.as_ref().map(DurationSpec::parse)
-        {
-            push(at("switch_config.validation_timeout"), reason);
+        if let Some(switch) = &tenant.switch_config {
+            for (name, value) in [
+                ("validation_timeout", &switch.validation_timeout),
+                ("interval", &switch.interval),
+            ] {
+                if let Some(Err(reason)) = value.as_ref().map(DurationSpec::parse) {
+                    push(at(&format!("switch_config.{name}")), reason);
+                }
+            }
+            if let Some(increment) = switch.increment
+                && !(increment > 0.0 && increment <= 100.0)
+            {
+                push(
+                    at("switch_config.increment"),
+                    format!("{increment} is not a percentage above 0 and at most 100"),
+                );
+            }
+            if let Some(strategy) = &switch.strategy
+                && strategy != "instant"
+                && strategy != "gradual"
+            {
+                push(
+                    at("switch_config.strategy"),
+                    format!("unknown switch strategy '{strategy}'; expected instant or gradual"),
+                );
+            }
         }
         if tenant.services.is_empty() {
             push(at("services"), "a tenant needs at least one service".into());
@@ -1077,6 +1106,26 @@ tenants:
             ]
         );
         assert_eq!(p[0].line, Some(8));
+    }
+
+    #[test]
+    fn switch_config_is_checked() {
+        let text = SEED.replace(
+            "strategy: instant",
+            "strategy: sideways\n      interval: never\n      increment: 0",
+        );
+        let p = problems(&text);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tenants[1].switch_config.interval",
+                "tenants[1].switch_config.increment",
+                "tenants[1].switch_config.strategy"
+            ],
+            "{p:#?}"
+        );
+        assert!(p[2].reason.contains("unknown switch strategy 'sideways'"));
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Deployment {
         }
         let rate = (all.total() > 0).then(|| all.ok as f64 / all.total() as f64);
         let verdict = if signals.all_down {
-            source.push("every new backend is failing its health checks".into());
+            source.insert(0, "every new backend is failing its health checks".into());
             Verdict::Fail
         } else if all.total() < self.params.min_samples {
             Verdict::Inconclusive
@@ -342,6 +342,9 @@ impl Deployment {
     fn verdict_reason(&self) -> String {
         let a = &self.analysis;
         match (a.verdict, a.success_rate) {
+            (Some(Verdict::Fail), _) if a.source.starts_with("every new backend") => {
+                a.source.clone()
+            }
             (Some(Verdict::Inconclusive), _) if a.samples < self.params.min_samples => {
                 format!(
                     "inconclusive: {} samples < min_samples {}; holding",

@@ -350,13 +350,23 @@ fn print(out: &mut dyn Write, output: Output, value: &Value, human: impl FnOnce(
 fn started(body: &Value) -> String {
     let d = &body["deployment"];
     let id = render::text(&body["deployment_id"]);
-    format!(
-        "started deployment {id}: {} of {} {} at {}\nfollow it with: keystone-ctl wait {id}\n",
-        render::text(&d["strategy"]),
-        render::text(&d["tenant"]),
-        render::text(&d["version"]),
-        render::percent(&d["canary_percent"]),
-    )
+    let what = match d["strategy"].as_str() {
+        Some("blue_green") => format!(
+            "switch of {} from {} to {} (validating {} first)",
+            render::text(&d["tenant"]),
+            render::text(&d["from_environment"]),
+            render::text(&d["to_environment"]),
+            render::text(&d["to_environment"]),
+        ),
+        _ => format!(
+            "{} of {} version {} at {}",
+            render::text(&d["strategy"]),
+            render::text(&d["tenant"]),
+            render::text(&d["version"]),
+            render::percent(&d["canary_percent"]),
+        ),
+    };
+    format!("started deployment {id}: {what}\nfollow it with: keystone-ctl wait {id}\n")
 }
 
 fn acted(d: &Value) -> String {
@@ -848,7 +858,7 @@ mod api_tests {
         assert_eq!(requests[0].0, "POST /deployments/canary");
         assert_eq!(
             out,
-            "started deployment d-1: canary of api 2 at 10%\nfollow it with: keystone-ctl wait d-1\n"
+            "started deployment d-1: canary of api version 2 at 10%\nfollow it with: keystone-ctl wait d-1\n"
         );
         let (_, out, _) = run_against(
             vec![(202, accepted.clone())],
