@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{
-        ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, Protocol, ResolvedTenant,
-        Strategy,
+        ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, PrometheusQuery,
+        Protocol, ResolvedTenant, Strategy,
     },
     dataplane::{Counters, Dataplane, DataplaneError, VipSpec},
     deploy::{
@@ -120,6 +120,8 @@ pub struct Agent {
     pub deploy_metrics: DeploymentMetrics,
     /// Counter samples, oldest first, covering about `TRAFFIC_WINDOW`.
     samples: Mutex<VecDeque<(Instant, Counters)>>,
+    /// Latest value of each active deployment's Prometheus query, by deployment id.
+    prometheus: Mutex<BTreeMap<String, Option<f64>>>,
     /// Reloads are serialised so SIGHUP and the API cannot interleave.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -162,6 +164,7 @@ impl Agent {
             notifier,
             deploy_metrics: DeploymentMetrics::new(),
             samples: Mutex::new(VecDeque::new()),
+            prometheus: Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
         });
         {
@@ -402,6 +405,13 @@ impl Agent {
             }
         }
         signals.all_down = checked > 0 && checked == d.canary_backends.len() && down == checked;
+        signals.prometheus = self
+            .prometheus
+            .lock()
+            .expect("prometheus lock poisoned")
+            .get(&d.id)
+            .copied()
+            .flatten();
         if tenant.mode == ForwardingMode::Nat
             && tenant.protocol == Protocol::Tcp
             && let Some(counters) = counters
@@ -427,6 +437,39 @@ impl Agent {
             }
         }
         signals
+    }
+
+    /// Runs the Prometheus query of every active deployment that has one and keeps
+    /// the latest values for `tick`; called about once a second. Blocking (HTTP).
+    pub fn poll_prometheus(&self) {
+        let queries: Vec<(String, PrometheusQuery, String, String)> = self
+            .runtime()
+            .state
+            .deployments
+            .iter()
+            .filter(|d| d.state.is_active())
+            .filter_map(|d| {
+                let q = d.params.prometheus.clone()?;
+                Some((
+                    d.id.clone(),
+                    q,
+                    d.tenant.clone(),
+                    d.version.clone().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        let mut results = BTreeMap::new();
+        for (id, query, tenant, version) in queries {
+            let value = match prometheus_value(&query, &tenant, &version) {
+                Ok(value) => value,
+                Err(e) => {
+                    tracing::warn!(deployment = %id, error = %e, "Prometheus analysis query failed");
+                    None
+                }
+            };
+            results.insert(id, value);
+        }
+        *self.prometheus.lock().expect("prometheus lock poisoned") = results;
     }
 
     fn tenant(&self, name: &str) -> Result<ResolvedTenant, DeployError> {
@@ -1137,6 +1180,64 @@ impl Agent {
                 .map(|r| (r.name().to_owned(), now.reasons[*r as usize]))
                 .collect(),
         })
+    }
+}
+
+/// Runs `query` (with `{{tenant}}`/`{{version}}` filled in) and returns its value:
+/// the first sample of a vector, or a scalar; `None` when the result is empty.
+fn prometheus_value(
+    query: &PrometheusQuery,
+    tenant: &str,
+    version: &str,
+) -> Result<Option<f64>, String> {
+    let promql = query
+        .query
+        .replace("{{tenant}}", tenant)
+        .replace("{{version}}", version);
+    let encoded: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+    let url = format!(
+        "{}/api/v1/query?query={encoded}",
+        query.address.trim_end_matches('/')
+    );
+    let client: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = client
+        .get(&url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("reading {url}: {e}"))?;
+    if status != 200 {
+        return Err(format!(
+            "{url} answered {status}: {}",
+            body.chars().take(200).collect::<String>()
+        ));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    let data = &json["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("vector") => data["result"].get(0).map(|r| &r["value"]),
+        Some("scalar") => Some(&data["result"]),
+        other => {
+            return Err(format!(
+                "{url}: result type {other:?}; the query must return a scalar or vector"
+            ));
+        }
+    };
+    let Some(sample) = sample else {
+        return Ok(None);
+    };
+    let value = sample[1].as_str().and_then(|v| v.parse::<f64>().ok());
+    match value {
+        Some(v) if v.is_finite() => Ok(Some(v)),
+        _ => Ok(None),
     }
 }
 

@@ -677,3 +677,84 @@ async fn signed_webhook_starts_a_deployment_and_bad_ones_change_nothing() {
     }
     assert_eq!(h.state.agent.deployments().len(), 1);
 }
+
+/// A stand-in Prometheus answering every query with `value`; records the queries.
+async fn fake_prometheus(value: &'static str) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            log.lock()
+                .unwrap()
+                .push(request.lines().next().unwrap_or("").to_owned());
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1700000000.0,"{value}"]}}]}}}}"#
+            );
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_failing_prometheus_query_rolls_the_canary_back() {
+    let h = Harness::new();
+    let (prom, queries) = fake_prometheus("0.4").await;
+    let with_analysis = config_text(90, 10).replace(
+        "    services:\n",
+        &format!(
+            "    canary_config:\n      initial_traffic: 10\n      increment: 10\n      interval: 1h\n      analysis:\n        prometheus:\n          address: http://{prom}\n          query: 'success_rate{{version=\"{{{{version}}}}\"}}'\n    services:\n"
+        ),
+    );
+    h.write(&with_analysis);
+    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = h
+        .send(
+            "POST",
+            "/deployments/canary",
+            Some(TOKEN),
+            &[],
+            r#"{"service":"web","version":"1.1.0"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    let agent = h.state.agent.clone();
+    tokio::task::spawn_blocking(move || agent.poll_prometheus())
+        .await
+        .unwrap();
+    h.state.agent.tick();
+    let d = h.state.agent.deployment(&id).unwrap();
+    assert_eq!(
+        d.state,
+        crate::deploy::DeployState::RolledBack,
+        "{:#?}",
+        d.history
+    );
+    assert!(
+        d.history
+            .last()
+            .unwrap()
+            .reason
+            .contains("prometheus 0.400"),
+        "{:#?}",
+        d.history
+    );
+    let q = queries.lock().unwrap()[0].clone();
+    assert!(
+        q.starts_with("GET /api/v1/query?query=success_rate%7Bversion%3D%221.1.0%22%7D"),
+        "{q}"
+    );
+}

@@ -195,6 +195,29 @@ pub struct CanaryConfig {
     /// Success rate below which the canary is rolled back.
     #[serde(default = "default_rollback_threshold")]
     pub rollback_threshold: f64,
+    /// Fewer samples than this make a verdict inconclusive (default 5).
+    #[serde(default)]
+    pub min_samples: Option<u64>,
+    /// Extra analysis sources (like Argo Rollouts / Flagger analysis).
+    #[serde(default)]
+    pub analysis: Option<AnalysisConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct AnalysisConfig {
+    #[serde(default)]
+    pub prometheus: Option<PrometheusQuery>,
+}
+
+/// A PromQL query whose value is the canary's success rate (0–1); `{{tenant}}` and
+/// `{{version}}` are replaced before it is sent. It gates each step next to the health
+/// probes and the data plane's L4 signals: below `rollback_threshold` rolls back, no
+/// data holds the step.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct PrometheusQuery {
+    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
+    pub address: String,
+    pub query: String,
 }
 
 fn hundred() -> f64 {
@@ -780,6 +803,23 @@ fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, Str
                 c.initial_traffic, c.max_traffic
             ),
         );
+    }
+    if let Some(PrometheusQuery { address, query }) =
+        c.analysis.as_ref().and_then(|a| a.prometheus.as_ref())
+    {
+        match url::Url::parse(address) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => push(
+                format!("{at}.analysis.prometheus.address"),
+                format!("'{address}' is not an http(s) URL"),
+            ),
+        }
+        if query.trim().is_empty() {
+            push(
+                format!("{at}.analysis.prometheus.query"),
+                "must not be empty".into(),
+            );
+        }
     }
     match c.interval.parse() {
         Ok(d) if d.is_zero() => push(format!("{at}.interval"), "must be greater than 0".into()),

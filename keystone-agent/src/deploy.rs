@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CanaryConfig, ResolvedService, ResolvedTenant, Strategy};
+use crate::config::{CanaryConfig, PrometheusQuery, ResolvedService, ResolvedTenant, Strategy};
 
 /// Sum of effective weights in a tenant under a plan: fine-grained enough for
 /// 0.01 % canary steps, small enough for Maglev's credit arithmetic.
@@ -84,6 +84,9 @@ pub struct Params {
     /// Blue/green only: flip back when the new side fails after the flip.
     #[serde(default)]
     pub rollback_on_failure: bool,
+    /// A Prometheus query that must pass too (`canary_config.analysis.prometheus`).
+    #[serde(default)]
+    pub prometheus: Option<PrometheusQuery>,
 }
 
 /// Rates may be written as 0.95 or 95.
@@ -100,9 +103,12 @@ impl Params {
             max_traffic: c.map_or(100.0, |c| c.max_traffic),
             health_threshold: normalise_rate(c.map_or(0.95, |c| c.health_threshold)),
             rollback_threshold: normalise_rate(c.map_or(0.9, |c| c.rollback_threshold)),
-            min_samples: DEFAULT_MIN_SAMPLES,
+            min_samples: c.and_then(|c| c.min_samples).unwrap_or(DEFAULT_MIN_SAMPLES),
             validation_timeout_seconds: None,
             rollback_on_failure: true,
+            prometheus: c
+                .and_then(|c| c.analysis.as_ref())
+                .and_then(|a| a.prometheus.clone()),
         }
     }
 
@@ -188,7 +194,7 @@ impl Samples {
 }
 
 /// What the agent measured about a deployment's new backends, cumulative.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Signals {
     /// Active health probes of the new backends.
     pub probes: Samples,
@@ -197,6 +203,8 @@ pub struct Signals {
     pub handshakes: Samples,
     /// Every new backend is marked down by its health checks.
     pub all_down: bool,
+    /// Latest value of the deployment's Prometheus query (None: no data yet).
+    pub prometheus: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -314,14 +322,45 @@ impl Deployment {
             ));
         }
         let rate = (all.total() > 0).then(|| all.ok as f64 / all.total() as f64);
-        let verdict = if signals.all_down {
+        let judge = |rate: f64| {
+            if rate < self.params.rollback_threshold {
+                Verdict::Fail
+            } else if rate >= self.params.health_threshold {
+                Verdict::Pass
+            } else {
+                Verdict::Inconclusive
+            }
+        };
+        // Each source gives a verdict; any failure fails, every source must pass.
+        let mut verdicts = Vec::new();
+        if signals.all_down {
             source.insert(0, "every new backend is failing its health checks".into());
+            verdicts.push(Verdict::Fail);
+        }
+        if let Some(query) = &self.params.prometheus {
+            match signals.prometheus {
+                Some(value) => {
+                    source.push(format!("prometheus {value:.3}"));
+                    verdicts.push(judge(value));
+                }
+                None => {
+                    source.push(format!("prometheus at {}: no data yet", query.address));
+                    verdicts.push(Verdict::Inconclusive);
+                }
+            }
+        }
+        // With a Prometheus query, a deployment without probes or L4 signals (e.g.
+        // dsr) is judged by the query alone.
+        if all.total() > 0 || self.params.prometheus.is_none() {
+            verdicts.push(match rate {
+                _ if all.total() < self.params.min_samples => Verdict::Inconclusive,
+                Some(rate) => judge(rate),
+                None => Verdict::Inconclusive,
+            });
+        }
+        let verdict = if verdicts.contains(&Verdict::Fail) {
             Verdict::Fail
-        } else if all.total() < self.params.min_samples {
-            Verdict::Inconclusive
-        } else if rate.unwrap_or(0.0) < self.params.rollback_threshold {
-            Verdict::Fail
-        } else if rate.unwrap_or(0.0) >= self.params.health_threshold {
+        } else if verdicts.iter().all(|v| *v == Verdict::Pass) {
             Verdict::Pass
         } else {
             Verdict::Inconclusive
@@ -726,6 +765,7 @@ mod tests {
             min_samples: 5,
             validation_timeout_seconds: None,
             rollback_on_failure: true,
+            prometheus: None,
         }
     }
 
@@ -877,6 +917,64 @@ mod tests {
         d.act(6.0, Action::Resume).unwrap();
         d.tick(6.1, &ok(100));
         assert_eq!(d.tick(8.5, &ok(200))[0].kind, "step");
+    }
+
+    #[test]
+    fn prometheus_gates_every_step() {
+        let query = PrometheusQuery {
+            address: "http://127.0.0.1:9090".into(),
+            query: "x".into(),
+        };
+        let mut d = canary(Params {
+            prometheus: Some(query),
+            ..params()
+        });
+        d.tick(0.1, &ok(0));
+        let with = |n, value| Signals {
+            prometheus: value,
+            ..ok(n)
+        };
+        assert!(
+            d.tick(2.5, &with(10, None)).is_empty(),
+            "no Prometheus data holds the step"
+        );
+        assert!(
+            d.history
+                .last()
+                .unwrap()
+                .reason
+                .contains("prometheus at http://127.0.0.1:9090: no data yet")
+        );
+        assert_eq!(d.tick(3.0, &with(20, Some(0.99)))[0].kind, "step");
+        let events = d.tick(3.5, &with(30, Some(0.5)));
+        assert_eq!(
+            events[0].kind, "rolled_back",
+            "a failing query rolls back though probes pass"
+        );
+        assert!(
+            d.history
+                .last()
+                .unwrap()
+                .reason
+                .contains("prometheus 0.500"),
+            "{:?}",
+            d.history
+        );
+        // Without probes or L4 samples (e.g. dsr), the query alone decides.
+        let query = PrometheusQuery {
+            address: "http://127.0.0.1:9090".into(),
+            query: "x".into(),
+        };
+        let mut d = canary(Params {
+            prometheus: Some(query),
+            ..params()
+        });
+        d.tick(0.1, &Signals::default());
+        let none = |v| Signals {
+            prometheus: Some(v),
+            ..Default::default()
+        };
+        assert_eq!(d.tick(2.5, &none(0.97))[0].kind, "step");
     }
 
     #[test]

@@ -142,6 +142,7 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     tokio::spawn(sample_traffic(agent.clone()));
     tokio::spawn(run_deployments(agent.clone()));
     tokio::spawn(follow_health(agent.clone()));
+    tokio::spawn(poll_prometheus(agent.clone()));
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
@@ -210,6 +211,17 @@ async fn run_deployments(agent: Arc<Agent>) {
         if let Err(e) = tokio::task::spawn_blocking(move || agent.tick()).await {
             tracing::error!(error = %e, "deployment tick panicked");
         }
+    }
+}
+
+/// Runs deployments' Prometheus analysis queries once a second.
+async fn poll_prometheus(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let agent = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.poll_prometheus()).await;
     }
 }
 
