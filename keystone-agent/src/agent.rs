@@ -120,6 +120,8 @@ pub struct Agent {
     pub deploy_metrics: DeploymentMetrics,
     /// Counter samples, oldest first, covering about `TRAFFIC_WINDOW`.
     samples: Mutex<VecDeque<(Instant, Counters)>>,
+    /// Blue/green switches whose old side has been drained out of the data plane.
+    drained: Mutex<std::collections::BTreeSet<String>>,
     /// Latest value of each active deployment's Prometheus query, by deployment id.
     prometheus: Mutex<BTreeMap<String, Option<f64>>>,
     /// Reloads are serialised so SIGHUP and the API cannot interleave.
@@ -165,6 +167,7 @@ impl Agent {
             deploy_metrics: DeploymentMetrics::new(),
             samples: Mutex::new(VecDeque::new()),
             prometheus: Mutex::new(BTreeMap::new()),
+            drained: Mutex::new(Default::default()),
             reload_lock: tokio::sync::Mutex::new(()),
         });
         {
@@ -214,7 +217,20 @@ impl Agent {
             .map(|t| {
                 // From `config`, not `self.live`: reload calls this holding `live.write()`.
                 let weights = weights_of(config, t, runtime);
-                t.vip_spec(|i, _| weights[i], |s| self.health.is_up(&t.name, &s.name))
+                let now = unix_now();
+                let latest = runtime
+                    .state
+                    .deployments
+                    .iter()
+                    .rev()
+                    .find(|d| d.tenant == t.name);
+                t.vip_spec(
+                    |i, _| weights[i],
+                    |s| {
+                        self.health.is_up(&t.name, &s.name)
+                            && !latest.is_some_and(|d| d.drained(&s.name, now))
+                    },
+                )
             })
             .collect()
     }
@@ -368,12 +384,42 @@ impl Agent {
                 events.extend(new);
             }
         }
+        // A blue/green drain deadline passing changes the desired state once.
+        let drains_due: Vec<String> = runtime
+            .state
+            .deployments
+            .iter()
+            .filter(|d| d.stable_backends.iter().any(|s| d.drained(s, now)))
+            .map(|d| d.id.clone())
+            .filter(|id| {
+                !self
+                    .drained
+                    .lock()
+                    .expect("drained lock poisoned")
+                    .contains(id)
+            })
+            .collect();
         if events.is_empty() {
             if changed {
                 self.persist(&runtime);
             }
+            if !drains_due.is_empty() {
+                tracing::info!(deployments = ?drains_due, "drain timeout passed: old side taken out");
+                if let Err(e) = self.reconcile(&runtime) {
+                    tracing::error!(error = %e, "cannot apply a drain to the data plane");
+                    return;
+                }
+                self.drained
+                    .lock()
+                    .expect("drained lock poisoned")
+                    .extend(drains_due);
+            }
             return;
         }
+        self.drained
+            .lock()
+            .expect("drained lock poisoned")
+            .extend(drains_due);
         if let Err(e) = self.reconcile(&runtime) {
             tracing::error!(error = %e, "cannot apply a deployment step to the data plane");
         }
@@ -661,6 +707,7 @@ impl Agent {
             }
         }
         params.rollback_on_failure = switch.rollback_on_failure.unwrap_or(true);
+        params.drain_timeout_seconds = switch.drain_timeout.as_ref().map(|d| d.get().as_secs_f64());
         params.validation_timeout_seconds = Some(
             switch
                 .validation_timeout
@@ -730,6 +777,7 @@ impl Agent {
             finished_at: None,
             pipeline,
             started_unix: now,
+            finished_unix: None,
             validated: false,
             baseline: None,
         }

@@ -246,6 +246,10 @@ pub struct SwitchConfig {
     /// Percent per step of a gradual switch (default: `canary_config.increment`, else 10).
     #[serde(default)]
     pub increment: Option<f64>,
+    /// After a completed switch, how long connections established on the old side
+    /// keep it before they are moved (default: until they close).
+    #[serde(default)]
+    pub drain_timeout: Option<DurationSpec>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -654,6 +658,7 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
             for (name, value) in [
                 ("validation_timeout", &switch.validation_timeout),
                 ("interval", &switch.interval),
+                ("drain_timeout", &switch.drain_timeout),
             ] {
                 if let Some(Err(reason)) = value.as_ref().map(DurationSpec::parse) {
                     push(at(&format!("switch_config.{name}")), reason);

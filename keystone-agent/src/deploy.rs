@@ -84,6 +84,11 @@ pub struct Params {
     /// Blue/green only: flip back when the new side fails after the flip.
     #[serde(default)]
     pub rollback_on_failure: bool,
+    /// Blue/green only: how long connections established on the old side may keep
+    /// it after a completed switch; then its backends are taken out and those flows
+    /// re-picked onto the new side. None: they drain for as long as they last.
+    #[serde(default)]
+    pub drain_timeout_seconds: Option<f64>,
     /// A Prometheus query that must pass too (`canary_config.analysis.prometheus`).
     #[serde(default)]
     pub prometheus: Option<PrometheusQuery>,
@@ -106,6 +111,7 @@ impl Params {
             min_samples: c.and_then(|c| c.min_samples).unwrap_or(DEFAULT_MIN_SAMPLES),
             validation_timeout_seconds: None,
             rollback_on_failure: true,
+            drain_timeout_seconds: None,
             prometheus: c
                 .and_then(|c| c.analysis.as_ref())
                 .and_then(|a| a.prometheus.clone()),
@@ -248,6 +254,9 @@ pub struct Deployment {
     pub next_step_at: f64,
     /// Unix seconds the deployment started; for the duration metric.
     pub started_unix: f64,
+    /// Unix seconds it finished (blue/green drain deadlines count from here).
+    #[serde(default)]
+    pub finished_unix: Option<f64>,
     /// Blue/green: the idle side has passed validation.
     #[serde(default)]
     pub validated: bool,
@@ -280,6 +289,7 @@ impl Deployment {
         self.updated_at = step.at.clone();
         if !self.state.is_active() {
             self.finished_at = Some(step.at.clone());
+            self.finished_unix = Some(now);
         }
         self.history.push(step);
     }
@@ -498,6 +508,21 @@ impl Deployment {
             }
         }
         events
+    }
+
+    /// Blue/green: whether `service` (of the old side) has been drained out at `now`.
+    pub fn drained(&self, service: &str, now: f64) -> bool {
+        match (
+            self.strategy,
+            self.state,
+            self.finished_unix,
+            self.params.drain_timeout_seconds,
+        ) {
+            (Strategy::BlueGreen, DeployState::Completed, Some(done), Some(timeout)) => {
+                now >= done + timeout && self.stable_backends.iter().any(|s| s == service)
+            }
+            _ => false,
+        }
     }
 
     /// Ends an active deployment as failed (e.g. its backends left the config); the
@@ -749,6 +774,7 @@ mod tests {
             finished_at: None,
             pipeline: None,
             started_unix: 0.0,
+            finished_unix: None,
             validated: false,
             baseline: None,
         }
@@ -765,6 +791,7 @@ mod tests {
             min_samples: 5,
             validation_timeout_seconds: None,
             rollback_on_failure: true,
+            drain_timeout_seconds: None,
             prometheus: None,
         }
     }
