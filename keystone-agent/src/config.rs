@@ -784,30 +784,20 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
     }
 }
 
+/// The step values are checked by the deployment engine's own rules
+/// (`deploy::Params::problems`), so the config and API requests agree.
 fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, String)) {
-    for (name, value) in [
-        ("initial_traffic", c.initial_traffic),
-        ("increment", c.increment),
-        ("max_traffic", c.max_traffic),
-    ] {
-        if !(0.0..=100.0).contains(&value) {
-            push(
-                format!("{at}.{name}"),
-                format!("{value} is not a percentage between 0 and 100"),
-            );
+    let interval_ok = match c.interval.parse() {
+        Ok(_) => true,
+        Err(reason) => {
+            push(format!("{at}.interval"), reason);
+            false
         }
-    }
-    if c.increment <= 0.0 {
-        push(format!("{at}.increment"), "must be greater than 0".into());
-    }
-    if c.initial_traffic > c.max_traffic {
-        push(
-            format!("{at}.initial_traffic"),
-            format!(
-                "{} is above max_traffic {}",
-                c.initial_traffic, c.max_traffic
-            ),
-        );
+    };
+    for (field, reason) in crate::deploy::Params::from_canary_config(Some(c)).problems() {
+        if field != "interval" || interval_ok {
+            push(format!("{at}.{field}"), reason);
+        }
     }
     if let Some(PrometheusQuery { address, query }) =
         c.analysis.as_ref().and_then(|a| a.prometheus.as_ref())
@@ -823,22 +813,6 @@ fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, Str
             push(
                 format!("{at}.analysis.prometheus.query"),
                 "must not be empty".into(),
-            );
-        }
-    }
-    match c.interval.parse() {
-        Ok(d) if d.is_zero() => push(format!("{at}.interval"), "must be greater than 0".into()),
-        Ok(_) => {}
-        Err(reason) => push(format!("{at}.interval"), reason),
-    }
-    for (name, value) in [
-        ("health_threshold", c.health_threshold),
-        ("rollback_threshold", c.rollback_threshold),
-    ] {
-        if !(0.0..=100.0).contains(&value) {
-            push(
-                format!("{at}.{name}"),
-                format!("{value} is not a rate (0–1) or a percentage (0–100)"),
             );
         }
     }
