@@ -78,13 +78,14 @@ pub fn status(status: &Value) -> String {
     let window = status["traffic_window_seconds"].as_f64().unwrap_or(0.0);
     for t in status["tenants"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "\n{}  VIP {}/{}  mode {}  strategy {}  new connections {}\n",
+            "\n{}  VIP {}/{}  mode {}  strategy {}  new connections {}  deployment {}\n",
             text(&t["name"]),
             text(&t["vip"]),
             text(&t["protocol"]),
             text(&t["mode"]),
             text(&t["strategy"]),
             text(&t["new_connections"]),
+            text(&t["deployment_id"]),
         ));
         let traffic = format!("TRAFFIC%({window:.0}s)");
         let mut rows = vec![header(&[
@@ -92,8 +93,9 @@ pub fn status(status: &Value) -> String {
             "ADDRESS",
             "VERSION",
             "ENV",
+            "HEALTH",
             "WEIGHT",
-            "WEIGHT%",
+            "LIVE WEIGHT%",
             &traffic,
             "NEW CONNS",
             "PACKETS",
@@ -105,6 +107,7 @@ pub fn status(status: &Value) -> String {
                 text(&b["address"]),
                 text(&b["version"]),
                 text(&b["environment"]),
+                text(&b["health"]),
                 text(&b["weight"]),
                 share(&b["weight_share"]),
                 share(&b["traffic_share"]),
@@ -306,6 +309,69 @@ mod tests {
             "NAME    WEIGHT  ENV\napi-v1  90\nb       10      green"
         );
         assert_eq!(table(&[]), "");
+    }
+
+    #[test]
+    fn status_shows_health_live_weight_and_measured_traffic() {
+        let status = json!({
+            "config_path": "/etc/keystone.yaml", "config_generation": 3,
+            "config_loaded_at": "2026-11-21T21:00:00Z", "traffic_window_seconds": 10.0,
+            "tenants": [{
+                "name": "web", "vip": "198.18.0.10:80", "protocol": "tcp", "mode": "nat",
+                "strategy": "canary", "new_connections": 2000, "deployment_id": null,
+                "backends": [
+                    {"name": "blue", "address": "198.18.11.2:8080", "version": "1.0", "environment": "blue",
+                     "health": "up", "weight": 90, "weight_share": 0.9, "traffic_share": 0.897,
+                     "new_connections": 1794, "packets": 9000, "bytes": 900000},
+                    {"name": "green", "address": "198.18.12.2:8080", "version": "1.1", "environment": "green",
+                     "health": "down", "weight": 10, "weight_share": 0.1, "traffic_share": 0.103,
+                     "new_connections": 206, "packets": 1000, "bytes": 100000}
+                ]
+            }]
+        });
+        let out = super::status(&status);
+        assert!(
+            out.starts_with(
+                "config /etc/keystone.yaml (generation 3, loaded 2026-11-21T21:00:00Z)\n"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("web  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  new connections 2000  deployment -\n"), "{out}");
+        let rows: Vec<&str> = out.lines().skip(3).collect();
+        assert!(
+            rows[0].split_whitespace().eq([
+                "BACKEND",
+                "ADDRESS",
+                "VERSION",
+                "ENV",
+                "HEALTH",
+                "WEIGHT",
+                "LIVE",
+                "WEIGHT%",
+                "TRAFFIC%(10s)",
+                "NEW",
+                "CONNS",
+                "PACKETS",
+                "BYTES"
+            ]),
+            "{out}"
+        );
+        assert!(
+            rows[2].split_whitespace().eq([
+                "green",
+                "198.18.12.2:8080",
+                "1.1",
+                "green",
+                "down",
+                "10",
+                "10.0%",
+                "10.3%",
+                "206",
+                "1000",
+                "100000"
+            ]),
+            "{out}"
+        );
     }
 
     #[test]
