@@ -485,6 +485,29 @@ impl Agent {
         signals
     }
 
+    /// Sends one empty UDP datagram to the discard port of every backend so the kernel
+    /// resolves its neighbour entry: `bpf_fib_lookup` only forwards to known
+    /// neighbours, and `dsr` packets cannot fall back to the kernel (their destination
+    /// is the VIP). Health checks keep entries fresh; this covers backends without one.
+    pub fn prime_neighbours(&self) {
+        let config = self.config();
+        let mut addresses: Vec<std::net::IpAddr> = config
+            .tenants
+            .iter()
+            .flat_map(|t| t.services.iter().map(|s| s.address.ip()))
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        for ip in addresses {
+            let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let sent =
+                std::net::UdpSocket::bind(bind).and_then(|socket| socket.send_to(&[], (ip, 9)));
+            if let Err(e) = sent {
+                tracing::debug!(%ip, error = %e, "cannot prime the neighbour entry");
+            }
+        }
+    }
+
     /// Runs the Prometheus query of every active deployment that has one and keeps
     /// the latest values for `tick`; called about once a second. Blocking (HTTP).
     pub fn poll_prometheus(&self) {

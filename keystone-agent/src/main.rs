@@ -132,6 +132,8 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     let store = Store::new(&args.state_dir);
     let agent =
         Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
+    // Before the API answers: dsr needs every backend's MAC from the first packet.
+    agent.prime_neighbours();
     let registry = Arc::new(keystone_agent::metrics::registry(&agent));
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
@@ -143,6 +145,7 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     tokio::spawn(run_deployments(agent.clone()));
     tokio::spawn(follow_health(agent.clone()));
     tokio::spawn(poll_prometheus(agent.clone()));
+    tokio::spawn(prime_neighbours(agent.clone()));
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
@@ -211,6 +214,16 @@ async fn run_deployments(agent: Arc<Agent>) {
         if let Err(e) = tokio::task::spawn_blocking(move || agent.tick()).await {
             tracing::error!(error = %e, "deployment tick panicked");
         }
+    }
+}
+
+/// Keeps the backends' neighbour entries resolved (see `Agent::prime_neighbours`).
+async fn prime_neighbours(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let agent = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.prime_neighbours()).await;
     }
 }
 

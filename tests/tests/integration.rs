@@ -171,6 +171,13 @@ fn nat_ipv4_tcp_splits_90_10_with_cold_neighbours() {
     split_90_10_warm(Mode::Nat, v4(80), Protocol::Tcp, false);
 }
 
+/// dsr cannot fall back to the kernel (the destination is the VIP): the agent
+/// itself makes the gateway learn the backends' MACs before it serves.
+#[test]
+fn dsr_ipv4_tcp_splits_90_10_with_cold_neighbours() {
+    split_90_10_warm(Mode::Dsr, v4(BACKEND_PORT), Protocol::Tcp, false);
+}
+
 #[test]
 fn dsr_ipv4_tcp_splits_90_10() {
     // DSR rewrites only MACs: the VIP port is the backend port.
