@@ -10,7 +10,7 @@ pub mod dataplane;
 pub mod deploy;
 pub mod health;
 pub mod metrics;
-pub mod store;
 pub mod notify;
+pub mod store;
 pub mod webhook;
 pub mod yaml_lines;
