@@ -374,9 +374,11 @@ impl Agent {
             }
             let signals = self.signals(&config, d, counters.as_ref());
             let d = &mut runtime.state.deployments[i];
-            let before = (d.history.len(), d.analysis.clone());
+            // Persist when the history grows (a step or a hold), not on every fresh
+            // analysis: that would fsync ten times a second during a rollout.
+            let before = d.history.len();
             let new = d.tick(now, &signals);
-            changed |= before != (d.history.len(), d.analysis.clone());
+            changed |= before != d.history.len();
             if !new.is_empty() {
                 let plan = TrafficPlan::of(d);
                 let tenant = d.tenant.clone();
