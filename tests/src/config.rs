@@ -80,6 +80,42 @@ pub struct CanaryConfig {
     pub max_traffic: Option<f64>,
 }
 
+impl CanaryConfig {
+    /// The lab's canaries: 10 % first, then +30 % every `interval` (10 → 40 → 70 → 100).
+    pub fn ten_plus_thirty(interval: &str) -> Self {
+        Self {
+            initial_traffic: 10.0,
+            increment: 30.0,
+            interval: interval.into(),
+            max_traffic: None,
+        }
+    }
+
+    /// `canary start <tenant> --version <version>` with these steps as flags, for
+    /// keystone-ctl: the same steps whether a canary comes from the config or the CLI.
+    pub fn ctl_start_args(&self, tenant: &str, version: &str) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "canary",
+            "start",
+            tenant,
+            "--version",
+            version,
+            "--initial-traffic",
+            &self.initial_traffic.to_string(),
+            "--increment",
+            &self.increment.to_string(),
+            "--interval",
+            &self.interval,
+        ]
+        .map(str::to_owned)
+        .into();
+        if let Some(max) = self.max_traffic {
+            args.extend(["--max-traffic".to_owned(), max.to_string()]);
+        }
+        args
+    }
+}
+
 /// A blue/green tenant's `switch_config:` block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SwitchConfig {
@@ -247,6 +283,28 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The CLI flags must spell the same steps as the config block (integers print
+    // without a decimal point, as keystone-ctl's callers always wrote them).
+    #[test]
+    fn canary_ctl_args_spell_the_config_steps() {
+        assert_eq!(
+            CanaryConfig::ten_plus_thirty("2s").ctl_start_args("web", "1.1.0"),
+            [
+                "canary",
+                "start",
+                "web",
+                "--version",
+                "1.1.0",
+                "--initial-traffic",
+                "10",
+                "--increment",
+                "30",
+                "--interval",
+                "2s",
+            ]
+        );
+    }
 
     #[test]
     fn yaml_has_every_field() {

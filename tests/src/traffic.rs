@@ -20,6 +20,7 @@ use crate::{
     cmd::{self, in_ns},
     error::{LabError, Result},
     lab::Lab,
+    wait::{Probe, wait_for},
 };
 
 /// `ks-client`'s closing JSON line.
@@ -188,6 +189,34 @@ impl HoldEvent {
     pub fn parse_all(output: &str) -> Vec<Self> {
         output.lines().filter_map(Self::parse).collect()
     }
+}
+
+/// From hold `events` past index `skip`, each connection's backend once every one of
+/// `conns` connections has at least `min` answers there.
+fn held_backends(events: &[HoldEvent], conns: u32, skip: usize, min: usize) -> Probe<Vec<String>> {
+    let mut per_conn: Vec<Vec<&HoldEvent>> = vec![Vec::new(); conns as usize];
+    for e in events.iter().skip(skip) {
+        if let Some(v) = per_conn.get_mut(e.conn as usize) {
+            v.push(e);
+        }
+    }
+    if per_conn
+        .iter()
+        .any(|v| v.iter().filter(|e| e.outcome.is_ok()).count() < min)
+    {
+        let counts: Vec<usize> = per_conn.iter().map(Vec::len).collect();
+        return Probe::NotYet(format!("answers per connection: {counts:?}"));
+    }
+    Probe::Ready(
+        per_conn
+            .iter()
+            .map(|v| {
+                v.iter()
+                    .find_map(|e| e.outcome.clone().ok())
+                    .unwrap_or_default()
+            })
+            .collect(),
+    )
 }
 
 /// The last line of `output` that parses as a [`Summary`].
@@ -365,6 +394,28 @@ impl Lab {
                 "--interval-ms".into(),
                 interval_ms.to_string(),
             ],
+        )
+    }
+
+    /// Waits up to `timeout` until each of the `conns` connections held by process
+    /// `name` (see [`Lab::spawn_hold`]) has answered `min` times after event index
+    /// `skip`; returns each one's backend.
+    pub fn held_answers(
+        &self,
+        name: &str,
+        conns: u32,
+        skip: usize,
+        min: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>> {
+        let more = if skip == 0 { "" } else { " more" };
+        wait_for(
+            &format!("every held connection to answer {min}{more} times"),
+            timeout,
+            || {
+                self.stdout_of(name)
+                    .map(|out| held_backends(&HoldEvent::parse_all(&out), conns, skip, min))
+            },
         )
     }
 }

@@ -103,6 +103,19 @@ fn lab_with_agent(backends: &[&str], cfg: impl FnOnce(&Lab) -> AgentConfig) -> L
     lab
 }
 
+/// A lab whose agent runs tenant `web` on `vip`: blue (stable) takes every new
+/// connection, green (the canary's version) none yet.
+fn blue_stable_lab(vip: SocketAddr) -> Lab {
+    lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![tenant(
+            lab,
+            "web",
+            vip,
+            &[("blue", 100), ("green", 0)],
+        )])
+    })
+}
+
 /// Tenant `name` on `vip` over `weights`' backends (blue 1.0.0, green 1.1.0,
 /// red 1.2.0), each with a fast HTTP health check.
 fn tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)]) -> Tenant {
@@ -122,16 +135,6 @@ fn plain_tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)])
         "tenant",
         lab.tenant(name, vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
     )
-}
-
-/// `canary_config` with `interval`; its percentages are the (10, +30).
-fn canary_config(interval: &str) -> CanaryConfig {
-    CanaryConfig {
-        initial_traffic: 10.0,
-        increment: 30.0,
-        interval: interval.into(),
-        max_traffic: None,
-    }
 }
 
 fn tcp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
@@ -171,6 +174,13 @@ fn ctl_start(lab: &Lab, args: &[&str]) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("keystone-ctl {args:?}: no deployment_id in {json}"))
         .to_owned()
+}
+
+/// `keystone-ctl canary start web --version 1.1.0` with the lab's steps (10 %, +30 %
+/// every `interval`); returns the deployment's id.
+fn start_web_canary(lab: &Lab, interval: &str) -> String {
+    let args = CanaryConfig::ten_plus_thirty(interval).ctl_start_args("web", "1.1.0");
+    ctl_start(lab, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Starts `keystone-ctl wait <id>` in the background as lab process `name`.
@@ -224,33 +234,11 @@ fn assert_all_on(lab: &Lab, what: &str, s: &Summary, backend: &str) {
 #[test]
 fn healthy_canary_steps_to_100_and_promotes_itself() {
     let vip = v4(80);
-    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )])
-    });
+    let mut lab = blue_stable_lab(vip);
     let before = tcp(&lab, vip, BATCH);
     assert_all_on(&lab, "before the canary", &before, "blue");
 
-    let id = ctl_start(
-        &lab,
-        &[
-            "canary",
-            "start",
-            "web",
-            "--version",
-            "1.1.0",
-            "--initial-traffic",
-            "10",
-            "--increment",
-            "30",
-            "--interval",
-            "2s",
-        ],
-    );
+    let id = start_web_canary(&lab, "2s");
     spawn_wait(&mut lab, "wait", &id, "90s");
 
     // Percentage (in tenths) → what the batches measured entirely within it.
@@ -331,30 +319,8 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
 fn failing_canary_rolls_back_by_itself() {
     const INTERVAL_SECS: f64 = 3.0;
     let vip = v4(80);
-    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )])
-    });
-    let id = ctl_start(
-        &lab,
-        &[
-            "canary",
-            "start",
-            "web",
-            "--version",
-            "1.1.0",
-            "--initial-traffic",
-            "10",
-            "--increment",
-            "30",
-            "--interval",
-            "3s",
-        ],
-    );
+    let mut lab = blue_stable_lab(vip);
+    let id = start_web_canary(&lab, "3s");
     spawn_wait(&mut lab, "wait", &id, "90s");
     let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
         d.canary_percent >= 40.0 || !d.is_running()
@@ -404,45 +370,10 @@ fn failing_canary_rolls_back_by_itself() {
     assert_all_on(&lab, "new connections after the rollback", &s, "blue");
 }
 
-/// From hold `events` past index `skip`, each connection's backend once every one of
-/// `conns` connections has at least `min` answers there.
-fn held_backends(events: &[HoldEvent], conns: u32, skip: usize, min: usize) -> Probe<Vec<String>> {
-    let mut per_conn: Vec<Vec<&HoldEvent>> = vec![Vec::new(); conns as usize];
-    for e in events.iter().skip(skip) {
-        if let Some(v) = per_conn.get_mut(e.conn as usize) {
-            v.push(e);
-        }
-    }
-    if per_conn
-        .iter()
-        .any(|v| v.iter().filter(|e| e.outcome.is_ok()).count() < min)
-    {
-        let counts: Vec<usize> = per_conn.iter().map(Vec::len).collect();
-        return Probe::NotYet(format!("answers per connection: {counts:?}"));
-    }
-    Probe::Ready(
-        per_conn
-            .iter()
-            .map(|v| {
-                v.iter()
-                    .find_map(|e| e.outcome.clone().ok())
-                    .unwrap_or_default()
-            })
-            .collect(),
-    )
-}
-
 /// Waits until every held connection of lab process `name` has answered `min` more
 /// times after event index `skip`; returns each one's backend.
 fn held_answers(lab: &Lab, name: &str, conns: u32, skip: usize, min: usize) -> Vec<String> {
-    let r = wait_for(
-        &format!("every held connection to answer {min} times"),
-        SHORT,
-        || {
-            lab.stdout_of(name)
-                .map(|out| held_backends(&HoldEvent::parse_all(&out), conns, skip, min))
-        },
-    );
+    let r = lab.held_answers(name, conns, skip, min, SHORT);
     ok(lab, "held connections answering", r)
 }
 
@@ -479,7 +410,7 @@ fn blue_green_instant_flip_under_load() {
     let mut lab = lab_with_agent(&["blue", "green"], |lab| {
         lab.agent_config(vec![
             tenant(lab, "web", vip, &[("blue", 1), ("green", 1)])
-                .with_canary(canary_config("2s"))
+                .with_canary(CanaryConfig::ten_plus_thirty("2s"))
                 .blue_green("blue", SwitchConfig::instant()),
         ])
     });
@@ -820,30 +751,8 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
 #[test]
 fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
     let vip = v4(80);
-    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )])
-    });
-    let id = ctl_start(
-        &lab,
-        &[
-            "canary",
-            "start",
-            "web",
-            "--version",
-            "1.1.0",
-            "--initial-traffic",
-            "10",
-            "--increment",
-            "30",
-            "--interval",
-            "10s",
-        ],
-    );
+    let mut lab = blue_stable_lab(vip);
+    let id = start_web_canary(&lab, "10s");
     let traffic = ok(
         &lab,
         "starting the client loop",
@@ -990,7 +899,7 @@ fn ci_scripts_release_through_the_lab() {
         let mut cfg = lab.agent_config(vec![
             tenant(lab, "web", web, &[("blue", 100), ("green", 0), ("red", 0)]),
             tenant(lab, "shop", shop, &[("blue", 1), ("green", 1)])
-                .with_canary(canary_config("1s"))
+                .with_canary(CanaryConfig::ten_plus_thirty("1s"))
                 .blue_green("blue", SwitchConfig::instant()),
         ]);
         cfg.webhook = Some(WebhookConfig {

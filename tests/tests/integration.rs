@@ -15,8 +15,8 @@ use std::{
 };
 
 use keystone_lab::{
-    AgentConfig, Bins, HoldEvent, Lab, LabBuilder, Mode, Probe, Protocol, ROLLOUT, Summary, VIP4,
-    VIP6, traffic::parse_summary, wait_for,
+    AgentConfig, Bins, HoldEvent, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4, VIP6,
+    traffic::parse_summary,
 };
 
 /// New connections (or datagrams) per measurement.
@@ -301,14 +301,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
     let before: Vec<String> = ok(
         &lab,
         "held connections answering",
-        wait_for(
-            "every held connection to answer 3 times",
-            Duration::from_secs(30),
-            || {
-                lab.stdout_of("hold")
-                    .map(|out| held_backends(&HoldEvent::parse_all(&out), HELD, 0, 3))
-            },
-        ),
+        lab.held_answers("hold", HELD, 0, 3, Duration::from_secs(30)),
     );
     assert!(
         before.iter().any(|b| b == "blue"),
@@ -340,14 +333,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
     let after: Vec<String> = ok(
         &lab,
         "held connections answering after the reload",
-        wait_for(
-            "every held connection to answer 3 more times",
-            Duration::from_secs(30),
-            || {
-                lab.stdout_of("hold")
-                    .map(|out| held_backends(&HoldEvent::parse_all(&out), HELD, seen_before, 3))
-            },
-        ),
+        lab.held_answers("hold", HELD, seen_before, 3, Duration::from_secs(30)),
     );
     let events = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold")));
     let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
@@ -413,34 +399,6 @@ fn canary_steps_and_blue_green_flip_follow_the_weights() {
         }
         assert_split(&lab, &format!("step {}: {what}", i + 1), &s, &weights);
     }
-}
-
-/// From hold `events` past index `skip`, each connection's backend once every one of
-/// `conns` connections has at least `min` answers there.
-fn held_backends(events: &[HoldEvent], conns: u32, skip: usize, min: usize) -> Probe<Vec<String>> {
-    let mut per_conn: Vec<Vec<&HoldEvent>> = vec![Vec::new(); conns as usize];
-    for e in events.iter().skip(skip) {
-        if let Some(v) = per_conn.get_mut(e.conn as usize) {
-            v.push(e);
-        }
-    }
-    if per_conn
-        .iter()
-        .any(|v| v.iter().filter(|e| e.outcome.is_ok()).count() < min)
-    {
-        let counts: Vec<usize> = per_conn.iter().map(Vec::len).collect();
-        return Probe::NotYet(format!("answers per connection: {counts:?}"));
-    }
-    Probe::Ready(
-        per_conn
-            .iter()
-            .map(|v| {
-                v.iter()
-                    .find_map(|e| e.outcome.clone().ok())
-                    .unwrap_or_default()
-            })
-            .collect(),
-    )
 }
 
 /// Removing a backend from the config sends its share of new flows to the others,

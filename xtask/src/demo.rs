@@ -110,6 +110,13 @@ fn interrupted() -> Result<()> {
     Ok(())
 }
 
+/// `keystone-ctl canary start web --version <version>`: 10 %, then +30 % every
+/// [`INTERVAL`].
+fn start_web_canary(lab: &Lab, version: &str) -> Result<String> {
+    let args = CanaryConfig::ten_plus_thirty(INTERVAL).ctl_start_args("web", version);
+    ctl(lab, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// `keystone-ctl <args>`, its output printed under the command; an error if it fails.
 fn ctl(lab: &Lab, args: &[&str]) -> Result<String> {
     println!("$ keystone-ctl {}", args.join(" "));
@@ -202,12 +209,7 @@ fn engine(
             &[("blue", 1), ("green", 1)],
         )?
         .with_health(health)
-        .with_canary(CanaryConfig {
-            initial_traffic: 10.0,
-            increment: 30.0,
-            interval: "2s".into(),
-            max_traffic: None,
-        })
+        .with_canary(CanaryConfig::ten_plus_thirty("2s"))
         .blue_green("blue", SwitchConfig::instant());
     lab.write_config(&lab.agent_config(vec![web, web6]))?;
     lab.reload()?;
@@ -218,22 +220,7 @@ fn engine(
 
     // A canary that promotes itself.
     println!("-- a canary that promotes itself: 10 % + 30 % every {INTERVAL} while healthy --");
-    ctl(
-        lab,
-        &[
-            "canary",
-            "start",
-            "web",
-            "--version",
-            "1.1.0",
-            "--initial-traffic",
-            "10",
-            "--increment",
-            "30",
-            "--interval",
-            INTERVAL,
-        ],
-    )?;
+    start_web_canary(lab, "1.1.0")?;
     let id = newest(lab, "web")?.id;
     let batch = (connections / 4).max(100);
     let deadline = Instant::now() + PHASE;
@@ -278,22 +265,7 @@ fn engine(
 
     // A canary that rolls itself back.
     println!("-- a canary that rolls itself back: red 1.2.0, whose server stops mid-rollout --");
-    ctl(
-        lab,
-        &[
-            "canary",
-            "start",
-            "web",
-            "--version",
-            "1.2.0",
-            "--initial-traffic",
-            "10",
-            "--increment",
-            "30",
-            "--interval",
-            INTERVAL,
-        ],
-    )?;
+    start_web_canary(lab, "1.2.0")?;
     let id = newest(lab, "web")?.id;
     let d = until(lab, &id, "reach 40 %", |d| {
         d.canary_percent >= 40.0 || !d.is_running()
