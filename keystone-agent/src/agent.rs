@@ -1424,10 +1424,33 @@ pub struct ParamOverrides {
     pub min_samples: Option<u64>,
     pub validation_timeout: Option<DurationSpec>,
     pub rollback_on_failure: Option<bool>,
+    /// Anything else in the request: refused by `apply`, so a misspelt parameter is
+    /// an error instead of a silently ignored default.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
+
+/// The step parameters a deployment request may set.
+pub const PARAMETER_NAMES: [&str; 9] = [
+    "initial_traffic",
+    "increment",
+    "interval",
+    "max_traffic",
+    "health_threshold",
+    "rollback_threshold",
+    "min_samples",
+    "validation_timeout",
+    "rollback_on_failure",
+];
 
 impl ParamOverrides {
     pub fn apply(&self, p: &mut Params) -> Result<(), DeployError> {
+        if let Some(name) = self.unknown.keys().next() {
+            return Err(invalid(
+                name.as_str(),
+                format!("unknown parameter; known: {}", PARAMETER_NAMES.join(", ")),
+            ));
+        }
         if let Some(v) = self.initial_traffic {
             p.initial_traffic = v;
         }

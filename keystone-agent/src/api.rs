@@ -276,11 +276,13 @@ async fn webhook(
         .verify(&headers, &raw, std::time::SystemTime::now())
         .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
     let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
-    let overrides: ParamOverrides = match &hook.config {
+    let mut overrides: ParamOverrides = match &hook.config {
         None => ParamOverrides::default(),
         Some(config) => serde_json::from_value(config.clone())
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("config: {e}")))?,
     };
+    // The webhook's one extra knob, read below; anything else unknown is refused.
+    overrides.unknown.remove("switch_strategy");
     let switch_strategy = hook
         .config
         .as_ref()

@@ -445,6 +445,11 @@ async fn deployment_requests_are_checked() {
             "missing field `version`",
         ),
         (
+            r#"{"service":"web","version":"1.1.0","intial_traffic":5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "intial_traffic: unknown parameter; known: initial_traffic",
+        ),
+        (
             r#"{"service":"web","#,
             StatusCode::BAD_REQUEST,
             "bad request body",
@@ -675,6 +680,25 @@ async fn signed_webhook_starts_a_deployment_and_bad_ones_change_nothing() {
             "{answer}"
         );
     }
+    let misspelt =
+        r#"{"service":"web","version":"1.1.0","strategy":"canary","config":{"incremnt":5}}"#;
+    let (status, answer) = h
+        .send(
+            "POST",
+            "/webhooks/deployment",
+            None,
+            &signed(now, misspelt, WEBHOOK_SECRET),
+            misspelt,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert!(
+        json(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .contains("incremnt: unknown parameter"),
+        "{answer}"
+    );
     assert_eq!(h.state.agent.deployments().len(), 1);
 }
 
