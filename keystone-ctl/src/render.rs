@@ -88,26 +88,23 @@ pub fn status(status: &Value) -> String {
             text(&t["deployment_id"]),
         ));
         let traffic = format!("TRAFFIC%({window:.0}s)");
-        let mut rows = vec![header(&[
-            "BACKEND",
-            "ADDRESS",
-            "VERSION",
-            "ENV",
-            "HEALTH",
-            "WEIGHT",
-            "LIVE WEIGHT%",
-            &traffic,
-            "NEW CONNS",
-            "PACKETS",
-            "BYTES",
-        ])];
+        let mut rows = vec![header(
+            &[
+                BACKEND_COLUMNS.as_slice(),
+                &[
+                    "WEIGHT",
+                    "LIVE WEIGHT%",
+                    &traffic,
+                    "NEW CONNS",
+                    "PACKETS",
+                    "BYTES",
+                ],
+            ]
+            .concat(),
+        )];
         for b in t["backends"].as_array().into_iter().flatten() {
-            rows.push(vec![
-                text(&b["name"]),
-                text(&b["address"]),
-                text(&b["version"]),
-                text(&b["environment"]),
-                text(&b["health"]),
+            let mut row = backend_identity(b);
+            row.extend([
                 text(&b["weight"]),
                 share(&b["weight_share"]),
                 share(&b["traffic_share"]),
@@ -115,11 +112,22 @@ pub fn status(status: &Value) -> String {
                 text(&b["packets"]),
                 text(&b["bytes"]),
             ]);
+            rows.push(row);
         }
         out.push_str(&indent(&table(&rows)));
         out.push('\n');
     }
     out
+}
+
+/// The columns that say which backend a row is about, in `status` and `tenants`.
+const BACKEND_COLUMNS: [&str; 5] = ["BACKEND", "ADDRESS", "VERSION", "ENV", "HEALTH"];
+
+fn backend_identity(b: &Value) -> Vec<String> {
+    ["name", "address", "version", "environment", "health"]
+        .iter()
+        .map(|k| text(&b[*k]))
+        .collect()
 }
 
 /// One tenant (`GET /tenants` item, or the answer to `weights`).
@@ -134,27 +142,21 @@ pub fn tenant(t: &Value) -> String {
         text(&t["active_environment"]),
         text(&t["deployment_id"]),
     );
-    let mut rows = vec![header(&[
-        "BACKEND",
-        "ADDRESS",
-        "VERSION",
-        "ENV",
-        "HEALTH",
-        "WEIGHT",
-        "EFFECTIVE",
-        "TRAFFIC%",
-    ])];
+    let mut rows = vec![header(
+        &[
+            BACKEND_COLUMNS.as_slice(),
+            &["WEIGHT", "EFFECTIVE", "TRAFFIC%"],
+        ]
+        .concat(),
+    )];
     for b in t["backends"].as_array().into_iter().flatten() {
-        rows.push(vec![
-            text(&b["name"]),
-            text(&b["address"]),
-            text(&b["version"]),
-            text(&b["environment"]),
-            text(&b["health"]),
+        let mut row = backend_identity(b);
+        row.extend([
             text(&b["configured_weight"]),
             text(&b["effective_weight"]),
             percent(&b["traffic_percent"]),
         ]);
+        rows.push(row);
     }
     out.push_str(&indent(&table(&rows)));
     out.push('\n');
