@@ -149,6 +149,24 @@ impl Harness {
     }
 }
 
+/// Advances the engine once and checks the deployment rolled back, saying why.
+fn assert_next_tick_rolls_back(h: &Harness, id: &str, reason: &str) {
+    h.state.agent.tick();
+    let d = h.state.agent.deployment(id).unwrap();
+    assert_eq!(
+        d.state,
+        crate::deploy::DeployState::RolledBack,
+        "{:#?}",
+        d.history
+    );
+    let last = &d.history.last().unwrap().reason;
+    assert!(
+        last.contains(reason),
+        "'{last}' lacks '{reason}': {:#?}",
+        d.history
+    );
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -583,22 +601,10 @@ async fn a_canary_with_failing_handshakes_rolls_back() {
             ..Default::default()
         },
     )];
-    h.state.agent.tick();
-    let d = h.state.agent.deployment(&id).unwrap();
-    assert_eq!(
-        d.state,
-        crate::deploy::DeployState::RolledBack,
-        "{:#?}",
-        d.history
-    );
-    assert!(
-        d.history
-            .last()
-            .unwrap()
-            .reason
-            .contains("success rate 10.0% over 20 samples (tcp handshakes 2/20)"),
-        "{:#?}",
-        d.history
+    assert_next_tick_rolls_back(
+        &h,
+        &id,
+        "success rate 10.0% over 20 samples (tcp handshakes 2/20)",
     );
     assert_eq!(percents(&h.live_weights()), [100.0, 0.0]);
 }
@@ -759,23 +765,7 @@ async fn a_failing_prometheus_query_rolls_the_canary_back() {
     tokio::task::spawn_blocking(move || agent.poll_prometheus())
         .await
         .unwrap();
-    h.state.agent.tick();
-    let d = h.state.agent.deployment(&id).unwrap();
-    assert_eq!(
-        d.state,
-        crate::deploy::DeployState::RolledBack,
-        "{:#?}",
-        d.history
-    );
-    assert!(
-        d.history
-            .last()
-            .unwrap()
-            .reason
-            .contains("prometheus 0.400"),
-        "{:#?}",
-        d.history
-    );
+    assert_next_tick_rolls_back(&h, &id, "prometheus 0.400");
     let q = queries.lock().unwrap()[0].clone();
     assert!(
         q.starts_with("GET /api/v1/query?query=success_rate%7Bversion%3D%221.1.0%22%7D"),

@@ -149,6 +149,22 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `keystone-ctl wait` (60 s at most) and asserts it exits 0: completed.
+fn wait_for_completion(lab: &Lab, id: &str, what: &str) {
+    let out = ok(
+        lab,
+        "keystone-ctl wait",
+        lab.ctl(&["wait", id, "--timeout", "60s", "--interval", "200ms"]),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: {}\n{}",
+        output_text(&out),
+        context(lab)
+    );
+}
+
 fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -452,18 +468,7 @@ fn blue_green_instant_flip_under_load() {
         context(&lab)
     );
     batches_after(&lab, &traffic, flipped_at, 3);
-    let out = ok(
-        &lab,
-        "keystone-ctl wait",
-        lab.ctl(&["wait", &id, "--timeout", "60s", "--interval", "200ms"]),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "keystone-ctl wait on the switch: {}\n{}",
-        output_text(&out),
-        context(&lab)
-    );
+    wait_for_completion(&lab, &id, "keystone-ctl wait on the switch");
     let seen = hold_events(&lab, "hold").len();
     let after = held_answers(&lab, "hold", HELD, seen, 3);
     let batches = ok(&lab, "the client loop", traffic.stop());
@@ -822,18 +827,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         "no connection was measured while the agent was down: {agentless:?}"
     );
 
-    let out = ok(
-        &lab,
-        "keystone-ctl wait",
-        lab.ctl(&["wait", &id, "--timeout", "60s", "--interval", "200ms"]),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the resumed canary did not finish: {}\n{}",
-        output_text(&out),
-        context(&lab)
-    );
+    wait_for_completion(&lab, &id, "the resumed canary did not finish");
     let done = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
     assert_eq!(
         done.percent_steps(),
