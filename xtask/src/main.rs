@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the front door for setting up, building, running the lab and
 //! the demo, and running the whole test suite.
 
+mod bench;
 mod demo;
 mod lab;
 mod setup;
@@ -37,6 +38,11 @@ enum Cmd {
         connections: u32,
         #[arg(long, value_enum, default_value_t = Mode::Nat)]
         mode: Mode,
+    },
+    /// Benchmarks: each prints its figures and ratios against baselines measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCmd,
     },
     /// Setup, build, then run every test (`cargo test --workspace --release`; needs root).
     Test {
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
             command: LabCmd::Down { name, all },
         } => lab::down(&name, all),
         Cmd::Demo { connections, mode } => demo::demo(connections, mode),
+        Cmd::Bench { command } => bench::run(command),
         Cmd::Test { args } => test::test(&args),
     }
 }
