@@ -20,7 +20,9 @@ use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
-    agent::{Agent, CanaryRequest, DeployError, ParamOverrides, ReloadError, SwitchRequest},
+    agent::{
+        Agent, CanaryRequest, DeployError, ParamOverrides, ReloadError, StepParams, SwitchRequest,
+    },
     config::{Problem, Strategy},
     deploy::{Action, Deployment},
     webhook::{WebhookVerifier, parse_webhook},
@@ -199,6 +201,7 @@ async fn tenants(State(state): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WeightsRequest {
     weights: std::collections::BTreeMap<String, u32>,
 }
@@ -266,9 +269,10 @@ async fn webhook(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
+    // Off is "no such endpoint here", not a server fault: 404, saying how to turn it on.
     let Some(verifier) = &state.webhook else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "the deployment webhook is off: set webhook.secret (or secret_file) in the config",
         ));
     };
@@ -276,30 +280,39 @@ async fn webhook(
         .verify(&headers, &raw, std::time::SystemTime::now())
         .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
     let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
-    let mut overrides: ParamOverrides = match &hook.config {
-        None => ParamOverrides::default(),
-        Some(config) => serde_json::from_value(config.clone())
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("config: {e}")))?,
+    // `parse_webhook` has checked `config` is an object or absent.
+    let mut params: StepParams = match &hook.config {
+        Some(serde_json::Value::Object(config)) => config.clone(),
+        _ => StepParams::new(),
     };
-    // The webhook's one extra knob, read below; anything else unknown is refused.
-    overrides.unknown.remove("switch_strategy");
-    let switch_strategy = hook
-        .config
-        .as_ref()
-        .and_then(|c| c.get("switch_strategy"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
+    // The webhook's one extra knob; the rest are step parameters, checked by name.
+    let switch_strategy = match params.remove("switch_strategy") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("switch_strategy: expected \"instant\" or \"gradual\", got {other}"),
+            ));
+        }
+    };
+    // Checked here too so that a refusal names the parameter where the webhook has it.
+    if let Err(DeployError::Invalid { field, reason }) = ParamOverrides::from_params(&params) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("config.{field}: {reason}"),
+        ));
+    }
     let deployment = match hook.strategy() {
         Strategy::Canary | Strategy::Rolling => {
-            let mut overrides = overrides;
             if hook.strategy() == Strategy::Rolling {
                 // A rolling update is a canary that goes all the way without approval.
-                overrides.max_traffic = Some(100.0);
+                params.insert("max_traffic".into(), 100.0.into());
             }
             state.agent.start_canary(CanaryRequest {
                 service: hook.service,
                 version: hook.version,
-                overrides,
+                params,
                 pipeline: hook.pipeline,
             })?
         }
@@ -315,7 +328,7 @@ async fn webhook(
                 from: None,
                 to,
                 strategy: switch_strategy,
-                overrides,
+                params,
                 pipeline: hook.pipeline,
             })?
         }

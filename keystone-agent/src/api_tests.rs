@@ -702,7 +702,7 @@ async fn signed_webhook_starts_a_deployment_and_bad_ones_change_nothing() {
         json(&answer)["error"]
             .as_str()
             .unwrap()
-            .contains("incremnt: unknown parameter"),
+            .contains("config.incremnt: unknown parameter"),
         "{answer}"
     );
     assert_eq!(h.state.agent.deployments().len(), 1);
@@ -848,3 +848,5 @@ tenants:
         "blue left before its drain timeout"
     );
 }
+
+mod input_props;

@@ -298,6 +298,9 @@ fn default_weight() -> u32 {
 /// Largest accepted weight: keeps Maglev's credit arithmetic far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
+/// The longest duration any field accepts: 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// A duration as written: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
 /// Kept as written until `validate()`, which knows the field's path and line.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -309,14 +312,23 @@ pub enum DurationSpec {
 
 impl DurationSpec {
     pub fn parse(&self) -> Result<Duration, String> {
-        match self {
-            DurationSpec::Seconds(s) if *s >= 0.0 && s.is_finite() => {
-                Ok(Duration::from_secs_f64(*s))
+        let d = match self {
+            DurationSpec::Seconds(s) => {
+                Duration::try_from_secs_f64(*s).map_err(|_| format!("{s} is not a duration ≥ 0"))?
             }
-            DurationSpec::Seconds(s) => Err(format!("{s} is not a duration ≥ 0")),
             DurationSpec::Text(t) => humantime::parse_duration(t)
-                .map_err(|e| format!("'{t}' is not a duration like 30s or 1m30s: {e}")),
+                .map_err(|e| format!("'{t}' is not a duration like 30s or 1m30s: {e}"))?,
+        };
+        // Longer than any interval or timeout means, and short enough that adding it
+        // to a clock never overflows.
+        if d > MAX_DURATION {
+            return Err(format!(
+                "{} is longer than the longest allowed ({})",
+                humantime::format_duration(d),
+                humantime::format_duration(MAX_DURATION)
+            ));
         }
+        Ok(d)
     }
 
     /// The value of a field that `validate()` has accepted.
