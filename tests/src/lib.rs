@@ -16,6 +16,7 @@ pub mod config;
 pub mod deploy;
 pub mod error;
 pub mod lab;
+pub mod tools;
 pub mod traffic;
 pub mod wait;
 

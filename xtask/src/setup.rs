@@ -28,6 +28,7 @@ pub fn setup() -> Result<()> {
     rust_src(&mut report)?;
     bpf_linker(&mut report)?;
     debian_packages(&mut report)?;
+    schemathesis(&mut report)?;
     for line in &report {
         println!("setup: {line}");
     }
@@ -210,5 +211,51 @@ fn debian_packages(report: &mut Report) -> Result<()> {
         .args(&missing))
     .with_context(|| format!("apt-get install failed: run `{install}`"))?;
     report.push(format!("installed Debian packages {}", missing.join(", ")));
+    Ok(())
+}
+
+/// schemathesis (PyPI) in its own virtualenv, for the API schema test.
+fn schemathesis(report: &mut Report) -> Result<()> {
+    let version = keystone_lab::tools::SCHEMATHESIS_VERSION;
+    let venv =
+        keystone_lab::tools::schemathesis_venv().context("neither CARGO_HOME nor HOME is set")?;
+    let bin = venv.join("bin").join("schemathesis");
+    if let Ok(v) = output(Command::new(&bin).arg("--version"))
+        && v.contains(version)
+    {
+        report.push(format!(
+            "schemathesis {version}: already installed ({})",
+            bin.display()
+        ));
+        return Ok(());
+    }
+    let python = which("python3").context(
+        "python3 is missing (needed for schemathesis): install Python 3 (`apt-get install python3 python3-venv`)",
+    )?;
+    println!(
+        "setup: installing schemathesis {version} into {}",
+        venv.display()
+    );
+    run(Command::new(&python)
+        .arg("-m")
+        .arg("venv")
+        .arg("--clear")
+        .arg(&venv))
+    .with_context(|| {
+        format!(
+            "creating a Python virtualenv at {} failed: is python3-venv installed?",
+            venv.display()
+        )
+    })?;
+    run(Command::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("schemathesis=={version}")))
+    .with_context(|| {
+        format!("pip could not install schemathesis=={version} (is PyPI reachable?)")
+    })?;
+    report.push(format!(
+        "installed schemathesis {version} ({})",
+        bin.display()
+    ));
     Ok(())
 }

@@ -20,11 +20,7 @@ pub fn root() -> PathBuf {
 
 /// `$CARGO_HOME`, or `~/.cargo`.
 pub fn cargo_home() -> Result<PathBuf> {
-    if let Some(h) = env::var_os("CARGO_HOME") {
-        return Ok(PathBuf::from(h));
-    }
-    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cargo"))
+    keystone_lab::tools::cargo_home().context("neither CARGO_HOME nor HOME is set")
 }
 
 /// PATH with `$CARGO_HOME/bin` (where bpf-linker goes) and the sbin directories first.
