@@ -1750,6 +1750,9 @@ fn natted_quote(quote: &[u8], to: SocketAddr) -> Vec<u8> {
     q
 }
 
+/// (what, input, action, output, reason counted, counts `Event::IcmpToBackend`).
+type IcmpCase = (String, Vec<u8>, u32, Expect, Option<Reason>, bool);
+
 fn event_deltas(before: &Counters, after: &Counters) -> Vec<(Event, u64)> {
     Event::ALL
         .iter()
@@ -1777,8 +1780,8 @@ fn icmp_path_mtu_errors_reach_the_flows_backend() {
             ttl: 63,
             ..Shape::default()
         };
+        let mut cases: Vec<IcmpCase> = Vec::new();
         // (what, reply flow of the VIP, quote length, backend, its MAC, mode nat?)
-        let mut cases: Vec<(String, Vec<u8>, u32, Expect, Option<Reason>, bool)> = Vec::new();
         for (what, reply, len, to, mac, nat) in [
             (
                 "nat tcp/ipv4, quote of IP header + 8 bytes",

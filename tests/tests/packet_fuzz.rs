@@ -777,7 +777,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
             if v4 {
                 let any = rng.next() as u16 & 0x3fff;
                 let v = rng.pick(&[0x2000, 0x0001, 0x2000 | 0x00b9, any]);
-                set16(f, l3 + 6, v | 0x4000 * u16::from(rng.chance(30)));
+                set16(f, l3 + 6, v | (0x4000 * u16::from(rng.chance(30))));
             } else if f.len() >= l3 + 40 {
                 insert_ipv6_ext(rng, f, l3, Some(44));
             }
