@@ -771,3 +771,159 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
     let r = lab.stop("hold");
     ok(&lab, "stopping ks-client --hold", r);
 }
+
+/// Runs `f` on a thread that has entered the network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// A raw ICMPv4 socket: it sees a copy of every ICMP packet its namespace receives.
+fn icmp_socket() -> socket2::Socket {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV4),
+    )
+    .unwrap_or_else(|e| panic!("raw ICMP socket: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap_or_else(|e| panic!("SO_RCVTIMEO: {e}"));
+    s
+}
+
+/// The first "fragmentation needed" (IP header included) that `socket` receives
+/// within `wait` whose quoted destination port is `client_port`.
+fn frag_needed_for(socket: &socket2::Socket, client_port: u16, wait: Duration) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    let until = std::time::Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < until {
+        let Ok(n) = (&*socket).read(&mut buf) else {
+            continue;
+        };
+        let p = &buf[..n];
+        let hl = usize::from(p[0] & 0x0f) * 4;
+        let icmp = &p[hl..];
+        if icmp.len() >= 36 && icmp[0] == 3 && icmp[1] == 4 {
+            let quoted_l4 = &icmp[8 + 20..];
+            if u16::from_be_bytes([quoted_l4[2], quoted_l4[3]]) == client_port {
+                return Some(p.to_vec());
+            }
+        }
+    }
+    None
+}
+
+/// A router between gateway and client reports "fragmentation needed" for a VIP
+/// flow's reply (sent to the VIP, quoting VIP:80 → client): the gateway delivers it
+/// to the backend that owns the flow, which receives it as about its own packet
+/// (outer destination and quoted source = the backend, checksums valid); the
+/// other backend gets nothing.
+#[test]
+fn fragmentation_needed_for_a_vip_flow_reaches_its_backend() {
+    use keystone_common::checksum::{finish, folded, sum};
+    const CLIENT_PORT: u16 = 40_000;
+    let vip = v4(80);
+    let weights: &[(&str, u32)] = &[("blue", 100), ("green", 0)];
+    let (lab, _) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
+        )]
+    });
+    let blue = ok(&lab, "blue", lab.backend("blue")).clone();
+    let green = ok(&lab, "green", lab.backend("green")).clone();
+    let client = keystone_lab::lab::CLIENT4;
+
+    // The quoted reply: IPv4 VIP → client, TCP 80 → CLIENT_PORT, then 8 bytes of TCP.
+    let mut quote = vec![0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 63, 6, 0, 0];
+    quote.extend(VIP4.octets());
+    quote.extend(client.octets());
+    let c = finish(sum(&quote, 0));
+    quote[10..12].copy_from_slice(&c.to_ne_bytes());
+    quote.extend(80u16.to_be_bytes());
+    quote.extend(CLIENT_PORT.to_be_bytes());
+    quote.extend([0, 0, 0, 1]);
+    let mut msg = vec![3, 4, 0, 0, 0, 0];
+    msg.extend(1400u16.to_be_bytes());
+    msg.extend(&quote);
+    let c = finish(sum(&msg, 0));
+    msg[2..4].copy_from_slice(&c.to_ne_bytes());
+
+    // Both backends listen before the error is sent.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listen = |ns: &str, wait: Duration| {
+        let ready = ready_tx.clone();
+        in_netns(ns, move || {
+            let s = icmp_socket();
+            ready.send(()).expect("test thread waits");
+            frag_needed_for(&s, CLIENT_PORT, wait)
+        })
+    };
+    let at_blue = listen(&blue.ns, Duration::from_secs(10));
+    let at_green = listen(&green.ns, Duration::from_secs(3));
+    for _ in 0..2 {
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend listeners ready");
+    }
+    in_netns(lab.client_ns(), move || {
+        let s = icmp_socket();
+        s.send_to(
+            &msg,
+            &socket2::SockAddr::from(SocketAddr::new(IpAddr::V4(VIP4), 0)),
+        )
+        .unwrap_or_else(|e| panic!("sending the ICMP error: {e}"));
+    })
+    .join()
+    .expect("sender");
+
+    let got = at_blue.join().expect("blue listener");
+    let Some(p) = got else {
+        panic!(
+            "blue (weight 100) did not receive the fragmentation-needed error\n{}",
+            context(&lab)
+        );
+    };
+    let hl = usize::from(p[0] & 0x0f) * 4;
+    let (icmp, quoted) = (&p[hl..], &p[hl + 8..]);
+    assert_eq!(
+        p[12..16],
+        client.octets(),
+        "outer source: the router (client)"
+    );
+    assert_eq!(p[16..20], blue.ipv4.octets(), "outer destination: blue");
+    assert_eq!(quoted[12..16], blue.ipv4.octets(), "quoted source: blue");
+    assert_eq!(
+        quoted[16..20],
+        client.octets(),
+        "quoted destination: the client"
+    );
+    assert_eq!(
+        u16::from_be_bytes([quoted[20], quoted[21]]),
+        BACKEND_PORT,
+        "quoted source port: blue's"
+    );
+    assert_eq!(folded(sum(icmp, 0)), 0xffff, "ICMP checksum");
+    assert_eq!(
+        folded(sum(&quoted[..20], 0)),
+        0xffff,
+        "quoted IPv4 header checksum"
+    );
+    assert_eq!(
+        at_green.join().expect("green listener"),
+        None,
+        "green (weight 0) received the error too"
+    );
+    let events = metric(&lab, "keystone_xdp_events_total{event=\"icmp_to_backend\"}");
+    assert_eq!(events, 1, "icmp_to_backend counter");
+}
