@@ -1504,6 +1504,51 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
     });
 }
 
+/// The connection table has the configured size; a restart with the same size keeps
+/// its entries, one with another size replaces it (the pinned map would otherwise
+/// silently keep the old size).
+#[test]
+fn the_connection_table_takes_the_configured_size() {
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let conns = pin_dir.join(keystone_common::names::CONNS);
+        let size = || {
+            aya::maps::MapData::from_pin(&conns)
+                .and_then(|m| m.info())
+                .unwrap_or_else(|e| panic!("pinned {}: {e}", conns.display()))
+                .max_entries()
+        };
+        let spec = case_config();
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+        let load = |entries| {
+            let mut dp = AyaDataplane::load(LoadOptions {
+                conn_table_entries: entries,
+                ..LoadOptions::new(&pin_dir)
+            })
+            .unwrap_or_else(|e| panic!("load with {entries} entries: {e}"));
+            dp.apply(&spec).unwrap();
+            dp
+        };
+        let pinned = |dp: &AyaDataplane| dp.conn(&f.key()).expect("read CONNS").is_some();
+
+        let dp = load(1024);
+        assert_eq!(size(), 1024);
+        run_frame(&dp, &frame(&f, &Shape::default()), 0);
+        assert!(pinned(&dp), "the flow is tracked");
+        drop(dp);
+
+        let dp = load(1024);
+        assert!(pinned(&dp), "same size: the table and its entries are kept");
+        drop(dp);
+
+        let dp = load(4096);
+        assert_eq!(size(), 4096, "a new size replaces the pinned table");
+        assert!(!pinned(&dp), "the replaced table starts empty");
+        dp.detach().unwrap_or_else(|e| panic!("detach: {e}"));
+    });
+}
+
 /// Upgrading from an agent that pinned the reverse-NAT map as `KS_REVERSE_V1` (no
 /// backend slot): `load` fills `KS_REVERSE_V2` from it, with each backend's slot from
 /// the reused BACKENDS map, before the new program runs, so replies are translated

@@ -238,23 +238,29 @@ impl Gateway {
 
     /// Runs one frame arriving on `ifindex`; returns (action, output frame).
     pub fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes()); // data_end
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::default()
-        };
-        let result =
-            self.dp.program().test_run(opts).unwrap_or_else(|e| {
-                panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len())
-            });
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        run_frame(&self.dp, frame, ifindex)
     }
+}
+
+/// Runs one frame through `dp`'s program (`BPF_PROG_TEST_RUN`, repeat 1) as if it
+/// arrived on `ifindex`; returns (action, output frame).
+pub fn run_frame(dp: &AyaDataplane, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes()); // data_end
+    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..TestRunOptions::default()
+    };
+    let result = dp
+        .program()
+        .test_run(opts)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len()));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
 }
 
 // ---------------------------------------------------------------------------
