@@ -495,7 +495,9 @@ pub enum Event {
     /// is, since the quote is usually cut short so it cannot be verified, and no
     /// stack checks it when matching an ICMP error to a socket (addresses and ports
     /// only). The same path as the flow's packets: `XDP_TX`/`XDP_REDIRECT`, or a
-    /// counted `FibNoNeighbour`/`FibFailed`/`TtlExpired`/`NoBackend` exception.
+    /// counted exception: `TtlExpired` (`nat`) and `NoBackend` before the backend is
+    /// known (then this event is not counted), `FibNoNeighbour`/`FibFailed` after
+    /// (counted together with this event).
     /// Every other ICMP message (echo, other errors, one too short to quote the
     /// ports, one for a non-VIP flow) is not ours: `XDP_PASS`, untouched.
     IcmpToBackend = 1,
