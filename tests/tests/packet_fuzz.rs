@@ -93,6 +93,19 @@ fn fuzz_config() -> Vec<VipSpec> {
             mode::DSR,
             one(backend6(3).into(), 80, PROTO_TCP, 1),
         ),
+        // Backends without a neighbour entry: the kernel forwards.
+        vip(
+            "nn",
+            ep(vip4(103), 80, PROTO_TCP),
+            mode::NAT,
+            one(NO_NEIGH4.into(), 8080, PROTO_TCP, 1),
+        ),
+        vip(
+            "dn",
+            ep(vip4(105), 80, PROTO_TCP),
+            mode::DSR,
+            one(NO_NEIGH4.into(), 80, PROTO_TCP, 1),
+        ),
         // No backend with weight > 0: every new flow is dropped.
         vip(
             "w0",
@@ -185,7 +198,8 @@ enum Output {
     /// The input with new MACs and these bytes replaced; checksum fields must stay
     /// valid where they were.
     Rewrite {
-        macs: ([u8; 6], [u8; 6]),
+        /// New (destination, source) MACs; None: unchanged.
+        macs: Option<([u8; 6], [u8; 6])>,
         edits: Vec<(usize, Vec<u8>)>,
         checks: Vec<Check>,
     },
@@ -387,7 +401,6 @@ fn classify(
         let Some(to) = predict(&vip, &flow) else {
             return Some(drop_(Reason::NoBackend));
         };
-        let macs = (model.macs[&to.ip()], OUT_MAC);
         let (edits, checks) = if nat {
             (
                 vec![
@@ -400,16 +413,7 @@ fn classify(
         } else {
             (Vec::new(), Vec::new())
         };
-        return Some(Expected {
-            action: XDP_REDIRECT,
-            reason: None,
-            icmp_event: false,
-            output: Output::Rewrite {
-                macs,
-                edits,
-                checks,
-            },
-        });
+        return Some(towards(model, to.ip(), nat, edits, checks, false));
     }
     if let Some(&vip) = model.reverse.get(&(ip.src, sport, ip.proto)) {
         if ip.dst != IpAddr::from(CLIENT4) && ip.dst != IpAddr::from(CLIENT6) {
@@ -424,7 +428,7 @@ fn classify(
             reason: None,
             icmp_event: false,
             output: Output::Rewrite {
-                macs: (CLIENT_MAC, IN_MAC),
+                macs: Some((CLIENT_MAC, IN_MAC)),
                 edits: vec![
                     (ip.src_at(), octets(vip.ip())),
                     port_edit(l4, vip.port()),
@@ -492,7 +496,6 @@ fn icmp_error(
     let Some(to) = predict(&vip, &flow) else {
         return drop_(Reason::NoBackend);
     };
-    let macs = (model.macs[&to.ip()], OUT_MAC);
     let (edits, checks) = if nat {
         let icmp_check = Check {
             field: l4 + 2,
@@ -524,15 +527,39 @@ fn icmp_error(
     } else {
         (Vec::new(), Vec::new())
     };
-    Expected {
-        action: XDP_REDIRECT,
-        reason: None,
-        icmp_event: true,
-        output: Output::Rewrite {
+    towards(model, to.ip(), nat, edits, checks, true)
+}
+
+/// A packet on its way to backend `to`, with `edits` (and `checks`) in `nat` mode:
+/// MACs towards the backend and `XDP_REDIRECT` out of the backend side; without a
+/// neighbour entry for it, `XDP_PASS` counted `FibNoNeighbour`, rewritten (`nat`)
+/// or untouched (`dsr`).
+fn towards(
+    model: &Model,
+    to: IpAddr,
+    nat: bool,
+    edits: Vec<(usize, Vec<u8>)>,
+    checks: Vec<Check>,
+    icmp_event: bool,
+) -> Expected {
+    let (action, reason, macs) = match model.macs.get(&to) {
+        Some(&mac) => (XDP_REDIRECT, None, Some((mac, OUT_MAC))),
+        None => (XDP_PASS, Some(Reason::FibNoNeighbour), None),
+    };
+    let output = if nat || macs.is_some() {
+        Output::Rewrite {
             macs,
             edits,
             checks,
-        },
+        }
+    } else {
+        Output::Same
+    };
+    Expected {
+        action,
+        reason,
+        icmp_event,
+        output,
     }
 }
 
@@ -552,8 +579,10 @@ fn check_output(input: &[u8], out: &[u8], want: &Output) -> Result<(), String> {
                 return Err(format!("length {} != {}", out.len(), input.len()));
             }
             let mut want = input.to_vec();
-            want[0..6].copy_from_slice(&macs.0);
-            want[6..12].copy_from_slice(&macs.1);
+            if let Some((dst, src)) = macs {
+                want[0..6].copy_from_slice(dst);
+                want[6..12].copy_from_slice(src);
+            }
             for (at, bytes) in edits {
                 want[*at..at + bytes.len()].copy_from_slice(bytes);
             }
@@ -603,7 +632,7 @@ fn client(rng: &mut Rng, v4: bool) -> IpAddr {
 /// Destinations: the VIP addresses most of the time, the gateway, others.
 fn destination(rng: &mut Rng, v4: bool) -> IpAddr {
     if v4 {
-        let last = rng.pick(&[100, 100, 100, 101, 101, 106, 1, 50]);
+        let last = rng.pick(&[100, 100, 100, 101, 101, 103, 105, 106, 1, 50]);
         vip4(last).into()
     } else {
         let last = rng.pick(&[0x100, 0x100, 0x100, 0x101, 0x101, 1, 0x50]);
