@@ -1402,6 +1402,12 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
             "the interfaces the XDP program is attached to".into(),
         ));
     }
+    if old.config.limits.conn_table_entries != new.config.limits.conn_table_entries {
+        return Some(problem(
+            "limits.conn_table_entries",
+            "the connection table size".into(),
+        ));
+    }
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
     }

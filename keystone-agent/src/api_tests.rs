@@ -250,6 +250,28 @@ async fn interface_change_needs_a_restart() {
 }
 
 #[tokio::test]
+async fn conn_table_size_change_needs_a_restart() {
+    let h = Harness::new();
+    h.write(&format!(
+        "limits:\n  conn_table_entries: 4096\n{}",
+        config_text(90, 10)
+    ));
+    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json(&body);
+    assert_eq!(body["problems"][0]["field"], "limits.conn_table_entries");
+    assert_eq!(body["problems"][0]["line"], 2);
+    assert!(
+        body["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restart the agent"),
+        "{body}"
+    );
+    assert_eq!(h.state.agent.generation(), 1);
+}
+
+#[tokio::test]
 async fn dataplane_refusal_restores_the_previous_state() {
     let h = Harness::new();
     h.write(&config_text(50, 50));

@@ -12,7 +12,11 @@ use std::{
 
 use keystone_common::{
     Endpoint, PROTO_TCP, PROTO_UDP,
-    limits::{ring, vip::MAX_VIPS},
+    limits::{
+        conn::{CONN_TABLE_SIZE, MAX_CONN_TABLE_SIZE, MIN_CONN_TABLE_SIZE},
+        ring,
+        vip::MAX_VIPS,
+    },
     maglev::is_prime,
     mode, vip_flags,
 };
@@ -38,6 +42,33 @@ pub struct Config {
     /// Where deployment events are sent (signed like the inbound webhook).
     #[serde(default)]
     pub notifications: Vec<NotificationTarget>,
+    /// Data-plane capacities, applied when the maps are created (restart-only).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Data-plane capacities (`limits:`). They size kernel maps, so they apply when the
+/// agent starts; a reload that changes one is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Limits {
+    /// Entries of the LRU connection table: how many flows are tracked at once.
+    /// Beyond it the least recently used flows are evicted; their next packets are
+    /// re-picked (same backend unless weights changed) and counted in
+    /// `keystone_xdp_events_total{event="untracked_mid_flow"}`.
+    #[serde(default = "default_conn_table_entries")]
+    pub conn_table_entries: u32,
+}
+
+fn default_conn_table_entries() -> u32 {
+    CONN_TABLE_SIZE
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            conn_table_entries: default_conn_table_entries(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -551,6 +582,15 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
             ),
         );
     }
+    let conns = config.limits.conn_table_entries;
+    if !(MIN_CONN_TABLE_SIZE..=MAX_CONN_TABLE_SIZE).contains(&conns) {
+        push(
+            "limits.conn_table_entries".into(),
+            format!(
+                "{conns} is out of range: the connection table holds {MIN_CONN_TABLE_SIZE} to {MAX_CONN_TABLE_SIZE} entries"
+            ),
+        );
+    }
     for (i, name) in config.interfaces.iter().enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
             push(
@@ -1001,6 +1041,22 @@ tenants:
         let specs = loaded.vip_specs();
         assert_eq!(specs[1].vip.family, keystone_common::FAMILY_IPV6);
         assert_eq!(specs[0].backends[0].weight, 90);
+    }
+
+    #[test]
+    fn conn_table_entries_default_and_range() {
+        let loaded = parse(SEED).unwrap();
+        assert_eq!(loaded.config.limits.conn_table_entries, CONN_TABLE_SIZE);
+        let text = format!("limits:\n  conn_table_entries: 512\n{SEED}");
+        assert_eq!(parse(&text).unwrap().config.limits.conn_table_entries, 512);
+        for bad in ["0", "255", "16777217"] {
+            let text = format!("limits:\n  conn_table_entries: {bad}\n{SEED}");
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].field, "limits.conn_table_entries");
+            assert_eq!(p[0].line, Some(2));
+            assert!(p[0].reason.contains("256 to 16777216"), "{}", p[0].reason);
+        }
     }
 
     #[test]

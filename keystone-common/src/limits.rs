@@ -33,10 +33,17 @@ pub mod filter {
 
 /// Flow tracking.
 pub mod conn {
-    /// Entries in the LRU connection table. When full, the least recently
-    /// used flow is evicted; its next packet is re-hashed through Maglev, which
-    /// picks the same backend unless the weights changed since.
+    /// Entries in the LRU connection table unless the agent's config says otherwise
+    /// (`limits.conn_table_entries`, applied when the map is created). When full, the
+    /// least recently used flow is evicted; its next packet is re-hashed through
+    /// Maglev, which picks the same backend unless the weights changed since (and is
+    /// counted as `Event::UntrackedMidFlow` if it is a TCP packet without SYN).
     pub const CONN_TABLE_SIZE: u32 = 262_144;
+    /// Smallest configurable table: the kernel's LRU lists are per CPU, so much
+    /// smaller tables evict flows long before they are full.
+    pub const MIN_CONN_TABLE_SIZE: u32 = 256;
+    /// Largest configurable table.
+    pub const MAX_CONN_TABLE_SIZE: u32 = 16_777_216;
 }
 
 /// Counters.

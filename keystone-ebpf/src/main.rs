@@ -5,6 +5,7 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -72,6 +73,9 @@ fn try_keystone_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
     };
     // One array read rules out most packets that are not ours before any hash lookup.
     if maybe_vip_addr(&pkt.dst) {
+        if pkt.embedded != 0 {
+            return icmp::to_backend(ctx, &mut pkt);
+        }
         let vip_key = Endpoint {
             addr: pkt.dst,
             port: pkt.dport,

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use keystone_common::{
-    Backend, Endpoint, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
+    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
     VipAddr, VipInfo, addr_filter,
     limits::{
         conn::CONN_TABLE_SIZE,
@@ -46,6 +46,7 @@ const _: () = {
     assert!(same(names::BACKEND_L4, "KS_BACKEND_L4_V1"));
     assert!(same(names::ACTION_STATS, "KS_ACTION_STATS_V1"));
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
+    assert!(same(names::EVENT_STATS, "KS_EVENT_STATS_V1"));
     assert!(same(names::PROGRAM, "keystone_xdp"));
 };
 
@@ -64,6 +65,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "KS_RINGS_V1")]
 pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARRAY_ENTRIES, 0);
 
+// The agent sets the size when it creates the map (`limits.conn_table_entries`).
 #[map(name = "KS_CONNS_V1")]
 pub static CONNS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
@@ -85,6 +87,9 @@ pub static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_AC
 
 #[map(name = "KS_REASON_STATS_V1")]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+#[map(name = "KS_EVENT_STATS_V1")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
 
 /// The prefilter's word for `addr` (0 if unreadable: nothing matches).
 #[inline(always)]
@@ -129,6 +134,11 @@ pub fn count_action(action: u32) {
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
     bump(&REASON_STATS, reason as u32);
+}
+
+#[inline(always)]
+pub fn count_event(event: Event) {
+    bump(&EVENT_STATS, event as u32);
 }
 
 #[inline(always)]

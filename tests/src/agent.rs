@@ -105,6 +105,7 @@ impl Lab {
             token: ADMIN_TOKEN.into(),
             tenants,
             webhook: None,
+            conn_table_entries: None,
         }
     }
 

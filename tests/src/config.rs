@@ -206,6 +206,8 @@ pub struct AgentConfig {
     pub token: String,
     pub tenants: Vec<Tenant>,
     pub webhook: Option<WebhookConfig>,
+    /// `limits.conn_table_entries` (None: the agent's default).
+    pub conn_table_entries: Option<u32>,
 }
 
 impl AgentConfig {
@@ -230,6 +232,10 @@ impl AgentConfig {
             let _ = writeln!(y, "webhook:");
             let _ = writeln!(y, "  secret: {}", q(&w.secret));
             let _ = writeln!(y, "  tolerance: {}", q(&w.tolerance));
+        }
+        if let Some(n) = self.conn_table_entries {
+            let _ = writeln!(y, "limits:");
+            let _ = writeln!(y, "  conn_table_entries: {n}");
         }
         let _ = writeln!(y, "tenants:");
         for t in &self.tenants {
@@ -313,6 +319,7 @@ mod tests {
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
             webhook: None,
+            conn_table_entries: Some(512),
             tenants: vec![Tenant {
                 name: "web".into(),
                 listen: "[2001:2::10]:80".parse().unwrap(),
@@ -342,6 +349,7 @@ mod tests {
             "        address: \"198.18.11.2:8080\"",
             "        weight: 90",
             "        labels: { version: \"1.0.0\" }",
+            "limits:\n  conn_table_entries: 512\n",
         ] {
             assert!(y.contains(want), "{want:?} missing from:\n{y}");
         }
@@ -377,6 +385,7 @@ mod tests {
                 secret: "0123456789abcdef-lab".into(),
                 tolerance: "5m".into(),
             }),
+            conn_table_entries: None,
             tenants: vec![
                 tenant("web", "198.18.0.10:80", "198.18.11.2", "198.18.12.2")
                     .with_health(HealthCheck::fast_http())

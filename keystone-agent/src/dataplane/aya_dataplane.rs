@@ -18,10 +18,11 @@ use aya::{
     util::nr_cpus,
 };
 use keystone_common::{
-    Backend, Endpoint, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
-    backend_flags,
+    Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
+    VipInfo, backend_flags,
     legacy::ReverseNatV1,
     limits::{
+        conn::CONN_TABLE_SIZE,
         ring::{MAX_BACKENDS, NO_BACKEND},
         stats::XDP_ACTIONS,
     },
@@ -34,7 +35,7 @@ use super::{
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 13] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::ADDR_FILTER,
@@ -47,6 +48,7 @@ pub const MAP_NAMES: [&str; 12] = [
     names::BACKEND_L4,
     names::ACTION_STATS,
     names::REASON_STATS,
+    names::EVENT_STATS,
 ];
 
 /// How the program is attached to each interface.
@@ -70,6 +72,9 @@ pub struct LoadOptions {
     /// they mounted themselves (`mount -t bpf bpf <dir>`).
     pub pin_dir: PathBuf,
     pub xdp_mode: AttachMode,
+    /// Entries of the LRU connection table (`limits.conn_table_entries`). A pinned
+    /// table of another size is replaced (see [`AyaDataplane::load`]).
+    pub conn_table_entries: u32,
 }
 
 /// The conventional bpffs location; not visible under `ip netns exec`.
@@ -82,6 +87,7 @@ impl LoadOptions {
             interfaces: Vec::new(),
             pin_dir: pin_dir.into(),
             xdp_mode: AttachMode::Driver,
+            conn_table_entries: CONN_TABLE_SIZE,
         }
     }
 }
@@ -126,6 +132,12 @@ impl AyaDataplane {
     /// link pinned by a previous agent gets the new program swapped into that link
     /// atomically (no packet sees no program). The state in reused maps is picked up,
     /// so the first `apply` keeps established flows where they are.
+    ///
+    /// A pinned connection table whose size is not `opts.conn_table_entries` (the
+    /// setting changed across the restart) is unpinned and created anew at the new
+    /// size: tracked flows are then re-picked through Maglev, which keeps them on
+    /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
+    /// them). The old program keeps its old table until the new one replaces it.
     pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
         let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
         let pin_dir = opts.pin_dir;
@@ -136,10 +148,12 @@ impl AyaDataplane {
         check_bpffs(&pin_dir)?;
 
         let reused_maps = pin_dir.join(names::VIPS).exists();
+        drop_resized_conn_table(&pin_dir, opts.conn_table_entries)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
         }
+        loader.map_max_entries(names::CONNS, opts.conn_table_entries);
         let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
             source: Box::new(source),
         })?;
@@ -301,6 +315,10 @@ impl Dataplane for AyaDataplane {
             counters.reasons[reason as usize] =
                 sum_u64(&maps.reason_stats, names::REASON_STATS, reason as u32)?;
         }
+        for event in Event::ALL {
+            counters.events[event as usize] =
+                sum_u64(&maps.event_stats, names::EVENT_STATS, event as u32)?;
+        }
         Ok(counters)
     }
 }
@@ -318,6 +336,28 @@ fn sum_traffic(
         total.add(v);
     }
     Ok(total)
+}
+
+/// Unpins the connection table if it is pinned with another size than `entries`,
+/// so the loader creates it anew (reusing it would silently keep the old size).
+fn drop_resized_conn_table(pin_dir: &Path, entries: u32) -> Result<(), DataplaneError> {
+    let path = pin_dir.join(names::CONNS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let pinned = MapData::from_pin(&path)
+        .and_then(|m| m.info())
+        .map_err(map_err(names::CONNS))?
+        .max_entries();
+    if pinned != entries {
+        tracing::warn!(
+            pinned,
+            configured = entries,
+            "limits.conn_table_entries changed: replacing the connection table; tracked flows are re-picked (same backend unless weights changed)"
+        );
+        remove_if_exists(&path)?;
+    }
+    Ok(())
 }
 
 fn sum_l4(
@@ -538,6 +578,7 @@ pub struct AyaMaps {
     backend_l4: PerCpuArray<MapData, L4Counters>,
     action_stats: PerCpuArray<MapData, u64>,
     reason_stats: PerCpuArray<MapData, u64>,
+    event_stats: PerCpuArray<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -570,6 +611,7 @@ impl AyaMaps {
             backend_l4: typed(ebpf, names::BACKEND_L4)?,
             action_stats: typed(ebpf, names::ACTION_STATS)?,
             reason_stats: typed(ebpf, names::REASON_STATS)?,
+            event_stats: typed(ebpf, names::EVENT_STATS)?,
         })
     }
 }

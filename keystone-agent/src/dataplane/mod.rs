@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use keystone_common::{Endpoint, L4Counters, Reason, TrafficCounters, limits::stats::XDP_ACTIONS};
+use keystone_common::{
+    Endpoint, Event, L4Counters, Reason, TrafficCounters, limits::stats::XDP_ACTIONS,
+};
 
 pub mod aya_dataplane;
 pub mod object;
@@ -55,6 +57,8 @@ pub struct Counters {
     pub actions: [u64; XDP_ACTIONS as usize],
     /// Packets per `Reason`, indexed by `Reason as u32`.
     pub reasons: [u64; Reason::COUNT as usize],
+    /// Packets per `Event`, indexed by `Event as u32`.
+    pub events: [u64; Event::COUNT as usize],
 }
 
 pub trait Dataplane: Send + 'static {
