@@ -197,6 +197,18 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// [`blocking`] for a change (weights, a deployment or an action on one): it waits
+/// for its turn among changes ([`Agent::change_turn`]), so a burst of them is served
+/// first come, first served, and reads only ever wait for the one change running.
+async fn change<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&Arc<Agent>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let agent = state.agent.clone();
+    let _turn = agent.change_turn().await;
+    blocking(state, f).await
+}
+
 async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Status>, ApiError> {
     blocking(&state, |agent| agent.status())
         .await?
@@ -232,7 +244,7 @@ async fn set_weights(
     payload: Result<Json<WeightsRequest>, JsonRejection>,
 ) -> Result<Json<crate::agent::TenantView>, ApiError> {
     let req = body(payload)?;
-    let view = blocking(&state, move |agent| agent.set_weights(&name, req.weights)).await??;
+    let view = change(&state, move |agent| agent.set_weights(&name, req.weights)).await??;
     Ok(Json(view))
 }
 
@@ -264,7 +276,7 @@ async fn start_canary(
 ) -> Result<Response, ApiError> {
     let req = body(payload)?;
     Ok(accepted(
-        blocking(&state, move |agent| agent.start_canary(req)).await??,
+        change(&state, move |agent| agent.start_canary(req)).await??,
     ))
 }
 
@@ -274,7 +286,7 @@ async fn start_switch(
 ) -> Result<Response, ApiError> {
     let req = body(payload)?;
     Ok(accepted(
-        blocking(&state, move |agent| agent.start_switch(req)).await??,
+        change(&state, move |agent| agent.start_switch(req)).await??,
     ))
 }
 
@@ -289,7 +301,7 @@ async fn act(
         )
     })?;
     Ok(Json(
-        blocking(&state, move |agent| agent.act(&id, action)).await??,
+        change(&state, move |agent| agent.act(&id, action)).await??,
     ))
 }
 
@@ -335,7 +347,7 @@ async fn webhook(
                 overrides,
                 pipeline: hook.pipeline,
             };
-            blocking(&state, move |agent| agent.start_canary(req)).await??
+            change(&state, move |agent| agent.start_canary(req)).await??
         }
         Strategy::BlueGreen => {
             let Some(to) = hook.environment else {
@@ -352,7 +364,7 @@ async fn webhook(
                 overrides,
                 pipeline: hook.pipeline,
             };
-            blocking(&state, move |agent| agent.start_switch(req)).await??
+            change(&state, move |agent| agent.start_switch(req)).await??
         }
     };
     Ok(accepted(deployment))

@@ -708,7 +708,8 @@ fn api_client(gateway_ns: &str, id: usize, until: Instant) -> Vec<Call> {
         .unwrap_or_else(|e| panic!("entering the gateway namespace {gateway_ns}: {e}"));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
+        // Beyond the agent's own 30 s request timeout, whose 408 then says what happened.
+        .timeout_global(Some(Duration::from_secs(45)))
         .build()
         .into();
     let base = format!("http://{}", keystone_lab::ADMIN_LISTEN);
