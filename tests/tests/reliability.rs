@@ -421,9 +421,17 @@ fn hitless(replacement: Replacement) {
         Replacement::Killed => &[],
         Replacement::Upgraded => &["--keep-forwarding"],
     };
+    // Health checks as in production (a restarted agent starts with every backend's
+    // health unknown), but slow to call a backend down: a probe starved of CPU on a
+    // busy CI machine must not take green, and its held connections, out.
+    let health = HealthCheck {
+        timeout: "2s".into(),
+        failure_threshold: 5,
+        ..HealthCheck::fast_http()
+    };
     let mut lab = lab_with_agent(&["blue", "green"], agent_args, |lab| {
         lab.agent_config(vec![
-            web_tenant(lab, &[("blue", 1), ("green", 1)]).with_health(HealthCheck::fast_http()),
+            web_tenant(lab, &[("blue", 1), ("green", 1)]).with_health(health),
         ])
     });
     let vip = vip();
