@@ -125,7 +125,8 @@ pub struct Agent {
     drained: Mutex<std::collections::BTreeSet<String>>,
     /// Latest value of each active deployment's Prometheus query, by deployment id.
     prometheus: Mutex<BTreeMap<String, Option<f64>>>,
-    /// Reloads are serialised so SIGHUP and the API cannot interleave.
+    /// Reloads are serialised so SIGHUP and the API cannot interleave; changes through
+    /// the API queue on it too ([`Agent::change_turn`]).
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -204,6 +205,14 @@ impl Agent {
 
     pub fn generation(&self) -> u64 {
         self.live.read().expect("config lock poisoned").generation
+    }
+
+    /// Waits for the caller's turn to change something (weights, deployments), after
+    /// the changes and reloads that asked before it. Tokio's mutex queues in arrival
+    /// order; the agent's own locks do not, and under a burst of changes some callers
+    /// waited many times longer than others.
+    pub async fn change_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload_lock.lock().await
     }
 
     pub fn health(&self) -> &HealthChecker {

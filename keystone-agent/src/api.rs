@@ -180,13 +180,47 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// Runs `f` on Tokio's blocking pool. Agent calls wait for the agent's locks, which a
+/// change holds while it writes the kernel's maps and fsyncs the state file: run on
+/// the async workers, a burst of weight changes would stall every other request
+/// (`/health` and `/metrics` included) behind them.
+async fn blocking<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&Arc<Agent>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let agent = state.agent.clone();
+    tokio::task::spawn_blocking(move || f(&agent))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the request's handler failed: {e}"),
+            )
+        })
+}
+
+/// [`blocking`] for a change (weights, a deployment or an action on one): it waits
+/// for its turn among changes ([`Agent::change_turn`]), so a burst of them is served
+/// first come, first served, and reads only ever wait for the one change running.
+async fn change<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&Arc<Agent>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let agent = state.agent.clone();
+    let _turn = agent.change_turn().await;
+    blocking(state, f).await
+}
+
 async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Status>, ApiError> {
-    state.agent.status().map(Json).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the data plane: {e}"),
-        )
-    })
+    blocking(&state, |agent| agent.status())
+        .await?
+        .map(Json)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the data plane: {e}"),
+            )
+        })
 }
 
 async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -196,8 +230,9 @@ async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
     ))
 }
 
-async fn tenants(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "tenants": state.agent.tenants() }))
+async fn tenants(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenants = blocking(&state, |agent| agent.tenants()).await?;
+    Ok(Json(json!({ "tenants": tenants })))
 }
 
 #[derive(serde::Deserialize)]
@@ -212,18 +247,22 @@ async fn set_weights(
     payload: Result<Json<WeightsRequest>, JsonRejection>,
 ) -> Result<Json<crate::agent::TenantView>, ApiError> {
     let req = body(payload)?;
-    Ok(Json(state.agent.set_weights(&name, req.weights)?))
+    let view = change(&state, move |agent| agent.set_weights(&name, req.weights)).await??;
+    Ok(Json(view))
 }
 
-async fn deployments(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "deployments": state.agent.deployments() }))
+async fn deployments(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let deployments = blocking(&state, |agent| agent.deployments()).await?;
+    Ok(Json(json!({ "deployments": deployments })))
 }
 
 async fn deployment(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Deployment>, ApiError> {
-    Ok(Json(state.agent.deployment(&id)?))
+    Ok(Json(
+        blocking(&state, move |agent| agent.deployment(&id)).await??,
+    ))
 }
 
 fn accepted(d: Deployment) -> Response {
@@ -239,7 +278,9 @@ async fn start_canary(
     payload: Result<Json<CanaryRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = body(payload)?;
-    Ok(accepted(state.agent.start_canary(req)?))
+    Ok(accepted(
+        change(&state, move |agent| agent.start_canary(req)).await??,
+    ))
 }
 
 async fn start_switch(
@@ -247,7 +288,9 @@ async fn start_switch(
     payload: Result<Json<SwitchRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = body(payload)?;
-    Ok(accepted(state.agent.start_switch(req)?))
+    Ok(accepted(
+        change(&state, move |agent| agent.start_switch(req)).await??,
+    ))
 }
 
 async fn act(
@@ -260,7 +303,9 @@ async fn act(
             format!("no action '{action}'; expected promote, abort, rollback, pause or resume"),
         )
     })?;
-    Ok(Json(state.agent.act(&id, action)?))
+    Ok(Json(
+        change(&state, move |agent| agent.act(&id, action)).await??,
+    ))
 }
 
 /// The signed CI webhook: verify, parse, then start what it asks for.
@@ -309,12 +354,13 @@ async fn webhook(
                 // A rolling update is a canary that goes all the way without approval.
                 params.insert("max_traffic".into(), 100.0.into());
             }
-            state.agent.start_canary(CanaryRequest {
+            let req = CanaryRequest {
                 service: hook.service,
                 version: hook.version,
                 params,
                 pipeline: hook.pipeline,
-            })?
+            };
+            change(&state, move |agent| agent.start_canary(req)).await??
         }
         Strategy::BlueGreen => {
             let Some(to) = hook.environment else {
@@ -323,14 +369,15 @@ async fn webhook(
                     "environment: required for strategy blue_green (the environment to switch to)",
                 ));
             };
-            state.agent.start_switch(SwitchRequest {
+            let req = SwitchRequest {
                 service: hook.service,
                 from: None,
                 to,
                 strategy: switch_strategy,
                 params,
                 pipeline: hook.pipeline,
-            })?
+            };
+            change(&state, move |agent| agent.start_switch(req)).await??
         }
     };
     Ok(accepted(deployment))
