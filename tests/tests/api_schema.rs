@@ -67,6 +67,8 @@ fn the_admin_api_keeps_its_openapi_contract() {
     let report = lab.state_dir().join("schemathesis-report");
     let began = Instant::now();
     let out = in_ns(lab.gateway_ns(), &program)
+        // Its example cache (.schemathesis/) goes with the lab, not into the checkout.
+        .current_dir(lab.state_dir())
         .arg("run")
         .arg(format!("{base}/openapi.yaml"))
         .args(["--url", &base])
