@@ -391,16 +391,18 @@ fn check(case: &str, call: u32, action: u32, want_action: u32, out: &[u8], want:
     );
 }
 
-/// Deletes `flows` from the pinned connection table.
+/// Deletes `flows` from the pinned connection table (those it still holds).
 fn forget_flows(pin: &std::path::Path, flows: &[FlowKey]) {
     let data = MapData::from_pin(pin).unwrap_or_else(|e| panic!("opening {}: {e}", pin.display()));
     let mut conns: BpfHashMap<MapData, FlowKey, FlowState> = Map::LruHashMap(data)
         .try_into()
         .unwrap_or_else(|e| panic!("{} is not the connection table: {e}", pin.display()));
     for f in flows {
-        conns
-            .remove(f)
-            .unwrap_or_else(|e| panic!("removing a benchmark flow from the connection table: {e}"));
+        match conns.remove(f) {
+            // Evicted by the LRU already: only when --calls nears the table's size.
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => panic!("removing a benchmark flow from the connection table: {e}"),
+        }
     }
 }
 
