@@ -46,6 +46,14 @@ pub mod conn {
     pub const MAX_CONN_TABLE_SIZE: u32 = 16_777_216;
 }
 
+/// Forwarding.
+pub mod forward {
+    /// How long the program reuses a `bpf_fib_lookup` answer towards a backend
+    /// (`maps::NextHopCache`): the longest a changed neighbour or route towards a
+    /// backend goes unnoticed. One lookup per backend, CPU and period is noise.
+    pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
+}
+
 /// Counters.
 pub mod stats {
     /// XDP actions are 0..=4 (ABORTED, DROP, PASS, TX, REDIRECT).

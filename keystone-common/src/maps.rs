@@ -34,6 +34,10 @@ pub mod names {
     pub const VIP_ADDRS: &str = "KS_VIP_ADDRS_V1";
     /// Array of `u32` words: the address prefilter, see `addr_filter`.
     pub const ADDR_FILTER: &str = "KS_ADDR_FILTER_V1";
+    /// Per-CPU array of `NextHopCache`, indexed by backend slot: the program's own
+    /// cache of `bpf_fib_lookup` answers towards backends. Never pinned: a new
+    /// program starts with an empty one.
+    pub const NEXT_HOPS: &str = "KS_NEXT_HOPS_V1";
     /// The XDP program's function name.
     pub const PROGRAM: &str = "keystone_xdp";
 }
@@ -304,6 +308,33 @@ pub struct FlowState {
     pub generation: u32,
 }
 
+/// Value of the per-CPU next-hop cache (`names::NEXT_HOPS`), indexed by backend
+/// slot: a successful `bpf_fib_lookup` towards that backend, reused by later packets
+/// instead of another lookup while all of these still match (else it is looked up
+/// again and rewritten):
+/// - `expires_ns` is in the future (`bpf_ktime_get_coarse_ns`; entries live
+///   `limits::forward::NEXT_HOP_TTL_NS`), so a changed neighbour MAC, route or
+///   egress device takes effect within that time;
+/// - `generation` is the backend's (`Backend::generation`): a slot given to another
+///   backend never uses its predecessor's next hop;
+/// - `ingress_ifindex` is the packet's (the lookup depends on it).
+///
+/// The lookup is per backend, not per flow: routing by source address, TOS or
+/// ports (policy routing, multipath hashing) towards one backend is decided by the
+/// first packet of each `NEXT_HOP_TTL_NS` period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopCache {
+    /// Monotonic coarse-clock ns after which the entry is not used.
+    pub expires_ns: u64,
+    pub generation: u32,
+    pub ingress_ifindex: u32,
+    pub egress_ifindex: u32,
+    /// Source and destination MACs for the frame.
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
 /// Value of the reverse-NAT map (keyed by the backend's `Endpoint`): replies from
 /// that backend get the VIP as their source. Stateless, so any gateway with the
 /// same config translates any reply.
@@ -539,6 +570,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for NextHopCache {}
     unsafe impl aya::Pod for legacy::ReverseNatV1 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for L4Counters {}
@@ -571,6 +603,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowState>(), 8);
         assert_eq!(size_of::<ReverseNat>(), 20 + 4 + 4);
+        assert_eq!(size_of::<NextHopCache>(), 8 + 3 * 4 + 6 + 6);
         assert_eq!(size_of::<legacy::ReverseNatV1>(), 20 + 4);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<L4Counters>(), 4 * 8);

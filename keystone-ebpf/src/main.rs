@@ -134,15 +134,17 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
     match vip.mode {
         mode::NAT => {
             nat::rewrite(pkt, Side::Dst, &to);
-            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr)
-                .map_err(|miss| Verdict::pass(miss.reason()))?;
+            let hop =
+                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
+                    .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         mode::DSR => {
             // The IP header stays as it is (the backend holds the VIP); only the MACs
             // change, towards the backend's address.
-            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr)
-                .map_err(|miss| Verdict::pass(miss.reason()))?;
+            let hop =
+                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
+                    .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         _ => Err(Verdict::drop(Reason::MapInconsistent)),

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use keystone_common::{
-    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
-    VipAddr, VipInfo, addr_filter,
+    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, NextHopCache, Reason, ReverseNat,
+    TrafficCounters, VipAddr, VipInfo, addr_filter,
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
@@ -47,6 +47,7 @@ const _: () = {
     assert!(same(names::ACTION_STATS, "KS_ACTION_STATS_V1"));
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
     assert!(same(names::EVENT_STATS, "KS_EVENT_STATS_V1"));
+    assert!(same(names::NEXT_HOPS, "KS_NEXT_HOPS_V1"));
     assert!(same(names::PROGRAM, "keystone_xdp"));
 };
 
@@ -90,6 +91,8 @@ pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason
 
 #[map(name = "KS_EVENT_STATS_V1")]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
+#[map(name = "KS_NEXT_HOPS_V1")]
+pub static NEXT_HOPS: PerCpuArray<NextHopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// The prefilter's word for `addr` (0 if unreadable: nothing matches).
 #[inline(always)]

@@ -8,18 +8,15 @@
 //!
 //! Needs root: `cargo test -p keystone-tests --test packet`.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use keystone_agent::dataplane::{AyaDataplane, Counters, Dataplane, LoadOptions, VipSpec};
 use keystone_common::{
     Endpoint, Event, L4Counters, PROTO_TCP, PROTO_UDP, Reason, checksum, mode,
     tcp_flags::{ACK, FIN, PSH, RST, SYN},
     vip_flags,
 };
-use support::*;
+use keystone_lab::xdp::*;
 
 // ---------------------------------------------------------------------------
 // Table-driven cases.
@@ -78,26 +75,6 @@ fn run_cases(gw: &Gateway, cases: Vec<Case>) {
             keystone_common::xdp_action_name(action)
         );
     }
-}
-
-/// Rewrites `frame`'s flow as the program should (NAT): new addresses/ports, TTL - 1,
-/// new MACs; recomputed from scratch by the builder.
-fn natted(to: Flow, s: &Shape, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
-    frame(
-        &to,
-        &Shape {
-            dst_mac,
-            src_mac,
-            ttl: s.ttl - 1,
-            ..s.clone()
-        },
-    )
-}
-
-fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
-    frame
 }
 
 /// The standard config for the case table.
@@ -1603,12 +1580,7 @@ fn a_pinned_v1_reverse_map_is_migrated_on_load() {
                 backend_slot: slot
             }
         );
-        let gw = Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        };
+        let gw = Gateway::with(dp, bpffs);
         // No apply yet: the reply is translated from the migrated entry alone.
         let reply = frame(
             &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
@@ -1642,113 +1614,150 @@ fn load_refuses_a_pin_dir_outside_bpffs() {
     );
 }
 
-/// Per-packet cost as the kernel measures it (`BPF_PROG_TEST_RUN` duration), printed
-/// rather than asserted: `cargo test -p keystone-tests --test packet -- --ignored --nocapture`.
-#[test]
-#[ignore = "prints timings; run by hand"]
-fn per_packet_cost() {
-    in_netns(|| {
-        let mut gw = Gateway::new();
-        gw.apply(&case_config());
-        let avg = |input: &[u8], ingress: u32, repeat: u32| {
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-            let mut out = vec![0u8; input.len() + 256];
-            let opts = TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..TestRunOptions::default()
-            };
-            gw.dp
-                .program()
-                .test_run(opts)
-                .expect("test run")
-                .duration
-                .as_nanos()
-        };
-        // Established packets are ACKs: a SYN (ACK clear) is always picked through the
-        // Maglev table, timed separately below.
-        let d = Shape {
+// ---------------------------------------------------------------------------
+// The next-hop cache (`keystone_common::NextHopCache`).
+// ---------------------------------------------------------------------------
+
+/// Where one established packet of `f` goes: (action, destination MAC).
+fn hop_of(gw: &Gateway, f: &Flow) -> (u32, [u8; 6]) {
+    let input = frame(
+        f,
+        &Shape {
             tcp_flags: ACK,
             ..Shape::default()
+        },
+    );
+    let (action, out) = gw.run(&input, gw.in_index);
+    (action, out[0..6].try_into().unwrap())
+}
+
+/// Polls (sending one packet per look) until `f`'s packets go to `want`; panics
+/// after a deadline far beyond `limits::forward::NEXT_HOP_TTL_NS`.
+fn wait_for_hop(gw: &Gateway, f: &Flow, what: &str, want: (u32, [u8; 6])) {
+    keystone_lab::wait_for(what, std::time::Duration::from_secs(5), || {
+        let got = hop_of(gw, f);
+        Ok(if got == want {
+            keystone_lab::Probe::Ready(())
+        } else {
+            keystone_lab::Probe::NotYet(format!(
+                "{} to {}",
+                keystone_common::xdp_action_name(got.0),
+                mac_str(got.1)
+            ))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn cached_next_hops_follow_neighbour_changes_and_backend_replacement() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let v = ep(vip4(100), 80, PROTO_TCP);
+        let only = |i: u8| {
+            vec![vip(
+                "v",
+                v,
+                mode::NAT,
+                vec![backend("b", ep(backend4(i), 8080, PROTO_TCP), 1)],
+            )]
         };
-        let syn = Shape::default();
-        let nat = frame(&flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP), &d);
-        let dsr = frame(&flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP), &d);
-        let nat_syn = frame(
-            &flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP),
-            &syn,
+        gw.apply(&only(0));
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+        assert_eq!(hop_of(&gw, &f), (XDP_REDIRECT, backend_mac(0)));
+
+        // The backend now answers at another MAC: its packets follow.
+        let moved = [0x02, 0, 0, 0, 2, 0x10];
+        let neigh = |mac: [u8; 6]| {
+            sh(&[
+                "ip",
+                "neigh",
+                "replace",
+                &backend4(0).to_string(),
+                "lladdr",
+                &mac_str(mac),
+                "dev",
+                OUT_IF,
+                "nud",
+                "permanent",
+            ])
+        };
+        neigh(moved);
+        wait_for_hop(&gw, &f, "the new neighbour MAC", (XDP_REDIRECT, moved));
+
+        // The neighbour is gone: the rewritten packet goes to the kernel to resolve
+        // it (its MACs untouched).
+        sh(&[
+            "ip",
+            "neigh",
+            "del",
+            &backend4(0).to_string(),
+            "dev",
+            OUT_IF,
+        ]);
+        let before = gw.counters();
+        wait_for_hop(&gw, &f, "no neighbour: XDP_PASS", (XDP_PASS, IN_MAC));
+        assert!(
+            gw.counters().reasons[Reason::FibNoNeighbour as usize]
+                > before.reasons[Reason::FibNoNeighbour as usize]
         );
-        let dsr_syn = frame(
-            &flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP),
-            &syn,
+        neigh(backend_mac(0));
+        wait_for_hop(
+            &gw,
+            &f,
+            "the neighbour back",
+            (XDP_REDIRECT, backend_mac(0)),
         );
-        let reply = frame(
-            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
-            &Shape {
-                dst_mac: OUT_MAC,
-                src_mac: backend_mac(0),
-                ..d.clone()
-            },
+
+        // The route to the backend changes to another interface (IN_IF, where the
+        // packet came from): XDP_TX with that interface's next hop.
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", backend4(0)),
+            "dev",
+            IN_IF,
+        ]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &backend4(0).to_string(),
+            "lladdr",
+            &mac_str(moved),
+            "dev",
+            IN_IF,
+            "nud",
+            "permanent",
+        ]);
+        wait_for_hop(&gw, &f, "the route via IN_IF", (XDP_TX, moved));
+        sh(&[
+            "ip",
+            "route",
+            "del",
+            &format!("{}/32", backend4(0)),
+            "dev",
+            IN_IF,
+        ]);
+        wait_for_hop(&gw, &f, "the route back", (XDP_REDIRECT, backend_mac(0)));
+
+        // Another backend in the flow's place takes effect with the very next
+        // packet, well within the cache's lifetime: a new slot has no entry, and a
+        // slot given to another backend has a new generation, which the entry of its
+        // previous owner does not match.
+        let slot_of =
+            |gw: &Gateway, i: u8| gw.dp.backend_slot(&v, &ep(backend4(i), 8080, PROTO_TCP));
+        let first_slot = slot_of(&gw, 0);
+        gw.apply(&only(1));
+        assert_eq!(hop_of(&gw, &f), (XDP_REDIRECT, backend_mac(1)));
+        gw.apply(&only(2));
+        assert_eq!(
+            slot_of(&gw, 2),
+            first_slot,
+            "the third backend should reuse the first one's slot (what this step tests)"
         );
-        let reply_fin = frame(
-            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
-            &Shape {
-                dst_mac: OUT_MAC,
-                src_mac: backend_mac(0),
-                tcp_flags: FIN | ACK,
-                ..d.clone()
-            },
-        );
-        let other = frame(&flow("198.18.0.2:40000", "198.18.0.1:22", PROTO_TCP), &d);
-        gw.run(&nat_syn, gw.in_index); // establish
-        gw.run(&dsr_syn, gw.in_index);
-        let runs = 20_000;
-        // NAT rewrites its input, so time single runs of a fresh copy.
-        let nat_ns: u128 =
-            (0..runs).map(|_| avg(&nat, gw.in_index, 1)).sum::<u128>() / runs as u128;
-        println!("nat, established flow:  {nat_ns} ns/packet (single runs)");
-        println!(
-            "dsr, established flow:  {} ns/packet",
-            avg(&dsr, gw.in_index, 1_000_000)
-        );
-        println!(
-            "not for a VIP:          {} ns/packet",
-            avg(&other, gw.in_index, 1_000_000)
-        );
-        let dsr_single: u128 =
-            (0..runs).map(|_| avg(&dsr, gw.in_index, 1)).sum::<u128>() / runs as u128;
-        println!(
-            "dsr, established flow:  {dsr_single} ns/packet (single runs, to compare with nat)"
-        );
-        let nat_syn_ns: u128 = (0..runs)
-            .map(|_| avg(&nat_syn, gw.in_index, 1))
-            .sum::<u128>()
-            / runs as u128;
-        println!("nat, SYN of a tracked tuple: {nat_syn_ns} ns/packet (single runs)");
-        println!(
-            "dsr, SYN of a tracked tuple: {} ns/packet",
-            avg(&dsr_syn, gw.in_index, 1_000_000)
-        );
-        let reply_ns: u128 = (0..runs)
-            .map(|_| avg(&reply, gw.out_index, 1))
-            .sum::<u128>()
-            / runs as u128;
-        println!("nat reply, ACK:         {reply_ns} ns/packet (single runs)");
-        let fin_ns: u128 = (0..runs)
-            .map(|_| avg(&reply_fin, gw.out_index, 1))
-            .sum::<u128>()
-            / runs as u128;
-        println!("nat reply, FIN (counted): {fin_ns} ns/packet (single runs)");
-        let mut icmp = other.clone();
-        icmp[14 + 9] = 1;
-        println!(
-            "icmp (parse only):      {} ns/packet",
-            avg(&icmp, gw.in_index, 1_000_000)
-        );
+        assert_eq!(hop_of(&gw, &f), (XDP_REDIRECT, backend_mac(2)));
     });
 }
 

@@ -20,8 +20,6 @@
 //! Each frame is run once (`repeat = 1`: the kernel does not reset the frame
 //! between repeats). Needs root: `cargo test -p keystone-tests --test packet_fuzz`.
 
-mod support;
-
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -32,7 +30,7 @@ use keystone_common::{
     Endpoint, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, checksum, mode,
     tcp_flags::{ACK, FIN, RST, SYN},
 };
-use support::*;
+use keystone_lab::xdp::*;
 
 const DEFAULT_PACKETS: u64 = 1_000_000;
 /// Frames between two counter comparisons.
@@ -605,21 +603,6 @@ fn check_output(input: &[u8], out: &[u8], want: &Output) -> Result<(), String> {
 // ---------------------------------------------------------------------------
 // The generator.
 // ---------------------------------------------------------------------------
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn client(rng: &mut Rng, v4: bool) -> IpAddr {
     if v4 {

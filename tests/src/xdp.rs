@@ -1,27 +1,27 @@
-//! Shared by the packet test files: the network namespace and bpffs each test runs
-//! in, the loaded program (`Gateway`), frame building and checking, config helpers.
-#![allow(
-    dead_code,
-    unused_imports,
-    reason = "each test crate including this module uses a different subset"
-)]
+//! The `BPF_PROG_TEST_RUN` environment shared by the packet tests
+//! (`tests/tests/packet.rs`) and `ks-packet-bench` (`cargo xtask bench packet`): a
+//! network namespace with a fixed topology so `bpf_fib_lookup` answers
+//! deterministically, the program loaded by the agent's own `AyaDataplane`, frame
+//! builders, and the config helpers.
+//!
+//! Everything here panics with context on failure (it runs inside tests and a bench
+//! binary); the namespace goes away with its thread and the bpffs is unmounted on drop.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use keystone_agent::dataplane::{
     AyaDataplane, BackendSpec, Counters, Dataplane, LoadOptions, VipSpec,
 };
 use keystone_common::{
-    Endpoint, FlowKey, L4Counters, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason,
-    checksum, mode,
-    tcp_flags::{ACK, FIN, PSH, RST, SYN},
-    vip_flags,
+    Endpoint, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, checksum,
+    tcp_flags::SYN,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -214,6 +214,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway over a data plane loaded by the caller (e.g. over maps it pinned
+    /// first), keeping `bpffs` mounted as long as it lives.
+    pub fn with(dp: AyaDataplane, bpffs: Bpffs) -> Self {
+        Gateway {
+            dp,
+            _bpffs: bpffs,
+            in_index: ifindex(IN_IF),
+            out_index: ifindex(OUT_IF),
+        }
+    }
+
     pub fn new() -> Self {
         let bpffs = Bpffs::mount();
         let dp = AyaDataplane::load(LoadOptions::new(bpffs.dir.join("keystone")))
@@ -242,25 +253,54 @@ impl Gateway {
     }
 }
 
+impl Default for Gateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one `BPF_PROG_TEST_RUN` call returned.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRunOutcome {
+    /// The XDP action.
+    pub action: u32,
+    /// The program's run time as the kernel measured it (repeat = 1, so this
+    /// includes the test harness's own timer reads: compare against a floor
+    /// program measured the same way).
+    pub duration: Duration,
+}
+
 /// Runs one frame through `dp`'s program (`BPF_PROG_TEST_RUN`, repeat 1) as if it
 /// arrived on `ifindex`; returns (action, output frame).
 pub fn run_frame(dp: &AyaDataplane, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let mut out = Vec::new();
+    let run = test_run(dp.program(), frame, ifindex, &mut out);
+    (run.action, out)
+}
+
+/// Runs `prog` once (repeat = 1: every call starts from `frame`, never from the
+/// previous call's output) on `frame` arriving on `ifindex`. `out` receives the
+/// output frame; it is reused across calls so a timing loop allocates nothing.
+pub fn test_run(prog: &Xdp, frame: &[u8], ifindex: u32, out: &mut Vec<u8>) -> TestRunOutcome {
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes()); // data_end
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
-    let mut out = vec![0u8; frame.len() + 256];
+    out.clear();
+    out.resize(frame.len() + 256, 0);
     let opts = TestRunOptions {
         data_in: Some(frame),
-        data_out: Some(&mut out),
+        data_out: Some(out.as_mut_slice()),
         ctx_in: Some(&ctx),
         ..TestRunOptions::default()
     };
-    let result = dp
-        .program()
+    let result = prog
         .test_run(opts)
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len()));
     out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    TestRunOutcome {
+        action: result.return_value,
+        duration: result.duration,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -574,4 +614,40 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Rewrites `frame`'s flow as the program should (NAT): new addresses/ports, TTL - 1,
+/// new MACs; recomputed from scratch by the builder.
+pub fn natted(to: Flow, s: &Shape, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    frame(
+        &to,
+        &Shape {
+            dst_mac,
+            src_mac,
+            ttl: s.ttl - 1,
+            ..s.clone()
+        },
+    )
+}
+
+pub fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
 }
