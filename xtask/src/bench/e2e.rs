@@ -29,9 +29,9 @@ use keystone_lab::{
 
 use self::{
     configs::{Member, Ports},
-    tools::{CpuShare, CpuTimes, Iperf, LinkCounters, Wrk},
+    tools::{CpuTimes, Iperf, LinkCounters, Wrk},
 };
-use super::table::{Table, human, ratio};
+use super::table::{self, Table, human, ratio};
 use crate::util;
 
 /// The lab's two backends; the first also serves the single iperf3 stream.
@@ -73,6 +73,11 @@ pub struct Args {
     /// Run only these cases (repeat the flag); all by default, in the order listed.
     #[arg(long = "case", value_enum)]
     cases: Vec<Case>,
+    /// Run every case this many times, every other round in reverse order (so a drift
+    /// in the machine's load does not favour the cases run first); tables show medians
+    /// (nearest rank: give an odd number).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    rounds: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,9 +229,22 @@ pub fn run(args: Args) -> Result<()> {
         bench.weights_label(),
         args.connections
     );
-    let results = bench
-        .run(&cases)
+    let runs = bench
+        .run(&cases, args.rounds)
         .map_err(|e| anyhow!("{e:#}\n{}", bench.lab.diagnostics()))?;
+    let results: Vec<CaseResult> = cases
+        .iter()
+        .map(|&c| {
+            let of_case: Vec<&CaseResult> = runs.iter().filter(|r| r.case == c).collect();
+            CaseResult::median(&of_case)
+        })
+        .collect();
+    if args.rounds > 1 {
+        println!(
+            "\nEach figure below is the median of {} rounds (sums for errors and retransmits).",
+            args.rounds
+        );
+    }
     bench.report(&results);
     println!(
         "\nbench e2e: done in {:.0} s; the lab is being torn down",
@@ -238,7 +256,8 @@ pub fn run(args: Args) -> Result<()> {
 /// What one measurement window saw besides the tool's own figures.
 #[derive(Clone, Debug, Default)]
 struct Window {
-    cpu: CpuShare,
+    /// CPU time spent over the window, all CPUs.
+    cpu: CpuTimes,
     /// Packets each backend's link received (lab order).
     backend_rx: Vec<u64>,
     /// Packets the client's link sent.
@@ -302,6 +321,79 @@ struct CaseResult {
     pps: Option<(Pps, Window)>,
 }
 
+/// The median of `xs` (0 for none).
+fn med(xs: impl IntoIterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.into_iter().collect();
+    table::median(&v).unwrap_or(0.0)
+}
+
+fn med_duration(xs: impl IntoIterator<Item = Duration>) -> Duration {
+    Duration::from_secs_f64(med(xs.into_iter().map(|d| d.as_secs_f64())))
+}
+
+impl Wrk {
+    fn median(runs: &[&Wrk]) -> Wrk {
+        Wrk {
+            requests_per_sec: med(runs.iter().map(|w| w.requests_per_sec)),
+            requests: runs.iter().map(|w| w.requests).sum(),
+            p50: med_duration(runs.iter().map(|w| w.p50)),
+            p99: med_duration(runs.iter().map(|w| w.p99)),
+            errors: runs.iter().map(|w| w.errors).sum(),
+        }
+    }
+}
+
+impl Window {
+    /// Counters and CPU time summed over the runs.
+    fn merge(runs: &[&Window]) -> Window {
+        let n = runs.iter().map(|w| w.backend_rx.len()).max().unwrap_or(0);
+        Window {
+            cpu: runs
+                .iter()
+                .fold(CpuTimes::default(), |acc, w| acc.plus(&w.cpu)),
+            backend_rx: (0..n)
+                .map(|i| runs.iter().filter_map(|w| w.backend_rx.get(i)).sum())
+                .collect(),
+            client_tx: runs.iter().map(|w| w.client_tx).sum(),
+            secs: runs.iter().map(|w| w.secs).sum(),
+        }
+    }
+}
+
+impl CaseResult {
+    /// One result from several rounds of the same case.
+    fn median(runs: &[&CaseResult]) -> CaseResult {
+        let wrk = |f: fn(&CaseResult) -> &(Wrk, Window)| {
+            let w: Vec<&Wrk> = runs.iter().map(|r| &f(r).0).collect();
+            let win: Vec<&Window> = runs.iter().map(|r| &f(r).1).collect();
+            (Wrk::median(&w), Window::merge(&win))
+        };
+        let pps: Vec<&(Pps, Window)> = runs.iter().filter_map(|r| r.pps.as_ref()).collect();
+        CaseResult {
+            case: runs[0].case,
+            close: wrk(|r| &r.close),
+            keepalive: wrk(|r| &r.keepalive),
+            iperf: (
+                Iperf {
+                    bits_per_second: med(runs.iter().map(|r| r.iperf.0.bits_per_second)),
+                    retransmits: runs.iter().map(|r| r.iperf.0.retransmits).sum(),
+                },
+                Window::merge(&runs.iter().map(|r| &r.iperf.1).collect::<Vec<_>>()),
+            ),
+            pps: (!pps.is_empty()).then(|| {
+                (
+                    Pps {
+                        sent: med(pps.iter().map(|p| p.0.sent)),
+                        forwarded: med(pps.iter().map(|p| p.0.forwarded)),
+                        forwarded_share: med(pps.iter().map(|p| p.0.forwarded_share)),
+                    },
+                    Window::merge(&pps.iter().map(|p| &p.1).collect::<Vec<_>>()),
+                )
+            }),
+        }
+    }
+}
+
 struct Bench {
     lab: Lab,
     programs: Programs,
@@ -319,24 +411,39 @@ impl Bench {
             .join(" / ")
     }
 
-    fn run(&mut self, cases: &[Case]) -> Result<Vec<CaseResult>> {
+    /// Every case `rounds` times, every other round in reverse order.
+    fn run(&mut self, cases: &[Case], rounds: u32) -> Result<Vec<CaseResult>> {
         self.prepare()?;
         let mut results = Vec::new();
-        for &case in cases {
-            util::interrupted()?;
-            self.check_plain_gateway()
-                .with_context(|| format!("before {}", case.label()))?;
-            println!("\n== {} ==", case.label());
-            self.start_case(case)
-                .with_context(|| format!("starting {}", case.label()))?;
-            let r = self
-                .measure(case)
-                .with_context(|| format!("measuring {}", case.label()))?;
-            self.end_case(case)
-                .with_context(|| format!("stopping {}", case.label()))?;
-            results.push(r);
+        for round in 1..=rounds {
+            let mut order = cases.to_vec();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for case in order {
+                util::interrupted()?;
+                self.check_plain_gateway()
+                    .with_context(|| format!("before {}", case.label()))?;
+                if rounds > 1 {
+                    println!("\n== {} (round {round} of {rounds}) ==", case.label());
+                } else {
+                    println!("\n== {} ==", case.label());
+                }
+                results.push(self.run_case(case)?);
+            }
         }
         Ok(results)
+    }
+
+    fn run_case(&mut self, case: Case) -> Result<CaseResult> {
+        self.start_case(case)
+            .with_context(|| format!("starting {}", case.label()))?;
+        let r = self
+            .measure(case)
+            .with_context(|| format!("measuring {}", case.label()))?;
+        self.end_case(case)
+            .with_context(|| format!("stopping {}", case.label()))?;
+        Ok(r)
     }
 
     /// Backends (nginx, iperf3 server, a sink for the generator's UDP), TCP settings
@@ -885,6 +992,7 @@ impl Bench {
             "errors",
             &format!("{} share", self.pool[0].name),
             cpu_head,
+            "CPU µs/conn",
             "nat ÷ case",
             "dsr ÷ case",
         ]);
@@ -897,6 +1005,7 @@ impl Bench {
                 r.close.0.errors.to_string(),
                 format!("{:.1} %", r.close.1.first_share()),
                 r.close.1.cpu.to_string(),
+                per_unit(r.close.1.cpu.busy_secs() * 1e6, r.close.0.requests as f64),
                 n,
                 d,
             ]);
@@ -991,6 +1100,7 @@ impl Bench {
             "forwarded pps",
             "forwarded %",
             cpu_head,
+            "CPU ns/packet",
             "nat ÷ case",
             "dsr ÷ case",
         ]);
@@ -1004,12 +1114,14 @@ impl Bench {
                     thousands(p.forwarded),
                     format!("{:.1} %", p.forwarded_share),
                     w.cpu.to_string(),
+                    per_unit(w.cpu.busy_secs() * 1e9, w.backend_rx_total() as f64),
                     n,
                     d,
                 ]),
                 None => t.row(&[
                     r.case.label().to_owned(),
                     "n/a (no UDP)".to_owned(),
+                    "n/a".to_owned(),
                     "n/a".to_owned(),
                     "n/a".to_owned(),
                     "n/a".to_owned(),
@@ -1022,7 +1134,9 @@ impl Bench {
 
         println!(
             "\nCPU: user/system/irq+softirq/idle, percent of all {cpus} CPUs of the machine over the measurement (/proc/stat);\n\
-             client, gateway and backends share them. `x ÷ case`: Keystone's figure over the row's."
+             client, gateway and backends share them. CPU µs/conn and ns/packet: busy CPU time of the whole machine\n\
+             (client, gateway and backends together; on a quiet machine) per connection or per packet forwarded.\n\
+             `x ÷ case`: Keystone's figure over the row's."
         );
         println!("\n## Targets (measured here, not asserted)");
         for k in [nat, dsr].into_iter().flatten() {
@@ -1086,6 +1200,15 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
         .with_context(|| format!("{dev} in {ns} has no MAC address: {out}"))
 }
 
+/// `total / count` with one decimal, or n/a for no count.
+fn per_unit(total: f64, count: f64) -> String {
+    if count > 0.0 {
+        format!("{:.1}", total / count)
+    } else {
+        "n/a".into()
+    }
+}
+
 /// `12345.6` → `12,346`.
 fn thousands(x: f64) -> String {
     let digits = format!("{:.0}", x.max(0.0));
@@ -1110,6 +1233,33 @@ mod tests {
             let err = parse_weights(bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn rounds_merge_into_medians_and_sums() {
+        let wrk = |rps: f64, p99_ms: u64, errors: u64| Wrk {
+            requests_per_sec: rps,
+            requests: 10,
+            p50: Duration::from_millis(1),
+            p99: Duration::from_millis(p99_ms),
+            errors,
+        };
+        let runs = [wrk(300.0, 9, 1), wrk(100.0, 3, 0), wrk(200.0, 5, 2)];
+        let m = Wrk::median(&runs.iter().collect::<Vec<_>>());
+        assert_eq!(m.requests_per_sec, 200.0);
+        assert_eq!(m.p99, Duration::from_millis(5));
+        assert_eq!((m.requests, m.errors), (30, 3));
+
+        let win = |blue: u64, green: u64| Window {
+            backend_rx: vec![blue, green],
+            client_tx: blue + green,
+            secs: 1.0,
+            ..Window::default()
+        };
+        let merged = Window::merge(&[&win(30, 10), &win(50, 10)]);
+        assert_eq!(merged.backend_rx, [80, 20]);
+        assert_eq!(merged.first_share(), 80.0);
+        assert_eq!((merged.client_tx, merged.secs), (100, 2.0));
     }
 
     #[test]

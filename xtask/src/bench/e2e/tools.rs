@@ -103,7 +103,11 @@ pub fn parse_iperf(json: &str) -> Result<Iperf> {
     })
 }
 
-/// Jiffies from /proc/stat's `cpu` line (every CPU together).
+/// /proc/stat's unit: 1/100 s on every Linux architecture (the ABI's USER_HZ).
+const USER_HZ: f64 = 100.0;
+
+/// Jiffies from /proc/stat's `cpu` line (every CPU together), or a span of time
+/// between two readings ([`CpuTimes::since`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CpuTimes {
     pub user: u64,
@@ -141,40 +145,56 @@ impl CpuTimes {
         })
     }
 
-    /// Time spent from `earlier` to `self`, as shares of the whole.
-    pub fn since(&self, earlier: &CpuTimes) -> CpuShare {
-        let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
-        let user = d(self.user, earlier.user);
-        let system = d(self.system, earlier.system);
-        let softirq = d(self.softirq, earlier.softirq);
-        let idle = d(self.idle, earlier.idle);
-        let total = user + system + softirq + idle + d(self.other, earlier.other);
-        let pct = |x: f64| if total > 0.0 { 100.0 * x / total } else { 0.0 };
-        CpuShare {
-            user: pct(user),
-            system: pct(system),
-            softirq: pct(softirq),
-            idle: pct(idle),
+    /// The time spent from `earlier` to `self`.
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+            softirq: self.softirq.saturating_sub(earlier.softirq),
+            idle: self.idle.saturating_sub(earlier.idle),
+            other: self.other.saturating_sub(earlier.other),
+        }
+    }
+
+    /// Two spans of time together.
+    pub fn plus(&self, other: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user + other.user,
+            system: self.system + other.system,
+            softirq: self.softirq + other.softirq,
+            idle: self.idle + other.idle,
+            other: self.other + other.other,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.user + self.system + self.softirq + self.idle + self.other
+    }
+
+    /// CPU-seconds not idle (a span of time), all CPUs together.
+    pub fn busy_secs(&self) -> f64 {
+        (self.total() - self.idle) as f64 / USER_HZ
+    }
+
+    /// `part` as a percentage of the whole span.
+    fn pct(&self, part: u64) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            t => 100.0 * part as f64 / t as f64,
         }
     }
 }
 
-/// Where the machine's CPU time went during a measurement, in percent of all CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CpuShare {
-    pub user: f64,
-    pub system: f64,
-    pub softirq: f64,
-    pub idle: f64,
-}
-
-impl std::fmt::Display for CpuShare {
-    /// `user/system/softirq/idle`, whole percents.
+impl std::fmt::Display for CpuTimes {
+    /// A span of time as `user/system/softirq/idle`, whole percents of all CPUs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "{:.0}/{:.0}/{:.0}/{:.0}",
-            self.user, self.system, self.softirq, self.idle
+            self.pct(self.user),
+            self.pct(self.system),
+            self.pct(self.softirq),
+            self.pct(self.idle)
         )
     }
 }
@@ -253,13 +273,16 @@ Transfer/sec:      3.33MB
     }
 
     #[test]
-    fn cpu_shares_add_up() {
+    fn cpu_spans_add_up() {
         // user+nice, system, idle+iowait, irq+softirq; steal counts in the total only.
         let a = CpuTimes::parse("cpu  100 0 50 800 0 0 50 0 0 0\ncpu0 1 2 3\n").unwrap();
         let b = CpuTimes::parse("cpu  180 20 90 820 20 5 65 0 0 0\n").unwrap();
-        let s = b.since(&a);
-        assert_eq!((s.user, s.system, s.softirq, s.idle), (50.0, 20.0, 10.0, 20.0));
-        assert_eq!(s.to_string(), "50/20/10/20");
+        let span = b.since(&a);
+        assert_eq!(span.to_string(), "50/20/10/20");
+        assert_eq!(span.busy_secs(), 1.6);
+        let twice = span.plus(&span);
+        assert_eq!(twice.to_string(), "50/20/10/20");
+        assert_eq!(twice.busy_secs(), 3.2);
         assert!(CpuTimes::parse("intr 1 2\n").is_err());
     }
 
