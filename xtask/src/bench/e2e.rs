@@ -101,6 +101,12 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
             "--weights {s:?}: both backends need a weight above 0 (the bench compares balancing)"
         ));
     }
+    if w.iter().any(|&x| x > configs::HAPROXY_MAX_WEIGHT) {
+        return Err(format!(
+            "--weights {s:?}: HAProxy takes weights up to {}: give smaller ones with the same ratio",
+            configs::HAPROXY_MAX_WEIGHT
+        ));
+    }
     Ok(Weights(w))
 }
 
@@ -1229,7 +1235,7 @@ mod tests {
     #[test]
     fn weights_are_two_positive_numbers() {
         assert_eq!(parse_weights("90/10"), Ok(Weights([90, 10])));
-        for bad in ["50", "50/50/1", "a/1", "0/100"] {
+        for bad in ["50", "50/50/1", "a/1", "0/100", "300/1"] {
             let err = parse_weights(bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }

@@ -68,15 +68,18 @@ pub fn nft_ruleset(table: &str, vip: Ipv4Addr, ports: Ports, pool: &[Member]) ->
     ))
 }
 
+/// The largest server weight HAProxy accepts.
+pub const HAPROXY_MAX_WEIGHT: u32 = 256;
+
 /// HAProxy in TCP mode with the same weights (`balance roundrobin` honours them), the
 /// threads it picks by itself (one per CPU), and no logging.
 pub fn haproxy_config(vip: Ipv4Addr, ports: Ports, pool: &[Member]) -> Result<String> {
     if pool.iter().all(|m| m.weight == 0) {
         bail!("every backend has weight 0: nothing to balance to");
     }
-    if let Some(m) = pool.iter().find(|m| m.weight > 256) {
+    if let Some(m) = pool.iter().find(|m| m.weight > HAPROXY_MAX_WEIGHT) {
         bail!(
-            "weight {} of {} is above HAProxy's maximum of 256: give smaller weights with the same ratio",
+            "weight {} of {} is above HAProxy's maximum of {HAPROXY_MAX_WEIGHT}: give smaller weights with the same ratio",
             m.weight,
             m.name
         );
