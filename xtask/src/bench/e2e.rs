@@ -879,6 +879,17 @@ impl Bench {
         let bound = (self.secs + 30) * 10_000_000;
         let client = self.lab.client_ns().to_owned();
         let trafgen = self.programs.trafgen.clone();
+        let gw_napi = self.gateway_napi_thread(true)?;
+        // A queue in front of the client's veth: when the gateway falls behind, veth
+        // stops its queue and trafgen's frames wait or are dropped here (trafgen goes
+        // on), instead of trafgen failing on a busy device.
+        self.lab.exec(
+            &client,
+            "tc",
+            &[
+                "qdisc", "replace", "dev", LINK, "root", "pfifo", "limit", "10000",
+            ],
+        )?;
         let before = self.marks()?;
         let pid = self.lab.spawn(
             "trafgen",
@@ -894,6 +905,11 @@ impl Bench {
                 // Leave the host's socket memory sysctls and IRQ affinities alone.
                 "--no-sock-mem".as_ref(),
                 "--notouch-irq".as_ref(),
+                // Blocking sendto(2) per frame (a gap of 0): it waits while the queue
+                // is full, where the TX_RING path fails on a busy device.
+                "--gap".as_ref(),
+                "0".as_ref(),
+                "--qdisc-path".as_ref(),
                 "--num".as_ref(),
                 bound.to_string().as_ref(),
             ],
@@ -929,6 +945,9 @@ impl Bench {
             );
         }
         self.lab.stop("trafgen")?;
+        self.restore_gateway_napi(gw_napi)?;
+        self.lab
+            .exec(&client, "tc", &["qdisc", "del", "dev", LINK, "root"])?;
         let window = measured?;
         let mut last = self.marks()?;
         wait_for("the last generated packets to land", READY, || {
@@ -956,6 +975,44 @@ impl Bench {
             },
         };
         Ok((pps, window))
+    }
+
+    /// Makes the gateway's receive side of the client link a NAPI instance polled by a
+    /// kernel thread of its own (GRO on, which gives a veth NAPI without XDP, and
+    /// `threaded`): the gateway's work then runs on whichever CPU the generator leaves
+    /// free, instead of inline in the generator's softirq, so the gateway can be the
+    /// bottleneck. The same for every case; returns the GRO setting to restore.
+    fn gateway_napi_thread(&self, on: bool) -> Result<bool> {
+        let gw = self.lab.gateway_ns();
+        let features = self.lab.exec(gw, "ethtool", &["-k", GW_CLIENT_LINK])?;
+        let gro_was_on = features
+            .lines()
+            .any(|l| l.trim_start().starts_with("generic-receive-offload: on"));
+        let flag = if on { "on" } else { "off" };
+        self.lab
+            .exec(gw, "ethtool", &["-K", GW_CLIENT_LINK, "gro", flag])?;
+        let threaded = format!(
+            "echo {} > /sys/class/net/{GW_CLIENT_LINK}/threaded",
+            u8::from(on)
+        );
+        self.lab.exec(gw, "sh", &["-c", &threaded])?;
+        Ok(gro_was_on)
+    }
+
+    fn restore_gateway_napi(&self, gro_was_on: bool) -> Result<()> {
+        let gw = self.lab.gateway_ns();
+        self.lab.exec(
+            gw,
+            "sh",
+            &[
+                "-c",
+                &format!("echo 0 > /sys/class/net/{GW_CLIENT_LINK}/threaded"),
+            ],
+        )?;
+        let flag = if gro_was_on { "on" } else { "off" };
+        self.lab
+            .exec(gw, "ethtool", &["-K", GW_CLIENT_LINK, "gro", flag])?;
+        Ok(())
     }
 
     /// `program args…` in `ns`, killed if it runs 20 s past `secs`; its stdout.
