@@ -315,6 +315,9 @@ struct Pps {
     forwarded: f64,
     /// Of all packets the client sent in the run, the percentage the backends received.
     forwarded_share: f64,
+    /// CPU time of the gateway's NAPI thread per packet forwarded, in ns: the gateway's
+    /// own cost, whatever else the machine runs (`None` if the thread was not found).
+    gateway_ns: Option<f64>,
 }
 
 /// Everything one case measured.
@@ -392,6 +395,10 @@ impl CaseResult {
                         sent: med(pps.iter().map(|p| p.0.sent)),
                         forwarded: med(pps.iter().map(|p| p.0.forwarded)),
                         forwarded_share: med(pps.iter().map(|p| p.0.forwarded_share)),
+                        gateway_ns: {
+                            let g: Vec<f64> = pps.iter().filter_map(|p| p.0.gateway_ns).collect();
+                            table::median(&g)
+                        },
                     },
                     Window::merge(&pps.iter().map(|p| &p.1).collect::<Vec<_>>()),
                 )
@@ -879,7 +886,7 @@ impl Bench {
         let bound = (self.secs + 30) * 10_000_000;
         let client = self.lab.client_ns().to_owned();
         let trafgen = self.programs.trafgen.clone();
-        let gw_napi = self.gateway_napi_thread(true)?;
+        let gw_napi = self.gateway_napi_thread()?;
         // A queue in front of the client's veth: when the gateway falls behind, veth
         // stops its queue and trafgen's frames wait or are dropped here (trafgen goes
         // on), instead of trafgen failing on a busy device.
@@ -927,6 +934,7 @@ impl Bench {
                 })
             })?;
             let begin = self.marks()?;
+            let thread_begin = gw_napi.thread.map(tools::task_cpu_secs).transpose()?;
             let end_at = begin.at + Duration::from_secs(self.secs);
             // The window itself: the generator runs while the time passes.
             while Instant::now() < end_at {
@@ -934,7 +942,10 @@ impl Bench {
                 self.lab.ensure_running("trafgen")?;
                 thread::sleep((end_at - Instant::now()).min(Duration::from_millis(200)));
             }
-            Ok::<_, anyhow::Error>(begin.window_to(&self.marks()?))
+            let thread_end = gw_napi.thread.map(tools::task_cpu_secs).transpose()?;
+            let window = begin.window_to(&self.marks()?);
+            let gateway_secs = thread_begin.zip(thread_end).map(|(a, b)| b - a);
+            Ok::<_, anyhow::Error>((window, gateway_secs))
         })();
         // trafgen's sending processes are children of the one started, which only
         // waits for them: stop them first.
@@ -945,10 +956,10 @@ impl Bench {
             );
         }
         self.lab.stop("trafgen")?;
-        self.restore_gateway_napi(gw_napi)?;
+        self.restore_gateway_napi(gw_napi.gro_was_on)?;
         self.lab
             .exec(&client, "tc", &["qdisc", "del", "dev", LINK, "root"])?;
-        let window = measured?;
+        let (window, gateway_secs) = measured?;
         let mut last = self.marks()?;
         wait_for("the last generated packets to land", READY, || {
             Ok(match self.marks() {
@@ -973,6 +984,9 @@ impl Bench {
             } else {
                 0.0
             },
+            gateway_ns: gateway_secs
+                .filter(|_| window.backend_rx_total() > 0)
+                .map(|s| s * 1e9 / window.backend_rx_total() as f64),
         };
         Ok((pps, window))
     }
@@ -980,23 +994,45 @@ impl Bench {
     /// Makes the gateway's receive side of the client link a NAPI instance polled by a
     /// kernel thread of its own (GRO on, which gives a veth NAPI without XDP, and
     /// `threaded`): the gateway's work then runs on whichever CPU the generator leaves
-    /// free, instead of inline in the generator's softirq, so the gateway can be the
-    /// bottleneck. The same for every case; returns the GRO setting to restore.
-    fn gateway_napi_thread(&self, on: bool) -> Result<bool> {
+    /// free, instead of inline in the generator's system call, so the gateway can be
+    /// the bottleneck, and that thread's CPU time is the gateway's cost. The same for
+    /// every case.
+    fn gateway_napi_thread(&self) -> Result<GatewayNapi> {
         let gw = self.lab.gateway_ns();
         let features = self.lab.exec(gw, "ethtool", &["-k", GW_CLIENT_LINK])?;
         let gro_was_on = features
             .lines()
             .any(|l| l.trim_start().starts_with("generic-receive-offload: on"));
-        let flag = if on { "on" } else { "off" };
+        // Threads are named after the device only, and other labs have an eth-client
+        // too: ours is the one that appears now.
+        let before = napi_threads(GW_CLIENT_LINK);
         self.lab
-            .exec(gw, "ethtool", &["-K", GW_CLIENT_LINK, "gro", flag])?;
-        let threaded = format!(
-            "echo {} > /sys/class/net/{GW_CLIENT_LINK}/threaded",
-            u8::from(on)
-        );
+            .exec(gw, "ethtool", &["-K", GW_CLIENT_LINK, "gro", "on"])?;
+        let threaded = format!("echo 1 > /sys/class/net/{GW_CLIENT_LINK}/threaded");
         self.lab.exec(gw, "sh", &["-c", &threaded])?;
-        Ok(gro_was_on)
+        let thread = wait_for(
+            "the gateway's NAPI thread to start",
+            Duration::from_secs(2),
+            || {
+                let new: Vec<u32> = napi_threads(GW_CLIENT_LINK)
+                    .into_iter()
+                    .filter(|p| !before.contains(p))
+                    .collect();
+                Ok(match new[..] {
+                    [pid] => Probe::Ready(pid),
+                    [] => Probe::NotYet("no new thread".into()),
+                    _ => Probe::NotYet(format!("{} new threads: cannot tell ours", new.len())),
+                })
+            },
+        );
+        let thread = match thread {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                eprintln!("bench e2e: no gateway CPU per packet in this case: {e}");
+                None
+            }
+        };
+        Ok(GatewayNapi { gro_was_on, thread })
     }
 
     fn restore_gateway_napi(&self, gro_was_on: bool) -> Result<()> {
@@ -1164,6 +1200,7 @@ impl Bench {
             "forwarded %",
             cpu_head,
             "CPU ns/packet",
+            "gateway ns/packet",
             "nat ÷ case",
             "dsr ÷ case",
         ]);
@@ -1178,12 +1215,15 @@ impl Bench {
                     format!("{:.1} %", p.forwarded_share),
                     w.cpu.to_string(),
                     per_unit(w.cpu.busy_secs() * 1e9, w.backend_rx_total() as f64),
+                    p.gateway_ns
+                        .map_or_else(|| "n/a".to_owned(), |ns| format!("{ns:.0}")),
                     n,
                     d,
                 ]),
                 None => t.row(&[
                     r.case.label().to_owned(),
                     "n/a (no UDP)".to_owned(),
+                    "n/a".to_owned(),
                     "n/a".to_owned(),
                     "n/a".to_owned(),
                     "n/a".to_owned(),
@@ -1199,6 +1239,8 @@ impl Bench {
             "\nCPU: user/system/irq+softirq/idle, percent of all {cpus} CPUs of the machine over the measurement (/proc/stat);\n\
              client, gateway and backends share them. CPU µs/conn and ns/packet: busy CPU time of the whole machine\n\
              (client, gateway and backends together; on a quiet machine) per connection or per packet forwarded.\n\
+             gateway ns/packet: CPU time of the kernel thread that polls the gateway's client link (the gateway's\n\
+             forwarding work, up to handing each packet to a backend's link) per packet forwarded.\n\
              `x ÷ case`: Keystone's figure over the row's."
         );
         println!("\n## Targets (measured here, not asserted)");
@@ -1224,6 +1266,28 @@ impl Bench {
             }
         }
     }
+}
+
+/// What [`Bench::gateway_napi_thread`] changed and found.
+struct GatewayNapi {
+    gro_was_on: bool,
+    /// The kernel thread polling the gateway's client link.
+    thread: Option<u32>,
+}
+
+/// Pids of the NAPI kernel threads of devices named `dev` (in any namespace).
+fn napi_threads(dev: &str) -> Vec<u32> {
+    let prefix = format!("napi/{dev}-");
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(&prefix))
+        })
+        .collect()
 }
 
 /// Pids of the processes whose parent is `pid`.

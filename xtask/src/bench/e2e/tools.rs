@@ -199,6 +199,28 @@ impl std::fmt::Display for CpuTimes {
     }
 }
 
+/// CPU time (user + system) task `pid` has used so far, in seconds.
+pub fn task_cpu_secs(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    task_cpu_secs_of(&stat).with_context(|| format!("{path}: {stat}"))
+}
+
+fn task_cpu_secs_of(stat: &str) -> Result<f64> {
+    // "pid (comm) state ppid …": utime and stime are fields 14 and 15, counted from 1;
+    // comm may hold spaces, so count after the last ')'.
+    let rest = stat.rsplit_once(')').context("no ')' in the stat line")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        f.get(i)
+            .context("stat line too short")?
+            .parse()
+            .context("utime/stime")
+    };
+    // After ')': state is field 3, so field n is at index n - 3.
+    Ok((tick(14 - 3)? + tick(15 - 3)?) as f64 / USER_HZ)
+}
+
 /// An interface's packet counters from `ip -j -s link show dev <dev>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LinkCounters {
@@ -284,6 +306,13 @@ Transfer/sec:      3.33MB
         assert_eq!(twice.to_string(), "50/20/10/20");
         assert_eq!(twice.busy_secs(), 3.2);
         assert!(CpuTimes::parse("intr 1 2\n").is_err());
+    }
+
+    #[test]
+    fn task_cpu_time_is_read_after_the_name() {
+        let stat = "4242 (napi/eth client-1) S 2 0 0 0 -1 69238880 0 0 0 0 150 250 0 0 20 0 1 0";
+        assert_eq!(task_cpu_secs_of(stat).unwrap(), 4.0);
+        assert!(task_cpu_secs_of("4242 (x) S 2").is_err());
     }
 
     #[test]
