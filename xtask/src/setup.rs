@@ -18,7 +18,20 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     // examples/ci/keystone-webhook.sh signs with it; the tests run that script.
     ("openssl", "openssl"),
+    // `cargo xtask bench e2e`: the peers Keystone is measured against, the backends'
+    // HTTP server and the measuring tools (HAProxy and nginx stay out of the host: see
+    // `quiet_bench_services`).
+    ("nft", "nftables"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("iperf3", "iperf3"),
+    ("trafgen", "netsniff-ng"),
 ];
+
+/// Packages (by program) whose Debian install starts a host service that the benches
+/// never use: they run their own copies inside the lab's namespaces.
+const BENCH_SERVICES: &[&str] = &["haproxy", "nginx"];
 
 /// What setup did, one line per step.
 type Report = Vec<String>;
@@ -27,7 +40,13 @@ pub fn setup() -> Result<()> {
     let mut report = Report::new();
     rust_src(&mut report)?;
     bpf_linker(&mut report)?;
+    let fresh_services: Vec<&str> = BENCH_SERVICES
+        .iter()
+        .copied()
+        .filter(|program| which(program).is_none())
+        .collect();
     debian_packages(&mut report)?;
+    quiet_bench_services(&fresh_services, &mut report);
     schemathesis(&mut report)?;
     for line in &report {
         println!("setup: {line}");
@@ -258,4 +277,32 @@ fn schemathesis(report: &mut Report) -> Result<()> {
         bin.display()
     ));
     Ok(())
+}
+
+/// Stops and disables the host services that installing `services` just started (on
+/// machines whose package installs start services): the benches start their own in
+/// namespaces, and a stock nginx on the host's port 80 is nobody's intent. Services that
+/// were installed before setup ran are never touched.
+fn quiet_bench_services(services: &[&str], report: &mut Report) {
+    for service in services {
+        if which(service).is_none() {
+            continue;
+        }
+        let stopped = if std::path::Path::new("/run/systemd/system").is_dir() {
+            Command::new("systemctl")
+                .args(["disable", "--now", "--quiet", service])
+                .status()
+        } else {
+            // Without systemd: honours policy-rc.d like the install did.
+            Command::new("invoke-rc.d")
+                .args(["--quiet", service, "stop"])
+                .status()
+        };
+        match stopped {
+            Ok(s) if s.success() => report.push(format!(
+                "stopped the host's {service} service that its package started (the benches run their own)"
+            )),
+            _ => {}
+        }
+    }
 }
