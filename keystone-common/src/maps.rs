@@ -144,7 +144,10 @@ pub struct VipAddr {
     pub addr: [u32; 4],
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: zeroing a 3-byte array compiles to a call to the
+    // BPF object's byte-loop `memset` on every VIP-address lookup.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl VipAddr {
@@ -153,7 +156,8 @@ impl VipAddr {
         VipAddr {
             addr,
             family,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }
