@@ -1402,6 +1402,20 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
     }
+    for ((field, old_value), (_, new_value)) in old
+        .config
+        .limits
+        .fields()
+        .into_iter()
+        .zip(new.config.limits.fields())
+    {
+        if old_value != new_value {
+            return Some(problem(
+                &format!("limits.{field}"),
+                format!("a data plane capacity ({old_value} → {new_value})"),
+            ));
+        }
+    }
     let webhook = |c: &LoadedConfig| serde_json::to_value(&c.config.webhook).ok();
     if webhook(old) != webhook(new) {
         return Some(problem(

@@ -1,4 +1,6 @@
-//! Maps (names and sizes from keystone-common) and the per-CPU counter updates.
+//! Maps (names and default sizes from keystone-common) and the per-CPU counter
+//! updates. The agent resizes the capacity maps at load time (`limits:` in its
+//! config); the program never assumes a size.
 
 use aya_ebpf::{
     macros::map,
@@ -10,9 +12,9 @@ use keystone_common::{
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
-        ring::{MAX_BACKENDS, RING_ARRAY_ENTRIES},
+        ring::{DEFAULT_MAX_BACKENDS as MAX_BACKENDS, DEFAULT_RING_ENTRIES},
         stats::XDP_ACTIONS,
-        vip::{MAX_VIP_ADDRS, MAX_VIPS},
+        vip::DEFAULT_MAX_VIPS as MAX_VIPS,
     },
     names, tcp_flags,
 };
@@ -34,7 +36,7 @@ const fn same(a: &str, b: &str) -> bool {
     true
 }
 const _: () = {
-    assert!(same(names::VIPS, "KS_VIPS_V1"));
+    assert!(same(names::VIPS, "KS_VIPS_V2"));
     assert!(same(names::VIP_ADDRS, "KS_VIP_ADDRS_V1"));
     assert!(same(names::ADDR_FILTER, "KS_ADDR_FILTER_V1"));
     assert!(same(names::BACKENDS, "KS_BACKENDS_V1"));
@@ -49,11 +51,11 @@ const _: () = {
     assert!(same(names::PROGRAM, "keystone_xdp"));
 };
 
-#[map(name = "KS_VIPS_V1")]
+#[map(name = "KS_VIPS_V2")]
 pub static VIPS: HashMap<Endpoint, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "KS_VIP_ADDRS_V1")]
-pub static VIP_ADDRS: HashMap<VipAddr, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
+pub static VIP_ADDRS: HashMap<VipAddr, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "KS_ADDR_FILTER_V1")]
 pub static ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_WORDS, 0);
@@ -62,7 +64,7 @@ pub static ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_WORDS, 
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KS_RINGS_V1")]
-pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARRAY_ENTRIES, 0);
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, 0);
 
 #[map(name = "KS_CONNS_V1")]
 pub static CONNS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);

@@ -77,7 +77,8 @@ pub fn choose(key: &FlowKey, vip: &VipInfo, new_connection: bool) -> Result<Choi
         return Err(Verdict::drop(Reason::MapInconsistent));
     }
     let entry = flow_hash(key, vip.flags & SOURCE_STICKY != 0) % size;
-    let Some(&slot) = RINGS.get(vip.ring_base() + entry) else {
+    // Out of the array (a base the agent did not write): no entry, counted below.
+    let Some(&slot) = RINGS.get(vip.ring_base.wrapping_add(entry)) else {
         return Err(Verdict::drop(Reason::MapInconsistent));
     };
     if slot == NO_BACKEND {
