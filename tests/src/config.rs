@@ -158,6 +158,8 @@ pub struct Tenant {
     /// Blue/green: the environment taking traffic (`active_environment:`).
     pub active_environment: Option<String>,
     pub switch: Option<SwitchConfig>,
+    /// Maglev table size (`ring_size:`); the agent's default when `None`.
+    pub ring_size: Option<u32>,
 }
 
 impl Tenant {
@@ -206,6 +208,9 @@ pub struct AgentConfig {
     pub token: String,
     pub tenants: Vec<Tenant>,
     pub webhook: Option<WebhookConfig>,
+    /// The `limits:` section as (field, value), e.g. `("max_backends", 2048)`;
+    /// the agent's defaults for fields not listed.
+    pub limits: Vec<(String, u32)>,
 }
 
 impl AgentConfig {
@@ -231,6 +236,12 @@ impl AgentConfig {
             let _ = writeln!(y, "  secret: {}", q(&w.secret));
             let _ = writeln!(y, "  tolerance: {}", q(&w.tolerance));
         }
+        if !self.limits.is_empty() {
+            let _ = writeln!(y, "limits:");
+            for (field, value) in &self.limits {
+                let _ = writeln!(y, "  {field}: {value}");
+            }
+        }
         let _ = writeln!(y, "tenants:");
         for t in &self.tenants {
             let _ = writeln!(y, "  - name: {}", q(&t.name));
@@ -238,6 +249,9 @@ impl AgentConfig {
             let _ = writeln!(y, "    protocol: {}", t.protocol.as_str());
             let _ = writeln!(y, "    mode: {}", t.mode.as_str());
             let _ = writeln!(y, "    deployment_strategy: {}", t.strategy);
+            if let Some(size) = t.ring_size {
+                let _ = writeln!(y, "    ring_size: {size}");
+            }
             if let Some(c) = &t.canary {
                 let _ = writeln!(y, "    canary_config:");
                 let _ = writeln!(y, "      initial_traffic: {}", c.initial_traffic);
@@ -313,6 +327,7 @@ mod tests {
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
             webhook: None,
+            limits: vec![("max_vips".into(), 4)],
             tenants: vec![Tenant {
                 name: "web".into(),
                 listen: "[2001:2::10]:80".parse().unwrap(),
@@ -330,10 +345,13 @@ mod tests {
                 canary: None,
                 active_environment: None,
                 switch: None,
+                ring_size: Some(1009),
             }],
         };
         let y = cfg.to_yaml();
         for want in [
+            "limits:\n  max_vips: 4\n",
+            "    ring_size: 1009",
             "interfaces: [\"eth-client\", \"eth-blue\"]",
             "  listen: \"127.0.0.1:9100\"",
             "    listen: \"[2001:2::10]:80\"",
@@ -368,11 +386,13 @@ mod tests {
             canary: None,
             active_environment: None,
             switch: None,
+            ring_size: None,
         };
         let cfg = AgentConfig {
             interfaces: vec!["eth-client".into()],
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
+            limits: Vec::new(),
             webhook: Some(WebhookConfig {
                 secret: "0123456789abcdef-lab".into(),
                 tolerance: "5m".into(),
