@@ -203,17 +203,25 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
             live::poll_vip(&pins, &vip(80), DEADLINE, |i| {
                 i.is_some_and(|i| i.ring_size == size)
             })?;
-            let (live, answered) = weight_changes(&pins, &mut admin, backends, size, args.reps)?;
+            let changes = weight_changes(&pins, &mut admin, backends, size, args.reps)?;
             let case = format!("weights → live: {backends} backends, {size} entries");
             let target = (backends == 1000 && size == 65_537).then_some(TARGET);
-            summary_row(&mut t, &case, &live, target, floor_med);
+            summary_row(&mut t, &case, &changes.live, target, floor_med);
+            summary_row(&mut t, "  API answered", &changes.answered, None, floor_med);
             summary_row(
                 &mut t,
-                &format!("  (API answered: {backends} backends, {size} entries)"),
-                &answered,
+                "  Maglev build alone (bench process)",
+                &changes.build,
                 None,
                 floor_med,
             );
+            let written: Vec<f64> = changes.written.iter().map(|&w| w as f64).collect();
+            t.row(&[
+                "  ring entries the agent rewrites (median)".to_owned(),
+                written.len().to_string(),
+                String::new(),
+                format!("{:.0}", median(&written).unwrap_or(0.0)),
+            ]);
         }
     }
 
@@ -250,19 +258,39 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Changes the first backend's weight `reps` times (2, 3, …: each a new table) and
-/// times API call → flip; checks each live table against the prediction.
+/// What `weight_changes` measured, one sample per change.
+struct Changes {
+    /// API call sent → VIP entry flipped.
+    live: Vec<Duration>,
+    /// API call sent → answer read.
+    answered: Vec<Duration>,
+    /// The Maglev build of the same table in the bench process.
+    build: Vec<Duration>,
+    /// Entries that differ from the table two changes before, which the inactive
+    /// stripe holds: what the agent writes, one map update each.
+    written: Vec<usize>,
+}
+
+/// Changes the first backend's weight (2, 3, …: each a new table) and times API call
+/// → flip; checks each live table against the prediction. Two changes first are not
+/// counted: after a table-size change both stripes are empty (a full write).
 fn weight_changes(
     pins: &Pins,
     admin: &mut Admin,
     backends: u32,
     size: u32,
     reps: usize,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
+) -> Result<Changes> {
+    const WARM_UP: usize = 2;
     let web = vip(80);
-    let mut live = Vec::new();
-    let mut answered = Vec::new();
-    for r in 0..reps {
+    let mut c = Changes {
+        live: Vec::new(),
+        answered: Vec::new(),
+        build: Vec::new(),
+        written: Vec::new(),
+    };
+    let mut tables: Vec<Vec<Endpoint>> = Vec::new();
+    for r in 0..reps + WARM_UP {
         let weight = 2 + r as u32;
         let services = table_only_services(backends, weight);
         let body = serde_json::json!({
@@ -278,23 +306,28 @@ fn weight_changes(
         if status != 200 {
             bail!("POST /tenants/web/weights: HTTP {status}: {text}");
         }
-        live.push(flipped - t0);
-        answered.push(t_answer);
         let info = pins.vip(&web).context("web VIP gone")?;
-        let want = live::predicted_table(
-            &services
-                .iter()
-                .map(|s| (ep(s.address), s.weight))
-                .collect::<Vec<_>>(),
-            size,
-        );
+        let weights: Vec<(Endpoint, u32)> =
+            services.iter().map(|s| (ep(s.address), s.weight)).collect();
+        let b0 = Instant::now();
+        let want = live::predicted_table(&weights, size);
+        let build = b0.elapsed();
         if pins.live_table(&info)? != want {
             bail!(
                 "the live table of web ({backends} backends, weight {weight}) differs from the Maglev prediction"
             );
         }
+        if r >= WARM_UP {
+            c.live.push(flipped - t0);
+            c.answered.push(t_answer);
+            c.build.push(build);
+            let two_before = &tables[r - 2];
+            c.written
+                .push(two_before.iter().zip(&want).filter(|(a, b)| a != b).count());
+        }
+        tables.push(want);
     }
-    Ok((live, answered))
+    Ok(c)
 }
 
 /// Switches `bg` between blue and green; times API call → VIP flipped, checks the
