@@ -174,7 +174,7 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
     let floor_med = median(&floor_ms).unwrap_or(0.0);
     let resolution = live::lookup_cost(&pins, &vip(80), 20_000);
     println!(
-        "bench control: polling resolution {} per VIPS lookup (the bench polls in a tight loop)",
+        "bench control: polling resolution {} per poll (one VIPS lookup and a yield, in a loop)",
         human(resolution)
     );
 
