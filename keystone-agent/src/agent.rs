@@ -64,8 +64,9 @@ impl ReloadError {
 /// Why a deployment request or action was refused; each maps to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    #[error("no tenant named '{tenant}'")]
-    UnknownTenant { tenant: String },
+    /// `field` names where the request said it (`service`, or the path's tenant).
+    #[error("{field}: no tenant named '{tenant}'")]
+    UnknownTenant { field: &'static str, tenant: String },
     #[error("no deployment with id '{id}'")]
     UnknownDeployment { id: String },
     #[error(
@@ -124,7 +125,8 @@ pub struct Agent {
     drained: Mutex<std::collections::BTreeSet<String>>,
     /// Latest value of each active deployment's Prometheus query, by deployment id.
     prometheus: Mutex<BTreeMap<String, Option<f64>>>,
-    /// Reloads are serialised so SIGHUP and the API cannot interleave.
+    /// Reloads are serialised so SIGHUP and the API cannot interleave; changes through
+    /// the API queue on it too ([`Agent::change_turn`]).
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -203,6 +205,14 @@ impl Agent {
 
     pub fn generation(&self) -> u64 {
         self.live.read().expect("config lock poisoned").generation
+    }
+
+    /// Waits for the caller's turn to change something (weights, deployments), after
+    /// the changes and reloads that asked before it. Tokio's mutex queues in arrival
+    /// order; the agent's own locks do not, and under a burst of changes some callers
+    /// waited many times longer than others.
+    pub async fn change_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload_lock.lock().await
     }
 
     pub fn health(&self) -> &HealthChecker {
@@ -543,12 +553,14 @@ impl Agent {
         *self.prometheus.lock().expect("prometheus lock poisoned") = results;
     }
 
-    fn tenant(&self, name: &str) -> Result<ResolvedTenant, DeployError> {
+    /// The tenant `name`, given in the request's `field`.
+    fn tenant(&self, name: &str, field: &'static str) -> Result<ResolvedTenant, DeployError> {
         self.config()
             .tenants
             .into_iter()
             .find(|t| t.name == name)
             .ok_or_else(|| DeployError::UnknownTenant {
+                field,
                 tenant: name.to_owned(),
             })
     }
@@ -572,10 +584,10 @@ impl Agent {
     /// Starts a canary of `version` (its backends are the services with that
     /// `labels.version`) against the services now taking traffic.
     pub fn start_canary(&self, req: CanaryRequest) -> Result<Deployment, DeployError> {
-        let tenant = self.tenant(&req.service)?;
+        let tenant = self.tenant(&req.service, "service")?;
         let raw = self.raw_tenant(&tenant.name);
         let mut params = Params::from_canary_config(raw.canary_config.as_ref());
-        req.overrides.apply(&mut params)?;
+        ParamOverrides::from_params(&req.params)?.apply(&mut params)?;
         let canary: Vec<String> = tenant
             .services
             .iter()
@@ -637,7 +649,7 @@ impl Agent {
 
     /// Starts a blue/green switch to environment `to`: validate it, then flip.
     pub fn start_switch(self: &Arc<Self>, req: SwitchRequest) -> Result<Deployment, DeployError> {
-        let tenant = self.tenant(&req.service)?;
+        let tenant = self.tenant(&req.service, "service")?;
         let raw = self.raw_tenant(&tenant.name);
         let in_env = |env: &str| -> Vec<String> {
             tenant
@@ -741,7 +753,7 @@ impl Agent {
                 .unwrap_or(DEFAULT_VALIDATION_TIMEOUT)
                 .as_secs_f64(),
         );
-        req.overrides.apply(&mut params)?;
+        ParamOverrides::from_params(&req.params)?.apply(&mut params)?;
         let d = self.new_deployment(
             &mut runtime,
             &tenant,
@@ -1016,7 +1028,7 @@ impl Agent {
         tenant: &str,
         weights: BTreeMap<String, u32>,
     ) -> Result<TenantView, DeployError> {
-        let t = self.tenant(tenant)?;
+        let t = self.tenant(tenant, "tenant")?;
         for (name, w) in &weights {
             if !t.services.iter().any(|s| &s.name == name) {
                 return Err(invalid(
@@ -1426,6 +1438,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
     None
 }
 
+/// A request's step parameters as sent: every field that is not the request's own.
+pub type StepParams = serde_json::Map<String, serde_json::Value>;
+
 /// Optional step parameters of a deployment request.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ParamOverrides {
@@ -1438,10 +1453,6 @@ pub struct ParamOverrides {
     pub min_samples: Option<u64>,
     pub validation_timeout: Option<DurationSpec>,
     pub rollback_on_failure: Option<bool>,
-    /// Anything else in the request: refused by `apply`, so a misspelt parameter is
-    /// an error instead of a silently ignored default.
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// The step parameters a deployment request may set.
@@ -1458,13 +1469,24 @@ pub const PARAMETER_NAMES: [&str; 9] = [
 ];
 
 impl ParamOverrides {
-    pub fn apply(&self, p: &mut Params) -> Result<(), DeployError> {
-        if let Some(name) = self.unknown.keys().next() {
+    /// Reads a request's step parameters. A misspelt parameter is refused by name
+    /// (never a silently kept default), and so is a value of the wrong type (serde's
+    /// flattened fields would lose the name, hence the separate pass).
+    pub fn from_params(params: &StepParams) -> Result<ParamOverrides, DeployError> {
+        if let Some(name) = params
+            .keys()
+            .find(|k| !PARAMETER_NAMES.contains(&k.as_str()))
+        {
             return Err(invalid(
                 name.as_str(),
                 format!("unknown parameter; known: {}", PARAMETER_NAMES.join(", ")),
             ));
         }
+        serde_path_to_error::deserialize(serde_json::Value::Object(params.clone()))
+            .map_err(|e| invalid(e.path().to_string(), e.into_inner().to_string()))
+    }
+
+    pub fn apply(&self, p: &mut Params) -> Result<(), DeployError> {
         if let Some(v) = self.initial_traffic {
             p.initial_traffic = v;
         }
@@ -1513,8 +1535,9 @@ pub struct CanaryRequest {
     pub service: String,
     /// `labels.version` of the canary backends.
     pub version: String,
+    /// Step parameters (`ParamOverrides::from_params` reads them).
     #[serde(flatten)]
-    pub overrides: ParamOverrides,
+    pub params: StepParams,
     #[serde(default)]
     pub pipeline: Option<serde_json::Value>,
 }
@@ -1529,8 +1552,9 @@ pub struct SwitchRequest {
     /// `instant` or `gradual`.
     #[serde(default)]
     pub strategy: Option<String>,
+    /// Step parameters (`ParamOverrides::from_params` reads them).
     #[serde(flatten)]
-    pub overrides: ParamOverrides,
+    pub params: StepParams,
     #[serde(default)]
     pub pipeline: Option<serde_json::Value>,
 }

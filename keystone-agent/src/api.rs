@@ -20,7 +20,9 @@ use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
-    agent::{Agent, CanaryRequest, DeployError, ParamOverrides, ReloadError, SwitchRequest},
+    agent::{
+        Agent, CanaryRequest, DeployError, ParamOverrides, ReloadError, StepParams, SwitchRequest,
+    },
     config::{Problem, Strategy},
     deploy::{Action, Deployment},
     webhook::{WebhookVerifier, parse_webhook},
@@ -178,13 +180,47 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// Runs `f` on Tokio's blocking pool. Agent calls wait for the agent's locks, which a
+/// change holds while it writes the kernel's maps and fsyncs the state file: run on
+/// the async workers, a burst of weight changes would stall every other request
+/// (`/health` and `/metrics` included) behind them.
+async fn blocking<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&Arc<Agent>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let agent = state.agent.clone();
+    tokio::task::spawn_blocking(move || f(&agent))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the request's handler failed: {e}"),
+            )
+        })
+}
+
+/// [`blocking`] for a change (weights, a deployment or an action on one): it waits
+/// for its turn among changes ([`Agent::change_turn`]), so a burst of them is served
+/// first come, first served, and reads only ever wait for the one change running.
+async fn change<T: Send + 'static>(
+    state: &ApiState,
+    f: impl FnOnce(&Arc<Agent>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let agent = state.agent.clone();
+    let _turn = agent.change_turn().await;
+    blocking(state, f).await
+}
+
 async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Status>, ApiError> {
-    state.agent.status().map(Json).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the data plane: {e}"),
-        )
-    })
+    blocking(&state, |agent| agent.status())
+        .await?
+        .map(Json)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the data plane: {e}"),
+            )
+        })
 }
 
 async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -194,11 +230,13 @@ async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
     ))
 }
 
-async fn tenants(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "tenants": state.agent.tenants() }))
+async fn tenants(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenants = blocking(&state, |agent| agent.tenants()).await?;
+    Ok(Json(json!({ "tenants": tenants })))
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WeightsRequest {
     weights: std::collections::BTreeMap<String, u32>,
 }
@@ -209,18 +247,22 @@ async fn set_weights(
     payload: Result<Json<WeightsRequest>, JsonRejection>,
 ) -> Result<Json<crate::agent::TenantView>, ApiError> {
     let req = body(payload)?;
-    Ok(Json(state.agent.set_weights(&name, req.weights)?))
+    let view = change(&state, move |agent| agent.set_weights(&name, req.weights)).await??;
+    Ok(Json(view))
 }
 
-async fn deployments(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "deployments": state.agent.deployments() }))
+async fn deployments(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let deployments = blocking(&state, |agent| agent.deployments()).await?;
+    Ok(Json(json!({ "deployments": deployments })))
 }
 
 async fn deployment(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Deployment>, ApiError> {
-    Ok(Json(state.agent.deployment(&id)?))
+    Ok(Json(
+        blocking(&state, move |agent| agent.deployment(&id)).await??,
+    ))
 }
 
 fn accepted(d: Deployment) -> Response {
@@ -236,7 +278,9 @@ async fn start_canary(
     payload: Result<Json<CanaryRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = body(payload)?;
-    Ok(accepted(state.agent.start_canary(req)?))
+    Ok(accepted(
+        change(&state, move |agent| agent.start_canary(req)).await??,
+    ))
 }
 
 async fn start_switch(
@@ -244,7 +288,9 @@ async fn start_switch(
     payload: Result<Json<SwitchRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = body(payload)?;
-    Ok(accepted(state.agent.start_switch(req)?))
+    Ok(accepted(
+        change(&state, move |agent| agent.start_switch(req)).await??,
+    ))
 }
 
 async fn act(
@@ -257,7 +303,9 @@ async fn act(
             format!("no action '{action}'; expected promote, abort, rollback, pause or resume"),
         )
     })?;
-    Ok(Json(state.agent.act(&id, action)?))
+    Ok(Json(
+        change(&state, move |agent| agent.act(&id, action)).await??,
+    ))
 }
 
 /// The signed CI webhook: verify, parse, then start what it asks for.
@@ -266,9 +314,10 @@ async fn webhook(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
+    // Off is "no such endpoint here", not a server fault: 404, saying how to turn it on.
     let Some(verifier) = &state.webhook else {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "the deployment webhook is off: set webhook.secret (or secret_file) in the config",
         ));
     };
@@ -276,32 +325,42 @@ async fn webhook(
         .verify(&headers, &raw, std::time::SystemTime::now())
         .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
     let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
-    let mut overrides: ParamOverrides = match &hook.config {
-        None => ParamOverrides::default(),
-        Some(config) => serde_json::from_value(config.clone())
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("config: {e}")))?,
+    // `parse_webhook` has checked `config` is an object or absent.
+    let mut params: StepParams = match &hook.config {
+        Some(serde_json::Value::Object(config)) => config.clone(),
+        _ => StepParams::new(),
     };
-    // The webhook's one extra knob, read below; anything else unknown is refused.
-    overrides.unknown.remove("switch_strategy");
-    let switch_strategy = hook
-        .config
-        .as_ref()
-        .and_then(|c| c.get("switch_strategy"))
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
+    // The webhook's one extra knob; the rest are step parameters, checked by name.
+    let switch_strategy = match params.remove("switch_strategy") {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("switch_strategy: expected \"instant\" or \"gradual\", got {other}"),
+            ));
+        }
+    };
+    // Checked here too so that a refusal names the parameter where the webhook has it.
+    if let Err(DeployError::Invalid { field, reason }) = ParamOverrides::from_params(&params) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("config.{field}: {reason}"),
+        ));
+    }
     let deployment = match hook.strategy() {
         Strategy::Canary | Strategy::Rolling => {
-            let mut overrides = overrides;
             if hook.strategy() == Strategy::Rolling {
                 // A rolling update is a canary that goes all the way without approval.
-                overrides.max_traffic = Some(100.0);
+                params.insert("max_traffic".into(), 100.0.into());
             }
-            state.agent.start_canary(CanaryRequest {
+            let req = CanaryRequest {
                 service: hook.service,
                 version: hook.version,
-                overrides,
+                params,
                 pipeline: hook.pipeline,
-            })?
+            };
+            change(&state, move |agent| agent.start_canary(req)).await??
         }
         Strategy::BlueGreen => {
             let Some(to) = hook.environment else {
@@ -310,14 +369,15 @@ async fn webhook(
                     "environment: required for strategy blue_green (the environment to switch to)",
                 ));
             };
-            state.agent.start_switch(SwitchRequest {
+            let req = SwitchRequest {
                 service: hook.service,
                 from: None,
                 to,
                 strategy: switch_strategy,
-                overrides,
+                params,
                 pipeline: hook.pipeline,
-            })?
+            };
+            change(&state, move |agent| agent.start_switch(req)).await??
         }
     };
     Ok(accepted(deployment))

@@ -270,6 +270,28 @@ async fn capacity_change_needs_a_restart() {
 }
 
 #[tokio::test]
+async fn conn_table_size_change_needs_a_restart() {
+    let h = Harness::new();
+    h.write(&format!(
+        "limits:\n  conn_table_entries: 4096\n{}",
+        config_text(90, 10)
+    ));
+    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json(&body);
+    assert_eq!(body["problems"][0]["field"], "limits.conn_table_entries");
+    assert_eq!(body["problems"][0]["line"], 2);
+    assert!(
+        body["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restart the agent"),
+        "{body}"
+    );
+    assert_eq!(h.state.agent.generation(), 1);
+}
+
+#[tokio::test]
 async fn dataplane_refusal_restores_the_previous_state() {
     let h = Harness::new();
     h.write(&config_text(50, 50));
@@ -722,7 +744,7 @@ async fn signed_webhook_starts_a_deployment_and_bad_ones_change_nothing() {
         json(&answer)["error"]
             .as_str()
             .unwrap()
-            .contains("incremnt: unknown parameter"),
+            .contains("config.incremnt: unknown parameter"),
         "{answer}"
     );
     assert_eq!(h.state.agent.deployments().len(), 1);
@@ -868,3 +890,5 @@ tenants:
         "blue left before its drain timeout"
     );
 }
+
+mod input_props;

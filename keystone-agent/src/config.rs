@@ -299,6 +299,9 @@ fn default_weight() -> u32 {
 /// Largest accepted weight: keeps Maglev's credit arithmetic far from overflow.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
+/// The longest duration any field accepts: 365 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// A duration as written: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
 /// Kept as written until `validate()`, which knows the field's path and line.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -310,14 +313,23 @@ pub enum DurationSpec {
 
 impl DurationSpec {
     pub fn parse(&self) -> Result<Duration, String> {
-        match self {
-            DurationSpec::Seconds(s) if *s >= 0.0 && s.is_finite() => {
-                Ok(Duration::from_secs_f64(*s))
+        let d = match self {
+            DurationSpec::Seconds(s) => {
+                Duration::try_from_secs_f64(*s).map_err(|_| format!("{s} is not a duration ≥ 0"))?
             }
-            DurationSpec::Seconds(s) => Err(format!("{s} is not a duration ≥ 0")),
             DurationSpec::Text(t) => humantime::parse_duration(t)
-                .map_err(|e| format!("'{t}' is not a duration like 30s or 1m30s: {e}")),
+                .map_err(|e| format!("'{t}' is not a duration like 30s or 1m30s: {e}"))?,
+        };
+        // Longer than any interval or timeout means, and short enough that adding it
+        // to a clock never overflows.
+        if d > MAX_DURATION {
+            return Err(format!(
+                "{} is longer than the longest allowed ({})",
+                humantime::format_duration(d),
+                humantime::format_duration(MAX_DURATION)
+            ));
         }
+        Ok(d)
     }
 
     /// The value of a field that `validate()` has accepted.
@@ -1015,6 +1027,25 @@ tenants:
         let specs = loaded.vip_specs();
         assert_eq!(specs[1].vip.family, keystone_common::FAMILY_IPV6);
         assert_eq!(specs[0].backends[0].weight, 90);
+    }
+
+    #[test]
+    fn conn_table_entries_default_and_range() {
+        let loaded = parse(SEED).unwrap();
+        assert_eq!(
+            loaded.config.limits.conn_table_entries,
+            Limits::default().conn_table_entries
+        );
+        let text = format!("limits:\n  conn_table_entries: 512\n{SEED}");
+        assert_eq!(parse(&text).unwrap().config.limits.conn_table_entries, 512);
+        for bad in ["0", "255", "16777217"] {
+            let text = format!("limits:\n  conn_table_entries: {bad}\n{SEED}");
+            let p = problems(&text);
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert_eq!(p[0].field, "limits.conn_table_entries");
+            assert_eq!(p[0].line, Some(2));
+            assert!(p[0].reason.contains("256 to 16777216"), "{}", p[0].reason);
+        }
     }
 
     #[test]

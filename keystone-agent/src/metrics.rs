@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Weak};
 
-use keystone_common::{Endpoint, Reason, xdp_action_name};
+use keystone_common::{Endpoint, Event, Reason, xdp_action_name};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -128,6 +128,7 @@ struct Families {
     canary_percent: GaugeVec,
     actions: IntCounterVec,
     reasons: IntCounterVec,
+    events: IntCounterVec,
     generation: IntGauge,
 }
 
@@ -207,6 +208,14 @@ impl Families {
                 "Packets that left the fast path, by reason (see keystone_common::Reason).",
                 &["reason"],
             ),
+            events: counter_vec(
+                "keystone_xdp_events_total",
+                "Forwarded packets worth counting, by event (see keystone_common::Event): \
+                 untracked_mid_flow = TCP packets without SYN that found no connection-table \
+                 entry (evicted from a full table, or tracked elsewhere) and were re-picked; \
+                 icmp_to_backend = path-MTU ICMP errors delivered to a VIP flow's backend.",
+                &["event"],
+            ),
             generation: IntGauge::new(
                 "keystone_config_generation",
                 "Number of the live config (1 at start, +1 per reload).",
@@ -215,7 +224,7 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 15] {
+    fn collectors(&self) -> [&dyn Collector; 16] {
         [
             &self.backend_packets,
             &self.backend_bytes,
@@ -231,6 +240,7 @@ impl Families {
             &self.vip_new,
             &self.actions,
             &self.reasons,
+            &self.events,
             &self.generation,
         ]
     }
@@ -337,6 +347,11 @@ impl Collector for DataplaneCollector {
             f.reasons
                 .with_label_values(&[reason.name()])
                 .inc_by(counters.reasons[reason as usize]);
+        }
+        for event in Event::ALL {
+            f.events
+                .with_label_values(&[event.name()])
+                .inc_by(counters.events[event as usize]);
         }
         f.generation.set(agent.generation() as i64);
         f.collectors()

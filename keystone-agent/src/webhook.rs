@@ -293,7 +293,10 @@ impl WebhookVerifier {
 }
 
 /// The webhook body a CI pipeline sends to start a deployment.
+/// An unknown field is refused by name: a misspelt `config` or `environment` must not
+/// silently start a deployment with defaults.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeploymentWebhook {
     /// The tenant's name.
     pub service: String,
@@ -647,8 +650,7 @@ mod tests {
             "service": "api", "version": "1.24.0", "strategy": "blue_green",
             "environment": "green",
             "pipeline": {"id": "4711", "url": "https://ci/4711", "commit": "abc123", "triggered_by": "alice"},
-            "config": {"strategy": "gradual", "interval": "30s"},
-            "extra": true
+            "config": {"strategy": "gradual", "interval": "30s"}
         }"#;
         let w = parse_webhook(body).unwrap();
         assert_eq!(w.service, "api");
@@ -656,6 +658,16 @@ mod tests {
         assert_eq!(w.environment.as_deref(), Some("green"));
         assert_eq!(w.pipeline.as_ref().unwrap()["commit"], "abc123");
         assert_eq!(w.config.as_ref().unwrap()["interval"], "30s");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let e = parse_webhook(
+            br#"{"service": "api", "version": "1", "strategy": "canary", "confg": {}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `confg`"), "{e}");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -770,7 +782,7 @@ mod openapi_tests {
         }
         let webhook = &spec["paths"]["/webhooks/deployment"]["post"];
         assert!(webhook["security"][0]["webhookSignature"].is_sequence());
-        for status in ["202", "400", "401", "404", "409", "503"] {
+        for status in ["202", "400", "401", "404", "409", "429"] {
             assert!(webhook["responses"][status].is_mapping(), "{status}");
         }
     }

@@ -41,10 +41,25 @@ pub mod filter {
 
 /// Flow tracking.
 pub mod conn {
-    /// Default entries in the LRU connection table. When full, the least recently
-    /// used flow is evicted; its next packet is re-hashed through Maglev, which
-    /// picks the same backend unless the weights changed since.
+    /// Default entries in the LRU connection table (the agent's config sets it:
+    /// `limits.conn_table_entries`, applied when the map is created). When full, the
+    /// least recently used flow is evicted; its next packet is re-hashed through
+    /// Maglev, which picks the same backend unless the weights changed since (and is
+    /// counted as `Event::UntrackedMidFlow` if it is a TCP packet without SYN).
     pub const CONN_TABLE_SIZE: u32 = 262_144;
+    /// Smallest configurable table: the kernel's LRU lists are per CPU, so much
+    /// smaller tables evict flows long before they are full.
+    pub const MIN_CONN_TABLE_SIZE: u32 = 256;
+    /// Largest configurable table.
+    pub const MAX_CONN_TABLE_SIZE: u32 = 16_777_216;
+}
+
+/// Forwarding.
+pub mod forward {
+    /// How long the program reuses a `bpf_fib_lookup` answer towards a backend
+    /// (`maps::NextHopCache`): the longest a changed neighbour or route towards a
+    /// backend goes unnoticed. One lookup per backend, CPU and period is noise.
+    pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
 }
 
 /// Counters.

@@ -31,12 +31,19 @@ pub mod names {
     pub const BACKEND_L4: &str = "KS_BACKEND_L4_V1";
     pub const ACTION_STATS: &str = "KS_ACTION_STATS_V1";
     pub const REASON_STATS: &str = "KS_REASON_STATS_V1";
+    /// Per-CPU array of `u64`, indexed by `Event`: things on the forwarding path
+    /// worth counting that are not exceptions (the packet is forwarded as usual).
+    pub const EVENT_STATS: &str = "KS_EVENT_STATS_V1";
     /// Set of VIP addresses (any port/protocol): lets the program tell that a packet
     /// whose ports it cannot read (fragment, extension header, truncated or
     /// inconsistent header) was meant for a VIP.
     pub const VIP_ADDRS: &str = "KS_VIP_ADDRS_V1";
     /// Array of `u32` words: the address prefilter, see `addr_filter`.
     pub const ADDR_FILTER: &str = "KS_ADDR_FILTER_V1";
+    /// Per-CPU array of `NextHopCache`, indexed by backend slot: the program's own
+    /// cache of `bpf_fib_lookup` answers towards backends. Never pinned: a new
+    /// program starts with an empty one.
+    pub const NEXT_HOPS: &str = "KS_NEXT_HOPS_V1";
     /// The XDP program's function name.
     pub const PROGRAM: &str = "keystone_xdp";
 }
@@ -45,6 +52,35 @@ pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// The ICMP errors the program delivers to the backend that owns a VIP flow
+/// (see `Event::IcmpToBackend`): path-MTU signals, which a backend must see or its
+/// connections stall behind a smaller MTU on the way to the client.
+pub mod icmp {
+    /// ICMPv4 "destination unreachable" ...
+    pub const V4_DEST_UNREACH: u8 = 3;
+    /// ... code "fragmentation needed and DF set" (RFC 1191).
+    pub const V4_FRAG_NEEDED: u8 = 4;
+    /// ICMPv6 "packet too big" (RFC 8201); any code.
+    pub const V6_PACKET_TOO_BIG: u8 = 2;
+    /// ICMP/ICMPv6 header length: type, code, checksum, 4 bytes (unused / MTU).
+    pub const HLEN: usize = 8;
+    /// Bytes of the embedded packet's L4 header the program needs (the ports; all
+    /// an ICMPv4 error is guaranteed to quote, RFC 792).
+    pub const EMBEDDED_L4: usize = 8;
+
+    /// Whether (type, code) of an ICMP message of `family` is a path-MTU error.
+    #[inline(always)]
+    pub const fn is_path_mtu_error(family: u8, icmp_type: u8, code: u8) -> bool {
+        if family == super::FAMILY_IPV4 {
+            icmp_type == V4_DEST_UNREACH && code == V4_FRAG_NEEDED
+        } else {
+            icmp_type == V6_PACKET_TOO_BIG
+        }
+    }
+}
 
 /// An L4 endpoint: the key of a VIP, and of a backend in the reverse-NAT map.
 #[repr(C)]
@@ -267,6 +303,33 @@ pub struct FlowState {
     pub generation: u32,
 }
 
+/// Value of the per-CPU next-hop cache (`names::NEXT_HOPS`), indexed by backend
+/// slot: a successful `bpf_fib_lookup` towards that backend, reused by later packets
+/// instead of another lookup while all of these still match (else it is looked up
+/// again and rewritten):
+/// - `expires_ns` is in the future (`bpf_ktime_get_coarse_ns`; entries live
+///   `limits::forward::NEXT_HOP_TTL_NS`), so a changed neighbour MAC, route or
+///   egress device takes effect within that time;
+/// - `generation` is the backend's (`Backend::generation`): a slot given to another
+///   backend never uses its predecessor's next hop;
+/// - `ingress_ifindex` is the packet's (the lookup depends on it).
+///
+/// The lookup is per backend, not per flow: routing by source address, TOS or
+/// ports (policy routing, multipath hashing) towards one backend is decided by the
+/// first packet of each `NEXT_HOP_TTL_NS` period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopCache {
+    /// Monotonic coarse-clock ns after which the entry is not used.
+    pub expires_ns: u64,
+    pub generation: u32,
+    pub ingress_ifindex: u32,
+    pub egress_ifindex: u32,
+    /// Source and destination MACs for the frame.
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
 /// Value of the reverse-NAT map (keyed by the backend's `Endpoint`): replies from
 /// that backend get the VIP as their source. Stateless, so any gateway with the
 /// same config translates any reply.
@@ -388,6 +451,8 @@ pub enum Reason {
     /// header (hop-by-hop, routing, fragment, destination options, AH, mobility,
     /// HIP, shim6, experimental 253/254) on a packet to a VIP address: the ports are
     /// not where we can read them, so `XDP_DROP` (never guessed onto a backend).
+    /// (Other protocols to a VIP address, ICMP included, are not ours: `XDP_PASS`,
+    /// uncounted; except the path-MTU errors of `Event::IcmpToBackend`.)
     Unparseable = 3,
     /// The VIP has no up backend with weight > 0 for a new flow (table size 0, or
     /// the picked entry is empty or not up): `XDP_DROP`. A new flow is one without a
@@ -442,6 +507,58 @@ impl Reason {
     }
 }
 
+/// Things on the forwarding path that are counted although the packet goes on as
+/// usual (per-CPU counters in `names::EVENT_STATS`, indexed by `Event as u32`). A
+/// packet counts at most one event; it may also count a `Reason` (e.g. an ICMP error
+/// whose backend has no neighbour entry yet counts `IcmpToBackend` and
+/// `FibNoNeighbour`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A TCP packet without SYN (or with SYN+ACK) to a VIP that found no
+    /// connection-table entry: its flow was tracked once (by this gateway before its
+    /// entry was evicted from the full LRU table or lost in a restart that replaced
+    /// the table, or by another gateway behind ECMP) or it is a stray segment. It is
+    /// re-picked through the live Maglev table and pinned again, which gives the same
+    /// backend as before unless the weights changed in between. A rising count is the
+    /// sign of a connection table too small for the number of concurrent flows
+    /// (`limits.conn_table_entries`). UDP has no handshake, so every UDP packet
+    /// without an entry is a new flow and is not counted here.
+    UntrackedMidFlow = 0,
+    /// An ICMPv4 "fragmentation needed" (type 3 code 4) or ICMPv6 "packet too big"
+    /// (type 2) to a VIP address whose embedded packet (at least its IP header and 8
+    /// bytes of TCP/UDP header) is a reply of a VIP flow (embedded source = a VIP
+    /// (address, port, protocol) = the outer destination). It goes to the backend that
+    /// owns the flow: the connection-table entry of the reversed embedded tuple, else
+    /// the live Maglev pick (not pinned: an ICMP error does not start a flow).
+    /// `dsr`: MACs only. `nat`: the outer destination and the embedded source
+    /// become the backend's address and port, TTL/hop limit - 1, with the outer and
+    /// embedded IPv4 header checksums and the ICMP checksum (ICMPv6: pseudo-header
+    /// included) fixed incrementally; the embedded TCP/UDP checksum is left as it
+    /// is, since the quote is usually cut short so it cannot be verified, and no
+    /// stack checks it when matching an ICMP error to a socket (addresses and ports
+    /// only). The same path as the flow's packets: `XDP_TX`/`XDP_REDIRECT`, or a
+    /// counted exception: `TtlExpired` (`nat`) and `NoBackend` before the backend is
+    /// known (then this event is not counted), `FibNoNeighbour`/`FibFailed` after
+    /// (counted together with this event).
+    /// Every other ICMP message (echo, other errors, one too short to quote the
+    /// ports, one for a non-VIP flow) is not ours: `XDP_PASS`, untouched.
+    IcmpToBackend = 1,
+}
+
+impl Event {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [Event; Event::COUNT as usize] = [Event::UntrackedMidFlow, Event::IcmpToBackend];
+
+    /// Label used in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::UntrackedMidFlow => "untracked_mid_flow",
+            Event::IcmpToBackend => "icmp_to_backend",
+        }
+    }
+}
+
 /// Label for an XDP action number, used in metrics.
 pub const fn xdp_action_name(action: u32) -> &'static str {
     match action {
@@ -465,6 +582,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for NextHopCache {}
     unsafe impl aya::Pod for legacy::ReverseNatV1 {}
     unsafe impl aya::Pod for legacy::VipInfoV1 {}
     unsafe impl aya::Pod for TrafficCounters {}
@@ -499,6 +617,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowState>(), 8);
         assert_eq!(size_of::<ReverseNat>(), 20 + 4 + 4);
+        assert_eq!(size_of::<NextHopCache>(), 8 + 3 * 4 + 6 + 6);
         assert_eq!(size_of::<legacy::ReverseNatV1>(), 20 + 4);
         assert_eq!(size_of::<TrafficCounters>(), 24);
         assert_eq!(size_of::<L4Counters>(), 4 * 8);

@@ -8,12 +8,12 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup as FibParams, xdp_action::XDP_TX,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
-use keystone_common::{FAMILY_IPV4, Reason};
+use keystone_common::{FAMILY_IPV4, NextHopCache, Reason, limits::forward::NEXT_HOP_TTL_NS};
 
-use crate::{Verdict, parse::Packet};
+use crate::{Verdict, maps::NEXT_HOPS, parse::Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -90,6 +90,46 @@ pub fn fib_lookup(
     } else {
         Err(FibMiss::Failed)
     }
+}
+
+/// The next hop from `pkt`'s source to backend `slot` (of `generation`) at `dst`:
+/// from this CPU's `NEXT_HOPS` entry while it is valid (see `NextHopCache`), else
+/// `fib_lookup`, whose success refreshes the entry. Misses are never cached.
+#[inline(always)]
+pub fn backend_hop(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    slot: u32,
+    generation: u32,
+    dst: &[u32; 4],
+) -> Result<NextHop, FibMiss> {
+    let Some(entry) = NEXT_HOPS.get_ptr_mut(slot) else {
+        return fib_lookup(ctx, pkt, &pkt.src, dst);
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else touches it while the
+    // program runs here.
+    let entry = unsafe { &mut *entry };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    if now < entry.expires_ns && entry.generation == generation && entry.ingress_ifindex == ingress
+    {
+        return Ok(NextHop {
+            ifindex: entry.egress_ifindex,
+            smac: entry.smac,
+            dmac: entry.dmac,
+        });
+    }
+    let hop = fib_lookup(ctx, pkt, &pkt.src, dst)?;
+    *entry = NextHopCache {
+        expires_ns: now + NEXT_HOP_TTL_NS,
+        generation,
+        ingress_ifindex: ingress,
+        egress_ifindex: hop.ifindex,
+        smac: hop.smac,
+        dmac: hop.dmac,
+    };
+    Ok(hop)
 }
 
 /// Sets the frame's MACs for `hop` and sends it: `XDP_TX` back out of the ingress

@@ -5,6 +5,7 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -72,6 +73,9 @@ fn try_keystone_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
     };
     // One array read rules out most packets that are not ours before any hash lookup.
     if maybe_vip_addr(&pkt.dst) {
+        if pkt.embedded != 0 {
+            return icmp::to_backend(ctx, &mut pkt);
+        }
         let vip_key = Endpoint {
             addr: pkt.dst,
             port: pkt.dport,
@@ -130,15 +134,17 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
     match vip.mode {
         mode::NAT => {
             nat::rewrite(pkt, Side::Dst, &to);
-            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr)
-                .map_err(|miss| Verdict::pass(miss.reason()))?;
+            let hop =
+                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
+                    .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         mode::DSR => {
             // The IP header stays as it is (the backend holds the VIP); only the MACs
             // change, towards the backend's address.
-            let hop = forward::fib_lookup(ctx, pkt, &pkt.src, &to.addr)
-                .map_err(|miss| Verdict::pass(miss.reason()))?;
+            let hop =
+                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
+                    .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         _ => Err(Verdict::drop(Reason::MapInconsistent)),

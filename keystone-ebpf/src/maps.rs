@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use keystone_common::{
-    Backend, Endpoint, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
-    VipAddr, VipInfo, addr_filter,
+    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, NextHopCache, Reason, ReverseNat,
+    TrafficCounters, VipAddr, VipInfo, addr_filter,
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
@@ -48,6 +48,8 @@ const _: () = {
     assert!(same(names::BACKEND_L4, "KS_BACKEND_L4_V1"));
     assert!(same(names::ACTION_STATS, "KS_ACTION_STATS_V1"));
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
+    assert!(same(names::EVENT_STATS, "KS_EVENT_STATS_V1"));
+    assert!(same(names::NEXT_HOPS, "KS_NEXT_HOPS_V1"));
     assert!(same(names::PROGRAM, "keystone_xdp"));
 };
 
@@ -66,6 +68,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "KS_RINGS_V1")]
 pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, 0);
 
+// The agent sets the size when it creates the map (`limits.conn_table_entries`).
 #[map(name = "KS_CONNS_V1")]
 pub static CONNS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
@@ -87,6 +90,13 @@ pub static ACTION_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_AC
 
 #[map(name = "KS_REASON_STATS_V1")]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+#[map(name = "KS_EVENT_STATS_V1")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
+
+// Indexed by backend slot, so the agent sizes it like BACKENDS (`limits.max_backends`).
+#[map(name = "KS_NEXT_HOPS_V1")]
+pub static NEXT_HOPS: PerCpuArray<NextHopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// The prefilter's word for `addr` (0 if unreadable: nothing matches).
 #[inline(always)]
@@ -131,6 +141,11 @@ pub fn count_action(action: u32) {
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
     bump(&REASON_STATS, reason as u32);
+}
+
+#[inline(always)]
+pub fn count_event(event: Event) {
+    bump(&EVENT_STATS, event as u32);
 }
 
 #[inline(always)]

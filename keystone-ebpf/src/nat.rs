@@ -8,7 +8,7 @@ use keystone_common::{
 use crate::parse::{Packet, put16, put32, raw16_at};
 
 #[inline(always)]
-fn put8(p: usize, v: u8) {
+pub fn put8(p: usize, v: u8) {
     // SAFETY: `p` lies inside a header the parser bounds-checked.
     unsafe { *(p as *mut u8) = v }
 }

@@ -1,7 +1,9 @@
-//! Parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options), IPv6, TCP and UDP, with verifier-safe bounds checks.
+//! Parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options), IPv6, TCP and UDP, and ICMP path-MTU errors, with verifier-safe bounds checks.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
-use keystone_common::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP, Reason};
+use keystone_common::{
+    FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, icmp,
+};
 
 use crate::{Verdict, maps::is_vip_addr};
 
@@ -16,16 +18,18 @@ const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
-/// A TCP/UDP packet whose headers are all inside the frame. Pointers are raw packet
-/// addresses, valid until the program returns (no helper here changes packet data).
+/// A TCP/UDP packet whose headers are all inside the frame, or an ICMP path-MTU error
+/// (`embedded != 0`). Pointers are raw packet addresses, valid until the program
+/// returns (no helper here changes packet data).
 pub struct Packet {
     /// Start of the IP header.
     pub ip: usize,
     /// Start of the TCP/UDP header; the whole fixed header (20/8 bytes) is in the frame.
+    /// For an ICMP error: the ICMP header.
     pub l4: usize,
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
-    /// `PROTO_TCP` or `PROTO_UDP`.
+    /// `PROTO_TCP` or `PROTO_UDP`; `PROTO_ICMP`/`PROTO_ICMPV6` for an ICMP error.
     pub proto: u8,
     /// TTL / hop limit.
     pub ttl: u8,
@@ -36,7 +40,7 @@ pub struct Packet {
     /// Addresses as map words (network-order octets).
     pub src: [u32; 4],
     pub dst: [u32; 4],
-    /// Ports, network order (as in the packet and in maps).
+    /// Ports, network order (as in the packet and in maps); 0 for an ICMP error.
     pub sport: u16,
     pub dport: u16,
     /// TCP flags (`keystone_common::tcp_flags`); 0 for UDP.
@@ -45,6 +49,10 @@ pub struct Packet {
     pub frame_len: u64,
     /// End of the frame (`data_end`), for re-checking bounds right before an access.
     pub end: usize,
+    /// ICMP path-MTU errors only (else 0): start of the embedded packet, whose IP
+    /// header (IPv4 without options) and first 8 bytes of TCP/UDP header are in the
+    /// frame (`icmp::is_path_mtu_error`).
+    pub embedded: usize,
 }
 
 impl Packet {
@@ -56,7 +64,7 @@ impl Packet {
 }
 
 #[inline(always)]
-fn u8_at(p: usize) -> u8 {
+pub fn u8_at(p: usize) -> u8 {
     // SAFETY: callers bounds-check `p` against data_end first.
     unsafe { *(p as *const u8) }
 }
@@ -219,6 +227,9 @@ fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
         return Err(for_vip(Reason::BadIpHeader, dst, FAMILY_IPV4));
     }
     let proto = u8_at(ip + 9);
+    if proto == PROTO_ICMP {
+        return Ok(parse_icmp4(ip, hl, tot, end, frame_len, dst));
+    }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
@@ -248,6 +259,7 @@ fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
         tcp_flags: tcp_flags_at(l4, end, proto),
         frame_len,
         end,
+        embedded: 0,
     }))
 }
 
@@ -262,6 +274,9 @@ fn parse_ipv6(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
         return Err(for_vip(Reason::BadIpHeader, dst, FAMILY_IPV6));
     }
     let proto = u8_at(ip + 6);
+    if proto == PROTO_ICMPV6 {
+        return Ok(parse_icmp6(ip, payload, end, frame_len, dst));
+    }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         if is_ipv6_ext(proto) {
             return only_for_vip(Reason::Unparseable, dst, FAMILY_IPV6);
@@ -288,7 +303,116 @@ fn parse_ipv6(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
         tcp_flags: tcp_flags_at(l4, end, proto),
         frame_len,
         end,
+        embedded: 0,
     }))
+}
+
+/// Bytes from the ICMP header to the end of the embedded ports: ICMP header, the
+/// embedded IP header, 8 bytes of its TCP/UDP header.
+const ICMP4_NEED: usize = icmp::HLEN + IPV4_HLEN + icmp::EMBEDDED_L4;
+const ICMP6_NEED: usize = icmp::HLEN + IPV6_HLEN + icmp::EMBEDDED_L4;
+
+/// An ICMPv4 "fragmentation needed" that is not itself a fragment and quotes an
+/// IPv4 header without options (what every router sends for a packet the program
+/// forwarded: it sets none) and the ports of a TCP/UDP header of a first fragment.
+/// Anything else is not ours (`None`: pass, uncounted).
+#[inline(always)]
+fn parse_icmp4(
+    ip: usize,
+    hl: usize,
+    tot: usize,
+    end: usize,
+    frame_len: u64,
+    dst: [u32; 4],
+) -> Option<Packet> {
+    if be16_at(ip + 6) & 0x3fff != 0 {
+        return None;
+    }
+    // As for TCP/UDP: the verifier needs the bounds check on this very pointer.
+    let l4 = core::hint::black_box(ip + hl);
+    if tot < hl + ICMP4_NEED || l4 + ICMP4_NEED > end {
+        return None;
+    }
+    if !icmp::is_path_mtu_error(FAMILY_IPV4, u8_at(l4), u8_at(l4 + 1)) {
+        return None;
+    }
+    let inner = l4 + icmp::HLEN;
+    let inner_proto = u8_at(inner + 9);
+    if u8_at(inner) != 0x45
+        || (inner_proto != PROTO_TCP && inner_proto != PROTO_UDP)
+        || be16_at(inner + 6) & 0x1fff != 0
+    {
+        return None;
+    }
+    Some(Packet {
+        ip,
+        l4,
+        family: FAMILY_IPV4,
+        proto: PROTO_ICMP,
+        ttl: u8_at(ip + 8),
+        tos: u8_at(ip + 1),
+        ip_len: tot as u16,
+        src: [raw32_at(ip + 12), 0, 0, 0],
+        dst,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        frame_len,
+        end,
+        embedded: inner,
+    })
+}
+
+/// An ICMPv6 "packet too big" directly after the IPv6 header, quoting an IPv6
+/// header directly followed by a TCP/UDP header (at least its ports). Anything else
+/// is not ours (`None`: pass, uncounted).
+#[inline(always)]
+fn parse_icmp6(
+    ip: usize,
+    payload: usize,
+    end: usize,
+    frame_len: u64,
+    dst: [u32; 4],
+) -> Option<Packet> {
+    let l4 = core::hint::black_box(ip + IPV6_HLEN);
+    if payload < ICMP6_NEED || l4 + ICMP6_NEED > end {
+        return None;
+    }
+    if !icmp::is_path_mtu_error(FAMILY_IPV6, u8_at(l4), u8_at(l4 + 1)) {
+        return None;
+    }
+    let inner = l4 + icmp::HLEN;
+    let inner_proto = u8_at(inner + 6);
+    if u8_at(inner) >> 4 != 6 || (inner_proto != PROTO_TCP && inner_proto != PROTO_UDP) {
+        return None;
+    }
+    Some(Packet {
+        ip,
+        l4,
+        family: FAMILY_IPV6,
+        proto: PROTO_ICMPV6,
+        ttl: u8_at(ip + 7),
+        tos: 0,
+        ip_len: (IPV6_HLEN + payload) as u16,
+        src: addr6_at(ip + 8),
+        dst,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        frame_len,
+        end,
+        embedded: inner,
+    })
+}
+
+/// Address words at `p` (IPv4: one word, the rest zero), for the ICMP path.
+#[inline(always)]
+pub fn addr_at(p: usize, family: u8) -> [u32; 4] {
+    if family == FAMILY_IPV4 {
+        [raw32_at(p), 0, 0, 0]
+    } else {
+        addr6_at(p)
+    }
 }
 
 /// The action for packets that are not ours.

@@ -133,6 +133,11 @@ impl Lab {
     /// lab's bpffs as pin dir and a state dir of the lab's own, and waits until
     /// `/health` answers.
     pub fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`Lab::start_agent`] with extra command-line arguments (e.g. `--keep-forwarding`).
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
         let gw = self.gateway_ns().to_owned();
@@ -150,7 +155,10 @@ impl Lab {
                 pins.as_os_str(),
                 "--state-dir".as_ref(),
                 agent_state.as_os_str(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|a| a.as_ref()))
+            .collect::<Vec<&std::ffi::OsStr>>(),
         )?;
         self.note("config", config.display().to_string())?;
         self.note("admin", format!("http://{ADMIN_LISTEN}"))?;

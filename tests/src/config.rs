@@ -327,7 +327,7 @@ mod tests {
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
             webhook: None,
-            limits: vec![("max_vips".into(), 4)],
+            limits: vec![("max_vips".into(), 4), ("conn_table_entries".into(), 512)],
             tenants: vec![Tenant {
                 name: "web".into(),
                 listen: "[2001:2::10]:80".parse().unwrap(),
@@ -350,7 +350,7 @@ mod tests {
         };
         let y = cfg.to_yaml();
         for want in [
-            "limits:\n  max_vips: 4\n",
+            "limits:\n  max_vips: 4\n  conn_table_entries: 512\n",
             "    ring_size: 1009",
             "interfaces: [\"eth-client\", \"eth-blue\"]",
             "  listen: \"127.0.0.1:9100\"",

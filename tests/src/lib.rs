@@ -16,8 +16,12 @@ pub mod config;
 pub mod deploy;
 pub mod error;
 pub mod lab;
+pub mod packet_bench;
+pub mod tools;
 pub mod traffic;
 pub mod wait;
+#[cfg(feature = "dataplane")]
+pub mod xdp;
 
 pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN, Auth};
 pub use bins::Bins;

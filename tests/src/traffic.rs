@@ -378,6 +378,21 @@ impl Lab {
         secs: u32,
         interval_ms: u32,
     ) -> Result<u32> {
+        self.spawn_echo_hold(name, target, conns, secs, interval_ms, 0)
+    }
+
+    /// [`Lab::spawn_hold`] whose requests each send `echo_bytes` fresh bytes to the
+    /// backend's `/echo` and check every byte of the answer (a mismatch is an error
+    /// event, like a broken connection).
+    pub fn spawn_echo_hold(
+        &mut self,
+        name: &str,
+        target: SocketAddr,
+        conns: u32,
+        secs: u32,
+        interval_ms: u32,
+        echo_bytes: usize,
+    ) -> Result<u32> {
         let client = self.bins().client.clone();
         let ns = self.client_ns().to_owned();
         self.spawn(
@@ -393,6 +408,8 @@ impl Lab {
                 conns.to_string(),
                 "--interval-ms".into(),
                 interval_ms.to_string(),
+                "--echo-bytes".into(),
+                echo_bytes.to_string(),
             ],
         )
     }

@@ -8,498 +8,15 @@
 //!
 //! Needs root: `cargo test -p keystone-tests --test packet`.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
-use keystone_agent::dataplane::{
-    AyaDataplane, BackendSpec, Counters, Dataplane, LoadOptions, VipSpec,
-};
+use keystone_agent::dataplane::{AyaDataplane, Counters, Dataplane, LoadOptions, VipSpec};
 use keystone_common::{
-    Endpoint, FlowKey, L4Counters, PROTO_TCP, PROTO_UDP, Reason, checksum, mode,
+    Endpoint, Event, L4Counters, PROTO_TCP, PROTO_UDP, Reason, checksum, mode,
     tcp_flags::{ACK, FIN, PSH, RST, SYN},
     vip_flags,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-// ---------------------------------------------------------------------------
-// Environment: network namespace, bpffs, topology.
-// ---------------------------------------------------------------------------
-
-/// The gateway's client-side interface (packets from clients arrive here).
-const IN_IF: &str = "ksin";
-const IN_PEER: &str = "ksinp";
-/// The gateway's backend-side interface.
-const OUT_IF: &str = "ksout";
-const OUT_PEER: &str = "ksoutp";
-const IN_MAC: [u8; 6] = [0x02, 0x6b, 0x73, 0, 0, 0x01];
-const OUT_MAC: [u8; 6] = [0x02, 0x6b, 0x73, 0, 1, 0x01];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
-/// Client-side hosts (on IN_IF): the client and a backend reachable back out of IN_IF.
-const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-const TX_BACKEND4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
-const TX_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
-/// Backends behind OUT_IF with static neighbour entries: 198.18.1.10.. / 2001:db8:1::10..
-const BACKENDS: u8 = 8;
-/// A backend behind OUT_IF without a neighbour entry.
-const NO_NEIGH4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 99);
-/// A backend with no route at all.
-const NO_ROUTE4: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 10);
-
-fn backend4(i: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 1, 10 + i)
-}
-fn backend6(i: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16)
-}
-fn backend_mac(i: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 1, 0x10 + i]
-}
-
-fn vip4(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, last)
-}
-fn vip6(last: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A bpffs mounted at a unique directory under /run, unmounted and removed on drop.
-struct Bpffs {
-    dir: PathBuf,
-}
-
-impl Bpffs {
-    fn mount() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = PathBuf::from(format!(
-            "/run/keystone-packet-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        nix::mount::mount(
-            Some("bpf"),
-            &dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| {
-            panic!(
-                "mount -t bpf bpf {}: {e} (the packet tests need root)",
-                dir.display()
-            )
-        });
-        Bpffs { dir }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-/// Runs `f` in a new thread that first moves into a fresh network namespace (which
-/// disappears with the thread, taking its interfaces along), re-raising its panic.
-fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
-    let handle = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e} (the packet tests need root)"));
-        setup_topology();
-        f();
-    });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-fn setup_topology() {
-    sh(&["ip", "link", "set", "lo", "up"]);
-    for (a, a_mac, b) in [(IN_IF, IN_MAC, IN_PEER), (OUT_IF, OUT_MAC, OUT_PEER)] {
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            a,
-            "address",
-            &mac_str(a_mac),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b,
-        ]);
-        sh(&["ip", "link", "set", a, "up"]);
-        sh(&["ip", "link", "set", b, "up"]);
-    }
-    sh(&["ip", "addr", "add", "198.18.0.1/24", "dev", IN_IF]);
-    sh(&["ip", "addr", "add", "2001:db8::1/64", "dev", IN_IF, "nodad"]);
-    sh(&["ip", "addr", "add", "198.18.1.1/24", "dev", OUT_IF]);
-    sh(&[
-        "ip",
-        "addr",
-        "add",
-        "2001:db8:1::1/64",
-        "dev",
-        OUT_IF,
-        "nodad",
-    ]);
-    sh(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    sh(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
-    let neigh = |ip: String, mac: [u8; 6], dev: &str| {
-        sh(&[
-            "ip",
-            "neigh",
-            "replace",
-            &ip,
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    };
-    neigh(CLIENT4.to_string(), CLIENT_MAC, IN_IF);
-    neigh(CLIENT6.to_string(), CLIENT_MAC, IN_IF);
-    neigh(TX_BACKEND4.to_string(), TX_BACKEND_MAC, IN_IF);
-    for i in 0..BACKENDS {
-        neigh(backend4(i).to_string(), backend_mac(i), OUT_IF);
-        neigh(backend6(i).to_string(), backend_mac(i), OUT_IF);
-    }
-}
-
-fn ifindex(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("if_nametoindex({name}): {e}"))
-}
-
-/// The loaded program, its maps and the netns it runs in (the caller's thread's).
-struct Gateway {
-    dp: AyaDataplane,
-    /// Holds the pins; dropped (unmounted) after `dp`, as fields drop in order.
-    _bpffs: Bpffs,
-    in_index: u32,
-    out_index: u32,
-}
-
-impl Gateway {
-    fn new() -> Self {
-        let bpffs = Bpffs::mount();
-        let dp = AyaDataplane::load(LoadOptions::new(bpffs.dir.join("keystone")))
-            .unwrap_or_else(|e| panic!("AyaDataplane::load: {e} ({e:?})"));
-        Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        }
-    }
-
-    fn apply(&mut self, vips: &[VipSpec]) {
-        self.dp.apply(vips).unwrap_or_else(|e| panic!("apply: {e}"));
-    }
-
-    fn counters(&self) -> Counters {
-        self.dp
-            .counters()
-            .unwrap_or_else(|e| panic!("counters: {e}"))
-    }
-
-    /// Runs one frame arriving on `ifindex`; returns (action, output frame).
-    fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes()); // data_end
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::default()
-        };
-        let result =
-            self.dp.program().test_run(opts).unwrap_or_else(|e| {
-                panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len())
-            });
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Frames.
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug)]
-struct Flow {
-    src: SocketAddr,
-    dst: SocketAddr,
-    proto: u8,
-}
-
-fn flow(src: &str, dst: &str, proto: u8) -> Flow {
-    Flow {
-        src: src.parse().expect("src"),
-        dst: dst.parse().expect("dst"),
-        proto,
-    }
-}
-
-impl Flow {
-    fn key(&self) -> FlowKey {
-        let s = Endpoint::new(self.src, self.proto);
-        let d = Endpoint::new(self.dst, self.proto);
-        FlowKey {
-            src: s.addr,
-            dst: d.addr,
-            src_port: s.port,
-            dst_port: d.port,
-            proto: self.proto,
-            family: s.family,
-            _pad: [0; 2],
-        }
-    }
-}
-
-/// How to build a frame; `Default` is a plain, valid packet.
-#[derive(Clone, Debug)]
-struct Shape {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    vlan: Option<(u16, u16)>,
-    ttl: u8,
-    payload: usize,
-    /// IPv4 options (a multiple of 4 bytes).
-    options: Vec<u8>,
-    /// Send UDP/IPv4 with checksum 0 ("none").
-    udp_no_checksum: bool,
-    /// TCP flags (`keystone_common::tcp_flags`); SYN by default, a flow's first packet.
-    tcp_flags: u8,
-}
-
-impl Default for Shape {
-    fn default() -> Self {
-        Shape {
-            dst_mac: IN_MAC,
-            src_mac: CLIENT_MAC,
-            vlan: None,
-            ttl: 64,
-            payload: 32,
-            options: Vec::new(),
-            udp_no_checksum: false,
-            tcp_flags: SYN,
-        }
-    }
-}
-
-fn octets(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-fn pseudo_sum(f: &Flow, l4_len: usize) -> u64 {
-    let mut p = octets(f.src.ip());
-    p.extend(octets(f.dst.ip()));
-    if f.src.is_ipv4() {
-        p.extend([0, f.proto]);
-        p.extend((l4_len as u16).to_be_bytes());
-    } else {
-        p.extend((l4_len as u32).to_be_bytes());
-        p.extend([0, 0, 0, f.proto]);
-    }
-    checksum::sum(&p, 0)
-}
-
-/// A complete, valid frame for `f`.
-fn frame(f: &Flow, s: &Shape) -> Vec<u8> {
-    let payload: Vec<u8> = (0..s.payload).map(|i| (i * 7 + 3) as u8).collect();
-    let mut l4 = Vec::new();
-    l4.extend(f.src.port().to_be_bytes());
-    l4.extend(f.dst.port().to_be_bytes());
-    let check_at = if f.proto == PROTO_TCP {
-        l4.extend(0x0102_0304u32.to_be_bytes()); // seq
-        l4.extend(0u32.to_be_bytes()); // ack
-        l4.extend([0x50, s.tcp_flags]); // data offset 5, flags
-        l4.extend(64240u16.to_be_bytes()); // window
-        l4.extend([0, 0, 0, 0]); // checksum, urgent
-        16
-    } else {
-        l4.extend(((8 + payload.len()) as u16).to_be_bytes());
-        l4.extend([0, 0]);
-        6
-    };
-    l4.extend(&payload);
-    if !(f.proto == PROTO_UDP && s.udp_no_checksum) {
-        let mut c = checksum::finish(checksum::sum(&l4, pseudo_sum(f, l4.len())));
-        if f.proto == PROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
-        l4[check_at..check_at + 2].copy_from_slice(&c.to_ne_bytes());
-    }
-
-    let mut ip = Vec::new();
-    if f.src.is_ipv4() {
-        let hl = 20 + s.options.len();
-        ip.push(0x40 | (hl / 4) as u8);
-        ip.push(0); // tos
-        ip.extend(((hl + l4.len()) as u16).to_be_bytes());
-        ip.extend([0x12, 0x34, 0x40, 0x00]); // id, DF
-        ip.extend([s.ttl, f.proto, 0, 0]);
-        ip.extend(octets(f.src.ip()));
-        ip.extend(octets(f.dst.ip()));
-        ip.extend(&s.options);
-        let c = checksum::finish(checksum::sum(&ip, 0));
-        ip[10..12].copy_from_slice(&c.to_ne_bytes());
-    } else {
-        ip.extend([0x60, 0, 0, 0]);
-        ip.extend((l4.len() as u16).to_be_bytes());
-        ip.extend([f.proto, s.ttl]);
-        ip.extend(octets(f.src.ip()));
-        ip.extend(octets(f.dst.ip()));
-    }
-
-    let mut out = Vec::new();
-    out.extend(s.dst_mac);
-    out.extend(s.src_mac);
-    if let Some((tpid, tci)) = s.vlan {
-        out.extend(tpid.to_be_bytes());
-        out.extend(tci.to_be_bytes());
-    }
-    out.extend(if f.src.is_ipv4() {
-        [0x08, 0x00]
-    } else {
-        [0x86, 0xdd]
-    });
-    out.extend(ip);
-    out.extend(l4);
-    out
-}
-
-/// Offset of the IP header.
-fn l3_offset(frame: &[u8]) -> usize {
-    match u16::from_be_bytes([frame[12], frame[13]]) {
-        0x8100 | 0x88a8 => 18,
-        _ => 14,
-    }
-}
-
-/// Parses a frame's flow back out (addresses, ports, protocol).
-fn parse_flow(frame: &[u8]) -> Flow {
-    let l3 = l3_offset(frame);
-    let ip = &frame[l3..];
-    if ip[0] >> 4 == 4 {
-        let hl = (ip[0] & 0x0f) as usize * 4;
-        let src = Ipv4Addr::from(<[u8; 4]>::try_from(&ip[12..16]).unwrap());
-        let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&ip[16..20]).unwrap());
-        let l4 = &ip[hl..];
-        Flow {
-            src: SocketAddr::new(src.into(), u16::from_be_bytes([l4[0], l4[1]])),
-            dst: SocketAddr::new(dst.into(), u16::from_be_bytes([l4[2], l4[3]])),
-            proto: ip[9],
-        }
-    } else {
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
-        let l4 = &ip[40..];
-        Flow {
-            src: SocketAddr::new(src.into(), u16::from_be_bytes([l4[0], l4[1]])),
-            dst: SocketAddr::new(dst.into(), u16::from_be_bytes([l4[2], l4[3]])),
-            proto: ip[6],
-        }
-    }
-}
-
-/// Verifies every checksum of a frame by full recomputation.
-fn assert_checksums(what: &str, frame: &[u8]) {
-    let l3 = l3_offset(frame);
-    let ip = &frame[l3..];
-    let f = parse_flow(frame);
-    let (l4, l4_len) = if ip[0] >> 4 == 4 {
-        let hl = (ip[0] & 0x0f) as usize * 4;
-        assert_eq!(
-            checksum::folded(checksum::sum(&ip[..hl], 0)),
-            0xffff,
-            "{what}: bad IPv4 header checksum"
-        );
-        let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-        (&ip[hl..tot], tot - hl)
-    } else {
-        let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-        (&ip[40..40 + plen], plen)
-    };
-    if f.proto == PROTO_UDP && f.src.is_ipv4() && l4[6] == 0 && l4[7] == 0 {
-        return; // no checksum
-    }
-    let s = checksum::sum(l4, pseudo_sum(&f, l4_len));
-    assert_eq!(
-        checksum::folded(s),
-        0xffff,
-        "{what}: bad {} checksum",
-        if f.proto == PROTO_TCP { "TCP" } else { "UDP" }
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Config helpers.
-// ---------------------------------------------------------------------------
-
-fn ep(addr: impl Into<IpAddr>, port: u16, proto: u8) -> Endpoint {
-    Endpoint::new(SocketAddr::new(addr.into(), port), proto)
-}
-
-fn backend(name: &str, endpoint: Endpoint, weight: u32) -> BackendSpec {
-    BackendSpec {
-        name: name.into(),
-        endpoint,
-        weight,
-        up: true,
-    }
-}
-
-fn vip(name: &str, vip: Endpoint, mode: u32, backends: Vec<BackendSpec>) -> VipSpec {
-    VipSpec {
-        name: name.into(),
-        vip,
-        mode,
-        flags: 0,
-        ring_size: 65_537,
-        backends,
-    }
-}
+use keystone_lab::xdp::*;
 
 // ---------------------------------------------------------------------------
 // Table-driven cases.
@@ -558,48 +75,6 @@ fn run_cases(gw: &Gateway, cases: Vec<Case>) {
             keystone_common::xdp_action_name(action)
         );
     }
-}
-
-fn reason_deltas(before: &Counters, after: &Counters) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .filter_map(|&r| {
-            let d = after.reasons[r as usize] - before.reasons[r as usize];
-            (d != 0).then_some((r, d))
-        })
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Rewrites `frame`'s flow as the program should (NAT): new addresses/ports, TTL - 1,
-/// new MACs; recomputed from scratch by the builder.
-fn natted(to: Flow, s: &Shape, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
-    frame(
-        &to,
-        &Shape {
-            dst_mac,
-            src_mac,
-            ttl: s.ttl - 1,
-            ..s.clone()
-        },
-    )
-}
-
-fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
-    frame
 }
 
 /// The standard config for the case table.
@@ -1456,18 +931,6 @@ fn packet_cases() {
 // The kernel's choice against the agent's prediction; flow stickiness.
 // ---------------------------------------------------------------------------
 
-/// xorshift64*: deterministic flows without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn random_flow(rng: &mut Rng, vip: SocketAddr, proto: u8) -> Flow {
     let r = rng.next();
     let src: IpAddr = if vip.is_ipv4() {
@@ -2018,6 +1481,56 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
     });
 }
 
+/// The connection table has the configured size; a restart with the same size keeps
+/// its entries, one with another size replaces it (the pinned map would otherwise
+/// silently keep the old size).
+#[test]
+fn the_connection_table_takes_the_configured_size() {
+    use keystone_agent::dataplane::Limits;
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let conns = pin_dir.join(keystone_common::names::CONNS);
+        let size = || {
+            aya::maps::MapData::from_pin(&conns)
+                .and_then(|m| m.info())
+                .unwrap_or_else(|e| panic!("pinned {}: {e}", conns.display()))
+                .max_entries()
+        };
+        let spec = case_config();
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+        let load = |entries| {
+            let mut dp = AyaDataplane::load(LoadOptions {
+                limits: Limits {
+                    conn_table_entries: entries,
+                    ..Limits::default()
+                },
+                ..LoadOptions::new(&pin_dir)
+            })
+            .unwrap_or_else(|e| panic!("load with {entries} entries: {e}"));
+            dp.apply(&spec).unwrap();
+            dp
+        };
+        let pinned = |dp: &AyaDataplane| dp.conn(&f.key()).expect("read CONNS").is_some();
+
+        let dp = load(1024);
+        assert_eq!(size(), 1024);
+        run_frame(&dp, &frame(&f, &Shape::default()), 0);
+        assert!(pinned(&dp), "the flow is tracked");
+        drop(dp);
+
+        let dp = load(1024);
+        assert!(pinned(&dp), "same size: the table and its entries are kept");
+        drop(dp);
+
+        let dp = load(4096);
+        assert_eq!(size(), 4096, "a new size replaces the pinned table");
+        assert!(!pinned(&dp), "the replaced table starts empty");
+        dp.detach().unwrap_or_else(|e| panic!("detach: {e}"));
+    });
+}
+
 /// Upgrading from an agent that pinned the reverse-NAT map as `KS_REVERSE_V1` (no
 /// backend slot): `load` fills `KS_REVERSE_V2` from it, with each backend's slot from
 /// the reused BACKENDS map, before the new program runs, so replies are translated
@@ -2074,12 +1587,7 @@ fn a_pinned_v1_reverse_map_is_migrated_on_load() {
                 backend_slot: slot
             }
         );
-        let gw = Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        };
+        let gw = Gateway::with(dp, bpffs);
         // No apply yet: the reply is translated from the migrated entry alone.
         let reply = frame(
             &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
@@ -2125,8 +1633,9 @@ fn three_small_vips() -> Vec<VipSpec> {
 /// refused with the field named, and reused at the same sizes.
 #[test]
 fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
-    use aya::maps::MapInfo;
+    use aya::{maps::MapInfo, programs::ProgramInfo};
     use keystone_agent::dataplane::{DataplaneError, Limits, aya_dataplane::sized_maps};
+    use keystone_common::names;
 
     in_netns(|| {
         let bpffs = Bpffs::mount();
@@ -2142,9 +1651,28 @@ fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
             ..LoadOptions::new(&pin_dir)
         };
         let mut dp = AyaDataplane::load(opts.clone()).unwrap_or_else(|e| panic!("load: {e}"));
+        // The program's own maps, for those not pinned (the next-hop cache); the
+        // kernel keeps 15 characters of a name.
+        let program_maps: Vec<MapInfo> = ProgramInfo::from_pin(pin_dir.join(names::PROGRAM))
+            .and_then(|p| p.map_ids())
+            .unwrap_or_else(|e| panic!("the pinned program's maps: {e}"))
+            .expect("map ids readable as root")
+            .into_iter()
+            .map(|id| MapInfo::from_id(id).unwrap_or_else(|e| panic!("map {id}: {e}")))
+            .collect();
         for (map, field, entries) in sized_maps(&limits) {
-            let info = MapInfo::from_pin(pin_dir.join(map)).unwrap();
-            assert_eq!(info.max_entries(), entries, "{map} (limits.{field})");
+            let pin = pin_dir.join(map);
+            let max_entries = if pin.exists() {
+                MapInfo::from_pin(pin).unwrap().max_entries()
+            } else {
+                let kernel_name = &map[..map.len().min(15)];
+                program_maps
+                    .iter()
+                    .find(|m| m.name_as_str() == Some(kernel_name))
+                    .unwrap_or_else(|| panic!("{map} is neither pinned nor used by the program"))
+                    .max_entries()
+            };
+            assert_eq!(max_entries, entries, "{map} (limits.{field})");
         }
         let specs = three_small_vips();
         dp.apply(&specs).unwrap_or_else(|e| panic!("apply: {e}"));
@@ -2297,112 +1825,573 @@ fn load_refuses_a_pin_dir_outside_bpffs() {
     );
 }
 
-/// Per-packet cost as the kernel measures it (`BPF_PROG_TEST_RUN` duration), printed
-/// rather than asserted: `cargo test -p keystone-tests --test packet -- --ignored --nocapture`.
+// ---------------------------------------------------------------------------
+// The next-hop cache (`keystone_common::NextHopCache`).
+// ---------------------------------------------------------------------------
+
+/// Where one established packet of `f` goes: (action, destination MAC).
+fn hop_of(gw: &Gateway, f: &Flow) -> (u32, [u8; 6]) {
+    let input = frame(
+        f,
+        &Shape {
+            tcp_flags: ACK,
+            ..Shape::default()
+        },
+    );
+    let (action, out) = gw.run(&input, gw.in_index);
+    (action, out[0..6].try_into().unwrap())
+}
+
+/// Polls (sending one packet per look) until `f`'s packets go to `want`; panics
+/// after a deadline far beyond `limits::forward::NEXT_HOP_TTL_NS`.
+fn wait_for_hop(gw: &Gateway, f: &Flow, what: &str, want: (u32, [u8; 6])) {
+    keystone_lab::wait_for(what, std::time::Duration::from_secs(5), || {
+        let got = hop_of(gw, f);
+        Ok(if got == want {
+            keystone_lab::Probe::Ready(())
+        } else {
+            keystone_lab::Probe::NotYet(format!(
+                "{} to {}",
+                keystone_common::xdp_action_name(got.0),
+                mac_str(got.1)
+            ))
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
-#[ignore = "prints timings; run by hand"]
-fn per_packet_cost() {
+fn cached_next_hops_follow_neighbour_changes_and_backend_replacement() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let v = ep(vip4(100), 80, PROTO_TCP);
+        let only = |i: u8| {
+            vec![vip(
+                "v",
+                v,
+                mode::NAT,
+                vec![backend("b", ep(backend4(i), 8080, PROTO_TCP), 1)],
+            )]
+        };
+        gw.apply(&only(0));
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+        assert_eq!(hop_of(&gw, &f), (XDP_REDIRECT, backend_mac(0)));
+
+        // The backend now answers at another MAC: its packets follow.
+        let moved = [0x02, 0, 0, 0, 2, 0x10];
+        let neigh = |mac: [u8; 6]| {
+            sh(&[
+                "ip",
+                "neigh",
+                "replace",
+                &backend4(0).to_string(),
+                "lladdr",
+                &mac_str(mac),
+                "dev",
+                OUT_IF,
+                "nud",
+                "permanent",
+            ])
+        };
+        neigh(moved);
+        wait_for_hop(&gw, &f, "the new neighbour MAC", (XDP_REDIRECT, moved));
+
+        // The neighbour is gone: the rewritten packet goes to the kernel to resolve
+        // it (its MACs untouched).
+        sh(&[
+            "ip",
+            "neigh",
+            "del",
+            &backend4(0).to_string(),
+            "dev",
+            OUT_IF,
+        ]);
+        let before = gw.counters();
+        wait_for_hop(&gw, &f, "no neighbour: XDP_PASS", (XDP_PASS, IN_MAC));
+        assert!(
+            gw.counters().reasons[Reason::FibNoNeighbour as usize]
+                > before.reasons[Reason::FibNoNeighbour as usize]
+        );
+        neigh(backend_mac(0));
+        wait_for_hop(
+            &gw,
+            &f,
+            "the neighbour back",
+            (XDP_REDIRECT, backend_mac(0)),
+        );
+
+        // The route to the backend changes to another interface (IN_IF, where the
+        // packet came from): XDP_TX with that interface's next hop.
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", backend4(0)),
+            "dev",
+            IN_IF,
+        ]);
+        sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            &backend4(0).to_string(),
+            "lladdr",
+            &mac_str(moved),
+            "dev",
+            IN_IF,
+            "nud",
+            "permanent",
+        ]);
+        wait_for_hop(&gw, &f, "the route via IN_IF", (XDP_TX, moved));
+        sh(&[
+            "ip",
+            "route",
+            "del",
+            &format!("{}/32", backend4(0)),
+            "dev",
+            IN_IF,
+        ]);
+        wait_for_hop(&gw, &f, "the route back", (XDP_REDIRECT, backend_mac(0)));
+
+        // Another backend in the flow's place takes effect with the very next
+        // packet, well within the cache's lifetime: a new slot has no entry, and a
+        // slot given to another backend has a new generation, which the entry of its
+        // previous owner does not match.
+        let slot_of =
+            |gw: &Gateway, i: u8| gw.dp.backend_slot(&v, &ep(backend4(i), 8080, PROTO_TCP));
+        let first_slot = slot_of(&gw, 0);
+        gw.apply(&only(1));
+        assert_eq!(hop_of(&gw, &f), (XDP_REDIRECT, backend_mac(1)));
+        gw.apply(&only(2));
+        assert_eq!(
+            slot_of(&gw, 2),
+            first_slot,
+            "the third backend should reuse the first one's slot (what this step tests)"
+        );
+        assert_eq!(hop_of(&gw, &f), (XDP_REDIRECT, backend_mac(2)));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// ICMP path-MTU errors for VIP flows (keystone_common::Event::IcmpToBackend).
+// ---------------------------------------------------------------------------
+
+/// Routers on the client side that report a smaller MTU towards the client.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+const FRAG_NEEDED: (u8, u8) = (3, 4);
+const PACKET_TOO_BIG: (u8, u8) = (2, 0);
+
+/// The start of a VIP flow's reply packet (IP header onwards), cut to `len` bytes,
+/// as a router quotes it in an ICMP error.
+fn reply_quote(reply: &Flow, len: usize) -> Vec<u8> {
+    let f = frame(
+        reply,
+        &Shape {
+            tcp_flags: ACK,
+            payload: 64,
+            ..Shape::default()
+        },
+    );
+    f[14..14 + len.min(f.len() - 14)].to_vec()
+}
+
+/// A quote as the program leaves it in `nat` mode: the source is the backend's
+/// address and port, the IPv4 header checksum is valid again, and the L4 checksum
+/// is left as quoted.
+fn natted_quote(quote: &[u8], to: SocketAddr) -> Vec<u8> {
+    let mut q = quote.to_vec();
+    let port = to.port().to_be_bytes();
+    if q[0] >> 4 == 4 {
+        q[12..16].copy_from_slice(&octets(to.ip()));
+        q[20..22].copy_from_slice(&port);
+        q[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(checksum::sum(&q[..20], 0));
+        q[10..12].copy_from_slice(&c.to_ne_bytes());
+    } else {
+        q[8..24].copy_from_slice(&octets(to.ip()));
+        q[40..42].copy_from_slice(&port);
+    }
+    q
+}
+
+/// (what, input, action, output, reason counted, counts `Event::IcmpToBackend`).
+type IcmpCase = (String, Vec<u8>, u32, Expect, Option<Reason>, bool);
+
+fn event_deltas(before: &Counters, after: &Counters) -> Vec<(Event, u64)> {
+    Event::ALL
+        .iter()
+        .filter_map(|&e| {
+            let d = after.events[e as usize] - before.events[e as usize];
+            (d != 0).then_some((e, d))
+        })
+        .collect()
+}
+
+/// A path-MTU error about a VIP flow reaches the flow's backend (nat: rewritten
+/// outer destination and quoted source, all checksums right; dsr: MACs only); other
+/// ICMP to a VIP address is passed untouched and uncounted.
+#[test]
+fn icmp_path_mtu_errors_reach_the_flows_backend() {
     in_netns(|| {
         let mut gw = Gateway::new();
         gw.apply(&case_config());
-        let avg = |input: &[u8], ingress: u32, repeat: u32| {
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-            let mut out = vec![0u8; input.len() + 256];
-            let opts = TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..TestRunOptions::default()
-            };
-            gw.dp
-                .program()
-                .test_run(opts)
-                .expect("test run")
-                .duration
-                .as_nanos()
-        };
-        // Established packets are ACKs: a SYN (ACK clear) is always picked through the
-        // Maglev table, timed separately below.
-        let d = Shape {
-            tcp_flags: ACK,
+        let inn = gw.in_index;
+        let from = |v4: bool| -> IpAddr { if v4 { ROUTER4.into() } else { ROUTER6.into() } };
+        let d = Shape::default();
+        let out_shape = |mac| Shape {
+            dst_mac: mac,
+            src_mac: OUT_MAC,
+            ttl: 63,
             ..Shape::default()
         };
-        let syn = Shape::default();
-        let nat = frame(&flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP), &d);
-        let dsr = frame(&flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP), &d);
-        let nat_syn = frame(
-            &flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP),
-            &syn,
+        let mut cases: Vec<IcmpCase> = Vec::new();
+        // (what, reply flow of the VIP, quote length, backend, its MAC, mode nat?)
+        for (what, reply, len, to, mac, nat) in [
+            (
+                "nat tcp/ipv4, quote of IP header + 8 bytes",
+                flow("198.18.0.100:80", "198.18.0.2:40000", PROTO_TCP),
+                28,
+                "198.18.1.10:8080",
+                backend_mac(0),
+                true,
+            ),
+            (
+                "nat tcp/ipv4, whole packet quoted",
+                flow("198.18.0.100:80", "198.18.0.2:40001", PROTO_TCP),
+                usize::MAX,
+                "198.18.1.10:8080",
+                backend_mac(0),
+                true,
+            ),
+            (
+                "nat udp/ipv4, quoted UDP checksum left as is",
+                flow("198.18.0.100:53", "198.18.0.2:40002", PROTO_UDP),
+                usize::MAX,
+                "198.18.1.11:5353",
+                backend_mac(1),
+                true,
+            ),
+            (
+                "nat tcp/ipv6 packet too big",
+                flow("[2001:db8::100]:80", "[2001:db8::2]:40000", PROTO_TCP),
+                usize::MAX,
+                "[2001:db8:1::10]:8080",
+                backend_mac(0),
+                true,
+            ),
+            (
+                "nat udp/ipv6 packet too big, quote of IP header + 8 bytes",
+                flow("[2001:db8::100]:53", "[2001:db8::2]:40001", PROTO_UDP),
+                48,
+                "[2001:db8:1::11]:5353",
+                backend_mac(1),
+                true,
+            ),
+            (
+                "dsr tcp/ipv4: MACs only",
+                flow("198.18.0.101:80", "198.18.0.2:40003", PROTO_TCP),
+                usize::MAX,
+                "198.18.1.12:80",
+                backend_mac(2),
+                false,
+            ),
+            (
+                "dsr tcp/ipv6: MACs only",
+                flow("[2001:db8::101]:80", "[2001:db8::2]:40003", PROTO_TCP),
+                usize::MAX,
+                "[2001:db8:1::12]:80",
+                backend_mac(2),
+                false,
+            ),
+        ] {
+            let v4 = reply.src.is_ipv4();
+            let (icmp, vip) = (
+                if v4 { FRAG_NEEDED } else { PACKET_TOO_BIG },
+                reply.src.ip(),
+            );
+            let quote = reply_quote(&reply, len);
+            let input = icmp_frame(from(v4), vip, icmp, 1400, &quote, &d);
+            let to: SocketAddr = to.parse().unwrap();
+            let output = if nat {
+                icmp_frame(
+                    from(v4),
+                    to.ip(),
+                    icmp,
+                    1400,
+                    &natted_quote(&quote, to),
+                    &out_shape(mac),
+                )
+            } else {
+                with_macs(input.clone(), mac, OUT_MAC)
+            };
+            cases.push((
+                what.into(),
+                input,
+                XDP_REDIRECT,
+                Expect::Frame(output),
+                None,
+                true,
+            ));
+        }
+
+        let v4_error = |reply: &str, client: &str, proto, icmp, len, ttl| {
+            let reply = flow(reply, client, proto);
+            let s = Shape {
+                ttl,
+                ..Shape::default()
+            };
+            icmp_frame(
+                ROUTER4.into(),
+                reply.src.ip(),
+                icmp,
+                1400,
+                &reply_quote(&reply, len),
+                &s,
+            )
+        };
+        let tcp_error = |vip: &str, icmp, len, ttl| {
+            v4_error(vip, "198.18.0.2:40010", PROTO_TCP, icmp, len, ttl)
+        };
+        // Exceptions on the way to the backend, as for the flow's own packets.
+        cases.push((
+            "nat, TTL 1 -> pass untouched".into(),
+            tcp_error("198.18.0.100:80", FRAG_NEEDED, 28, 1),
+            XDP_PASS,
+            Expect::Same,
+            Some(Reason::TtlExpired),
+            false,
+        ));
+        cases.push((
+            "VIP without backends -> drop".into(),
+            tcp_error("198.18.0.106:80", FRAG_NEEDED, 28, 64),
+            XDP_DROP,
+            Expect::Any,
+            Some(Reason::NoBackend),
+            false,
+        ));
+        cases.push((
+            "nat, backend without neighbour -> rewritten, pass".into(),
+            tcp_error("198.18.0.103:80", FRAG_NEEDED, 28, 64),
+            XDP_PASS,
+            Expect::Any,
+            Some(Reason::FibNoNeighbour),
+            true,
+        ));
+        // Not ours: pass untouched, nothing counted.
+        for (what, input) in [
+            (
+                "fragmentation needed quoting a VIP address on a port that is no VIP",
+                tcp_error("198.18.0.100:81", FRAG_NEEDED, 28, 64),
+            ),
+            (
+                "fragmentation needed quoting the TCP VIP's port over UDP",
+                v4_error(
+                    "198.18.0.101:80",
+                    "198.18.0.2:40010",
+                    PROTO_UDP,
+                    FRAG_NEEDED,
+                    28,
+                    64,
+                ),
+            ),
+            (
+                "host unreachable (3/1) about a VIP flow",
+                tcp_error("198.18.0.100:80", (3, 1), 28, 64),
+            ),
+            (
+                "time exceeded about a VIP flow",
+                tcp_error("198.18.0.100:80", (11, 0), 28, 64),
+            ),
+            (
+                "fragmentation needed quoting only 4 bytes of TCP",
+                tcp_error("198.18.0.100:80", FRAG_NEEDED, 24, 64),
+            ),
+            (
+                "fragmentation needed quoting an IP header only",
+                tcp_error("198.18.0.100:80", FRAG_NEEDED, 20, 64),
+            ),
+        ] {
+            cases.push((what.into(), input, XDP_PASS, Expect::Same, None, false));
+        }
+        // The quoted source is a VIP, but the error is sent to another address.
+        let reply = flow("198.18.0.100:80", "198.18.0.2:40011", PROTO_TCP);
+        cases.push((
+            "fragmentation needed to an address other than the quoted VIP".into(),
+            icmp_frame(
+                ROUTER4.into(),
+                vip4(101).into(),
+                FRAG_NEEDED,
+                1400,
+                &reply_quote(&reply, 28),
+                &d,
+            ),
+            XDP_PASS,
+            Expect::Same,
+            None,
+            false,
+        ));
+        // An IPv4 quote with options (the program never forwards such a reply).
+        let mut quote = reply_quote(&reply, 28);
+        quote[0] = 0x46;
+        quote.splice(20..20, [1, 1, 1, 0]);
+        cases.push((
+            "fragmentation needed quoting an IPv4 header with options".into(),
+            icmp_frame(
+                ROUTER4.into(),
+                vip4(100).into(),
+                FRAG_NEEDED,
+                1400,
+                &quote,
+                &d,
+            ),
+            XDP_PASS,
+            Expect::Same,
+            None,
+            false,
+        ));
+        let reply6 = flow("[2001:db8::100]:80", "[2001:db8::2]:40012", PROTO_TCP);
+        cases.push((
+            "ICMPv6 destination unreachable about a VIP flow".into(),
+            icmp_frame(
+                ROUTER6.into(),
+                vip6(0x100).into(),
+                (1, 0),
+                0,
+                &reply_quote(&reply6, usize::MAX),
+                &d,
+            ),
+            XDP_PASS,
+            Expect::Same,
+            None,
+            false,
+        ));
+
+        for (what, input, want_action, output, reason, event) in cases {
+            let before = gw.counters();
+            let (action, out) = gw.run(&input, inn);
+            let after = gw.counters();
+            assert_eq!(
+                action,
+                want_action,
+                "{what}: action {}; reasons moved: {:?}",
+                keystone_common::xdp_action_name(action),
+                reason_deltas(&before, &after)
+            );
+            match output {
+                Expect::Same => assert_eq!(hex(&out), hex(&input), "{what}: frame changed"),
+                Expect::Frame(want) => assert_eq!(hex(&out), hex(&want), "{what}: output frame"),
+                Expect::Any => {}
+            }
+            let want: Vec<(Reason, u64)> = reason.map(|r| vec![(r, 1)]).unwrap_or_default();
+            assert_eq!(reason_deltas(&before, &after), want, "{what}: reasons");
+            let want: Vec<(Event, u64)> = if event {
+                vec![(Event::IcmpToBackend, 1)]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(event_deltas(&before, &after), want, "{what}: events");
+        }
+    });
+}
+
+/// The backend that owns the flow is the pinned one, not today's Maglev pick; an
+/// untracked flow's error goes to the live pick and pins nothing.
+#[test]
+fn icmp_errors_follow_the_pinned_backend() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let v = ep(vip4(100), 80, PROTO_TCP);
+        let (b0, b1) = (
+            ep(backend4(0), 8080, PROTO_TCP),
+            ep(backend4(1), 8080, PROTO_TCP),
         );
-        let dsr_syn = frame(
-            &flow("198.18.0.2:40000", "198.18.0.101:80", PROTO_TCP),
-            &syn,
+        let spec = |w0, w1| {
+            vec![vip(
+                "v",
+                v,
+                mode::NAT,
+                vec![backend("b0", b0, w0), backend("b1", b1, w1)],
+            )]
+        };
+        let error_goes_to = |gw: &Gateway, f: &Flow| {
+            let reply = flow(&f.dst.to_string(), &f.src.to_string(), f.proto);
+            let input = icmp_frame(
+                ROUTER4.into(),
+                vip4(100).into(),
+                FRAG_NEEDED,
+                1400,
+                &reply_quote(&reply, 28),
+                &Shape::default(),
+            );
+            let (action, out) = gw.run(&input, gw.in_index);
+            assert_eq!(action, XDP_REDIRECT, "ICMP error about {f:?}");
+            let l3 = l3_offset(&out);
+            let quoted_src = &out[l3 + 20 + 8 + 12..l3 + 20 + 8 + 16];
+            let quoted_port = u16::from_be_bytes([out[l3 + 48], out[l3 + 49]]);
+            let outer_dst = &out[l3 + 16..l3 + 20];
+            assert_eq!(outer_dst, quoted_src, "outer destination = quoted source");
+            SocketAddr::new(
+                Ipv4Addr::from(<[u8; 4]>::try_from(quoted_src).unwrap()).into(),
+                quoted_port,
+            )
+        };
+        gw.apply(&spec(1, 0));
+        let pinned = flow("198.18.0.2:41000", "198.18.0.100:80", PROTO_TCP);
+        assert_eq!(send(&gw, &pinned), b0.socket_addr());
+        gw.apply(&spec(0, 1));
+        assert_eq!(
+            error_goes_to(&gw, &pinned),
+            b0.socket_addr(),
+            "pinned flow's error"
         );
-        let reply = frame(
-            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
-            &Shape {
-                dst_mac: OUT_MAC,
-                src_mac: backend_mac(0),
-                ..d.clone()
-            },
+        let untracked = flow("198.18.0.2:41001", "198.18.0.100:80", PROTO_TCP);
+        assert_eq!(error_goes_to(&gw, &untracked), b1.socket_addr());
+        assert_eq!(
+            gw.dp.conn(&untracked.key()).expect("read CONNS"),
+            None,
+            "an ICMP error must not pin a flow"
         );
-        let reply_fin = frame(
-            &flow("198.18.1.10:8080", "198.18.0.2:40000", PROTO_TCP),
-            &Shape {
-                dst_mac: OUT_MAC,
-                src_mac: backend_mac(0),
-                tcp_flags: FIN | ACK,
-                ..d.clone()
-            },
-        );
-        let other = frame(&flow("198.18.0.2:40000", "198.18.0.1:22", PROTO_TCP), &d);
-        gw.run(&nat_syn, gw.in_index); // establish
-        gw.run(&dsr_syn, gw.in_index);
-        let runs = 20_000;
-        // NAT rewrites its input, so time single runs of a fresh copy.
-        let nat_ns: u128 =
-            (0..runs).map(|_| avg(&nat, gw.in_index, 1)).sum::<u128>() / runs as u128;
-        println!("nat, established flow:  {nat_ns} ns/packet (single runs)");
-        println!(
-            "dsr, established flow:  {} ns/packet",
-            avg(&dsr, gw.in_index, 1_000_000)
-        );
-        println!(
-            "not for a VIP:          {} ns/packet",
-            avg(&other, gw.in_index, 1_000_000)
-        );
-        let dsr_single: u128 =
-            (0..runs).map(|_| avg(&dsr, gw.in_index, 1)).sum::<u128>() / runs as u128;
-        println!(
-            "dsr, established flow:  {dsr_single} ns/packet (single runs, to compare with nat)"
-        );
-        let nat_syn_ns: u128 = (0..runs)
-            .map(|_| avg(&nat_syn, gw.in_index, 1))
-            .sum::<u128>()
-            / runs as u128;
-        println!("nat, SYN of a tracked tuple: {nat_syn_ns} ns/packet (single runs)");
-        println!(
-            "dsr, SYN of a tracked tuple: {} ns/packet",
-            avg(&dsr_syn, gw.in_index, 1_000_000)
-        );
-        let reply_ns: u128 = (0..runs)
-            .map(|_| avg(&reply, gw.out_index, 1))
-            .sum::<u128>()
-            / runs as u128;
-        println!("nat reply, ACK:         {reply_ns} ns/packet (single runs)");
-        let fin_ns: u128 = (0..runs)
-            .map(|_| avg(&reply_fin, gw.out_index, 1))
-            .sum::<u128>()
-            / runs as u128;
-        println!("nat reply, FIN (counted): {fin_ns} ns/packet (single runs)");
-        let mut icmp = other.clone();
-        icmp[14 + 9] = 1;
-        println!(
-            "icmp (parse only):      {} ns/packet",
-            avg(&icmp, gw.in_index, 1_000_000)
-        );
+    });
+}
+
+/// A TCP packet without SYN that finds no connection-table entry (evicted, or
+/// tracked elsewhere) is re-picked and counted as `Event::UntrackedMidFlow`; a SYN,
+/// a tracked packet and UDP are not.
+#[test]
+fn untracked_mid_flow_packets_are_counted() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        gw.apply(&case_config());
+        let untracked = |gw: &Gateway| gw.counters().events[Event::UntrackedMidFlow as usize];
+        let tcp = flow("198.18.0.2:43000", "198.18.0.100:80", PROTO_TCP);
+        let udp = flow("198.18.0.2:43000", "198.18.0.100:53", PROTO_UDP);
+        let before = untracked(&gw);
+        send(&gw, &tcp);
+        send_established(&gw, &tcp);
+        send(&gw, &udp);
+        send(&gw, &udp);
+        assert_eq!(untracked(&gw), before, "SYN, tracked ACK and UDP");
+        for (i, flags) in [ACK, ACK | PSH, FIN | ACK, RST, SYN | ACK]
+            .into_iter()
+            .enumerate()
+        {
+            let f = flow(
+                &format!("198.18.0.2:{}", 43001 + i),
+                "198.18.0.100:80",
+                PROTO_TCP,
+            );
+            assert_eq!(
+                send_flags(&gw, &f, flags),
+                "198.18.1.10:8080".parse().unwrap()
+            );
+            assert_eq!(untracked(&gw), before + 1 + i as u64, "flags {flags:#x}");
+            assert!(
+                gw.dp.conn(&f.key()).expect("read CONNS").is_some(),
+                "re-pinned"
+            );
+            send_flags(&gw, &f, ACK);
+            assert_eq!(untracked(&gw), before + 1 + i as u64, "now tracked");
+        }
     });
 }

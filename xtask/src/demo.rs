@@ -5,7 +5,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -14,29 +13,14 @@ use keystone_lab::{
     CanaryConfig, Deployment, HealthCheck, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary,
     SwitchConfig, VIP4, VIP6,
 };
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 use crate::{lab, util};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 pub fn demo(connections: u32, mode: Mode) -> Result<()> {
     util::require_root("`cargo xtask demo`")?;
     util::build()?;
     // Ctrl-C stops the demo between steps, and the lab is still torn down.
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(sig, &action) }?;
-    }
+    util::stop_on_signals()?;
 
     let started = Instant::now();
     let mut lab = LabBuilder::new()
@@ -65,9 +49,7 @@ pub fn demo(connections: u32, mode: Mode) -> Result<()> {
     println!("== 1. weights by hand: edit the config, keystone-ctl reload ==\n");
 
     for (i, (what, blue, green)) in ROLLOUT.iter().enumerate() {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bail!("interrupted; the lab is being torn down");
-        }
+        util::interrupted()?;
         let weights = [("blue", *blue), ("green", *green)];
         if i > 0 {
             let cfg = lab.agent_config(lab::tenants(&lab, &weights)?);
@@ -102,13 +84,6 @@ pub fn demo(connections: u32, mode: Mode) -> Result<()> {
 const PHASE: Duration = Duration::from_secs(60);
 /// The canaries' step interval.
 const INTERVAL: &str = "3s";
-
-fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; the lab is being torn down");
-    }
-    Ok(())
-}
 
 /// `keystone-ctl canary start web --version <version>`: 10 %, then +30 % every
 /// [`INTERVAL`].
@@ -150,7 +125,7 @@ fn until(
 ) -> Result<Deployment> {
     let deadline = Instant::now() + PHASE;
     loop {
-        interrupted()?;
+        util::interrupted()?;
         let d = lab.deployment(id)?;
         if done(&d) {
             return Ok(d);
@@ -226,7 +201,7 @@ fn engine(
     let deadline = Instant::now() + PHASE;
     let mut step: Option<(f64, Summary)> = None;
     loop {
-        interrupted()?;
+        util::interrupted()?;
         if Instant::now() >= deadline {
             bail!("the canary did not finish within {PHASE:?}");
         }

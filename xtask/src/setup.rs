@@ -18,7 +18,20 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     // examples/ci/keystone-webhook.sh signs with it; the tests run that script.
     ("openssl", "openssl"),
+    // `cargo xtask bench e2e`: the peers Keystone is measured against, the backends'
+    // HTTP server and the measuring tools (HAProxy and nginx stay out of the host: see
+    // `quiet_bench_services`).
+    ("nft", "nftables"),
+    ("haproxy", "haproxy"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("iperf3", "iperf3"),
+    ("trafgen", "netsniff-ng"),
 ];
+
+/// Packages (by program) whose Debian install starts a host service that the benches
+/// never use: they run their own copies inside the lab's namespaces.
+const BENCH_SERVICES: &[&str] = &["haproxy", "nginx"];
 
 /// What setup did, one line per step.
 type Report = Vec<String>;
@@ -27,7 +40,14 @@ pub fn setup() -> Result<()> {
     let mut report = Report::new();
     rust_src(&mut report)?;
     bpf_linker(&mut report)?;
+    let fresh_services: Vec<&str> = BENCH_SERVICES
+        .iter()
+        .copied()
+        .filter(|program| which(program).is_none())
+        .collect();
     debian_packages(&mut report)?;
+    quiet_bench_services(&fresh_services, &mut report);
+    schemathesis(&mut report)?;
     for line in &report {
         println!("setup: {line}");
     }
@@ -211,4 +231,78 @@ fn debian_packages(report: &mut Report) -> Result<()> {
     .with_context(|| format!("apt-get install failed: run `{install}`"))?;
     report.push(format!("installed Debian packages {}", missing.join(", ")));
     Ok(())
+}
+
+/// schemathesis (PyPI) in its own virtualenv, for the API schema test.
+fn schemathesis(report: &mut Report) -> Result<()> {
+    let version = keystone_lab::tools::SCHEMATHESIS_VERSION;
+    let venv =
+        keystone_lab::tools::schemathesis_venv().context("neither CARGO_HOME nor HOME is set")?;
+    let bin = venv.join("bin").join("schemathesis");
+    if let Ok(v) = output(Command::new(&bin).arg("--version"))
+        && v.contains(version)
+    {
+        report.push(format!(
+            "schemathesis {version}: already installed ({})",
+            bin.display()
+        ));
+        return Ok(());
+    }
+    let python = which("python3").context(
+        "python3 is missing (needed for schemathesis): install Python 3 (`apt-get install python3 python3-venv`)",
+    )?;
+    println!(
+        "setup: installing schemathesis {version} into {}",
+        venv.display()
+    );
+    run(Command::new(&python)
+        .arg("-m")
+        .arg("venv")
+        .arg("--clear")
+        .arg(&venv))
+    .with_context(|| {
+        format!(
+            "creating a Python virtualenv at {} failed: is python3-venv installed?",
+            venv.display()
+        )
+    })?;
+    run(Command::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("schemathesis=={version}")))
+    .with_context(|| {
+        format!("pip could not install schemathesis=={version} (is PyPI reachable?)")
+    })?;
+    report.push(format!(
+        "installed schemathesis {version} ({})",
+        bin.display()
+    ));
+    Ok(())
+}
+
+/// Stops and disables the host services that installing `services` just started (on
+/// machines whose package installs start services): the benches start their own in
+/// namespaces, and a stock nginx on the host's port 80 is nobody's intent. Services that
+/// were installed before setup ran are never touched.
+fn quiet_bench_services(services: &[&str], report: &mut Report) {
+    for service in services {
+        if which(service).is_none() {
+            continue;
+        }
+        let stopped = if std::path::Path::new("/run/systemd/system").is_dir() {
+            Command::new("systemctl")
+                .args(["disable", "--now", "--quiet", service])
+                .status()
+        } else {
+            // Without systemd: honours policy-rc.d like the install did.
+            Command::new("invoke-rc.d")
+                .args(["--quiet", service, "stop"])
+                .status()
+        };
+        match stopped {
+            Ok(s) if s.success() => report.push(format!(
+                "stopped the host's {service} service that its package started (the benches run their own)"
+            )),
+            _ => {}
+        }
+    }
 }

@@ -20,11 +20,7 @@ pub fn root() -> PathBuf {
 
 /// `$CARGO_HOME`, or `~/.cargo`.
 pub fn cargo_home() -> Result<PathBuf> {
-    if let Some(h) = env::var_os("CARGO_HOME") {
-        return Ok(PathBuf::from(h));
-    }
-    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cargo"))
+    keystone_lab::tools::cargo_home().context("neither CARGO_HOME nor HOME is set")
 }
 
 /// PATH with `$CARGO_HOME/bin` (where bpf-linker goes) and the sbin directories first.
@@ -101,6 +97,36 @@ pub fn require_root(what: &str) -> Result<()> {
         bail!(
             "{what} needs root (network namespaces, XDP, bpffs): run it as root, e.g. `sudo -E env PATH=$PATH cargo xtask …`"
         );
+    }
+    Ok(())
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGINT and SIGTERM only set a flag that [`interrupted`] reports, so a
+/// command stops between steps and still tears down what it built (its `Lab` drops).
+pub fn stop_on_signals() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+/// An error once SIGINT or SIGTERM arrived (after [`stop_on_signals`]).
+pub fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted; the lab is being torn down");
     }
     Ok(())
 }

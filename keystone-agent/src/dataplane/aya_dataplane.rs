@@ -18,8 +18,8 @@ use aya::{
     util::nr_cpus,
 };
 use keystone_common::{
-    Backend, Endpoint, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr, VipInfo,
-    backend_flags,
+    Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
+    VipInfo, backend_flags,
     legacy::{ReverseNatV1, VipInfoV1, v1_ring_base},
     limits::{ring::NO_BACKEND, stats::XDP_ACTIONS},
     names,
@@ -31,7 +31,7 @@ use super::{
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 13] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::ADDR_FILTER,
@@ -44,11 +44,12 @@ pub const MAP_NAMES: [&str; 12] = [
     names::BACKEND_L4,
     names::ACTION_STATS,
     names::REASON_STATS,
+    names::EVENT_STATS,
 ];
 
 /// The maps whose size is a capacity from `Limits`, with the `limits.` field that
-/// sets it.
-pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 9] {
+/// sets it. (`NEXT_HOPS`, indexed by backend slot like `BACKENDS`, is never pinned.)
+pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 10] {
     [
         (names::VIPS, "max_vips", limits.max_vips),
         (names::VIP_ADDRS, "max_vips", limits.max_vips),
@@ -57,6 +58,7 @@ pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 9] {
         (names::REVERSE, "max_backends", limits.max_backends),
         (names::BACKEND_STATS, "max_backends", limits.max_backends),
         (names::BACKEND_L4, "max_backends", limits.max_backends),
+        (names::NEXT_HOPS, "max_backends", limits.max_backends),
         (names::RINGS, "ring_entries", limits.ring_entries),
         (
             names::CONNS,
@@ -87,7 +89,9 @@ pub struct LoadOptions {
     /// they mounted themselves (`mount -t bpf bpf <dir>`).
     pub pin_dir: PathBuf,
     pub xdp_mode: AttachMode,
-    /// Map sizes (the config's `limits:`).
+    /// Map sizes (the config's `limits:`). A pinned connection table of another
+    /// size is replaced; other pinned maps must have their configured size (see
+    /// [`AyaDataplane::load`]).
     pub limits: Limits,
 }
 
@@ -146,6 +150,14 @@ impl AyaDataplane {
     /// link pinned by a previous agent gets the new program swapped into that link
     /// atomically (no packet sees no program). The state in reused maps is picked up,
     /// so the first `apply` keeps established flows where they are.
+    ///
+    /// Another pinned map of another size than `opts.limits` asks for is refused
+    /// (`DataplaneError::PinnedCapacity`). A pinned connection table whose size is
+    /// not `opts.limits.conn_table_entries` (the setting changed across the restart)
+    /// is unpinned and created anew at the new
+    /// size: tracked flows are then re-picked through Maglev, which keeps them on
+    /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
+    /// them). The old program keeps its old table until the new one replaces it.
     pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
         let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
         let pin_dir = opts.pin_dir;
@@ -159,6 +171,7 @@ impl AyaDataplane {
         check_pinned_capacities(&pin_dir, &limits)?;
         let reused_maps =
             pin_dir.join(names::VIPS).exists() || pin_dir.join(names::VIPS_V1).exists();
+        drop_resized_conn_table(&pin_dir, limits.conn_table_entries)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -335,6 +348,10 @@ impl Dataplane for AyaDataplane {
             counters.reasons[reason as usize] =
                 sum_u64(&maps.reason_stats, names::REASON_STATS, reason as u32)?;
         }
+        for event in Event::ALL {
+            counters.events[event as usize] =
+                sum_u64(&maps.event_stats, names::EVENT_STATS, event as u32)?;
+        }
         Ok(counters)
     }
 }
@@ -352,6 +369,28 @@ fn sum_traffic(
         total.add(v);
     }
     Ok(total)
+}
+
+/// Unpins the connection table if it is pinned with another size than `entries`,
+/// so the loader creates it anew (reusing it would silently keep the old size).
+fn drop_resized_conn_table(pin_dir: &Path, entries: u32) -> Result<(), DataplaneError> {
+    let path = pin_dir.join(names::CONNS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let pinned = MapData::from_pin(&path)
+        .and_then(|m| m.info())
+        .map_err(map_err(names::CONNS))?
+        .max_entries();
+    if pinned != entries {
+        tracing::warn!(
+            pinned,
+            configured = entries,
+            "limits.conn_table_entries changed: replacing the connection table; tracked flows are re-picked (same backend unless weights changed)"
+        );
+        remove_if_exists(&path)?;
+    }
+    Ok(())
 }
 
 fn sum_l4(
@@ -439,8 +478,12 @@ fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, Dataplane
 
 /// Refuses to load when a map pinned by a previous agent has another size than
 /// `limits` asks for: the program would run with the pinned size, not the config's.
+/// The connection table is the exception: `drop_resized_conn_table` replaces it.
 fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), DataplaneError> {
     for (map, field, wanted) in sized_maps(limits) {
+        if map == names::CONNS {
+            continue;
+        }
         let path = pin_dir.join(map);
         if !path.exists() {
             continue;
@@ -652,6 +695,7 @@ pub struct AyaMaps {
     backend_l4: PerCpuArray<MapData, L4Counters>,
     action_stats: PerCpuArray<MapData, u64>,
     reason_stats: PerCpuArray<MapData, u64>,
+    event_stats: PerCpuArray<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -684,6 +728,7 @@ impl AyaMaps {
             backend_l4: typed(ebpf, names::BACKEND_L4)?,
             action_stats: typed(ebpf, names::ACTION_STATS)?,
             reason_stats: typed(ebpf, names::REASON_STATS)?,
+            event_stats: typed(ebpf, names::EVENT_STATS)?,
         })
     }
 }

@@ -6,8 +6,13 @@
 use std::path::PathBuf;
 
 use keystone_common::{
-    Endpoint, L4Counters, Reason, TrafficCounters,
-    limits::{conn::CONN_TABLE_SIZE, ring, stats::XDP_ACTIONS, vip::DEFAULT_MAX_VIPS},
+    Endpoint, Event, L4Counters, Reason, TrafficCounters,
+    limits::{
+        conn::{CONN_TABLE_SIZE, MAX_CONN_TABLE_SIZE, MIN_CONN_TABLE_SIZE},
+        ring,
+        stats::XDP_ACTIONS,
+        vip::DEFAULT_MAX_VIPS,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +38,9 @@ pub struct Limits {
     /// the tenants' `2 × ring_size` must fit.
     pub ring_entries: u32,
     /// Flows the LRU connection table tracks (about 100 bytes of kernel memory each).
+    /// Beyond it the least recently used flows are evicted; their next packets are
+    /// re-picked (same backend unless weights changed) and counted in
+    /// `keystone_xdp_events_total{event="untracked_mid_flow"}`.
     pub conn_table_entries: u32,
 }
 
@@ -48,16 +56,22 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Upper bounds that keep a typo from asking the kernel for absurd amounts of
-    /// memory (ring array ≤ 4 GiB, connection table ≈ 25 GiB).
-    pub const CEILINGS: [(&'static str, u32); 4] = [
-        ("max_vips", 1 << 20),
-        ("max_backends", 1 << 22),
-        ("ring_entries", 1 << 30),
-        ("conn_table_entries", 1 << 28),
+    /// Accepted (field, minimum, maximum). The maxima keep a typo from asking the
+    /// kernel for absurd amounts of memory (ring array ≤ 4 GiB, connection table
+    /// ≈ 1.6 GiB); the connection table's minimum is there because the kernel's LRU
+    /// lists are per CPU, so much smaller tables evict flows long before they are full.
+    pub const RANGES: [(&'static str, u32, u32); 4] = [
+        ("max_vips", 1, 1 << 20),
+        ("max_backends", 1, 1 << 22),
+        ("ring_entries", 1, 1 << 30),
+        (
+            "conn_table_entries",
+            MIN_CONN_TABLE_SIZE,
+            MAX_CONN_TABLE_SIZE,
+        ),
     ];
 
-    /// (field name, value) of every capacity, in `CEILINGS` order.
+    /// (field name, value) of every capacity, in `RANGES` order.
     pub fn fields(&self) -> [(&'static str, u32); 4] {
         [
             ("max_vips", self.max_vips),
@@ -71,10 +85,10 @@ impl Limits {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         self.fields()
             .into_iter()
-            .zip(Self::CEILINGS)
-            .filter(|((_, value), (_, ceiling))| *value == 0 || value > ceiling)
-            .map(|((field, value), (_, ceiling))| {
-                (field, format!("{value} is not between 1 and {ceiling}"))
+            .zip(Self::RANGES)
+            .filter(|((_, value), (_, min, max))| !(*min..=*max).contains(value))
+            .map(|((field, value), (_, min, max))| {
+                (field, format!("{value} is out of range ({min} to {max})"))
             })
             .collect()
     }
@@ -129,6 +143,8 @@ pub struct Counters {
     pub actions: [u64; XDP_ACTIONS as usize],
     /// Packets per `Reason`, indexed by `Reason as u32`.
     pub reasons: [u64; Reason::COUNT as usize],
+    /// Packets per `Event`, indexed by `Event as u32`.
+    pub events: [u64; Event::COUNT as usize],
 }
 
 pub trait Dataplane: Send + 'static {

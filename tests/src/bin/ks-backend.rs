@@ -1,5 +1,6 @@
 //! ks-backend: a lab backend. Answers HTTP/1.1 on TCP `[::]:<port>` (dual-stack,
-//! keep-alive) with `200 OK` and body `<name>\n`, and every UDP datagram on the same
+//! keep-alive) with `200 OK` and body `<name>\n` (`POST /echo`: the request's body,
+//! byte for byte, with the name in `X-Backend`), and every UDP datagram on the same
 //! port with `<name>`, replying from the address the datagram was sent to (so it
 //! works behind DSR, where that address is the VIP held on `lo`).
 
@@ -133,16 +134,30 @@ fn serve_http(stream: TcpStream, name: &str, idle: Duration) -> io::Result<()> {
                 }
             }
         }
-        io::copy(
-            &mut (&mut reader).take(content_length as u64),
-            &mut io::sink(),
-        )?;
+        let echo = request_line.split(' ').nth(1) == Some("/echo");
+        let mut request_body = (&mut reader).take(content_length as u64);
+        let mut received = Vec::new();
+        if echo {
+            request_body.read_to_end(&mut received)?;
+            if received.len() != content_length {
+                return Ok(()); // the peer closed inside the body
+            }
+        } else {
+            io::copy(&mut request_body, &mut io::sink())?;
+        }
+        let answer: &[u8] = if echo { &received } else { body.as_bytes() };
         write!(
             writer,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: {}\r\n\r\n{body}",
-            body.len(),
+            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: {}\r\n\r\n",
+            if echo {
+                "application/octet-stream"
+            } else {
+                "text/plain"
+            },
+            answer.len(),
             if close { "close" } else { "keep-alive" }
         )?;
+        writer.write_all(answer)?;
         writer.flush()?;
         if close {
             return Ok(());

@@ -5,7 +5,8 @@
 //! * `--udp N`: N datagrams, each from a fresh socket (so a fresh source port);
 //! * `--hold SECS`: `--hold-connections` keep-alive connections, each doing one
 //!   request every `--interval-ms`, printing `conn=<i> gen=<g> seq=<n> backend=<name>`
-//!   (or `error=<why>`) per answer as it comes.
+//!   (or `error=<why>`) per answer as it comes; with `--echo-bytes N` each request
+//!   is a `POST /echo` of N fresh bytes that must come back unchanged.
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +42,10 @@ struct Args {
     /// Connections held open in --hold mode.
     #[arg(long, default_value_t = 1)]
     hold_connections: u32,
+    /// Hold mode: each request sends this many bytes to `/echo` and checks that every
+    /// byte comes back (0: a plain `GET /`).
+    #[arg(long, default_value_t = 0)]
+    echo_bytes: usize,
     /// Pause between requests on a held connection.
     #[arg(long, default_value_t = 100)]
     interval_ms: u64,
@@ -111,7 +116,8 @@ fn main() -> Result<()> {
         thread::scope(|s| {
             for conn in 0..args.hold_connections {
                 let tally = &tally;
-                s.spawn(move || hold(conn, args.target, timeout, interval, until, tally));
+                let echo = args.echo_bytes;
+                s.spawn(move || hold(conn, args.target, timeout, interval, echo, until, tally));
             }
         });
         "hold"
@@ -178,7 +184,7 @@ fn err(stage: &str, e: io::Error) -> String {
 /// of an earlier flow and keep that flow's backend).
 fn http_once(target: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut conn = HttpConn::open(target, timeout)?;
-    conn.request()
+    conn.request(None)
 }
 
 struct HttpConn {
@@ -203,13 +209,23 @@ impl HttpConn {
     }
 
     /// Sends `GET /` (HTTP/1.1, so keep-alive) and returns the body (the backend's
-    /// name), trimmed.
-    fn request(&mut self) -> Result<String, String> {
-        write!(
-            self.writer,
-            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: ks-client\r\n\r\n",
-            self.host
-        )
+    /// name), trimmed; or, with `echo`, sends it to `POST /echo`, checks that the answer
+    /// is the same bytes and returns the backend's name from `X-Backend`.
+    fn request(&mut self, echo: Option<&[u8]>) -> Result<String, String> {
+        match echo {
+            None => write!(
+                self.writer,
+                "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: ks-client\r\n\r\n",
+                self.host
+            ),
+            Some(payload) => write!(
+                self.writer,
+                "POST /echo HTTP/1.1\r\nHost: {}\r\nUser-Agent: ks-client\r\nContent-Length: {}\r\n\r\n",
+                self.host,
+                payload.len()
+            )
+            .and_then(|()| self.writer.write_all(payload)),
+        }
         .map_err(|e| err("write", e))?;
         let mut status = String::new();
         match self.reader.read_line(&mut status) {
@@ -221,6 +237,7 @@ impl HttpConn {
             return Err(format!("status: {}", status.trim_end()));
         }
         let mut len = None;
+        let mut backend = None;
         loop {
             let mut h = String::new();
             match self.reader.read_line(&mut h) {
@@ -236,14 +253,31 @@ impl HttpConn {
                 && k.eq_ignore_ascii_case("content-length")
             {
                 len = v.trim().parse::<usize>().ok();
+            } else if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("x-backend")
+            {
+                backend = Some(v.trim().to_owned());
             }
         }
         let len = len.ok_or("read: no Content-Length")?;
-        let mut body = vec![0; len.min(4096)];
+        let Some(payload) = echo else {
+            let mut body = vec![0; len.min(4096)];
+            self.reader
+                .read_exact(&mut body)
+                .map_err(|e| err("read", e))?;
+            return Ok(String::from_utf8_lossy(&body).trim().to_owned());
+        };
+        if len != payload.len() {
+            return Err(format!("echo: {len} bytes back for {} sent", payload.len()));
+        }
+        let mut body = vec![0; len];
         self.reader
             .read_exact(&mut body)
             .map_err(|e| err("read", e))?;
-        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+        if let Some(at) = body.iter().zip(payload).position(|(a, b)| a != b) {
+            return Err(format!("echo: byte {at} of {len} differs"));
+        }
+        backend.ok_or_else(|| "echo: no X-Backend header".to_owned())
     }
 }
 
@@ -271,17 +305,21 @@ fn hold(
     target: SocketAddr,
     timeout: Duration,
     interval: Duration,
+    echo_bytes: usize,
     until: Instant,
     tally: &Mutex<Tally>,
 ) {
     let mut generation = 0;
     let mut seq = 0;
     let mut current: Option<HttpConn> = None;
+    let mut payload = vec![0u8; echo_bytes];
     while Instant::now() < until {
+        fill_payload(&mut payload, conn, seq);
+        let echo = (echo_bytes > 0).then_some(payload.as_slice());
         let outcome = match current.as_mut() {
-            Some(c) => c.request(),
+            Some(c) => c.request(echo),
             None => HttpConn::open(target, timeout).and_then(|mut c| {
-                let r = c.request();
+                let r = c.request(echo);
                 current = Some(c);
                 r
             }),
@@ -310,5 +348,17 @@ fn hold(
         seq += 1;
         let left = until.saturating_duration_since(Instant::now());
         thread::sleep(interval.min(left));
+    }
+}
+
+/// Bytes that differ from one request to the next (xorshift64 seeded by connection and
+/// sequence number), so an answer cannot pass for the echo of another request.
+fn fill_payload(buf: &mut [u8], conn: u32, seq: u64) {
+    let mut x = (u64::from(conn) << 40) ^ seq ^ 0x9e37_79b9_7f4a_7c15;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
 }
