@@ -120,10 +120,9 @@ pub fn poll_vip(
     }
 }
 
-/// Kernel memory of a pinned map as the kernel accounts it (`memlock:` in its fdinfo,
+/// Kernel memory of a map as the kernel accounts it (`memlock:` in its fdinfo,
 /// which is `bpf_map_memory_usage` on this kernel) and its max_entries.
-pub fn map_memory(path: &Path) -> Result<(u64, u32)> {
-    let info = MapInfo::from_pin(path).with_context(|| format!("map {}", path.display()))?;
+pub fn map_memory(info: &MapInfo) -> Result<(u64, u32)> {
     let fd = info.fd()?;
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))?;
     let memlock = text

@@ -1,8 +1,9 @@
 //! `cargo xtask bench scale`: kernel memory per tracked flow and per VIP, 1,000,000
 //! tracked flows, and 1,000 VIPs × 100 backends (memory, load time, agent RSS), each
 //! against a baseline of 1 VIP × 2 backends at the default limits, in one run. The
-//! agent runs in a lab namespace; memory is what the kernel accounts for each pinned
-//! map (`memlock` in its fdinfo), plus the change of /proc/meminfo's kernel lines.
+//! agent runs in a lab namespace; memory is what the kernel accounts for each map of
+//! the pinned program (`memlock` in its fdinfo), plus the change of /proc/meminfo's
+//! kernel lines.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -12,8 +13,8 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    maps::{HashMap, Map, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
+    maps::{HashMap, Map, MapData, MapInfo},
+    programs::{ProgramInfo, TestRun, TestRunOptions, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
 use keystone_common::{FlowKey, FlowState, names};
@@ -93,7 +94,7 @@ fn tenants(vips: u32, backends: u32, ring_size: Option<u32>) -> Vec<Tenant> {
 struct Run {
     label: String,
     vips: u32,
-    /// (map, memlock bytes, max entries) per pinned map.
+    /// (map, memlock bytes, max entries) per map of the program.
     maps: Vec<(String, u64, u32)>,
     /// Start of the agent process → every VIP's table live in the kernel.
     load: Duration,
@@ -135,16 +136,35 @@ fn kernel_meminfo() -> Result<i64> {
     Ok(total)
 }
 
-fn pinned_maps(dir: &Path) -> Result<Vec<(String, u64, u32)>> {
+/// (name, memlock, max entries) of every map the pinned program uses: the pinned
+/// ones by their pinned name, the others (the per-CPU next-hop cache, the object's
+/// data sections) by the kernel's name, which keeps 15 characters.
+fn program_maps(dir: &Path) -> Result<Vec<(String, u64, u32)>> {
     let mut maps = Vec::new();
+    let mut pinned_ids = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("KS_") {
             continue; // the program and the links
         }
-        let (memlock, entries) = live::map_memory(&entry.path())?;
+        let info = MapInfo::from_pin(entry.path())
+            .with_context(|| format!("map {}", entry.path().display()))?;
+        let (memlock, entries) = live::map_memory(&info)?;
+        pinned_ids.push(info.id());
         maps.push((name, memlock, entries));
+    }
+    let program = ProgramInfo::from_pin(dir.join(names::PROGRAM))
+        .with_context(|| format!("program {}/{}", dir.display(), names::PROGRAM))?;
+    let ids = program
+        .map_ids()
+        .context("the program's map ids")?
+        .context("the kernel did not report the program's map ids")?;
+    for id in ids.into_iter().filter(|id| !pinned_ids.contains(id)) {
+        let info = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
+        let (memlock, entries) = live::map_memory(&info)?;
+        let name = info.name_as_str().unwrap_or("?").to_owned();
+        maps.push((format!("{name} (not pinned)"), memlock, entries));
     }
     maps.sort();
     Ok(maps)
@@ -183,7 +203,7 @@ fn agent_run(lab: &mut Lab, label: &str, cfg: &AgentConfig) -> Result<(Run, Pins
     let run = Run {
         label: label.to_owned(),
         vips: vips as u32,
-        maps: pinned_maps(pins.dir())?,
+        maps: program_maps(pins.dir())?,
         load,
         rss: live::rss(pid)?,
         meminfo_delta: kernel_meminfo()? - before,
@@ -353,11 +373,15 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
     ]);
     f.row(&[
         format!("bytes per flow slot (Δ memlock vs the default {base_conn_max})"),
-        format!(
-            "{:.1}",
-            (conn_mem as f64 - base_conn_mem as f64)
-                / (f64::from(conn_max) - f64::from(base_conn_max)).max(1.0)
-        ),
+        if conn_max == base_conn_max {
+            "(same size)".to_owned()
+        } else {
+            format!(
+                "{:.1}",
+                (conn_mem as f64 - base_conn_mem as f64)
+                    / (f64::from(conn_max) - f64::from(base_conn_max))
+            )
+        },
     ]);
     f.row(&[
         "meminfo kernel Δ while filling (preallocated: ≈ 0 expected)".to_owned(),
@@ -368,7 +392,7 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
 
     let big = &runs[2];
     let mut m = Table::new(&[
-        "map (1,000-VIP case)",
+        format!("map ({}-VIP case)", big.vips).as_str(),
         "entries",
         "memlock",
         "bytes/entry",
