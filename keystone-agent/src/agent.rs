@@ -1411,14 +1411,22 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
             "the interfaces the XDP program is attached to".into(),
         ));
     }
-    if old.config.limits.conn_table_entries != new.config.limits.conn_table_entries {
-        return Some(problem(
-            "limits.conn_table_entries",
-            "the connection table size".into(),
-        ));
-    }
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
+    }
+    for ((field, old_value), (_, new_value)) in old
+        .config
+        .limits
+        .fields()
+        .into_iter()
+        .zip(new.config.limits.fields())
+    {
+        if old_value != new_value {
+            return Some(problem(
+                &format!("limits.{field}"),
+                format!("a data plane capacity ({old_value} → {new_value})"),
+            ));
+        }
     }
     let webhook = |c: &LoadedConfig| serde_json::to_value(&c.config.webhook).ok();
     if webhook(old) != webhook(new) {

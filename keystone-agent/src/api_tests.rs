@@ -250,6 +250,26 @@ async fn interface_change_needs_a_restart() {
 }
 
 #[tokio::test]
+async fn capacity_change_needs_a_restart() {
+    let h = Harness::new();
+    h.write(&format!(
+        "{}limits:\n  max_backends: 100\n",
+        config_text(90, 10)
+    ));
+    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json(&body);
+    assert_eq!(body["problems"][0]["field"], "limits.max_backends");
+    assert!(body["problems"][0]["line"].as_u64().is_some(), "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("4096 → 100") && error.contains("restart"),
+        "{error}"
+    );
+    assert_eq!(h.state.agent.generation(), 1);
+}
+
+#[tokio::test]
 async fn conn_table_size_change_needs_a_restart() {
     let h = Harness::new();
     h.write(&format!(

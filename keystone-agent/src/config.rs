@@ -11,19 +11,12 @@ use std::{
 };
 
 use keystone_common::{
-    Endpoint, PROTO_TCP, PROTO_UDP,
-    limits::{
-        conn::{CONN_TABLE_SIZE, MAX_CONN_TABLE_SIZE, MIN_CONN_TABLE_SIZE},
-        ring,
-        vip::MAX_VIPS,
-    },
-    maglev::is_prime,
-    mode, vip_flags,
+    Endpoint, PROTO_TCP, PROTO_UDP, limits::ring, maglev::is_prime, mode, vip_flags,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{BackendSpec, VipSpec},
+    dataplane::{BackendSpec, Limits, VipSpec},
     yaml_lines,
 };
 
@@ -42,33 +35,9 @@ pub struct Config {
     /// Where deployment events are sent (signed like the inbound webhook).
     #[serde(default)]
     pub notifications: Vec<NotificationTarget>,
-    /// Data-plane capacities, applied when the maps are created (restart-only).
+    /// Data plane capacities (map sizes); set at start, a reload cannot change them.
     #[serde(default)]
     pub limits: Limits,
-}
-
-/// Data-plane capacities (`limits:`). They size kernel maps, so they apply when the
-/// agent starts; a reload that changes one is refused.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Limits {
-    /// Entries of the LRU connection table: how many flows are tracked at once.
-    /// Beyond it the least recently used flows are evicted; their next packets are
-    /// re-picked (same backend unless weights changed) and counted in
-    /// `keystone_xdp_events_total{event="untracked_mid_flow"}`.
-    #[serde(default = "default_conn_table_entries")]
-    pub conn_table_entries: u32,
-}
-
-fn default_conn_table_entries() -> u32 {
-    CONN_TABLE_SIZE
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            conn_table_entries: default_conn_table_entries(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -191,7 +160,8 @@ pub struct Tenant {
     pub mode: ForwardingMode,
     #[serde(default)]
     pub stickiness: Stickiness,
-    /// Maglev table size; a prime ≤ 65,537.
+    /// Maglev table size; a prime ≤ `limits::ring::MAX_RING_SIZE` (1,048,573). The
+    /// tenants' `2 × ring_size` must fit `limits.ring_entries`.
     #[serde(default = "default_ring_size")]
     pub ring_size: u32,
     #[serde(default)]
@@ -573,21 +543,37 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
             "set either token or token_file, not both".into(),
         );
     }
-    if config.tenants.len() > MAX_VIPS as usize {
+    let limits = &config.limits;
+    for (field, reason) in limits.problems() {
+        push(format!("limits.{field}"), reason);
+    }
+    if config.tenants.len() > limits.max_vips as usize {
         push(
             "tenants".into(),
             format!(
-                "{} tenants, but the data plane holds at most {MAX_VIPS} VIPs",
-                config.tenants.len()
+                "{} tenants, but limits.max_vips is {} (raise it to serve more VIPs)",
+                config.tenants.len(),
+                limits.max_vips
             ),
         );
     }
-    let conns = config.limits.conn_table_entries;
-    if !(MIN_CONN_TABLE_SIZE..=MAX_CONN_TABLE_SIZE).contains(&conns) {
+    let services: usize = config.tenants.iter().map(|t| t.services.len()).sum();
+    if services > limits.max_backends as usize {
         push(
-            "limits.conn_table_entries".into(),
+            "limits.max_backends".into(),
             format!(
-                "{conns} is out of range: the connection table holds {MIN_CONN_TABLE_SIZE} to {MAX_CONN_TABLE_SIZE} entries"
+                "{} is less than the {services} services of all tenants together",
+                limits.max_backends
+            ),
+        );
+    }
+    let ring_entries = Limits::ring_entries_needed(config.tenants.iter().map(|t| t.ring_size));
+    if ring_entries > u64::from(limits.ring_entries) {
+        push(
+            "limits.ring_entries".into(),
+            format!(
+                "{} is less than the {ring_entries} the tenants' tables need (2 × ring_size per tenant)",
+                limits.ring_entries
             ),
         );
     }
@@ -1046,7 +1032,10 @@ tenants:
     #[test]
     fn conn_table_entries_default_and_range() {
         let loaded = parse(SEED).unwrap();
-        assert_eq!(loaded.config.limits.conn_table_entries, CONN_TABLE_SIZE);
+        assert_eq!(
+            loaded.config.limits.conn_table_entries,
+            Limits::default().conn_table_entries
+        );
         let text = format!("limits:\n  conn_table_entries: 512\n{SEED}");
         assert_eq!(parse(&text).unwrap().config.limits.conn_table_entries, 512);
         for bad in ["0", "255", "16777217"] {
@@ -1157,6 +1146,60 @@ tenants:
                 .contains("must equal the VIP port")
         );
         assert_eq!(p.len(), 8, "{p:#?}");
+    }
+
+    #[test]
+    fn limits_default_to_the_compiled_sizes_and_are_checked_against_the_tenants() {
+        let c = parse("tenants: []\n").expect("empty config");
+        assert_eq!(c.config.limits, Limits::default());
+
+        let text = r#"limits:
+  max_vips: 1
+  max_backends: 2
+  ring_entries: 4000
+  conn_table_entries: 0
+tenants:
+  - name: a
+    listen: 198.18.0.10:80
+    ring_size: 1009
+    services: [{name: x, address: "198.18.11.2:8080"}, {name: y, address: "198.18.11.3:8080"}]
+  - name: b
+    listen: 198.18.0.11:80
+    ring_size: 1009
+    services: [{name: z, address: "198.18.11.4:8080"}]
+"#;
+        let p = problems(text);
+        let find = |field: &str| {
+            p.iter()
+                .find(|p| p.field == field)
+                .unwrap_or_else(|| panic!("no problem for {field} in {p:#?}"))
+        };
+        assert!(find("tenants").reason.contains("limits.max_vips is 1"));
+        let backends = find("limits.max_backends");
+        assert_eq!(backends.line, Some(3));
+        assert!(
+            backends.reason.contains("3 services"),
+            "{}",
+            backends.reason
+        );
+        let ring = find("limits.ring_entries");
+        assert_eq!(ring.line, Some(4));
+        assert!(ring.reason.contains("4036"), "{}", ring.reason);
+        assert_eq!(find("limits.conn_table_entries").line, Some(5));
+        assert_eq!(p.len(), 4, "{p:#?}");
+
+        // Large tables fit when the ring array is sized for them.
+        let text = r#"limits:
+  ring_entries: 1310746
+tenants:
+  - name: a
+    listen: 198.18.0.10:80
+    ring_size: 655373
+    services: [{name: x, address: "198.18.11.2:8080"}]
+"#;
+        let c = parse(text).expect("fits");
+        assert_eq!(c.config.limits.ring_entries, 2 * 655_373);
+        assert_eq!(c.config.limits.max_vips, Limits::default().max_vips);
     }
 
     #[test]

@@ -120,7 +120,7 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     let dataplane = AyaDataplane::load(LoadOptions {
         interfaces: interfaces.clone(),
         pin_dir: args.pin_dir.clone(),
-        conn_table_entries: config.config.limits.conn_table_entries,
+        limits: config.config.limits,
         ..LoadOptions::default()
     })
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;

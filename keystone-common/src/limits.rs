@@ -1,25 +1,33 @@
 //! Every size and limit of the data plane, in one place, grouped by feature.
+//!
+//! The capacities (VIPs, backends, ring entries, tracked flows) are set when the agent
+//! loads the program, from the config's `limits:` section; the `DEFAULT_*` values
+//! here are what the eBPF object declares and what the agent uses when the config
+//! says nothing.
 
 /// Virtual services.
 pub mod vip {
-    /// How many VIPs (address, port, protocol) one gateway serves.
-    pub const MAX_VIPS: u32 = 32;
-    /// Entries in the VIP-address set: at most one distinct address per VIP.
-    pub const MAX_VIP_ADDRS: u32 = MAX_VIPS;
+    /// Default number of VIPs (address, port, protocol) one gateway serves; sizes the
+    /// VIP map, the VIP-address set and the per-VIP counters.
+    pub const DEFAULT_MAX_VIPS: u32 = 32;
 }
 
 /// Backends and their Maglev lookup tables.
 pub mod ring {
     /// Default Maglev table size: a prime, so every skip value walks the whole table.
     pub const DEFAULT_RING_SIZE: u32 = 65_537;
-    /// Largest table the kernel-side array has room for.
-    pub const MAX_RING_SIZE: u32 = 65_537;
+    /// Largest Maglev table one VIP may have (a prime). The kernel refuses a larger
+    /// `VipInfo::ring_size` as inconsistent.
+    pub const MAX_RING_SIZE: u32 = 1_048_573;
     /// Each VIP owns two tables: the live one and the one being written.
     pub const SLOTS_PER_VIP: u32 = 2;
-    /// Entries in the ring array: one `MAX_RING_SIZE` stripe per (VIP, slot).
-    pub const RING_ARRAY_ENTRIES: u32 = super::vip::MAX_VIPS * SLOTS_PER_VIP * MAX_RING_SIZE;
-    /// Backend slots across all VIPs (one per VIP/backend pair).
-    pub const MAX_BACKENDS: u32 = 4096;
+    /// Default entries in the ring array, which holds every VIP's two tables wherever
+    /// the agent places them (`VipInfo::ring_base`): room for `DEFAULT_MAX_VIPS` VIPs
+    /// with two default-size tables each.
+    pub const DEFAULT_RING_ENTRIES: u32 =
+        super::vip::DEFAULT_MAX_VIPS * SLOTS_PER_VIP * DEFAULT_RING_SIZE;
+    /// Default backend slots across all VIPs (one per VIP/backend pair).
+    pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
     /// Ring entry value meaning "no backend" (never written by a correct agent).
     pub const NO_BACKEND: u32 = u32::MAX;
 }
@@ -33,8 +41,8 @@ pub mod filter {
 
 /// Flow tracking.
 pub mod conn {
-    /// Entries in the LRU connection table unless the agent's config says otherwise
-    /// (`limits.conn_table_entries`, applied when the map is created). When full, the
+    /// Default entries in the LRU connection table (the agent's config sets it:
+    /// `limits.conn_table_entries`, applied when the map is created). When full, the
     /// least recently used flow is evicted; its next packet is re-hashed through
     /// Maglev, which picks the same backend unless the weights changed since (and is
     /// counted as `Event::UntrackedMidFlow` if it is a TCP packet without SYN).

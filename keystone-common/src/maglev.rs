@@ -48,9 +48,16 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
             (offset, skip)
         })
         .collect();
-    let mut next = vec![0u64; order.len()];
+    // Each backend's place in its permutation, `(offset + n × skip) mod m` for its
+    // n-th step, kept incrementally (skip < m, so one subtraction replaces the
+    // division: the build is on the path of every weight change).
+    let mut position: Vec<u64> = perms.iter().map(|&(offset, _)| offset).collect();
     let mut credit = vec![0u64; order.len()];
     let mut filled = 0u64;
+    let step = |pos: u64, skip: u64| {
+        let next = pos + skip;
+        if next >= m { next - m } else { next }
+    };
     loop {
         for (k, &i) in order.iter().enumerate() {
             credit[k] += backends[i].weight as u64;
@@ -58,14 +65,13 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
                 continue;
             }
             credit[k] -= max_weight;
-            let (offset, skip) = perms[k];
-            let mut entry = (offset + next[k] * skip) % m;
+            let skip = perms[k].1;
+            let mut entry = position[k];
             while table[entry as usize] != NO_BACKEND {
-                next[k] += 1;
-                entry = (offset + next[k] * skip) % m;
+                entry = step(entry, skip);
             }
             table[entry as usize] = i as u32;
-            next[k] += 1;
+            position[k] = step(entry, skip);
             filled += 1;
             if filled == m {
                 return table;
@@ -116,6 +122,64 @@ mod tests {
             .iter()
             .map(|&c| c as f64 / table.len() as f64)
             .collect()
+    }
+
+    /// The permutation walk written out as in the paper, `(offset + n × skip) mod m`:
+    /// the build must give exactly its tables, so gateways of different versions
+    /// (during an upgrade, or behind one ECMP group) agree on every flow.
+    fn reference_build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let m = size as u64;
+        let mut table = vec![NO_BACKEND; size as usize];
+        let mut order: Vec<usize> = (0..backends.len())
+            .filter(|&i| backends[i].weight > 0)
+            .collect();
+        order.sort_by_key(|&i| (backends[i].id, i));
+        let Some(max_weight) = order.iter().map(|&i| backends[i].weight as u64).max() else {
+            return table;
+        };
+        let mut next = vec![0u64; order.len()];
+        let mut credit = vec![0u64; order.len()];
+        let mut filled = 0u64;
+        loop {
+            for (k, &i) in order.iter().enumerate() {
+                credit[k] += backends[i].weight as u64;
+                if credit[k] < max_weight {
+                    continue;
+                }
+                credit[k] -= max_weight;
+                let id = backends[i].id;
+                let offset = splitmix64(id) % m;
+                let skip = splitmix64(id ^ 0x6b65_7973_746f_6e65) % (m - 1) + 1;
+                let mut entry = (offset + next[k] * skip) % m;
+                while table[entry as usize] != NO_BACKEND {
+                    next[k] += 1;
+                    entry = (offset + next[k] * skip) % m;
+                }
+                table[entry as usize] = i as u32;
+                next[k] += 1;
+                filled += 1;
+                if filled == m {
+                    return table;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tables_equal_the_reference_walk() {
+        for (weights, size) in [
+            (vec![1, 1], 7),
+            (vec![3, 1, 0, 2], 1009),
+            (vec![90, 10], SIZE),
+            ((1..=100).collect::<Vec<u32>>(), 10_007),
+        ] {
+            let b = backends(&weights);
+            assert_eq!(
+                build(&b, size),
+                reference_build(&b, size),
+                "{weights:?} / {size}"
+            );
+        }
     }
 
     fn assert_shares_match(weights: &[u32]) {

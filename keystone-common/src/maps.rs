@@ -8,7 +8,13 @@
 /// Map names are versioned so an upgrade can migrate pinned maps instead of
 /// mis-reading an old layout.
 pub mod names {
-    pub const VIPS: &str = "KS_VIPS_V1";
+    /// V2: `VipInfo` gained `ring_base` (tables are placed by the agent). A V1 map
+    /// pinned by an older agent is migrated (see `VIPS_V1`), never read as V2.
+    pub const VIPS: &str = "KS_VIPS_V2";
+    /// The VIP map of older agents (value `legacy::VipInfoV1`, tables at fixed
+    /// stripes `legacy::v1_ring_base`): read once to fill `VIPS` on an upgrade, then
+    /// unpinned.
+    pub const VIPS_V1: &str = "KS_VIPS_V1";
     pub const BACKENDS: &str = "KS_BACKENDS_V1";
     pub const RINGS: &str = "KS_RINGS_V1";
     pub const CONNS: &str = "KS_CONNS_V1";
@@ -239,7 +245,7 @@ pub mod vip_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index into per-VIP arrays (stats, ring stripes), `< MAX_VIPS`.
+    /// Index into per-VIP arrays (stats), `< limits.max_vips`.
     pub index: u32,
     /// `mode::NAT` or `mode::DSR`.
     pub mode: u32,
@@ -249,20 +255,9 @@ pub struct VipInfo {
     pub ring_slot: u32,
     /// Entries in the live table; 0 means no backend can take new flows.
     pub ring_size: u32,
-}
-
-impl VipInfo {
-    /// Index of this VIP's live table's first entry in the ring array.
-    #[inline(always)]
-    pub fn ring_base(&self) -> u32 {
-        ring_base(self.index, self.ring_slot)
-    }
-}
-
-/// Index of the first entry of (VIP, slot)'s stripe in the ring array.
-#[inline(always)]
-pub const fn ring_base(vip_index: u32, slot: u32) -> u32 {
-    (vip_index * crate::limits::ring::SLOTS_PER_VIP + slot) * crate::limits::ring::MAX_RING_SIZE
+    /// Index of the live table's first entry in the ring array; the table is
+    /// `ring_base .. ring_base + ring_size`, placed by the agent.
+    pub ring_base: u32,
 }
 
 /// Backend flags (`Backend::flags`).
@@ -356,6 +351,23 @@ pub struct ReverseNat {
 /// Layouts of earlier map versions, for migrating pinned maps on an upgrade.
 pub mod legacy {
     use super::Endpoint;
+
+    /// Value of `names::VIPS_V1`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct VipInfoV1 {
+        pub index: u32,
+        pub mode: u32,
+        pub flags: u32,
+        pub ring_slot: u32,
+        pub ring_size: u32,
+    }
+
+    /// Where a V1 agent put (VIP index, slot)'s table: fixed stripes of 65,537
+    /// entries in the ring array.
+    pub const fn v1_ring_base(vip_index: u32, slot: u32) -> u32 {
+        (vip_index * 2 + slot) * 65_537
+    }
 
     /// Value of `names::REVERSE_V1`.
     #[repr(C)]
@@ -576,6 +588,7 @@ mod pod {
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for NextHopCache {}
     unsafe impl aya::Pod for legacy::ReverseNatV1 {}
+    unsafe impl aya::Pod for legacy::VipInfoV1 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for L4Counters {}
 }
@@ -602,7 +615,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Endpoint>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<VipAddr>(), 16 + 1 + 3);
-        assert_eq!(size_of::<VipInfo>(), 5 * 4);
+        assert_eq!(size_of::<VipInfo>(), 6 * 4);
+        assert_eq!(size_of::<legacy::VipInfoV1>(), 5 * 4);
         assert_eq!(size_of::<Backend>(), 20 + 3 * 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
         assert_eq!(size_of::<FlowState>(), 8);

@@ -1,4 +1,6 @@
-//! Maps (names and sizes from keystone-common) and the per-CPU counter updates.
+//! Maps (names and default sizes from keystone-common) and the per-CPU counter
+//! updates. The agent resizes the capacity maps at load time (`limits:` in its
+//! config); the program never assumes a size.
 
 use aya_ebpf::{
     macros::map,
@@ -10,9 +12,9 @@ use keystone_common::{
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
-        ring::{MAX_BACKENDS, RING_ARRAY_ENTRIES},
+        ring::{DEFAULT_MAX_BACKENDS as MAX_BACKENDS, DEFAULT_RING_ENTRIES},
         stats::XDP_ACTIONS,
-        vip::{MAX_VIP_ADDRS, MAX_VIPS},
+        vip::DEFAULT_MAX_VIPS as MAX_VIPS,
     },
     names, tcp_flags,
 };
@@ -34,7 +36,7 @@ const fn same(a: &str, b: &str) -> bool {
     true
 }
 const _: () = {
-    assert!(same(names::VIPS, "KS_VIPS_V1"));
+    assert!(same(names::VIPS, "KS_VIPS_V2"));
     assert!(same(names::VIP_ADDRS, "KS_VIP_ADDRS_V1"));
     assert!(same(names::ADDR_FILTER, "KS_ADDR_FILTER_V1"));
     assert!(same(names::BACKENDS, "KS_BACKENDS_V1"));
@@ -51,11 +53,11 @@ const _: () = {
     assert!(same(names::PROGRAM, "keystone_xdp"));
 };
 
-#[map(name = "KS_VIPS_V1")]
+#[map(name = "KS_VIPS_V2")]
 pub static VIPS: HashMap<Endpoint, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "KS_VIP_ADDRS_V1")]
-pub static VIP_ADDRS: HashMap<VipAddr, u32> = HashMap::with_max_entries(MAX_VIP_ADDRS, 0);
+pub static VIP_ADDRS: HashMap<VipAddr, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "KS_ADDR_FILTER_V1")]
 pub static ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_WORDS, 0);
@@ -64,7 +66,7 @@ pub static ADDR_FILTER: Array<u32> = Array::with_max_entries(ADDR_FILTER_WORDS, 
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KS_RINGS_V1")]
-pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARRAY_ENTRIES, 0);
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, 0);
 
 // The agent sets the size when it creates the map (`limits.conn_table_entries`).
 #[map(name = "KS_CONNS_V1")]
@@ -91,6 +93,8 @@ pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason
 
 #[map(name = "KS_EVENT_STATS_V1")]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
+
+// Indexed by backend slot, so the agent sizes it like BACKENDS (`limits.max_backends`).
 #[map(name = "KS_NEXT_HOPS_V1")]
 pub static NEXT_HOPS: PerCpuArray<NextHopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 

@@ -68,7 +68,8 @@ fn maglev_pick(key: &FlowKey, vip: &VipInfo) -> Result<(u32, Backend), Verdict> 
         return Err(Verdict::drop(Reason::MapInconsistent));
     }
     let entry = flow_hash(key, vip.flags & SOURCE_STICKY != 0) % size;
-    let Some(&slot) = RINGS.get(vip.ring_base() + entry) else {
+    // Out of the array (a base the agent did not write): no entry, counted below.
+    let Some(&slot) = RINGS.get(vip.ring_base.wrapping_add(entry)) else {
         return Err(Verdict::drop(Reason::MapInconsistent));
     };
     if slot == NO_BACKEND {

@@ -94,6 +94,7 @@ impl Lab {
             canary: None,
             active_environment: None,
             switch: None,
+            ring_size: None,
         })
     }
 
@@ -105,7 +106,7 @@ impl Lab {
             token: ADMIN_TOKEN.into(),
             tenants,
             webhook: None,
-            conn_table_entries: None,
+            limits: Vec::new(),
         }
     }
 

@@ -158,6 +158,8 @@ pub struct Tenant {
     /// Blue/green: the environment taking traffic (`active_environment:`).
     pub active_environment: Option<String>,
     pub switch: Option<SwitchConfig>,
+    /// Maglev table size (`ring_size:`); the agent's default when `None`.
+    pub ring_size: Option<u32>,
 }
 
 impl Tenant {
@@ -206,8 +208,9 @@ pub struct AgentConfig {
     pub token: String,
     pub tenants: Vec<Tenant>,
     pub webhook: Option<WebhookConfig>,
-    /// `limits.conn_table_entries` (None: the agent's default).
-    pub conn_table_entries: Option<u32>,
+    /// The `limits:` section as (field, value), e.g. `("max_backends", 2048)`;
+    /// the agent's defaults for fields not listed.
+    pub limits: Vec<(String, u32)>,
 }
 
 impl AgentConfig {
@@ -233,9 +236,11 @@ impl AgentConfig {
             let _ = writeln!(y, "  secret: {}", q(&w.secret));
             let _ = writeln!(y, "  tolerance: {}", q(&w.tolerance));
         }
-        if let Some(n) = self.conn_table_entries {
+        if !self.limits.is_empty() {
             let _ = writeln!(y, "limits:");
-            let _ = writeln!(y, "  conn_table_entries: {n}");
+            for (field, value) in &self.limits {
+                let _ = writeln!(y, "  {field}: {value}");
+            }
         }
         let _ = writeln!(y, "tenants:");
         for t in &self.tenants {
@@ -244,6 +249,9 @@ impl AgentConfig {
             let _ = writeln!(y, "    protocol: {}", t.protocol.as_str());
             let _ = writeln!(y, "    mode: {}", t.mode.as_str());
             let _ = writeln!(y, "    deployment_strategy: {}", t.strategy);
+            if let Some(size) = t.ring_size {
+                let _ = writeln!(y, "    ring_size: {size}");
+            }
             if let Some(c) = &t.canary {
                 let _ = writeln!(y, "    canary_config:");
                 let _ = writeln!(y, "      initial_traffic: {}", c.initial_traffic);
@@ -319,7 +327,7 @@ mod tests {
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
             webhook: None,
-            conn_table_entries: Some(512),
+            limits: vec![("max_vips".into(), 4), ("conn_table_entries".into(), 512)],
             tenants: vec![Tenant {
                 name: "web".into(),
                 listen: "[2001:2::10]:80".parse().unwrap(),
@@ -337,10 +345,13 @@ mod tests {
                 canary: None,
                 active_environment: None,
                 switch: None,
+                ring_size: Some(1009),
             }],
         };
         let y = cfg.to_yaml();
         for want in [
+            "limits:\n  max_vips: 4\n  conn_table_entries: 512\n",
+            "    ring_size: 1009",
             "interfaces: [\"eth-client\", \"eth-blue\"]",
             "  listen: \"127.0.0.1:9100\"",
             "    listen: \"[2001:2::10]:80\"",
@@ -349,7 +360,6 @@ mod tests {
             "        address: \"198.18.11.2:8080\"",
             "        weight: 90",
             "        labels: { version: \"1.0.0\" }",
-            "limits:\n  conn_table_entries: 512\n",
         ] {
             assert!(y.contains(want), "{want:?} missing from:\n{y}");
         }
@@ -376,16 +386,17 @@ mod tests {
             canary: None,
             active_environment: None,
             switch: None,
+            ring_size: None,
         };
         let cfg = AgentConfig {
             interfaces: vec!["eth-client".into()],
             admin_listen: "127.0.0.1:9100".into(),
             token: "t".into(),
+            limits: Vec::new(),
             webhook: Some(WebhookConfig {
                 secret: "0123456789abcdef-lab".into(),
                 tolerance: "5m".into(),
             }),
-            conn_table_entries: None,
             tenants: vec![
                 tenant("web", "198.18.0.10:80", "198.18.11.2", "198.18.12.2")
                     .with_health(HealthCheck::fast_http())

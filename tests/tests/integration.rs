@@ -698,7 +698,7 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, W90_10),
     );
     let mut cfg = lab.agent_config(vec![tenant]);
-    cfg.conn_table_entries = Some(TABLE);
+    cfg.limits = vec![("conn_table_entries".into(), TABLE)];
     ok(&lab, "writing the agent config", lab.write_config(&cfg));
     let r = lab.start_agent();
     ok(&lab, "starting keystone-agent", r);

@@ -1486,6 +1486,8 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
 /// silently keep the old size).
 #[test]
 fn the_connection_table_takes_the_configured_size() {
+    use keystone_agent::dataplane::Limits;
+
     in_netns(|| {
         let bpffs = Bpffs::mount();
         let pin_dir = bpffs.dir.join("ks");
@@ -1500,7 +1502,10 @@ fn the_connection_table_takes_the_configured_size() {
         let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
         let load = |entries| {
             let mut dp = AyaDataplane::load(LoadOptions {
-                conn_table_entries: entries,
+                limits: Limits {
+                    conn_table_entries: entries,
+                    ..Limits::default()
+                },
                 ..LoadOptions::new(&pin_dir)
             })
             .unwrap_or_else(|e| panic!("load with {entries} entries: {e}"));
@@ -1533,7 +1538,9 @@ fn the_connection_table_takes_the_configured_size() {
 #[test]
 fn a_pinned_v1_reverse_map_is_migrated_on_load() {
     use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use keystone_common::{ReverseNat, legacy::ReverseNatV1, limits::ring::MAX_BACKENDS, names};
+    use keystone_common::{
+        ReverseNat, legacy::ReverseNatV1, limits::ring::DEFAULT_MAX_BACKENDS, names,
+    };
 
     in_netns(|| {
         let bpffs = Bpffs::mount();
@@ -1557,7 +1564,7 @@ fn a_pinned_v1_reverse_map_is_migrated_on_load() {
 
         // What an older agent leaves behind: REVERSE as V1, and no V2.
         std::fs::remove_file(pin_dir.join(names::REVERSE)).unwrap();
-        let mut v1 = BpfHashMap::<MapData, Endpoint, ReverseNatV1>::create(MAX_BACKENDS, 0)
+        let mut v1 = BpfHashMap::<MapData, Endpoint, ReverseNatV1>::create(DEFAULT_MAX_BACKENDS, 0)
             .expect("create a V1 map");
         v1.insert(b0, ReverseNatV1 { vip: v, vip_index }, 0)
             .unwrap();
@@ -1599,6 +1606,210 @@ fn a_pinned_v1_reverse_map_is_migrated_on_load() {
             l4_deltas(&before, &gw.counters()),
             vec![(b0.socket_addr(), l4(0, 1, 0, 0))]
         );
+    });
+}
+
+/// Three VIPs on `backend4(0..)` with small tables, so the later ones sit at non-zero
+/// places in the ring array.
+fn three_small_vips() -> Vec<VipSpec> {
+    (0..3u8)
+        .map(|v| {
+            let mut spec = vip(
+                "small",
+                ep(vip4(120 + v), 80, PROTO_TCP),
+                mode::NAT,
+                (0..2)
+                    .map(|b| backend("b", ep(backend4(b), 9000 + u16::from(v), PROTO_TCP), 1))
+                    .collect(),
+            );
+            spec.ring_size = 1009;
+            spec
+        })
+        .collect()
+}
+
+/// `limits` size the maps at load; tables are placed in the ring array by the agent
+/// (the kernel follows `VipInfo::ring_base`); a pinned data plane of other sizes is
+/// refused with the field named, and reused at the same sizes.
+#[test]
+fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
+    use aya::{maps::MapInfo, programs::ProgramInfo};
+    use keystone_agent::dataplane::{DataplaneError, Limits, aya_dataplane::sized_maps};
+    use keystone_common::names;
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let limits = Limits {
+            max_vips: 3,
+            max_backends: 6,
+            ring_entries: 6 * 1009,
+            conn_table_entries: 1000,
+        };
+        let opts = LoadOptions {
+            limits,
+            ..LoadOptions::new(&pin_dir)
+        };
+        let mut dp = AyaDataplane::load(opts.clone()).unwrap_or_else(|e| panic!("load: {e}"));
+        // The program's own maps, for those not pinned (the next-hop cache); the
+        // kernel keeps 15 characters of a name.
+        let program_maps: Vec<MapInfo> = ProgramInfo::from_pin(pin_dir.join(names::PROGRAM))
+            .and_then(|p| p.map_ids())
+            .unwrap_or_else(|e| panic!("the pinned program's maps: {e}"))
+            .expect("map ids readable as root")
+            .into_iter()
+            .map(|id| MapInfo::from_id(id).unwrap_or_else(|e| panic!("map {id}: {e}")))
+            .collect();
+        for (map, field, entries) in sized_maps(&limits) {
+            let pin = pin_dir.join(map);
+            let max_entries = if pin.exists() {
+                MapInfo::from_pin(pin).unwrap().max_entries()
+            } else {
+                let kernel_name = &map[..map.len().min(15)];
+                program_maps
+                    .iter()
+                    .find(|m| m.name_as_str() == Some(kernel_name))
+                    .unwrap_or_else(|| panic!("{map} is neither pinned nor used by the program"))
+                    .max_entries()
+            };
+            assert_eq!(max_entries, entries, "{map} (limits.{field})");
+        }
+        let specs = three_small_vips();
+        dp.apply(&specs).unwrap_or_else(|e| panic!("apply: {e}"));
+        let mut gw = Gateway {
+            dp,
+            _bpffs: bpffs,
+            in_index: ifindex(IN_IF),
+            out_index: ifindex(OUT_IF),
+        };
+        // After a weight change every VIP's live table is its second one.
+        let mut changed = specs.clone();
+        for spec in &mut changed {
+            spec.backends[0].weight = 3;
+        }
+        gw.apply(&changed);
+        let mut rng = Rng(0x7363_616c_6500_0001);
+        for i in 0..600 {
+            let spec = &changed[i % 3];
+            let f = random_flow(&mut rng, spec.vip.socket_addr(), PROTO_TCP);
+            let want = gw.dp.predict(&spec.vip, &f.key()).expect("prediction");
+            assert_eq!(send(&gw, &f), want.socket_addr(), "flow #{i} {f:?}");
+        }
+        // More than fits is refused before any write.
+        let mut four = changed.clone();
+        four.push(vip(
+            "fourth",
+            ep(vip4(130), 80, PROTO_TCP),
+            mode::NAT,
+            vec![],
+        ));
+        let err = gw.dp.apply(&four).expect_err("a 4th VIP");
+        assert!(
+            matches!(err, DataplaneError::TooManyVips { max: 3, .. }),
+            "{err}"
+        );
+
+        gw.dp.shutdown(true).unwrap();
+        let Gateway { dp, _bpffs, .. } = gw;
+        drop(dp);
+        let err = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .expect_err("default limits over pins of other sizes");
+        assert!(err.to_string().contains("limits.max_vips is 32"), "{err}");
+        let dp = AyaDataplane::load(opts).unwrap_or_else(|e| panic!("reload same limits: {e}"));
+        assert!(dp.reused_maps());
+        dp.detach().unwrap();
+        drop(_bpffs);
+    });
+}
+
+/// Upgrading from an agent whose VIP map was `KS_VIPS_V1` (tables at fixed stripes of
+/// 65,537): `load` fills `KS_VIPS_V2` with each live table's place made explicit,
+/// before the new program runs, so new flows keep their picks before the first
+/// `apply`; V1 is unpinned, and the first apply does not write over the live table.
+#[test]
+fn a_pinned_v1_vip_map_is_migrated_on_load() {
+    use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+    use keystone_common::{
+        VipInfo,
+        legacy::{VipInfoV1, v1_ring_base},
+        limits::vip::DEFAULT_MAX_VIPS,
+        names,
+    };
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let specs = three_small_vips();
+        let mut dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .unwrap_or_else(|e| panic!("first load: {e}"));
+        dp.apply(&specs).unwrap();
+        let mut rng = Rng(0x7363_616c_6500_0002);
+        let flows: Vec<(usize, Flow, Endpoint)> = (0..300)
+            .map(|i| {
+                let spec = &specs[i % 3];
+                let f = random_flow(&mut rng, spec.vip.socket_addr(), PROTO_TCP);
+                (
+                    i % 3,
+                    f,
+                    dp.predict(&spec.vip, &f.key()).expect("prediction"),
+                )
+            })
+            .collect();
+        let open = |name: &str| {
+            Map::from_map_data(MapData::from_pin(pin_dir.join(name)).unwrap()).unwrap()
+        };
+        // What an older agent leaves behind: VIPS as V1, each live table at its
+        // fixed stripe, and no V2.
+        let v2: BpfHashMap<MapData, Endpoint, VipInfo> = open(names::VIPS).try_into().unwrap();
+        let infos: Vec<VipInfo> = specs.iter().map(|s| v2.get(&s.vip, 0).unwrap()).collect();
+        drop(v2);
+        dp.shutdown(true).unwrap();
+        drop(dp);
+        std::fs::remove_file(pin_dir.join(names::VIPS)).unwrap();
+        let mut rings: Array<MapData, u32> = open(names::RINGS).try_into().unwrap();
+        let mut v1 = BpfHashMap::<MapData, Endpoint, VipInfoV1>::create(DEFAULT_MAX_VIPS, 0)
+            .expect("create a V1 map");
+        for (spec, info) in specs.iter().zip(&infos) {
+            let table: Vec<u32> = (0..info.ring_size)
+                .map(|i| rings.get(&(info.ring_base + i), 0).unwrap())
+                .collect();
+            // Scrub the V2 place so only the V1 stripe can give the right answer.
+            for i in 0..info.ring_size {
+                rings.set(info.ring_base + i, u32::MAX, 0).unwrap();
+            }
+            let base = v1_ring_base(info.index, info.ring_slot);
+            for (i, slot) in table.into_iter().enumerate() {
+                rings.set(base + i as u32, slot, 0).unwrap();
+            }
+            let old = VipInfoV1 {
+                index: info.index,
+                mode: info.mode,
+                flags: info.flags,
+                ring_slot: info.ring_slot,
+                ring_size: info.ring_size,
+            };
+            v1.insert(spec.vip, old, 0).unwrap();
+        }
+        drop(rings);
+        v1.pin(pin_dir.join(names::VIPS_V1)).unwrap();
+
+        let dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .unwrap_or_else(|e| panic!("load over a V1 map: {e}"));
+        assert!(!pin_dir.join(names::VIPS_V1).exists(), "V1 still pinned");
+        let mut gw = Gateway {
+            dp,
+            _bpffs: bpffs,
+            in_index: ifindex(IN_IF),
+            out_index: ifindex(OUT_IF),
+        };
+        for (_, f, want) in &flows {
+            assert_eq!(send(&gw, f), want.socket_addr(), "before apply: {f:?}");
+        }
+        gw.apply(&specs);
+        for (v, f, want) in &flows {
+            assert_eq!(send(&gw, f), want.socket_addr(), "after apply: {f:?}");
+            assert_eq!(gw.dp.predict(&specs[*v].vip, &f.key()), Some(*want));
+        }
     });
 }
 

@@ -316,7 +316,7 @@ fn conn_entries(lab: &Lab, ports: &BTreeSet<u16>) -> BTreeMap<u16, Option<FlowSt
         .collect()
 }
 
-/// The VIP's live Maglev table as the kernel reads it: the VIPS entry's live stripe
+/// The VIP's live Maglev table as the kernel reads it: the VIPS entry's live table
 /// of the ring array, each entry's backend slot resolved to the backend's endpoint.
 fn live_table(lab: &Lab, vip: &Endpoint) -> Vec<Endpoint> {
     let vips: HashMap<MapData, Endpoint, VipInfo> = open_pinned(lab, names::VIPS)
@@ -335,7 +335,7 @@ fn live_table(lab: &Lab, vip: &Endpoint) -> Vec<Endpoint> {
     (0..info.ring_size)
         .map(|i| {
             let slot = rings
-                .get(&(info.ring_base() + i), 0)
+                .get(&(info.ring_base + i), 0)
                 .unwrap_or_else(|e| panic!("ring entry {i}: {e}"));
             *by_slot.entry(slot).or_insert_with(|| {
                 let b = backends

@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,17 +20,13 @@ use aya::{
 use keystone_common::{
     Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
     VipInfo, backend_flags,
-    legacy::ReverseNatV1,
-    limits::{
-        conn::CONN_TABLE_SIZE,
-        ring::{MAX_BACKENDS, NO_BACKEND},
-        stats::XDP_ACTIONS,
-    },
+    legacy::{ReverseNatV1, VipInfoV1, v1_ring_base},
+    limits::{ring::NO_BACKEND, stats::XDP_ACTIONS},
     names,
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, VipSpec, object,
+    Counters, Dataplane, DataplaneError, Limits, VipSpec, object,
     tables::{MapWriter, Tables},
 };
 
@@ -50,6 +46,27 @@ pub const MAP_NAMES: [&str; 13] = [
     names::REASON_STATS,
     names::EVENT_STATS,
 ];
+
+/// The maps whose size is a capacity from `Limits`, with the `limits.` field that
+/// sets it. (`NEXT_HOPS`, indexed by backend slot like `BACKENDS`, is never pinned.)
+pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 10] {
+    [
+        (names::VIPS, "max_vips", limits.max_vips),
+        (names::VIP_ADDRS, "max_vips", limits.max_vips),
+        (names::VIP_STATS, "max_vips", limits.max_vips),
+        (names::BACKENDS, "max_backends", limits.max_backends),
+        (names::REVERSE, "max_backends", limits.max_backends),
+        (names::BACKEND_STATS, "max_backends", limits.max_backends),
+        (names::BACKEND_L4, "max_backends", limits.max_backends),
+        (names::NEXT_HOPS, "max_backends", limits.max_backends),
+        (names::RINGS, "ring_entries", limits.ring_entries),
+        (
+            names::CONNS,
+            "conn_table_entries",
+            limits.conn_table_entries,
+        ),
+    ]
+}
 
 /// How the program is attached to each interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,9 +89,10 @@ pub struct LoadOptions {
     /// they mounted themselves (`mount -t bpf bpf <dir>`).
     pub pin_dir: PathBuf,
     pub xdp_mode: AttachMode,
-    /// Entries of the LRU connection table (`limits.conn_table_entries`). A pinned
-    /// table of another size is replaced (see [`AyaDataplane::load`]).
-    pub conn_table_entries: u32,
+    /// Map sizes (the config's `limits:`). A pinned connection table of another
+    /// size is replaced; other pinned maps must have their configured size (see
+    /// [`AyaDataplane::load`]).
+    pub limits: Limits,
 }
 
 /// The conventional bpffs location; not visible under `ip netns exec`.
@@ -87,7 +105,7 @@ impl LoadOptions {
             interfaces: Vec::new(),
             pin_dir: pin_dir.into(),
             xdp_mode: AttachMode::Driver,
-            conn_table_entries: CONN_TABLE_SIZE,
+            limits: Limits::default(),
         }
     }
 }
@@ -133,8 +151,10 @@ impl AyaDataplane {
     /// atomically (no packet sees no program). The state in reused maps is picked up,
     /// so the first `apply` keeps established flows where they are.
     ///
-    /// A pinned connection table whose size is not `opts.conn_table_entries` (the
-    /// setting changed across the restart) is unpinned and created anew at the new
+    /// Another pinned map of another size than `opts.limits` asks for is refused
+    /// (`DataplaneError::PinnedCapacity`). A pinned connection table whose size is
+    /// not `opts.limits.conn_table_entries` (the setting changed across the restart)
+    /// is unpinned and created anew at the new
     /// size: tracked flows are then re-picked through Maglev, which keeps them on
     /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
     /// them). The old program keeps its old table until the new one replaces it.
@@ -147,19 +167,26 @@ impl AyaDataplane {
         })?;
         check_bpffs(&pin_dir)?;
 
-        let reused_maps = pin_dir.join(names::VIPS).exists();
-        drop_resized_conn_table(&pin_dir, opts.conn_table_entries)?;
+        let limits = opts.limits;
+        check_pinned_capacities(&pin_dir, &limits)?;
+        let reused_maps =
+            pin_dir.join(names::VIPS).exists() || pin_dir.join(names::VIPS_V1).exists();
+        drop_resized_conn_table(&pin_dir, limits.conn_table_entries)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
         }
-        loader.map_max_entries(names::CONNS, opts.conn_table_entries);
+        for (name, _, entries) in sized_maps(&limits) {
+            loader.map_max_entries(name, entries);
+        }
         let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
             source: Box::new(source),
         })?;
 
-        // Before the new program can run: it reads REVERSE with the new layout.
+        // Before the new program can run: it reads REVERSE and VIPS with the new
+        // layouts.
         let migrated = migrate_reverse_v1(&mut ebpf, &pin_dir)?;
+        let migrated_vips = migrate_vips_v1(&mut ebpf, &pin_dir)?;
 
         let program = program_mut(&mut ebpf)?;
         program.load().map_err(|source| DataplaneError::Program {
@@ -180,14 +207,17 @@ impl AyaDataplane {
             attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode)?);
         }
 
+        // The new program is attached; an old one still running elsewhere keeps its
+        // own reference to a V1 map.
         if migrated {
-            // The new program is attached; an old one still running elsewhere keeps
-            // its own reference to the V1 map.
             remove_if_exists(&pin_dir.join(names::REVERSE_V1))?;
+        }
+        if migrated_vips {
+            remove_if_exists(&pin_dir.join(names::VIPS_V1))?;
         }
 
         let maps = AyaMaps::take(&mut ebpf)?;
-        let tables = Tables::recover(maps)?;
+        let tables = Tables::recover(maps, limits)?;
         Ok(AyaDataplane {
             ebpf,
             tables,
@@ -273,7 +303,10 @@ impl AyaDataplane {
             tracing::info!(interface = %a.interface, "detached XDP program");
         }
         remove_if_exists(&self.pin_dir.join(names::PROGRAM))?;
-        for name in MAP_NAMES.into_iter().chain([names::REVERSE_V1]) {
+        for name in MAP_NAMES
+            .into_iter()
+            .chain([names::REVERSE_V1, names::VIPS_V1])
+        {
             remove_if_exists(&self.pin_dir.join(name))?;
         }
         Ok(())
@@ -406,7 +439,7 @@ fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, Dataplane
                 map: names::BACKENDS,
             })?;
         let array = Array::<_, Backend>::try_from(map).map_err(map_err(names::BACKENDS))?;
-        (0..MAX_BACKENDS)
+        (0..array.len())
             .map(|i| array.get(&i, 0).map_err(map_err(names::BACKENDS)))
             .collect::<Result<_, _>>()?
     };
@@ -439,6 +472,90 @@ fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, Dataplane
         "migrated the reverse-NAT map from {} to {}",
         names::REVERSE_V1,
         names::REVERSE
+    );
+    Ok(true)
+}
+
+/// Refuses to load when a map pinned by a previous agent has another size than
+/// `limits` asks for: the program would run with the pinned size, not the config's.
+/// The connection table is the exception: `drop_resized_conn_table` replaces it.
+fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), DataplaneError> {
+    for (map, field, wanted) in sized_maps(limits) {
+        if map == names::CONNS {
+            continue;
+        }
+        let path = pin_dir.join(map);
+        if !path.exists() {
+            continue;
+        }
+        let pinned = MapInfo::from_pin(&path)
+            .map_err(map_err(map))?
+            .max_entries();
+        if pinned != wanted {
+            return Err(DataplaneError::PinnedCapacity {
+                map,
+                field,
+                pinned,
+                wanted,
+                pin_dir: pin_dir.to_owned(),
+            });
+        }
+    }
+    // A V1 VIP map is migrated into one of `max_vips` entries: it must fit.
+    let v1 = pin_dir.join(names::VIPS_V1);
+    if v1.exists() {
+        let pinned = MapInfo::from_pin(&v1)
+            .map_err(map_err(names::VIPS_V1))?
+            .max_entries();
+        if pinned > limits.max_vips {
+            return Err(DataplaneError::PinnedCapacity {
+                map: names::VIPS_V1,
+                field: "max_vips",
+                pinned,
+                wanted: limits.max_vips,
+                pin_dir: pin_dir.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Upgrades from an agent whose VIP map was `names::VIPS_V1` (tables at fixed
+/// stripes): copies its entries into the new map with each live table's place
+/// (`legacy::v1_ring_base`) made explicit, before the new program is attached. The
+/// ring array keeps its name and layout, so the live tables stay where they are and
+/// the agent reserves them (`Tables::recover`). Returns whether a V1 map was found.
+fn migrate_vips_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
+    let path = pin_dir.join(names::VIPS_V1);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let v1_err = map_err(names::VIPS_V1);
+    let old: HashMap<MapData, Endpoint, VipInfoV1> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&path).map_err(&v1_err)?))
+            .map_err(&v1_err)?;
+    let entries: Vec<(Endpoint, VipInfoV1)> =
+        old.iter().collect::<Result<_, _>>().map_err(&v1_err)?;
+    let map = ebpf
+        .map_mut(names::VIPS)
+        .ok_or(DataplaneError::MissingMap { map: names::VIPS })?;
+    let mut new = HashMap::<_, Endpoint, VipInfo>::try_from(map).map_err(map_err(names::VIPS))?;
+    for (vip, info) in &entries {
+        let value = VipInfo {
+            index: info.index,
+            mode: info.mode,
+            flags: info.flags,
+            ring_slot: info.ring_slot,
+            ring_size: info.ring_size,
+            ring_base: v1_ring_base(info.index, info.ring_slot & 1),
+        };
+        new.insert(vip, value, 0).map_err(map_err(names::VIPS))?;
+    }
+    tracing::info!(
+        entries = entries.len(),
+        "migrated the VIP map from {} to {}",
+        names::VIPS_V1,
+        names::VIPS
     );
     Ok(true)
 }
@@ -638,7 +755,7 @@ impl MapWriter for AyaMaps {
     }
 
     fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError> {
-        (0..MAX_BACKENDS)
+        (0..self.backends.len())
             .map(|i| self.backends.get(&i, 0).map_err(map_err(names::BACKENDS)))
             .collect()
     }

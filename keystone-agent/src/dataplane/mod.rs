@@ -6,15 +6,101 @@
 use std::path::PathBuf;
 
 use keystone_common::{
-    Endpoint, Event, L4Counters, Reason, TrafficCounters, limits::stats::XDP_ACTIONS,
+    Endpoint, Event, L4Counters, Reason, TrafficCounters,
+    limits::{
+        conn::{CONN_TABLE_SIZE, MAX_CONN_TABLE_SIZE, MIN_CONN_TABLE_SIZE},
+        ring,
+        stats::XDP_ACTIONS,
+        vip::DEFAULT_MAX_VIPS,
+    },
 };
+use serde::{Deserialize, Serialize};
 
 pub mod aya_dataplane;
 pub mod object;
+pub mod rings;
 pub mod tables;
 
 pub use aya_dataplane::{AttachMode, AyaDataplane, LoadOptions};
 pub use tables::{FakeMaps, MapWriter, Tables};
+
+/// The data plane's capacities: the config's `limits:` section. They size the kernel
+/// maps when the program is loaded, so they change only with a restart (and only
+/// when nothing is pinned at other sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Limits {
+    /// VIPs (tenants) at most.
+    pub max_vips: u32,
+    /// Backends (services) at most, summed over all VIPs.
+    pub max_backends: u32,
+    /// Entries (4 bytes each) of the ring array holding every VIP's two Maglev tables:
+    /// the tenants' `2 × ring_size` must fit.
+    pub ring_entries: u32,
+    /// Flows the LRU connection table tracks (about 100 bytes of kernel memory each).
+    /// Beyond it the least recently used flows are evicted; their next packets are
+    /// re-picked (same backend unless weights changed) and counted in
+    /// `keystone_xdp_events_total{event="untracked_mid_flow"}`.
+    pub conn_table_entries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_vips: DEFAULT_MAX_VIPS,
+            max_backends: ring::DEFAULT_MAX_BACKENDS,
+            ring_entries: ring::DEFAULT_RING_ENTRIES,
+            conn_table_entries: CONN_TABLE_SIZE,
+        }
+    }
+}
+
+impl Limits {
+    /// Accepted (field, minimum, maximum). The maxima keep a typo from asking the
+    /// kernel for absurd amounts of memory (ring array ≤ 4 GiB, connection table
+    /// ≈ 1.6 GiB); the connection table's minimum is there because the kernel's LRU
+    /// lists are per CPU, so much smaller tables evict flows long before they are full.
+    pub const RANGES: [(&'static str, u32, u32); 4] = [
+        ("max_vips", 1, 1 << 20),
+        ("max_backends", 1, 1 << 22),
+        ("ring_entries", 1, 1 << 30),
+        (
+            "conn_table_entries",
+            MIN_CONN_TABLE_SIZE,
+            MAX_CONN_TABLE_SIZE,
+        ),
+    ];
+
+    /// (field name, value) of every capacity, in `RANGES` order.
+    pub fn fields(&self) -> [(&'static str, u32); 4] {
+        [
+            ("max_vips", self.max_vips),
+            ("max_backends", self.max_backends),
+            ("ring_entries", self.ring_entries),
+            ("conn_table_entries", self.conn_table_entries),
+        ]
+    }
+
+    /// Problems with the values themselves, as (field under `limits.`, reason).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        self.fields()
+            .into_iter()
+            .zip(Self::RANGES)
+            .filter(|((_, value), (_, min, max))| !(*min..=*max).contains(value))
+            .map(|((field, value), (_, min, max))| {
+                (field, format!("{value} is out of range ({min} to {max})"))
+            })
+            .collect()
+    }
+
+    /// Ring entries a set of VIPs needs: two tables each.
+    pub fn ring_entries_needed(ring_sizes: impl IntoIterator<Item = u32>) -> u64 {
+        ring_sizes
+            .into_iter()
+            .map(|s| u64::from(s) * u64::from(ring::SLOTS_PER_VIP))
+            .sum()
+    }
+}
 
 /// One VIP as the control plane wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +112,7 @@ pub struct VipSpec {
     pub mode: u32,
     /// `keystone_common::vip_flags::*`.
     pub flags: u32,
-    /// Maglev table size (prime, ≤ `MAX_RING_SIZE`).
+    /// Maglev table size (prime, ≤ `limits::ring::MAX_RING_SIZE`).
     pub ring_size: u32,
     pub backends: Vec<BackendSpec>,
 }
@@ -87,6 +173,35 @@ pub enum DataplaneError {
     TooManyBackends { count: usize, max: u32 },
     #[error("Maglev table size {size} for VIP {vip} must be a prime no larger than {max}")]
     BadRingSize { vip: String, size: u32, max: u32 },
+    #[error(
+        "the VIPs' tables need {needed} ring entries (2 × ring_size each), \
+         limits.ring_entries is {max}"
+    )]
+    TooManyRingEntries { needed: u64, max: u32 },
+    #[error(
+        "no room in the ring array for VIP {vip}'s table of {size} entries \
+         ({free} of {capacity} entries free, fragmented by earlier table sizes): \
+         raise limits.ring_entries or restart the agent to lay the tables out afresh"
+    )]
+    RingSpace {
+        vip: String,
+        size: u32,
+        free: u64,
+        capacity: u32,
+    },
+    #[error(
+        "map {map} pinned in {} holds {pinned} entries but limits.{field} is {wanted}: \
+         capacities change only with a fresh data plane (stop the agent without \
+         --keep-forwarding, or remove the pins), or set limits.{field} back to {pinned}",
+        pin_dir.display()
+    )]
+    PinnedCapacity {
+        map: &'static str,
+        field: &'static str,
+        pinned: u32,
+        wanted: u32,
+        pin_dir: PathBuf,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,

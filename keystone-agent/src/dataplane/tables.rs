@@ -3,28 +3,30 @@
 //! of writes that keeps established flows where they are. Raw map operations go
 //! through [`MapWriter`], so all of this runs against [`FakeMaps`] in tests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use keystone_common::{
     Backend, Endpoint, FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_TCP, PROTO_UDP, ReverseNat,
     VipAddr, VipInfo, addr_filter, backend_flags, flow_hash,
     limits::{
         filter::ADDR_FILTER_WORDS,
-        ring::{MAX_BACKENDS, MAX_RING_SIZE, NO_BACKEND, SLOTS_PER_VIP},
-        vip::MAX_VIPS,
+        ring::{MAX_RING_SIZE, NO_BACKEND, SLOTS_PER_VIP},
     },
     maglev::{self, MaglevBackend},
-    mode, ring_base, vip_flags,
+    mode, vip_flags,
 };
 
-use super::{DataplaneError, VipSpec};
+use super::{
+    DataplaneError, Limits, VipSpec,
+    rings::{Region, RingSpace},
+};
 
 /// The raw map operations `Tables` needs. Reads are only used once, to pick up the
 /// state a previous agent left in pinned maps.
 pub trait MapWriter {
     /// Every VIPS entry.
     fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError>;
-    /// Every BACKENDS slot, `MAX_BACKENDS` of them.
+    /// Every BACKENDS slot, `limits.max_backends` of them.
     fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError>;
     /// Every REVERSE entry.
     fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError>;
@@ -82,15 +84,24 @@ struct Vip {
     written: Option<VipInfo>,
 }
 
-/// What we know one ring stripe holds: entries `0..known.len()` (the rest unknown).
+/// One of a VIP's two tables: where it lives in the ring array, and what we know it
+/// holds: entries `0..known.len()` (the rest unknown).
 #[derive(Clone, Debug, Default)]
 struct Stripe {
+    region: Option<Region>,
     known: Vec<u32>,
 }
 
 /// The agent's side of the maps: allocation and shadow copies.
 pub struct Tables<W> {
     maps: W,
+    limits: Limits,
+    /// Which ring array entries the VIPs' tables occupy.
+    space: RingSpace,
+    /// Regions of tables that stopped being live in the last apply: freed at the
+    /// next one (or when space runs out), so a packet that read the old VIPS entry
+    /// just before a flip never finds another VIP's table there.
+    retiring: Vec<Region>,
     vips: HashMap<Endpoint, Vip>,
     /// Per VIP index: which stripe is live (the other one is written next).
     live_stripe: Vec<u32>,
@@ -98,6 +109,10 @@ pub struct Tables<W> {
     stripes: Vec<[Stripe; SLOTS_PER_VIP as usize]>,
     slots: Vec<Slot>,
     slot_of: HashMap<SlotKey, u32>,
+    /// The slot each (VIP, backend) held last (`Slot::last_owner`, inverted).
+    last_slot_of: HashMap<SlotKey, u32>,
+    /// Slots without an owner.
+    free_slots: BTreeSet<u32>,
     reverse: HashMap<Endpoint, ReverseNat>,
     vip_addrs: HashMap<VipAddr, u32>,
     /// The address prefilter as written.
@@ -107,16 +122,23 @@ pub struct Tables<W> {
 }
 
 impl<W: MapWriter> Tables<W> {
-    /// Takes over `maps`, picking up what a previous agent left in them (VIP indexes,
-    /// slot owners and generations), so established flows survive an agent restart.
-    pub fn recover(maps: W) -> Result<Self, DataplaneError> {
+    /// Takes over `maps` (sized by `limits`), picking up what a previous agent left in
+    /// them (VIP indexes, live tables' places, slot owners and generations), so
+    /// established flows survive an agent restart.
+    pub fn recover(maps: W, limits: Limits) -> Result<Self, DataplaneError> {
+        let max_vips = limits.max_vips;
         let mut t = Tables {
             maps,
+            limits,
+            space: RingSpace::new(limits.ring_entries),
+            retiring: Vec::new(),
             vips: HashMap::new(),
-            live_stripe: vec![0; MAX_VIPS as usize],
-            stripes: vec![Default::default(); MAX_VIPS as usize],
-            slots: vec![Slot::default(); MAX_BACKENDS as usize],
+            live_stripe: vec![0; max_vips as usize],
+            stripes: vec![Default::default(); max_vips as usize],
+            slots: vec![Slot::default(); limits.max_backends as usize],
             slot_of: HashMap::new(),
+            last_slot_of: HashMap::new(),
+            free_slots: (0..limits.max_backends).collect(),
             reverse: HashMap::new(),
             vip_addrs: HashMap::new(),
             filter: vec![0; ADDR_FILTER_WORDS as usize],
@@ -124,7 +146,14 @@ impl<W: MapWriter> Tables<W> {
         };
         let mut by_index = HashMap::new();
         for (vip, info) in t.maps.read_vips()? {
-            if info.index >= MAX_VIPS || by_index.contains_key(&info.index) {
+            let live = Region {
+                base: info.ring_base,
+                len: info.ring_size,
+            };
+            if info.index >= max_vips
+                || by_index.contains_key(&info.index)
+                || (info.ring_size > 0 && !t.space.reserve(live))
+            {
                 // Not something we wrote; drop it at the next apply.
                 t.vips.insert(
                     vip,
@@ -139,6 +168,9 @@ impl<W: MapWriter> Tables<W> {
             }
             by_index.insert(info.index, vip);
             t.live_stripe[info.index as usize] = info.ring_slot & 1;
+            if info.ring_size > 0 {
+                t.stripes[info.index as usize][(info.ring_slot & 1) as usize].region = Some(live);
+            }
             t.vips.insert(
                 vip,
                 Vip {
@@ -149,7 +181,14 @@ impl<W: MapWriter> Tables<W> {
                 },
             );
         }
-        for (slot, b) in t.maps.read_backends()?.into_iter().enumerate() {
+        let max_backends = t.slots.len();
+        for (slot, b) in t
+            .maps
+            .read_backends()?
+            .into_iter()
+            .enumerate()
+            .take(max_backends)
+        {
             let s = &mut t.slots[slot];
             s.generation = b.generation;
             s.written = Some(b);
@@ -161,9 +200,11 @@ impl<W: MapWriter> Tables<W> {
             }
             let key = (*vip, b.endpoint);
             s.last_owner = Some(key);
+            t.last_slot_of.insert(key, slot as u32);
             if b.flags & backend_flags::UP != 0 && !t.slot_of.contains_key(&key) {
                 s.owner = Some(key);
                 t.slot_of.insert(key, slot as u32);
+                t.free_slots.remove(&(slot as u32));
             }
         }
         t.reverse = t.maps.read_reverse()?.into_iter().collect();
@@ -188,12 +229,24 @@ impl<W: MapWriter> Tables<W> {
         self.ring_writes
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Where a VIP index's table `stripe` (0 or 1) lives in the ring array, if placed.
+    pub fn stripe_region(&self, index: u32, stripe: u32) -> Option<Region> {
+        self.stripes
+            .get(index as usize)?
+            .get(stripe as usize)?
+            .region
+    }
+
     /// The VIP's index (stats, stripes), if programmed.
     pub fn vip_index(&self, vip: &Endpoint) -> Option<u32> {
         self.vips
             .get(vip)
             .map(|v| v.index)
-            .filter(|&i| i < MAX_VIPS)
+            .filter(|&i| i < self.limits.max_vips)
     }
 
     /// The backend's slot under `vip`, if allocated.
@@ -210,7 +263,7 @@ impl<W: MapWriter> Tables<W> {
     pub fn vips(&self) -> impl Iterator<Item = (&Endpoint, &str, u32)> {
         self.vips
             .iter()
-            .filter(|(_, v)| v.index < MAX_VIPS)
+            .filter(|(_, v)| v.index < self.limits.max_vips)
             .map(|(e, v)| (e, v.name.as_str(), v.index))
     }
 
@@ -225,7 +278,7 @@ impl<W: MapWriter> Tables<W> {
     pub fn predict(&self, vip: &Endpoint, flow: &FlowKey) -> Option<Endpoint> {
         let v = self.vips.get(vip)?;
         let info = v.written?;
-        if info.ring_size == 0 || v.index >= MAX_VIPS {
+        if info.ring_size == 0 || v.index >= self.limits.max_vips {
             return None;
         }
         let sticky = info.flags & vip_flags::SOURCE_STICKY != 0;
@@ -250,7 +303,8 @@ impl<W: MapWriter> Tables<W> {
     /// 4. backends marked down or removed lose `UP` (their flows re-pick through the
     ///    new tables), then stale reverse-NAT entries and VIP addresses go.
     pub fn apply(&mut self, specs: &[VipSpec]) -> Result<(), DataplaneError> {
-        let reverse = validate(specs)?;
+        let reverse = validate(specs, &self.limits)?;
+        self.release_retiring();
         let desired: HashMap<Endpoint, &VipSpec> = specs.iter().map(|s| (s.vip, s)).collect();
 
         // 1. Removed VIPs.
@@ -266,7 +320,8 @@ impl<W: MapWriter> Tables<W> {
                 self.maps.remove_vip(&vip)?;
                 self.vips.get_mut(&vip).expect("present").written = None;
             }
-            self.vips.remove(&vip);
+            let index = self.vips.remove(&vip).expect("listed above").index;
+            self.retire_stripes(index);
             let keys: Vec<SlotKey> = self
                 .slot_of
                 .keys()
@@ -285,17 +340,18 @@ impl<W: MapWriter> Tables<W> {
         // apply are reused last, so a live table never points at a slot that changed
         // hands before the flip.
         let used: HashSet<u32> = self.vips.values().map(|v| v.index).collect();
-        let mut free_indexes = (0..MAX_VIPS).filter(|i| !used.contains(i));
+        let max_vips = self.limits.max_vips;
+        let mut free_indexes = (0..max_vips).filter(|i| !used.contains(i));
         for spec in specs {
             if let Some(v) = self.vips.get_mut(&spec.vip) {
                 v.name.clone_from(&spec.name);
-                if v.index < MAX_VIPS {
+                if v.index < max_vips {
                     continue;
                 }
             }
             let index = free_indexes.next().ok_or(DataplaneError::TooManyVips {
                 count: specs.len(),
-                max: MAX_VIPS,
+                max: max_vips,
             })?;
             self.maps.reset_vip_stats(index)?;
             self.vips.insert(
@@ -468,6 +524,7 @@ impl<W: MapWriter> Tables<W> {
             flags: spec.flags,
             ring_slot: self.live_stripe[index as usize],
             ring_size: v.written.map_or(0, |w| w.ring_size),
+            ring_base: v.written.map_or(0, |w| w.ring_base),
         };
         let table_changed = v.table.as_ref() != Some(&input);
         if table_changed {
@@ -484,9 +541,11 @@ impl<W: MapWriter> Tables<W> {
                     .into_iter()
                     .map(|i| input.backends.get(i as usize).map_or(NO_BACKEND, |b| b.2))
                     .collect();
+                let region = self.place_stripe(spec, index, stripe, input.size)?;
                 self.write_stripe(index, stripe, &table)?;
                 info.ring_slot = stripe;
                 info.ring_size = input.size;
+                info.ring_base = region.base;
             }
         }
         let v = self.vips.get_mut(&spec.vip).expect("allocated above");
@@ -496,7 +555,79 @@ impl<W: MapWriter> Tables<W> {
             self.live_stripe[index as usize] = info.ring_slot;
         }
         v.table = Some(input);
+        // The table just retired keeps its place only if the next one fits there.
+        let retired = 1 - self.live_stripe[index as usize];
+        let keep = self.stripes[index as usize][retired as usize]
+            .region
+            .is_none_or(|r| r.len == spec.ring_size);
+        if !keep {
+            self.retire_stripe(index, retired);
+        }
         Ok(())
+    }
+
+    fn release_retiring(&mut self) {
+        for region in std::mem::take(&mut self.retiring) {
+            self.space.release(region);
+        }
+    }
+
+    /// Gives (VIP index, stripe) a region of `size` entries, keeping the one it has if
+    /// it is that size. The stripe is not live, so moving it is safe.
+    fn place_stripe(
+        &mut self,
+        spec: &VipSpec,
+        index: u32,
+        stripe: u32,
+        size: u32,
+    ) -> Result<Region, DataplaneError> {
+        if let Some(region) = self.stripes[index as usize][stripe as usize].region
+            && region.len == size
+        {
+            return Ok(region);
+        }
+        self.release_stripe(index, stripe);
+        let mut region = self.space.allocate(size);
+        if region.is_none() && !self.retiring.is_empty() {
+            self.release_retiring();
+            region = self.space.allocate(size);
+        }
+        let region = region.ok_or_else(|| DataplaneError::RingSpace {
+            vip: format!("{} ({})", spec.name, spec.vip.socket_addr()),
+            size,
+            free: self.space.free(),
+            capacity: self.space.capacity(),
+        })?;
+        self.stripes[index as usize][stripe as usize].region = Some(region);
+        Ok(region)
+    }
+
+    /// Frees a stripe's region and forgets its contents.
+    fn release_stripe(&mut self, index: u32, stripe: u32) {
+        let s = &mut self.stripes[index as usize][stripe as usize];
+        if let Some(region) = s.region.take() {
+            self.space.release(region);
+        }
+        s.known.clear();
+    }
+
+    /// Forgets a stripe that may still be read by packets in flight; its region is
+    /// freed at the next apply.
+    fn retire_stripe(&mut self, index: u32, stripe: u32) {
+        let s = &mut self.stripes[index as usize][stripe as usize];
+        if let Some(region) = s.region.take() {
+            self.retiring.push(region);
+        }
+        s.known.clear();
+    }
+
+    /// Retires both stripes of a VIP index that is no longer used.
+    fn retire_stripes(&mut self, index: u32) {
+        if (index as usize) < self.stripes.len() {
+            for stripe in 0..SLOTS_PER_VIP {
+                self.retire_stripe(index, stripe);
+            }
+        }
     }
 
     /// Writes the entries of `table` that differ from what the stripe holds.
@@ -506,7 +637,10 @@ impl<W: MapWriter> Tables<W> {
         stripe: u32,
         table: &[u32],
     ) -> Result<(), DataplaneError> {
-        let base = ring_base(index, stripe);
+        let base = self.stripes[index as usize][stripe as usize]
+            .region
+            .expect("placed before writing")
+            .base;
         let shadow = &mut self.stripes[index as usize][stripe as usize].known;
         for (i, &slot) in table.iter().enumerate() {
             if shadow.get(i) == Some(&slot) {
@@ -548,6 +682,7 @@ impl<W: MapWriter> Tables<W> {
     fn free_slot(&mut self, key: SlotKey) {
         if let Some(slot) = self.slot_of.remove(&key) {
             self.slots[slot as usize].owner = None;
+            self.free_slots.insert(slot);
         }
     }
 
@@ -560,29 +695,32 @@ impl<W: MapWriter> Tables<W> {
         freed: &HashSet<u32>,
         total: usize,
     ) -> Result<u32, DataplaneError> {
-        let free = |s: &Slot| s.owner.is_none();
-        let slot = self
-            .slots
-            .iter()
-            .position(|s| free(s) && s.last_owner == Some(key))
-            .or_else(|| {
-                self.slots
-                    .iter()
-                    .enumerate()
-                    .position(|(i, s)| free(s) && !freed.contains(&(i as u32)))
-            })
-            .or_else(|| self.slots.iter().position(free))
+        let own = self
+            .last_slot_of
+            .get(&key)
+            .copied()
+            .filter(|s| self.free_slots.contains(s));
+        let slot = own
+            .or_else(|| self.free_slots.iter().copied().find(|s| !freed.contains(s)))
+            .or_else(|| self.free_slots.first().copied())
             .ok_or(DataplaneError::TooManyBackends {
                 count: total,
-                max: MAX_BACKENDS,
-            })?;
+                max: self.limits.max_backends,
+            })? as usize;
+        self.free_slots.remove(&(slot as u32));
         let s = &mut self.slots[slot];
         if s.last_owner.is_some() && s.last_owner != Some(key) {
             s.generation = s.generation.wrapping_add(1);
         }
         let fresh = s.last_owner != Some(key);
+        if let Some(previous) = s.last_owner
+            && previous != key
+        {
+            self.last_slot_of.remove(&previous);
+        }
         s.owner = Some(key);
         s.last_owner = Some(key);
+        self.last_slot_of.insert(key, slot as u32);
         self.slot_of.insert(key, slot as u32);
         if fresh {
             self.maps.reset_backend_stats(slot as u32)?;
@@ -593,11 +731,21 @@ impl<W: MapWriter> Tables<W> {
 
 /// Checks the whole desired state before anything is written. Returns the reverse-NAT
 /// entries it implies (backend endpoint → VIP, `nat` VIPs only).
-fn validate(specs: &[VipSpec]) -> Result<HashMap<Endpoint, ReverseNat>, DataplaneError> {
-    if specs.len() > MAX_VIPS as usize {
+fn validate(
+    specs: &[VipSpec],
+    limits: &Limits,
+) -> Result<HashMap<Endpoint, ReverseNat>, DataplaneError> {
+    if specs.len() > limits.max_vips as usize {
         return Err(DataplaneError::TooManyVips {
             count: specs.len(),
-            max: MAX_VIPS,
+            max: limits.max_vips,
+        });
+    }
+    let needed = Limits::ring_entries_needed(specs.iter().map(|s| s.ring_size));
+    if needed > u64::from(limits.ring_entries) {
+        return Err(DataplaneError::TooManyRingEntries {
+            needed,
+            max: limits.ring_entries,
         });
     }
     let mut seen = HashSet::new();
@@ -664,10 +812,10 @@ fn validate(specs: &[VipSpec]) -> Result<HashMap<Endpoint, ReverseNat>, Dataplan
         }
         total += spec.backends.len();
     }
-    if total > MAX_BACKENDS as usize {
+    if total > limits.max_backends as usize {
         return Err(DataplaneError::TooManyBackends {
             count: total,
-            max: MAX_BACKENDS,
+            max: limits.max_backends,
         });
     }
     Ok(reverse)
@@ -689,7 +837,8 @@ pub enum Op {
     ResetBackendStats(u32),
 }
 
-/// In-memory maps that log every operation: for tests that need no root.
+/// In-memory maps that log every operation: for tests that need no root. Sized by
+/// the default `Limits`.
 #[derive(Clone, Debug, Default)]
 pub struct FakeMaps {
     pub vips: HashMap<Endpoint, VipInfo>,
@@ -709,7 +858,7 @@ impl FakeMaps {
             return None;
         }
         let entry = flow_hash(flow, info.flags & vip_flags::SOURCE_STICKY != 0) % info.ring_size;
-        let slot = *self.rings.get(&(info.ring_base() + entry))?;
+        let slot = *self.rings.get(&(info.ring_base + entry))?;
         let b = *self.backends.get(&slot)?;
         (b.flags & backend_flags::UP != 0).then_some((slot, b))
     }
@@ -720,7 +869,7 @@ impl MapWriter for FakeMaps {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
     }
     fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError> {
-        Ok((0..MAX_BACKENDS)
+        Ok((0..Limits::default().max_backends)
             .map(|i| self.backends.get(&i).copied().unwrap_or_default())
             .collect())
     }
@@ -836,7 +985,7 @@ mod tests {
     }
 
     fn tables() -> Tables<FakeMaps> {
-        Tables::recover(FakeMaps::default()).expect("empty maps")
+        Tables::recover(FakeMaps::default(), Limits::default()).expect("empty maps")
     }
 
     /// Applies and returns the operations it did.
@@ -903,7 +1052,7 @@ mod tests {
         assert_eq!((info.ring_slot, info.ring_size), (1, SIZE));
         // Every entry of the live stripe names an up backend of this VIP.
         for i in 0..SIZE {
-            let s = t.maps().rings[&(info.ring_base() + i)];
+            let s = t.maps().rings[&(info.ring_base + i)];
             assert!(s == slot(&t, "198.18.1.10:8080") || s == slot(&t, "198.18.1.11:8080"));
         }
         // Addresses and reverse NAT are in place before the flip.
@@ -935,10 +1084,10 @@ mod tests {
         let ops = apply(&mut t, &two(3, 1)); // stripe 0 was never written: all of it
         assert_eq!(ring_writes(&ops), SIZE as usize);
         let a: Vec<u32> = (0..SIZE)
-            .map(|i| t.maps().rings[&(ring_base(0, 1) + i)])
+            .map(|i| t.maps().rings[&(t.stripe_region(0, 1).unwrap().base + i)])
             .collect();
         let b: Vec<u32> = (0..SIZE)
-            .map(|i| t.maps().rings[&(ring_base(0, 0) + i)])
+            .map(|i| t.maps().rings[&(t.stripe_region(0, 0).unwrap().base + i)])
             .collect();
         assert_eq!(t.maps().vips[&ep(V)].ring_slot, 0);
 
@@ -954,7 +1103,7 @@ mod tests {
         // A third table into stripe 0: only entries that differ from B.
         let ops = apply(&mut t, &two(2, 1));
         let c: Vec<u32> = (0..SIZE)
-            .map(|i| t.maps().rings[&(ring_base(0, 0) + i)])
+            .map(|i| t.maps().rings[&(t.stripe_region(0, 0).unwrap().base + i)])
             .collect();
         let differ = b.iter().zip(&c).filter(|(x, y)| x != y).count();
         assert_eq!(ring_writes(&ops), differ);
@@ -978,7 +1127,7 @@ mod tests {
             "weight 0 keeps established flows"
         );
         let info = t.maps().vips[&ep(V)];
-        assert!((0..SIZE).all(|i| t.maps().rings[&(info.ring_base() + i)] != b0));
+        assert!((0..SIZE).all(|i| t.maps().rings[&(info.ring_base + i)] != b0));
     }
 
     #[test]
@@ -1235,10 +1384,20 @@ mod tests {
             ),
             (
                 vec![VipSpec {
-                    ring_size: 655_373,
+                    ring_size: 1_048_583,
                     ..two(1, 1).remove(0)
                 }],
                 "prime",
+            ),
+            (
+                // 4 × 2 × 655,373 entries: more than the default ring array.
+                (0..4)
+                    .map(|i| VipSpec {
+                        ring_size: 655_373,
+                        ..vip(&format!("198.18.0.{}:80", 200 + i), vec![])
+                    })
+                    .collect(),
+                "limits.ring_entries",
             ),
             ([two(1, 1), two(1, 1)].concat(), "twice"),
             (
@@ -1289,14 +1448,19 @@ mod tests {
     #[test]
     fn too_many_vips_and_backends() {
         let mut t = tables();
-        let vips: Vec<VipSpec> = (0..=MAX_VIPS)
+        let Limits {
+            max_vips,
+            max_backends,
+            ..
+        } = Limits::default();
+        let vips: Vec<VipSpec> = (0..=max_vips)
             .map(|i| vip(&format!("198.18.0.{}:80", i + 1), vec![]))
             .collect();
         assert!(matches!(
             t.apply(&vips),
             Err(DataplaneError::TooManyVips { .. })
         ));
-        let many: Vec<BackendSpec> = (0..=MAX_BACKENDS)
+        let many: Vec<BackendSpec> = (0..=max_backends)
             .map(|i| backend(&format!("198.18.{}.{}:80", 2 + i / 250, i % 250), 1))
             .collect();
         assert!(matches!(
@@ -1304,6 +1468,135 @@ mod tests {
             Err(DataplaneError::TooManyBackends { .. })
         ));
         assert!(t.maps().log.is_empty());
+    }
+
+    fn small(max_vips: u32, max_backends: u32, ring_entries: u32) -> Tables<FakeMaps> {
+        let limits = Limits {
+            max_vips,
+            max_backends,
+            ring_entries,
+            ..Limits::default()
+        };
+        Tables::recover(FakeMaps::default(), limits).expect("empty maps")
+    }
+
+    fn numbered_vips(count: u32, ring_size: u32, backends: u32) -> Vec<VipSpec> {
+        (0..count)
+            .map(|v| {
+                let mut spec = vip(
+                    &format!("198.18.0.{}:80", v + 1),
+                    (0..backends)
+                        .map(|b| backend(&format!("198.18.{}.{}:80", 2 + v, b + 1), 1))
+                        .collect(),
+                );
+                spec.ring_size = ring_size;
+                spec
+            })
+            .collect()
+    }
+
+    /// Every VIP's live table lies inside the ring array, apart from every other
+    /// live table, and holds only that VIP's backends.
+    fn check_live_tables(t: &Tables<FakeMaps>, specs: &[VipSpec]) {
+        let mut spans = Vec::new();
+        for spec in specs {
+            let info = t.maps().vips[&spec.vip];
+            assert_eq!(info.ring_size, spec.ring_size);
+            let end = u64::from(info.ring_base) + u64::from(info.ring_size);
+            assert!(end <= u64::from(t.limits().ring_entries), "{info:?}");
+            spans.push((info.ring_base, end));
+            let slots: HashSet<u32> = spec
+                .backends
+                .iter()
+                .map(|b| t.backend_slot(&spec.vip, &b.endpoint).expect("slot"))
+                .collect();
+            for i in 0..info.ring_size {
+                assert!(slots.contains(&t.maps().rings[&(info.ring_base + i)]));
+            }
+        }
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            assert!(u64::from(w[1].0) >= w[0].1, "overlapping tables {w:?}");
+        }
+    }
+
+    #[test]
+    fn tables_of_their_own_size_share_the_ring_array() {
+        // Room for exactly 3 VIPs × 2 tables of 1009, as the limits check says.
+        let mut t = small(4, 16, 6 * SIZE);
+        let specs = numbered_vips(3, SIZE, 2);
+        apply(&mut t, &specs);
+        check_live_tables(&t, &specs);
+        // Weight changes write the other table of each VIP and flip, still in room.
+        let mut changed = specs.clone();
+        for spec in &mut changed {
+            spec.backends[0].weight = 3;
+        }
+        apply(&mut t, &changed);
+        check_live_tables(&t, &changed);
+        // A 4th VIP would need 2 × 1009 more.
+        let err = t
+            .apply(&numbered_vips(4, SIZE, 2))
+            .expect_err("over limits.ring_entries");
+        assert!(err.to_string().contains("limits.ring_entries"), "{err}");
+    }
+
+    #[test]
+    fn a_vip_changing_table_size_moves_into_free_space() {
+        let mut t = small(4, 16, 2 * 1009 + 2 * 2003);
+        let mut specs = numbered_vips(2, 1009, 3);
+        apply(&mut t, &specs);
+        // VIP 0 grows to 2003, VIP 1 shrinks to 503: both fit with 2 tables each.
+        specs[0].ring_size = 2003;
+        specs[1].ring_size = 503;
+        apply(&mut t, &specs);
+        check_live_tables(&t, &specs);
+        specs[0].backends[1].weight = 5;
+        specs[1].backends[1].weight = 5;
+        apply(&mut t, &specs);
+        check_live_tables(&t, &specs);
+        // Removing a VIP frees its tables for a new one.
+        let mut next = vec![specs[0].clone()];
+        next.extend(numbered_vips(3, 1009, 1).into_iter().skip(2));
+        apply(&mut t, &next);
+        check_live_tables(&t, &next);
+    }
+
+    #[test]
+    fn many_vips_with_many_backends_fit_their_limits() {
+        let mut t = small(100, 100 * 20, 100 * 2 * 211);
+        let specs = numbered_vips(100, 211, 20);
+        apply(&mut t, &specs);
+        check_live_tables(&t, &specs);
+        let err = t
+            .apply(&numbered_vips(101, 211, 1))
+            .expect_err("over limits.max_vips");
+        assert!(matches!(err, DataplaneError::TooManyVips { max: 100, .. }));
+    }
+
+    #[test]
+    fn a_restarted_agent_finds_tables_where_they_were_placed() {
+        let mut t = small(4, 16, 6 * SIZE);
+        let mut specs = numbered_vips(3, SIZE, 2);
+        apply(&mut t, &specs);
+        specs[1].backends[0].weight = 4;
+        apply(&mut t, &specs);
+        let maps = t.maps().clone();
+        let mut t2 = Tables::recover(maps, *t.limits()).expect("recover");
+        // The tables are unknown after a restart, so each VIP gets a new one; the live
+        // ones were reserved, so none is written over while packets read it.
+        let before: Vec<VipInfo> = specs.iter().map(|s| t2.maps().vips[&s.vip]).collect();
+        specs[2].backends[0].weight = 7;
+        apply(&mut t2, &specs);
+        check_live_tables(&t2, &specs);
+        for spec in &specs {
+            let now = t2.maps().vips[&spec.vip];
+            for old in &before {
+                let apart = now.ring_base + now.ring_size <= old.ring_base
+                    || old.ring_base + old.ring_size <= now.ring_base;
+                assert!(apart, "{now:?} written over the live {old:?}");
+            }
+        }
     }
 
     #[test]
@@ -1314,7 +1607,7 @@ mod tests {
         let maps = t.maps().clone();
         let before: Vec<_> = flows().map(|f| maps.pick(&ep(V), &f)).collect();
 
-        let mut t2 = Tables::recover(maps).expect("recover");
+        let mut t2 = Tables::recover(maps, Limits::default()).expect("recover");
         assert_eq!(
             t2.backend_slot(&ep(V), &ep("198.18.1.10:8080")),
             t.backend_slot(&ep(V), &ep("198.18.1.10:8080"))

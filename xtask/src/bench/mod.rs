@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod e2e;
+pub mod live;
 pub mod packet;
 pub mod scale;
 pub mod table;
