@@ -189,10 +189,25 @@ impl AyaDataplane {
         let migrated_vips = migrate_vips_v1(&mut ebpf, &pin_dir)?;
 
         let program = program_mut(&mut ebpf)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            what: "load",
-            source,
-        })?;
+        // The verifier gives up with EAGAIN when a signal arrives while it runs (it
+        // checks for pending signals between instructions); retried like libbpf does.
+        let mut attempts = 1;
+        loop {
+            match program.load() {
+                Ok(()) => break,
+                Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                    if attempts < 5 && io_error.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    attempts += 1;
+                }
+                Err(source) => {
+                    return Err(DataplaneError::Program {
+                        what: "load",
+                        source,
+                    });
+                }
+            }
+        }
         let program_pin = pin_dir.join(names::PROGRAM);
         remove_if_exists(&program_pin)?;
         program
