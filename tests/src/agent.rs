@@ -136,6 +136,22 @@ impl Lab {
         self.start_agent_with(&[])
     }
 
+    /// The usual start of a lab with an agent: backends serving on `backend_port`,
+    /// the gateway's neighbours known, then the agent (with `agent_args`) running
+    /// the config `cfg` makes for this lab.
+    pub fn start_with_config(
+        &mut self,
+        backend_port: u16,
+        agent_args: &[&str],
+        cfg: impl FnOnce(&Lab) -> Result<AgentConfig>,
+    ) -> Result<()> {
+        self.start_backends(backend_port)?;
+        self.warm_neighbours()?;
+        let cfg = cfg(self)?;
+        self.write_config(&cfg)?;
+        self.start_agent_with(agent_args)
+    }
+
     /// [`Lab::start_agent`] with extra command-line arguments (e.g. `--keep-forwarding`).
     pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let agent = self.bins().agent.clone();

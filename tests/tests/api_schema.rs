@@ -39,8 +39,7 @@ fn the_admin_api_keeps_its_openapi_contract() {
         .bins(bins)
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    let started = (|| {
-        lab.start_backends(BACKEND_PORT)?;
+    let started = lab.start_with_config(BACKEND_PORT, &[], |lab| {
         let vip = SocketAddr::new(IpAddr::V4(keystone_lab::VIP4), 80);
         let tenant = lab.tenant(
             "web",
@@ -55,9 +54,8 @@ fn the_admin_api_keeps_its_openapi_contract() {
             secret: "schema-test-webhook-secret".into(),
             tolerance: "5m".into(),
         });
-        lab.write_config(&cfg)?;
-        lab.start_agent()
-    })();
+        Ok(cfg)
+    });
     if let Err(e) = started {
         panic!("starting the lab: {e}\n{}", lab.diagnostics());
     }

@@ -89,17 +89,8 @@ fn lab_with_agent(backends: &[&str], cfg: impl FnOnce(&Lab) -> AgentConfig) -> L
         .bins(bins())
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    let r = lab.start_backends(BACKEND_PORT);
-    ok(&lab, "starting the backends", r);
-    ok(
-        &lab,
-        "warming the gateway's neighbours",
-        lab.warm_neighbours(),
-    );
-    let cfg = cfg(&lab);
-    ok(&lab, "writing the agent config", lab.write_config(&cfg));
-    let r = lab.start_agent();
-    ok(&lab, "starting keystone-agent", r);
+    let r = lab.start_with_config(BACKEND_PORT, &[], |lab| Ok(cfg(lab)));
+    ok(&lab, "starting the backends and keystone-agent", r);
     lab
 }
 

@@ -50,11 +50,8 @@ pub const BACKEND_PORT: u16 = 8080;
 
 /// Starts backends and the agent with `weights` in a fresh lab.
 pub fn start(lab: &mut Lab, weights: &[(&str, u32)]) -> Result<()> {
-    lab.start_backends(BACKEND_PORT)?;
-    lab.warm_neighbours()?;
-    let cfg = lab.agent_config(tenants(lab, weights)?);
-    lab.write_config(&cfg)?;
-    lab.start_agent()
+    let tenants = tenants(lab, weights)?;
+    lab.start_with_config(BACKEND_PORT, &[], |lab| Ok(lab.agent_config(tenants)))
         .map_err(|e| anyhow::anyhow!("{e}\n{}", lab.diagnostics()))?;
     Ok(())
 }
