@@ -256,6 +256,19 @@ impl ClientLoop {
         self.batches.lock().expect("batches lock").clone()
     }
 
+    /// Waits (at most `timeout`) until `n` batches that started at or after `since`
+    /// have finished, or the loop ended by itself (an error, which `stop()` reports).
+    pub fn wait_batches_since(&self, since: Instant, n: usize, timeout: Duration) -> Result<()> {
+        wait_for(&format!("{n} batches of new connections"), timeout, || {
+            let done = self.batches().iter().filter(|b| b.started >= since).count();
+            Ok(if done >= n || self.is_finished() {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("{done} batches"))
+            })
+        })
+    }
+
     /// Whether the loop has ended by itself (its time bound, or an error).
     pub fn is_finished(&self) -> bool {
         self.handle.as_ref().is_none_or(JoinHandle::is_finished)

@@ -19,7 +19,7 @@ use std::{
 
 use keystone_lab::{
     AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder,
-    Mode, Probe, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd, wait_for,
+    Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd,
 };
 
 /// The port every ks-backend serves on.
@@ -390,20 +390,7 @@ fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
 
 /// Waits until the loop has finished `n` batches that started after `since`.
 fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
-    let r = wait_for(&format!("{n} batches of new connections"), SHORT, || {
-        let done = traffic
-            .batches()
-            .iter()
-            .filter(|b| b.started >= since)
-            .count();
-        // A loop that ended by itself (an error) is reported by `stop()`.
-        Ok(if done >= n || traffic.is_finished() {
-            Probe::Ready(())
-        } else {
-            Probe::NotYet(format!("{done} batches"))
-        })
-    });
-    ok(lab, "traffic", r)
+    ok(lab, "traffic", traffic.wait_batches_since(since, n, SHORT));
 }
 
 /// A blue/green instant flip under load: a client opens new connections without

@@ -932,7 +932,7 @@ fn packet_cases() {
 // ---------------------------------------------------------------------------
 
 fn random_flow(rng: &mut Rng, vip: SocketAddr, proto: u8) -> Flow {
-    let r = rng.next();
+    let r = rng.next_u64();
     let src: IpAddr = if vip.is_ipv4() {
         // Clients anywhere in 198.18.0.0/15, except the gateway's own /24s.
         Ipv4Addr::new(

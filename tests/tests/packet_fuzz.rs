@@ -608,7 +608,7 @@ fn client(rng: &mut Rng, v4: bool) -> IpAddr {
     if v4 {
         Ipv4Addr::new(198, 18, 0, 2 + rng.below(200) as u8).into()
     } else {
-        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, rng.next() as u16).into()
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, rng.next_u64() as u16).into()
     }
 }
 
@@ -628,13 +628,13 @@ fn port(rng: &mut Rng, proto: u8) -> u16 {
     if rng.chance(70) {
         if proto == PROTO_TCP { 80 } else { 53 }
     } else {
-        let any = rng.next() as u16;
+        let any = rng.next_u64() as u16;
         rng.pick(&[80, 53, 8080, 443, 0, any])
     }
 }
 
 fn shape(rng: &mut Rng, v4: bool) -> Shape {
-    let any_flags = rng.next() as u8;
+    let any_flags = rng.next_u64() as u8;
     let mut s = Shape {
         ttl: rng.pick(&[64, 64, 64, 64, 64, 64, 1, 2, 255, 0]),
         payload: rng.below(80) as usize,
@@ -643,7 +643,7 @@ fn shape(rng: &mut Rng, v4: bool) -> Shape {
         ..Shape::default()
     };
     if rng.chance(15) {
-        s.vlan = Some((rng.pick(&[0x8100, 0x88a8]), rng.next() as u16 & 0x0fff));
+        s.vlan = Some((rng.pick(&[0x8100, 0x88a8]), rng.next_u64() as u16 & 0x0fff));
     }
     if v4 && rng.chance(15) {
         let words = 1 + rng.below(10) as usize;
@@ -663,7 +663,7 @@ fn base_frame(rng: &mut Rng) -> Vec<u8> {
             let vip = SocketAddr::new(destination(rng, v4), port(rng, proto));
             let reply = Flow {
                 src: vip,
-                dst: SocketAddr::new(client(rng, v4), rng.next() as u16),
+                dst: SocketAddr::new(client(rng, v4), rng.next_u64() as u16),
                 proto,
             };
             let quoted = frame(&reply, &shape(rng, v4));
@@ -693,7 +693,7 @@ fn base_frame(rng: &mut Rng) -> Vec<u8> {
             frame(
                 &Flow {
                     src: SocketAddr::new(from, sport),
-                    dst: SocketAddr::new(to, rng.next() as u16),
+                    dst: SocketAddr::new(to, rng.next_u64() as u16),
                     proto,
                 },
                 &s,
@@ -702,7 +702,7 @@ fn base_frame(rng: &mut Rng) -> Vec<u8> {
         // Client to (mostly) a VIP.
         _ => frame(
             &Flow {
-                src: SocketAddr::new(client(rng, v4), rng.next() as u16),
+                src: SocketAddr::new(client(rng, v4), rng.next_u64() as u16),
                 dst: SocketAddr::new(destination(rng, v4), port(rng, proto)),
                 proto,
             },
@@ -769,7 +769,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
                     0 => cur.wrapping_add(1),
                     1 => cur.wrapping_sub(1 + rng.below(30) as u16),
                     2 => rng.below(64) as u16,
-                    _ => rng.next() as u16,
+                    _ => rng.next_u64() as u16,
                 };
                 set16(f, at, v);
             }
@@ -787,7 +787,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
         // Fragments: MF, an offset, or both.
         5 => {
             if v4 {
-                let any = rng.next() as u16 & 0x3fff;
+                let any = rng.next_u64() as u16 & 0x3fff;
                 let v = rng.pick(&[0x2000, 0x0001, 0x2000 | 0x00b9, any]);
                 set16(f, l3 + 6, v | (0x4000 * u16::from(rng.chance(30))));
             } else if f.len() >= l3 + 40 {
@@ -804,7 +804,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
         7 => {
             let at = l3 + if v4 { 9 } else { 6 };
             if at < f.len() {
-                let any = rng.next() as u8;
+                let any = rng.next_u64() as u8;
                 f[at] = rng.pick(&[
                     PROTO_TCP,
                     PROTO_UDP,
@@ -821,7 +821,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
         }
         // VLAN tags: add one (maybe a second), or make the EtherType odd.
         8 => {
-            let tci = rng.next() as u16;
+            let tci = rng.next_u64() as u16;
             let tag = [
                 rng.pick(&[0x81u8, 0x88]),
                 rng.pick(&[0x00u8, 0xa8]),
@@ -876,7 +876,7 @@ fn fuzz_frame(rng: &mut Rng) -> Vec<u8> {
         // Random bytes behind a plausible EtherType.
         let n = 14 + rng.below(120) as usize;
         let mut f = rng.bytes(n);
-        let any = rng.next() as u16;
+        let any = rng.next_u64() as u16;
         let et = rng.pick(&[0x0800u16, 0x86dd, 0x8100, 0x88a8, any]);
         set16(&mut f, 12, et);
         f

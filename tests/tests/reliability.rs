@@ -41,8 +41,8 @@ use keystone_common::{
     names,
 };
 use keystone_lab::{
-    AgentConfig, Auth, Bins, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder, Mode, Probe,
-    Protocol, Summary, VIP4, cmd, lab::CLIENT4, wait_for,
+    AgentConfig, Auth, Bins, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder, Mode, Protocol,
+    Summary, VIP4, cmd, lab::CLIENT4,
 };
 
 /// The port every ks-backend serves on.
@@ -382,20 +382,7 @@ const BATCH: u32 = 100;
 
 /// Waits until the loop has finished `n` batches that started after `since`.
 fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
-    let r = wait_for(&format!("{n} batches of new connections"), SHORT, || {
-        let done = traffic
-            .batches()
-            .iter()
-            .filter(|b| b.started >= since)
-            .count();
-        // A loop that ended by itself (an error) is reported by `stop()`.
-        Ok(if done >= n || traffic.is_finished() {
-            Probe::Ready(())
-        } else {
-            Probe::NotYet(format!("{done} batches"))
-        })
-    });
-    ok(lab, "traffic", r)
+    ok(lab, "traffic", traffic.wait_batches_since(since, n, SHORT));
 }
 
 fn hold_events(lab: &Lab) -> Vec<HoldEvent> {
