@@ -271,6 +271,29 @@ impl Lab {
         parse_answer(&format!("GET {path}"), code, &body)
     }
 
+    /// For failure messages about an agent: [`Lab::diagnostics`], then every
+    /// deployment's history and `keystone-ctl tenants` (whatever of them answers).
+    pub fn agent_diagnostics(&self) -> String {
+        let mut s = self.diagnostics();
+        if let Ok(list) = self.deployments() {
+            for d in list {
+                s.push_str(&format!(
+                    "--- deployment {}\n{}\n",
+                    d.summary(),
+                    d.history_table()
+                ));
+            }
+        }
+        if let Ok(out) = self.ctl(&["tenants"]) {
+            s.push_str(&format!(
+                "--- keystone-ctl tenants:\n{}{}\n",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        s
+    }
+
     /// `GET /deployments` (newest first).
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
         #[derive(serde::Deserialize)]

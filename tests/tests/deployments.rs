@@ -53,31 +53,9 @@ fn v6(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(VIP6), port)
 }
 
-/// What a failure message carries: processes' output, the deployments, the tenants.
-fn context(lab: &Lab) -> String {
-    let mut s = lab.diagnostics();
-    if let Ok(list) = lab.deployments() {
-        for d in list {
-            s.push_str(&format!(
-                "--- deployment {}\n{}\n",
-                d.summary(),
-                d.history_table()
-            ));
-        }
-    }
-    if let Ok(out) = lab.ctl(&["tenants"]) {
-        s.push_str(&format!(
-            "--- keystone-ctl tenants:\n{}{}\n",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    s
-}
-
 /// Unwraps, or panics with `what`, the error and the lab's context.
 fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(lab)))
+    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
 }
 
 /// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
@@ -152,7 +130,7 @@ fn wait_for_completion(lab: &Lab, id: &str, what: &str) {
         Some(0),
         "{what}: {}\n{}",
         output_text(&out),
-        context(lab)
+        lab.agent_diagnostics()
     );
 }
 
@@ -173,7 +151,7 @@ fn ctl_start(lab: &Lab, args: &[&str]) -> String {
         out.status.success(),
         "keystone-ctl {args:?} failed: {}\n{}",
         output_text(&out),
-        context(lab)
+        lab.agent_diagnostics()
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("keystone-ctl {args:?}: not JSON ({e}): {}", stdout(&out)));
@@ -226,7 +204,7 @@ fn assert_all_on(lab: &Lab, what: &str, s: &Summary, backend: &str) {
         s.by_backend,
         s.failed,
         s.errors,
-        context(lab)
+        lab.agent_diagnostics()
     );
 }
 
@@ -256,14 +234,14 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
         assert!(
             started.elapsed() < LONG && straddled < 100,
             "the canary did not finish measuring within {LONG:?} ({straddled} batches straddled a step)\n{}",
-            context(&lab)
+            lab.agent_diagnostics()
         );
         let before = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
         assert!(
             before.state == "progressing" || before.state == "completed",
             "the healthy canary is {}\n{}",
             before.summary(),
-            context(&lab)
+            lab.agent_diagnostics()
         );
         let final_measured = steps
             .get(&1000)
@@ -300,17 +278,17 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
             s.answered() >= MIN_PER_STEP,
             "step {percent}%: only {} connections measured within the step (want ≥ {MIN_PER_STEP}; {straddled} batches straddled a step)\n{}",
             s.answered(),
-            context(&lab)
+            lab.agent_diagnostics()
         );
         if let Err(table) = s.check_split(&weights, TOLERANCE) {
-            panic!("step {percent}%: {table}\n{}", context(&lab));
+            panic!("step {percent}%: {table}\n{}", lab.agent_diagnostics());
         }
     }
     assert_eq!(
         wait_code(&mut lab, "wait"),
         Some(0),
         "keystone-ctl wait on a promoted canary\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let last = done.history.last().expect("history");
     assert!(
@@ -337,7 +315,7 @@ fn failing_canary_rolls_back_by_itself() {
         at40.state == "progressing" && at40.canary_percent == 40.0,
         "the canary did not get to 40 % healthy: {}\n{}",
         at40.summary(),
-        context(&lab)
+        lab.agent_diagnostics()
     );
 
     let failed_at = unix_now();
@@ -349,7 +327,7 @@ fn failing_canary_rolls_back_by_itself() {
         done.state == "rolled_back" && done.canary_percent == 0.0,
         "after green failed the canary is {}\n{}",
         done.summary(),
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let rollback = done.history.last().expect("history");
     let after = rollback.unix().expect("RFC 3339 timestamp") - failed_at;
@@ -361,7 +339,7 @@ fn failing_canary_rolls_back_by_itself() {
         after <= 2.0 * INTERVAL_SECS,
         "the rollback came {after:.1} s after the failure, more than two intervals ({} s)\n{}",
         2.0 * INTERVAL_SECS,
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert!(
         rollback.reason.contains("rolled back"),
@@ -371,7 +349,7 @@ fn failing_canary_rolls_back_by_itself() {
         wait_code(&mut lab, "wait"),
         Some(10),
         "keystone-ctl wait on a rolled-back canary\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let s = tcp(&lab, vip, 1000);
     assert_all_on(&lab, "new connections after the rollback", &s, "blue");
@@ -443,7 +421,7 @@ fn blue_green_instant_flip_under_load() {
         flipped.canary_percent == 100.0 && flipped.state != "failed",
         "the switch did not flip: {}\n{}",
         flipped.summary(),
-        context(&lab)
+        lab.agent_diagnostics()
     );
     batches_after(&lab, &traffic, flipped_at, 3);
     wait_for_completion(&lab, &id, "keystone-ctl wait on the switch");
@@ -469,7 +447,7 @@ fn blue_green_instant_flip_under_load() {
         total.failed,
         total.attempted,
         total.errors,
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert_all_on(&lab, "new connections after the flip", &post_flip, "green");
     let s = tcp(&lab, vip, 400);
@@ -485,7 +463,7 @@ fn blue_green_instant_flip_under_load() {
     assert!(
         errors.is_empty(),
         "held connections were cut: {errors:?}\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert!(
         after.iter().all(|b| b == "blue"),
@@ -651,7 +629,7 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
         assert!(
             code == 401 && answer.contains("error"),
             "webhook {what}: HTTP {code} {answer} (want 401)\n{}",
-            context(&lab)
+            lab.agent_diagnostics()
         );
         eprintln!("webhook {what}: 401 {answer}");
         assert_eq!(
@@ -665,7 +643,12 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
     // Accepted, once.
     let headers = signed(WEBHOOK_SECRET, now_secs(), &body);
     let (code, answer) = post_webhook(&lab, &headers, &body);
-    assert_eq!(code, 202, "signed webhook: {answer}\n{}", context(&lab));
+    assert_eq!(
+        code,
+        202,
+        "signed webhook: {answer}\n{}",
+        lab.agent_diagnostics()
+    );
     let json: serde_json::Value = serde_json::from_str(&answer)
         .unwrap_or_else(|e| panic!("webhook answer is not JSON ({e}): {answer}"));
     let id = json["deployment_id"]
@@ -749,7 +732,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         at40.state == "progressing" && at40.canary_percent == 40.0,
         "the canary did not get to 40 %: {}\n{}",
         at40.summary(),
-        context(&lab)
+        lab.agent_diagnostics()
     );
 
     let killed_at = Instant::now();
@@ -772,7 +755,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
             && resumed.history.len() >= at40.history.len(),
         "the restarted agent did not resume the canary at 40 %: {}\n{}",
         resumed.summary(),
-        context(&lab)
+        lab.agent_diagnostics()
     );
     batches_after(&lab, &traffic, Instant::now(), 2);
     let batches = ok(&lab, "the client loop", traffic.stop());
@@ -798,7 +781,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         total.failed,
         total.attempted,
         total.errors,
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert!(
         agentless.answered() > 0 && agentless.by_backend.contains_key("green"),
@@ -893,7 +876,12 @@ fn ci_scripts_release_through_the_lab() {
             ("KEYSTONE_INTERVAL", "1s"),
         ],
     );
-    assert_eq!(code, Some(0), "keystone-canary.sh\n{}", context(&lab));
+    assert_eq!(
+        code,
+        Some(0),
+        "keystone-canary.sh\n{}",
+        lab.agent_diagnostics()
+    );
     let s = tcp(&lab, web, 400);
     assert_all_on(&lab, "web after the canary job", &s, "green");
 
@@ -913,7 +901,12 @@ fn ci_scripts_release_through_the_lab() {
             ("KEYSTONE_HEALTH_PAUSE", "1"),
         ],
     );
-    assert_eq!(code, Some(0), "keystone-health.sh\n{}", context(&lab));
+    assert_eq!(
+        code,
+        Some(0),
+        "keystone-health.sh\n{}",
+        lab.agent_diagnostics()
+    );
     let code = run_script(
         &lab,
         "keystone-switch.sh",
@@ -923,7 +916,12 @@ fn ci_scripts_release_through_the_lab() {
             ("KEYSTONE_SWITCH_STRATEGY", "instant"),
         ],
     );
-    assert_eq!(code, Some(0), "keystone-switch.sh\n{}", context(&lab));
+    assert_eq!(
+        code,
+        Some(0),
+        "keystone-switch.sh\n{}",
+        lab.agent_diagnostics()
+    );
     let s = tcp(&lab, shop, 400);
     assert_all_on(&lab, "shop after the switch job", &s, "green");
 
@@ -941,7 +939,12 @@ fn ci_scripts_release_through_the_lab() {
             ("KEYSTONE_COMMIT", "3f2c1e9"),
         ],
     );
-    assert_eq!(code, Some(0), "keystone-webhook.sh\n{}", context(&lab));
+    assert_eq!(
+        code,
+        Some(0),
+        "keystone-webhook.sh\n{}",
+        lab.agent_diagnostics()
+    );
     let s = tcp(&lab, shop, 400);
     assert_all_on(&lab, "shop after the webhook job", &s, "blue");
     let hooked = ok(&lab, "GET /deployments", lab.deployments())
@@ -971,7 +974,7 @@ fn ci_scripts_release_through_the_lab() {
         code,
         Some(10),
         "keystone-canary.sh of a broken version must fail the job with 10\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let s = tcp(&lab, web, 400);
     assert_all_on(&lab, "web after the rolled-back canary", &s, "green");

@@ -62,22 +62,9 @@ fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP4), 80)
 }
 
-/// What a failure message carries: the processes' output and the tenants.
-fn context(lab: &Lab) -> String {
-    let mut s = lab.diagnostics();
-    if let Ok(out) = lab.ctl(&["tenants"]) {
-        s.push_str(&format!(
-            "--- keystone-ctl tenants:\n{}{}\n",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    s
-}
-
 /// Unwraps, or panics with `what`, the error and the lab's context.
 fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(lab)))
+    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
 }
 
 /// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
@@ -134,7 +121,7 @@ fn set_weights(lab: &Lab, weights: &[(&str, u32)]) {
         code,
         200,
         "POST /tenants/web/weights {body}: {answer}\n{}",
-        context(lab)
+        lab.agent_diagnostics()
     );
 }
 
@@ -428,7 +415,7 @@ fn hitless(replacement: Replacement) {
     assert!(
         s.failed == 0 && s.by_backend.keys().eq(["blue"]),
         "after the weights moved to blue, new connections: {s:?}\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
 
     let traffic = ok(
@@ -443,7 +430,7 @@ fn hitless(replacement: Replacement) {
         ports.len(),
         HELD as usize,
         "ss shows {ports:?} as the held connections' ports\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let entries_before = conn_entries(&lab, &ports);
     let green_slots: BTreeSet<Option<u32>> = entries_before
@@ -471,7 +458,7 @@ fn hitless(replacement: Replacement) {
             assert!(
                 status.is_some_and(|s| s.success()),
                 "the agent stopped with SIGTERM exited {status:?}\n{}",
-                context(&lab)
+                lab.agent_diagnostics()
             );
         }
     }
@@ -539,23 +526,23 @@ fn hitless(replacement: Replacement) {
         total.failed,
         total.attempted,
         total.errors,
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert!(
         agentless.answered() > 0,
         "no batch of new connections ran entirely while no agent ran\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert!(
         after_back.answered() > 0 && after_back.by_backend.keys().eq(["blue"]),
         "after the replacement, new connections should follow the persisted weights (all on blue): {after_back:?}\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
     assert!(
         errors.is_empty(),
         "held connections broke or echoed wrong bytes: {errors:?}\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
     assert!(
         held_after.iter().all(|b| b == "green"),
@@ -855,7 +842,7 @@ fn admin_api_under_100_concurrent_clients() {
             .cloned()
             .collect::<Vec<_>>()
             .join("\n"),
-        context(&lab)
+        lab.agent_diagnostics()
     );
     let accepted: Vec<&Call> = calls.iter().filter(|c| c.kind == Kind::Weights).collect();
     let reads = calls.iter().filter(|c| c.kind == Kind::Status).count();
@@ -892,7 +879,7 @@ fn admin_api_under_100_concurrent_clients() {
     assert!(
         candidates.contains(&effective),
         "the effective weights {effective:?} are not those of a write that could have been last: {candidates:?}\n{}",
-        context(&lab)
+        lab.agent_diagnostics()
     );
 
     let endpoints = BACKENDS.map(|b| backend_endpoint(&lab, b));
@@ -905,6 +892,6 @@ fn admin_api_under_100_concurrent_clients() {
         "the kernel's live table ({} entries) differs from the Maglev table for {effective:?} ({} entries) in {differ} entries\n{}",
         live.len(),
         predicted.len(),
-        context(&lab)
+        lab.agent_diagnostics()
     );
 }
