@@ -189,6 +189,11 @@ impl HoldEvent {
     pub fn parse_all(output: &str) -> Vec<Self> {
         output.lines().filter_map(Self::parse).collect()
     }
+
+    /// The events that are failures (a broken connection, wrong echoed bytes, ...).
+    pub fn failures(events: &[Self]) -> Vec<&Self> {
+        events.iter().filter(|e| e.outcome.is_err()).collect()
+    }
 }
 
 /// From hold `events` past index `skip`, each connection's backend once every one of
@@ -425,6 +430,11 @@ impl Lab {
                 echo_bytes.to_string(),
             ],
         )
+    }
+
+    /// Every event the hold process `name` (see [`Lab::spawn_hold`]) has printed.
+    pub fn hold_events(&self, name: &str) -> Result<Vec<HoldEvent>> {
+        Ok(HoldEvent::parse_all(&self.stdout_of(name)?))
     }
 
     /// Waits up to `timeout` until each of the `conns` connections held by process

@@ -363,7 +363,7 @@ fn held_answers(lab: &Lab, name: &str, conns: u32, skip: usize, min: usize) -> V
 }
 
 fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
-    HoldEvent::parse_all(&ok(lab, "hold output", lab.stdout_of(name)))
+    ok(lab, "hold output", lab.hold_events(name))
 }
 
 /// Waits until the loop has finished `n` batches that started after `since`.
@@ -459,7 +459,7 @@ fn blue_green_instant_flip_under_load() {
     );
 
     let events = hold_events(&lab, "hold");
-    let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
+    let errors = HoldEvent::failures(&events);
     assert!(
         errors.is_empty(),
         "held connections were cut: {errors:?}\n{}",

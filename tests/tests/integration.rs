@@ -307,7 +307,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         before.iter().any(|b| b == "blue"),
         "no held connection landed on blue (90 %), so the test proves nothing: {before:?}"
     );
-    let seen_before = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold"))).len();
+    let seen_before = ok(&lab, "hold output", lab.hold_events("hold")).len();
 
     cfg.tenant_mut("web")
         .set_weights(&[("blue", 0), ("green", 100)]);
@@ -335,8 +335,8 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         "held connections answering after the reload",
         lab.held_answers("hold", HELD, seen_before, 3, Duration::from_secs(30)),
     );
-    let events = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold")));
-    let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
+    let events = ok(&lab, "hold output", lab.hold_events("hold"));
+    let errors = HoldEvent::failures(&events);
     assert!(
         errors.is_empty(),
         "held connections failed: {errors:?}\n{}",
@@ -712,7 +712,7 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         "held connections answering",
         lab.held_answers("hold", HELD, 0, 2, Duration::from_secs(30)),
     );
-    let seen_before = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold"))).len();
+    let seen_before = ok(&lab, "hold output", lab.hold_events("hold")).len();
     let untracked_before = metric(&lab, UNTRACKED);
 
     let args: Vec<String> = [
@@ -755,8 +755,8 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         total.attempted,
         context(&lab)
     );
-    let events = HoldEvent::parse_all(&ok(&lab, "hold output", lab.stdout_of("hold")));
-    let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
+    let events = ok(&lab, "hold output", lab.hold_events("hold"));
+    let errors = HoldEvent::failures(&events);
     assert!(
         errors.is_empty(),
         "held connections failed: {errors:?}\n{}",

@@ -373,7 +373,7 @@ fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
 }
 
 fn hold_events(lab: &Lab) -> Vec<HoldEvent> {
-    HoldEvent::parse_all(&ok(lab, "hold output", lab.stdout_of("hold")))
+    ok(lab, "hold output", lab.hold_events("hold"))
 }
 
 /// Blue and green serve `web`; held connections are opened while only green takes new
@@ -538,7 +538,7 @@ fn hitless(replacement: Replacement) {
         "after the replacement, new connections should follow the persisted weights (all on blue): {after_back:?}\n{}",
         lab.agent_diagnostics()
     );
-    let errors: Vec<&HoldEvent> = events.iter().filter(|e| e.outcome.is_err()).collect();
+    let errors = HoldEvent::failures(&events);
     assert!(
         errors.is_empty(),
         "held connections broke or echoed wrong bytes: {errors:?}\n{}",
