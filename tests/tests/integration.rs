@@ -468,9 +468,10 @@ fn invalid_config_is_refused_and_traffic_keeps_flowing() {
         context(&lab)
     );
     let field = "tenants[0].services[1].weight";
-    assert!(
-        text.contains(field),
-        "reload's refusal does not name {field}: {text}"
+    assert_eq!(
+        text.matches(field).count(),
+        1,
+        "reload's refusal must name {field} once: {text}"
     );
     let (code, body) = ok(
         &lab,
