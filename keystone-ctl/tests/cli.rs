@@ -18,7 +18,7 @@ fn ctl(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
 }
 
 #[test]
-fn an_empty_or_scheme_less_api_is_a_usage_error() {
+fn an_empty_or_scheme_less_api_or_an_unreadable_config_is_a_usage_error() {
     for (envs, args, says) in [
         (
             vec![("KEYSTONE_API", "")],
@@ -40,22 +40,14 @@ fn an_empty_or_scheme_less_api_is_a_usage_error() {
             vec!["--api", "10.0.0.5:9100", "reload"],
             "'10.0.0.5:9100' is not an admin API URL",
         ),
+        (
+            vec![("KEYSTONE_CONFIG", "/nonexistent/keystone.yaml")],
+            vec!["status"],
+            "cannot read the agent's config /nonexistent/keystone.yaml",
+        ),
     ] {
         let (code, stderr) = ctl(&envs, &args);
         assert_eq!(code, Some(2), "{envs:?} {args:?}: {stderr}");
         assert!(stderr.contains(says), "{envs:?} {args:?}: {stderr}");
     }
-}
-
-#[test]
-fn a_named_config_that_cannot_be_read_is_a_usage_error() {
-    let (code, stderr) = ctl(
-        &[("KEYSTONE_CONFIG", "/nonexistent/keystone.yaml")],
-        &["status"],
-    );
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("cannot read the agent's config /nonexistent/keystone.yaml"),
-        "{stderr}"
-    );
 }
