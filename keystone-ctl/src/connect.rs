@@ -28,6 +28,8 @@ pub struct Given<'a> {
     pub token: Option<&'a str>,
     pub token_file: Option<&'a Path>,
     pub config: Option<&'a Path>,
+    /// Read when `config` is not given and this file exists ([`DEFAULT_CONFIG`]).
+    pub default_config: &'a Path,
 }
 
 /// The API base URL and the bearer token (if one was found).
@@ -59,12 +61,12 @@ pub fn parse_api(s: &str) -> Result<String, String> {
 }
 
 pub fn resolve(given: &Given) -> Result<Connection, Failure> {
+    let flags_say_all =
+        given.api.is_some() && (given.token.is_some() || given.token_file.is_some());
     let config = match given.config {
+        _ if flags_say_all => AgentConfig::default(),
         Some(path) => AgentConfig::read(path)?,
-        None if Path::new(DEFAULT_CONFIG).is_file() => {
-            AgentConfig::read(Path::new(DEFAULT_CONFIG))?
-        }
-        None => AgentConfig::default(),
+        None => AgentConfig::read_default(given.default_config),
     };
     let api = match given.api {
         Some(api) => api.to_owned(),
@@ -91,6 +93,19 @@ struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The default config, if there is one. One that cannot be read is only a warning:
+    /// the flags may say enough, and a reload of a broken config must still reach the
+    /// agent to hear what is wrong with it.
+    fn read_default(path: &Path) -> AgentConfig {
+        if !path.is_file() {
+            return AgentConfig::default();
+        }
+        AgentConfig::read(path).unwrap_or_else(|e| {
+            eprintln!("keystone-ctl: {}; going on without it", e.message);
+            AgentConfig::default()
+        })
+    }
+
     fn read(path: &Path) -> Result<AgentConfig, Failure> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             fail(
@@ -200,6 +215,7 @@ mod tests {
             token: None,
             token_file: None,
             config: Some(config),
+            default_config: Path::new("/nonexistent/keystone.yaml"),
         }
     }
 
@@ -292,12 +308,42 @@ mod tests {
             e.message
         );
 
-        let e = resolve(&given(&dir.join("missing.yaml"))).unwrap_err();
+        let missing = dir.join("missing.yaml");
+        let e = resolve(&given(&missing)).unwrap_err();
         assert_eq!(e.code, exit::USAGE);
         assert!(
             e.message.starts_with("cannot read the agent's config"),
             "{}",
             e.message
+        );
+        let all_flags = Given {
+            api: Some("http://10.0.0.5:9100"),
+            token_file: Some(&token),
+            ..given(&missing)
+        };
+        assert_eq!(
+            resolve(&all_flags).unwrap_err().message,
+            format!(
+                "cannot read the admin token from {} (--token-file): No such file or directory (os error 2)",
+                token.display()
+            ),
+            "with --api and a token given, the config is not read"
+        );
+
+        // The default config, broken (a reload must still reach the agent): defaults.
+        std::fs::write(&config, "admin: [unclosed\n").unwrap();
+        let default = Given {
+            config: None,
+            token: Some("t"),
+            default_config: &config,
+            ..given(&config)
+        };
+        assert_eq!(
+            resolve(&default).unwrap(),
+            Connection {
+                api: DEFAULT_API.into(),
+                token: Some("t".into())
+            }
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -548,6 +548,7 @@ fn main() -> ExitCode {
         token: cli.token.as_deref(),
         token_file: cli.token_file.as_deref(),
         config: cli.config.as_deref(),
+        default_config: std::path::Path::new(connect::DEFAULT_CONFIG),
     };
     let result = connect::resolve(&given).and_then(|connection| {
         let client = Client::new(&connection.api, connection.token);
