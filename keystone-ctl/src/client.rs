@@ -84,7 +84,7 @@ impl Client {
             401 => Err(fail(
                 exit::AUTH,
                 format!(
-                    "the agent refused the token: {} (pass --token, set KEYSTONE_TOKEN, or --token-file)",
+                    "the agent refused the token: {} (pass --token or --token-file, or --config naming the agent's config)",
                     reason(&body)
                 ),
             )),
