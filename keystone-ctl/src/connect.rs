@@ -166,7 +166,7 @@ impl AgentConfig {
 
     fn token(&self) -> Result<Option<String>, Failure> {
         if let Some(token) = self.field("token")? {
-            return Ok(Some(token.trim().to_owned()));
+            return Ok(Some(token.to_owned()));
         }
         match self.field("token_file")? {
             Some(file) => {

@@ -115,6 +115,11 @@ pub fn down(name: &str, all: bool, run: Option<&str>) -> Result<()> {
     } else {
         vec![name.to_owned()]
     };
+    if all || run.is_some() {
+        for n in Lab::list().iter().filter(|n| !names.contains(n)) {
+            println!("lab {n:?} stays: its creator still runs, or it is another run's");
+        }
+    }
     if names.is_empty() {
         println!("no lab was left behind");
     }
