@@ -26,11 +26,4 @@ for pair in \
     fi
 done
 
-out=$("$KEYSTONE_CTL" -o json "$@") || {
-    code=$?
-    ks_die "keystone-ctl canary start refused (exit $code): $out"
-}
-id=$(printf '%s\n' "$out" | ks_json_field deployment_id)
-[ -n "$id" ] || ks_die "no deployment_id in keystone-ctl's answer: $out"
-ks_log "started canary $id of $KEYSTONE_SERVICE $KEYSTONE_VERSION"
-ks_wait "$id"
+ks_run_and_wait "canary of $KEYSTONE_SERVICE $KEYSTONE_VERSION" deployment_id "$@"

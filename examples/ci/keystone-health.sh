@@ -4,13 +4,22 @@
 # KEYSTONE_HEALTH_TIMEOUT seconds. Run it against the freshly deployed side before the
 # switch; the agent validates that side again before it flips.
 #
-#   KEYSTONE_HEALTH_URLS      space-separated URLs (required), e.g. http://green-1:8080/health
+#   KEYSTONE_HEALTH_URLS      space-separated URLs, e.g. http://green-1:8080/health; default:
+#                             http://<address>$KEYSTONE_HEALTH_PATH of each backend of
+#                             KEYSTONE_SERVICE in KEYSTONE_TO (default: the idle environment)
+#   KEYSTONE_HEALTH_PATH      path for those default URLs (default /health)
 #   KEYSTONE_HEALTH_EXPECT    text the body must contain (optional)
 #   KEYSTONE_HEALTH_TIMEOUT   seconds (default 120)
 #   KEYSTONE_HEALTH_PAUSE     seconds between rounds (default 2)
 set -eu
 . "$(dirname "$0")/keystone-lib.sh"
-ks_need KEYSTONE_HEALTH_URLS
+if [ -z "${KEYSTONE_HEALTH_URLS:-}" ]; then
+    ks_need KEYSTONE_SERVICE
+    env=${KEYSTONE_TO:-$(ks_idle_environment)}
+    addresses=$(ks_environment_addresses "$env")
+    [ -n "$addresses" ] || ks_die "tenant $KEYSTONE_SERVICE has no backend in environment $env"
+    KEYSTONE_HEALTH_URLS=$(for a in $addresses; do printf 'http://%s%s ' "$a" "${KEYSTONE_HEALTH_PATH:-/health}"; done)
+fi
 
 timeout=${KEYSTONE_HEALTH_TIMEOUT:-120}
 pause=${KEYSTONE_HEALTH_PAUSE:-2}

@@ -12,7 +12,8 @@
 #   KEYSTONE_SERVICE          the tenant (required)
 #   KEYSTONE_VERSION          labels.version to roll out (required)
 #   KEYSTONE_STRATEGY         canary | blue_green | rolling (default canary)
-#   KEYSTONE_ENVIRONMENT      blue_green: the environment to switch to
+#   KEYSTONE_ENVIRONMENT      blue_green: the environment to switch to (default, with
+#                             KEYSTONE_TOKEN: the idle one, see keystone-idle.sh)
 #   KEYSTONE_WEBHOOK_CONFIG   optional JSON object of overrides, e.g. {"interval":"1m"}
 #   KEYSTONE_PIPELINE_ID, KEYSTONE_PIPELINE_URL, KEYSTONE_COMMIT   kept with the
 #                             deployment (default: GitLab's or GitHub's CI variables)
@@ -30,6 +31,11 @@ if [ -z "$pipeline_url" ] && [ -n "${GITHUB_RUN_ID:-}" ]; then
     pipeline_url="${GITHUB_SERVER_URL:-https://github.com}/${GITHUB_REPOSITORY:-}/actions/runs/$GITHUB_RUN_ID"
 fi
 commit=${KEYSTONE_COMMIT:-${CI_COMMIT_SHA:-${GITHUB_SHA:-}}}
+
+if [ "${KEYSTONE_STRATEGY:-canary}" = blue_green ] && [ -z "${KEYSTONE_ENVIRONMENT:-}" ]; then
+    [ -n "${KEYSTONE_TOKEN:-}" ] || ks_die "blue_green: set KEYSTONE_ENVIRONMENT, or KEYSTONE_TOKEN to look up the idle one"
+    KEYSTONE_ENVIRONMENT=$(ks_idle_environment)
+fi
 
 body="{\"service\":$(ks_json_string "$KEYSTONE_SERVICE"),\"version\":$(ks_json_string "$KEYSTONE_VERSION"),\"strategy\":$(ks_json_string "${KEYSTONE_STRATEGY:-canary}")"
 if [ -n "${KEYSTONE_ENVIRONMENT:-}" ]; then

@@ -84,13 +84,20 @@ impl Client {
             401 => Err(fail(
                 exit::AUTH,
                 format!(
-                    "the agent refused the token: {} (pass --token, set KEYSTONE_TOKEN, or --token-file)",
+                    "the agent refused the token: {} (pass --token or --token-file, or --config naming the agent's config)",
                     reason(&body)
                 ),
             )),
             _ => {
-                let mut message = format!("the agent answered {status}: {}", reason(&body));
-                if let Some(problems) = body.get("problems").and_then(Value::as_array) {
+                let problems = body.get("problems").and_then(Value::as_array);
+                let mut reason = reason(&body);
+                if problems.is_some_and(|p| !p.is_empty()) {
+                    // The agent's error text lists the problems too: keep its headline
+                    // only, so each problem is printed once.
+                    reason.truncate(reason.find('\n').unwrap_or(reason.len()));
+                }
+                let mut message = format!("the agent answered {status}: {reason}");
+                if let Some(problems) = problems {
                     for p in problems {
                         let line = p["line"]
                             .as_u64()

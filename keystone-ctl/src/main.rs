@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod render;
 #[cfg(test)]
 mod test_server;
@@ -61,20 +62,21 @@ Exit codes:
     after_help = EXIT_CODES_HELP
 )]
 struct Cli {
-    /// Admin API base URL.
-    #[arg(
-        long,
-        env = "KEYSTONE_API",
-        default_value = "http://127.0.0.1:9100",
-        global = true
-    )]
-    api: String,
-    /// Bearer token (default: KEYSTONE_TOKEN, else the file from --token-file).
+    /// Admin API base URL [default: admin.listen from the agent's config, else
+    /// http://127.0.0.1:9100].
+    #[arg(long, env = "KEYSTONE_API", value_parser = connect::parse_api, global = true)]
+    api: Option<String>,
+    /// Bearer token [default: --token-file, else admin.token or admin.token_file from the
+    /// agent's config, else the token the agent generated in /var/lib/keystone/admin-token].
     #[arg(long, env = "KEYSTONE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
-    /// File holding the bearer token (the agent writes one here when it generates it).
-    #[arg(long, default_value = "/var/lib/keystone/admin-token", global = true)]
-    token_file: PathBuf,
+    /// File holding the bearer token.
+    #[arg(long, env = "KEYSTONE_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// The agent's config, read for admin.listen and the admin token only
+    /// [default: /etc/keystone/keystone.yaml when it exists, as the agent's].
+    #[arg(long, env = "KEYSTONE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Output format: human tables, or the API's JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Human, global = true)]
     output: Output,
@@ -540,15 +542,19 @@ fn status(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let token = cli.token.clone().or_else(|| {
-        std::fs::read_to_string(&cli.token_file)
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-    });
-    let client = Client::new(&cli.api, token);
     let mut stdout = std::io::stdout().lock();
-    match run(&cli, &client, &mut stdout) {
+    let given = connect::Given {
+        api: cli.api.as_deref(),
+        token: cli.token.as_deref(),
+        token_file: cli.token_file.as_deref(),
+        config: cli.config.as_deref(),
+        default_config: std::path::Path::new(connect::DEFAULT_CONFIG),
+    };
+    let result = connect::resolve(&given).and_then(|connection| {
+        let client = Client::new(&connection.api, connection.token);
+        run(&cli, &client, &mut stdout)
+    });
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, message }) => {
             if cli.output == Output::Json {
@@ -803,7 +809,7 @@ mod api_tests {
                 .chain(args.iter().copied()),
         )
         .unwrap();
-        let client = Client::new(&cli.api, cli.token.clone());
+        let client = Client::new(cli.api.as_deref().unwrap(), cli.token.clone());
         let mut out = Vec::new();
         let result = run(&cli, &client, &mut out);
         let requests = requests.lock().unwrap().clone();
@@ -890,17 +896,18 @@ mod api_tests {
         let (result, _, _) = run_against(
             vec![(
                 422,
-                json!({"error": "config is invalid", "problems": [{"field": "tenants[0].listen", "line": 3, "reason": "required"}]}),
+                json!({"error": "config k.yaml is invalid:\n  line 3: tenants[0].listen: required\n  tenants[1].name: required",
+                       "problems": [{"field": "tenants[0].listen", "line": 3, "reason": "required"},
+                                    {"field": "tenants[1].name", "line": null, "reason": "required"}]}),
             )],
             &["reload"],
         );
         let e = result.unwrap_err();
         assert_eq!(e.code, exit::REFUSED);
-        assert!(
-            e.message
-                .ends_with("\n  line 3: tenants[0].listen: required"),
-            "{}",
-            e.message
+        assert_eq!(
+            e.message,
+            "the agent answered 422: config k.yaml is invalid:\n  line 3: tenants[0].listen: required\n  tenants[1].name: required",
+            "each problem once"
         );
     }
 

@@ -127,10 +127,43 @@ pub struct ProcRecord {
     pub stderr: PathBuf,
 }
 
+/// The environment variable naming the run a lab belongs to (`.ci/run` sets it), so a
+/// run's cleanup takes its own labs only: lab names are machine-wide.
+pub const RUN_ENV: &str = "KEYSTONE_LAB_RUN";
+
+/// The process that created a lab: a lab whose creator still runs is in use (it removes
+/// it on drop), one whose creator is gone was left behind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// When that pid started (clock ticks after boot), so a reused pid does not count.
+    pub start_time: u64,
+    /// The creating run's [`RUN_ENV`], if it had one.
+    pub run: Option<String>,
+}
+
+impl Owner {
+    fn current(run: Option<String>) -> Owner {
+        let pid = std::process::id();
+        Owner {
+            pid,
+            start_time: start_time(pid).unwrap_or_default(),
+            run,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
 /// Everything a lab created, persisted after every change so `lab down` can undo it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LabState {
     pub name: String,
+    /// Who created it (absent in labs from before owners were recorded).
+    #[serde(default)]
+    pub owner: Option<Owner>,
     pub mode: Mode,
     pub client_ns: String,
     pub gateway_ns: String,
@@ -152,6 +185,7 @@ pub struct LabBuilder {
     mode: Mode,
     detach: bool,
     bins: Option<Bins>,
+    run: Option<String>,
 }
 
 impl Default for LabBuilder {
@@ -162,6 +196,7 @@ impl Default for LabBuilder {
             mode: Mode::Nat,
             detach: false,
             bins: None,
+            run: std::env::var(RUN_ENV).ok().filter(|r| !r.is_empty()),
         }
     }
 }
@@ -191,6 +226,12 @@ impl LabBuilder {
     /// Start processes in their own process group so they outlive the caller (`lab up`).
     pub fn detach_processes(mut self, detach: bool) -> Self {
         self.detach = detach;
+        self
+    }
+
+    /// The run this lab belongs to (default: [`RUN_ENV`]), for `lab down --run`.
+    pub fn run(mut self, run: impl Into<String>) -> Self {
+        self.run = Some(run.into());
         self
     }
 
@@ -245,6 +286,7 @@ impl LabBuilder {
             .map_err(io_err(format!("creating {}", state_dir.display())))?;
         let state = LabState {
             name,
+            owner: Some(Owner::current(self.run)),
             mode: self.mode,
             client_ns: format!("{prefix}-client"),
             gateway_ns: format!("{prefix}-gw"),
@@ -793,8 +835,15 @@ impl Lab {
     /// Tears down the lab recorded under `STATE_ROOT/<name>` (processes, mounts,
     /// namespaces, state directory). Returns what it removed.
     pub fn down(name: &str) -> Result<Vec<String>> {
-        let dir = Path::new(STATE_ROOT).join(name);
-        let path = dir.join("state.json");
+        let mut state = Lab::read_state(name)?;
+        let done = teardown(&mut state, &mut BTreeMap::new());
+        remove_state_dir(&Path::new(STATE_ROOT).join(name));
+        Ok(done)
+    }
+
+    /// The state recorded for lab `name`.
+    pub fn read_state(name: &str) -> Result<LabState> {
+        let path = Path::new(STATE_ROOT).join(name).join("state.json");
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -802,14 +851,20 @@ impl Lab {
             }
             Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
         };
-        let mut state: LabState =
-            serde_json::from_str(&text).map_err(|source| LabError::State {
-                path: path.clone(),
-                source,
-            })?;
-        let done = teardown(&mut state, &mut BTreeMap::new());
-        remove_state_dir(&dir);
-        Ok(done)
+        serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
+    }
+
+    /// Labs left behind: their creator is gone (a lab whose creator runs is in use,
+    /// maybe by another user's run) and, with `run`, it was that run's.
+    pub fn left_behind(run: Option<&str>) -> Vec<String> {
+        Lab::list()
+            .into_iter()
+            .filter(|name| match Lab::read_state(name) {
+                Ok(state) => is_left_behind(state.owner.as_ref(), run),
+                // Unreadable: nobody can be shown to own it; only a machine-wide sweep takes it.
+                Err(_) => run.is_none(),
+            })
+            .collect()
     }
 
     /// Names of the labs with a state directory.
@@ -911,6 +966,26 @@ fn stop_process(p: &ProcRecord, child: Option<&mut Child>) -> Option<ExitStatus>
     }
 }
 
+fn is_left_behind(owner: Option<&Owner>, run: Option<&str>) -> bool {
+    match (owner, run) {
+        (Some(owner), _) if owner.is_alive() => false,
+        (Some(owner), Some(run)) => owner.run.as_deref() == Some(run),
+        (None, Some(_)) => false,
+        (_, None) => true,
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat; None for a process that is gone or a zombie.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(22 - 4)?.parse().ok()
+}
+
 fn same_process(p: &ProcRecord) -> bool {
     fs::read(format!("/proc/{}/cmdline", p.pid))
         .map(|c| c.split(|b| *b == 0).next() == Some(p.program.as_bytes()))
@@ -974,6 +1049,33 @@ mod tests {
         assert_eq!(b.gw_ipv6.to_string(), "2001:2:0:11::1");
         assert_eq!(b.gw_if, "eth-blue");
         assert_eq!(VIP6.to_string(), "2001:2::10");
+    }
+
+    #[test]
+    fn only_labs_of_gone_creators_are_left_behind() {
+        let me = Owner::current(Some("run-a".into()));
+        assert!(me.is_alive());
+        let gone = Owner {
+            start_time: me.start_time + 1,
+            ..me.clone()
+        };
+        assert!(
+            !gone.is_alive(),
+            "a pid that started at another time is not the creator"
+        );
+        assert!(
+            !is_left_behind(Some(&me), None),
+            "a live creator's lab is in use"
+        );
+        assert!(!is_left_behind(Some(&me), Some("run-a")));
+        assert!(is_left_behind(Some(&gone), None));
+        assert!(is_left_behind(Some(&gone), Some("run-a")));
+        assert!(!is_left_behind(Some(&gone), Some("run-b")), "another run's");
+        assert!(
+            is_left_behind(None, None),
+            "a lab from before owners were recorded"
+        );
+        assert!(!is_left_behind(None, Some("run-a")));
     }
 
     #[test]

@@ -807,8 +807,8 @@ fn ci_dir() -> PathBuf {
 }
 
 /// Runs `sh examples/ci/<script>` in the gateway namespace with the lab's API, token
-/// and keystone-ctl, plus `env`; returns its exit code (and prints its output).
-fn run_script(lab: &Lab, script: &str, env: &[(&str, &str)]) -> Option<i32> {
+/// and keystone-ctl, plus `env`; returns its exit code, stdout and stderr (and prints them).
+fn run_script(lab: &Lab, script: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let ctl = lab.bins().ctl.clone();
     let mut c = cmd::in_ns(lab.gateway_ns(), "sh");
     c.arg(ci_dir().join(script))
@@ -828,26 +828,118 @@ fn run_script(lab: &Lab, script: &str, env: &[(&str, &str)]) -> Option<i32> {
         out.status,
         output_text(&out)
     );
-    out.status.code()
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stdout(&out), stderr)
 }
 
-/// The example pipelines' scripts (examples/ci), run unchanged in the lab's gateway:
-/// a canary that is promoted; a health check of green, then a blue/green switch to it;
-/// a switch back started through the signed webhook (openssl + curl); and a canary of
-/// a backend that is down, which the agent rolls back and the script fails with 10.
-#[test]
-fn ci_scripts_release_through_the_lab() {
-    for pipeline in [".gitlab-ci.yml", "github-actions.yml"] {
-        let text = std::fs::read_to_string(ci_dir().join(pipeline))
-            .unwrap_or_else(|e| panic!("examples/ci/{pipeline}: {e}"));
+/// Runs `script` and asserts it exits `code`; returns its stdout.
+fn expect_script(lab: &Lab, code: i32, script: &str, env: &[(&str, &str)]) -> String {
+    let (got, out, _) = run_script(lab, script, env);
+    assert_eq!(
+        got,
+        Some(code),
+        "{script} {env:?}\n{}",
+        lab.agent_diagnostics()
+    );
+    out
+}
+
+/// The jobs of `pipeline` (a YAML map of jobs, or GitHub's `jobs:`) that run `script`.
+fn jobs_running<'a>(pipeline: &'a serde_yaml::Value, script: &str) -> Vec<&'a serde_yaml::Value> {
+    let jobs = pipeline.get("jobs").unwrap_or(pipeline);
+    let jobs = jobs.as_mapping().expect("a map of jobs");
+    jobs.values()
+        .filter(|job| {
+            serde_yaml::to_string(job)
+                .unwrap_or_default()
+                .contains(script)
+        })
+        .collect()
+}
+
+/// What a careful team would commit: releases only from the default branch, the
+/// production switch and the canary's promotion behind a manual job or an approval,
+/// and no environment hard-coded as the target.
+fn assert_pipelines_are_safe_to_copy() {
+    let read = |name: &str| -> (String, serde_yaml::Value) {
+        let text = std::fs::read_to_string(ci_dir().join(name))
+            .unwrap_or_else(|e| panic!("examples/ci/{name}: {e}"));
+        let yaml = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        (text, yaml)
+    };
+    for name in [".gitlab-ci.yml", "github-actions.yml"] {
+        let (text, _) = read(name);
         for script in [
+            "keystone-idle.sh",
             "keystone-health.sh",
             "keystone-switch.sh",
             "keystone-canary.sh",
+            "keystone-promote.sh",
+            "keystone-webhook.sh",
         ] {
-            assert!(text.contains(script), "{pipeline} does not run {script}");
+            assert!(text.contains(script), "{name} does not run {script}");
+        }
+        assert!(
+            !text.contains("KEYSTONE_TO: green") && !text.contains("green-1.internal"),
+            "{name} hard-codes the green side"
+        );
+        assert!(
+            text.contains("keystone-ctl onto the runner"),
+            "{name}: how to get keystone-ctl"
+        );
+    }
+
+    let (_, gitlab) = read(".gitlab-ci.yml");
+    let workflow = serde_yaml::to_string(&gitlab["workflow"]).unwrap();
+    assert!(
+        workflow.contains("$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"),
+        "GitLab: pipelines only on the default branch: {workflow}"
+    );
+    for script in ["keystone-switch.sh", "keystone-promote.sh"] {
+        for job in jobs_running(&gitlab, script) {
+            let rules = serde_yaml::to_string(&job["rules"]).unwrap();
+            assert!(
+                job["when"] == "manual" || rules.contains("when: manual"),
+                "GitLab: the job running {script} must be manual: {job:?}"
+            );
         }
     }
+    for job in jobs_running(&gitlab, "keystone-canary.sh") {
+        let codes = serde_yaml::to_string(&job["allow_failure"]["exit_codes"]).unwrap();
+        assert!(
+            codes.contains("11"),
+            "GitLab: a canary awaiting approval (exit 11) leads to the manual promote job: {job:?}"
+        );
+    }
+
+    let (_, github) = read("github-actions.yml");
+    for (name, job) in github["jobs"].as_mapping().expect("jobs").iter() {
+        let job_text = serde_yaml::to_string(job).unwrap();
+        assert!(
+            job_text.contains("github.event.repository.default_branch")
+                || job_text.contains("needs:"),
+            "GitHub job {name:?} runs off the default branch: {job_text}"
+        );
+    }
+    for script in ["keystone-switch.sh", "keystone-promote.sh"] {
+        for job in jobs_running(&github, script) {
+            assert!(
+                job["environment"] == "production",
+                "GitHub: the job running {script} needs the production environment's approval: {job:?}"
+            );
+        }
+    }
+}
+
+/// The example pipelines' scripts (examples/ci), run unchanged in the lab's gateway, for
+/// two releases in a row each way, as the pipelines run them: a canary that waits at
+/// `max_traffic` (exit 11) and is promoted by the approval job, there and back; the
+/// idle side looked up, health-checked and switched to, blue→green then green→blue; the
+/// same two switches through the signed webhook; and a canary of a backend that is
+/// down, which the agent rolls back and the script fails with 10.
+#[test]
+fn ci_scripts_release_through_the_lab() {
+    assert_pipelines_are_safe_to_copy();
     let web = v4(80);
     let shop = v6(80);
     let lab = lab_with_agent(&["blue", "green", "red"], |lab| {
@@ -864,89 +956,71 @@ fn ci_scripts_release_through_the_lab() {
         cfg
     });
 
-    // Canary job.
-    let code = run_script(
-        &lab,
-        "keystone-canary.sh",
-        &[
+    // Canary job, then the approval job: green's 1.1.0, then blue's 1.0.0 back.
+    for (version, to) in [("1.1.0", "green"), ("1.0.0", "blue")] {
+        let canary = [
             ("KEYSTONE_SERVICE", "web"),
-            ("KEYSTONE_VERSION", "1.1.0"),
+            ("KEYSTONE_VERSION", version),
             ("KEYSTONE_INITIAL_TRAFFIC", "10"),
-            ("KEYSTONE_INCREMENT", "45"),
+            ("KEYSTONE_INCREMENT", "40"),
+            ("KEYSTONE_MAX_TRAFFIC", "50"),
             ("KEYSTONE_INTERVAL", "1s"),
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(0),
-        "keystone-canary.sh\n{}",
-        lab.agent_diagnostics()
-    );
-    let s = tcp(&lab, web, 400);
-    assert_all_on(&lab, "web after the canary job", &s, "green");
+        ];
+        expect_script(&lab, 11, "keystone-canary.sh", &canary);
+        expect_script(
+            &lab,
+            0,
+            "keystone-promote.sh",
+            &[("KEYSTONE_SERVICE", "web")],
+        );
+        let s = tcp(&lab, web, 400);
+        assert_all_on(&lab, &format!("web after releasing {version}"), &s, to);
+    }
 
-    // Blue/green jobs: health check, then switch.
-    let green = ok(&lab, "green", lab.backend("green")).clone();
-    let urls = format!(
-        "http://{}:{BACKEND_PORT}/ http://[{}]:{BACKEND_PORT}/",
-        green.ipv4, green.ipv6
+    // web has two environments without traffic: no single idle side, and the script says so.
+    let (code, _, said) = run_script(&lab, "keystone-idle.sh", &[("KEYSTONE_SERVICE", "web")]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(
+            "tenant web needs exactly one environment without traffic to release to; \
+             its environments: blue 100%, green 0%, red 0% (set KEYSTONE_TO to choose)"
+        ),
+        "{said}"
     );
-    let code = run_script(
-        &lab,
-        "keystone-health.sh",
-        &[
-            ("KEYSTONE_HEALTH_URLS", &urls),
-            ("KEYSTONE_HEALTH_EXPECT", "green"),
+
+    // Blue/green jobs: the idle side, its health, the switch; twice, each way.
+    for to in ["green", "blue"] {
+        let service = ("KEYSTONE_SERVICE", "shop");
+        let idle = expect_script(&lab, 0, "keystone-idle.sh", &[service]);
+        assert_eq!(idle, format!("KEYSTONE_TO={to}\n"), "the idle side");
+        let pinned = ("KEYSTONE_TO", to);
+        let health = [
+            service,
+            pinned,
             ("KEYSTONE_HEALTH_TIMEOUT", "30"),
             ("KEYSTONE_HEALTH_PAUSE", "1"),
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(0),
-        "keystone-health.sh\n{}",
-        lab.agent_diagnostics()
-    );
-    let code = run_script(
-        &lab,
-        "keystone-switch.sh",
-        &[
-            ("KEYSTONE_SERVICE", "shop"),
-            ("KEYSTONE_TO", "green"),
-            ("KEYSTONE_SWITCH_STRATEGY", "instant"),
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(0),
-        "keystone-switch.sh\n{}",
-        lab.agent_diagnostics()
-    );
-    let s = tcp(&lab, shop, 400);
-    assert_all_on(&lab, "shop after the switch job", &s, "green");
+        ];
+        expect_script(&lab, 0, "keystone-health.sh", &health);
+        let switch = [service, pinned, ("KEYSTONE_SWITCH_STRATEGY", "instant")];
+        expect_script(&lab, 0, "keystone-switch.sh", &switch);
+        let s = tcp(&lab, shop, 400);
+        assert_all_on(&lab, &format!("shop after the switch to {to}"), &s, to);
+    }
 
-    // Webhook job: switch back to blue.
-    let code = run_script(
-        &lab,
-        "keystone-webhook.sh",
-        &[
+    // Webhook jobs: the same two switches, the idle side looked up by the script.
+    for (version, to) in [("1.1.0", "green"), ("1.0.0", "blue")] {
+        let hook = [
             ("KEYSTONE_WEBHOOK_SECRET", WEBHOOK_SECRET),
             ("KEYSTONE_SERVICE", "shop"),
-            ("KEYSTONE_VERSION", "1.0.0"),
+            ("KEYSTONE_VERSION", version),
             ("KEYSTONE_STRATEGY", "blue_green"),
-            ("KEYSTONE_ENVIRONMENT", "blue"),
             ("KEYSTONE_PIPELINE_ID", "4711"),
             ("KEYSTONE_COMMIT", "3f2c1e9"),
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(0),
-        "keystone-webhook.sh\n{}",
-        lab.agent_diagnostics()
-    );
-    let s = tcp(&lab, shop, 400);
-    assert_all_on(&lab, "shop after the webhook job", &s, "blue");
+        ];
+        expect_script(&lab, 0, "keystone-webhook.sh", &hook);
+        let s = tcp(&lab, shop, 400);
+        assert_all_on(&lab, &format!("shop after the webhook to {to}"), &s, to);
+    }
     let hooked = ok(&lab, "GET /deployments", lab.deployments())
         .into_iter()
         .find(|d| d.tenant == "shop")
@@ -961,21 +1035,12 @@ fn ci_scripts_release_through_the_lab() {
     let mut lab = lab;
     let r = lab.stop_backend("red");
     ok(&lab, "stopping red's server", r);
-    let code = run_script(
-        &lab,
-        "keystone-canary.sh",
-        &[
-            ("KEYSTONE_SERVICE", "web"),
-            ("KEYSTONE_VERSION", "1.2.0"),
-            ("KEYSTONE_INTERVAL", "1s"),
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(10),
-        "keystone-canary.sh of a broken version must fail the job with 10\n{}",
-        lab.agent_diagnostics()
-    );
+    let broken = [
+        ("KEYSTONE_SERVICE", "web"),
+        ("KEYSTONE_VERSION", "1.2.0"),
+        ("KEYSTONE_INTERVAL", "1s"),
+    ];
+    expect_script(&lab, 10, "keystone-canary.sh", &broken);
     let s = tcp(&lab, web, 400);
-    assert_all_on(&lab, "web after the rolled-back canary", &s, "green");
+    assert_all_on(&lab, "web after the rolled-back canary", &s, "blue");
 }

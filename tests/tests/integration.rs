@@ -468,9 +468,10 @@ fn invalid_config_is_refused_and_traffic_keeps_flowing() {
         context(&lab)
     );
     let field = "tenants[0].services[1].weight";
-    assert!(
-        text.contains(field),
-        "reload's refusal does not name {field}: {text}"
+    assert_eq!(
+        text.matches(field).count(),
+        1,
+        "reload's refusal must name {field} once: {text}"
     );
     let (code, body) = ok(
         &lab,
@@ -532,6 +533,100 @@ fn lab_topology_serves_and_cleans_up() {
         "namespaces left behind: {left}"
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// Set in the child process of `lab_cleanup_takes_only_its_runs_left_behind_labs`.
+const LEAVE_BEHIND: &str = "KEYSTONE_TEST_LEAVE_A_LAB_BEHIND";
+
+/// Not a test of its own: in a child process (with [`LEAVE_BEHIND`] set) it builds a lab
+/// and exits without dropping it, as a test killed mid-run does.
+#[test]
+#[ignore = "a helper of lab_cleanup_takes_only_its_runs_left_behind_labs"]
+fn leave_a_lab_behind() {
+    if std::env::var_os(LEAVE_BEHIND).is_none() {
+        return;
+    }
+    let lab = new_lab(Mode::Nat, &["blue"]);
+    println!("left behind: {}", lab.name());
+    std::io::Write::flush(&mut std::io::stdout()).ok();
+    std::process::exit(0);
+}
+
+/// Takes a lab down when dropped (for the labs this test makes, whatever it asserts).
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        Lab::down(&self.0).ok();
+    }
+}
+
+/// `.ci/run`'s cleanup (`xtask lab down --run ID`) removes the labs its run left behind
+/// and no other: not a lab whose creator still runs (in use, on a shared host maybe by
+/// someone else), not one another run left behind.
+#[test]
+fn lab_cleanup_takes_only_its_runs_left_behind_labs() {
+    let run = format!("test-{}", std::process::id());
+    let other_run = format!("{run}-other");
+    let leave_behind = |run: &str| {
+        let out = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["leave_a_lab_behind", "--exact", "--ignored", "--nocapture"])
+            .env(LEAVE_BEHIND, "1")
+            .env(keystone_lab::RUN_ENV, run)
+            .output()
+            .expect("running the child test");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let name = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("left behind: "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child built no lab: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        Down(name.to_owned())
+    };
+    let ours = leave_behind(&run);
+    let others = leave_behind(&other_run);
+    let live = LabBuilder::new()
+        .backends(&["blue"])
+        .bins(bins())
+        .run(&run)
+        .build()
+        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let ns_of = |lab: &str| {
+        let state = Lab::read_state(lab).unwrap_or_else(|e| panic!("{lab}: {e}"));
+        state.gateway_ns
+    };
+    let (ours_ns, others_ns) = (ns_of(&ours.0), ns_of(&others.0));
+
+    let xtask = bins().agent.with_file_name("xtask");
+    let out = Command::new(Bins::require(&xtask).expect("cargo xtask builds it"))
+        .args(["lab", "down", "--run", &run])
+        .output()
+        .expect("running xtask lab down");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "xtask lab down --run {run}: {said}");
+
+    let labs = Lab::list();
+    let netns = namespaces();
+    assert!(
+        !labs.contains(&ours.0) && !netns.contains(&ours_ns),
+        "this run's lab left behind was not removed: {said}"
+    );
+    assert!(
+        labs.contains(&live.name().to_owned()) && netns.contains(live.gateway_ns()),
+        "a lab whose creator runs was removed: {said}"
+    );
+    assert!(
+        labs.contains(&others.0) && netns.contains(&others_ns),
+        "another run's lab was removed: {said}"
+    );
 }
 
 /// A backend's passive L4 counters (`keystone_common::L4Counters`, summed over CPUs),

@@ -107,15 +107,21 @@ pub fn up(name: &str, mode: Mode) -> Result<()> {
     Ok(())
 }
 
-pub fn down(name: &str, all: bool) -> Result<()> {
+/// Takes lab `name` down, or with `all`/`run` every lab left behind (of that run).
+pub fn down(name: &str, all: bool, run: Option<&str>) -> Result<()> {
     util::require_root("`cargo xtask lab down`")?;
-    let names = if all {
-        Lab::list()
+    let names = if all || run.is_some() {
+        Lab::left_behind(run)
     } else {
         vec![name.to_owned()]
     };
+    if all || run.is_some() {
+        for n in Lab::list().iter().filter(|n| !names.contains(n)) {
+            println!("lab {n:?} stays: its creator still runs, or it is another run's");
+        }
+    }
     if names.is_empty() {
-        println!("no lab is up");
+        println!("no lab was left behind");
     }
     for n in names {
         let removed = Lab::down(&n).with_context(|| format!("taking lab {n:?} down"))?;

@@ -63,11 +63,15 @@ enum LabCmd {
     },
     /// Stop everything the lab started and remove its namespaces.
     Down {
-        #[arg(long, default_value = "lab", conflicts_with = "all")]
+        #[arg(long, default_value = "lab", conflicts_with_all = ["all", "run"])]
         name: String,
-        /// Every lab under /run/keystone-lab (also ones a crashed test left).
-        #[arg(long)]
+        /// Every lab under /run/keystone-lab left behind: its creator is gone (a crashed
+        /// test's, a `lab up`); a lab whose creator still runs is in use and stays.
+        #[arg(long, conflicts_with = "run")]
         all: bool,
+        /// Like --all, but only labs created with KEYSTONE_LAB_RUN=ID (.ci/run's cleanup).
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
     },
 }
 
@@ -79,8 +83,8 @@ fn main() -> Result<()> {
             command: LabCmd::Up { name, mode },
         } => lab::up(&name, mode),
         Cmd::Lab {
-            command: LabCmd::Down { name, all },
-        } => lab::down(&name, all),
+            command: LabCmd::Down { name, all, run },
+        } => lab::down(&name, all, run.as_deref()),
         Cmd::Demo { connections, mode } => demo::demo(connections, mode),
         Cmd::Bench { command } => bench::run(command),
         Cmd::Test { args } => test::test(&args),

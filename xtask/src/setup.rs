@@ -18,6 +18,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     // examples/ci/keystone-webhook.sh signs with it; the tests run that script.
     ("openssl", "openssl"),
+    // examples/ci/keystone-lib.sh reads `keystone-ctl tenants -o json` with it.
+    ("jq", "jq"),
     // `cargo xtask bench e2e`: the peers Keystone is measured against, the backends'
     // HTTP server and the measuring tools (HAProxy and nginx stay out of the host: see
     // `quiet_bench_services`).
