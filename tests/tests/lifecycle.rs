@@ -15,10 +15,12 @@
 //! with deadlines.
 
 use std::{
+    ffi::OsStr,
     fmt::Display,
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    process::Output,
     time::Duration,
 };
 
@@ -401,26 +403,30 @@ fn pins_removed_under_a_running_agent_are_pinned_again() {
     assert_forwarding(&lab, "on the new bpffs", 50);
 }
 
+/// Runs keystone-agent with `args` to completion in the gateway namespace.
+fn run_agent(lab: &Lab, args: &[&OsStr]) -> Output {
+    let agent = ok(lab, "keystone-agent", Bins::require(&lab.bins().agent)).to_path_buf();
+    let r = cmd::output(cmd::in_ns(lab.gateway_ns(), agent).args(args));
+    ok(lab, "keystone-agent", r)
+}
+
 /// Without a bpffs at /sys/fs/bpf (as under `ip netns exec`, which mounts a fresh
 /// sysfs), the default pin directory is refused with the one command that fixes it.
 #[test]
 fn a_missing_bpffs_gets_the_mount_command() {
     let lab = lab_with_config(|_| {});
-    let agent = Bins::require(&lab.bins().agent)
-        .expect("agent")
-        .to_path_buf();
     let config = lab.config_path();
-    let out = ok(
+    let state = lab.state_dir().join("agent-state");
+    let out = run_agent(
         &lab,
-        "keystone-agent",
-        cmd::output(cmd::in_ns(lab.gateway_ns(), agent).args([
+        &[
             "--config".as_ref(),
             config.as_os_str(),
             "--pin-dir".as_ref(),
             "/sys/fs/bpf/keystone".as_ref(),
             "--state-dir".as_ref(),
-            lab.state_dir().join("agent-state").as_os_str(),
-        ])),
+            state.as_os_str(),
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "exited {}: {stderr}", out.status);
@@ -443,19 +449,10 @@ const EXPOSED: &str = "admin.listen 0.0.0.0:9100 is not a loopback address";
 #[test]
 fn an_admin_api_on_a_non_loopback_address_is_warned_about() {
     let mut lab = lab_with_config(|cfg| cfg.admin_listen = format!("0.0.0.0:{ADMIN_PORT}"));
-    let agent = Bins::require(&lab.bins().agent)
-        .expect("agent")
-        .to_path_buf();
     let config = lab.config_path();
-    let out = ok(
+    let out = run_agent(
         &lab,
-        "keystone-agent --check",
-        cmd::output(
-            cmd::in_ns(lab.gateway_ns(), agent)
-                .arg("--check")
-                .arg("--config")
-                .arg(&config),
-        ),
+        &["--check".as_ref(), "--config".as_ref(), config.as_os_str()],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -84,7 +84,7 @@ impl PinDirLock {
 /// A spare reference to one pinned object, to pin it again.
 enum Spare {
     Map(MapData),
-    Program(Xdp),
+    Program(Box<Xdp>),
     /// `None` once a failed re-pin consumed it (`FdLink::pin` takes the link).
     Link(Option<FdLink>),
 }
@@ -96,7 +96,7 @@ impl Spare {
                 .map(Spare::Map)
                 .map_err(|e| e.to_string()),
             PinKind::Program => Xdp::from_pin(path, XdpAttachType::Interface)
-                .map(Spare::Program)
+                .map(|program| Spare::Program(Box::new(program)))
                 .map_err(|e| e.to_string()),
             PinKind::Link => PinnedLink::from_pin(path)
                 .map(|link| Spare::Link(Some(link.into())))
