@@ -175,7 +175,7 @@ fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
     let kept = keystone_agent::privileges::drop_privileges()
         .context("cannot drop the capabilities the agent no longer needs")?;
-    tracing::debug!(capabilities = ?kept, "dropped every other capability; NoNewPrivs set");
+    tracing::info!(capabilities = ?kept, "dropped every other capability; NoNewPrivs set");
     Ok(Prepared {
         interfaces,
         token,
