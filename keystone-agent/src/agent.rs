@@ -19,7 +19,7 @@ use crate::{
         ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, PrometheusQuery,
         Protocol, ResolvedTenant, Strategy,
     },
-    dataplane::{Counters, Dataplane, DataplaneError, VipSpec},
+    dataplane::{Counters, Dataplane, DataplaneError, VipSpec, pins::PinWatch},
     deploy::{
         self, Action, DeployState, Deployment, Params, Samples, Signals, TrafficPlan,
         effective_weights,
@@ -128,6 +128,8 @@ pub struct Agent {
     /// Reloads are serialised so SIGHUP and the API cannot interleave; changes through
     /// the API queue on it too ([`Agent::change_turn`]).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The data plane's pins, readable without its lock.
+    pin_watch: Option<Arc<PinWatch>>,
 }
 
 pub fn unix_now() -> f64 {
@@ -155,6 +157,7 @@ impl Agent {
         let health = HealthChecker::default();
         health.sync(&config);
         let notifier = Notifier::new(&config.config.notifications);
+        let pin_watch = dataplane.pin_watch();
         let agent = Arc::new(Agent {
             live: RwLock::new(Live {
                 config,
@@ -171,6 +174,7 @@ impl Agent {
             prometheus: Mutex::new(BTreeMap::new()),
             drained: Mutex::new(Default::default()),
             reload_lock: tokio::sync::Mutex::new(()),
+            pin_watch,
         });
         {
             let runtime = agent.runtime();
@@ -1135,6 +1139,20 @@ impl Agent {
             .lock()
             .expect("dataplane lock poisoned")
             .shutdown(keep_forwarding)
+    }
+
+    /// Pins again whatever was removed from the pin directory under the running agent
+    /// (see [`Dataplane::restore_pins`]).
+    pub fn restore_pins(&self) {
+        self.dataplane
+            .lock()
+            .expect("dataplane lock poisoned")
+            .restore_pins();
+    }
+
+    /// The data plane's pins, for `/health` and `/metrics`.
+    pub fn pin_watch(&self) -> Option<&Arc<PinWatch>> {
+        self.pin_watch.as_ref()
     }
 
     pub fn counters(&self) -> Result<Counters, DataplaneError> {

@@ -165,7 +165,13 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 }
 
 async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "config_generation": state.agent.generation() }))
+    let mut body = json!({ "status": "ok", "config_generation": state.agent.generation() });
+    // Forwarding would not survive the agent's exit: still 200 (the agent serves), but said.
+    if let Some(problem) = state.agent.pin_watch().and_then(|w| w.problem()) {
+        body["status"] = json!("degraded");
+        body["problems"] = json!([problem]);
+    }
+    Json(body)
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

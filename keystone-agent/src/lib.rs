@@ -11,6 +11,7 @@ pub mod deploy;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod privileges;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;

@@ -5,6 +5,7 @@
 
 use std::{
     io::Write,
+    net::SocketAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -18,7 +19,10 @@ use keystone_agent::{
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
-    dataplane::aya_dataplane::{AyaDataplane, LoadOptions},
+    dataplane::{
+        aya_dataplane::{AyaDataplane, LoadOptions},
+        start::Start,
+    },
     store::Store,
     webhook::WebhookVerifier,
 };
@@ -81,7 +85,11 @@ fn main() -> ExitCode {
     for field in &config.ignored_fields {
         tracing::warn!(field, "unknown config field ignored");
     }
+    let exposed = admin_exposure(config.config.admin.listen);
     if args.check {
+        if let Some(warning) = &exposed {
+            println!("warning: {warning}");
+        }
         println!(
             "{}: valid, {} tenant(s)",
             args.config.display(),
@@ -89,12 +97,23 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Some(warning) = &exposed {
+        tracing::warn!("{warning}");
+    }
+    // Before the runtime's threads exist: they inherit the dropped capabilities.
+    let prepared = match prepare(&args, &config) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("keystone-agent: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    match runtime.block_on(run(args, config)) {
+    match runtime.block_on(run(args, config, prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keystone-agent: {e:#}");
@@ -103,42 +122,111 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
+/// The warning for an admin API other hosts can reach, if it is one.
+fn admin_exposure(listen: SocketAddr) -> Option<String> {
+    (!listen.ip().is_loopback()).then(|| {
+        format!(
+            "admin.listen {listen} is not a loopback address: the admin API (bearer token, \
+             plain HTTP) is reachable from other hosts; keep it on 127.0.0.1 or put a \
+             TLS-terminating proxy in front of it (README: Admin API)"
+        )
+    })
+}
+
+/// What the agent sets up while it is one privileged thread: everything that can
+/// fail is checked, and the admin port bound, before the data plane is touched.
+struct Prepared {
+    interfaces: Vec<String>,
+    token: String,
+    webhook: Option<Arc<WebhookVerifier>>,
+    listener: std::net::TcpListener,
+    dataplane: AyaDataplane,
+    /// Undone when dropped uncommitted: a start that fails leaves nothing behind.
+    start: Start,
+}
+
+fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     let interfaces = if args.interfaces.is_empty() {
         config.config.interfaces.clone()
     } else {
-        args.interfaces
+        args.interfaces.clone()
     };
     if interfaces.is_empty() {
         bail!(
             "no interfaces to attach to: list them under `interfaces:` in the config or pass --interface"
         );
     }
-    let token = admin_token(&config, &args.state_dir)?;
-    let admin_addr = config.config.admin.listen;
-
-    let dataplane = AyaDataplane::load(LoadOptions {
-        interfaces: interfaces.clone(),
-        pin_dir: args.pin_dir.clone(),
-        limits: config.config.limits,
-        ..LoadOptions::default()
-    })
-    .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
+    let token = admin_token(config, &args.state_dir)?;
     let webhook = match &config.config.webhook {
         Some(w) => Some(Arc::new(
             WebhookVerifier::from_config(w).context("cannot set up the deployment webhook")?,
         )),
         None => None,
     };
+    let admin_addr = config.config.admin.listen;
+    let listener = bind_admin(admin_addr)
+        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
+    let (dataplane, start) = AyaDataplane::begin(LoadOptions {
+        interfaces: interfaces.clone(),
+        pin_dir: args.pin_dir.clone(),
+        limits: config.config.limits,
+        ..LoadOptions::default()
+    })
+    .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
+    let kept = keystone_agent::privileges::drop_privileges()
+        .context("cannot drop the capabilities the agent no longer needs")?;
+    tracing::info!(capabilities = ?kept, "dropped every other capability; NoNewPrivs set");
+    Ok(Prepared {
+        interfaces,
+        token,
+        webhook,
+        listener,
+        dataplane,
+        start,
+    })
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR` (as tokio binds), so a restart
+/// is not refused while the previous agent's connections linger in TIME_WAIT.
+fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        interfaces,
+        token,
+        webhook,
+        listener,
+        dataplane,
+        start,
+    } = prepared;
+    let admin_addr = config.config.admin.listen;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
     let store = Store::new(&args.state_dir);
     let agent =
         Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
+    start
+        .commit()
+        .context("cannot finish loading the data plane")?;
     // Before the API answers: dsr needs every backend's MAC from the first packet.
     agent.prime_neighbours();
     let registry = Arc::new(keystone_agent::metrics::registry(&agent));
-    let listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
+    if let Some(watch) = agent.pin_watch() {
+        watch
+            .register(&registry)
+            .context("cannot register the pin metrics")?;
+    }
     tracing::info!(%admin_addr, interfaces = ?interfaces, "keystone-agent ready");
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
@@ -147,6 +235,7 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     tokio::spawn(follow_health(agent.clone()));
     tokio::spawn(poll_prometheus(agent.clone()));
     tokio::spawn(prime_neighbours(agent.clone()));
+    tokio::spawn(restore_pins(agent.clone()));
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
@@ -225,6 +314,16 @@ async fn prime_neighbours(agent: Arc<Agent>) {
         tick.tick().await;
         let agent = agent.clone();
         let _ = tokio::task::spawn_blocking(move || agent.prime_neighbours()).await;
+    }
+}
+
+/// Puts back pins removed under the running agent (see `Agent::restore_pins`).
+async fn restore_pins(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let agent = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.restore_pins()).await;
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{
     fs,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitStatus, Output},
     time::Duration,
 };
@@ -154,14 +154,23 @@ impl Lab {
 
     /// [`Lab::start_agent`] with extra command-line arguments (e.g. `--keep-forwarding`).
     pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
+        let config = self.config_path();
+        self.spawn_agent(AGENT, &config, extra)?;
+        self.note("config", config.display().to_string())?;
+        self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
+        self.wait_agent_ready(AGENT_READY)
+    }
+
+    /// Starts keystone-agent as the lab process `name` on `config`, with the lab's
+    /// bpffs as pin dir, its state dir and `extra` arguments, without waiting for it.
+    pub fn spawn_agent(&mut self, name: &str, config: &Path, extra: &[&str]) -> Result<u32> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
         let gw = self.gateway_ns().to_owned();
-        let config = self.config_path();
         let pins = self.pin_dir();
         let agent_state = self.state_dir().join("agent-state");
         self.spawn(
-            AGENT,
+            name,
             &gw,
             &agent,
             &[
@@ -175,10 +184,19 @@ impl Lab {
             .into_iter()
             .chain(extra.iter().map(|a| a.as_ref()))
             .collect::<Vec<&std::ffi::OsStr>>(),
-        )?;
-        self.note("config", config.display().to_string())?;
-        self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
-        self.wait_agent_ready(AGENT_READY)
+        )
+    }
+
+    /// The pid of the lab process `name`.
+    pub fn pid_of(&self, name: &str) -> Result<u32> {
+        self.state()
+            .processes
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.pid)
+            .ok_or_else(|| LabError::NoProcess {
+                name: name.to_owned(),
+            })
     }
 
     /// Polls `GET /health` until it answers 200, failing early if the agent exits.

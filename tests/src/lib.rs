@@ -15,6 +15,8 @@ pub mod cmd;
 pub mod config;
 pub mod deploy;
 pub mod error;
+#[cfg(feature = "dataplane")]
+pub mod kernel;
 pub mod lab;
 pub mod packet_bench;
 pub mod tools;

@@ -42,7 +42,7 @@ use keystone_common::{
 };
 use keystone_lab::{
     AgentConfig, Auth, Bins, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder, Mode, Protocol,
-    Summary, VIP4, cmd, lab::CLIENT4,
+    Summary, VIP4, lab::CLIENT4,
 };
 
 /// The port every ks-backend serves on.
@@ -140,34 +140,15 @@ fn open_pinned(lab: &Lab, name: &str) -> Map {
     Map::from_map_data(data).unwrap_or_else(|e| panic!("map {name}: {e}"))
 }
 
-/// The XDP program id each gateway interface runs, from `ip -d -j link show`.
+/// The XDP program id each gateway interface runs (each must run one).
 fn interface_programs(lab: &Lab) -> BTreeMap<String, u32> {
-    let mut ids = BTreeMap::new();
-    for iface in lab.gateway_interfaces() {
-        let out = ok(
-            lab,
-            "ip link show",
-            cmd::run(std::process::Command::new("ip").args([
-                "-n",
-                lab.gateway_ns(),
-                "-d",
-                "-j",
-                "link",
-                "show",
-                "dev",
-                &iface,
-            ])),
-        );
-        let json: serde_json::Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("ip -j link show dev {iface}: {e}: {out}"));
-        let xdp = &json[0]["xdp"];
-        let id = xdp["prog"]["id"]
-            .as_u64()
-            .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
-            .unwrap_or_else(|| panic!("{iface} runs no XDP program: {out}"));
-        ids.insert(iface, id as u32);
-    }
-    ids
+    ok(lab, "ip link show", lab.xdp_programs())
+        .into_iter()
+        .map(|(iface, id)| {
+            let id = id.unwrap_or_else(|| panic!("{iface} runs no XDP program"));
+            (iface, id)
+        })
+        .collect()
 }
 
 /// What the kernel holds for the gateway's data plane.

@@ -5,6 +5,7 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -27,6 +28,8 @@ use keystone_common::{
 
 use super::{
     Counters, Dataplane, DataplaneError, Limits, VipSpec, object,
+    pins::{PinKeeper, PinKind, PinWatch},
+    start::Start,
     tables::{MapWriter, Tables},
 };
 
@@ -132,6 +135,7 @@ pub struct AyaDataplane {
     pin_dir: PathBuf,
     attachments: Vec<Attachment>,
     reused_maps: bool,
+    pins: PinKeeper,
 }
 
 impl std::fmt::Debug for AyaDataplane {
@@ -159,19 +163,41 @@ impl AyaDataplane {
     /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
     /// them). The old program keeps its old table until the new one replaces it.
     pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
-        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
-        let pin_dir = opts.pin_dir;
-        fs::create_dir_all(&pin_dir).map_err(|source| DataplaneError::PinDir {
-            path: pin_dir.clone(),
-            source,
-        })?;
-        check_bpffs(&pin_dir)?;
+        let (dataplane, start) = Self::begin(opts)?;
+        start.commit()?;
+        Ok(dataplane)
+    }
 
+    /// [`AyaDataplane::load`], provisionally: until the returned [`Start`] is
+    /// committed, dropping it undoes what this load did to the pin directory and the
+    /// interfaces (see [`Start`]), so a start that fails later (the agent's own
+    /// setup) leaves nothing behind, and an earlier agent's pinned data plane as it
+    /// was. A load that fails undoes itself. The interfaces are checked and the pin
+    /// directory locked before anything is touched.
+    pub fn begin(opts: LoadOptions) -> Result<(Self, Start), DataplaneError> {
+        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
+        for interface in &opts.interfaces {
+            if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
+                return Err(DataplaneError::NoInterface {
+                    interface: interface.clone(),
+                });
+            }
+        }
+        let mut start = Start::begin(&opts.pin_dir)?;
+        let dataplane = Self::load_into(object, opts, &mut start)?;
+        Ok((dataplane, start))
+    }
+
+    fn load_into(
+        object: &[u8],
+        opts: LoadOptions,
+        start: &mut Start,
+    ) -> Result<Self, DataplaneError> {
+        let pin_dir = opts.pin_dir;
         let limits = opts.limits;
         check_pinned_capacities(&pin_dir, &limits)?;
-        let reused_maps =
-            pin_dir.join(names::VIPS).exists() || pin_dir.join(names::VIPS_V1).exists();
-        drop_resized_conn_table(&pin_dir, limits.conn_table_entries)?;
+        let reused_maps = start.existed(names::VIPS) || start.existed(names::VIPS_V1);
+        replace_resized_conn_table(&pin_dir, limits.conn_table_entries, start)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -182,11 +208,24 @@ impl AyaDataplane {
         let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
             source: Box::new(source),
         })?;
+        for name in MAP_NAMES {
+            let path = pin_dir.join(name);
+            if !start.existed(name) && path.exists() {
+                start.created(path);
+            }
+        }
 
         // Before the new program can run: it reads REVERSE and VIPS with the new
-        // layouts.
-        let migrated = migrate_reverse_v1(&mut ebpf, &pin_dir)?;
-        let migrated_vips = migrate_vips_v1(&mut ebpf, &pin_dir)?;
+        // layouts. An old program still running elsewhere keeps its own reference to
+        // a V1 map, which is unpinned once this start is committed.
+        for (migrated, v1) in [
+            (migrate_reverse_v1(&mut ebpf, &pin_dir)?, names::REVERSE_V1),
+            (migrate_vips_v1(&mut ebpf, &pin_dir)?, names::VIPS_V1),
+        ] {
+            if migrated {
+                start.unpin_on_commit(pin_dir.join(v1));
+            }
+        }
 
         let program = program_mut(&mut ebpf)?;
         // The verifier gives up with EAGAIN when a signal arrives while it runs (it
@@ -209,7 +248,7 @@ impl AyaDataplane {
             }
         }
         let program_pin = pin_dir.join(names::PROGRAM);
-        remove_if_exists(&program_pin)?;
+        start.replace_program(&program_pin)?;
         program
             .pin(&program_pin)
             .map_err(|source| DataplaneError::Pin {
@@ -219,26 +258,26 @@ impl AyaDataplane {
 
         let mut attachments = Vec::new();
         for interface in &opts.interfaces {
-            attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode)?);
-        }
-
-        // The new program is attached; an old one still running elsewhere keeps its
-        // own reference to a V1 map.
-        if migrated {
-            remove_if_exists(&pin_dir.join(names::REVERSE_V1))?;
-        }
-        if migrated_vips {
-            remove_if_exists(&pin_dir.join(names::VIPS_V1))?;
+            attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode, start)?);
         }
 
         let maps = AyaMaps::take(&mut ebpf)?;
         let tables = Tables::recover(maps, limits)?;
+        let pins = PinKeeper::open(
+            start.lock()?,
+            MAP_NAMES
+                .into_iter()
+                .map(|name| (pin_dir.join(name), PinKind::Map))
+                .chain([(program_pin, PinKind::Program)])
+                .chain(attachments.iter().map(|a| (a.pin.clone(), PinKind::Link))),
+        )?;
         Ok(AyaDataplane {
             ebpf,
             tables,
             pin_dir,
             attachments,
             reused_maps,
+            pins,
         })
     }
 
@@ -307,6 +346,9 @@ impl AyaDataplane {
     /// without it the links are detached and every pin is removed. Idempotent.
     fn release(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
         let attachments = std::mem::take(&mut self.attachments);
+        if !keep_forwarding {
+            self.pins.forget();
+        }
         if keep_forwarding {
             tracing::info!(pin_dir = %self.pin_dir.display(), "leaving the XDP program attached and pinned");
             return Ok(());
@@ -335,6 +377,14 @@ impl Dataplane for AyaDataplane {
 
     fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
         self.release(keep_forwarding)
+    }
+
+    fn restore_pins(&mut self) {
+        self.pins.restore();
+    }
+
+    fn pin_watch(&self) -> Option<Arc<PinWatch>> {
+        Some(self.pins.watch())
     }
 
     fn counters(&self) -> Result<Counters, DataplaneError> {
@@ -387,23 +437,26 @@ fn sum_traffic(
 }
 
 /// Unpins the connection table if it is pinned with another size than `entries`,
-/// so the loader creates it anew (reusing it would silently keep the old size).
-fn drop_resized_conn_table(pin_dir: &Path, entries: u32) -> Result<(), DataplaneError> {
+/// so the loader creates it anew (reusing it would silently keep the old size); the
+/// old one is pinned back if the start fails.
+fn replace_resized_conn_table(
+    pin_dir: &Path,
+    entries: u32,
+    start: &mut Start,
+) -> Result<(), DataplaneError> {
     let path = pin_dir.join(names::CONNS);
     if !path.exists() {
         return Ok(());
     }
-    let pinned = MapData::from_pin(&path)
-        .and_then(|m| m.info())
-        .map_err(map_err(names::CONNS))?
-        .max_entries();
+    let old = MapData::from_pin(&path).map_err(map_err(names::CONNS))?;
+    let pinned = old.info().map_err(map_err(names::CONNS))?.max_entries();
     if pinned != entries {
         tracing::warn!(
             pinned,
             configured = entries,
             "limits.conn_table_entries changed: replacing the connection table; tracked flows are re-picked (same backend unless weights changed)"
         );
-        remove_if_exists(&path)?;
+        start.replace_map(&path, old)?;
     }
     Ok(())
 }
@@ -596,6 +649,7 @@ fn attach(
     interface: &str,
     pin_dir: &Path,
     mode: AttachMode,
+    start: &mut Start,
 ) -> Result<Attachment, DataplaneError> {
     let pin = pin_dir.join(format!("link_{interface}"));
     let attach_err = |source| DataplaneError::Attach {
@@ -612,6 +666,7 @@ fn attach(
         let id = program.attach_to_link(old).map_err(attach_err)?;
         let link = program.take_link(id).map_err(attach_err)?;
         let link: FdLink = link.try_into().map_err(link_err)?;
+        start.swapped_link(pin.clone());
         tracing::info!(
             interface,
             "replaced the program in the XDP link pinned by a previous run"
@@ -642,6 +697,7 @@ fn attach(
         path: pin.clone(),
         source,
     })?;
+    start.created(pin.clone());
     Ok(Attachment {
         interface: interface.to_owned(),
         pin,
@@ -649,7 +705,7 @@ fn attach(
     })
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -662,7 +718,7 @@ fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
 
 /// Fails unless `dir` is on a bpf filesystem, going by /proc/self/mountinfo (the
 /// longest mount point containing `dir`).
-fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+pub(super) fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let dir = dir
         .canonicalize()
         .map_err(|source| DataplaneError::PinDir {
@@ -693,7 +749,10 @@ fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     }
     match best {
         Some((_, true)) => Ok(()),
-        _ => Err(DataplaneError::NotBpffs { path: dir }),
+        _ => Err(DataplaneError::NotBpffs {
+            path: dir.clone(),
+            mount_point: dir,
+        }),
     }
 }
 

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod aya_dataplane;
 pub mod object;
+pub mod pins;
 pub mod rings;
+pub mod start;
 pub mod tables;
 
 pub use aya_dataplane::{AttachMode, AyaDataplane, LoadOptions};
@@ -163,6 +165,15 @@ pub trait Dataplane: Send + 'static {
         let _ = keep_forwarding;
         Ok(())
     }
+
+    /// Pins again whatever was removed from the pin directory under the running agent
+    /// (see [`pins::PinKeeper`]); called every few seconds.
+    fn restore_pins(&mut self) {}
+
+    /// The pins' state for `/health` and `/metrics` (`None`: nothing is pinned).
+    fn pin_watch(&self) -> Option<std::sync::Arc<pins::PinWatch>> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,9 +249,22 @@ pub enum DataplaneError {
     #[error(
         "pin directory {} is not on a bpf filesystem: mount one with `mount -t bpf bpf {}`",
         path.display(),
+        mount_point.display()
+    )]
+    NotBpffs { path: PathBuf, mount_point: PathBuf },
+    #[error(
+        "pin directory {} is in use by another keystone-agent (it holds the directory's \
+         lock): stop that agent first, or give this one its own --pin-dir",
         path.display()
     )]
-    NotBpffs { path: PathBuf },
+    PinDirInUse { path: PathBuf },
+    #[error(
+        "interface {interface} does not exist (in this network namespace): check \
+         `interfaces:` in the config or --interface"
+    )]
+    NoInterface { interface: String },
+    #[error("cannot keep a reference to the pin {}: {reason}", path.display())]
+    Spare { path: PathBuf, reason: String },
     #[error("loading the eBPF object: {source}")]
     Load {
         #[source]
