@@ -16,6 +16,7 @@ pub mod config;
 pub mod deploy;
 pub mod error;
 pub mod lab;
+pub mod mounts;
 pub mod packet_bench;
 pub mod tools;
 pub mod traffic;
