@@ -900,6 +900,58 @@ fn a_webhook_replayed_after_a_restart_is_refused() {
     );
 }
 
+/// The blue/green validation timeout counts from the switch's start, not from each
+/// agent start: green's backend is dead, the agent is killed while validating and
+/// started again after the 20 s timeout has passed; the switch then fails at once
+/// (a fresh 20 s window would keep it validating) and traffic stays on blue.
+#[test]
+fn a_restart_does_not_restart_the_validation_timeout() {
+    const TIMEOUT: f64 = 20.0;
+    let vip = v4(80);
+    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
+        let switch = SwitchConfig {
+            validation_timeout: format!("{TIMEOUT}s"),
+            ..SwitchConfig::instant()
+        };
+        lab.agent_config(vec![
+            plain_tenant(lab, "web", vip, &[("blue", 1), ("green", 1)]).blue_green("blue", switch),
+        ])
+    });
+    let r = lab.stop_backend("green");
+    ok(&lab, "stopping green's backend", r);
+    let id = ctl_start(&lab, &["switch", "web", "--to", "green"]);
+    let started = ok(&lab, "the switch", lab.deployment(&id));
+    let r = lab.kill("agent");
+    ok(&lab, "killing the agent", r);
+    let deadline = started.history[0].unix().expect("started at") + TIMEOUT;
+    let r = keystone_lab::wait_for("the validation deadline", LONG, || {
+        Ok(if unix_now() > deadline {
+            keystone_lab::Probe::Ready(())
+        } else {
+            keystone_lab::Probe::NotYet(format!("{:.1} s to go", deadline - unix_now()))
+        })
+    });
+    ok(&lab, "waiting out the validation timeout", r);
+    let r = lab.start_agent();
+    ok(&lab, "starting the agent again", r);
+    let r = lab.wait_deployment(
+        &id,
+        "give up",
+        Duration::from_secs_f64(TIMEOUT / 2.0),
+        |d| !d.is_running(),
+    );
+    let done = ok(&lab, "the switch after the restart", r);
+    assert_eq!(done.state, "failed", "{}", done.history_table());
+    let reason = &done.history.last().expect("history").reason;
+    assert!(reason.contains("validation"), "{reason}");
+    assert_all_on(
+        &lab,
+        "after the failed switch",
+        &tcp(&lab, vip, 200),
+        "blue",
+    );
+}
+
 #[test]
 fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
     let vip = v4(80);
