@@ -927,7 +927,12 @@ impl Agent {
     fn spawn_validation(self: &Arc<Self>, id: String) {
         let agent = self.clone();
         tokio::spawn(async move {
-            let Some((targets, timeout, remaining)) = agent.validation_targets(&id) else {
+            let Some(Validation {
+                targets,
+                timeout,
+                remaining,
+            }) = agent.validation(&id)
+            else {
                 return;
             };
             let deadline = Instant::now() + remaining;
@@ -972,12 +977,7 @@ impl Agent {
         });
     }
 
-    /// What to probe, the validation timeout and how much of it is left: it counts
-    /// from the deployment's start, so an agent restart does not start it again.
-    fn validation_targets(
-        &self,
-        id: &str,
-    ) -> Option<(Vec<(String, CheckSpec)>, Duration, Duration)> {
+    fn validation(&self, id: &str) -> Option<Validation> {
         let runtime = self.runtime();
         let d = runtime.state.deployments.iter().find(|d| d.id == id)?;
         let config = self.config();
@@ -1008,11 +1008,11 @@ impl Agent {
             .validation_timeout_seconds
             .unwrap_or(DEFAULT_VALIDATION_TIMEOUT.as_secs_f64());
         let remaining = (d.started_unix + timeout - unix_now()).clamp(0.0, timeout);
-        Some((
+        Some(Validation {
             targets,
-            Duration::from_secs_f64(timeout),
-            Duration::from_secs_f64(remaining),
-        ))
+            timeout: Duration::from_secs_f64(timeout),
+            remaining: Duration::from_secs_f64(remaining),
+        })
     }
 
     /// promote / abort / rollback / pause / resume.
@@ -1451,6 +1451,14 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
         ));
     }
     None
+}
+
+/// A blue/green validation: what to probe, the timeout and how much of it is left (it
+/// counts from the deployment's start, so an agent restart does not start it again).
+struct Validation {
+    targets: Vec<(String, CheckSpec)>,
+    timeout: Duration,
+    remaining: Duration,
 }
 
 /// What a reload did: the new generation, and where it contradicts a live outcome.

@@ -656,16 +656,10 @@ fn deployment_ids(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// The admin API without the bearer token (or with a wrong one) answers 401 with a
-/// JSON reason and changes nothing. The signed webhook starts a deployment (202 with
-/// its id, visible in `GET /deployments`); a wrong signature, a missing one, a stale
-/// or future timestamp, and a replay of an accepted request are refused with 401 and
-/// change nothing (no deployment, same weights); malformed JSON and an unknown
-/// strategy get 400 with a reason.
-#[test]
-fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
-    let vip = v4(80);
-    let lab = lab_with_agent(&["blue", "green"], |lab| {
+/// Blue (stable) takes every new connection to `web` on `vip`, without health checks;
+/// the webhook is on with [`WEBHOOK_SECRET`] and a 5 minute tolerance.
+fn webhook_lab(vip: SocketAddr) -> Lab {
+    lab_with_agent(&["blue", "green"], |lab| {
         let mut cfg = lab.agent_config(vec![plain_tenant(
             lab,
             "web",
@@ -677,7 +671,18 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
             tolerance: "5m".into(),
         });
         cfg
-    });
+    })
+}
+
+/// The admin API without the bearer token (or with a wrong one) answers 401 with a
+/// JSON reason and changes nothing. The signed webhook starts a deployment (202 with
+/// its id, visible in `GET /deployments`); a wrong signature, a missing one, a stale
+/// or future timestamp, and a replay of an accepted request are refused with 401 and
+/// change nothing (no deployment, same weights); malformed JSON and an unknown
+/// strategy get 400 with a reason.
+#[test]
+fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
+    let lab = webhook_lab(v4(80));
     let weights0 = weights(&lab);
     assert_eq!(weights0.get("web/green"), Some(&0), "{weights0:?}");
 
@@ -845,20 +850,7 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
 /// saves accepted signatures before it answers. One deployment per signature.
 #[test]
 fn a_webhook_replayed_after_a_restart_is_refused() {
-    let vip = v4(80);
-    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
-        let mut cfg = lab.agent_config(vec![plain_tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )]);
-        cfg.webhook = Some(WebhookConfig {
-            secret: WEBHOOK_SECRET.into(),
-            tolerance: "5m".into(),
-        });
-        cfg
-    });
+    let mut lab = webhook_lab(v4(80));
     for restart in ["SIGTERM", "SIGKILL"] {
         let body = serde_json::json!({
             "service": "web",
