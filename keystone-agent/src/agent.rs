@@ -623,7 +623,7 @@ impl Agent {
     /// Starts a canary of `version` (its backends are the services with that
     /// `labels.version`) against the services now taking traffic.
     pub fn start_canary(&self, req: CanaryRequest) -> Result<Deployment, DeployError> {
-        check_pipeline(req.pipeline.as_ref())?;
+        deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
         let tenant = self.tenant(&req.service, "service")?;
         let raw = self.raw_tenant(&tenant.name);
         let mut params = Params::from_canary_config(raw.canary_config.as_ref());
@@ -689,7 +689,7 @@ impl Agent {
 
     /// Starts a blue/green switch to environment `to`: validate it, then flip.
     pub fn start_switch(self: &Arc<Self>, req: SwitchRequest) -> Result<Deployment, DeployError> {
-        check_pipeline(req.pipeline.as_ref())?;
+        deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
         let tenant = self.tenant(&req.service, "service")?;
         let raw = self.raw_tenant(&tenant.name);
         let in_env = |env: &str| -> Vec<String> {
@@ -1367,22 +1367,6 @@ fn prometheus_value(
         Some(v) if v.is_finite() => Ok(Some(v)),
         _ => Ok(None),
     }
-}
-
-/// A deployment's `pipeline` is kept verbatim with it (in the state file and every
-/// answer about it); past `MAX_PIPELINE_BYTES` of JSON it is refused.
-fn check_pipeline(pipeline: Option<&serde_json::Value>) -> Result<(), DeployError> {
-    let size = pipeline.map_or(0, |p| p.to_string().len());
-    if size > deploy::MAX_PIPELINE_BYTES {
-        return Err(invalid(
-            "pipeline",
-            format!(
-                "{size} bytes of JSON; at most {} are kept with a deployment (send an id or a URL)",
-                deploy::MAX_PIPELINE_BYTES
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Effective weights of `tenant`'s services under `config` and the runtime's plan.

@@ -22,6 +22,18 @@ pub const HISTORY_LIMIT: usize = 100;
 /// Most bytes of JSON a deployment's `pipeline` object may have.
 pub const MAX_PIPELINE_BYTES: usize = 16 * 1024;
 
+/// A deployment's `pipeline` object is kept verbatim with it (in the state file and
+/// every answer about it), so past `MAX_PIPELINE_BYTES` of JSON it is refused.
+pub fn check_pipeline(pipeline: Option<&serde_json::Value>) -> Result<(), String> {
+    let size = pipeline.map_or(0, |p| p.to_string().len());
+    if size > MAX_PIPELINE_BYTES {
+        return Err(format!(
+            "{size} bytes of JSON; at most {MAX_PIPELINE_BYTES} are kept with a deployment (send an id or a URL)"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployState {
