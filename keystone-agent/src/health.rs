@@ -470,6 +470,19 @@ mod tests {
     }
 
     #[test]
+    fn the_first_probe_decides_an_unchecked_backend() {
+        let s = spec(Probe::Tcp, "127.0.0.1:1".parse().unwrap());
+        let mut h = BackendHealth::new(s.rise);
+        assert!(
+            h.record(&s, Err("refused".into()), Instant::now()),
+            "unknown → down on the first failure, not after fall=3"
+        );
+        assert_eq!(h.state, HealthState::Down);
+        assert!(!h.record(&s, Ok(()), Instant::now()));
+        assert!(h.record(&s, Ok(()), Instant::now()), "then up after rise=2");
+    }
+
+    #[test]
     fn http_responses_are_checked_for_status_and_body() {
         let ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
         assert!(check_response(ok, 200, Some("ok")).is_ok());
