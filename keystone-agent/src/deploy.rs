@@ -19,6 +19,20 @@ pub const DEFAULT_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_MIN_SAMPLES: u64 = 5;
 /// How many finished deployments are kept.
 pub const HISTORY_LIMIT: usize = 100;
+/// Most bytes of JSON a deployment's `pipeline` object may have.
+pub const MAX_PIPELINE_BYTES: usize = 16 * 1024;
+
+/// A deployment's `pipeline` object is kept verbatim with it (in the state file and
+/// every answer about it), so past `MAX_PIPELINE_BYTES` of JSON it is refused.
+pub fn check_pipeline(pipeline: Option<&serde_json::Value>) -> Result<(), String> {
+    let size = pipeline.map_or(0, |p| p.to_string().len());
+    if size > MAX_PIPELINE_BYTES {
+        return Err(format!(
+            "{size} bytes of JSON; at most {MAX_PIPELINE_BYTES} are kept with a deployment (send an id or a URL)"
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -660,6 +674,43 @@ impl TrafficPlan {
             from: d.stable_backends.clone(),
             to: d.canary_backends.clone(),
             to_percent: d.canary_percent,
+        }
+    }
+
+    /// Drops the services `keep` says no to; returns their names.
+    pub fn remove_services(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut filter = |names: &mut Vec<String>| {
+            names.retain(|n| {
+                keep(n) || {
+                    removed.push(n.clone());
+                    false
+                }
+            })
+        };
+        match self {
+            TrafficPlan::Split { from, to, .. } => {
+                filter(from);
+                filter(to);
+            }
+            TrafficPlan::Manual { weights } => {
+                let mut names: Vec<String> = weights.keys().cloned().collect();
+                filter(&mut names);
+                weights.retain(|n, _| names.contains(n));
+            }
+        }
+        removed
+    }
+
+    /// Whether some service gets new connections under this plan.
+    pub fn sends_traffic(&self) -> bool {
+        match self {
+            TrafficPlan::Split {
+                from,
+                to,
+                to_percent,
+            } => (*to_percent > 0.0 && !to.is_empty()) || (*to_percent < 100.0 && !from.is_empty()),
+            TrafficPlan::Manual { weights } => weights.values().any(|w| *w > 0),
         }
     }
 }

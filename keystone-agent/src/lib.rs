@@ -11,6 +11,8 @@ pub mod deploy;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod outcome;
+pub mod persist;
 pub mod privileges;
 pub mod store;
 pub mod webhook;

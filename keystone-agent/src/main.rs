@@ -159,7 +159,9 @@ fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     let token = admin_token(config, &args.state_dir)?;
     let webhook = match &config.config.webhook {
         Some(w) => Some(Arc::new(
-            WebhookVerifier::from_config(w).context("cannot set up the deployment webhook")?,
+            WebhookVerifier::from_config(w)
+                .context("cannot set up the deployment webhook")?
+                .with_replay_file(args.state_dir.join("webhook-replay.json")),
         )),
         None => None,
     };
@@ -282,7 +284,7 @@ async fn handle_signals(agent: Arc<Agent>, shutdown: tokio::sync::watch::Sender<
     loop {
         tokio::select! {
             _ = hup.recv() => match agent.reload().await {
-                Ok(generation) => tracing::info!(generation, "SIGHUP: config reloaded"),
+                Ok(r) => tracing::info!(generation = r.generation, "SIGHUP: config reloaded"),
                 Err(e) => tracing::error!("SIGHUP: reload refused, the running config stays: {e}"),
             },
             _ = term.recv() => break,

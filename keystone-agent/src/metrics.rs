@@ -380,6 +380,9 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         }))
         .expect("the data-plane collector is registered once");
     registry
+        .register(Box::new(agent.persistence().metric().clone()))
+        .expect("the state-write counter is registered once");
+    registry
 }
 
 /// The text exposition of everything in `registry`.

@@ -129,6 +129,11 @@ impl Lab {
         Ok(path)
     }
 
+    /// The agent's `--state-dir` (deployments, last-good config, replay cache).
+    pub fn agent_state_dir(&self) -> PathBuf {
+        self.state_dir().join("agent-state")
+    }
+
     /// Starts keystone-agent in the gateway namespace on [`Lab::config_path`] with the
     /// lab's bpffs as pin dir and a state dir of the lab's own, and waits until
     /// `/health` answers.
@@ -168,7 +173,7 @@ impl Lab {
         Bins::require(&agent)?;
         let gw = self.gateway_ns().to_owned();
         let pins = self.pin_dir();
-        let agent_state = self.state_dir().join("agent-state");
+        let agent_state = self.agent_state_dir();
         self.spawn(
             name,
             &gw,

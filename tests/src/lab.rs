@@ -535,6 +535,12 @@ impl Lab {
         self.save()
     }
 
+    /// Records a mount the lab made, to be unmounted (in reverse order) on teardown.
+    pub(crate) fn record_mount(&mut self, path: PathBuf) -> Result<()> {
+        self.state.mounts.push(path);
+        self.save()
+    }
+
     /// Runs `program args…` inside `ns` to completion; returns stdout.
     pub fn exec<S: AsRef<OsStr>>(
         &self,

@@ -18,6 +18,7 @@ pub mod error;
 #[cfg(feature = "dataplane")]
 pub mod kernel;
 pub mod lab;
+pub mod mounts;
 pub mod packet_bench;
 pub mod tools;
 pub mod traffic;
