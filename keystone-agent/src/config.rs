@@ -26,6 +26,8 @@ mod seed;
 #[cfg(test)]
 mod seed_docs_tests;
 mod service_url;
+#[cfg(test)]
+mod validation_tests;
 
 pub use check::check_report;
 
@@ -357,11 +359,38 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// A duration as written: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
 /// Kept as written until `validate()`, which knows the field's path and line.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum DurationSpec {
     Seconds(f64),
     Text(String),
+}
+
+/// By hand rather than `untagged`: a wrong type is refused at the field itself, with
+/// a message that says what a duration looks like.
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl serde::de::Visitor<'_> for DurationVisitor {
+            type Value = DurationSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration like 30s or 1m30s, or a number of seconds")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v as f64))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(DurationVisitor)
+    }
 }
 
 impl DurationSpec {
@@ -872,8 +901,15 @@ fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Checked {
                 && strategy != "instant"
                 && strategy != "gradual"
             {
+                // Named as written: `strategy`, or the seed's `switch_strategy`.
+                let seed_name = at("switch_config.switch_strategy");
+                let field = if index.lines.contains_key(&seed_name) {
+                    seed_name
+                } else {
+                    at("switch_config.strategy")
+                };
                 push(
-                    at("switch_config.strategy"),
+                    field,
                     format!("unknown switch strategy '{strategy}'; expected instant or gradual"),
                 );
             }
