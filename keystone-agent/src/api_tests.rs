@@ -892,3 +892,4 @@ tenants:
 }
 
 mod input_props;
+mod seed_switch;
