@@ -1175,11 +1175,11 @@ fn check_family(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
+    pub(super) fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
         LoadedConfig::parse(Path::new("test.yaml"), text)
     }
 
-    fn problems(text: &str) -> Vec<Problem> {
+    pub(super) fn problems(text: &str) -> Vec<Problem> {
         match parse(text) {
             Ok(_) => panic!("config was accepted:\n{text}"),
             Err(e) => e.problems().to_vec(),

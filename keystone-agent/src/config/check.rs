@@ -27,7 +27,7 @@ pub fn check_report(
         out.push_str(&format!("{warning_word}: {w}\n"));
     }
     let counts = format!("{} error(s), {} warning(s)", errors.len(), warnings.len());
-    let ok = errors.is_empty() && !(strict && !warnings.is_empty());
+    let ok = errors.is_empty() && (warnings.is_empty() || !strict);
     let verdict = match (ok, errors.is_empty()) {
         (true, _) => format!("valid, {tenants} tenant(s), {counts}"),
         (false, true) => format!("invalid with --strict: {counts}"),

@@ -204,12 +204,12 @@ fn cut(doc: &mut Value, path: &str, emptied: &mut Vec<String>) -> Option<String>
                 map.remove(key.as_str());
                 return Some(here);
             }
-            (Value::Sequence(items), Segment::Item(i)) if *i < items.len() => {
-                if !emptied.contains(&here) {
-                    items[*i] = Value::Mapping(Default::default());
-                    emptied.push(here.clone());
-                    return Some(here);
-                }
+            (Value::Sequence(items), Segment::Item(i))
+                if *i < items.len() && !emptied.contains(&here) =>
+            {
+                items[*i] = Value::Mapping(Default::default());
+                emptied.push(here.clone());
+                return Some(here);
             }
             _ => {}
         }

@@ -3,19 +3,11 @@
 
 use std::path::Path;
 
-use super::*;
+use super::{
+    tests::{parse, problems},
+    *,
+};
 use crate::health::{CheckSpec, Probe, validation_spec};
-
-fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
-    LoadedConfig::parse(Path::new("test.yaml"), text)
-}
-
-fn problems(text: &str) -> Vec<Problem> {
-    match parse(text) {
-        Ok(_) => panic!("config was accepted:\n{text}"),
-        Err(e) => e.problems().to_vec(),
-    }
-}
 
 fn find<'a>(problems: &'a [Problem], field: &str) -> &'a Problem {
     problems
