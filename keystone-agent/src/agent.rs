@@ -24,7 +24,7 @@ use crate::{
         self, Action, DeployState, Deployment, Params, Samples, Signals, TrafficPlan,
         effective_weights,
     },
-    health::{self, CheckSpec, HealthChecker, HealthState, Probe},
+    health::{self, CheckSpec, HealthChecker, HealthState},
     metrics::DeploymentMetrics,
     notify::Notifier,
     outcome::TrafficSource,
@@ -325,8 +325,8 @@ impl Agent {
             live.generation += 1;
             live.loaded_at = SystemTime::now();
         }
-        for field in &new.ignored_fields {
-            tracing::warn!(field, "unknown config field ignored");
+        for warning in &new.warnings {
+            tracing::warn!("config: {warning}");
         }
         for conflict in &effects.conflicts {
             tracing::warn!(conflict = %conflict, "reload conflicts with a live outcome");
@@ -987,23 +987,17 @@ impl Agent {
         let config = self.config();
         let tenant = config.tenants.iter().find(|t| t.name == d.tenant)?;
         let raw = config.config.tenants.iter().find(|t| t.name == d.tenant)?;
+        let endpoint = raw
+            .switch_config
+            .as_ref()
+            .and_then(|s| s.validation_endpoint.as_deref());
         let targets = tenant
             .services
             .iter()
             .zip(&raw.services)
             .filter(|(s, _)| d.canary_backends.contains(&s.name))
             .map(|(s, r)| {
-                let spec = match &r.health {
-                    Some(h) => CheckSpec::from_config(s.address, h),
-                    None => CheckSpec {
-                        address: s.address,
-                        probe: Probe::Tcp,
-                        interval: Duration::from_secs(1),
-                        timeout: health::DEFAULT_TIMEOUT,
-                        rise: 1,
-                        fall: 1,
-                    },
-                };
+                let spec = health::validation_spec(s.address, r.health.as_ref(), endpoint);
                 (s.name.clone(), spec)
             })
             .collect();
@@ -1085,22 +1079,11 @@ impl Agent {
                     format!("tenant '{tenant}' has no service '{name}'"),
                 ));
             }
-            if *w > crate::config::MAX_WEIGHT {
-                return Err(invalid(
-                    format!("weights.{name}"),
-                    format!(
-                        "{w} is above the maximum weight {}",
-                        crate::config::MAX_WEIGHT
-                    ),
-                ));
-            }
+            crate::config::check_weight(*w)
+                .map_err(|reason| invalid(format!("weights.{name}"), reason))?;
         }
-        if weights.values().all(|w| *w == 0) {
-            return Err(invalid(
-                "weights",
-                "at least one service needs a weight above 0",
-            ));
-        }
+        crate::config::check_not_all_zero(weights.values().copied())
+            .map_err(|reason| invalid("weights", reason))?;
         let mut runtime = self.runtime();
         Self::check_not_running(&runtime, tenant)?;
         let before = runtime.state.clone();
@@ -1536,10 +1519,12 @@ impl ParamOverrides {
             p.max_traffic = v;
         }
         if let Some(v) = self.health_threshold {
-            p.health_threshold = deploy::normalise_rate(v);
+            p.health_threshold = deploy::threshold_rate(v, &v.to_string())
+                .map_err(|reason| invalid("health_threshold", reason))?;
         }
         if let Some(v) = self.rollback_threshold {
-            p.rollback_threshold = deploy::normalise_rate(v);
+            p.rollback_threshold = deploy::threshold_rate(v, &v.to_string())
+                .map_err(|reason| invalid("rollback_threshold", reason))?;
         }
         if let Some(v) = self.min_samples {
             p.min_samples = v;

@@ -950,3 +950,4 @@ async fn a_huge_pipeline_object_is_refused_and_not_stored() {
 }
 
 mod input_props;
+mod seed_switch;

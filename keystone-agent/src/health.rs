@@ -54,12 +54,12 @@ pub struct CheckSpec {
 }
 
 impl CheckSpec {
-    /// From the seed's `health:` block: `path` makes it HTTP; `retries` is the seed's
-    /// name for the fall threshold, `failure_threshold` wins when both are given.
+    /// From the seed's `health:` block: `path` (or `endpoint`) makes it HTTP;
+    /// `retries` is the seed's name for the fall threshold (the config refuses both).
     pub fn from_config(address: SocketAddr, health: &HealthConfig) -> CheckSpec {
-        let probe = match &health.path {
+        let probe = match health.http_path() {
             Some(path) => Probe::Http {
-                path: path.clone(),
+                path: path.to_owned(),
                 expected_status: health.expected_status_code.unwrap_or(200),
                 expected_body: health.expected_response.clone(),
             },
@@ -86,6 +86,35 @@ impl CheckSpec {
                 .max(1),
         }
     }
+}
+
+/// How a blue/green switch validates one backend of the idle side: an HTTP `GET` of
+/// `switch_config.validation_endpoint` when set (with the service's expected status
+/// and body, if it has a check), else the service's own check, else a TCP connect.
+pub fn validation_spec(
+    address: SocketAddr,
+    health: Option<&HealthConfig>,
+    endpoint: Option<&str>,
+) -> CheckSpec {
+    let mut spec = match health {
+        Some(h) => CheckSpec::from_config(address, h),
+        None => CheckSpec {
+            address,
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: DEFAULT_TIMEOUT,
+            rise: 1,
+            fall: 1,
+        },
+    };
+    if let Some(path) = endpoint {
+        spec.probe = Probe::Http {
+            path: path.to_owned(),
+            expected_status: health.and_then(|h| h.expected_status_code).unwrap_or(200),
+            expected_body: health.and_then(|h| h.expected_response.clone()),
+        };
+    }
+    spec
 }
 
 /// Runs one probe; `Err` says why it failed.

@@ -18,7 +18,7 @@ use clap::Parser;
 use keystone_agent::{
     agent::Agent,
     api::{ApiState, router},
-    config::LoadedConfig,
+    config::{LoadedConfig, check_admin_token},
     dataplane::{
         aya_dataplane::{AyaDataplane, LoadOptions},
         start::Start,
@@ -55,9 +55,14 @@ struct Args {
     /// On exit, leave the program attached and pinned so forwarding continues.
     #[arg(long)]
     keep_forwarding: bool,
-    /// Only validate the config and exit (0 valid, 64 invalid).
+    /// Only validate the config, print every error and warning, and exit (0 valid,
+    /// 64 invalid).
     #[arg(long)]
     check: bool,
+    /// Treat config warnings (unknown or L7-only fields, contradictions) as errors,
+    /// with --check (for CI) and at start.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Exit code for a bad config or bad arguments (EX_USAGE, as linkerd2-proxy uses).
@@ -75,27 +80,33 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let config = match LoadedConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    for field in &config.ignored_fields {
-        tracing::warn!(field, "unknown config field ignored");
-    }
-    let exposed = admin_exposure(config.config.admin.listen);
+    let loaded = LoadedConfig::load(&args.config);
+    let (report, ok) = keystone_agent::config::check_report(&args.config, &loaded, args.strict);
+    // Not a config problem (--strict keeps it a warning): a deliberate choice that needs a proxy.
+    let exposed = loaded
+        .as_ref()
+        .ok()
+        .and_then(|c| admin_exposure(c.config.admin.listen));
     if args.check {
         if let Some(warning) = &exposed {
             println!("warning: {warning}");
         }
-        println!(
-            "{}: valid, {} tenant(s)",
-            args.config.display(),
-            config.tenants.len()
-        );
-        return ExitCode::SUCCESS;
+        print!("{report}");
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_USAGE)
+        };
+    }
+    let config = match loaded {
+        Ok(config) if ok => config,
+        _ => {
+            eprint!("{report}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
     }
     if let Some(warning) = &exposed {
         tracing::warn!("{warning}");
@@ -371,14 +382,17 @@ fn admin_token(config: &LoadedConfig, state_dir: &Path) -> anyhow::Result<String
         let token = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read admin.token_file {}", file.display()))?;
         let token = token.trim();
-        if token.is_empty() {
-            bail!("admin.token_file {} is empty", file.display());
+        if let Err(reason) = check_admin_token(token) {
+            bail!("admin.token_file {}: the token {reason}", file.display());
         }
         return Ok(token.to_owned());
     }
     if let Ok(token) = std::env::var("KEYSTONE_ADMIN_TOKEN")
         && !token.trim().is_empty()
     {
+        if let Err(reason) = check_admin_token(&token) {
+            bail!("KEYSTONE_ADMIN_TOKEN {reason}");
+        }
         return Ok(token.trim().to_owned());
     }
     let mut bytes = [0u8; 24];

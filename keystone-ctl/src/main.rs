@@ -199,10 +199,11 @@ struct CanaryStart {
     /// Percent at which the rollout waits for approval.
     #[arg(long)]
     max_traffic: Option<f64>,
-    /// Success rate (0-1 or percent) needed for the next step.
+    /// Success rate in percent (0-100; 0 < X <= 1 is refused as a fraction) needed for
+    /// the next step.
     #[arg(long)]
     health_threshold: Option<f64>,
-    /// Success rate (0-1 or percent) below which the canary is rolled back.
+    /// Success rate in percent (0-100) below which the canary is rolled back.
     #[arg(long)]
     rollback_threshold: Option<f64>,
     /// Samples needed per step for a verdict.

@@ -21,7 +21,7 @@ use crate::{
 /// The agent's admin address inside the gateway namespace.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
 /// The lab's admin bearer token.
-pub const ADMIN_TOKEN: &str = "lab-secret";
+pub const ADMIN_TOKEN: &str = "lab-admin-token-0123";
 /// The agent's process name in the lab.
 pub const AGENT: &str = "agent";
 /// How long the agent gets to load XDP and answer `/health`.

@@ -18,8 +18,8 @@ use std::{
 };
 
 use keystone_lab::{
-    AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder,
-    Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd,
+    AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, Deployment, HealthCheck, HoldEvent, Lab,
+    LabBuilder, Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd,
 };
 
 /// The port every ks-backend serves on.
@@ -225,7 +225,25 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
 
     let id = start_web_canary(&lab, "2s");
     spawn_wait(&mut lab, "wait", &id, "90s");
+    let done = measure_each_step(&lab, vip, &id, &[10.0, 40.0, 70.0, 100.0]);
+    assert_eq!(
+        wait_code(&mut lab, "wait"),
+        Some(0),
+        "keystone-ctl wait on a promoted canary\n{}",
+        lab.agent_diagnostics()
+    );
+    let last = done.history.last().expect("history");
+    assert!(
+        last.state == "completed" && last.reason.contains("promoted"),
+        "last step: {last:?}"
+    );
+}
 
+/// Opens batches of new connections to `vip` while deployment `id` (blue → green)
+/// runs, until it completes with its last step measured; asserts it went through
+/// `want` (after any 0 % validation step) and that each step's split of new
+/// connections is within [`TOLERANCE`]. Returns the completed deployment.
+fn measure_each_step(lab: &Lab, vip: SocketAddr, id: &str, want: &[f64]) -> Deployment {
     // Percentage (in tenths) → what the batches measured entirely within it.
     let mut steps: BTreeMap<u32, Summary> = BTreeMap::new();
     let mut straddled = 0;
@@ -233,13 +251,13 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
     let done = loop {
         assert!(
             started.elapsed() < LONG && straddled < 100,
-            "the canary did not finish measuring within {LONG:?} ({straddled} batches straddled a step)\n{}",
+            "{id} did not finish measuring within {LONG:?} ({straddled} batches straddled a step)\n{}",
             lab.agent_diagnostics()
         );
-        let before = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        let before = ok(lab, "GET /deployments/{id}", lab.deployment(id));
         assert!(
             before.state == "progressing" || before.state == "completed",
-            "the healthy canary is {}\n{}",
+            "{id} is {}\n{}",
             before.summary(),
             lab.agent_diagnostics()
         );
@@ -249,8 +267,8 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
         if before.state == "completed" && final_measured {
             break before;
         }
-        let s = tcp(&lab, vip, BATCH);
-        let after = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        let s = tcp(lab, vip, BATCH);
+        let after = ok(lab, "GET /deployments/{id}", lab.deployment(id));
         if after.canary_percent == before.canary_percent {
             steps
                 .entry((before.canary_percent * 10.0).round() as u32)
@@ -261,13 +279,12 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
         }
     };
 
-    assert_eq!(
-        done.percent_steps(),
-        [10.0, 40.0, 70.0, 100.0],
-        "the canary's steps\n{}",
-        done.history_table()
-    );
-    for percent in done.percent_steps() {
+    let mut went_through = done.percent_steps();
+    if went_through.first() == Some(&0.0) {
+        went_through.remove(0);
+    }
+    assert_eq!(went_through, want, "{id}'s steps\n{}", done.history_table());
+    for &percent in want {
         let s = steps
             .get(&((percent * 10.0).round() as u32))
             .cloned()
@@ -284,17 +301,47 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
             panic!("step {percent}%: {table}\n{}", lab.agent_diagnostics());
         }
     }
-    assert_eq!(
-        wait_code(&mut lab, "wait"),
-        Some(0),
-        "keystone-ctl wait on a promoted canary\n{}",
-        lab.agent_diagnostics()
+    done
+}
+
+/// The seed's blue/green block with `switch_strategy: "gradual"` (and its
+/// `validation_endpoint: "/health"`): a switch request that names no strategy, as the
+/// seed's `keystone-deploy.sh` sends without `"strategy"`, moves green up in steps,
+/// each step's split of new connections measured, then completes on green.
+#[test]
+fn seed_gradual_switch_moves_in_steps() {
+    let vip = v4(80);
+    let lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![
+            tenant(lab, "web", vip, &[("blue", 100), ("green", 0)])
+                .blue_green("blue", SwitchConfig::seed_gradual("2s", 25.0)),
+        ])
+    });
+    let before = tcp(&lab, vip, BATCH);
+    assert_all_on(
+        &lab,
+        "before the switch (active_environment blue)",
+        &before,
+        "blue",
     );
-    let last = done.history.last().expect("history");
-    assert!(
-        last.state == "completed" && last.reason.contains("promoted"),
-        "last step: {last:?}"
+    let (status, body) = ok(
+        &lab,
+        "POST /deployments/blue-green/switch",
+        lab.admin_send(
+            "POST",
+            "/deployments/blue-green/switch",
+            Auth::Token,
+            &[],
+            Some(r#"{"service":"web","from":"blue","to":"green"}"#),
+        ),
     );
+    assert_eq!(status, 202, "{body}\n{}", lab.agent_diagnostics());
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let id = answer["deployment_id"].as_str().expect("deployment_id");
+    let done = measure_each_step(&lab, vip, id, &[25.0, 50.0, 75.0, 100.0]);
+    assert_eq!(done.strategy, "blue_green");
+    let s = tcp(&lab, vip, BATCH);
+    assert_all_on(&lab, "after the gradual switch", &s, "green");
 }
 
 /// A canary whose backend starts failing its health check mid-rollout (its server is
