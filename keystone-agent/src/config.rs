@@ -16,7 +16,7 @@ use keystone_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{BackendSpec, Limits, VipSpec},
+    dataplane::{AttachMode, BackendSpec, Limits, VipSpec},
     yaml_lines,
 };
 
@@ -25,6 +25,9 @@ pub struct Config {
     /// Interfaces the XDP program attaches to (client side and backend side).
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// How the program attaches to them: `xdp` (native, the default) or `xdp-generic`.
+    #[serde(default)]
+    pub attach: AttachMode,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

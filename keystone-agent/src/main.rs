@@ -121,6 +121,7 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
         interfaces: interfaces.clone(),
         pin_dir: args.pin_dir.clone(),
         limits: config.config.limits,
+        xdp_mode: config.config.attach,
         ..LoadOptions::default()
     })
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;

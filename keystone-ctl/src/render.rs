@@ -75,6 +75,13 @@ pub fn status(status: &Value) -> String {
         text(&status["config_generation"]),
         text(&status["config_loaded_at"])
     );
+    for p in status["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "PROBLEM {}: {}\n",
+            text(&p["kind"]),
+            text(&p["message"])
+        ));
+    }
     let window = status["traffic_window_seconds"].as_f64().unwrap_or(0.0);
     for t in status["tenants"].as_array().into_iter().flatten() {
         out.push_str(&format!(

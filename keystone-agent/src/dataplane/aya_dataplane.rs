@@ -3,7 +3,9 @@
 //! through [`Tables`].
 
 use std::{
+    collections::BTreeSet,
     fs, io,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -21,17 +23,17 @@ use keystone_common::{
     Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
     VipInfo, backend_flags,
     legacy::{ReverseNatV1, VipInfoV1, v1_ring_base},
-    limits::{ring::NO_BACKEND, stats::XDP_ACTIONS},
+    limits::{iface::MAX_IFINDEX, ring::NO_BACKEND, stats::XDP_ACTIONS},
     names,
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, Limits, VipSpec, object,
+    Counters, Dataplane, DataplaneError, Limits, VipSpec, interfaces, object,
     tables::{MapWriter, Tables},
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 14] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::ADDR_FILTER,
@@ -45,6 +47,7 @@ pub const MAP_NAMES: [&str; 13] = [
     names::ACTION_STATS,
     names::REASON_STATS,
     names::EVENT_STATS,
+    names::IFACES,
 ];
 
 /// The maps whose size is a capacity from `Limits`, with the `limits.` field that
@@ -68,14 +71,17 @@ pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 10] {
     ]
 }
 
-/// How the program is attached to each interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the program is attached to each interface (the config's `attach:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum AttachMode {
-    /// Native (driver) XDP; falls back to generic mode, with a warning, where the
-    /// driver refuses it.
+    /// `xdp`: native (driver) XDP; falls back to generic mode, with a warning, where
+    /// the driver refuses it (a bridge, bond or VLAN device).
     #[default]
+    #[serde(rename = "xdp")]
     Driver,
-    /// Generic (skb) XDP only.
+    /// `xdp-generic`: generic (skb) XDP only. Slower, but its redirects go through
+    /// the kernel's transmit path, so they reach any device (a bridge included).
+    #[serde(rename = "xdp-generic")]
     Generic,
 }
 
@@ -122,6 +128,9 @@ struct Attachment {
     interface: String,
     pin: PathBuf,
     link: FdLink,
+    /// `iface_flags` for the mode it was attached in; `None` when the program was
+    /// swapped into a link a previous agent pinned (mode not known here).
+    flags: Option<u32>,
 }
 
 /// The loaded program and its maps. Dropping it leaves the pins in place, so
@@ -132,6 +141,10 @@ pub struct AyaDataplane {
     pin_dir: PathBuf,
     attachments: Vec<Attachment>,
     reused_maps: bool,
+    /// (interface, `iface_flags`) as written to `names::IFACES`.
+    iface_flags: Vec<(String, u32)>,
+    /// dsr backends whose route `interfaces::check_dsr_backends` accepted.
+    dsr_checked: BTreeSet<(String, IpAddr)>,
 }
 
 impl std::fmt::Debug for AyaDataplane {
@@ -221,6 +234,7 @@ impl AyaDataplane {
         for interface in &opts.interfaces {
             attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode)?);
         }
+        let iface_flags = write_iface_flags(&mut ebpf, &attachments)?;
 
         // The new program is attached; an old one still running elsewhere keeps its
         // own reference to a V1 map.
@@ -239,7 +253,15 @@ impl AyaDataplane {
             pin_dir,
             attachments,
             reused_maps,
+            iface_flags,
+            dsr_checked: BTreeSet::new(),
         })
+    }
+
+    /// Sets `iface_flags` for `ifindex` in `names::IFACES` (e.g. for tests that run
+    /// packets through a program attached nowhere).
+    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+        set_iface_flags(&mut self.ebpf, ifindex, flags)
     }
 
     /// Whether the maps were pinned by a previous run and reused.
@@ -330,6 +352,7 @@ impl AyaDataplane {
 
 impl Dataplane for AyaDataplane {
     fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+        interfaces::check_dsr_backends(vips, &self.iface_flags, &mut self.dsr_checked)?;
         self.tables.apply(vips)
     }
 
@@ -620,21 +643,26 @@ fn attach(
             interface: interface.to_owned(),
             pin,
             link,
+            flags: None,
         });
     }
-    let id = match mode {
+    let (id, native) = match mode {
         AttachMode::Driver => match program.attach(interface, XdpMode::Driver) {
-            Ok(id) => id,
+            Ok(id) => (id, true),
             Err(error) => {
                 tracing::warn!(interface, %error, "native XDP attach failed; falling back to generic (skb) mode");
-                program
+                let id = program
                     .attach(interface, XdpMode::Skb)
-                    .map_err(attach_err)?
+                    .map_err(attach_err)?;
+                (id, false)
             }
         },
-        AttachMode::Generic => program
-            .attach(interface, XdpMode::Skb)
-            .map_err(attach_err)?,
+        AttachMode::Generic => (
+            program
+                .attach(interface, XdpMode::Skb)
+                .map_err(attach_err)?,
+            false,
+        ),
     };
     let link = program.take_link(id).map_err(attach_err)?;
     let link: FdLink = link.try_into().map_err(link_err)?;
@@ -646,7 +674,49 @@ fn attach(
         interface: interface.to_owned(),
         pin,
         link: pinned.into(),
+        flags: Some(interfaces::flags(native)),
     })
+}
+
+fn set_iface_flags(ebpf: &mut Ebpf, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+    let map = ebpf
+        .map_mut(names::IFACES)
+        .ok_or(DataplaneError::MissingMap { map: names::IFACES })?;
+    Array::<_, u32>::try_from(map)
+        .and_then(|mut a| a.set(ifindex, flags, 0))
+        .map_err(map_err(names::IFACES))
+}
+
+/// Writes each attachment's `iface_flags` to `names::IFACES` and returns them. A
+/// link swapped over from a previous agent keeps the flags that agent wrote (the
+/// map is pinned), or gets `interfaces::guessed_flags` if it wrote none.
+fn write_iface_flags(
+    ebpf: &mut Ebpf,
+    attachments: &[Attachment],
+) -> Result<Vec<(String, u32)>, DataplaneError> {
+    let mut written = Vec::new();
+    for a in attachments {
+        let name = a.interface.as_str();
+        let Some(ifindex) = interfaces::ifindex(name).filter(|i| *i < MAX_IFINDEX) else {
+            tracing::warn!(
+                interface = name,
+                "ifindex unknown or not below {MAX_IFINDEX}: packets are never redirected into this interface, the kernel forwards them"
+            );
+            continue;
+        };
+        let pinned = || -> Option<u32> {
+            let map = ebpf.map(names::IFACES)?;
+            let value = Array::<_, u32>::try_from(map).ok()?.get(&ifindex, 0).ok()?;
+            (value != 0).then_some(value)
+        };
+        let flags = a
+            .flags
+            .or_else(pinned)
+            .unwrap_or_else(|| interfaces::guessed_flags(name));
+        set_iface_flags(ebpf, ifindex, flags)?;
+        written.push((a.interface.clone(), flags));
+    }
+    Ok(written)
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
