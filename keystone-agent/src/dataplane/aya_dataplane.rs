@@ -185,6 +185,7 @@ impl AyaDataplane {
         let reused_maps =
             pin_dir.join(names::VIPS).exists() || pin_dir.join(names::VIPS_V1).exists();
         drop_resized_conn_table(&pin_dir, limits.conn_table_entries)?;
+        drop_resized_counter_maps(&pin_dir)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -427,6 +428,34 @@ fn drop_resized_conn_table(pin_dir: &Path, entries: u32) -> Result<(), Dataplane
             "limits.conn_table_entries changed: replacing the connection table; tracked flows are re-picked (same backend unless weights changed)"
         );
         remove_if_exists(&path)?;
+    }
+    Ok(())
+}
+
+/// Unpins the per-reason and per-event counter maps if an older agent pinned them
+/// with fewer entries than this program counts (it added a `Reason` or `Event`): the
+/// loader creates them anew at the right size, and those counters restart from 0.
+fn drop_resized_counter_maps(pin_dir: &Path) -> Result<(), DataplaneError> {
+    for (map, entries) in [
+        (names::REASON_STATS, Reason::COUNT),
+        (names::EVENT_STATS, Event::COUNT),
+    ] {
+        let path = pin_dir.join(map);
+        if !path.exists() {
+            continue;
+        }
+        let pinned = MapInfo::from_pin(&path)
+            .map_err(map_err(map))?
+            .max_entries();
+        if pinned != entries {
+            tracing::info!(
+                map,
+                pinned,
+                entries,
+                "counter map resized: its counters restart from 0"
+            );
+            remove_if_exists(&path)?;
+        }
     }
     Ok(())
 }
