@@ -384,6 +384,20 @@ mod tests {
     }
 
     #[test]
+    fn status_puts_problems_above_the_tenants() {
+        let status = json!({
+            "config_path": "k.yaml", "config_generation": 1, "config_loaded_at": "t",
+            "problems": [{"kind": "partial_checksums", "message": "3 TCP SYN(s) ... tx off"}],
+            "tenants": [],
+        });
+        assert_eq!(
+            super::status(&status),
+            "config k.yaml (generation 1, loaded t)\n\
+             PROBLEM partial_checksums: 3 TCP SYN(s) ... tx off\n"
+        );
+    }
+
+    #[test]
     fn tenant_table_shows_weights_health_and_traffic() {
         let t = json!({
             "name": "api", "vip": "198.18.0.10:80", "protocol": "tcp", "mode": "nat",

@@ -149,27 +149,33 @@ fn dsr_behind_a_bridge_given_its_ports_splits_90_10_with_generic_xdp() {
 }
 
 /// Native XDP cannot get a dsr packet into a bridge: the agent refuses to start and
-/// says which backend, which device and what to do, instead of serving nothing.
+/// says which backend, which device and what to do, instead of serving nothing. Both
+/// lists of interfaces, in one lab (the agent is started twice).
 #[test]
 fn dsr_behind_a_bridge_with_native_xdp_is_refused_at_start() {
     let mut lab = bridged_lab(Mode::Dsr);
-    let config = config_text(&lab, Mode::Dsr, interfaces(&lab, Attach::Ports), "");
-    let err = match start(&mut lab, &config) {
-        Ok(()) => panic!("the agent started\n{}", context(&lab)),
-        Err(e) => e.to_string(),
-    };
-    let stderr = lab.stderr_of("agent").unwrap_or_default();
+    let r = lab.start_backends(BACKEND_PORT);
+    ok(&lab, "starting the backends", r);
     let blue = lab.backend("blue").expect("blue").ipv4;
-    for needle in [
-        "tenant web".to_owned(),
-        format!("{blue}"),
-        format!("{BRIDGE} (a bridge)"),
-        "attach: xdp-generic".to_owned(),
-    ] {
-        assert!(
-            stderr.contains(&needle),
-            "the agent's refusal should name {needle:?}; it said:\n{stderr}\n({err})"
-        );
+    for attach in [Attach::Bridge, Attach::Ports] {
+        let config = config_text(&lab, Mode::Dsr, interfaces(&lab, attach), "");
+        ok(&lab, "writing the config", lab.write_config_text(&config));
+        if let Ok(()) = lab.start_agent() {
+            panic!("the agent started with {attach:?}\n{}", context(&lab));
+        }
+        let stderr = lab.stderr_of("agent").unwrap_or_default();
+        for needle in [
+            "tenant web".to_owned(),
+            format!("{blue}"),
+            format!("{BRIDGE} (a bridge)"),
+            "attach: xdp-generic".to_owned(),
+        ] {
+            assert!(
+                stderr.contains(&needle),
+                "{attach:?}: the agent's refusal should name {needle:?}; it said:\n{stderr}"
+            );
+        }
+        ok(&lab, "reaping the agent", lab.stop("agent"));
     }
 }
 
