@@ -4,6 +4,7 @@
 //! Exit codes: 0 clean shutdown; 64 invalid config or arguments; 1 anything else.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
@@ -18,7 +19,11 @@ use keystone_agent::{
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
-    dataplane::aya_dataplane::{AyaDataplane, LoadOptions},
+    dataplane::{
+        AttachMode,
+        aya_dataplane::{AyaDataplane, LoadOptions},
+        interfaces,
+    },
     store::Store,
     webhook::WebhookVerifier,
 };
@@ -117,6 +122,11 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     let token = admin_token(&config, &args.state_dir)?;
     let admin_addr = config.config.admin.listen;
 
+    // Before anything is attached, so a refused config leaves nothing behind.
+    let attached =
+        interfaces::predicted_flags(&interfaces, config.config.attach == AttachMode::Generic);
+    interfaces::check_dsr_backends(&config.vip_specs(), &attached, &mut BTreeSet::new())
+        .context("cannot serve the config")?;
     let dataplane = AyaDataplane::load(LoadOptions {
         interfaces: interfaces.clone(),
         pin_dir: args.pin_dir.clone(),

@@ -175,7 +175,8 @@ fn dsr_behind_a_bridge_with_native_xdp_is_refused_at_start() {
                 "{attach:?}: the agent's refusal should name {needle:?}; it said:\n{stderr}"
             );
         }
-        ok(&lab, "reaping the agent", lab.stop("agent"));
+        let r = lab.stop("agent");
+        ok(&lab, "reaping the agent", r);
     }
 }
 

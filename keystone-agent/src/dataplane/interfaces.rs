@@ -140,7 +140,17 @@ pub fn flags(native: bool) -> u32 {
 /// known here): native where the device has a native XDP hook, as the attach
 /// fallback would have chosen.
 pub fn guessed_flags(name: &str) -> u32 {
-    flags(kind(name).has_native_xdp())
+    predicted_flags(&[name.to_owned()], false)[0].1
+}
+
+/// The flags `interfaces` will get when attached (`generic`: `attach: xdp-generic`),
+/// as the attach fallback chooses: native where the device has a native XDP hook.
+/// For checking a config before anything is attached.
+pub fn predicted_flags(interfaces: &[String], generic: bool) -> Vec<(String, u32)> {
+    interfaces
+        .iter()
+        .map(|i| (i.clone(), flags(!generic && kind(i).has_native_xdp())))
+        .collect()
 }
 
 /// Refuses dsr backends XDP cannot reach: a dsr packet keeps the VIP as its
