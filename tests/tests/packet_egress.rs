@@ -203,3 +203,40 @@ fn counter_maps_pinned_smaller_by_an_older_agent_are_replaced() {
         assert_eq!(c.events[Event::SynChecksumPartial as usize], 1);
     });
 }
+
+/// The agent writes each interface's flags after attaching, keeps them pinned across a
+/// restart, and an agent taking over the links of an older one that wrote none infers
+/// them from the device (a veth has native XDP: a redirect target).
+#[test]
+fn interface_flags_are_written_on_attach_and_inferred_for_links_of_older_agents() {
+    use aya::maps::{Array, Map, MapData};
+    use keystone_agent::dataplane::{AyaDataplane, Dataplane, LoadOptions};
+    use keystone_common::names;
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let opts = LoadOptions {
+            interfaces: vec![IN_IF.into()],
+            ..LoadOptions::new(&pin_dir)
+        };
+        let flags_of = |ifindex: u32| -> u32 {
+            let map = Map::from_map_data(MapData::from_pin(pin_dir.join(names::IFACES)).unwrap())
+                .unwrap();
+            let array: Array<MapData, u32> = map.try_into().unwrap();
+            array.get(&ifindex, 0).unwrap()
+        };
+        let (inn, out) = (ifindex(IN_IF), ifindex(OUT_IF));
+        for round in ["fresh", "restart", "older agent's pins"] {
+            if round == "older agent's pins" {
+                std::fs::remove_file(pin_dir.join(names::IFACES)).unwrap();
+            }
+            let mut dp =
+                AyaDataplane::load(opts.clone()).unwrap_or_else(|e| panic!("{round}: load: {e}"));
+            assert_eq!(flags_of(inn), iface_flags::REDIRECT_TARGET, "{round}");
+            assert_eq!(flags_of(out), 0, "{round}: not attached, not a target");
+            dp.shutdown(true).unwrap();
+        }
+        AyaDataplane::load(opts).unwrap().detach().unwrap();
+    });
+}

@@ -56,14 +56,20 @@ fn sys(name: &str, file: &str) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-/// The interface's ifindex.
+/// The interface's ifindex in this process's network namespace (sysfs shows the
+/// namespace it was mounted in, which need not be ours).
 pub fn ifindex(name: &str) -> Option<u32> {
-    sys(name, "ifindex")?.parse().ok()
+    nix::net::if_::if_nametoindex(name).ok()
 }
 
-/// What kind of device `name` is (`Other` if sysfs does not say).
+/// What kind of device `name` is, from sysfs (`Other` if it does not say; a veth
+/// when sysfs does not know the device at all, as in a namespace entered without
+/// remounting /sys: the common case for an attached interface).
 pub fn kind(name: &str) -> Kind {
     let dir = Path::new(SYS_NET).join(name);
+    if !dir.exists() {
+        return Kind::Veth;
+    }
     let devtype = sys(name, "uevent").and_then(|u| {
         u.lines()
             .find_map(|l| l.strip_prefix("DEVTYPE=").map(str::to_owned))
