@@ -129,10 +129,9 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
         .context("cannot serve the config")?;
     let dataplane = AyaDataplane::load(LoadOptions {
         interfaces: interfaces.clone(),
-        pin_dir: args.pin_dir.clone(),
         limits: config.config.limits,
         xdp_mode: config.config.attach,
-        ..LoadOptions::default()
+        ..LoadOptions::new(args.pin_dir.clone())
     })
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
     let webhook = match &config.config.webhook {

@@ -14,7 +14,7 @@ use crate::{
 #[inline(always)]
 pub fn check_syn(pkt: &Packet) {
     let l4_len = (pkt.ip_len as usize).wrapping_sub(pkt.l4 - pkt.ip);
-    if l4_len > MAX_CHECKED_L4 || l4_len % 2 != 0 {
+    if l4_len > MAX_CHECKED_L4 || !l4_len.is_multiple_of(2) {
         return;
     }
     // Pseudo-header (RFC 9293 3.1 / RFC 8200 8.1): addresses, protocol, length; as

@@ -27,25 +27,7 @@ fn bins() -> Bins {
 
 /// Processes' output, `keystone-ctl status` and the non-zero metrics.
 fn context(lab: &Lab) -> String {
-    let mut s = lab.diagnostics();
-    if let Ok(out) = lab.ctl(&["status"]) {
-        s.push_str(&format!(
-            "--- keystone-ctl status:\n{}{}\n",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    if let Ok((_, metrics)) = lab.admin_get("/metrics") {
-        let lines: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("keystone_xdp") && !l.ends_with(" 0"))
-            .collect();
-        s.push_str(&format!(
-            "--- non-zero XDP metrics:\n{}\n",
-            lines.join("\n")
-        ));
-    }
-    s
+    lab.traffic_diagnostics()
 }
 
 fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {

@@ -440,13 +440,9 @@ fn drop_resized_counter_maps(pin_dir: &Path) -> Result<(), DataplaneError> {
         (names::REASON_STATS, Reason::COUNT),
         (names::EVENT_STATS, Event::COUNT),
     ] {
-        let path = pin_dir.join(map);
-        if !path.exists() {
+        let Some(pinned) = pinned_entries(pin_dir, map)? else {
             continue;
-        }
-        let pinned = MapInfo::from_pin(&path)
-            .map_err(map_err(map))?
-            .max_entries();
+        };
         if pinned != entries {
             tracing::info!(
                 map,
@@ -454,10 +450,20 @@ fn drop_resized_counter_maps(pin_dir: &Path) -> Result<(), DataplaneError> {
                 entries,
                 "counter map resized: its counters restart from 0"
             );
-            remove_if_exists(&path)?;
+            remove_if_exists(&pin_dir.join(map))?;
         }
     }
     Ok(())
+}
+
+/// The size of `map` pinned in `pin_dir`, if it is pinned there.
+fn pinned_entries(pin_dir: &Path, map: &'static str) -> Result<Option<u32>, DataplaneError> {
+    let path = pin_dir.join(map);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = MapInfo::from_pin(&path).map_err(map_err(map))?;
+    Ok(Some(info.max_entries()))
 }
 
 fn sum_l4(
@@ -551,13 +557,9 @@ fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), Datapl
         if map == names::CONNS {
             continue;
         }
-        let path = pin_dir.join(map);
-        if !path.exists() {
+        let Some(pinned) = pinned_entries(pin_dir, map)? else {
             continue;
-        }
-        let pinned = MapInfo::from_pin(&path)
-            .map_err(map_err(map))?
-            .max_entries();
+        };
         if pinned != wanted {
             return Err(DataplaneError::PinnedCapacity {
                 map,
