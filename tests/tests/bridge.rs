@@ -162,14 +162,77 @@ fn dsr_behind_a_bridge_with_native_xdp_is_refused_at_start() {
     }
 }
 
-/// Turns the client's transmit checksum offload on or off (`ethtool -K eth-gw tx …`).
+/// Turns the client's transmit checksum offload on or off.
 fn client_tx_offload(lab: &Lab, on: bool) {
-    let r = lab.exec(
-        lab.client_ns(),
-        "ethtool",
-        &["-K", "eth-gw", "tx", if on { "on" } else { "off" }],
+    tx_offload(lab, lab.client_ns(), "eth-gw", on);
+}
+
+/// The metric, `status` and `keystone-ctl status` all report partial checksums.
+fn assert_partial_checksums_reported(lab: &Lab) {
+    let (_, metrics) = ok(lab, "GET /metrics", lab.admin_get("/metrics"));
+    let partial = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keystone_xdp_events_total{event=\"syn_checksum_partial\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(
+        partial.is_some_and(|n| n > 0),
+        "metric syn_checksum_partial should count the SYNs: {partial:?}\n{}",
+        context(lab)
     );
-    ok(lab, "ethtool on the client", r);
+    let (_, status) = ok(lab, "GET /status", lab.admin_get("/status"));
+    let status: serde_json::Value = ok(lab, "status JSON", serde_json::from_str(&status));
+    let problems = status["problems"].as_array().cloned().unwrap_or_default();
+    assert!(
+        problems.iter().any(|p| p["kind"] == "partial_checksums"
+            && p["message"].as_str().is_some_and(|m| m.contains("tx off"))),
+        "status should report partial checksums with the remedy: {status:#}"
+    );
+    let out = ok(lab, "keystone-ctl status", lab.ctl(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("PROBLEM") && text.contains("partial"),
+        "keystone-ctl status should show the problem:\n{text}"
+    );
+}
+
+/// `ethtool -K <dev> tx on|off` in namespace `ns`.
+fn tx_offload(lab: &Lab, ns: &str, dev: &str, on: bool) {
+    let r = lab.exec(
+        ns,
+        "ethtool",
+        &["-K", dev, "tx", if on { "on" } else { "off" }],
+    );
+    ok(lab, &format!("ethtool -K {dev} in {ns}"), r);
+}
+
+/// Generic XDP keeps a partial checksum's metadata, but the program's fix-up assumes a
+/// complete checksum: once the kernel completes it on the way out (here: the bridge
+/// sends through ports without transmit offload, so the kernel computes it), the result
+/// is wrong and connections fail. (A redirect straight into a veth hands the partial
+/// packet on untouched and its receiver trusts it, which hides the problem.) So
+/// `attach: xdp-generic` is no remedy (README), and the problem is reported there too.
+#[test]
+fn generic_xdp_is_no_remedy_for_partial_checksums() {
+    let mut lab = bridged_lab(Mode::Nat);
+    let config = config_text(
+        &lab,
+        Mode::Nat,
+        interfaces(&lab, Attach::Ports),
+        "attach: xdp-generic\n",
+    );
+    let r = start(&mut lab, &config);
+    ok(&lab, "starting the bridged lab", r);
+    let gw = lab.gateway_ns().to_owned();
+    for b in lab.backends().to_vec() {
+        tx_offload(&lab, &gw, &b.gw_if, false);
+    }
+    client_tx_offload(&lab, true);
+    let s = ok(&lab, "connections", lab.tcp_connections(vip(Mode::Nat), 50));
+    assert!(
+        s.failed > 0,
+        "partial checksums through generic XDP were expected to fail: {s:?}"
+    );
+    assert_partial_checksums_reported(&lab);
 }
 
 /// A veth sender with transmit checksum offload on hands the gateway packets whose
@@ -195,30 +258,7 @@ fn partial_checksums_from_a_sender_are_reported_and_tx_off_fixes_them() {
         "with partial checksums connections were expected to fail: {broken:?}"
     );
 
-    let (_, metrics) = ok(&lab, "GET /metrics", lab.admin_get("/metrics"));
-    let partial = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("keystone_xdp_events_total{event=\"syn_checksum_partial\"} "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    assert!(
-        partial.is_some_and(|n| n > 0),
-        "metric syn_checksum_partial should count the SYNs: {partial:?}\n{}",
-        context(&lab)
-    );
-    let (_, status) = ok(&lab, "GET /status", lab.admin_get("/status"));
-    let status: serde_json::Value = ok(&lab, "status JSON", serde_json::from_str(&status));
-    let problems = status["problems"].as_array().cloned().unwrap_or_default();
-    assert!(
-        problems.iter().any(|p| p["kind"] == "partial_checksums"
-            && p["message"].as_str().is_some_and(|m| m.contains("tx off"))),
-        "status should report partial checksums with the remedy: {status:#}"
-    );
-    let out = ok(&lab, "keystone-ctl status", lab.ctl(&["status"]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("PROBLEM") && text.contains("partial"),
-        "keystone-ctl status should show the problem:\n{text}"
-    );
+    assert_partial_checksums_reported(&lab);
 
     client_tx_offload(&lab, false);
     let s = ok(&lab, "connections with tx offload off", {
