@@ -19,7 +19,11 @@ use crate::{
         ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, PrometheusQuery,
         Protocol, ResolvedTenant, Strategy,
     },
-    dataplane::{Counters, Dataplane, DataplaneError, VipSpec, pins::PinWatch},
+    dataplane::{
+        Counters, Dataplane, DataplaneError, VipSpec,
+        pins::PinWatch,
+        problems::{DataplaneProblem, problems},
+    },
     deploy::{
         self, Action, DeployState, Deployment, Params, Samples, Signals, TrafficPlan,
         effective_weights,
@@ -1190,6 +1194,17 @@ impl Agent {
         let counters = self.counters()?;
         let now = Instant::now();
         let mut samples = self.samples.lock().expect("samples lock poisoned");
+        // Logged when a problem starts (the previous second did not show it).
+        let last = samples.back().map(|(_, c)| c);
+        let earlier = samples.len().checked_sub(2).and_then(|i| samples.get(i));
+        if let Some(last) = last {
+            let ongoing = problems(last, earlier.map(|(_, c)| c));
+            for p in problems(&counters, Some(last)) {
+                if !ongoing.iter().any(|o| o.kind == p.kind) {
+                    tracing::warn!(problem = p.kind, "{}", p.message);
+                }
+            }
+        }
         samples.push_back((now, counters));
         while samples.len() > 2
             && samples
@@ -1292,6 +1307,7 @@ impl Agent {
             })
             .collect();
         Ok(Status {
+            problems: problems(&now, window.map(|(_, c)| c)),
             config_path: live.config.path.display().to_string(),
             config_generation: live.generation,
             config_loaded_at: humantime::format_rfc3339_seconds(live.loaded_at).to_string(),
@@ -1410,6 +1426,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
             "interfaces",
             "the interfaces the XDP program is attached to".into(),
         ));
+    }
+    if old.config.attach != new.config.attach {
+        return Some(problem("attach", "how the XDP program is attached".into()));
     }
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
@@ -1607,6 +1626,9 @@ pub struct TenantBackendView {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
+    /// What makes traffic fail now although everything looks up (see
+    /// `dataplane::problems`); empty when all is well.
+    pub problems: Vec<DataplaneProblem>,
     pub config_path: String,
     pub config_generation: u64,
     pub config_loaded_at: String,

@@ -16,7 +16,7 @@ use keystone_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{BackendSpec, Limits, VipSpec},
+    dataplane::{AttachMode, BackendSpec, Limits, VipSpec},
     yaml_lines::{self, Index},
 };
 
@@ -33,8 +33,9 @@ pub use check::check_report;
 
 /// The keys a config may have at its top level; any other is an error (a typo such
 /// as `tenant:` would otherwise leave the agent with no tenant).
-pub const TOP_LEVEL_KEYS: [&str; 6] = [
+pub const TOP_LEVEL_KEYS: [&str; 7] = [
     "interfaces",
+    "attach",
     "admin",
     "tenants",
     "webhook",
@@ -47,6 +48,9 @@ pub struct Config {
     /// Interfaces the XDP program attaches to (client side and backend side).
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// How the program attaches to them: `xdp` (native, the default) or `xdp-generic`.
+    #[serde(default)]
+    pub attach: AttachMode,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

@@ -4,6 +4,7 @@
 //! Exit codes: 0 clean shutdown; 64 invalid config or arguments; 1 anything else.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
     net::SocketAddr,
     os::unix::fs::OpenOptionsExt,
@@ -20,7 +21,9 @@ use keystone_agent::{
     api::{ApiState, router},
     config::{LoadedConfig, check_admin_token},
     dataplane::{
+        AttachMode,
         aya_dataplane::{AyaDataplane, LoadOptions},
+        interfaces,
         start::Start,
     },
     store::Store,
@@ -179,11 +182,16 @@ fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     let admin_addr = config.config.admin.listen;
     let listener = bind_admin(admin_addr)
         .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
+    // Before anything is attached, so a refused config leaves nothing behind.
+    let attached =
+        interfaces::predicted_flags(&interfaces, config.config.attach == AttachMode::Generic);
+    interfaces::check_dsr_backends(&config.vip_specs(), &attached, &mut BTreeSet::new())
+        .context("cannot serve the config")?;
     let (dataplane, start) = AyaDataplane::begin(LoadOptions {
         interfaces: interfaces.clone(),
-        pin_dir: args.pin_dir.clone(),
         limits: config.config.limits,
-        ..LoadOptions::default()
+        xdp_mode: config.config.attach,
+        ..LoadOptions::new(args.pin_dir.clone())
     })
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
     let kept = keystone_agent::privileges::drop_privileges()

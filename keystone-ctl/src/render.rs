@@ -75,6 +75,13 @@ pub fn status(status: &Value) -> String {
         text(&status["config_generation"]),
         text(&status["config_loaded_at"])
     );
+    for p in status["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "PROBLEM {}: {}\n",
+            text(&p["kind"]),
+            text(&p["message"])
+        ));
+    }
     let window = status["traffic_window_seconds"].as_f64().unwrap_or(0.0);
     for t in status["tenants"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -395,6 +402,20 @@ mod tests {
                 "100000"
             ]),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn status_puts_problems_above_the_tenants() {
+        let status = json!({
+            "config_path": "k.yaml", "config_generation": 1, "config_loaded_at": "t",
+            "problems": [{"kind": "partial_checksums", "message": "3 TCP SYN(s) ... tx off"}],
+            "tenants": [],
+        });
+        assert_eq!(
+            super::status(&status),
+            "config k.yaml (generation 1, loaded t)\n\
+             PROBLEM partial_checksums: 3 TCP SYN(s) ... tx off\n"
         );
     }
 

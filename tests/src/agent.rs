@@ -317,6 +317,27 @@ impl Lab {
         s
     }
 
+    /// What a traffic test's failure message carries: processes' output,
+    /// `keystone-ctl status` and the non-zero `keystone_*` metrics.
+    pub fn traffic_diagnostics(&self) -> String {
+        let mut s = self.diagnostics();
+        if let Ok(out) = self.ctl(&["status"]) {
+            s.push_str(&format!(
+                "--- keystone-ctl status:\n{}{}\n",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if let Ok((_, metrics)) = self.admin_get("/metrics") {
+            let lines: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("keystone_") && !l.ends_with(" 0"))
+                .collect();
+            s.push_str(&format!("--- non-zero metrics:\n{}\n", lines.join("\n")));
+        }
+        s
+    }
+
     /// `GET /deployments` (newest first).
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
         #[derive(serde::Deserialize)]

@@ -1765,12 +1765,7 @@ fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
         }
         let specs = three_small_vips();
         dp.apply(&specs).unwrap_or_else(|e| panic!("apply: {e}"));
-        let mut gw = Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        };
+        let mut gw = Gateway::with(dp, bpffs);
         // After a weight change every VIP's live table is its second one.
         let mut changed = specs.clone();
         for spec in &mut changed {
@@ -1885,12 +1880,7 @@ fn a_pinned_v1_vip_map_is_migrated_on_load() {
         let dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
             .unwrap_or_else(|e| panic!("load over a V1 map: {e}"));
         assert!(!pin_dir.join(names::VIPS_V1).exists(), "V1 still pinned");
-        let mut gw = Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        };
+        let mut gw = Gateway::with(dp, bpffs);
         for (_, f, want) in &flows {
             assert_eq!(send(&gw, f), want.socket_addr(), "before apply: {f:?}");
         }

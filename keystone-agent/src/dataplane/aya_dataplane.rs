@@ -3,7 +3,9 @@
 //! through [`Tables`].
 
 use std::{
+    collections::BTreeSet,
     fs, io,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -22,19 +24,19 @@ use keystone_common::{
     Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
     VipInfo, backend_flags,
     legacy::{ReverseNatV1, VipInfoV1, v1_ring_base},
-    limits::{ring::NO_BACKEND, stats::XDP_ACTIONS},
+    limits::{iface::MAX_IFINDEX, ring::NO_BACKEND, stats::XDP_ACTIONS},
     names,
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, Limits, VipSpec, object,
+    Counters, Dataplane, DataplaneError, Limits, VipSpec, interfaces, object,
     pins::{PinKeeper, PinKind, PinWatch},
     start::Start,
     tables::{MapWriter, Tables},
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 14] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::ADDR_FILTER,
@@ -48,6 +50,7 @@ pub const MAP_NAMES: [&str; 13] = [
     names::ACTION_STATS,
     names::REASON_STATS,
     names::EVENT_STATS,
+    names::IFACES,
 ];
 
 /// The maps whose size is a capacity from `Limits`, with the `limits.` field that
@@ -71,14 +74,17 @@ pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 10] {
     ]
 }
 
-/// How the program is attached to each interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the program is attached to each interface (the config's `attach:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum AttachMode {
-    /// Native (driver) XDP; falls back to generic mode, with a warning, where the
-    /// driver refuses it.
+    /// `xdp`: native (driver) XDP; falls back to generic mode, with a warning, where
+    /// the driver refuses it (a bridge, bond or VLAN device).
     #[default]
+    #[serde(rename = "xdp")]
     Driver,
-    /// Generic (skb) XDP only.
+    /// `xdp-generic`: generic (skb) XDP only. Slower, but its redirects go through
+    /// the kernel's transmit path, so they reach any device (a bridge included).
+    #[serde(rename = "xdp-generic")]
     Generic,
 }
 
@@ -125,6 +131,9 @@ struct Attachment {
     interface: String,
     pin: PathBuf,
     link: FdLink,
+    /// `iface_flags` for the mode it was attached in; `None` when the program was
+    /// swapped into a link a previous agent pinned (mode not known here).
+    flags: Option<u32>,
 }
 
 /// The loaded program and its maps. Dropping it leaves the pins in place, so
@@ -136,6 +145,10 @@ pub struct AyaDataplane {
     attachments: Vec<Attachment>,
     reused_maps: bool,
     pins: PinKeeper,
+    /// (interface, `iface_flags`) as written to `names::IFACES`.
+    iface_flags: Vec<(String, u32)>,
+    /// dsr backends whose route `interfaces::check_dsr_backends` accepted.
+    dsr_checked: BTreeSet<(String, IpAddr)>,
 }
 
 impl std::fmt::Debug for AyaDataplane {
@@ -198,6 +211,7 @@ impl AyaDataplane {
         check_pinned_capacities(&pin_dir, &limits)?;
         let reused_maps = start.existed(names::VIPS) || start.existed(names::VIPS_V1);
         replace_resized_conn_table(&pin_dir, limits.conn_table_entries, start)?;
+        replace_resized_counter_maps(&pin_dir, start)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -260,6 +274,7 @@ impl AyaDataplane {
         for interface in &opts.interfaces {
             attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode, start)?);
         }
+        let iface_flags = write_iface_flags(&mut ebpf, &attachments)?;
 
         let maps = AyaMaps::take(&mut ebpf)?;
         let tables = Tables::recover(maps, limits)?;
@@ -278,7 +293,15 @@ impl AyaDataplane {
             attachments,
             reused_maps,
             pins,
+            iface_flags,
+            dsr_checked: BTreeSet::new(),
         })
+    }
+
+    /// Sets `iface_flags` for `ifindex` in `names::IFACES` (e.g. for tests that run
+    /// packets through a program attached nowhere).
+    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+        set_iface_flags(&mut self.ebpf, ifindex, flags)
     }
 
     /// Whether the maps were pinned by a previous run and reused.
@@ -372,6 +395,7 @@ impl AyaDataplane {
 
 impl Dataplane for AyaDataplane {
     fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+        interfaces::check_dsr_backends(vips, &self.iface_flags, &mut self.dsr_checked)?;
         self.tables.apply(vips)
     }
 
@@ -459,6 +483,43 @@ fn replace_resized_conn_table(
         start.replace_map(&path, old)?;
     }
     Ok(())
+}
+
+/// Replaces the per-reason and per-event counter maps if an older agent pinned them
+/// with fewer entries than this program counts (it added a `Reason` or `Event`): the
+/// loader creates them anew at the right size, and those counters restart from 0.
+/// A start that fails pins the old ones back (see [`Start`]).
+fn replace_resized_counter_maps(pin_dir: &Path, start: &mut Start) -> Result<(), DataplaneError> {
+    for (map, entries) in [
+        (names::REASON_STATS, Reason::COUNT),
+        (names::EVENT_STATS, Event::COUNT),
+    ] {
+        let Some(pinned) = pinned_entries(pin_dir, map)? else {
+            continue;
+        };
+        if pinned != entries {
+            tracing::info!(
+                map,
+                pinned,
+                entries,
+                "counter map resized: its counters restart from 0"
+            );
+            let path = pin_dir.join(map);
+            let old = MapData::from_pin(&path).map_err(map_err(map))?;
+            start.replace_map(&path, old)?;
+        }
+    }
+    Ok(())
+}
+
+/// The size of `map` pinned in `pin_dir`, if it is pinned there.
+fn pinned_entries(pin_dir: &Path, map: &'static str) -> Result<Option<u32>, DataplaneError> {
+    let path = pin_dir.join(map);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = MapInfo::from_pin(&path).map_err(map_err(map))?;
+    Ok(Some(info.max_entries()))
 }
 
 fn sum_l4(
@@ -552,13 +613,9 @@ fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), Datapl
         if map == names::CONNS {
             continue;
         }
-        let path = pin_dir.join(map);
-        if !path.exists() {
+        let Some(pinned) = pinned_entries(pin_dir, map)? else {
             continue;
-        }
-        let pinned = MapInfo::from_pin(&path)
-            .map_err(map_err(map))?
-            .max_entries();
+        };
         if pinned != wanted {
             return Err(DataplaneError::PinnedCapacity {
                 map,
@@ -675,21 +732,26 @@ fn attach(
             interface: interface.to_owned(),
             pin,
             link,
+            flags: None,
         });
     }
-    let id = match mode {
+    let (id, native) = match mode {
         AttachMode::Driver => match program.attach(interface, XdpMode::Driver) {
-            Ok(id) => id,
+            Ok(id) => (id, true),
             Err(error) => {
                 tracing::warn!(interface, %error, "native XDP attach failed; falling back to generic (skb) mode");
-                program
+                let id = program
                     .attach(interface, XdpMode::Skb)
-                    .map_err(attach_err)?
+                    .map_err(attach_err)?;
+                (id, false)
             }
         },
-        AttachMode::Generic => program
-            .attach(interface, XdpMode::Skb)
-            .map_err(attach_err)?,
+        AttachMode::Generic => (
+            program
+                .attach(interface, XdpMode::Skb)
+                .map_err(attach_err)?,
+            false,
+        ),
     };
     let link = program.take_link(id).map_err(attach_err)?;
     let link: FdLink = link.try_into().map_err(link_err)?;
@@ -702,7 +764,49 @@ fn attach(
         interface: interface.to_owned(),
         pin,
         link: pinned.into(),
+        flags: Some(interfaces::flags(native)),
     })
+}
+
+fn set_iface_flags(ebpf: &mut Ebpf, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+    let map = ebpf
+        .map_mut(names::IFACES)
+        .ok_or(DataplaneError::MissingMap { map: names::IFACES })?;
+    Array::<_, u32>::try_from(map)
+        .and_then(|mut a| a.set(ifindex, flags, 0))
+        .map_err(map_err(names::IFACES))
+}
+
+/// Writes each attachment's `iface_flags` to `names::IFACES` and returns them. A
+/// link swapped over from a previous agent keeps the flags that agent wrote (the
+/// map is pinned), or gets `interfaces::guessed_flags` if it wrote none.
+fn write_iface_flags(
+    ebpf: &mut Ebpf,
+    attachments: &[Attachment],
+) -> Result<Vec<(String, u32)>, DataplaneError> {
+    let mut written = Vec::new();
+    for a in attachments {
+        let name = a.interface.as_str();
+        let Some(ifindex) = interfaces::ifindex(name).filter(|i| *i < MAX_IFINDEX) else {
+            tracing::warn!(
+                interface = name,
+                "ifindex unknown or not below {MAX_IFINDEX}: packets are never redirected into this interface, the kernel forwards them"
+            );
+            continue;
+        };
+        let pinned = || -> Option<u32> {
+            let map = ebpf.map(names::IFACES)?;
+            let value = Array::<_, u32>::try_from(map).ok()?.get(&ifindex, 0).ok()?;
+            (value != 0).then_some(value)
+        };
+        let flags = a
+            .flags
+            .or_else(pinned)
+            .unwrap_or_else(|| interfaces::guessed_flags(name));
+        set_iface_flags(ebpf, ifindex, flags)?;
+        written.push((a.interface.clone(), flags));
+    }
+    Ok(written)
 }
 
 pub(super) fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {

@@ -17,8 +17,10 @@ use keystone_common::{
 use serde::{Deserialize, Serialize};
 
 pub mod aya_dataplane;
+pub mod interfaces;
 pub mod object;
 pub mod pins;
+pub mod problems;
 pub mod rings;
 pub mod start;
 pub mod tables;
@@ -237,6 +239,20 @@ pub enum DataplaneError {
         backend: String,
         first: String,
         second: String,
+    },
+    #[error(
+        "tenant {tenant} (dsr): backend {backend} at {address} is reached through \
+         {device}, which cannot take a redirect from native XDP, and the kernel cannot \
+         forward a dsr packet (its destination is the VIP): list that device under \
+         `interfaces:` if it has native XDP (a NIC or veth; a bridge, bond or VLAN \
+         device has none), or set `attach: xdp-generic` (generic XDP redirects into any \
+         device), or use mode nat"
+    )]
+    DsrEgress {
+        tenant: String,
+        backend: String,
+        address: std::net::IpAddr,
+        device: String,
     },
     #[error("{}", object::SKIPPED)]
     NoObject,
