@@ -52,6 +52,11 @@ pub mod conn {
     pub const MIN_CONN_TABLE_SIZE: u32 = 256;
     /// Largest configurable table.
     pub const MAX_CONN_TABLE_SIZE: u32 = 16_777_216;
+    /// An established TCP entry whose latest client packet is older than this (in
+    /// seconds) is stale: a client SYN on its 4-tuple re-picks it
+    /// (`FlowState::syn_repicks`). IPVS's default timeout of an established TCP
+    /// connection (15 minutes), after which IPVS forgets the connection entirely.
+    pub const REUSE_IDLE_S: u32 = 900;
 }
 
 /// Forwarding.
