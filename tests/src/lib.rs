@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod config;
 pub mod deploy;
 pub mod error;
+pub mod forge;
 pub mod lab;
 pub mod packet_bench;
 pub mod tools;
