@@ -17,7 +17,7 @@ pub mod names {
     pub const VIPS_V1: &str = "KS_VIPS_V1";
     pub const BACKENDS: &str = "KS_BACKENDS_V1";
     pub const RINGS: &str = "KS_RINGS_V1";
-    /// V2: `FlowState` gained the connection's TCP state (`conn_flags`, `seen_s`). A V1
+    /// V2: `FlowState` gained the connection's TCP state (`conn_flags`, `seen`). A V1
     /// map pinned by an older agent is migrated (see `CONNS_V1`), never read as V2.
     pub const CONNS: &str = "KS_CONNS_V2";
     /// The connection table of older agents (value `legacy::FlowStateV1`): its entries
@@ -320,9 +320,9 @@ pub struct FlowState {
     /// an entry migrated from `names::CONNS_V1`: unknown).
     pub flags: u32,
     /// Coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`, `bpf_ktime_get_coarse_ns`)
-    /// in seconds at the flow's latest client packet, refreshed at most once a
-    /// second (TCP only).
-    pub seen_s: u32,
+    /// in ticks (ns >> `limits::conn::CLOCK_SHIFT`, ≈ 1.07 s) at the flow's latest
+    /// client packet, so refreshed at most once a tick (TCP only).
+    pub seen: u32,
 }
 
 /// What the gateway saw of a TCP connection (`FlowState::flags`). Only client packets
@@ -346,23 +346,23 @@ impl FlowState {
         backend: crate::limits::ring::NO_BACKEND,
         generation: 0,
         flags: 0,
-        seen_s: 0,
+        seen: 0,
     };
 
     /// Whether a client SYN (ACK clear) on this entry's 4-tuple starts a new
     /// connection, picked through the live Maglev table (IPVS's connection reuse):
     /// unless the entry shows a live established connection, i.e. it is established,
     /// no FIN or RST was seen, and its latest client packet is at most
-    /// `limits::conn::REUSE_IDLE_S` old. Such a SYN (a retransmit, a forgery, a
+    /// `limits::conn::REUSE_IDLE_S` old (`REUSE_IDLE_TICKS`). Such a SYN (a retransmit, a forgery, a
     /// client that lost its socket) stays on the pinned backend, which answers it as
     /// its TCP stack does (RFC 5961 challenge ACK; a client without the connection
     /// then resets it, and its next SYN re-picks).
     #[inline(always)]
-    pub const fn syn_repicks(&self, now_s: u32) -> bool {
+    pub const fn syn_repicks(&self, now: u32) -> bool {
         use conn_flags::*;
         self.flags & ESTABLISHED == 0
             || self.flags & CLOSED != 0
-            || now_s.wrapping_sub(self.seen_s) > crate::limits::conn::REUSE_IDLE_S
+            || now.wrapping_sub(self.seen) > crate::limits::conn::REUSE_IDLE_TICKS
     }
 
     /// A new entry pinned to `backend` (its `generation`) by a client packet.
@@ -372,20 +372,20 @@ impl FlowState {
             backend,
             generation,
             flags: 0,
-            seen_s: 0,
+            seen: 0,
         }
     }
 
     /// The entry after a TCP client packet with `tcp_flags` that is not a new
     /// connection (or after the SYN that (re-)picked it: a fresh handshake), at
-    /// `now_s`; and whether that packet completes a handshake: the client's first ACK
+    /// `now` (`FlowState::seen` ticks); and whether that packet completes a handshake: the client's first ACK
     /// after its SYN and, in `nat` mode, after the backend's SYN-ACK (counted once,
     /// `L4Counters::established`).
     #[inline(always)]
-    pub const fn after_client(self, tcp_flags: u8, now_s: u32, nat: bool) -> (FlowState, bool) {
+    pub const fn after_client(self, tcp_flags: u8, now: u32, nat: bool) -> (FlowState, bool) {
         use conn_flags::*;
         let mut next = self;
-        next.seen_s = now_s;
+        next.seen = now;
         if crate::tcp_flags::is_new_connection(tcp_flags) {
             next.flags = SYN;
             return (next, false);
@@ -783,13 +783,13 @@ mod tests {
         use conn_flags::{CLOSED, ESTABLISHED, SYN_ACK};
         use tcp_flags::{ACK, FIN, PSH, RST, SYN};
         const SYN_SEEN: u32 = conn_flags::SYN;
-        let at = |flags, seen_s| FlowState {
+        let at = |flags, seen| FlowState {
             backend: 1,
             generation: 1,
             flags,
-            seen_s,
+            seen,
         };
-        let idle = crate::limits::conn::REUSE_IDLE_S;
+        let idle = crate::limits::conn::REUSE_IDLE_TICKS;
         assert!(FlowState::NONE.syn_repicks(5));
         assert!(
             at(SYN_SEEN, 5).syn_repicks(5),
@@ -806,7 +806,7 @@ mod tests {
 
         // nat: SYN, the backend's SYN-ACK, the client's ACK completes it, once.
         let (s, done) = at(ESTABLISHED | CLOSED, 1).after_client(SYN, 2, true);
-        assert_eq!((s.flags, s.seen_s, done), (SYN_SEEN, 2, false));
+        assert_eq!((s.flags, s.seen, done), (SYN_SEEN, 2, false));
         let (s2, done) = s.after_client(ACK, 2, true);
         assert!(
             !done,

@@ -5,7 +5,10 @@ use keystone_common::{
     Backend, Event, FlowKey, FlowState, PROTO_TCP, Reason, VipInfo,
     backend_flags::UP,
     flow_hash,
-    limits::ring::{MAX_RING_SIZE, NO_BACKEND},
+    limits::{
+        conn::CLOCK_SHIFT,
+        ring::{MAX_RING_SIZE, NO_BACKEND},
+    },
     mode,
     tcp_flags::is_new_connection,
     vip_flags::SOURCE_STICKY,
@@ -34,11 +37,11 @@ fn backend(slots: &Array<Backend>, slot: u32) -> Option<Backend> {
     slots.get(slot).copied()
 }
 
-/// The coarse monotonic clock in seconds (`FlowState::seen_s`).
+/// The coarse monotonic clock in `FlowState::seen` ticks.
 #[inline(always)]
-fn now_s() -> u32 {
+fn now() -> u32 {
     // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+    (unsafe { bpf_ktime_get_coarse_ns() } >> CLOCK_SHIFT) as u32
 }
 
 /// The flow's connection-table entry (a copy) and where it lives; no entry reads as
@@ -56,7 +59,7 @@ fn pinned_state(key: &FlowKey) -> (FlowState, *mut FlowState) {
 
 /// Writes `next` over the entry at `at` (from `pinned_state`) if it changed: the
 /// connection state and clock, in place (no map update), so most packets write
-/// nothing and an established flow writes at most once a second.
+/// nothing and an established flow writes at most once a clock tick (≈ 1 s).
 #[inline(always)]
 fn update_in_place(at: *mut FlowState, was: &FlowState, next: &FlowState) {
     if at.is_null() || next == was {
@@ -65,7 +68,7 @@ fn update_in_place(at: *mut FlowState, was: &FlowState, next: &FlowState) {
     // SAFETY: a valid map value pointer (non-null, from `pinned_state`); plain data.
     unsafe {
         (*at).flags = next.flags;
-        (*at).seen_s = next.seen_s;
+        (*at).seen = next.seen;
     }
 }
 
@@ -132,7 +135,7 @@ fn maglev_pick(key: &FlowKey, vip: &VipInfo) -> Result<(u32, Backend), Verdict> 
 pub fn choose(key: &FlowKey, vip: &VipInfo, tcp_flags: u8) -> Result<Choice, Verdict> {
     let (pinned, at) = pinned_state(key);
     let tcp = key.proto == PROTO_TCP;
-    let now = if tcp { now_s() } else { 0 };
+    let now = if tcp { now() } else { 0 };
     let syn = tcp && is_new_connection(tcp_flags);
     let nat = vip.mode == mode::NAT;
     if !(syn && pinned.syn_repicks(now))

@@ -1446,7 +1446,7 @@ fn a_syn_on_an_established_tuple_keeps_its_backend_after_a_weight_change() {
 #[test]
 fn after_a_fin_or_rst_or_a_long_idle_a_syn_repicks() {
     use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use keystone_common::{FlowKey, FlowState, limits::conn::REUSE_IDLE_S, names};
+    use keystone_common::{FlowKey, FlowState, limits::conn::REUSE_IDLE_TICKS, names};
 
     in_netns(|| {
         let mut gw = Gateway::new();
@@ -1488,7 +1488,7 @@ fn after_a_fin_or_rst_or_a_long_idle_a_syn_repicks() {
                 Box::new(|f| {
                     let mut map = conns();
                     let mut state = map.get(&f.key(), 0).expect("entry");
-                    state.seen_s = state.seen_s.wrapping_sub(REUSE_IDLE_S + 2);
+                    state.seen = state.seen.wrapping_sub(REUSE_IDLE_TICKS + 2);
                     map.insert(f.key(), state, 0).expect("age the entry");
                 }),
             ),
@@ -1509,7 +1509,7 @@ fn after_a_fin_or_rst_or_a_long_idle_a_syn_repicks() {
         let f = &flows[ends.len()];
         let mut map = conns();
         let mut state = map.get(&f.key(), 0).expect("entry");
-        state.seen_s = state.seen_s.wrapping_sub(REUSE_IDLE_S - 2);
+        state.seen = state.seen.wrapping_sub(REUSE_IDLE_TICKS - 2);
         map.insert(f.key(), state, 0).expect("age the entry");
         assert_eq!(send(&gw, f), to0, "idle under the bound: the SYN stays");
     });
