@@ -13,6 +13,7 @@ mod select;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -121,7 +122,10 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
         family: pkt.family,
         _pad: [0; 2],
     };
-    let choice = select::choose(&key, vip, pkt.tcp_flags)?;
+    // One clock read per packet, for the connection table and the next-hop cache.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let choice = select::choose(&key, vip, pkt.tcp_flags, now)?;
     let to = choice.backend.endpoint;
     if to.family != pkt.family {
         return Err(Verdict::drop(Reason::MapInconsistent));
@@ -135,17 +139,29 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
     match vip.mode {
         mode::NAT => {
             nat::rewrite(pkt, Side::Dst, &to);
-            let hop =
-                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
-                    .map_err(|miss| Verdict::pass(miss.reason()))?;
+            let hop = forward::backend_hop(
+                ctx,
+                pkt,
+                choice.slot,
+                choice.backend.generation,
+                &to.addr,
+                now,
+            )
+            .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         mode::DSR => {
             // The IP header stays as it is (the backend holds the VIP); only the MACs
             // change, towards the backend's address.
-            let hop =
-                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
-                    .map_err(|miss| Verdict::pass(miss.reason()))?;
+            let hop = forward::backend_hop(
+                ctx,
+                pkt,
+                choice.slot,
+                choice.backend.generation,
+                &to.addr,
+                now,
+            )
+            .map_err(|miss| Verdict::pass(miss.reason()))?;
             forward::send(ctx, &hop)
         }
         _ => Err(Verdict::drop(Reason::MapInconsistent)),

@@ -1,6 +1,6 @@
 //! Backend selection: the connection table first, else the VIP's live Maglev table.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::Array};
+use aya_ebpf::maps::Array;
 use keystone_common::{
     Backend, Event, FlowKey, FlowState, PROTO_TCP, Reason, VipInfo,
     backend_flags::UP,
@@ -35,13 +35,6 @@ pub struct Choice {
 #[inline(always)]
 fn backend(slots: &Array<Backend>, slot: u32) -> Option<Backend> {
     slots.get(slot).copied()
-}
-
-/// The coarse monotonic clock in `FlowState::seen` ticks.
-#[inline(always)]
-fn now() -> u32 {
-    // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_coarse_ns() } >> CLOCK_SHIFT) as u32
 }
 
 /// The flow's connection-table entry (a copy) and where it lives; no entry reads as
@@ -130,12 +123,14 @@ fn maglev_pick(key: &FlowKey, vip: &VipInfo) -> Result<(u32, Backend), Verdict> 
 /// Any other TCP packet that finds no entry at all is counted as
 /// `Event::UntrackedMidFlow` (an evicted or foreign flow) before it is re-pinned.
 ///
+/// `now_ns` is `bpf_ktime_get_coarse_ns()` (`FlowState::seen` keeps it in ticks).
+///
 /// Errors: those of `maglev_pick`.
 #[inline(always)]
-pub fn choose(key: &FlowKey, vip: &VipInfo, tcp_flags: u8) -> Result<Choice, Verdict> {
+pub fn choose(key: &FlowKey, vip: &VipInfo, tcp_flags: u8, now_ns: u64) -> Result<Choice, Verdict> {
     let (pinned, at) = pinned_state(key);
     let tcp = key.proto == PROTO_TCP;
-    let now = if tcp { now() } else { 0 };
+    let now = (now_ns >> CLOCK_SHIFT) as u32;
     let syn = tcp && is_new_connection(tcp_flags);
     let nat = vip.mode == mode::NAT;
     if !(syn && pinned.syn_repicks(now))
