@@ -137,35 +137,22 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
         choice.handshake_done,
     );
     match vip.mode {
-        mode::NAT => {
-            nat::rewrite(pkt, Side::Dst, &to);
-            let hop = forward::backend_hop(
-                ctx,
-                pkt,
-                choice.slot,
-                choice.backend.generation,
-                &to.addr,
-                now,
-            )
-            .map_err(|miss| Verdict::pass(miss.reason()))?;
-            forward::send(ctx, &hop)
-        }
-        mode::DSR => {
-            // The IP header stays as it is (the backend holds the VIP); only the MACs
-            // change, towards the backend's address.
-            let hop = forward::backend_hop(
-                ctx,
-                pkt,
-                choice.slot,
-                choice.backend.generation,
-                &to.addr,
-                now,
-            )
-            .map_err(|miss| Verdict::pass(miss.reason()))?;
-            forward::send(ctx, &hop)
-        }
-        _ => Err(Verdict::drop(Reason::MapInconsistent)),
+        mode::NAT => nat::rewrite(pkt, Side::Dst, &to),
+        // The IP header stays as it is (the backend holds the VIP); only the MACs
+        // change, towards the backend's address.
+        mode::DSR => {}
+        _ => return Err(Verdict::drop(Reason::MapInconsistent)),
     }
+    let hop = forward::backend_hop(
+        ctx,
+        pkt,
+        choice.slot,
+        choice.backend.generation,
+        &to.addr,
+        now,
+    )
+    .map_err(|miss| Verdict::pass(miss.reason()))?;
+    forward::send(ctx, &hop)
 }
 
 /// Backend → client in `nat` mode: the source becomes the VIP again (stateless, so any
