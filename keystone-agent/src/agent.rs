@@ -533,10 +533,12 @@ impl Agent {
                     .iter()
                     .find(|(v, b, _)| *v == vip && *b == endpoint)
                 {
-                    let answered = l4.syn_ack.min(l4.syn);
+                    // Completed handshakes, not SYN-ACKs: an answer the client
+                    // drops (bad checksum, broken path) is a failure.
+                    let completed = l4.established.min(l4.syn);
                     signals.handshakes = signals.handshakes.plus(Samples {
-                        ok: answered,
-                        failed: l4.syn - answered,
+                        ok: completed,
+                        failed: l4.syn - completed,
                     });
                 }
             }
@@ -1277,6 +1279,7 @@ impl Agent {
                             tcp_syn: l4.syn,
                             tcp_syn_ack: l4.syn_ack,
                             tcp_rst: l4.rst,
+                            tcp_established: l4.established,
                         }
                     })
                     .collect();
@@ -1679,8 +1682,10 @@ pub struct BackendStatus {
     pub recent_new_connections: u64,
     /// Share of the tenant's new connections within the traffic window.
     pub traffic_share: f64,
-    /// Passive L4 signals (`nat` TCP): SYNs sent, SYN-ACKs and RSTs answered.
+    /// Passive L4 signals (TCP): SYNs sent, SYN-ACKs and RSTs answered (`nat`),
+    /// handshakes completed (`L4Counters::established`).
     pub tcp_syn: u64,
     pub tcp_syn_ack: u64,
     pub tcp_rst: u64,
+    pub tcp_established: u64,
 }

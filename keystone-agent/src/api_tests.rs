@@ -610,6 +610,7 @@ async fn a_canary_steps_itself_on_passive_signals_and_persists() {
             keystone_common::L4Counters {
                 syn: handshakes,
                 syn_ack: handshakes,
+                established: handshakes,
                 ..Default::default()
             },
         )];
@@ -631,8 +632,9 @@ async fn a_canary_steps_itself_on_passive_signals_and_persists() {
     assert_eq!(percents(&h.live_weights()), [0.0, 100.0]);
 }
 
-#[tokio::test]
-async fn a_canary_with_failing_handshakes_rolls_back() {
+/// A canary (baseline taken) whose backend's L4 counters then read `l4` is rolled back
+/// on the next tick, for `reason`.
+async fn canary_rolls_back_on(l4: keystone_common::L4Counters, reason: &str) {
     let h = Harness::new();
     let start = r#"{"service":"web","version":"1.1.0","interval":"1h","min_samples":10}"#;
     let (_, body) = h
@@ -642,22 +644,41 @@ async fn a_canary_with_failing_handshakes_rolls_back() {
     h.state.agent.tick(); // baseline
     let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
     let green = Endpoint::new("198.18.12.2:8080".parse().unwrap(), PROTO_TCP);
-    h.fake.counters.lock().unwrap().backend_l4 = vec![(
-        vip,
-        green,
-        keystone_common::L4Counters {
-            syn: 20,
-            syn_ack: 2,
-            rst: 18,
-            ..Default::default()
-        },
-    )];
-    assert_next_tick_rolls_back(
-        &h,
-        &id,
-        "success rate 10.0% over 20 samples (tcp handshakes 2/20)",
-    );
+    h.fake.counters.lock().unwrap().backend_l4 = vec![(vip, green, l4)];
+    assert_next_tick_rolls_back(&h, &id, reason);
     assert_eq!(percents(&h.live_weights()), [100.0, 0.0]);
+}
+
+#[tokio::test]
+async fn a_canary_with_failing_handshakes_rolls_back() {
+    let l4 = keystone_common::L4Counters {
+        syn: 20,
+        syn_ack: 2,
+        rst: 18,
+        established: 2,
+        ..Default::default()
+    };
+    canary_rolls_back_on(
+        l4,
+        "success rate 10.0% over 20 samples (tcp handshakes 2/20)",
+    )
+    .await;
+}
+
+/// Every SYN answered with a SYN-ACK, but the clients never complete a handshake (they
+/// drop the answers, e.g. for bad checksums): the canary fails its analysis.
+#[tokio::test]
+async fn a_canary_whose_syn_acks_never_complete_a_handshake_rolls_back() {
+    let l4 = keystone_common::L4Counters {
+        syn: 20,
+        syn_ack: 20,
+        ..Default::default()
+    };
+    canary_rolls_back_on(
+        l4,
+        "success rate 0.0% over 20 samples (tcp handshakes 0/20)",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -125,6 +125,7 @@ struct Families {
     tcp_syn: IntCounterVec,
     tcp_syn_ack: IntCounterVec,
     tcp_rst: IntCounterVec,
+    tcp_established: IntCounterVec,
     canary_percent: GaugeVec,
     actions: IntCounterVec,
     reasons: IntCounterVec,
@@ -162,7 +163,7 @@ impl Families {
             ),
             tcp_syn: counter_vec(
                 "keystone_backend_tcp_syn_total",
-                "TCP connection attempts (SYNs, retransmits included) sent to the backend (nat mode).",
+                "TCP connection attempts (SYNs, retransmits included) sent to the backend.",
                 &BACKEND_LABELS,
             ),
             tcp_syn_ack: counter_vec(
@@ -173,6 +174,11 @@ impl Families {
             tcp_rst: counter_vec(
                 "keystone_backend_tcp_rst_total",
                 "Resets sent by the backend (nat mode).",
+                &BACKEND_LABELS,
+            ),
+            tcp_established: counter_vec(
+                "keystone_backend_tcp_established_total",
+                "Handshakes completed: the client's ACK after its SYN and (nat mode) the backend's SYN-ACK.",
                 &BACKEND_LABELS,
             ),
             canary_percent: GaugeVec::new(
@@ -224,7 +230,7 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 16] {
+    fn collectors(&self) -> [&dyn Collector; 17] {
         [
             &self.backend_packets,
             &self.backend_bytes,
@@ -234,6 +240,7 @@ impl Families {
             &self.tcp_syn,
             &self.tcp_syn_ack,
             &self.tcp_rst,
+            &self.tcp_established,
             &self.canary_percent,
             &self.vip_packets,
             &self.vip_bytes,
@@ -314,6 +321,9 @@ impl Collector for DataplaneCollector {
                     f.tcp_syn.with_label_values(&labels).inc_by(l4.syn);
                     f.tcp_syn_ack.with_label_values(&labels).inc_by(l4.syn_ack);
                     f.tcp_rst.with_label_values(&labels).inc_by(l4.rst);
+                    f.tcp_established
+                        .with_label_values(&labels)
+                        .inc_by(l4.established);
                 }
             }
         }

@@ -52,6 +52,17 @@ pub mod conn {
     pub const MIN_CONN_TABLE_SIZE: u32 = 256;
     /// Largest configurable table.
     pub const MAX_CONN_TABLE_SIZE: u32 = 16_777_216;
+    /// `FlowState::seen` is the coarse monotonic clock in ns shifted right by this:
+    /// ticks of 2^30 ns (≈ 1.07 s), a shift where seconds would cost a division on
+    /// every packet.
+    pub const CLOCK_SHIFT: u32 = 30;
+    /// An established TCP entry whose latest client packet is older than this is
+    /// stale: a client SYN on its 4-tuple re-picks it (`FlowState::syn_repicks`).
+    /// IPVS's default timeout of an established TCP connection (15 minutes), after
+    /// which IPVS forgets the connection entirely.
+    pub const REUSE_IDLE_S: u64 = 900;
+    /// `REUSE_IDLE_S` in `FlowState::seen` ticks.
+    pub const REUSE_IDLE_TICKS: u32 = ((REUSE_IDLE_S * 1_000_000_000) >> CLOCK_SHIFT) as u32;
 }
 
 /// Forwarding.

@@ -17,7 +17,12 @@ pub mod names {
     pub const VIPS_V1: &str = "KS_VIPS_V1";
     pub const BACKENDS: &str = "KS_BACKENDS_V1";
     pub const RINGS: &str = "KS_RINGS_V1";
-    pub const CONNS: &str = "KS_CONNS_V1";
+    /// V2: `FlowState` gained the connection's TCP state (`conn_flags`, `seen`). A V1
+    /// map pinned by an older agent is migrated (see `CONNS_V1`), never read as V2.
+    pub const CONNS: &str = "KS_CONNS_V2";
+    /// The connection table of older agents (value `legacy::FlowStateV1`): its entries
+    /// are copied into `CONNS` with an unknown state on an upgrade, then it is unpinned.
+    pub const CONNS_V1: &str = "KS_CONNS_V1";
     /// V2: `ReverseNat` gained `backend_slot`. A V1 map pinned by an older agent is
     /// migrated (see `REVERSE_V1`), never read with the new layout.
     pub const REVERSE: &str = "KS_REVERSE_V2";
@@ -28,7 +33,12 @@ pub mod names {
     pub const BACKEND_STATS: &str = "KS_BACKEND_STATS_V1";
     /// Per-CPU array of `L4Counters`, indexed by backend slot: passive TCP signals
     /// per backend (connection attempts and how its replies answered them).
-    pub const BACKEND_L4: &str = "KS_BACKEND_L4_V1";
+    /// V2: `L4Counters` gained `established`.
+    pub const BACKEND_L4: &str = "KS_BACKEND_L4_V2";
+    /// The L4 counters of older agents (`legacy::L4CountersV1`): replaced, not copied
+    /// (the counters start again from zero, like any counter after a restart), and
+    /// unpinned once the new program is attached.
+    pub const BACKEND_L4_V1: &str = "KS_BACKEND_L4_V1";
     pub const ACTION_STATS: &str = "KS_ACTION_STATS_V1";
     pub const REASON_STATS: &str = "KS_REASON_STATS_V1";
     /// Per-CPU array of `u64`, indexed by `Event`: things on the forwarding path
@@ -231,10 +241,11 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 
     /// SYN set, ACK clear: the first packet of a new connection (or its retransmit).
-    /// It is always (re-)picked through the live Maglev table, even when its 4-tuple
-    /// is in the connection table from an earlier connection (IPVS's
-    /// `conn_reuse_mode`): a reused source port must not keep an old backend that
-    /// no longer takes new connections.
+    /// It is (re-)picked through the live Maglev table even when its 4-tuple is in
+    /// the connection table from an earlier connection (IPVS's `conn_reuse_mode`: a
+    /// reused source port must not keep an old backend that no longer takes new
+    /// connections), unless that entry shows a live established connection
+    /// (`FlowState::syn_repicks`): a SYN never moves one.
     #[inline(always)]
     pub const fn is_new_connection(flags: u8) -> bool {
         flags & (SYN | ACK) == SYN
@@ -326,6 +337,113 @@ pub struct FlowState {
     pub backend: u32,
     /// `Backend::generation` when the flow was pinned.
     pub generation: u32,
+    /// `conn_flags::*`: what the gateway saw of a TCP connection (0 for UDP, and for
+    /// an entry migrated from `names::CONNS_V1`: unknown).
+    pub flags: u32,
+    /// Coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`, `bpf_ktime_get_coarse_ns`)
+    /// in ticks (ns >> `limits::conn::CLOCK_SHIFT`, ≈ 1.07 s) at the flow's latest
+    /// client packet, so refreshed at most once a tick (TCP only).
+    pub seen: u32,
+}
+
+/// What the gateway saw of a TCP connection (`FlowState::flags`). Only client packets
+/// and, in `nat` mode, the pinned backend's SYN-ACK/FIN/RST replies move them.
+pub mod conn_flags {
+    /// The entry was (re-)picked by a client SYN: a handshake is under way.
+    pub const SYN: u32 = 1 << 0;
+    /// `nat`: the pinned backend's SYN-ACK to that SYN crossed the gateway.
+    pub const SYN_ACK: u32 = 1 << 1;
+    /// A client packet with ACK (SYN and RST clear) kept the entry: the connection is
+    /// established (or was already when it was pinned mid-flow).
+    pub const ESTABLISHED: u32 = 1 << 2;
+    /// A FIN or RST was seen (client packets; in `nat` also the backend's replies):
+    /// the 4-tuple may be reused by a new connection (TIME-WAIT reuse).
+    pub const CLOSED: u32 = 1 << 3;
+}
+
+impl FlowState {
+    /// No entry: slot `NO_BACKEND`, which no backend has.
+    pub const NONE: FlowState = FlowState {
+        backend: crate::limits::ring::NO_BACKEND,
+        generation: 0,
+        flags: 0,
+        seen: 0,
+    };
+
+    /// Whether a client SYN (ACK clear) on this entry's 4-tuple starts a new
+    /// connection, picked through the live Maglev table (IPVS's connection reuse):
+    /// unless the entry shows a live established connection, i.e. it is established,
+    /// no FIN or RST was seen, and its latest client packet is at most
+    /// `limits::conn::REUSE_IDLE_S` old (`REUSE_IDLE_TICKS`). Such a SYN (a retransmit, a forgery, a
+    /// client that lost its socket) stays on the pinned backend, which answers it as
+    /// its TCP stack does (RFC 5961 challenge ACK; a client without the connection
+    /// then resets it, and its next SYN re-picks).
+    #[inline(always)]
+    pub const fn syn_repicks(&self, now: u32) -> bool {
+        use conn_flags::*;
+        self.flags & ESTABLISHED == 0
+            || self.flags & CLOSED != 0
+            || now.wrapping_sub(self.seen) > crate::limits::conn::REUSE_IDLE_TICKS
+    }
+
+    /// A new entry pinned to `backend` (its `generation`) by a client packet.
+    #[inline(always)]
+    pub const fn pinned(backend: u32, generation: u32) -> FlowState {
+        FlowState {
+            backend,
+            generation,
+            flags: 0,
+            seen: 0,
+        }
+    }
+
+    /// The entry after a TCP client packet with `tcp_flags` that is not a new
+    /// connection (or after the SYN that (re-)picked it: a fresh handshake), at
+    /// `now` (`FlowState::seen` ticks); and whether that packet completes a handshake: the client's first ACK
+    /// after its SYN and, in `nat` mode, after the backend's SYN-ACK (counted once,
+    /// `L4Counters::established`).
+    #[inline(always)]
+    pub const fn after_client(self, tcp_flags: u8, now: u32, nat: bool) -> (FlowState, bool) {
+        use conn_flags::*;
+        let mut next = self;
+        next.seen = now;
+        if crate::tcp_flags::is_new_connection(tcp_flags) {
+            next.flags = SYN;
+            return (next, false);
+        }
+        let mut completed = false;
+        if tcp_flags & crate::tcp_flags::RST != 0 {
+            next.flags |= CLOSED;
+        } else if tcp_flags & crate::tcp_flags::ACK != 0 && self.flags & ESTABLISHED == 0 {
+            next.flags |= ESTABLISHED;
+            let handshake = if nat { SYN | SYN_ACK } else { SYN };
+            completed = self.flags & (handshake | CLOSED) == handshake;
+        }
+        if tcp_flags & crate::tcp_flags::FIN != 0 {
+            next.flags |= CLOSED;
+        }
+        (next, completed)
+    }
+
+    /// `nat`: the flags after a reply from backend slot `from` with `tcp_flags`: the
+    /// pinned backend's SYN-ACK to the client's SYN, or a FIN or RST.
+    #[inline(always)]
+    pub const fn after_reply(&self, from: u32, tcp_flags: u8) -> u32 {
+        use crate::tcp_flags::{ACK, FIN, RST, SYN as TCP_SYN};
+        use conn_flags::*;
+        if from != self.backend {
+            return self.flags;
+        }
+        if tcp_flags & (FIN | RST) != 0 {
+            return self.flags | CLOSED;
+        }
+        if tcp_flags & (TCP_SYN | ACK) == TCP_SYN | ACK
+            && self.flags & (SYN | ESTABLISHED | CLOSED) == SYN
+        {
+            return self.flags | SYN_ACK;
+        }
+        self.flags
+    }
 }
 
 /// Value of the per-CPU next-hop cache (`names::NEXT_HOPS`), indexed by backend
@@ -390,6 +508,24 @@ pub mod legacy {
         (vip_index * 2 + slot) * 65_537
     }
 
+    /// Value of `names::CONNS_V1`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct FlowStateV1 {
+        pub backend: u32,
+        pub generation: u32,
+    }
+
+    /// Value of `names::BACKEND_L4_V1`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct L4CountersV1 {
+        pub syn: u64,
+        pub syn_ack: u64,
+        pub rst: u64,
+        pub fin: u64,
+    }
+
     /// Value of `names::REVERSE_V1`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -400,14 +536,17 @@ pub mod legacy {
 }
 
 /// Per-CPU passive TCP signals per backend slot (`names::BACKEND_L4`): how many
-/// connection attempts a backend got and how it answered them. In `nat` mode the
-/// replies cross the gateway, so `syn_ack / syn` is the backend's connection success
-/// rate; in `dsr` mode only `syn` moves. UDP counts nothing.
+/// connection attempts a backend got and how many became connections. In `nat` mode
+/// the replies cross the gateway, so `established / syn` is the backend's connection
+/// success rate as the clients saw it; in `dsr` mode `syn_ack`, `rst` and `fin` stay
+/// 0 and `established` counts the client's ACKs that follow its SYN (the client only
+/// sends one once a SYN-ACK reached it). UDP counts nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct L4Counters {
-    /// Client → backend TCP packets with SYN set and ACK clear (retransmits
-    /// included, so a backend that does not answer shows a low success rate).
+    /// Client → backend TCP packets with SYN set and ACK clear that were picked as a
+    /// new connection (retransmits included, so a backend that does not answer shows
+    /// a low success rate; a SYN that keeps an established flow is not counted).
     pub syn: u64,
     /// Backend → client SYN+ACK (`nat` only).
     pub syn_ack: u64,
@@ -416,6 +555,11 @@ pub struct L4Counters {
     pub rst: u64,
     /// Backend → client packets with FIN set (`nat` only).
     pub fin: u64,
+    /// Handshakes completed, once per connection: the client's first ACK after its
+    /// SYN, in `nat` mode only after the backend's SYN-ACK to that SYN crossed the
+    /// gateway (a SYN-ACK the client drops, e.g. for a bad checksum, never counts).
+    /// Needs the flow's client packets and replies through the same gateway.
+    pub established: u64,
 }
 
 impl L4Counters {
@@ -424,6 +568,7 @@ impl L4Counters {
         self.syn_ack += other.syn_ack;
         self.rst += other.rst;
         self.fin += other.fin;
+        self.established += other.established;
     }
 }
 
@@ -482,8 +627,9 @@ pub enum Reason {
     /// The VIP has no up backend with weight > 0 for a new flow (table size 0, or
     /// the picked entry is empty or not up): `XDP_DROP`. A new flow is one without a
     /// usable connection-table entry, or any TCP packet with SYN set and ACK clear
-    /// (`tcp_flags::is_new_connection`): such a SYN is dropped here even when its
-    /// 4-tuple is still pinned to a backend from an earlier connection.
+    /// (`tcp_flags::is_new_connection`) whose entry does not show a live established
+    /// connection (`FlowState::syn_repicks`): such a SYN is dropped here even when its
+    /// 4-tuple is still pinned to a backend from an earlier, closed connection.
     NoBackend = 4,
     /// `bpf_fib_lookup` had no neighbour yet. `nat`: the rewritten packet is
     /// `XDP_PASS`ed for the kernel to forward (and resolve ARP/ND). `dsr`: the packet
@@ -637,6 +783,8 @@ mod pod {
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for NextHopCache {}
     unsafe impl aya::Pod for legacy::ReverseNatV1 {}
+    unsafe impl aya::Pod for legacy::FlowStateV1 {}
+    unsafe impl aya::Pod for legacy::L4CountersV1 {}
     unsafe impl aya::Pod for legacy::VipInfoV1 {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for L4Counters {}
@@ -668,13 +816,68 @@ mod tests {
         assert_eq!(size_of::<legacy::VipInfoV1>(), 5 * 4);
         assert_eq!(size_of::<Backend>(), 20 + 3 * 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
-        assert_eq!(size_of::<FlowState>(), 8);
+        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<legacy::FlowStateV1>(), 8);
+        assert_eq!(size_of::<legacy::L4CountersV1>(), 4 * 8);
         assert_eq!(size_of::<ReverseNat>(), 20 + 4 + 4);
         assert_eq!(size_of::<NextHopCache>(), 8 + 3 * 4 + 6 + 6);
         assert_eq!(size_of::<legacy::ReverseNatV1>(), 20 + 4);
         assert_eq!(size_of::<TrafficCounters>(), 24);
-        assert_eq!(size_of::<L4Counters>(), 4 * 8);
+        assert_eq!(size_of::<L4Counters>(), 5 * 8);
         assert_eq!(core::mem::align_of::<L4Counters>(), 8);
+    }
+
+    #[test]
+    fn a_syn_repicks_only_a_stale_or_unestablished_entry() {
+        use conn_flags::{CLOSED, ESTABLISHED, SYN_ACK};
+        use tcp_flags::{ACK, FIN, PSH, RST, SYN};
+        const SYN_SEEN: u32 = conn_flags::SYN;
+        let at = |flags, seen| FlowState {
+            backend: 1,
+            generation: 1,
+            flags,
+            seen,
+        };
+        let idle = crate::limits::conn::REUSE_IDLE_TICKS;
+        assert!(FlowState::NONE.syn_repicks(5));
+        assert!(
+            at(SYN_SEEN, 5).syn_repicks(5),
+            "handshake under way (retransmit)"
+        );
+        assert!(at(0, 5).syn_repicks(5), "unknown (migrated) entry");
+        assert!(!at(ESTABLISHED, 5).syn_repicks(5 + idle));
+        assert!(at(ESTABLISHED, 5).syn_repicks(6 + idle), "idle too long");
+        assert!(
+            !at(ESTABLISHED, u32::MAX).syn_repicks(idle - 1),
+            "clock wrap"
+        );
+        assert!(at(ESTABLISHED | CLOSED, 5).syn_repicks(5));
+
+        // nat: SYN, the backend's SYN-ACK, the client's ACK completes it, once.
+        let (s, done) = at(ESTABLISHED | CLOSED, 1).after_client(SYN, 2, true);
+        assert_eq!((s.flags, s.seen, done), (SYN_SEEN, 2, false));
+        let (s2, done) = s.after_client(ACK, 2, true);
+        assert!(
+            !done,
+            "an ACK without the backend's SYN-ACK is no handshake"
+        );
+        assert_eq!(s2.flags, SYN_SEEN | ESTABLISHED);
+        let s = at(s.after_reply(1, SYN | ACK), 2);
+        assert_eq!(s.flags, SYN_SEEN | SYN_ACK);
+        assert_eq!(
+            s.after_reply(2, SYN | ACK),
+            s.flags,
+            "another backend's reply"
+        );
+        let (s, done) = s.after_client(ACK | PSH, 3, true);
+        assert!(done);
+        assert_eq!(s.flags, SYN_SEEN | SYN_ACK | ESTABLISHED);
+        assert!(!s.after_client(ACK, 3, true).1, "counted once");
+        assert_eq!(s.after_client(FIN | ACK, 4, true).0.flags & CLOSED, CLOSED);
+        assert_eq!(s.after_reply(1, RST) & CLOSED, CLOSED);
+        // dsr: no SYN-ACK to see.
+        assert!(at(SYN_SEEN, 1).after_client(ACK, 1, false).1);
+        assert!(!at(SYN_SEEN, 1).after_client(RST | ACK, 1, false).1);
     }
 
     #[test]

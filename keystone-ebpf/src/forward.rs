@@ -8,7 +8,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup as FibParams, xdp_action::XDP_TX,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use keystone_common::{FAMILY_IPV4, NextHopCache, Reason, limits::forward::NEXT_HOP_TTL_NS};
@@ -97,7 +97,8 @@ pub fn fib_lookup(
 }
 
 /// The next hop from `pkt`'s source to backend `slot` (of `generation`) at `dst`:
-/// from this CPU's `NEXT_HOPS` entry while it is valid (see `NextHopCache`), else
+/// from this CPU's `NEXT_HOPS` entry while it is valid (see `NextHopCache`) at
+/// `now` (`bpf_ktime_get_coarse_ns`, read once per packet by the caller), else
 /// `fib_lookup`, whose success refreshes the entry. Misses are never cached.
 #[inline(always)]
 pub fn backend_hop(
@@ -106,6 +107,7 @@ pub fn backend_hop(
     slot: u32,
     generation: u32,
     dst: &[u32; 4],
+    now: u64,
 ) -> Result<NextHop, FibMiss> {
     let Some(entry) = NEXT_HOPS.get_ptr_mut(slot) else {
         return fib_lookup(ctx, pkt, &pkt.src, dst);
@@ -113,8 +115,6 @@ pub fn backend_hop(
     // SAFETY: this CPU's slot of a per-CPU array; nothing else touches it while the
     // program runs here.
     let entry = unsafe { &mut *entry };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ingress = ctx.ingress_ifindex() as u32;
     if now < entry.expires_ns && entry.generation == generation && entry.ingress_ifindex == ingress
     {

@@ -14,6 +14,7 @@ mod select;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -22,7 +23,7 @@ use keystone_common::{Endpoint, FlowKey, PROTO_TCP, Reason, ReverseNat, VipInfo,
 use crate::{
     forward::FibMiss,
     maps::{
-        REVERSE, VIPS, count_action, count_reason, count_reply, count_syn, count_traffic,
+        REVERSE, VIPS, count_action, count_handshake, count_reason, count_reply, count_traffic,
         maybe_backend_addr, maybe_vip_addr,
     },
     nat::Side,
@@ -106,8 +107,8 @@ fn try_keystone_xdp(ctx: &XdpContext) -> Result<u32, Verdict> {
     Ok(parse::NOT_OURS)
 }
 
-/// Client → VIP: pick the backend (a TCP SYN without ACK always through the live
-/// Maglev table), count, then DNAT (`nat`) or set MACs only (`dsr`).
+/// Client → VIP: pick the backend (`select::choose`), count, then DNAT (`nat`) or set
+/// MACs only (`dsr`).
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, Verdict> {
     if vip.mode == mode::NAT && pkt.ttl <= 1 {
@@ -122,42 +123,46 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
         family: pkt.family,
         _pad: [0; 2],
     };
-    let syn = pkt.proto == PROTO_TCP && tcp_flags::is_new_connection(pkt.tcp_flags);
-    if syn {
+    if pkt.proto == PROTO_TCP && tcp_flags::is_new_connection(pkt.tcp_flags) {
         checksum::check_syn(pkt);
     }
-    let choice = select::choose(&key, vip, syn)?;
+    // One clock read per packet, for the connection table and the next-hop cache.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let choice = select::choose(&key, vip, pkt.tcp_flags, now)?;
     let to = choice.backend.endpoint;
     if to.family != pkt.family {
         return Err(Verdict::drop(Reason::MapInconsistent));
     }
     count_traffic(vip.index, choice.slot, pkt.frame_len, choice.new_flow);
-    if syn {
-        count_syn(choice.slot);
-    }
+    count_handshake(
+        choice.slot,
+        choice.connection_attempt,
+        choice.handshake_done,
+    );
     match vip.mode {
-        mode::NAT => {
-            nat::rewrite(pkt, Side::Dst, &to);
-            let hop =
-                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
-                    .map_err(|miss| Verdict::pass(miss.reason()))?;
-            forward::send(ctx, &hop)
-        }
-        mode::DSR => {
-            // The IP header stays as it is (the backend holds the VIP); only the MACs
-            // change, towards the backend's address.
-            let hop =
-                forward::backend_hop(ctx, pkt, choice.slot, choice.backend.generation, &to.addr)
-                    .map_err(|miss| Verdict::pass(miss.reason()))?;
-            forward::send(ctx, &hop)
-        }
-        _ => Err(Verdict::drop(Reason::MapInconsistent)),
+        mode::NAT => nat::rewrite(pkt, Side::Dst, &to),
+        // The IP header stays as it is (the backend holds the VIP); only the MACs
+        // change, towards the backend's address.
+        mode::DSR => {}
+        _ => return Err(Verdict::drop(Reason::MapInconsistent)),
     }
+    let hop = forward::backend_hop(
+        ctx,
+        pkt,
+        choice.slot,
+        choice.backend.generation,
+        &to.addr,
+        now,
+    )
+    .map_err(|miss| Verdict::pass(miss.reason()))?;
+    forward::send(ctx, &hop)
 }
 
 /// Backend → client in `nat` mode: the source becomes the VIP again (stateless, so any
 /// gateway with the same config can translate it). TCP SYN+ACK, RST and FIN are
-/// counted for the backend that sent them.
+/// counted for the backend that sent them and noted in the client flow's entry
+/// (`select::note_reply`), the only replies that look at the connection table.
 ///
 /// A packet from the backend's service address to the gateway itself (the FIB says
 /// the destination is local: e.g. the agent's own health checks of that backend) is
@@ -175,8 +180,17 @@ fn reply(ctx: &XdpContext, pkt: &mut Packet, rev: &ReverseNat) -> Result<u32, Ve
     if pkt.ttl <= 1 {
         return Err(Verdict::pass(Reason::TtlExpired));
     }
-    if pkt.proto == PROTO_TCP {
-        count_reply(rev.backend_slot, pkt.tcp_flags);
+    if pkt.proto == PROTO_TCP && count_reply(rev.backend_slot, pkt.tcp_flags) {
+        let client_flow = FlowKey {
+            src: pkt.dst,
+            dst: rev.vip.addr,
+            src_port: pkt.dport,
+            dst_port: rev.vip.port,
+            proto: pkt.proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+        select::note_reply(&client_flow, rev.backend_slot, pkt.tcp_flags);
     }
     nat::rewrite(pkt, Side::Src, &rev.vip);
     let hop = hop.map_err(|miss| Verdict::pass(miss.reason()))?;

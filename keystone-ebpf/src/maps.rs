@@ -42,11 +42,11 @@ const _: () = {
     assert!(same(names::ADDR_FILTER, "KS_ADDR_FILTER_V1"));
     assert!(same(names::BACKENDS, "KS_BACKENDS_V1"));
     assert!(same(names::RINGS, "KS_RINGS_V1"));
-    assert!(same(names::CONNS, "KS_CONNS_V1"));
+    assert!(same(names::CONNS, "KS_CONNS_V2"));
     assert!(same(names::REVERSE, "KS_REVERSE_V2"));
     assert!(same(names::VIP_STATS, "KS_VIP_STATS_V1"));
     assert!(same(names::BACKEND_STATS, "KS_BACKEND_STATS_V1"));
-    assert!(same(names::BACKEND_L4, "KS_BACKEND_L4_V1"));
+    assert!(same(names::BACKEND_L4, "KS_BACKEND_L4_V2"));
     assert!(same(names::ACTION_STATS, "KS_ACTION_STATS_V1"));
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
     assert!(same(names::EVENT_STATS, "KS_EVENT_STATS_V1"));
@@ -71,7 +71,7 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RING_ENTRIES, 0);
 
 // The agent sets the size when it creates the map (`limits.conn_table_entries`).
-#[map(name = "KS_CONNS_V1")]
+#[map(name = "KS_CONNS_V2")]
 pub static CONNS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(CONN_TABLE_SIZE, 0);
 
 #[map(name = "KS_REVERSE_V2")]
@@ -84,7 +84,7 @@ pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entri
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-#[map(name = "KS_BACKEND_L4_V1")]
+#[map(name = "KS_BACKEND_L4_V2")]
 pub static BACKEND_L4: PerCpuArray<L4Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "KS_ACTION_STATS_V1")]
@@ -179,22 +179,30 @@ pub fn count_traffic(vip_index: u32, backend_slot: u32, bytes: u64, new_flow: bo
     add_traffic(&BACKEND_STATS, backend_slot, bytes, new_flow);
 }
 
-/// Counts a client → backend TCP SYN (ACK clear) for the backend it goes to.
+/// Counts a client → backend TCP SYN picked as a new connection (`attempt`) and a
+/// client packet that completed a handshake (`done`) for the backend they go to.
+/// Other packets (nearly all of them) return before any map access.
 #[inline(always)]
-pub fn count_syn(backend_slot: u32) {
+pub fn count_handshake(backend_slot: u32, attempt: bool, done: bool) {
+    if !(attempt || done) {
+        return;
+    }
     if let Some(c) = BACKEND_L4.get_ptr_mut(backend_slot) {
         // SAFETY: per-CPU slot; nothing else writes it while this program runs here.
-        unsafe { (*c).syn += 1 };
+        let c = unsafe { &mut *c };
+        c.syn += attempt as u64;
+        c.established += done as u64;
     }
 }
 
 /// Counts a backend → client TCP reply's SYN+ACK, RST and FIN bits for the backend
-/// that sent it. Plain segments (no SYN, RST or FIN: nearly all of them) return
-/// before any map access.
+/// that sent it; returns whether it had any (whether the flow's entry may change).
+/// Plain segments (no SYN, RST or FIN: nearly all of them) return before any map
+/// access.
 #[inline(always)]
-pub fn count_reply(backend_slot: u32, flags: u8) {
+pub fn count_reply(backend_slot: u32, flags: u8) -> bool {
     if flags & (tcp_flags::SYN | tcp_flags::RST | tcp_flags::FIN) == 0 {
-        return;
+        return false;
     }
     if let Some(c) = BACKEND_L4.get_ptr_mut(backend_slot) {
         // SAFETY: per-CPU slot; nothing else writes it while this program runs here.
@@ -204,4 +212,5 @@ pub fn count_reply(backend_slot: u32, flags: u8) {
         c.rst += (flags & tcp_flags::RST != 0) as u64;
         c.fin += (flags & tcp_flags::FIN != 0) as u64;
     }
+    true
 }

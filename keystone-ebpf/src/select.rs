@@ -5,7 +5,12 @@ use keystone_common::{
     Backend, Event, FlowKey, FlowState, PROTO_TCP, Reason, VipInfo,
     backend_flags::UP,
     flow_hash,
-    limits::ring::{MAX_RING_SIZE, NO_BACKEND},
+    limits::{
+        conn::CLOCK_SHIFT,
+        ring::{MAX_RING_SIZE, NO_BACKEND},
+    },
+    mode,
+    tcp_flags::is_new_connection,
     vip_flags::SOURCE_STICKY,
 };
 
@@ -21,6 +26,10 @@ pub struct Choice {
     pub backend: Backend,
     /// The flow was pinned to the backend by this packet (new or re-picked).
     pub new_flow: bool,
+    /// A TCP SYN picked as a new connection (counted as `L4Counters::syn`).
+    pub connection_attempt: bool,
+    /// This client packet completed the flow's handshake (`FlowState::after_client`).
+    pub handshake_done: bool,
 }
 
 #[inline(always)]
@@ -28,19 +37,31 @@ fn backend(slots: &Array<Backend>, slot: u32) -> Option<Backend> {
     slots.get(slot).copied()
 }
 
-/// The flow's connection-table entry; no entry reads as slot NO_BACKEND, which no
-/// backend has (a plain value rather than an `Option`: LLVM may spill an `Option`'s
-/// undefined payload, which the verifier refuses to read).
+/// The flow's connection-table entry (a copy) and where it lives; no entry reads as
+/// `FlowState::NONE` (a plain value rather than an `Option`: LLVM may spill an
+/// `Option`'s undefined payload, which the verifier refuses to read).
 #[inline(always)]
-fn pinned_state(key: &FlowKey) -> FlowState {
-    match CONNS.get_ptr(key) {
+fn pinned_state(key: &FlowKey) -> (FlowState, *mut FlowState) {
+    match CONNS.get_ptr_mut(key) {
         // SAFETY: a valid map value pointer; FlowState is plain data (a concurrent
         // update can at worst give a stale pair, which `usable` rejects).
-        Some(state) => unsafe { *state },
-        None => FlowState {
-            backend: NO_BACKEND,
-            generation: 0,
-        },
+        Some(state) => (unsafe { *state }, state),
+        None => (FlowState::NONE, core::ptr::null_mut()),
+    }
+}
+
+/// Writes `next` over the entry at `at` (from `pinned_state`) if it changed: the
+/// connection state and clock, in place (no map update), so most packets write
+/// nothing and an established flow writes at most once a clock tick (≈ 1 s).
+#[inline(always)]
+fn update_in_place(at: *mut FlowState, was: &FlowState, next: &FlowState) {
+    if at.is_null() || next == was {
+        return;
+    }
+    // SAFETY: a valid map value pointer (non-null, from `pinned_state`); plain data.
+    unsafe {
+        (*at).flags = next.flags;
+        (*at).seen = next.seen;
     }
 }
 
@@ -86,50 +107,89 @@ fn maglev_pick(key: &FlowKey, vip: &VipInfo) -> Result<(u32, Backend), Verdict> 
 
 /// A flow keeps its pinned backend while that slot is up, still holds the same
 /// backend (generation) and serves this VIP; otherwise it is (re-)picked through the
-/// Maglev table and pinned, which is the only per-packet write to shared state.
+/// Maglev table and pinned, which is the only per-packet map update.
 ///
-/// `new_connection` (a TCP SYN without ACK, `tcp_flags::is_new_connection`) skips the
-/// pinned entry: the packet is picked through the live table like a new flow, and the
-/// entry is overwritten only if the pick differs (a SYN retransmit writes nothing).
-/// So a client reusing the 4-tuple of a closed connection starts on a backend the
-/// current weights choose, while the established packets of a tracked flow keep
-/// their backend across weight changes.
+/// A TCP SYN without ACK (`tcp_flags::is_new_connection`) skips the pinned entry
+/// unless that entry shows a live established connection (`FlowState::syn_repicks`):
+/// it is picked through the live table like a new flow, and the entry is rewritten
+/// only if the pick or its state differs. So a client reusing the 4-tuple of a
+/// closed connection starts on a backend the current weights choose, while neither
+/// the established packets of a tracked flow nor a SYN on its tuple (retransmitted
+/// or forged) move it across weight changes.
+///
+/// TCP entries follow the connection (`FlowState::after_client`), written in place
+/// only when that changes something.
 ///
 /// Any other TCP packet that finds no entry at all is counted as
 /// `Event::UntrackedMidFlow` (an evicted or foreign flow) before it is re-pinned.
 ///
+/// `now_ns` is `bpf_ktime_get_coarse_ns()` (`FlowState::seen` keeps it in ticks).
+///
 /// Errors: those of `maglev_pick`.
 #[inline(always)]
-pub fn choose(key: &FlowKey, vip: &VipInfo, new_connection: bool) -> Result<Choice, Verdict> {
-    let pinned = pinned_state(key);
-    if !new_connection && let Some(b) = usable(&pinned, vip) {
+pub fn choose(key: &FlowKey, vip: &VipInfo, tcp_flags: u8, now_ns: u64) -> Result<Choice, Verdict> {
+    let (pinned, at) = pinned_state(key);
+    let tcp = key.proto == PROTO_TCP;
+    let now = (now_ns >> CLOCK_SHIFT) as u32;
+    let syn = tcp && is_new_connection(tcp_flags);
+    let nat = vip.mode == mode::NAT;
+    if !(syn && pinned.syn_repicks(now))
+        && let Some(b) = usable(&pinned, vip)
+    {
+        let mut handshake_done = false;
+        // A SYN kept on its established flow changes nothing (not even the clock: a
+        // stream of forged SYNs must not keep a dead entry fresh).
+        if tcp && !syn {
+            let (next, done) = pinned.after_client(tcp_flags, now, nat);
+            update_in_place(at, &pinned, &next);
+            handshake_done = done;
+        }
         return Ok(Choice {
             slot: pinned.backend,
             backend: b,
             new_flow: false,
+            connection_attempt: false,
+            handshake_done,
         });
     }
     let (slot, b) = maglev_pick(key, vip)?;
-    let state = FlowState {
-        backend: slot,
-        generation: b.generation,
-    };
+    let mut state = FlowState::pinned(slot, b.generation);
+    if tcp {
+        state = state.after_client(tcp_flags, now, nat).0;
+    }
     // Only a SYN can find its own pick already pinned (a retransmit, or a reused
-    // 4-tuple that lands where it was): nothing to write, not a new flow.
-    let new_flow = pinned != state;
+    // 4-tuple that lands where it was): not a new flow, and only its state is written.
+    let new_flow = pinned.backend != slot || pinned.generation != b.generation;
     if new_flow {
-        if !new_connection && key.proto == PROTO_TCP && pinned.backend == NO_BACKEND {
+        if !syn && tcp && pinned.backend == NO_BACKEND {
             count_event(Event::UntrackedMidFlow);
         }
         // A failed insert (cannot happen for an LRU map short of memory pressure)
         // only means the next packet is hashed again, to the same backend.
         let _ = CONNS.insert(key, state, 0);
+    } else {
+        update_in_place(at, &pinned, &state);
     }
     Ok(Choice {
         slot,
         backend: b,
         new_flow,
+        connection_attempt: syn,
+        handshake_done: false,
     })
+}
+
+/// `nat`: a backend's reply with SYN, FIN or RST for the client flow `key` (the
+/// client's tuple towards the VIP) updates that flow's entry if the backend in
+/// slot `from` owns it (`FlowState::after_reply`). Writes nothing else.
+#[inline(always)]
+pub fn note_reply(key: &FlowKey, from: u32, tcp_flags: u8) {
+    let (pinned, at) = pinned_state(key);
+    let next = FlowState {
+        flags: pinned.after_reply(from, tcp_flags),
+        ..pinned
+    };
+    update_in_place(at, &pinned, &next);
 }
 
 /// The backend that owns `key`'s flow, for an ICMP error about it: the usable
@@ -137,7 +197,7 @@ pub fn choose(key: &FlowKey, vip: &VipInfo, new_connection: bool) -> Result<Choi
 /// not start a flow). `Choice::new_flow` is always false. Errors: as `choose`.
 #[inline(always)]
 pub fn owner(key: &FlowKey, vip: &VipInfo) -> Result<Choice, Verdict> {
-    let pinned = pinned_state(key);
+    let (pinned, _) = pinned_state(key);
     let (slot, backend) = match usable(&pinned, vip) {
         Some(b) => (pinned.backend, b),
         None => maglev_pick(key, vip)?,
@@ -146,5 +206,7 @@ pub fn owner(key: &FlowKey, vip: &VipInfo) -> Result<Choice, Verdict> {
         slot,
         backend,
         new_flow: false,
+        connection_attempt: false,
+        handshake_done: false,
     })
 }

@@ -15,6 +15,7 @@ pub mod cmd;
 pub mod config;
 pub mod deploy;
 pub mod error;
+pub mod forge;
 #[cfg(feature = "dataplane")]
 pub mod kernel;
 pub mod lab;

@@ -402,6 +402,75 @@ fn failing_canary_rolls_back_by_itself() {
     assert_all_on(&lab, "new connections after the rollback", &s, "blue");
 }
 
+/// Loads an nftables `script` in namespace `ns` (from a file in the lab's state dir).
+fn nft(lab: &Lab, ns: &str, name: &str, script: &str) {
+    let path = lab.state_dir().join(format!("{name}.nft"));
+    std::fs::write(&path, script).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    let r = lab.exec(ns, "nft", &["-f".as_ref(), path.as_os_str()]);
+    ok(lab, &format!("nft -f {name}.nft in {ns}"), r);
+}
+
+/// A canary whose answers never reach the clients fails its analysis and is rolled
+/// back, although it answers every SYN: green's SYN-ACKs are marked (DSCP CS1) as they
+/// leave green and dropped as they reach the client, as a client drops segments with
+/// bad checksums. No health checks: the passive signal alone judges, and it counts
+/// completed handshakes (the client's ACK), not SYN-ACKs.
+#[test]
+fn a_canary_whose_answers_never_reach_the_clients_rolls_back() {
+    let vip = v4(80);
+    let lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![plain_tenant(
+            lab,
+            "web",
+            vip,
+            &[("blue", 100), ("green", 0)],
+        )])
+    });
+    let green_ns = ok(&lab, "green", lab.backend("green")).ns.clone();
+    nft(
+        &lab,
+        &green_ns,
+        "mark-syn-ack",
+        "table ip ks_break {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    tcp flags & (syn | ack) == (syn | ack) ip dscp set cs1\n  }\n}\n",
+    );
+    nft(
+        &lab,
+        lab.client_ns(),
+        "drop-marked",
+        "table ip ks_break {\n  chain in {\n    type filter hook input priority 0; policy accept;\n    ip dscp cs1 drop\n  }\n}\n",
+    );
+    let id = start_web_canary(&lab, "3s");
+    let started = Instant::now();
+    let done = loop {
+        let d = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        if !d.is_running() {
+            break d;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "the canary is still {} after {LONG:?}\n{}",
+            d.summary(),
+            lab.agent_diagnostics()
+        );
+        let s = tcp(&lab, vip, 100);
+        assert!(
+            s.by_backend.get("green").is_none(),
+            "a connection to green completed, so its path is not broken: {:?}",
+            s.by_backend
+        );
+    };
+    let last = done.history.last().expect("history");
+    assert!(
+        done.state == "rolled_back" && last.reason.contains("tcp handshakes 0/"),
+        "a canary whose SYN-ACKs never reach a client ended {}: {last:?}\n{}\n{}",
+        done.summary(),
+        done.history_table(),
+        lab.agent_diagnostics()
+    );
+    let s = tcp(&lab, vip, 200);
+    assert_all_on(&lab, "new connections after the rollback", &s, "blue");
+}
+
 /// Waits until every held connection of lab process `name` has answered `min` more
 /// times after event index `skip`; returns each one's backend.
 fn held_answers(lab: &Lab, name: &str, conns: u32, skip: usize, min: usize) -> Vec<String> {

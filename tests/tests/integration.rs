@@ -345,6 +345,84 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
     ok(&lab, "stopping ks-client --hold", r);
 }
 
+/// A SYN on the 4-tuple of an established connection (forged here from the client
+/// namespace with a raw socket, as a spoofing attacker or a client reusing a port too
+/// early sends it) does not move the connection after a weight change: 40 held echo
+/// connections on blue, weights to 0/100, one forged SYN on each one's tuple. Blue's
+/// kernel sees all 40 SYNs on its established connections (RFC 5961 challenge
+/// ACKs), and every connection keeps echoing from blue without a reset.
+#[test]
+fn forged_syns_on_established_tuples_move_no_connection() {
+    let vip = v4(80);
+    let all_blue = &[("blue", 100), ("green", 0)];
+    let (mut lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
+        vec![ok(
+            lab,
+            "tenant",
+            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, all_blue),
+        )]
+    });
+    const HELD: u32 = 40;
+    let r = lab.spawn_echo_hold("hold", vip, HELD, 120, 100, 256);
+    ok(&lab, "starting ks-client --hold", r);
+    let before: Vec<String> = ok(
+        &lab,
+        "held connections answering",
+        lab.held_answers("hold", HELD, 0, 2, Duration::from_secs(30)),
+    );
+    assert!(before.iter().all(|b| b == "blue"), "at 100/0: {before:?}");
+    let tuples = ok(
+        &lab,
+        "the held connections' client ports",
+        lab.client_connections_to(vip),
+    );
+    assert_eq!(tuples.len(), HELD as usize, "established: {tuples:?}");
+
+    cfg.tenant_mut("web")
+        .set_weights(&[("blue", 0), ("green", 100)]);
+    ok(&lab, "writing the config", lab.write_config(&cfg));
+    ok(&lab, "keystone-ctl reload", lab.reload());
+
+    let blue_ns = ok(&lab, "blue", lab.backend("blue")).ns.clone();
+    let challenges = || {
+        ok(
+            &lab,
+            "blue's TcpExt",
+            lab.tcp_ext_counter(&blue_ns, "TCPSYNChallenge"),
+        )
+    };
+    let challenged_before = challenges();
+    let SocketAddr::V4(vip4) = vip else {
+        unreachable!("v4() is IPv4")
+    };
+    ok(&lab, "forging SYNs", lab.forge_syns(&tuples, vip4));
+    let seen = ok(&lab, "hold output", lab.hold_events("hold")).len();
+
+    // Every connection answers three more echoes after the SYNs, from blue.
+    let after: Vec<String> = ok(
+        &lab,
+        "held connections answering after the forged SYNs",
+        lab.held_answers("hold", HELD, seen, 3, Duration::from_secs(30)),
+    );
+    let events = ok(&lab, "hold output", lab.hold_events("hold"));
+    let errors = HoldEvent::failures(&events);
+    assert!(
+        errors.is_empty(),
+        "forged SYNs broke held connections: {errors:?}\n{}",
+        context(&lab)
+    );
+    assert_eq!(before, after, "held connections changed backend");
+    assert!(
+        challenges() >= challenged_before + u64::from(HELD),
+        "blue's established connections did not all see their forged SYN (TCPSYNChallenge {} -> {}): the test proves nothing\n{}",
+        challenged_before,
+        challenges(),
+        context(&lab)
+    );
+    let r = lab.stop("hold");
+    ok(&lab, "stopping ks-client --hold", r);
+}
+
 /// The demo's rollout (100/0 → 90/10 → 50/50 → 0/100 → 100/0), each step a config
 /// edit plus `keystone-ctl reload`, from one client: every step's new connections
 /// follow that step's weights (a backend at weight 0 gets none), none fails.

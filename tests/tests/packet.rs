@@ -1213,35 +1213,102 @@ fn weight_changes_keep_established_flows_and_removal_repicks() {
 /// connection table (a client reusing the source port of a closed connection): it is
 /// picked through the live table, like IPVS's `conn_reuse_mode`, while the tuple's
 /// established packets keep their backend.
+/// One nat VIP (`vip4(100)`:80) over b0 and b1 (`backend4(0|1)`:8080), for the
+/// connection-reuse tests.
+struct Pair {
+    v: Endpoint,
+    b0: Endpoint,
+    b1: Endpoint,
+}
+
+impl Pair {
+    fn new() -> Self {
+        Pair {
+            v: ep(vip4(100), 80, PROTO_TCP),
+            b0: ep(backend4(0), 8080, PROTO_TCP),
+            b1: ep(backend4(1), 8080, PROTO_TCP),
+        }
+    }
+
+    fn spec(&self, w0: u32, w1: u32) -> Vec<VipSpec> {
+        vec![vip(
+            "v",
+            self.v,
+            mode::NAT,
+            vec![backend("b0", self.b0, w0), backend("b1", self.b1, w1)],
+        )]
+    }
+
+    /// The backend (b0 or b1) at `addr`, and its MAC index.
+    fn which(&self, addr: SocketAddr) -> (Endpoint, u8) {
+        if addr == self.b0.socket_addr() {
+            (self.b0, 0)
+        } else {
+            assert_eq!(addr, self.b1.socket_addr(), "not a backend of the pair");
+            (self.b1, 1)
+        }
+    }
+}
+
+fn new_flows(gw: &Gateway, b: &Endpoint) -> u64 {
+    gw.counters()
+        .backends
+        .iter()
+        .find(|(_, e, _)| e == b)
+        .map(|(_, _, t)| t.new_flows)
+        .expect("backend counters")
+}
+
+fn l4_of(gw: &Gateway, b: &Endpoint) -> L4Counters {
+    gw.counters()
+        .backend_l4
+        .iter()
+        .find(|(_, e, _)| e == b)
+        .map(|(_, _, c)| *c)
+        .expect("backend L4 counters")
+}
+
+fn pinned_slot(gw: &Gateway, f: &Flow) -> Option<u32> {
+    gw.dp
+        .conn(&f.key())
+        .expect("read CONNS")
+        .map(|state| state.backend)
+}
+
+/// Backend `b` (MAC index `i`) answers client flow `f` with `tcp_flags`; returns the
+/// action (the reply is translated back to the client).
+fn reply(gw: &Gateway, f: &Flow, b: &Endpoint, i: u8, tcp_flags: u8) -> u32 {
+    let from = Flow {
+        src: b.socket_addr(),
+        dst: f.src,
+        proto: f.proto,
+    };
+    let shape = Shape {
+        dst_mac: OUT_MAC,
+        src_mac: backend_mac(i),
+        tcp_flags,
+        ..Shape::default()
+    };
+    gw.run(&frame(&from, &shape), gw.out_index).0
+}
+
+/// A full handshake of `f` (client SYN, the backend's SYN-ACK, client ACK); returns
+/// the backend it went to.
+fn establish(gw: &Gateway, pair: &Pair, f: &Flow) -> SocketAddr {
+    let to = send(gw, f);
+    let (b, i) = pair.which(to);
+    assert_eq!(reply(gw, f, &b, i, SYN | ACK), XDP_REDIRECT, "SYN-ACK");
+    assert_eq!(send_established(gw, f), to, "the handshake's ACK");
+    to
+}
+
 #[test]
 fn a_syn_on_a_tracked_tuple_is_picked_through_the_live_table() {
     in_netns(|| {
         let mut gw = Gateway::new();
-        let v = ep(vip4(100), 80, PROTO_TCP);
-        let b0 = ep(backend4(0), 8080, PROTO_TCP);
-        let b1 = ep(backend4(1), 8080, PROTO_TCP);
-        let spec = |w0, w1| {
-            vec![vip(
-                "v",
-                v,
-                mode::NAT,
-                vec![backend("b0", b0, w0), backend("b1", b1, w1)],
-            )]
-        };
-        let new_flows = |gw: &Gateway, b: &Endpoint| {
-            gw.counters()
-                .backends
-                .iter()
-                .find(|(_, e, _)| e == b)
-                .map(|(_, _, t)| t.new_flows)
-                .expect("backend counters")
-        };
-        let pinned_slot = |gw: &Gateway, f: &Flow| {
-            gw.dp
-                .conn(&f.key())
-                .expect("read CONNS")
-                .map(|state| state.backend)
-        };
+        let pair = Pair::new();
+        let Pair { v, b0, b1 } = pair;
+        let spec = |w0, w1| pair.spec(w0, w1);
         let (to0, to1) = (b0.socket_addr(), b1.socket_addr());
         let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
 
@@ -1283,9 +1350,11 @@ fn a_syn_on_a_tracked_tuple_is_picked_through_the_live_table() {
         // SYN+ACK is not a new connection: it follows the pinned entry.
         assert_eq!(send_flags(&gw, &f, SYN | ACK), to1);
 
-        // No backend takes new connections: a SYN on the tracked tuple is dropped
-        // (NoBackend), its established packets still reach their backend.
+        // No backend takes new connections: once the connection ended (the client's
+        // RST), a SYN on its tuple is dropped (NoBackend); the tuple's other packets
+        // still reach their backend.
         gw.apply(&spec(0, 0));
+        assert_eq!(send_flags(&gw, &f, RST), to1, "the connection's RST");
         let before = gw.counters();
         let (action, _) = gw.run(&frame(&f, &Shape::default()), gw.in_index);
         assert_eq!(action, XDP_DROP, "SYN with no backend for new connections");
@@ -1297,12 +1366,219 @@ fn a_syn_on_a_tracked_tuple_is_picked_through_the_live_table() {
     });
 }
 
-fn l4(syn: u64, syn_ack: u64, rst: u64, fin: u64) -> L4Counters {
+/// Flows for the reuse tests: 40 ports of the client (the one whose neighbour entry
+/// the topology has) towards `vip4(100)`:80.
+fn reuse_flows() -> Vec<Flow> {
+    (0..40u16)
+        .map(|i| {
+            flow(
+                &format!("198.18.0.2:{}", 40_000 + i),
+                "198.18.0.100:80",
+                PROTO_TCP,
+            )
+        })
+        .collect()
+}
+
+/// A SYN on the 4-tuple of an established connection (retransmitted, reused too
+/// early, or forged) does not move it, whatever the weights say: the SYN, and every
+/// later packet, goes to the connection's backend; nothing is re-pinned or counted
+/// as a new connection. A tuple whose handshake is still under way (no client ACK
+/// yet) keeps the reuse rule: its SYN follows the live table.
+#[test]
+fn a_syn_on_an_established_tuple_keeps_its_backend_after_a_weight_change() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let pair = Pair::new();
+        let flows = reuse_flows();
+        gw.apply(&pair.spec(1, 1));
+        let first: Vec<SocketAddr> = flows.iter().map(|f| establish(&gw, &pair, f)).collect();
+        let on_b0 = first
+            .iter()
+            .filter(|b| **b == pair.b0.socket_addr())
+            .count();
+        assert!(on_b0 > 0 && on_b0 < flows.len(), "both backends have flows");
+        let half_open = flow("198.18.0.2:45000", "198.18.0.100:80", PROTO_TCP);
+        let half_open_to = send(&gw, &half_open);
+
+        // New connections all go to the backend the half-open flow is not on.
+        let (w0, w1, live) = if half_open_to == pair.b0.socket_addr() {
+            (0, 1, pair.b1)
+        } else {
+            (1, 0, pair.b0)
+        };
+        gw.apply(&pair.spec(w0, w1));
+        let before = gw.counters();
+        for (f, was) in flows.iter().zip(&first) {
+            let entry = gw.dp.conn(&f.key()).expect("read CONNS");
+            assert_eq!(send(&gw, f), *was, "a SYN moved established flow {f:?}");
+            assert_eq!(
+                gw.dp.conn(&f.key()).expect("read CONNS"),
+                entry,
+                "a SYN on an established flow rewrote its entry"
+            );
+            assert_eq!(send_established(&gw, f), *was, "flow {f:?} moved");
+        }
+        let after = gw.counters();
+        assert_eq!(
+            l4_deltas(&before, &after),
+            vec![],
+            "SYNs on established flows are no connection attempts"
+        );
+        let new_flows = |c: &Counters| {
+            c.backends
+                .iter()
+                .map(|(_, _, t)| t.new_flows)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(new_flows(&after), new_flows(&before), "no new flows");
+        assert_eq!(
+            send(&gw, &half_open),
+            live.socket_addr(),
+            "the retransmitted SYN of an unfinished handshake follows the live table"
+        );
+    });
+}
+
+/// A connection that ended (FIN or RST from the client, FIN or RST from a nat
+/// backend) or that sat idle longer than `limits::conn::REUSE_IDLE_S` leaves a stale
+/// entry: a SYN on its tuple is a new connection, picked through the live table.
+#[test]
+fn after_a_fin_or_rst_or_a_long_idle_a_syn_repicks() {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use keystone_common::{FlowKey, FlowState, limits::conn::REUSE_IDLE_TICKS, names};
+
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let pair = Pair::new();
+        let flows = reuse_flows();
+        gw.apply(&pair.spec(1, 0));
+        for f in &flows {
+            assert_eq!(establish(&gw, &pair, f), pair.b0.socket_addr());
+        }
+        gw.apply(&pair.spec(0, 1));
+        let (to0, to1) = (pair.b0.socket_addr(), pair.b1.socket_addr());
+        let conns = || -> BpfHashMap<MapData, FlowKey, FlowState> {
+            let pin = gw.dp.pin_dir().join(names::CONNS);
+            Map::from_map_data(MapData::from_pin(pin).unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        };
+        type Close<'a> = (&'a str, Box<dyn Fn(&Flow) + 'a>);
+        let ends: [Close; 5] = [
+            (
+                "client FIN",
+                Box::new(|f| assert_eq!(send_flags(&gw, f, FIN | ACK), to0)),
+            ),
+            (
+                "client RST",
+                Box::new(|f| assert_eq!(send_flags(&gw, f, RST), to0)),
+            ),
+            (
+                "backend FIN",
+                Box::new(|f| assert_eq!(reply(&gw, f, &pair.b0, 0, FIN | ACK), XDP_REDIRECT)),
+            ),
+            (
+                "backend RST",
+                Box::new(|f| assert_eq!(reply(&gw, f, &pair.b0, 0, RST | ACK), XDP_REDIRECT)),
+            ),
+            (
+                "idle too long",
+                Box::new(|f| {
+                    let mut map = conns();
+                    let mut state = map.get(&f.key(), 0).expect("entry");
+                    state.seen = state.seen.wrapping_sub(REUSE_IDLE_TICKS + 2);
+                    map.insert(f.key(), state, 0).expect("age the entry");
+                }),
+            ),
+        ];
+        for (i, (what, end)) in ends.iter().enumerate() {
+            let f = &flows[i];
+            // Still live: a SYN stays.
+            assert_eq!(send(&gw, f), to0, "{what}: SYN before the end");
+            end(f);
+            assert_eq!(send(&gw, f), to1, "{what}: a SYN after it re-picks");
+            assert_eq!(
+                send_established(&gw, f),
+                to1,
+                "{what}: and the tuple follows"
+            );
+        }
+        // An entry idle just under the bound is still live.
+        let f = &flows[ends.len()];
+        let mut map = conns();
+        let mut state = map.get(&f.key(), 0).expect("entry");
+        state.seen = state.seen.wrapping_sub(REUSE_IDLE_TICKS - 2);
+        map.insert(f.key(), state, 0).expect("age the entry");
+        assert_eq!(send(&gw, f), to0, "idle under the bound: the SYN stays");
+    });
+}
+
+/// `L4Counters::established`, the passive success signal: in nat mode a handshake
+/// counts only when the client's ACK follows the backend's SYN-ACK, once per
+/// connection. SYN-ACKs the client never acknowledges (dropped for a bad checksum:
+/// it retransmits its SYN instead) count nothing; neither does an ACK without a
+/// SYN-ACK seen.
+#[test]
+fn a_handshake_counts_as_established_only_with_the_clients_ack_once() {
+    in_netns(|| {
+        let mut gw = Gateway::new();
+        let pair = Pair::new();
+        gw.apply(&pair.spec(1, 0));
+        let b0 = pair.b0;
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+        let start = gw.counters();
+        let moved = |before: &Counters| l4_deltas(before, &gw.counters());
+        let b = b0.socket_addr();
+
+        // The client drops every SYN-ACK: SYN, SYN-ACK, SYN again, SYN-ACK again.
+        for _ in 0..3 {
+            assert_eq!(send(&gw, &f), b);
+            assert_eq!(reply(&gw, &f, &b0, 0, SYN | ACK), XDP_REDIRECT);
+        }
+        assert_eq!(
+            moved(&start),
+            vec![(b, l4(3, 3, 0, 0, 0))],
+            "SYN-ACKs without the client's ACK are no success"
+        );
+        // The client's ACK completes it: one success; later packets add nothing.
+        let before = gw.counters();
+        assert_eq!(send_flags(&gw, &f, ACK), b);
+        assert_eq!(moved(&before), vec![(b, l4(0, 0, 0, 0, 1))], "the ACK");
+        let before = gw.counters();
+        for _ in 0..3 {
+            assert_eq!(send_established(&gw, &f), b);
+        }
+        assert_eq!(
+            reply(&gw, &f, &b0, 0, SYN | ACK),
+            XDP_REDIRECT,
+            "late SYN-ACK"
+        );
+        assert_eq!(send_flags(&gw, &f, ACK), b);
+        assert_eq!(moved(&before), vec![(b, l4(0, 1, 0, 0, 0))], "counted once");
+
+        // A client ACK after a SYN that no SYN-ACK answered (through this gateway).
+        let g = flow("198.18.0.2:40001", "198.18.0.100:80", PROTO_TCP);
+        let before = gw.counters();
+        assert_eq!(send(&gw, &g), b);
+        assert_eq!(send_established(&gw, &g), b);
+        assert_eq!(
+            moved(&before),
+            vec![(b, l4(1, 0, 0, 0, 0))],
+            "ACK without SYN-ACK"
+        );
+        assert_eq!(l4_of(&gw, &b0).established, 1);
+    });
+}
+
+fn l4(syn: u64, syn_ack: u64, rst: u64, fin: u64, established: u64) -> L4Counters {
     L4Counters {
         syn,
         syn_ack,
         rst,
         fin,
+        established,
     }
 }
 
@@ -1323,6 +1599,7 @@ fn l4_deltas(before: &Counters, after: &Counters) -> Vec<(SocketAddr, L4Counters
                 a.syn_ack - old.syn_ack,
                 a.rst - old.rst,
                 a.fin - old.fin,
+                a.established - old.established,
             );
             (d != z).then_some((b.socket_addr(), d))
         })
@@ -1343,8 +1620,9 @@ type L4Step = (
 );
 
 /// Passive TCP signals per backend: client SYNs (ACK clear) count `syn` for the
-/// backend they go to, a nat backend's SYN+ACK/RST/FIN replies count for it; UDP and
-/// other segments count nothing; dsr backends only get `syn`.
+/// backend they go to, a nat backend's SYN+ACK/RST/FIN replies count for it, the
+/// client's ACK that completes the handshake counts `established`; UDP and other
+/// segments count nothing; dsr backends only get `syn` and `established`.
 #[test]
 fn l4_counters_count_syns_and_the_backends_answers() {
     in_netns(|| {
@@ -1375,24 +1653,24 @@ fn l4_counters_count_syns_and_the_backends_answers() {
         let d0: SocketAddr = "198.18.1.12:80".parse().unwrap();
         #[rustfmt::skip]
         let steps: Vec<L4Step> = vec![
-            ("nat SYN", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0))]),
-            ("nat SYN retransmit", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0))]),
-            ("nat SYN+ACK reply", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 1, 0, 0))]),
-            ("client ACK", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), ACK, inn, XDP_REDIRECT, vec![]),
+            ("nat SYN", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0, 0))]),
+            ("nat SYN retransmit", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b0, l4(1, 0, 0, 0, 0))]),
+            ("nat SYN+ACK reply", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 1, 0, 0, 0))]),
+            ("client ACK", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), ACK, inn, XDP_REDIRECT, vec![(b0, l4(0, 0, 0, 0, 1))]),
             ("client data", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), ACK | PSH, inn, XDP_REDIRECT, vec![]),
             ("backend data", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), ACK | PSH, out, XDP_REDIRECT, vec![]),
             ("client FIN", client("198.18.0.100:80", PROTO_TCP), from_client.clone(), FIN | ACK, inn, XDP_REDIRECT, vec![]),
-            ("backend FIN", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), FIN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 0, 1))]),
-            ("backend RST+ACK (refused)", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0))]),
-            ("backend RST", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0))]),
+            ("backend FIN", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), FIN | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 0, 1, 0))]),
+            ("backend RST+ACK (refused)", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST | ACK, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0, 0))]),
+            ("backend RST", from_backend("198.18.1.10:8080", PROTO_TCP), from(0), RST, out, XDP_REDIRECT, vec![(b0, l4(0, 0, 1, 0, 0))]),
             // The agent's own health check of b0: not a client's connection.
             ("backend SYN+ACK to the gateway itself", flow("198.18.1.10:8080", "198.18.1.1:41000", PROTO_TCP), from(0), SYN | ACK, out, XDP_PASS, vec![]),
-            ("nat ipv6 SYN", flow("[2001:db8::2]:41000", "[2001:db8::100]:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b6, l4(1, 0, 0, 0))]),
-            ("nat ipv6 SYN+ACK", flow("[2001:db8:1::10]:8080", "[2001:db8::2]:41000", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b6, l4(0, 1, 0, 0))]),
+            ("nat ipv6 SYN", flow("[2001:db8::2]:41000", "[2001:db8::100]:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(b6, l4(1, 0, 0, 0, 0))]),
+            ("nat ipv6 SYN+ACK", flow("[2001:db8:1::10]:8080", "[2001:db8::2]:41000", PROTO_TCP), from(0), SYN | ACK, out, XDP_REDIRECT, vec![(b6, l4(0, 1, 0, 0, 0))]),
             ("udp to a nat VIP", client("198.18.0.100:53", PROTO_UDP), from_client.clone(), 0, inn, XDP_REDIRECT, vec![]),
             ("udp reply", from_backend("198.18.1.11:5353", PROTO_UDP), from(1), 0, out, XDP_REDIRECT, vec![]),
-            ("dsr SYN", client("198.18.0.101:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(d0, l4(1, 0, 0, 0))]),
-            ("dsr ACK", client("198.18.0.101:80", PROTO_TCP), from_client.clone(), ACK, inn, XDP_REDIRECT, vec![]),
+            ("dsr SYN", client("198.18.0.101:80", PROTO_TCP), from_client.clone(), SYN, inn, XDP_REDIRECT, vec![(d0, l4(1, 0, 0, 0, 0))]),
+            ("dsr ACK", client("198.18.0.101:80", PROTO_TCP), from_client.clone(), ACK, inn, XDP_REDIRECT, vec![(d0, l4(0, 0, 0, 0, 1))]),
             // A dsr backend answers the client directly; a packet from it that does
             // cross the gateway is not a reply the gateway translates or counts.
             ("dsr backend SYN+ACK", from_backend("198.18.1.12:80", PROTO_TCP), from(2), SYN | ACK, out, XDP_PASS, vec![]),
@@ -1417,9 +1695,9 @@ fn l4_counters_count_syns_and_the_backends_answers() {
         assert_eq!(
             total,
             vec![
-                (b0, l4(2, 1, 2, 1)),
-                (d0, l4(1, 0, 0, 0)),
-                (b6, l4(1, 1, 0, 0)),
+                (b0, l4(2, 1, 2, 1, 1)),
+                (d0, l4(1, 0, 0, 0, 1)),
+                (b6, l4(1, 1, 0, 0, 0)),
             ],
             "totals"
         );
@@ -1693,8 +1971,72 @@ fn a_pinned_v1_reverse_map_is_migrated_on_load() {
         assert_eq!(parse_flow(&out).src, v.socket_addr());
         assert_eq!(
             l4_deltas(&before, &gw.counters()),
-            vec![(b0.socket_addr(), l4(0, 1, 0, 0))]
+            vec![(b0.socket_addr(), l4(0, 1, 0, 0, 0))]
         );
+    });
+}
+
+/// Upgrading from an agent whose connection table was `KS_CONNS_V1` (backend and
+/// generation only): `load` copies its entries into `KS_CONNS_V2` with an unknown
+/// state before the new program runs, so established flows keep their backend across
+/// the upgrade and a weight change; their next client packet shows them established,
+/// from then on a SYN does not move them either. The old L4 counters
+/// (`KS_BACKEND_L4_V1`) are replaced; both V1 maps are unpinned.
+#[test]
+fn a_pinned_v1_connection_table_is_migrated_on_load() {
+    use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+    use keystone_common::{
+        FlowKey, FlowState,
+        legacy::{FlowStateV1, L4CountersV1},
+        limits::ring::DEFAULT_MAX_BACKENDS,
+        names,
+    };
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let pair = Pair::new();
+        let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
+        let mut dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .unwrap_or_else(|e| panic!("first load: {e}"));
+        dp.apply(&pair.spec(1, 0)).unwrap();
+        run_frame(&dp, &frame(&f, &Shape::default()), 0);
+        let pinned = dp.conn(&f.key()).unwrap().expect("the flow is tracked");
+        assert_eq!(Some(pinned.backend), dp.backend_slot(&pair.v, &pair.b0));
+        dp.shutdown(true).unwrap();
+        drop(dp);
+
+        // What an older agent leaves behind: V1 maps, and no V2.
+        for name in [names::CONNS, names::BACKEND_L4] {
+            std::fs::remove_file(pin_dir.join(name)).unwrap();
+        }
+        let mut v1 = BpfHashMap::<MapData, FlowKey, FlowStateV1>::create(1024, 0).unwrap();
+        let old = FlowStateV1 {
+            backend: pinned.backend,
+            generation: pinned.generation,
+        };
+        v1.insert(f.key(), old, 0).unwrap();
+        v1.pin(pin_dir.join(names::CONNS_V1)).unwrap();
+        PerCpuArray::<MapData, L4CountersV1>::create(DEFAULT_MAX_BACKENDS, 0)
+            .unwrap()
+            .pin(pin_dir.join(names::BACKEND_L4_V1))
+            .unwrap();
+
+        let dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
+            .unwrap_or_else(|e| panic!("load over V1 maps: {e}"));
+        for name in [names::CONNS_V1, names::BACKEND_L4_V1] {
+            assert!(!pin_dir.join(name).exists(), "{name} is still pinned");
+        }
+        assert_eq!(
+            dp.conn(&f.key()).unwrap(),
+            Some(FlowState::pinned(pinned.backend, pinned.generation)),
+            "migrated entry, state unknown"
+        );
+        let mut gw = Gateway::with(dp, bpffs);
+        gw.apply(&pair.spec(0, 1));
+        let to0 = pair.b0.socket_addr();
+        assert_eq!(send_established(&gw, &f), to0, "moved by the upgrade");
+        assert_eq!(send(&gw, &f), to0, "a SYN moved the migrated flow");
     });
 }
 

@@ -21,9 +21,9 @@ use aya::{
     util::nr_cpus,
 };
 use keystone_common::{
-    Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
-    VipInfo, backend_flags,
-    legacy::{ReverseNatV1, VipInfoV1, v1_ring_base},
+    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
+    VipAddr, VipInfo, backend_flags,
+    legacy::{FlowStateV1, ReverseNatV1, VipInfoV1, v1_ring_base},
     limits::{iface::MAX_IFINDEX, ring::NO_BACKEND, stats::XDP_ACTIONS},
     names,
 };
@@ -51,6 +51,16 @@ pub const MAP_NAMES: [&str; 14] = [
     names::REASON_STATS,
     names::EVENT_STATS,
     names::IFACES,
+];
+
+/// Maps of earlier layouts a previous agent may have pinned: migrated or replaced
+/// by `load` (see their `names::*_V1` docs), unpinned once the new program is
+/// attached.
+const LEGACY_MAPS: [&str; 4] = [
+    names::REVERSE_V1,
+    names::VIPS_V1,
+    names::CONNS_V1,
+    names::BACKEND_L4_V1,
 ];
 
 /// The maps whose size is a capacity from `Limits`, with the `limits.` field that
@@ -231,13 +241,13 @@ impl AyaDataplane {
 
         // Before the new program can run: it reads REVERSE and VIPS with the new
         // layouts. An old program still running elsewhere keeps its own reference to
-        // a V1 map, which is unpinned once this start is committed.
-        for (migrated, v1) in [
-            (migrate_reverse_v1(&mut ebpf, &pin_dir)?, names::REVERSE_V1),
-            (migrate_vips_v1(&mut ebpf, &pin_dir)?, names::VIPS_V1),
-        ] {
-            if migrated {
-                start.unpin_on_commit(pin_dir.join(v1));
+        // a legacy map, which is unpinned once this start is committed.
+        migrate_reverse_v1(&mut ebpf, &pin_dir)?;
+        migrate_vips_v1(&mut ebpf, &pin_dir)?;
+        migrate_conns_v1(&mut ebpf, &pin_dir)?;
+        for name in LEGACY_MAPS {
+            if start.existed(name) {
+                start.unpin_on_commit(pin_dir.join(name));
             }
         }
 
@@ -334,21 +344,17 @@ impl AyaDataplane {
     }
 
     /// The connection-table entry of a flow, if any.
-    pub fn conn(
-        &self,
-        flow: &FlowKey,
-    ) -> Result<Option<keystone_common::FlowState>, DataplaneError> {
+    pub fn conn(&self, flow: &FlowKey) -> Result<Option<FlowState>, DataplaneError> {
         let map = self
             .ebpf
             .map(names::CONNS)
             .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
-        let conns =
-            HashMap::<_, FlowKey, keystone_common::FlowState>::try_from(map).map_err(|source| {
-                DataplaneError::Map {
-                    map: names::CONNS,
-                    source,
-                }
-            })?;
+        let conns = HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| {
+            DataplaneError::Map {
+                map: names::CONNS,
+                source,
+            }
+        })?;
         match conns.get(flow, 0) {
             Ok(state) => Ok(Some(state)),
             Err(MapError::KeyNotFound) => Ok(None),
@@ -383,10 +389,7 @@ impl AyaDataplane {
             tracing::info!(interface = %a.interface, "detached XDP program");
         }
         remove_if_exists(&self.pin_dir.join(names::PROGRAM))?;
-        for name in MAP_NAMES
-            .into_iter()
-            .chain([names::REVERSE_V1, names::VIPS_V1])
-        {
+        for name in MAP_NAMES.into_iter().chain(LEGACY_MAPS) {
             remove_if_exists(&self.pin_dir.join(name))?;
         }
         Ok(())
@@ -601,6 +604,50 @@ fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, Dataplane
         "migrated the reverse-NAT map from {} to {}",
         names::REVERSE_V1,
         names::REVERSE
+    );
+    Ok(true)
+}
+
+/// Upgrades from an agent whose connection table was `names::CONNS_V1` (no
+/// connection state): copies its entries into the new table with their backend and
+/// an unknown state (`FlowState::pinned`: a SYN re-picks them as before until their
+/// next client packet shows the connection), before the new program is attached, so
+/// established flows keep their backend across the upgrade. Flows the old program
+/// pins after the copy are re-picked on their next packet (`Event::UntrackedMidFlow`),
+/// onto the same backend since the weights do not change in between. At most the
+/// V1 table's capacity is copied (its keys may change under the walk). Returns
+/// whether a V1 map was found.
+fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
+    let path = pin_dir.join(names::CONNS_V1);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let v1_err = map_err(names::CONNS_V1);
+    let data = MapData::from_pin(&path).map_err(&v1_err)?;
+    let capacity = data.info().map_err(&v1_err)?.max_entries();
+    let old: HashMap<MapData, FlowKey, FlowStateV1> =
+        HashMap::try_from(Map::LruHashMap(data)).map_err(&v1_err)?;
+    let map = ebpf
+        .map_mut(names::CONNS)
+        .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
+    let mut new = HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(map_err(names::CONNS))?;
+    let mut copied = 0;
+    for entry in old.iter().take(capacity as usize) {
+        let (flow, v1) = match entry {
+            Ok(entry) => entry,
+            // Evicted between finding its key and reading it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(v1_err(e)),
+        };
+        new.insert(flow, FlowState::pinned(v1.backend, v1.generation), 0)
+            .map_err(map_err(names::CONNS))?;
+        copied += 1;
+    }
+    tracing::info!(
+        entries = copied,
+        "migrated the connection table from {} to {}",
+        names::CONNS_V1,
+        names::CONNS
     );
     Ok(true)
 }

@@ -140,8 +140,8 @@ pub struct Counters {
     /// (VIP, backend, counters) for every backend currently programmed.
     pub backends: Vec<(Endpoint, Endpoint, TrafficCounters)>,
     /// (VIP, backend, passive TCP signals) for every backend currently programmed:
-    /// SYNs sent to it and, in `nat` mode, its SYN+ACK/RST/FIN replies.
-    /// `syn_ack / syn` is its connection success rate (see `L4Counters`).
+    /// SYNs sent to it, handshakes completed and, in `nat` mode, its SYN+ACK/RST/FIN
+    /// replies. `established / syn` is its connection success rate (see `L4Counters`).
     pub backend_l4: Vec<(Endpoint, Endpoint, L4Counters)>,
     /// Packets per XDP action, indexed by action number.
     pub actions: [u64; XDP_ACTIONS as usize],

@@ -67,8 +67,8 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Established-flow packets are ACKs: a SYN (ACK clear) is always picked through
-/// the Maglev table, which is the new-flow case.
+/// Established-flow packets are ACKs: a SYN (ACK clear) on a flow whose handshake
+/// did not complete is picked through the Maglev table, which is the new-flow case.
 fn established() -> Shape {
     Shape {
         tcp_flags: ACK | PSH,
