@@ -1122,6 +1122,7 @@ impl Agent {
                                 .health
                                 .get(&t.name, &s.name)
                                 .map_or(HealthState::Unknown, |h| h.state),
+                            health_local_error: self.health.local_error(&t.name, &s.name),
                         })
                         .collect(),
                 }
@@ -1213,6 +1214,7 @@ impl Agent {
                             effective_weight: v.effective_weight,
                             weight_share: v.traffic_percent / 100.0,
                             health: v.health,
+                            health_local_error: v.health_local_error.clone(),
                             packets: total.packets,
                             bytes: total.bytes,
                             new_connections: total.new_flows,
@@ -1582,6 +1584,8 @@ pub struct TenantBackendView {
     /// Share of new connections the weights give this backend.
     pub traffic_percent: f64,
     pub health: HealthState,
+    /// Why its last check could not run on this host (the health stays as it was).
+    pub health_local_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1623,6 +1627,8 @@ pub struct BackendStatus {
     /// This backend's share of the tenant's effective weight.
     pub weight_share: f64,
     pub health: HealthState,
+    /// Why its last check could not run on this host (the health stays as it was).
+    pub health_local_error: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,

@@ -1,6 +1,7 @@
 //! Keystone's agent: config, data-plane programming, admin API and metrics.
 #![deny(unsafe_code)]
 
+pub mod admin_server;
 pub mod agent;
 pub mod api;
 #[cfg(test)]
@@ -11,6 +12,7 @@ pub mod deploy;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod open_files;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;

@@ -15,10 +15,12 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use keystone_agent::{
+    admin_server::{self, ServerMetrics},
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
     dataplane::aya_dataplane::{AyaDataplane, LoadOptions},
+    open_files,
     store::Store,
     webhook::WebhookVerifier,
 };
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let open_files = raise_open_files_limit();
     let config = match LoadedConfig::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    match runtime.block_on(run(args, config)) {
+    match runtime.block_on(run(args, config, open_files)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keystone-agent: {e:#}");
@@ -103,7 +106,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
+async fn run(args: Args, config: LoadedConfig, open_files: u64) -> anyhow::Result<()> {
     let interfaces = if args.interfaces.is_empty() {
         config.config.interfaces.clone()
     } else {
@@ -135,7 +138,12 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
         Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
     // Before the API answers: dsr needs every backend's MAC from the first packet.
     agent.prime_neighbours();
-    let registry = Arc::new(keystone_agent::metrics::registry(&agent));
+    let server_metrics = ServerMetrics::default();
+    let registry = keystone_agent::metrics::registry(&agent);
+    server_metrics
+        .register(&registry)
+        .context("cannot register the admin server's metrics")?;
+    let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
@@ -156,14 +164,27 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
         webhook,
     });
     let mut graceful_rx = shutdown_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let limits = admin_server::Limits {
+        max_connections: open_files::admin_connection_limit(open_files),
+        header_read_timeout: admin_server::HEADER_READ_TIMEOUT,
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        open_files,
+        "admin API connections limited to keep descriptors for health checks"
+    );
+    let server = tokio::spawn(admin_server::serve(
+        listener,
+        app,
+        limits,
+        server_metrics,
+        async move {
+            let _ = graceful_rx.wait_for(|stop| *stop).await;
+        },
+    ));
     let _ = shutdown_rx.wait_for(|stop| *stop).await;
     match tokio::time::timeout(GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin API server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin API server task failed"),
         Err(_) => {
             tracing::warn!(grace = ?GRACE, "admin API requests still running after the grace period; exiting anyway")
@@ -177,6 +198,33 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
         "keystone-agent stopped"
     );
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one and returns the limit in force,
+/// warning when it stays low.
+fn raise_open_files_limit() -> u64 {
+    match open_files::raise_limit() {
+        Ok(limit) => {
+            if limit.soft != limit.soft_before {
+                tracing::info!(
+                    from = limit.soft_before,
+                    to = limit.soft,
+                    "open-files limit raised"
+                );
+            }
+            if limit.soft < 4096 {
+                tracing::warn!(
+                    limit = limit.soft,
+                    "the open-files limit is low (raise the hard limit, e.g. LimitNOFILE=65536 in the systemd unit)"
+                );
+            }
+            limit.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit; assuming 1024");
+            1024
+        }
+    }
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop.

@@ -380,6 +380,9 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         }))
         .expect("the data-plane collector is registered once");
     registry
+        .register(Box::new(agent.health().local_error_metric()))
+        .expect("the health checker's metrics are registered once");
+    registry
 }
 
 /// The text exposition of everything in `registry`.
