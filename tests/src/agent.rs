@@ -154,8 +154,20 @@ impl Lab {
 
     /// [`Lab::start_agent`] with extra command-line arguments (e.g. `--keep-forwarding`).
     pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_agent_wrapped(&[], extra)
+    }
+
+    /// [`Lab::start_agent_with`], the agent run by a wrapper that execs it: `wrapper`
+    /// is the wrapper's path and arguments (e.g. `/usr/bin/prlimit --nofile=1024:2048`),
+    /// the agent's path and arguments follow them.
+    pub fn start_agent_wrapped(&mut self, wrapper: &[&str], extra: &[&str]) -> Result<()> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
+        let (program, wrapper_args) = match wrapper.split_first() {
+            Some((program, args)) => (PathBuf::from(program), args),
+            None => (agent.clone(), &[][..]),
+        };
+        let agent_arg = (!wrapper.is_empty()).then_some(agent.as_os_str());
         let gw = self.gateway_ns().to_owned();
         let config = self.config_path();
         let pins = self.pin_dir();
@@ -163,18 +175,21 @@ impl Lab {
         self.spawn(
             AGENT,
             &gw,
-            &agent,
-            &[
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--pin-dir".as_ref(),
-                pins.as_os_str(),
-                "--state-dir".as_ref(),
-                agent_state.as_os_str(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|a| a.as_ref()))
-            .collect::<Vec<&std::ffi::OsStr>>(),
+            &program,
+            &wrapper_args
+                .iter()
+                .map(|a| a.as_ref())
+                .chain(agent_arg)
+                .chain([
+                    "--config".as_ref(),
+                    config.as_os_str(),
+                    "--pin-dir".as_ref(),
+                    pins.as_os_str(),
+                    "--state-dir".as_ref(),
+                    agent_state.as_os_str(),
+                ])
+                .chain(extra.iter().map(|a| a.as_ref()))
+                .collect::<Vec<&std::ffi::OsStr>>(),
         )?;
         self.note("config", config.display().to_string())?;
         self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
