@@ -15,6 +15,7 @@ use keystone_common::{Endpoint, Reason, TrafficCounters, xdp_action_name};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    admin_token::AdminToken,
     config::{
         ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, PrometheusQuery,
         Protocol, ResolvedTenant, Strategy,
@@ -128,6 +129,8 @@ pub struct Agent {
     /// Reloads are serialised so SIGHUP and the API cannot interleave; changes through
     /// the API queue on it too ([`Agent::change_turn`]).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The admin API's token, resolved again by every reload.
+    admin_token: std::sync::OnceLock<AdminToken>,
 }
 
 pub fn unix_now() -> f64 {
@@ -171,6 +174,7 @@ impl Agent {
             prometheus: Mutex::new(BTreeMap::new()),
             drained: Mutex::new(Default::default()),
             reload_lock: tokio::sync::Mutex::new(()),
+            admin_token: std::sync::OnceLock::new(),
         });
         {
             let runtime = agent.runtime();
@@ -217,6 +221,18 @@ impl Agent {
 
     pub fn health(&self) -> &HealthChecker {
         &self.health
+    }
+
+    /// Gives the agent the admin API's token, to keep current across reloads (once).
+    pub fn use_admin_token(&self, token: AdminToken) {
+        if self.admin_token.set(token).is_err() {
+            tracing::warn!("the admin token was already set; keeping the first");
+        }
+    }
+
+    /// Whether `presented` is the admin API's token (none before `use_admin_token`).
+    pub fn admin_token_matches(&self, presented: &str) -> bool {
+        self.admin_token.get().is_some_and(|t| t.matches(presented))
     }
 
     /// The data plane's desired state: config + traffic plans + health.
@@ -278,6 +294,14 @@ impl Agent {
                 problem,
             });
         }
+        // Read before anything goes live: an unreadable token file refuses the reload.
+        let token = match self.admin_token.get() {
+            Some(t) => Some(
+                t.resolve(&new.config.admin)
+                    .map_err(|e| e.into_config_error(&new.path))?,
+            ),
+            None => None,
+        };
         let mut runtime = self.runtime();
         let saved_plans = runtime.state.plans.clone();
         let mut events = forget_changed_tenants(&old, &new, &mut runtime.state, unix_now());
@@ -308,6 +332,9 @@ impl Agent {
             }
             live.generation += 1;
             live.loaded_at = SystemTime::now();
+            if let (Some(live_token), Some(token)) = (self.admin_token.get(), token) {
+                live_token.set(token);
+            }
         }
         for field in &new.ignored_fields {
             tracing::warn!(field, "unknown config field ignored");

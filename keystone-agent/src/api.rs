@@ -41,7 +41,6 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ApiState {
     pub agent: Arc<Agent>,
     pub registry: Arc<Registry>,
-    pub token: Arc<String>,
     /// `None` when the config has no `webhook:` secret.
     pub webhook: Option<Arc<WebhookVerifier>>,
 }
@@ -207,7 +206,7 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
             "missing bearer token (Authorization: Bearer <token>)",
         )
         .into_response(),
-        Some(token) if !constant_time_eq(token.trim().as_bytes(), state.token.as_bytes()) => {
+        Some(token) if !state.agent.admin_token_matches(token) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response()
         }
         Some(_) => next.run(request).await,

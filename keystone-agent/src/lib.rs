@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin_server;
+pub mod admin_token;
 pub mod agent;
 pub mod api;
 #[cfg(test)]
@@ -13,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod open_files;
+pub mod secrets;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;

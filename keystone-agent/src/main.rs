@@ -3,24 +3,18 @@
 //!
 //! Exit codes: 0 clean shutdown; 64 invalid config or arguments; 1 anything else.
 
-use std::{
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-    process::ExitCode,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use keystone_agent::{
     admin_server::{self, ServerMetrics},
+    admin_token::AdminToken,
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
     dataplane::aya_dataplane::{AyaDataplane, LoadOptions},
-    open_files,
+    open_files, secrets,
     store::Store,
     webhook::WebhookVerifier,
 };
@@ -117,7 +111,20 @@ async fn run(args: Args, config: LoadedConfig, open_files: u64) -> anyhow::Resul
             "no interfaces to attach to: list them under `interfaces:` in the config or pass --interface"
         );
     }
-    let token = admin_token(&config, &args.state_dir)?;
+    // Whatever the agent writes from here on (state, config copy, token) is private.
+    secrets::private_new_files();
+    match secrets::lock_down(&args.state_dir) {
+        Ok(fixed) if !fixed.is_empty() => {
+            tracing::warn!(files = ?fixed, "state files were readable by others; made them 0600")
+        }
+        Ok(_) => {}
+        Err(e) => bail!(
+            "cannot make the state directory {} private (0700): {e}",
+            args.state_dir.display()
+        ),
+    }
+    let token = AdminToken::from_config(&config.config.admin, &args.state_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.field()))?;
     let admin_addr = config.config.admin.listen;
 
     let dataplane = AyaDataplane::load(LoadOptions {
@@ -136,6 +143,7 @@ async fn run(args: Args, config: LoadedConfig, open_files: u64) -> anyhow::Resul
     let store = Store::new(&args.state_dir);
     let agent =
         Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
+    agent.use_admin_token(token);
     // Before the API answers: dsr needs every backend's MAC from the first packet.
     agent.prime_neighbours();
     let server_metrics = ServerMetrics::default();
@@ -160,7 +168,6 @@ async fn run(args: Args, config: LoadedConfig, open_files: u64) -> anyhow::Resul
     let app = router(ApiState {
         agent: agent.clone(),
         registry,
-        token: Arc::new(token),
         webhook,
     });
     let mut graceful_rx = shutdown_rx.clone();
@@ -305,50 +312,4 @@ async fn sample_traffic(agent: Arc<Agent>) {
             tracing::warn!(error = %e, "cannot read data-plane counters");
         }
     }
-}
-
-/// The admin token: from the config, its token file, KEYSTONE_ADMIN_TOKEN, or, failing
-/// all, generated and written to `<state_dir>/admin-token` (mode 0600) for keystone-ctl.
-fn admin_token(config: &LoadedConfig, state_dir: &Path) -> anyhow::Result<String> {
-    let admin = &config.config.admin;
-    if let Some(token) = &admin.token {
-        return Ok(token.clone());
-    }
-    if let Some(file) = &admin.token_file {
-        let token = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read admin.token_file {}", file.display()))?;
-        let token = token.trim();
-        if token.is_empty() {
-            bail!("admin.token_file {} is empty", file.display());
-        }
-        return Ok(token.to_owned());
-    }
-    if let Ok(token) = std::env::var("KEYSTONE_ADMIN_TOKEN")
-        && !token.trim().is_empty()
-    {
-        return Ok(token.trim().to_owned());
-    }
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("cannot read /dev/urandom to generate an admin token")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let path = state_dir.join("admin-token");
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| f.write_all(token.as_bytes()))
-        .with_context(|| {
-            format!(
-                "cannot write the generated admin token to {}",
-                path.display()
-            )
-        })?;
-    tracing::info!(path = %path.display(), "no admin token configured; generated one");
-    Ok(token)
 }
