@@ -170,20 +170,13 @@ fn read_token_file(path: &Path) -> Result<String, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
+    use crate::secrets::tests::{mode, open_state_dir};
 
     #[test]
     fn a_generated_token_is_private_even_over_an_existing_file() {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = open_state_dir(dir.path(), &[GENERATED_FILE]);
         let file = state.join(GENERATED_FILE);
-        std::fs::write(&file, "old").unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let token = AdminToken {
             live: RwLock::default(),
             state_dir: Some(state.clone()),

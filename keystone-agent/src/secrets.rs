@@ -88,24 +88,33 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn mode(path: &Path) -> u32 {
+    pub(crate) fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A state directory as an older agent left it: 0755, with `files` at 0644.
+    pub(crate) fn open_state_dir(root: &Path, files: &[&str]) -> PathBuf {
+        let state = root.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in files {
+            std::fs::write(state.join(name), "old").unwrap();
+            std::fs::set_permissions(state.join(name), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        state
     }
 
     #[test]
     fn lock_down_fixes_an_open_directory_and_its_files() {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-        for name in ["config.last-good.yaml", "admin-token", "state.json"] {
-            std::fs::write(state.join(name), "x").unwrap();
-            std::fs::set_permissions(state.join(name), std::fs::Permissions::from_mode(0o644))
-                .unwrap();
-        }
+        let state = open_state_dir(
+            dir.path(),
+            &["config.last-good.yaml", "admin-token", "state.json"],
+        );
         assert_eq!(lock_down(&state).unwrap().len(), 3);
         assert_eq!(mode(&state), 0o700);
         for name in ["config.last-good.yaml", "admin-token", "state.json"] {

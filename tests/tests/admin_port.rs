@@ -18,7 +18,7 @@ use std::{
 };
 
 use keystone_lab::{
-    ADMIN_LISTEN, Bins, ClientLoop, HealthCheck, Lab, LabBuilder, Mode, Probe, Protocol, VIP4,
+    ADMIN_LISTEN, ClientLoop, HealthCheck, Lab, LabBuilder, Mode, Probe, Protocol, VIP4,
     agent::AGENT, wait_for,
 };
 
@@ -31,13 +31,6 @@ const FLOOD: Duration = Duration::from_secs(25);
 /// The agent's open-files limit: systemd's default soft limit, a low hard one.
 const AGENT_NOFILE: &str = "--nofile=1024:2048";
 const SHORT: Duration = Duration::from_secs(30);
-
-fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
-}
 
 fn ok<T, E: std::fmt::Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
@@ -123,7 +116,7 @@ fn idle_and_slowloris_admin_connections_do_not_take_the_vips_down() {
     let mut lab = LabBuilder::new()
         .mode(Mode::Nat)
         .backends(&["blue", "green"])
-        .bins(bins())
+        .bins(keystone_lab::test_bins!())
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
     let vip = SocketAddr::new(IpAddr::V4(VIP4), 80);

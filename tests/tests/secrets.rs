@@ -16,7 +16,7 @@ use std::{
 };
 
 use keystone_lab::{
-    ADMIN_TOKEN, Auth, Bins, LabBuilder, Mode, Probe, Protocol, VIP4, WebhookConfig, agent::AGENT,
+    ADMIN_TOKEN, Auth, LabBuilder, Mode, Probe, Protocol, VIP4, WebhookConfig, agent::AGENT,
     wait_for,
 };
 
@@ -25,13 +25,6 @@ const WEBHOOK_SECRET: &str = "webhook-secret-never-logged";
 const NOTIFY_SECRET: &str = "notify-secret-never-logged";
 const PASSWORD: &str = "hunter2-password";
 const API_KEY: &str = "abc123-api-key";
-
-fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
-}
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path)
@@ -51,7 +44,7 @@ fn secret_files_are_private_and_logs_show_no_credentials() {
     let mut lab = LabBuilder::new()
         .mode(Mode::Nat)
         .backends(&["blue", "green"])
-        .bins(bins())
+        .bins(keystone_lab::test_bins!())
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
     let r = lab.start_backends(BACKEND_PORT);
