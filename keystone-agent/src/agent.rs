@@ -15,6 +15,7 @@ use keystone_common::{Endpoint, Reason, TrafficCounters, xdp_action_name};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    admin_token::AdminToken,
     config::{
         ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, PrometheusQuery,
         Protocol, ResolvedTenant, Strategy,
@@ -141,6 +142,8 @@ pub struct Agent {
     reload_lock: tokio::sync::Mutex<()>,
     /// The data plane's pins, readable without its lock.
     pin_watch: Option<Arc<PinWatch>>,
+    /// The admin API's token, resolved again by every reload.
+    admin_token: std::sync::OnceLock<AdminToken>,
 }
 
 pub fn unix_now() -> f64 {
@@ -182,6 +185,7 @@ impl Agent {
             drained: Mutex::new(Default::default()),
             reload_lock: tokio::sync::Mutex::new(()),
             pin_watch,
+            admin_token: std::sync::OnceLock::new(),
         });
         {
             let runtime = agent.runtime();
@@ -228,6 +232,18 @@ impl Agent {
 
     pub fn health(&self) -> &HealthChecker {
         &self.health
+    }
+
+    /// Gives the agent the admin API's token, to keep current across reloads (once).
+    pub fn use_admin_token(&self, token: AdminToken) {
+        if self.admin_token.set(token).is_err() {
+            tracing::warn!("the admin token was already set; keeping the first");
+        }
+    }
+
+    /// Whether `presented` is the admin API's token (none before `use_admin_token`).
+    pub fn admin_token_matches(&self, presented: &str) -> bool {
+        self.admin_token.get().is_some_and(|t| t.matches(presented))
     }
 
     /// The data plane's desired state: config + traffic plans + health.
@@ -291,6 +307,14 @@ impl Agent {
                 problem,
             });
         }
+        // Read before anything goes live: an unreadable token file refuses the reload.
+        let token = match self.admin_token.get() {
+            Some(t) => Some(
+                t.resolve(&new.config.admin)
+                    .map_err(|e| e.into_config_error(&new.path))?,
+            ),
+            None => None,
+        };
         let mut runtime = self.runtime();
         let before = runtime.state.clone();
         let effects = crate::outcome::after_reload(&old, &new, &mut runtime.state, unix_now());
@@ -328,6 +352,9 @@ impl Agent {
             }
             live.generation += 1;
             live.loaded_at = SystemTime::now();
+            if let (Some(live_token), Some(token)) = (self.admin_token.get(), token) {
+                live_token.set(token);
+            }
         }
         for warning in &new.warnings {
             tracing::warn!("config: {warning}");
@@ -1155,6 +1182,7 @@ impl Agent {
                                 .health
                                 .get(&t.name, &s.name)
                                 .map_or(HealthState::Unknown, |h| h.state),
+                            health_local_error: self.health.local_error(&t.name, &s.name),
                         })
                         .collect(),
                 }
@@ -1271,6 +1299,7 @@ impl Agent {
                             effective_weight: v.effective_weight,
                             weight_share: v.traffic_percent / 100.0,
                             health: v.health,
+                            health_local_error: v.health_local_error.clone(),
                             packets: total.packets,
                             bytes: total.bytes,
                             new_connections: total.new_flows,
@@ -1625,6 +1654,8 @@ pub struct TenantBackendView {
     /// Share of new connections the weights give this backend.
     pub traffic_percent: f64,
     pub health: HealthState,
+    /// Why its last check could not run on this host (the health stays as it was).
+    pub health_local_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1675,6 +1706,8 @@ pub struct BackendStatus {
     /// This backend's share of the tenant's effective weight.
     pub weight_share: f64,
     pub health: HealthState,
+    /// Why its last check could not run on this host (the health stays as it was).
+    pub health_local_error: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,

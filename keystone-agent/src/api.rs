@@ -8,13 +8,14 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{Path, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prometheus::Registry;
 use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
@@ -30,12 +31,16 @@ use crate::{
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
+/// Most bytes a request body may have (axum's default; real bodies are a few kB).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// How long a client has to send a request's body: a slow sender cannot hold a
+/// connection (and its descriptor) for longer.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct ApiState {
     pub agent: Arc<Agent>,
     pub registry: Arc<Registry>,
-    pub token: Arc<String>,
     /// `None` when the config has no `webhook:` secret.
     pub webhook: Option<Arc<WebhookVerifier>>,
 }
@@ -135,11 +140,55 @@ pub fn router(state: ApiState) -> Router {
         .route("/webhooks/deployment", post(webhook))
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn(read_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
         .with_state(state)
+}
+
+/// Reads the whole body before any handler runs, within [`MAX_BODY`] and
+/// [`BODY_READ_TIMEOUT`], so every endpoint refuses too much or too slow the same way.
+async fn read_body(request: Request, next: Next) -> Result<Response, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than the limit of {} MiB",
+                MAX_BODY >> 20
+            ),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {BODY_READ_TIMEOUT:?}"),
+            )
+        })?;
+    let bytes = match read {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ));
+        }
+    };
+    Ok(next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await)
 }
 
 /// Compares without an early exit, so response time does not leak how much matched.
@@ -159,7 +208,7 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
             "missing bearer token (Authorization: Bearer <token>)",
         )
         .into_response(),
-        Some(token) if !constant_time_eq(token.trim().as_bytes(), state.token.as_bytes()) => {
+        Some(token) if !state.agent.admin_token_matches(token) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response()
         }
         Some(_) => next.run(request).await,

@@ -95,11 +95,11 @@ impl Harness {
             Some(store),
         )
         .unwrap();
+        agent.use_admin_token(crate::admin_token::AdminToken::fixed(TOKEN));
         let registry = Arc::new(crate::metrics::registry(&agent));
         let state = ApiState {
             agent,
             registry,
-            token: Arc::new(TOKEN.to_owned()),
             webhook: Some(Arc::new(crate::webhook::WebhookVerifier::new(
                 WEBHOOK_SECRET,
                 std::time::Duration::from_secs(300),
@@ -972,3 +972,128 @@ async fn a_huge_pipeline_object_is_refused_and_not_stored() {
 
 mod input_props;
 mod seed_switch;
+
+#[tokio::test]
+async fn oversized_bodies_get_413_naming_the_limit() {
+    let h = Harness::new();
+    let huge = format!(
+        r#"{{"weights": {{"blue": 1}}, "pad": "{}"}}"#,
+        "x".repeat(100 * 1024 * 1024)
+    );
+    for uri in [
+        "/tenants/web/weights",
+        "/deployments/canary",
+        "/webhooks/deployment",
+    ] {
+        let (status, answer) = h.send("POST", uri, Some(TOKEN), &[], &huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}: {answer}");
+        assert_eq!(
+            json(&answer)["error"],
+            "request body larger than the limit of 2 MiB",
+            "{uri}"
+        );
+    }
+    assert_eq!(h.live_weights(), [90, 10], "nothing changed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_arrives_gets_408_and_changes_nothing() {
+    let h = Harness::new();
+    // A body that never sends a byte (a slowloris client after its headers).
+    let (_sender, stalled) =
+        http_body_util::channel::Channel::<axum::body::Bytes, std::convert::Infallible>::new(1);
+    let request = Request::post("/tenants/web/weights")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Body::new(stalled))
+        .unwrap();
+    let response = router(h.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        json(std::str::from_utf8(&body).unwrap())["error"],
+        "request body not received within 10s"
+    );
+    assert_eq!(h.live_weights(), [90, 10]);
+}
+
+/// `config_text` with an `admin:` block.
+fn config_with_admin(admin: &str) -> String {
+    format!("admin:\n{admin}\n{}", config_text(90, 10))
+}
+
+async fn status_code(h: &Harness, token: &str) -> StatusCode {
+    h.call("GET", "/status", Some(token)).await.0
+}
+
+#[tokio::test]
+async fn a_reload_rotates_the_inline_admin_token() {
+    let h = Harness::new();
+    let first = "rotated-inline-token-0001";
+    h.write(&config_with_admin(&format!("  token: {first}")));
+    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status_code(&h, TOKEN).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_code(&h, first).await, StatusCode::OK);
+
+    let second = "rotated-inline-token-0002";
+    h.write(&config_with_admin(&format!("  token: {second}")));
+    let (status, body) = h.call("POST", "/admin/reload", Some(first)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status_code(&h, first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_code(&h, second).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_reload_rereads_the_token_file_and_refuses_an_unreadable_one() {
+    let h = Harness::new();
+    let file = h.path.with_file_name("admin-token-file");
+    let admin = format!("  token_file: {}", file.display());
+    h.write(&config_with_admin(&admin));
+    std::fs::write(&file, "file-token-aaaaaaaaaaaa\n").unwrap();
+    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status_code(&h, TOKEN).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_code(&h, "file-token-aaaaaaaaaaaa").await,
+        StatusCode::OK
+    );
+
+    // Only the file changes.
+    std::fs::write(&file, "file-token-bbbbbbbbbbbb\n").unwrap();
+    let (status, body) = h
+        .call("POST", "/admin/reload", Some("file-token-aaaaaaaaaaaa"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        status_code(&h, "file-token-aaaaaaaaaaaa").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status_code(&h, "file-token-bbbbbbbbbbbb").await,
+        StatusCode::OK
+    );
+
+    // An empty file refuses the reload, naming the field; the token and config stay.
+    std::fs::write(&file, "\n").unwrap();
+    let generation = h.state.agent.generation();
+    let (status, body) = h
+        .call("POST", "/admin/reload", Some("file-token-bbbbbbbbbbbb"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let body = json(&body);
+    assert_eq!(body["problems"][0]["field"], "admin.token_file");
+    assert_eq!(body["problems"][0]["line"], 2);
+    assert!(
+        body["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("is empty"),
+        "{body}"
+    );
+    assert_eq!(h.state.agent.generation(), generation);
+    assert_eq!(
+        status_code(&h, "file-token-bbbbbbbbbbbb").await,
+        StatusCode::OK
+    );
+}

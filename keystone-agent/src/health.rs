@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus::{IntCounter, IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -117,17 +118,46 @@ pub fn validation_spec(
     spec
 }
 
-/// Runs one probe; `Err` says why it failed.
-pub async fn probe(spec: &CheckSpec) -> Result<(), String> {
-    tokio::time::timeout(spec.timeout, probe_inner(spec))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", spec.timeout)))
+/// Why a probe did not pass.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The backend failed the check.
+    #[error("{0}")]
+    Backend(String),
+    /// This host could not run the check (out of descriptors, buffers or ports): it
+    /// says nothing about the backend, whose state stays as it was.
+    #[error("{0} (a local error: the check could not run on this host)")]
+    Local(String),
 }
 
-async fn probe_inner(spec: &CheckSpec) -> Result<(), String> {
+impl ProbeError {
+    fn io(what: impl std::fmt::Display, e: std::io::Error) -> ProbeError {
+        let text = format!("{what}: {e}");
+        if crate::open_files::is_local(&e) {
+            ProbeError::Local(text)
+        } else {
+            ProbeError::Backend(text)
+        }
+    }
+}
+
+impl From<String> for ProbeError {
+    fn from(reason: String) -> ProbeError {
+        ProbeError::Backend(reason)
+    }
+}
+
+/// Runs one probe; `Err` says why it failed.
+pub async fn probe(spec: &CheckSpec) -> Result<(), ProbeError> {
+    tokio::time::timeout(spec.timeout, probe_inner(spec))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", spec.timeout).into()))
+}
+
+async fn probe_inner(spec: &CheckSpec) -> Result<(), ProbeError> {
     let mut stream = TcpStream::connect(spec.address)
         .await
-        .map_err(|e| format!("connect {}: {e}", spec.address))?;
+        .map_err(|e| ProbeError::io(format_args!("connect {}", spec.address), e))?;
     let Probe::Http {
         path,
         expected_status,
@@ -143,19 +173,23 @@ async fn probe_inner(spec: &CheckSpec) -> Result<(), String> {
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("send request: {e}"))?;
+        .map_err(|e| ProbeError::io("send request", e))?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("read response: {e}"))?;
+            .map_err(|e| ProbeError::io("read response", e))?;
         response.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&response);
         let complete = n == 0 || response.len() >= MAX_HTTP_RESPONSE || http_complete(&text);
         if complete {
-            return check_response(&text, *expected_status, expected_body.as_deref());
+            return Ok(check_response(
+                &text,
+                *expected_status,
+                expected_body.as_deref(),
+            )?);
         }
     }
 }
@@ -224,6 +258,10 @@ pub struct BackendHealth {
     pub total_ok: u64,
     pub total_failed: u64,
     pub last_error: Option<String>,
+    /// Why the last check could not run on this host (e.g. out of descriptors); set
+    /// until a check runs again. Such a check counts neither way.
+    pub local_error: Option<String>,
+    pub total_local_errors: u64,
     /// Successes needed to come back up (rise, raised while flapping).
     pub rise_needed: u32,
     #[serde(skip)]
@@ -239,6 +277,8 @@ impl BackendHealth {
             total_ok: 0,
             total_failed: 0,
             last_error: None,
+            local_error: None,
+            total_local_errors: 0,
             rise_needed: rise,
             down_transitions: VecDeque::new(),
         }
@@ -249,8 +289,14 @@ impl BackendHealth {
     }
 
     /// Records one probe result; returns true if the state changed.
-    fn record(&mut self, spec: &CheckSpec, result: Result<(), String>, now: Instant) -> bool {
+    fn record(&mut self, spec: &CheckSpec, result: Result<(), ProbeError>, now: Instant) -> bool {
         let before = self.state;
+        if let Err(ProbeError::Local(e)) = result {
+            self.total_local_errors += 1;
+            self.local_error = Some(e);
+            return false;
+        }
+        self.local_error = None;
         match result {
             Ok(()) => {
                 self.total_ok += 1;
@@ -270,7 +316,7 @@ impl BackendHealth {
                 self.total_failed += 1;
                 self.consecutive_failed += 1;
                 self.consecutive_ok = 0;
-                self.last_error = Some(e);
+                self.last_error = Some(e.to_string());
                 // A backend never checked before is decided by its first probe: one
                 // that is down from the start must not take connections meanwhile.
                 let fell =
@@ -312,6 +358,8 @@ pub struct HealthChecker {
     /// States saved by a previous agent, by backend and address: a check started for
     /// one of them starts there instead of unknown.
     saved: Mutex<HashMap<(BackendKey, SocketAddr), HealthState>>,
+    /// Checks that could not run on this host, by tenant and backend.
+    local_errors: IntCounterVec,
 }
 
 impl Default for HealthChecker {
@@ -321,11 +369,25 @@ impl Default for HealthChecker {
             tasks: Mutex::default(),
             changed: watch::channel(0).0,
             saved: Mutex::default(),
+            local_errors: IntCounterVec::new(
+                Opts::new(
+                    "keystone_health_check_local_errors_total",
+                    "Health checks that could not run on this host (out of descriptors, \
+                     buffers or ports); they count neither for nor against the backend.",
+                ),
+                &["tenant", "backend"],
+            )
+            .expect("metric definitions are static and valid"),
         }
     }
 }
 
 impl HealthChecker {
+    /// The checker's own metrics, for the agent's registry.
+    pub fn local_error_metric(&self) -> IntCounterVec {
+        self.local_errors.clone()
+    }
+
     /// Fires whenever a backend changes state.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -379,6 +441,7 @@ impl HealthChecker {
                 spec.clone(),
                 self.states.clone(),
                 self.changed.clone(),
+                self.local_errors.with_label_values(&[&key.0, &key.1]),
             ));
             tasks.insert(key, (spec, handle));
         }
@@ -420,6 +483,11 @@ impl HealthChecker {
             .cloned()
     }
 
+    /// Why the backend's last check could not run on this host, if it could not.
+    pub fn local_error(&self, tenant: &str, service: &str) -> Option<String> {
+        self.get(tenant, service)?.local_error
+    }
+
     pub fn is_up(&self, tenant: &str, service: &str) -> bool {
         self.get(tenant, service).is_none_or(|h| h.is_up())
     }
@@ -430,6 +498,7 @@ async fn run_check(
     spec: CheckSpec,
     states: Arc<Mutex<HashMap<BackendKey, BackendHealth>>>,
     changed: watch::Sender<u64>,
+    local_errors: IntCounter,
 ) {
     let mut tick = tokio::time::interval(spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -440,7 +509,22 @@ async fn run_check(
         let Some(health) = states.get_mut(&key) else {
             return;
         };
-        if health.record(&spec, result, Instant::now()) {
+        let local_before = health.local_error.is_some();
+        let local = matches!(result, Err(ProbeError::Local(_)));
+        if local {
+            local_errors.inc();
+        }
+        let changed_state = health.record(&spec, result, Instant::now());
+        if local && !local_before {
+            tracing::error!(
+                tenant = %key.0, service = %key.1, state = ?health.state,
+                error = health.local_error.as_deref().unwrap_or(""),
+                "health check cannot run on this host; the backend keeps its state"
+            );
+        } else if local_before && !local {
+            tracing::info!(tenant = %key.0, service = %key.1, "health check runs again");
+        }
+        if changed_state {
             tracing::info!(
                 tenant = %key.0, service = %key.1, state = ?health.state,
                 error = health.last_error.as_deref().unwrap_or(""),
@@ -476,10 +560,10 @@ mod tests {
             h.record(&s, Ok(()), now),
             "unknown → up on the first success"
         );
-        assert!(!h.record(&s, Err("x".into()), now));
-        assert!(!h.record(&s, Err("x".into()), now));
+        assert!(!h.record(&s, Err(ProbeError::Backend("x".into())), now));
+        assert!(!h.record(&s, Err(ProbeError::Backend("x".into())), now));
         assert!(
-            h.record(&s, Err("x".into()), now),
+            h.record(&s, Err(ProbeError::Backend("x".into())), now),
             "down after fall=3 failures"
         );
         assert_eq!(h.state, HealthState::Down);
@@ -488,7 +572,7 @@ mod tests {
         // Flap twice more: the third down-transition within the window doubles rise.
         for _ in 0..2 {
             for _ in 0..3 {
-                h.record(&s, Err("x".into()), now);
+                h.record(&s, Err(ProbeError::Backend("x".into())), now);
             }
             for _ in 0..h.rise_needed {
                 h.record(&s, Ok(()), now);
@@ -503,12 +587,54 @@ mod tests {
         let s = spec(Probe::Tcp, "127.0.0.1:1".parse().unwrap());
         let mut h = BackendHealth::new(s.rise);
         assert!(
-            h.record(&s, Err("refused".into()), Instant::now()),
+            h.record(
+                &s,
+                Err(ProbeError::Backend("refused".into())),
+                Instant::now()
+            ),
             "unknown → down on the first failure, not after fall=3"
         );
         assert_eq!(h.state, HealthState::Down);
         assert!(!h.record(&s, Ok(()), Instant::now()));
         assert!(h.record(&s, Ok(()), Instant::now()), "then up after rise=2");
+    }
+
+    #[test]
+    fn a_local_error_is_not_a_backend_failure() {
+        let s = spec(Probe::Tcp, "198.18.11.2:8080".parse().unwrap());
+        let emfile = ProbeError::io(
+            "connect 198.18.11.2:8080",
+            std::io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32),
+        );
+        assert!(matches!(emfile, ProbeError::Local(_)), "{emfile:?}");
+        let mut h = BackendHealth::new(s.rise);
+        let now = Instant::now();
+        h.record(&s, Ok(()), now);
+        for _ in 0..10 {
+            assert!(!h.record(&s, Err(emfile.clone()), now));
+        }
+        assert_eq!(
+            (h.state, h.consecutive_failed, h.total_failed),
+            (HealthState::Up, 0, 0),
+            "an up backend stays up"
+        );
+        assert_eq!(h.total_local_errors, 10);
+        let shown = h.local_error.clone().unwrap_or_default();
+        assert!(shown.contains("Too many open files"), "{shown}");
+        for _ in 0..s.fall {
+            h.record(
+                &s,
+                Err(ProbeError::Backend("connection refused".into())),
+                now,
+            );
+        }
+        assert_eq!(h.state, HealthState::Down);
+        for _ in 0..10 {
+            assert!(!h.record(&s, Err(emfile.clone()), now));
+        }
+        assert_eq!(h.state, HealthState::Down, "a down backend stays down");
+        h.record(&s, Ok(()), now);
+        assert_eq!(h.local_error, None, "cleared once a check runs again");
     }
 
     #[test]
@@ -567,6 +693,9 @@ mod tests {
             .local_addr()
             .unwrap();
         let err = probe(&spec(Probe::Tcp, closed)).await.unwrap_err();
-        assert!(err.contains("connect"), "{err}");
+        assert!(
+            matches!(&err, ProbeError::Backend(e) if e.contains("connect")),
+            "{err:?}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Keystone's agent: config, data-plane programming, admin API and metrics.
 #![deny(unsafe_code)]
 
+pub mod admin_server;
+pub mod admin_token;
 pub mod agent;
 pub mod api;
 #[cfg(test)]
@@ -11,9 +13,11 @@ pub mod deploy;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod open_files;
 pub mod outcome;
 pub mod persist;
 pub mod privileges;
+pub mod secrets;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;

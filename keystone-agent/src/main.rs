@@ -4,28 +4,25 @@
 //! Exit codes: 0 clean shutdown; 64 invalid config or arguments; 1 anything else.
 
 use std::{
-    collections::BTreeSet,
-    io::Write,
-    net::SocketAddr,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-    process::ExitCode,
-    sync::Arc,
+    collections::BTreeSet, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use keystone_agent::{
+    admin_server::{self, ServerMetrics},
+    admin_token::AdminToken,
     agent::Agent,
     api::{ApiState, router},
-    config::{LoadedConfig, check_admin_token},
+    config::LoadedConfig,
     dataplane::{
         AttachMode,
         aya_dataplane::{AyaDataplane, LoadOptions},
         interfaces,
         start::Start,
     },
+    open_files, secrets,
     store::Store,
     webhook::WebhookVerifier,
 };
@@ -151,7 +148,9 @@ fn admin_exposure(listen: SocketAddr) -> Option<String> {
 /// fail is checked, and the admin port bound, before the data plane is touched.
 struct Prepared {
     interfaces: Vec<String>,
-    token: String,
+    token: AdminToken,
+    /// The open-files limit in force (raised to the hard limit at start).
+    open_files: u64,
     webhook: Option<Arc<WebhookVerifier>>,
     listener: std::net::TcpListener,
     dataplane: AyaDataplane,
@@ -160,6 +159,7 @@ struct Prepared {
 }
 
 fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
+    let open_files = raise_open_files_limit();
     let interfaces = if args.interfaces.is_empty() {
         config.config.interfaces.clone()
     } else {
@@ -170,7 +170,20 @@ fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
             "no interfaces to attach to: list them under `interfaces:` in the config or pass --interface"
         );
     }
-    let token = admin_token(config, &args.state_dir)?;
+    // Whatever the agent writes from here on (state, config copy, token) is private.
+    secrets::private_new_files();
+    match secrets::lock_down(&args.state_dir) {
+        Ok(fixed) if !fixed.is_empty() => {
+            tracing::warn!(files = ?fixed, "state files were readable by others; made them 0600")
+        }
+        Ok(_) => {}
+        Err(e) => bail!(
+            "cannot make the state directory {} private (0700): {e}",
+            args.state_dir.display()
+        ),
+    }
+    let token = AdminToken::from_config(&config.config.admin, &args.state_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.field()))?;
     let webhook = match &config.config.webhook {
         Some(w) => Some(Arc::new(
             WebhookVerifier::from_config(w)
@@ -200,6 +213,7 @@ fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     Ok(Prepared {
         interfaces,
         token,
+        open_files,
         webhook,
         listener,
         dataplane,
@@ -226,6 +240,7 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     let Prepared {
         interfaces,
         token,
+        open_files,
         webhook,
         listener,
         dataplane,
@@ -240,14 +255,20 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     start
         .commit()
         .context("cannot finish loading the data plane")?;
+    agent.use_admin_token(token);
     // Before the API answers: dsr needs every backend's MAC from the first packet.
     agent.prime_neighbours();
-    let registry = Arc::new(keystone_agent::metrics::registry(&agent));
+    let server_metrics = ServerMetrics::default();
+    let registry = keystone_agent::metrics::registry(&agent);
+    server_metrics
+        .register(&registry)
+        .context("cannot register the admin server's metrics")?;
     if let Some(watch) = agent.pin_watch() {
         watch
             .register(&registry)
             .context("cannot register the pin metrics")?;
     }
+    let registry = Arc::new(registry);
     tracing::info!(%admin_addr, interfaces = ?interfaces, "keystone-agent ready");
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
@@ -262,18 +283,30 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     let app = router(ApiState {
         agent: agent.clone(),
         registry,
-        token: Arc::new(token),
         webhook,
     });
     let mut graceful_rx = shutdown_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let limits = admin_server::Limits {
+        max_connections: open_files::admin_connection_limit(open_files),
+        header_read_timeout: admin_server::HEADER_READ_TIMEOUT,
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        open_files,
+        "admin API connections limited to keep descriptors for health checks"
+    );
+    let server = tokio::spawn(admin_server::serve(
+        listener,
+        app,
+        limits,
+        server_metrics,
+        async move {
+            let _ = graceful_rx.wait_for(|stop| *stop).await;
+        },
+    ));
     let _ = shutdown_rx.wait_for(|stop| *stop).await;
     match tokio::time::timeout(GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin API server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin API server task failed"),
         Err(_) => {
             tracing::warn!(grace = ?GRACE, "admin API requests still running after the grace period; exiting anyway")
@@ -287,6 +320,33 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
         "keystone-agent stopped"
     );
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one and returns the limit in force,
+/// warning when it stays low.
+fn raise_open_files_limit() -> u64 {
+    match open_files::raise_limit() {
+        Ok(limit) => {
+            if limit.soft != limit.soft_before {
+                tracing::info!(
+                    from = limit.soft_before,
+                    to = limit.soft,
+                    "open-files limit raised"
+                );
+            }
+            if limit.soft < 4096 {
+                tracing::warn!(
+                    limit = limit.soft,
+                    "the open-files limit is low (raise the hard limit, e.g. LimitNOFILE=65536 in the systemd unit)"
+                );
+            }
+            limit.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit; assuming 1024");
+            1024
+        }
+    }
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop.
@@ -377,53 +437,4 @@ async fn sample_traffic(agent: Arc<Agent>) {
             tracing::warn!(error = %e, "cannot read data-plane counters");
         }
     }
-}
-
-/// The admin token: from the config, its token file, KEYSTONE_ADMIN_TOKEN, or, failing
-/// all, generated and written to `<state_dir>/admin-token` (mode 0600) for keystone-ctl.
-fn admin_token(config: &LoadedConfig, state_dir: &Path) -> anyhow::Result<String> {
-    let admin = &config.config.admin;
-    if let Some(token) = &admin.token {
-        return Ok(token.clone());
-    }
-    if let Some(file) = &admin.token_file {
-        let token = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read admin.token_file {}", file.display()))?;
-        let token = token.trim();
-        if let Err(reason) = check_admin_token(token) {
-            bail!("admin.token_file {}: the token {reason}", file.display());
-        }
-        return Ok(token.to_owned());
-    }
-    if let Ok(token) = std::env::var("KEYSTONE_ADMIN_TOKEN")
-        && !token.trim().is_empty()
-    {
-        if let Err(reason) = check_admin_token(&token) {
-            bail!("KEYSTONE_ADMIN_TOKEN {reason}");
-        }
-        return Ok(token.trim().to_owned());
-    }
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("cannot read /dev/urandom to generate an admin token")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let path = state_dir.join("admin-token");
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create {}", state_dir.display()))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| f.write_all(token.as_bytes()))
-        .with_context(|| {
-            format!(
-                "cannot write the generated admin token to {}",
-                path.display()
-            )
-        })?;
-    tracing::info!(path = %path.display(), "no admin token configured; generated one");
-    Ok(token)
 }

@@ -393,6 +393,9 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         .register(Box::new(agent.persistence().metric().clone()))
         .expect("the state-write counter is registered once");
     registry
+        .register(Box::new(agent.health().local_error_metric()))
+        .expect("the health checker's metrics are registered once");
+    registry
 }
 
 /// The text exposition of everything in `registry`.

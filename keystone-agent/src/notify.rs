@@ -10,8 +10,9 @@
 //! re-signed on every attempt. Each target has its own queue and delivery task, so one
 //! slow receiver delays no other and a target sees its events in order. An attempt that
 //! fails to connect or gets a 5xx is retried (4 attempts, backoff 0.5 s, 1 s, 2 s); a
-//! 4xx (or 3xx) answer is final. Every failure is logged; nothing is reported back to
-//! the caller, for whom `notify` never blocks.
+//! 4xx (or 3xx) answer is final. Every failure is logged (the URL without its
+//! credentials, see [`redact_url`]); nothing is reported back to the caller, for whom
+//! `notify` never blocks.
 
 use std::{
     sync::Mutex,
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::{DEPLOYMENT_EVENTS, NotificationTarget},
+    secrets::redact_url,
     webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign},
 };
 
@@ -147,7 +149,7 @@ impl Notifier {
             };
             if let Err(e) = queue.tx.try_send(item) {
                 tracing::warn!(
-                    url = %queue.target.url,
+                    url = %redact_url(&queue.target.url),
                     event,
                     reason = %e,
                     "notification dropped: the target's queue is full or closed"
@@ -188,12 +190,12 @@ async fn deliver(
     for attempt in 1..=attempts {
         match attempt_once(client, target, event).await {
             Outcome::Delivered => {
-                tracing::debug!(url = %target.url, event = %event.name, attempt, "notification delivered");
+                tracing::debug!(url = %redact_url(&target.url), event = %event.name, attempt, "notification delivered");
                 return;
             }
             Outcome::Refused(status) => {
                 tracing::warn!(
-                    url = %target.url,
+                    url = %redact_url(&target.url),
                     event = %event.name,
                     attempt,
                     status,
@@ -204,7 +206,7 @@ async fn deliver(
             Outcome::Failed(reason) if attempt < attempts => {
                 let wait = retry.backoff(attempt);
                 tracing::warn!(
-                    url = %target.url,
+                    url = %redact_url(&target.url),
                     event = %event.name,
                     attempt,
                     %reason,
@@ -215,7 +217,7 @@ async fn deliver(
             }
             Outcome::Failed(reason) => {
                 tracing::error!(
-                    url = %target.url,
+                    url = %redact_url(&target.url),
                     event = %event.name,
                     attempts,
                     %reason,

@@ -159,8 +159,15 @@ impl Lab {
 
     /// [`Lab::start_agent`] with extra command-line arguments (e.g. `--keep-forwarding`).
     pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_agent_wrapped(&[], extra)
+    }
+
+    /// [`Lab::start_agent_with`], the agent run by a wrapper that execs it: `wrapper`
+    /// is the wrapper's path and arguments (e.g. `/usr/bin/prlimit --nofile=1024:2048`),
+    /// the agent's path and arguments follow them.
+    pub fn start_agent_wrapped(&mut self, wrapper: &[&str], extra: &[&str]) -> Result<()> {
         let config = self.config_path();
-        self.spawn_agent(AGENT, &config, extra)?;
+        self.spawn_agent_wrapped(AGENT, &config, wrapper, extra)?;
         self.note("config", config.display().to_string())?;
         self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
         self.wait_agent_ready(AGENT_READY)
@@ -169,26 +176,45 @@ impl Lab {
     /// Starts keystone-agent as the lab process `name` on `config`, with the lab's
     /// bpffs as pin dir, its state dir and `extra` arguments, without waiting for it.
     pub fn spawn_agent(&mut self, name: &str, config: &Path, extra: &[&str]) -> Result<u32> {
+        self.spawn_agent_wrapped(name, config, &[], extra)
+    }
+
+    /// [`Lab::spawn_agent`] run by `wrapper` (see [`Lab::start_agent_wrapped`]).
+    fn spawn_agent_wrapped(
+        &mut self,
+        name: &str,
+        config: &Path,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<u32> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
+        let (program, wrapper_args) = match wrapper.split_first() {
+            Some((program, args)) => (PathBuf::from(program), args),
+            None => (agent.clone(), &[][..]),
+        };
+        let agent_arg = (!wrapper.is_empty()).then_some(agent.as_os_str());
         let gw = self.gateway_ns().to_owned();
         let pins = self.pin_dir();
         let agent_state = self.agent_state_dir();
         self.spawn(
             name,
             &gw,
-            &agent,
-            &[
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--pin-dir".as_ref(),
-                pins.as_os_str(),
-                "--state-dir".as_ref(),
-                agent_state.as_os_str(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|a| a.as_ref()))
-            .collect::<Vec<&std::ffi::OsStr>>(),
+            &program,
+            &wrapper_args
+                .iter()
+                .map(|a| a.as_ref())
+                .chain(agent_arg)
+                .chain([
+                    "--config".as_ref(),
+                    config.as_os_str(),
+                    "--pin-dir".as_ref(),
+                    pins.as_os_str(),
+                    "--state-dir".as_ref(),
+                    agent_state.as_os_str(),
+                ])
+                .chain(extra.iter().map(|a| a.as_ref()))
+                .collect::<Vec<&std::ffi::OsStr>>(),
         )
     }
 

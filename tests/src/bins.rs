@@ -58,3 +58,15 @@ impl Bins {
         }
     }
 }
+
+/// [`Bins::beside_current_exe`] with the lab tools of this package (`ks-backend`,
+/// `ks-client`) as Cargo built them for the calling test.
+#[macro_export]
+macro_rules! test_bins {
+    () => {{
+        let mut bins = $crate::Bins::beside_current_exe().expect("target dir");
+        bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
+        bins.client = env!("CARGO_BIN_EXE_ks-client").into();
+        bins
+    }};
+}
