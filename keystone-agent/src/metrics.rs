@@ -380,6 +380,21 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         }))
         .expect("the data-plane collector is registered once");
     registry
+        .register(Box::new(build_info()))
+        .expect("keystone_build_info is registered once");
+    registry
+}
+
+/// `keystone_build_info{version,commit} 1`: which build runs, for dashboards and alerts.
+fn build_info() -> IntGaugeVec {
+    let info = gauge_vec(
+        "keystone_build_info",
+        "Always 1; the labels say which build of the agent is running.",
+        &["version", "commit"],
+    );
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
+        .set(1);
+    info
 }
 
 /// The text exposition of everything in `registry`.

@@ -154,28 +154,36 @@ impl Lab {
 
     /// [`Lab::start_agent`] with extra command-line arguments (e.g. `--keep-forwarding`).
     pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_agent_under(&[], extra)
+    }
+
+    /// [`Lab::start_agent_with`], the agent started by `launcher` (a program, by its
+    /// path, and arguments after which it execs the agent: `/usr/bin/setpriv … --`).
+    pub fn start_agent_under(&mut self, launcher: &[&str], extra: &[&str]) -> Result<()> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
         let gw = self.gateway_ns().to_owned();
         let config = self.config_path();
         let pins = self.pin_dir();
         let agent_state = self.state_dir().join("agent-state");
-        self.spawn(
-            AGENT,
-            &gw,
-            &agent,
-            &[
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--pin-dir".as_ref(),
-                pins.as_os_str(),
-                "--state-dir".as_ref(),
-                agent_state.as_os_str(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|a| a.as_ref()))
-            .collect::<Vec<&std::ffi::OsStr>>(),
-        )?;
+        let (program, launcher_args) = match launcher.split_first() {
+            Some((program, args)) => (PathBuf::from(program), args),
+            None => (agent.clone(), &[][..]),
+        };
+        let mut args: Vec<&std::ffi::OsStr> = launcher_args.iter().map(|a| a.as_ref()).collect();
+        if !launcher.is_empty() {
+            args.push(agent.as_os_str());
+        }
+        args.extend([
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--pin-dir".as_ref(),
+            pins.as_os_str(),
+            "--state-dir".as_ref(),
+            agent_state.as_os_str(),
+        ]);
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        self.spawn(AGENT, &gw, &program, &args)?;
         self.note("config", config.display().to_string())?;
         self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
         self.wait_agent_ready(AGENT_READY)
