@@ -169,8 +169,20 @@ fn describe(command: &Command, out: &mut dyn Write) -> Option<Result<u8, Failure
                 Shell::Zsh => clap_complete::Shell::Zsh,
                 Shell::Fish => clap_complete::Shell::Fish,
             };
-            clap_complete::generate(shell, &mut Cli::command(), "keystone-ctl", out);
-            Some(Ok(exit::OK))
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "keystone-ctl", &mut script);
+            let mut script = String::from_utf8_lossy(&script).into_owned();
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6 spells the verbs' state `keystone__subcmd__ctl__…` where
+                // it matches and `keystone__ctl__…` where it sets it (the '-' in the name),
+                // so nothing after the verb completed.
+                script = script.replace("keystone__subcmd__ctl", "keystone__ctl");
+            }
+            Some(
+                out.write_all(script.as_bytes())
+                    .map(|()| exit::OK)
+                    .map_err(|e| fail(exit::REFUSED, format!("cannot write the script: {e}"))),
+            )
         }
         Command::Man { dir } => Some(
             clap_mangen::generate_to(Cli::command(), dir)
@@ -651,7 +663,23 @@ mod tests {
     #[test]
     fn completion_scripts_complete_verbs_and_flags() {
         let bash = completion("bash");
-        assert!(bash.contains("complete -F _keystone-ctl"), "{bash}");
+        // What bash offers after `keystone-ctl ca<TAB>`, and so on.
+        let offered = |words: &str, cword: usize| {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "{bash}\nCOMP_WORDS=({words}); COMP_CWORD={cword}\n\
+                     f=$(complete -p keystone-ctl | sed -E 's/.*-F ([^ ]+).*/\\1/')\n\
+                     \"$f\" keystone-ctl \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+                     echo \"${{COMPREPLY[@]}}\""
+                ))
+                .output()
+                .expect("bash runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(offered("keystone-ctl ca", 1), "canary");
+        assert_eq!(offered("keystone-ctl canary pro", 2), "promote");
+        assert_eq!(offered("keystone-ctl status --wa", 2), "--watch");
         let zsh = completion("zsh");
         assert!(zsh.starts_with("#compdef keystone-ctl"), "{zsh}");
         let fish = completion("fish");

@@ -182,7 +182,7 @@ impl Lab {
             "--state-dir".as_ref(),
             agent_state.as_os_str(),
         ]);
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         self.spawn(AGENT, &gw, &program, &args)?;
         self.note("config", config.display().to_string())?;
         self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
