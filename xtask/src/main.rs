@@ -51,6 +51,9 @@ enum Cmd {
         /// Where to write the .deb [default: target/debian/keystone-lb_<version>_<arch>.deb].
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        /// Package the release binaries in target/release as they are.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Setup, build, then run every test (`cargo test --workspace --release`; needs root).
     Test {
@@ -95,7 +98,9 @@ fn main() -> Result<()> {
         } => lab::down(&name, all, run.as_deref()),
         Cmd::Demo { connections, mode } => demo::demo(connections, mode),
         Cmd::Bench { command } => bench::run(command),
-        Cmd::Package { output } => package::package(output.as_deref()).map(drop),
+        Cmd::Package { output, no_build } => {
+            package::package(output.as_deref(), no_build).map(drop)
+        }
         Cmd::Test { args } => test::test(&args),
     }
 }

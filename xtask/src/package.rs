@@ -23,9 +23,12 @@ const COMPLETIONS: [(&str, &str); 3] = [
 ];
 
 /// Builds the package and returns its path (`output`, else cargo-deb's
-/// `target/debian/keystone-lb_<version>_<arch>.deb`).
-pub fn package(output: Option<&Path>) -> Result<PathBuf> {
-    util::build()?;
+/// `target/debian/keystone-lb_<version>_<arch>.deb`). `no_build`: package the release
+/// binaries as they are (the test suite packages the ones it tests).
+pub fn package(output: Option<&Path>, no_build: bool) -> Result<PathBuf> {
+    if !no_build {
+        util::build()?;
+    }
     setup::cargo_deb()?;
     let bins = Bins::beside_current_exe()?;
     for bin in [&bins.agent, &bins.ctl] {
