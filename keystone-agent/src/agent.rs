@@ -19,14 +19,20 @@ use crate::{
         ConfigError, DurationSpec, ForwardingMode, LoadedConfig, Problem, PrometheusQuery,
         Protocol, ResolvedTenant, Strategy,
     },
-    dataplane::{Counters, Dataplane, DataplaneError, VipSpec},
+    dataplane::{
+        Counters, Dataplane, DataplaneError, VipSpec,
+        pins::PinWatch,
+        problems::{DataplaneProblem, problems},
+    },
     deploy::{
         self, Action, DeployState, Deployment, Params, Samples, Signals, TrafficPlan,
         effective_weights,
     },
-    health::{self, CheckSpec, HealthChecker, HealthState, Probe},
+    health::{self, CheckSpec, HealthChecker, HealthState},
     metrics::DeploymentMetrics,
     notify::Notifier,
+    outcome::TrafficSource,
+    persist::{File, PersistStatus, Persistence},
     store::{PersistedState, Store, StoreError},
 };
 
@@ -48,7 +54,12 @@ pub enum ReloadError {
     NeedsRestart { path: PathBuf, problem: Problem },
     #[error("the data plane refused the new config (the previous one stays live): {0}")]
     Dataplane(#[source] DataplaneError),
+    #[error("{UNSAVED}: {0}")]
+    Unsaved(#[source] StoreError),
 }
+
+/// Why a change is refused when its state cannot be written.
+const UNSAVED: &str = "cannot save the agent's state, so the change was not applied";
 
 impl ReloadError {
     /// Problems with field and line, for API answers.
@@ -56,7 +67,7 @@ impl ReloadError {
         match self {
             ReloadError::Config(e) => e.problems().to_vec(),
             ReloadError::NeedsRestart { problem, .. } => vec![problem.clone()],
-            ReloadError::Dataplane(_) => Vec::new(),
+            ReloadError::Dataplane(_) | ReloadError::Unsaved(_) => Vec::new(),
         }
     }
 }
@@ -83,14 +94,14 @@ pub enum DeployError {
     NotAllowed { reason: String },
     #[error("the data plane refused the change: {0}")]
     Dataplane(#[from] DataplaneError),
+    #[error("{UNSAVED}: {0}")]
+    Unsaved(#[source] StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot program the config into the data plane: {0}")]
     Dataplane(#[from] DataplaneError),
-    #[error("cannot read the saved state: {0}")]
-    Store(#[from] StoreError),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DeployError {
@@ -116,7 +127,7 @@ pub struct Agent {
     runtime: Mutex<Runtime>,
     dataplane: Mutex<Box<dyn Dataplane>>,
     health: HealthChecker,
-    store: Option<Store>,
+    persistence: Persistence,
     notifier: Notifier,
     pub deploy_metrics: DeploymentMetrics,
     /// Counter samples, oldest first, covering about `TRAFFIC_WINDOW`.
@@ -128,6 +139,8 @@ pub struct Agent {
     /// Reloads are serialised so SIGHUP and the API cannot interleave; changes through
     /// the API queue on it too ([`Agent::change_turn`]).
     reload_lock: tokio::sync::Mutex<()>,
+    /// The data plane's pins, readable without its lock.
+    pin_watch: Option<Arc<PinWatch>>,
 }
 
 pub fn unix_now() -> f64 {
@@ -145,16 +158,13 @@ impl Agent {
         dataplane: Box<dyn Dataplane>,
         store: Option<Store>,
     ) -> Result<Arc<Agent>, StartError> {
-        let state = match &store {
-            Some(store) => store.load()?,
-            None => PersistedState {
-                version: crate::store::STATE_VERSION,
-                ..Default::default()
-            },
-        };
+        let persistence = Persistence::new(store);
+        let state = persistence.load_state();
         let health = HealthChecker::default();
+        health.restore(persistence.load_health());
         health.sync(&config);
         let notifier = Notifier::new(&config.config.notifications);
+        let pin_watch = dataplane.pin_watch();
         let agent = Arc::new(Agent {
             live: RwLock::new(Live {
                 config,
@@ -164,13 +174,14 @@ impl Agent {
             runtime: Mutex::new(Runtime { state }),
             dataplane: Mutex::new(dataplane),
             health,
-            store,
+            persistence,
             notifier,
             deploy_metrics: DeploymentMetrics::new(),
             samples: Mutex::new(VecDeque::new()),
             prometheus: Mutex::new(BTreeMap::new()),
             drained: Mutex::new(Default::default()),
             reload_lock: tokio::sync::Mutex::new(()),
+            pin_watch,
         });
         {
             let runtime = agent.runtime();
@@ -255,17 +266,19 @@ impl Agent {
             .apply(&specs)
     }
 
-    /// Re-applies after a health change.
+    /// Re-applies after a health change, and saves the health for the next agent.
     pub fn health_changed(&self) {
         let runtime = self.runtime();
         if let Err(e) = self.reconcile(&runtime) {
             tracing::error!(error = %e, "cannot apply a health change to the data plane");
         }
+        drop(runtime);
+        self.persistence.save_health(self.health.known());
     }
 
     /// Re-reads the config file and makes it live, or leaves the running config
-    /// untouched and says why.
-    pub async fn reload(&self) -> Result<u64, ReloadError> {
+    /// untouched and says why. Live outcomes of deployments stay (see `outcome`).
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _serialised = self.reload_lock.lock().await;
         let path = self.config().path;
         let new = tokio::task::spawn_blocking(move || LoadedConfig::load(&path))
@@ -279,8 +292,13 @@ impl Agent {
             });
         }
         let mut runtime = self.runtime();
-        let saved_plans = runtime.state.plans.clone();
-        let mut events = forget_changed_tenants(&old, &new, &mut runtime.state, unix_now());
+        let before = runtime.state.clone();
+        let effects = crate::outcome::after_reload(&old, &new, &mut runtime.state, unix_now());
+        let changed = runtime.state != before;
+        if changed && let Err(e) = self.persist(&runtime) {
+            runtime.state = before;
+            return Err(ReloadError::Unsaved(e));
+        }
         {
             let mut live = self.live.write().expect("config lock poisoned");
             let previous = std::mem::replace(&mut live.config, new.clone());
@@ -293,8 +311,10 @@ impl Agent {
             if let Err(e) = applied {
                 // Put back what was live; a half-applied change must not linger.
                 live.config = previous;
-                runtime.state.plans = saved_plans;
-                events.clear();
+                runtime.state = before;
+                if changed {
+                    let _ = self.persist(&runtime);
+                }
                 let specs = self.desired(&live.config, &runtime);
                 if let Err(restore) = self
                     .dataplane
@@ -309,39 +329,64 @@ impl Agent {
             live.generation += 1;
             live.loaded_at = SystemTime::now();
         }
-        for field in &new.ignored_fields {
-            tracing::warn!(field, "unknown config field ignored");
+        for warning in &new.warnings {
+            tracing::warn!("config: {warning}");
+        }
+        for conflict in &effects.conflicts {
+            tracing::warn!(conflict = %conflict, "reload conflicts with a live outcome");
         }
         self.health.sync(&new);
         self.notifier.update_targets(&new.config.notifications);
-        self.persist(&runtime);
-        self.publish(&runtime, &events);
+        self.publish(&runtime, &effects.events);
         drop(runtime);
         self.save_config_copy();
         let generation = self.generation();
         tracing::info!(generation, "config reloaded");
-        Ok(generation)
+        Ok(Reloaded {
+            generation,
+            conflicts: effects.conflicts,
+        })
     }
 
     fn save_config_copy(&self) {
-        let Some(store) = &self.store else { return };
+        let Some(store) = self.persistence.store() else {
+            return;
+        };
         let path = self.config().path;
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                if let Err(e) = store.save_config(&text) {
-                    tracing::warn!(error = %e, "cannot keep a copy of the live config");
-                }
+                let _ = self
+                    .persistence
+                    .record(File::Config, store.save_config(&text));
             }
             Err(e) => tracing::warn!(error = %e, "cannot re-read the live config to keep a copy"),
         }
     }
 
-    fn persist(&self, runtime: &Runtime) {
-        if let Some(store) = &self.store
-            && let Err(e) = store.save(&runtime.state)
-        {
-            tracing::error!(error = %e, "cannot persist deployment state");
+    /// Saves deployments and plans; a failure is counted and shown (see `persist`).
+    fn persist(&self, runtime: &Runtime) -> Result<(), StoreError> {
+        self.persistence.save_state(&runtime.state)
+    }
+
+    /// Makes a change to deployments or plans final: saves it, then makes the data
+    /// plane match. If either fails, `before` is put back, so a change is live only
+    /// when it is saved too.
+    fn commit(&self, runtime: &mut Runtime, before: PersistedState) -> Result<(), DeployError> {
+        if let Err(e) = self.persist(runtime) {
+            runtime.state = before;
+            return Err(DeployError::Unsaved(e));
         }
+        if let Err(e) = self.reconcile(runtime) {
+            runtime.state = before;
+            let _ = self.persist(runtime);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The agent's files: saved or not, and why.
+    pub fn persistence(&self) -> &Persistence {
+        &self.persistence
     }
 
     /// Logs, counts and sends the events.
@@ -411,9 +456,11 @@ impl Agent {
                     .contains(id)
             })
             .collect();
+        // A save that failed is tried again (at most once a second) until it works.
+        changed |= self.persistence.state_retry_due();
         if events.is_empty() {
             if changed {
-                self.persist(&runtime);
+                let _ = self.persist(&runtime);
             }
             if !drains_due.is_empty() {
                 tracing::info!(deployments = ?drains_due, "drain timeout passed: old side taken out");
@@ -435,7 +482,7 @@ impl Agent {
         if let Err(e) = self.reconcile(&runtime) {
             tracing::error!(error = %e, "cannot apply a deployment step to the data plane");
         }
-        self.persist(&runtime);
+        let _ = self.persist(&runtime);
         self.publish(&runtime, &events);
     }
 
@@ -584,6 +631,7 @@ impl Agent {
     /// Starts a canary of `version` (its backends are the services with that
     /// `labels.version`) against the services now taking traffic.
     pub fn start_canary(&self, req: CanaryRequest) -> Result<Deployment, DeployError> {
+        deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
         let tenant = self.tenant(&req.service, "service")?;
         let raw = self.raw_tenant(&tenant.name);
         let mut params = Params::from_canary_config(raw.canary_config.as_ref());
@@ -649,6 +697,7 @@ impl Agent {
 
     /// Starts a blue/green switch to environment `to`: validate it, then flip.
     pub fn start_switch(self: &Arc<Self>, req: SwitchRequest) -> Result<Deployment, DeployError> {
+        deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
         let tenant = self.tenant(&req.service, "service")?;
         let raw = self.raw_tenant(&tenant.name);
         let in_env = |env: &str| -> Vec<String> {
@@ -834,17 +883,11 @@ impl Agent {
             state: d.state,
             reason: reason.to_owned(),
         });
-        let previous_plan = runtime
+        let before = runtime.state.clone();
+        runtime
             .state
             .plans
             .insert(d.tenant.clone(), TrafficPlan::of(&d));
-        if let Err(e) = self.reconcile(&runtime) {
-            match previous_plan {
-                Some(plan) => runtime.state.plans.insert(d.tenant.clone(), plan),
-                None => runtime.state.plans.remove(&d.tenant),
-            };
-            return Err(e.into());
-        }
         runtime.state.deployments.push(d.clone());
         let overflow = runtime
             .state
@@ -860,7 +903,7 @@ impl Agent {
                 !drop
             });
         }
-        self.persist(&runtime);
+        self.commit(&mut runtime, before)?;
         let event = deploy::Event {
             deployment_id: d.id.clone(),
             kind: "started",
@@ -892,12 +935,17 @@ impl Agent {
     fn spawn_validation(self: &Arc<Self>, id: String) {
         let agent = self.clone();
         tokio::spawn(async move {
-            let Some((targets, timeout)) = agent.validation_targets(&id) else {
+            let Some(Validation {
+                targets,
+                timeout,
+                remaining,
+            }) = agent.validation(&id)
+            else {
                 return;
             };
-            let deadline = Instant::now() + timeout;
-            let mut result = Err("not probed yet".to_owned());
-            while Instant::now() < deadline {
+            let deadline = Instant::now() + remaining;
+            // Probed at least once, even when a restart comes after the deadline.
+            let result = loop {
                 let mut failures = Vec::new();
                 for (name, spec) in &targets {
                     if let Err(e) = health::probe(spec).await {
@@ -905,17 +953,18 @@ impl Agent {
                     }
                 }
                 if failures.is_empty() {
-                    result = Ok(());
-                    break;
+                    break Ok(());
                 }
-                result = Err(failures.join("; "));
+                if Instant::now() >= deadline {
+                    break Err(failures.join("; "));
+                }
                 let pause = targets
                     .first()
                     .map(|(_, s)| s.interval)
                     .unwrap_or(Duration::from_secs(1));
                 tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
-            }
+            };
             let result = result.map_err(|e| format!("{e} (gave up after {timeout:?})"));
             let mut runtime = agent.runtime();
             let Some(d) = runtime.state.deployments.iter_mut().find(|d| d.id == id) else {
@@ -931,43 +980,41 @@ impl Agent {
             if let Err(e) = agent.reconcile(&runtime) {
                 tracing::error!(error = %e, "cannot apply a blue/green flip to the data plane");
             }
-            agent.persist(&runtime);
+            let _ = agent.persist(&runtime);
             agent.publish(&runtime, &events);
         });
     }
 
-    fn validation_targets(&self, id: &str) -> Option<(Vec<(String, CheckSpec)>, Duration)> {
+    fn validation(&self, id: &str) -> Option<Validation> {
         let runtime = self.runtime();
         let d = runtime.state.deployments.iter().find(|d| d.id == id)?;
         let config = self.config();
         let tenant = config.tenants.iter().find(|t| t.name == d.tenant)?;
         let raw = config.config.tenants.iter().find(|t| t.name == d.tenant)?;
+        let endpoint = raw
+            .switch_config
+            .as_ref()
+            .and_then(|s| s.validation_endpoint.as_deref());
         let targets = tenant
             .services
             .iter()
             .zip(&raw.services)
             .filter(|(s, _)| d.canary_backends.contains(&s.name))
             .map(|(s, r)| {
-                let spec = match &r.health {
-                    Some(h) => CheckSpec::from_config(s.address, h),
-                    None => CheckSpec {
-                        address: s.address,
-                        probe: Probe::Tcp,
-                        interval: Duration::from_secs(1),
-                        timeout: health::DEFAULT_TIMEOUT,
-                        rise: 1,
-                        fall: 1,
-                    },
-                };
+                let spec = health::validation_spec(s.address, r.health.as_ref(), endpoint);
                 (s.name.clone(), spec)
             })
             .collect();
-        let timeout = Duration::from_secs_f64(
-            d.params
-                .validation_timeout_seconds
-                .unwrap_or(DEFAULT_VALIDATION_TIMEOUT.as_secs_f64()),
-        );
-        Some((targets, timeout))
+        let timeout = d
+            .params
+            .validation_timeout_seconds
+            .unwrap_or(DEFAULT_VALIDATION_TIMEOUT.as_secs_f64());
+        let remaining = (d.started_unix + timeout - unix_now()).clamp(0.0, timeout);
+        Some(Validation {
+            targets,
+            timeout: Duration::from_secs_f64(timeout),
+            remaining: Duration::from_secs_f64(remaining),
+        })
     }
 
     /// promote / abort / rollback / pause / resume.
@@ -992,6 +1039,7 @@ impl Agent {
                 ),
             });
         }
+        let before = runtime.state.clone();
         let d = &mut runtime.state.deployments[i];
         let event = d
             .act(unix_now(), action)
@@ -999,8 +1047,7 @@ impl Agent {
         let plan = TrafficPlan::of(d);
         let d = d.clone();
         runtime.state.plans.insert(tenant, plan);
-        self.reconcile(&runtime)?;
-        self.persist(&runtime);
+        self.commit(&mut runtime, before)?;
         self.publish(&runtime, &[event]);
         Ok(d)
     }
@@ -1021,8 +1068,8 @@ impl Agent {
             .ok_or_else(|| DeployError::UnknownDeployment { id: id.to_owned() })
     }
 
-    /// Manual weights for a tenant, until the next deployment or a reload that
-    /// changes the tenant.
+    /// Manual weights for a tenant, until the next deployment or new weights (a
+    /// reload keeps them, see `outcome`).
     pub fn set_weights(
         &self,
         tenant: &str,
@@ -1036,36 +1083,19 @@ impl Agent {
                     format!("tenant '{tenant}' has no service '{name}'"),
                 ));
             }
-            if *w > crate::config::MAX_WEIGHT {
-                return Err(invalid(
-                    format!("weights.{name}"),
-                    format!(
-                        "{w} is above the maximum weight {}",
-                        crate::config::MAX_WEIGHT
-                    ),
-                ));
-            }
+            crate::config::check_weight(*w)
+                .map_err(|reason| invalid(format!("weights.{name}"), reason))?;
         }
-        if weights.values().all(|w| *w == 0) {
-            return Err(invalid(
-                "weights",
-                "at least one service needs a weight above 0",
-            ));
-        }
+        crate::config::check_not_all_zero(weights.values().copied())
+            .map_err(|reason| invalid("weights", reason))?;
         let mut runtime = self.runtime();
         Self::check_not_running(&runtime, tenant)?;
-        let previous = runtime
+        let before = runtime.state.clone();
+        runtime
             .state
             .plans
             .insert(tenant.to_owned(), TrafficPlan::Manual { weights });
-        if let Err(e) = self.reconcile(&runtime) {
-            match previous {
-                Some(p) => runtime.state.plans.insert(tenant.to_owned(), p),
-                None => runtime.state.plans.remove(tenant),
-            };
-            return Err(e.into());
-        }
-        self.persist(&runtime);
+        self.commit(&mut runtime, before)?;
         drop(runtime);
         Ok(self
             .tenants()
@@ -1099,6 +1129,7 @@ impl Agent {
                     mode: t.mode,
                     strategy: t.strategy,
                     active_environment: active_environment(&config, &t.name),
+                    traffic_source: TrafficSource::of(&runtime.state, &t.name),
                     deployment_id: runtime
                         .state
                         .deployments
@@ -1137,6 +1168,20 @@ impl Agent {
             .shutdown(keep_forwarding)
     }
 
+    /// Pins again whatever was removed from the pin directory under the running agent
+    /// (see [`Dataplane::restore_pins`]).
+    pub fn restore_pins(&self) {
+        self.dataplane
+            .lock()
+            .expect("dataplane lock poisoned")
+            .restore_pins();
+    }
+
+    /// The data plane's pins, for `/health` and `/metrics`.
+    pub fn pin_watch(&self) -> Option<&Arc<PinWatch>> {
+        self.pin_watch.as_ref()
+    }
+
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
         self.dataplane
             .lock()
@@ -1149,6 +1194,17 @@ impl Agent {
         let counters = self.counters()?;
         let now = Instant::now();
         let mut samples = self.samples.lock().expect("samples lock poisoned");
+        // Logged when a problem starts (the previous second did not show it).
+        let last = samples.back().map(|(_, c)| c);
+        let earlier = samples.len().checked_sub(2).and_then(|i| samples.get(i));
+        if let Some(last) = last {
+            let ongoing = problems(last, earlier.map(|(_, c)| c));
+            for p in problems(&counters, Some(last)) {
+                if !ongoing.iter().any(|o| o.kind == p.kind) {
+                    tracing::warn!(problem = p.kind, "{}", p.message);
+                }
+            }
+        }
         samples.push_back((now, counters));
         while samples.len() > 2
             && samples
@@ -1240,6 +1296,8 @@ impl Agent {
                     protocol: t.protocol,
                     mode: t.mode,
                     strategy: t.strategy,
+                    active_environment: view.active_environment,
+                    traffic_source: view.traffic_source,
                     deployment_id: view.deployment_id,
                     packets: vip_counters.packets,
                     bytes: vip_counters.bytes,
@@ -1249,11 +1307,13 @@ impl Agent {
             })
             .collect();
         Ok(Status {
+            problems: problems(&now, window.map(|(_, c)| c)),
             config_path: live.config.path.display().to_string(),
             config_generation: live.generation,
             config_loaded_at: humantime::format_rfc3339_seconds(live.loaded_at).to_string(),
             traffic_window_seconds: window.map(|(d, _)| d.as_secs_f64()).unwrap_or(0.0),
             tenants,
+            persistence: self.persistence.status(),
             xdp_actions: now
                 .actions
                 .iter()
@@ -1336,57 +1396,13 @@ fn weights_of(config: &LoadedConfig, tenant: &ResolvedTenant, runtime: &Runtime)
     )
 }
 
-fn active_environment(config: &LoadedConfig, tenant: &str) -> Option<String> {
+pub(crate) fn active_environment(config: &LoadedConfig, tenant: &str) -> Option<String> {
     config
         .config
         .tenants
         .iter()
         .find(|t| t.name == tenant)
         .and_then(|t| t.active_environment.clone())
-}
-
-/// After a reload: a tenant whose services changed drops its traffic plan (the
-/// config's weights rule again), and a running deployment whose backends are gone
-/// fails. Returns the events.
-fn forget_changed_tenants(
-    old: &LoadedConfig,
-    new: &LoadedConfig,
-    state: &mut PersistedState,
-    now: f64,
-) -> Vec<deploy::Event> {
-    let mut events = Vec::new();
-    for d in state.deployments.iter_mut().filter(|d| d.state.is_active()) {
-        let Some(t) = new.tenants.iter().find(|t| t.name == d.tenant) else {
-            events.push(d.fail(now, "its tenant was removed from the config"));
-            continue;
-        };
-        let missing: Vec<&String> = d
-            .stable_backends
-            .iter()
-            .chain(&d.canary_backends)
-            .filter(|n| !t.services.iter().any(|s| &s.name == *n))
-            .collect();
-        if !missing.is_empty() {
-            let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-            events.push(d.fail(
-                now,
-                format!("services {} were removed from the config", names.join(", ")),
-            ));
-        }
-    }
-    let active: Vec<String> = state
-        .deployments
-        .iter()
-        .filter(|d| d.state.is_active())
-        .map(|d| d.tenant.clone())
-        .collect();
-    state.plans.retain(|tenant, _| {
-        let before = old.tenants.iter().find(|t| &t.name == tenant);
-        let after = new.tenants.iter().find(|t| &t.name == tenant);
-        active.contains(tenant)
-            || (after.is_some() && before.map(|b| &b.services) == after.map(|a| &a.services))
-    });
-    events
 }
 
 fn share(part: u64, total: u64) -> f64 {
@@ -1410,6 +1426,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
             "interfaces",
             "the interfaces the XDP program is attached to".into(),
         ));
+    }
+    if old.config.attach != new.config.attach {
+        return Some(problem("attach", "how the XDP program is attached".into()));
     }
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
@@ -1436,6 +1455,22 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
         ));
     }
     None
+}
+
+/// A blue/green validation: what to probe, the timeout and how much of it is left (it
+/// counts from the deployment's start, so an agent restart does not start it again).
+struct Validation {
+    targets: Vec<(String, CheckSpec)>,
+    timeout: Duration,
+    remaining: Duration,
+}
+
+/// What a reload did: the new generation, and where it contradicts a live outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reloaded {
+    #[serde(rename = "config_generation")]
+    pub generation: u64,
+    pub conflicts: Vec<String>,
 }
 
 /// A request's step parameters as sent: every field that is not the request's own.
@@ -1503,10 +1538,12 @@ impl ParamOverrides {
             p.max_traffic = v;
         }
         if let Some(v) = self.health_threshold {
-            p.health_threshold = deploy::normalise_rate(v);
+            p.health_threshold = deploy::threshold_rate(v, &v.to_string())
+                .map_err(|reason| invalid("health_threshold", reason))?;
         }
         if let Some(v) = self.rollback_threshold {
-            p.rollback_threshold = deploy::normalise_rate(v);
+            p.rollback_threshold = deploy::threshold_rate(v, &v.to_string())
+                .map_err(|reason| invalid("rollback_threshold", reason))?;
         }
         if let Some(v) = self.min_samples {
             p.min_samples = v;
@@ -1566,7 +1603,10 @@ pub struct TenantView {
     pub protocol: Protocol,
     pub mode: ForwardingMode,
     pub strategy: Strategy,
+    /// The config's `active_environment`.
     pub active_environment: Option<String>,
+    /// Where the effective weights come from (the config, a deployment, the API).
+    pub traffic_source: TrafficSource,
     pub backends: Vec<TenantBackendView>,
     pub deployment_id: Option<String>,
 }
@@ -1586,12 +1626,17 @@ pub struct TenantBackendView {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
+    /// What makes traffic fail now although everything looks up (see
+    /// `dataplane::problems`); empty when all is well.
+    pub problems: Vec<DataplaneProblem>,
     pub config_path: String,
     pub config_generation: u64,
     pub config_loaded_at: String,
     /// Seconds covered by `recent_new_connections` / `traffic_share`.
     pub traffic_window_seconds: f64,
     pub tenants: Vec<TenantStatus>,
+    /// Whether the agent's files are saved (see `/health`).
+    pub persistence: PersistStatus,
     pub xdp_actions: BTreeMap<String, u64>,
     pub packet_reasons: BTreeMap<String, u64>,
 }
@@ -1603,6 +1648,10 @@ pub struct TenantStatus {
     pub protocol: Protocol,
     pub mode: ForwardingMode,
     pub strategy: Strategy,
+    /// The config's `active_environment`.
+    pub active_environment: Option<String>,
+    /// Where `effective_weight` comes from: the config's `weight`, a deployment, the API.
+    pub traffic_source: TrafficSource,
     pub deployment_id: Option<String>,
     pub packets: u64,
     pub bytes: u64,

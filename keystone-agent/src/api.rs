@@ -25,7 +25,7 @@ use crate::{
     },
     config::{Problem, Strategy},
     deploy::{Action, Deployment},
-    webhook::{WebhookVerifier, parse_webhook},
+    webhook::{WebhookError, WebhookVerifier, parse_webhook},
 };
 
 /// The OpenAPI document of this API.
@@ -76,6 +76,7 @@ impl From<ReloadError> for ApiError {
             ReloadError::Config(_)
             | ReloadError::NeedsRestart { .. }
             | ReloadError::Dataplane(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ReloadError::Unsaved(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {
             status,
@@ -96,6 +97,7 @@ impl From<DeployError> for ApiError {
             }
             DeployError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Dataplane(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            DeployError::Unsaved(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }
@@ -164,8 +166,21 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     }
 }
 
+/// `status` is `degraded` while a file the agent must keep cannot be written (the
+/// `persistence` object says which and why); the agent still serves and forwards.
 async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "config_generation": state.agent.generation() }))
+    let persistence = state.agent.persistence().status();
+    let mut body = json!({
+        "status": if persistence.saved { "ok" } else { "degraded" },
+        "config_generation": state.agent.generation(),
+        "persistence": persistence,
+    });
+    // Forwarding would not survive the agent's exit: still 200 (the agent serves), but said.
+    if let Some(problem) = state.agent.pin_watch().and_then(|w| w.problem()) {
+        body["status"] = json!("degraded");
+        body["problems"] = json!([problem]);
+    }
+    Json(body)
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
@@ -224,10 +239,12 @@ async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Stat
 }
 
 async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let generation = state.agent.reload().await?;
-    Ok(Json(
-        json!({ "status": "reloaded", "config_generation": generation }),
-    ))
+    let reloaded = state.agent.reload().await?;
+    Ok(Json(json!({
+        "status": "reloaded",
+        "config_generation": reloaded.generation,
+        "conflicts": reloaded.conflicts,
+    })))
 }
 
 async fn tenants(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -321,9 +338,25 @@ async fn webhook(
             "the deployment webhook is off: set webhook.secret (or secret_file) in the config",
         ));
     };
-    verifier
-        .verify(&headers, &raw, std::time::SystemTime::now())
-        .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    // Off the async workers: accepting a signature fsyncs the replay file.
+    let (check, body) = (verifier.clone(), raw.clone());
+    let mut verified = tokio::task::spawn_blocking(move || {
+        check.verify(&headers, &body, std::time::SystemTime::now())
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the signature check failed: {e}"),
+        )
+    })?;
+    if matches!(verified, Ok(()) | Err(WebhookError::ReplayNotSaved(_))) {
+        verified = state
+            .agent
+            .persistence()
+            .record(crate::persist::File::WebhookReplay, verified);
+    }
+    verified.map_err(|e| ApiError::new(e.status(), e.to_string()))?;
     let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
     // `parse_webhook` has checked `config` is an object or absent.
     let mut params: StepParams = match &hook.config {

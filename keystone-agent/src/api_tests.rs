@@ -75,9 +75,18 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_state_file(None)
+    }
+
+    /// An agent that finds `state` as its `state.json` when it starts.
+    fn with_state_file(state: Option<&str>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystone.yaml");
         std::fs::write(&path, config_text(90, 10)).unwrap();
+        if let Some(state) = state {
+            std::fs::create_dir_all(dir.path().join("state")).unwrap();
+            std::fs::write(dir.path().join("state/state.json"), state).unwrap();
+        }
         let fake = FakeDataplane::default();
         let store = crate::store::Store::new(dir.path().join("state"));
         let agent = Agent::start(
@@ -908,4 +917,54 @@ tenants:
     );
 }
 
+#[tokio::test]
+async fn an_unreadable_state_file_is_kept_aside_and_the_agent_starts() {
+    for bad in ["", "{\"version\": 1, \"deploym"] {
+        let h = Harness::with_state_file(Some(bad));
+        assert_eq!(h.live_weights(), [90, 10], "the config's weights are live");
+        let (status, body) = h.call("GET", "/health", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let recovered = json(&body)["persistence"]["recovered"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/health does not say the state was unreadable: {body}"))
+            .to_owned();
+        let kept = recovered
+            .split_whitespace()
+            .find(|w| w.contains("state.json.unreadable-"))
+            .unwrap_or_else(|| panic!("no kept file named in '{recovered}'"));
+        assert_eq!(std::fs::read_to_string(kept).unwrap(), bad, "{recovered}");
+        assert!(
+            recovered.contains("is not a Keystone state file"),
+            "{recovered}"
+        );
+        let (_, body) = h.call("GET", "/status", Some(TOKEN)).await;
+        assert_eq!(json(&body)["persistence"]["recovered"], recovered.as_str());
+    }
+}
+
+#[tokio::test]
+async fn a_huge_pipeline_object_is_refused_and_not_stored() {
+    let h = Harness::new();
+    let big = "x".repeat(crate::deploy::MAX_PIPELINE_BYTES);
+    let body = serde_json::json!({"service": "web", "version": "1.1.0", "pipeline": {"log": big}})
+        .to_string();
+    let (status, answer) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], &body)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let error = json(&answer)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.starts_with("pipeline: ")
+            && error.contains(&format!("at most {}", crate::deploy::MAX_PIPELINE_BYTES)),
+        "{error}"
+    );
+    assert!(h.state.agent.deployments().is_empty());
+    let small = r#"{"service":"web","version":"1.1.0","pipeline":{"id":"4711"}}"#;
+    let (status, answer) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], small)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+}
+
 mod input_props;
+mod seed_switch;

@@ -16,15 +16,41 @@ use keystone_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{BackendSpec, Limits, VipSpec},
-    yaml_lines,
+    dataplane::{AttachMode, BackendSpec, Limits, VipSpec},
+    yaml_lines::{self, Index},
 };
+
+mod check;
+mod collect;
+mod seed;
+#[cfg(test)]
+mod seed_docs_tests;
+mod service_url;
+#[cfg(test)]
+mod validation_tests;
+
+pub use check::check_report;
+
+/// The keys a config may have at its top level; any other is an error (a typo such
+/// as `tenant:` would otherwise leave the agent with no tenant).
+pub const TOP_LEVEL_KEYS: [&str; 7] = [
+    "interfaces",
+    "attach",
+    "admin",
+    "tenants",
+    "webhook",
+    "notifications",
+    "limits",
+];
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct Config {
     /// Interfaces the XDP program attaches to (client side and backend side).
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// How the program attaches to them: `xdp` (native, the default) or `xdp-generic`.
+    #[serde(default)]
+    pub attach: AttachMode,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -56,6 +82,7 @@ pub struct WebhookConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct NotificationTarget {
     /// Receiver of `POST` requests with a JSON event body.
+    #[serde(default)]
     pub url: String,
     /// Secret to sign the events with (same scheme as the inbound webhook).
     #[serde(default)]
@@ -150,6 +177,7 @@ pub enum Stickiness {
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Tenant {
+    #[serde(default)]
     pub name: String,
     /// The VIP, `address:port` (IPv6 in brackets). Required.
     #[serde(default)]
@@ -190,10 +218,11 @@ pub struct CanaryConfig {
     /// Percent at which the rollout pauses for approval.
     #[serde(default = "hundred")]
     pub max_traffic: f64,
-    /// Success rate (0–1, or a percentage) needed to take the next step.
+    /// Success rate in percent (0–100) needed to take the next step; see
+    /// `deploy::threshold_rate` for the one rule.
     #[serde(default = "default_health_threshold")]
     pub health_threshold: f64,
-    /// Success rate below which the canary is rolled back.
+    /// Success rate in percent below which the canary is rolled back.
     #[serde(default = "default_rollback_threshold")]
     pub rollback_threshold: f64,
     /// Fewer samples than this make a verdict inconclusive (default 5).
@@ -225,17 +254,22 @@ fn hundred() -> f64 {
     100.0
 }
 fn default_health_threshold() -> f64 {
-    0.95
+    95.0
 }
 fn default_rollback_threshold() -> f64 {
-    0.9
+    90.0
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct SwitchConfig {
-    /// `instant` or `gradual`.
-    #[serde(default)]
+    /// `instant` or `gradual` (the seed calls it `switch_strategy`); a switch request
+    /// that names no strategy uses this one.
+    #[serde(default, alias = "switch_strategy")]
     pub strategy: Option<String>,
+    /// HTTP path the idle side must answer before a switch goes to it (instead of
+    /// each service's own health check).
+    #[serde(default)]
+    pub validation_endpoint: Option<String>,
     #[serde(default)]
     pub validation_timeout: Option<DurationSpec>,
     #[serde(default)]
@@ -253,10 +287,16 @@ pub struct SwitchConfig {
     pub drain_timeout: Option<DurationSpec>,
 }
 
+/// A service's health check, with the seed's field names (see `seed::check_health`
+/// for which are refused and why).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct HealthConfig {
+    /// HTTP path to `GET`; without one (or `endpoint`) the check is a TCP connect.
     #[serde(default)]
     pub path: Option<String>,
+    /// The seed's name for `path`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
     #[serde(default)]
     pub interval: Option<DurationSpec>,
     #[serde(default)]
@@ -271,10 +311,28 @@ pub struct HealthConfig {
     pub expected_status_code: Option<u16>,
     #[serde(default)]
     pub expected_response: Option<String>,
+    /// Always true in Keystone; `false` is refused.
+    #[serde(default)]
+    pub deployment_aware: Option<bool>,
+    /// Refused (with where to say it instead).
+    #[serde(default)]
+    pub metrics_endpoint: Option<String>,
+    #[serde(default)]
+    pub canary_tolerance: Option<f64>,
+    #[serde(default)]
+    pub rollback_threshold: Option<f64>,
+}
+
+impl HealthConfig {
+    /// The HTTP path to check, if the check is HTTP (`path` or `endpoint`).
+    pub fn http_path(&self) -> Option<&str> {
+        self.path.as_deref().or(self.endpoint.as_deref())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Service {
+    #[serde(default)]
     pub name: String,
     /// `http://host:port/...` (the host is resolved by the agent) ...
     #[serde(default)]
@@ -284,7 +342,8 @@ pub struct Service {
     pub address: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
-    #[serde(default)]
+    /// `health: "/health"` (an HTTP check on that path) or the map form.
+    #[serde(default, deserialize_with = "seed::health_field")]
     pub health: Option<HealthConfig>,
     #[serde(default)]
     pub environment: Option<String>,
@@ -304,11 +363,38 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// A duration as written: `30s`, `1m30s`, `500ms`, or a bare number of seconds.
 /// Kept as written until `validate()`, which knows the field's path and line.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum DurationSpec {
     Seconds(f64),
     Text(String),
+}
+
+/// By hand rather than `untagged`: a wrong type is refused at the field itself, with
+/// a message that says what a duration looks like.
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl serde::de::Visitor<'_> for DurationVisitor {
+            type Value = DurationSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration like 30s or 1m30s, or a number of seconds")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Seconds(v as f64))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(DurationVisitor)
+    }
 }
 
 impl DurationSpec {
@@ -369,6 +455,8 @@ pub enum ConfigError {
     Invalid {
         path: PathBuf,
         problems: Vec<Problem>,
+        /// Found too; reported by `--check` next to the problems.
+        warnings: Vec<Problem>,
     },
 }
 
@@ -377,6 +465,13 @@ impl ConfigError {
         match self {
             ConfigError::Read { .. } => &[],
             ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+
+    pub fn warnings(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { warnings, .. } => warnings,
         }
     }
 }
@@ -458,8 +553,16 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     pub config: Config,
     pub tenants: Vec<ResolvedTenant>,
-    /// Fields the agent does not know, ignored (typos show up here).
-    pub ignored_fields: Vec<String>,
+    /// What loads but is probably not what was meant: unknown fields (typos), L7
+    /// fields, contradictions. `--check` prints them; `--strict` refuses them.
+    pub warnings: Vec<Problem>,
+}
+
+/// Resolves a host name and port to addresses: the system resolver, or a test's table.
+pub type Resolver = dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+pub fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
 }
 
 impl LoadedConfig {
@@ -473,34 +576,60 @@ impl LoadedConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
+        Self::parse_with(path, text, &system_resolver)
+    }
+
+    /// `parse` with host names resolved by `resolve`. Every problem is reported at
+    /// once, type errors included; each names its field and line.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        resolve: &Resolver,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let index = yaml_lines::index_all(text);
+        let collected = collect::deserialize_all(text, &index);
+        let mut problems = collected.errors;
+        let mut warnings = collected.warnings;
+        let mut tenants = Vec::new();
+        let with_line = |(field, reason): (String, String)| Problem {
+            line: yaml_lines::line_of(&index.lines, &field),
+            field,
+            reason,
         };
-        let mut ignored_fields = Vec::new();
-        let deserializer = serde_yaml::Deserializer::from_str(text);
-        let config: Config =
-            serde_ignored::deserialize(deserializer, |p| ignored_fields.push(p.to_string()))
-                .map_err(|e| invalid(vec![syntax_problem(&e)]))?;
-        let lines = yaml_lines::index(text);
-        let tenants = validate(&config).map_err(|problems| {
-            invalid(
-                problems
+        if let Some(config) = &collected.config {
+            let checked = validate(config, &index, resolve);
+            tenants = checked.tenants;
+            // A field cut after a type error has its default now: what is said
+            // about that default would be noise.
+            let under_cut = |field: &str| {
+                collected.cut.iter().any(|cut| {
+                    field
+                        .strip_prefix(cut.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
+            };
+            problems.extend(
+                checked
+                    .problems
                     .into_iter()
-                    .map(|(field, reason)| Problem {
-                        line: yaml_lines::line_of(&lines, &field),
-                        field,
-                        reason,
-                    })
-                    .collect(),
-            )
-        })?;
-        Ok(LoadedConfig {
-            path: path.to_owned(),
-            config,
-            tenants,
-            ignored_fields,
-        })
+                    .filter(|(field, _)| !under_cut(field))
+                    .map(with_line),
+            );
+            warnings.extend(checked.warnings.into_iter().map(with_line));
+        }
+        match collected.config {
+            Some(config) if problems.is_empty() => Ok(LoadedConfig {
+                path: path.to_owned(),
+                config,
+                tenants,
+                warnings,
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+                warnings,
+            }),
+        }
     }
 
     /// Desired state with configured weights and every backend up.
@@ -512,35 +641,75 @@ impl LoadedConfig {
     }
 }
 
-/// serde_yaml's messages start with the field path ("tenants[0].weight: invalid type …").
-fn syntax_problem(e: &serde_yaml::Error) -> Problem {
-    let message = e.to_string();
-    let message = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(&message)
-        .to_owned();
-    let (field, reason) = match message.split_once(": ") {
-        Some((field, reason)) if !field.contains(' ') => (field.to_owned(), reason.to_owned()),
-        _ => ("(document)".to_owned(), message),
-    };
-    Problem {
-        field,
-        line: e.location().map(|l| l.line()),
-        reason,
+type Problems = Vec<(String, String)>;
+
+/// What `validate` found: the tenants it could resolve, problems and warnings as
+/// (field, reason).
+struct Checked {
+    tenants: Vec<ResolvedTenant>,
+    problems: Problems,
+    warnings: Problems,
+}
+
+/// Shortest admin token accepted (from the config, its file or the environment).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin token rule, wherever the token comes from.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    let len = token.trim().chars().count();
+    if len < MIN_TOKEN_LEN {
+        return Err(format!(
+            "is {len} characters; an admin token needs at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 16`)"
+        ));
+    }
+    Ok(())
+}
+
+/// One weight's rule (the config and the API's manual weights share it).
+pub fn check_weight(weight: u32) -> Result<(), String> {
+    if weight > MAX_WEIGHT {
+        return Err(format!("{weight} is above the maximum weight {MAX_WEIGHT}"));
+    }
+    Ok(())
+}
+
+/// A tenant's weights all 0 leave its VIP with no backend: refused by the config and
+/// by the API's manual weights alike.
+pub fn check_not_all_zero(weights: impl IntoIterator<Item = u32>) -> Result<(), String> {
+    if weights.into_iter().all(|w| w == 0) {
+        return Err("every weight is 0, so the VIP would have no backend: at least one service needs a weight above 0".into());
+    }
+    Ok(())
+}
+
+/// Link-local addresses have no meaning off their own link (and IPv6 ones need a
+/// scope the data plane does not carry): a gateway cannot forward to them.
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
     }
 }
 
-type Problems = Vec<(String, String)>;
-
-fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
+fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Checked {
     let mut problems: Problems = Vec::new();
+    let mut warnings: Problems = Vec::new();
     let mut push = |field: String, reason: String| problems.push((field, reason));
+    let mut warn = |field: String, reason: String| warnings.push((field, reason));
 
     if let (Some(_), Some(_)) = (&config.admin.token, &config.admin.token_file) {
         push(
             "admin.token".into(),
             "set either token or token_file, not both".into(),
+        );
+    }
+    if let Some(Err(reason)) = config.admin.token.as_deref().map(check_admin_token) {
+        push("admin.token".into(), reason);
+    }
+    if config.tenants.is_empty() {
+        push(
+            "tenants".into(),
+            "no tenant: list at least one under `tenants:` (a VIP with its services)".into(),
         );
     }
     let limits = &config.limits;
@@ -608,6 +777,9 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
     }
     for (i, target) in config.notifications.iter().enumerate() {
         match url::Url::parse(&target.url) {
+            _ if target.url.is_empty() => {
+                push(format!("notifications[{i}].url"), "required".into())
+            }
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => push(
                 format!("notifications[{i}].url"),
@@ -628,6 +800,8 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
     }
 
     let mut resolved = Vec::new();
+    // Every backend as (field, address, protocol), to check against every VIP.
+    let mut backends: Vec<(String, SocketAddr, Protocol)> = Vec::new();
     let mut tenant_names: HashMap<&str, usize> = HashMap::new();
     let mut vips: HashMap<(SocketAddr, Protocol), usize> = HashMap::new();
     // A NAT backend endpoint may serve one VIP only: replies are mapped back by it.
@@ -636,7 +810,7 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
     for (t, tenant) in config.tenants.iter().enumerate() {
         let at = |field: &str| format!("tenants[{t}].{field}");
         if tenant.name.trim().is_empty() {
-            push(at("name"), "must not be empty".into());
+            push(at("name"), "required (and not empty)".into());
         } else if let Some(first) = tenant_names.insert(&tenant.name, t) {
             push(
                 at("name"),
@@ -690,8 +864,15 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
             );
         }
         if let Some(canary) = &tenant.canary_config {
-            validate_canary(canary, &at("canary_config"), &mut push);
+            validate_canary(canary, &at("canary_config"), index, &mut push);
         }
+        seed::check_active_environment(
+            tenant,
+            &format!("tenants[{t}]"),
+            index,
+            &mut push,
+            &mut warn,
+        );
         if let Some(switch) = &tenant.switch_config {
             for (name, value) in [
                 ("validation_timeout", &switch.validation_timeout),
@@ -710,18 +891,43 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
                     format!("{increment} is not a percentage above 0 and at most 100"),
                 );
             }
+            if let Some(endpoint) = &switch.validation_endpoint
+                && (!endpoint.starts_with('/') || endpoint.contains(char::is_whitespace))
+            {
+                push(
+                    at("switch_config.validation_endpoint"),
+                    format!(
+                        "'{endpoint}' is not an HTTP path like /health (it starts with / and has no spaces)"
+                    ),
+                );
+            }
             if let Some(strategy) = &switch.strategy
                 && strategy != "instant"
                 && strategy != "gradual"
             {
+                // Named as written: `strategy`, or the seed's `switch_strategy`.
+                let seed_name = at("switch_config.switch_strategy");
+                let field = if index.lines.contains_key(&seed_name) {
+                    seed_name
+                } else {
+                    at("switch_config.strategy")
+                };
                 push(
-                    at("switch_config.strategy"),
+                    field,
                     format!("unknown switch strategy '{strategy}'; expected instant or gradual"),
                 );
             }
         }
         if tenant.services.is_empty() {
             push(at("services"), "a tenant needs at least one service".into());
+        } else if tenant.active_environment.is_none()
+            || tenant.deployment_strategy != Strategy::BlueGreen
+        {
+            // A blue/green tenant's active environment takes the traffic whatever
+            // its weights (see `seed::check_active_environment`).
+            if let Err(reason) = check_not_all_zero(tenant.services.iter().map(|s| s.weight)) {
+                push(at("services"), reason);
+            }
         }
 
         let mut service_names: HashMap<&str, usize> = HashMap::new();
@@ -730,7 +936,7 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
         for (s, service) in tenant.services.iter().enumerate() {
             let at = |field: &str| format!("tenants[{t}].services[{s}].{field}");
             if service.name.trim().is_empty() {
-                push(at("name"), "must not be empty".into());
+                push(at("name"), "required (and not empty)".into());
             } else if let Some(first) = service_names.insert(&service.name, s) {
                 push(
                     at("name"),
@@ -747,23 +953,32 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
                         push(at(&format!("health.{name}")), reason);
                     }
                 }
+                seed::check_health(health, &at("health"), &mut push);
             }
-            if service.weight > MAX_WEIGHT {
-                push(
-                    at("weight"),
-                    format!(
-                        "{} is above the maximum weight {MAX_WEIGHT}",
-                        service.weight
-                    ),
-                );
+            if let Err(reason) = check_weight(service.weight) {
+                push(at("weight"), reason);
             }
-            let address = match resolve_service(service, vip.map(|v| v.ip())) {
+            let address = match resolve_service(service, vip.map(|v| v.ip()), resolve) {
                 Ok(address) => address,
                 Err((field, reason)) => {
                     push(at(field), reason);
                     continue;
                 }
             };
+            let address_field = if service.url.is_some() {
+                "url"
+            } else {
+                "address"
+            };
+            if is_link_local(address.ip()) {
+                push(
+                    at(address_field),
+                    format!(
+                        "{address} is link-local: it means nothing beyond its own link, so a gateway cannot forward to it; use the backend's routable address"
+                    ),
+                );
+            }
+            backends.push((at(address_field), address, tenant.protocol));
             if let Some(first) = endpoints.insert(address, s) {
                 push(
                     at("address"),
@@ -815,16 +1030,32 @@ fn validate(config: &Config) -> Result<Vec<ResolvedTenant>, Problems> {
             });
         }
     }
-    if problems.is_empty() {
-        Ok(resolved)
-    } else {
-        Err(problems)
+    for (field, address, protocol) in backends {
+        if let Some(t) = vips.get(&(address, protocol)) {
+            push(
+                field,
+                format!(
+                    "{address} is the VIP of tenants[{t}] ('{}'); a backend that is a VIP would send its traffic back through the gateway",
+                    config.tenants[*t].name
+                ),
+            );
+        }
+    }
+    Checked {
+        tenants: resolved,
+        problems,
+        warnings,
     }
 }
 
 /// The step values are checked by the deployment engine's own rules
 /// (`deploy::Params::problems`), so the config and API requests agree.
-fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, String)) {
+fn validate_canary(
+    c: &CanaryConfig,
+    at: &str,
+    index: &Index,
+    push: &mut impl FnMut(String, String),
+) {
     let interval_ok = match c.interval.parse() {
         Ok(_) => true,
         Err(reason) => {
@@ -832,8 +1063,25 @@ fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, Str
             false
         }
     };
+    let mut thresholds_ok = true;
+    for (name, value) in [
+        ("health_threshold", c.health_threshold),
+        ("rollback_threshold", c.rollback_threshold),
+    ] {
+        let field = format!("{at}.{name}");
+        let written = index
+            .written
+            .get(&field)
+            .cloned()
+            .unwrap_or_else(|| value.to_string());
+        if let Err(reason) = crate::deploy::threshold_rate(value, &written) {
+            push(field, reason);
+            thresholds_ok = false;
+        }
+    }
     for (field, reason) in crate::deploy::Params::from_canary_config(Some(c)).problems() {
-        if field != "interval" || interval_ok {
+        let threshold = field.ends_with("_threshold");
+        if (field != "interval" || interval_ok) && (!threshold || thresholds_ok) {
             push(format!("{at}.{field}"), reason);
         }
     }
@@ -861,6 +1109,7 @@ fn validate_canary(c: &CanaryConfig, at: &str, push: &mut impl FnMut(String, Str
 fn resolve_service(
     service: &Service,
     vip_ip: Option<IpAddr>,
+    resolve: &Resolver,
 ) -> Result<SocketAddr, (&'static str, String)> {
     let (field, host, port) = match (&service.address, &service.url) {
         (Some(_), Some(_)) => return Err(("url", "set either url or address, not both".into())),
@@ -886,31 +1135,18 @@ fn resolve_service(
             ("address", host.trim_matches(['[', ']']).to_owned(), port)
         }
         (None, Some(text)) => {
-            let url = url::Url::parse(text)
-                .map_err(|e| ("url", format!("'{text}' is not a URL: {e}")))?;
-            let host = match url.host() {
-                Some(url::Host::Domain(d)) => d.to_owned(),
-                Some(url::Host::Ipv4(ip)) => ip.to_string(),
-                Some(url::Host::Ipv6(ip)) => ip.to_string(),
-                None => return Err(("url", format!("'{text}' has no host"))),
-            };
-            let port = url.port_or_known_default().ok_or((
-                "url",
-                format!(
-                    "'{text}' has no port and no default for scheme '{}'",
-                    url.scheme()
-                ),
-            ))?;
+            let (host, port) = service_url::host_port(text).map_err(|reason| ("url", reason))?;
             ("url", host, port)
         }
     };
     if port == 0 {
         return Err((field, "port must not be 0".into()));
     }
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| (field, format!("cannot resolve host '{host}': {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => resolve(&host, port)
+            .map_err(|e| (field, format!("cannot resolve host '{host}': {e}")))?,
+    };
     let preferred = addrs
         .iter()
         .find(|a| vip_ip.is_none_or(|v| v.is_ipv4() == a.is_ipv4()))
@@ -943,11 +1179,11 @@ fn check_family(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
+    pub(super) fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
         LoadedConfig::parse(Path::new("test.yaml"), text)
     }
 
-    fn problems(text: &str) -> Vec<Problem> {
+    pub(super) fn problems(text: &str) -> Vec<Problem> {
         match parse(text) {
             Ok(_) => panic!("config was accepted:\n{text}"),
             Err(e) => e.problems().to_vec(),
@@ -965,8 +1201,8 @@ tenants:
       increment: 10
       interval: 5m
       max_traffic: 50
-      health_threshold: 0.95
-      rollback_threshold: 0.90
+      health_threshold: 95
+      rollback_threshold: 90
     services:
       - name: api-v1
         url: http://localhost:8080
@@ -1017,11 +1253,7 @@ tenants:
         assert_eq!(web.strategy, Strategy::BlueGreen);
         assert_eq!(web.services[0].weight, 1, "weight defaults to 1");
         assert_eq!(web.services[1].weight, 0);
-        assert!(
-            loaded.ignored_fields.is_empty(),
-            "{:?}",
-            loaded.ignored_fields
-        );
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let canary = loaded.config.tenants[0].canary_config.as_ref().unwrap();
         assert_eq!(canary.interval.get(), Duration::from_secs(300));
         let specs = loaded.vip_specs();
@@ -1055,7 +1287,14 @@ tenants:
             "    deployment_strategy: canary\n    colour: red",
         );
         let loaded = parse(&text).unwrap();
-        assert_eq!(loaded.ignored_fields, vec!["tenants.0.colour".to_owned()]);
+        assert_eq!(
+            loaded.warnings,
+            [Problem {
+                field: "tenants[0].colour".into(),
+                line: Some(6),
+                reason: "unknown field, ignored".into()
+            }]
+        );
     }
 
     #[test]
@@ -1150,7 +1389,7 @@ tenants:
 
     #[test]
     fn limits_default_to_the_compiled_sizes_and_are_checked_against_the_tenants() {
-        let c = parse("tenants: []\n").expect("empty config");
+        let c = parse(SEED).expect("seed config");
         assert_eq!(c.config.limits, Limits::default());
 
         let text = r#"limits:

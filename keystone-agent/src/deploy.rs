@@ -19,6 +19,20 @@ pub const DEFAULT_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_MIN_SAMPLES: u64 = 5;
 /// How many finished deployments are kept.
 pub const HISTORY_LIMIT: usize = 100;
+/// Most bytes of JSON a deployment's `pipeline` object may have.
+pub const MAX_PIPELINE_BYTES: usize = 16 * 1024;
+
+/// A deployment's `pipeline` object is kept verbatim with it (in the state file and
+/// every answer about it), so past `MAX_PIPELINE_BYTES` of JSON it is refused.
+pub fn check_pipeline(pipeline: Option<&serde_json::Value>) -> Result<(), String> {
+    let size = pipeline.map_or(0, |p| p.to_string().len());
+    if size > MAX_PIPELINE_BYTES {
+        return Err(format!(
+            "{size} bytes of JSON; at most {MAX_PIPELINE_BYTES} are kept with a deployment (send an id or a URL)"
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,9 +108,22 @@ pub struct Params {
     pub prometheus: Option<PrometheusQuery>,
 }
 
-/// Rates may be written as 0.95 or 95.
-pub fn normalise_rate(rate: f64) -> f64 {
-    if rate > 1.0 { rate / 100.0 } else { rate }
+/// The one rule for `health_threshold` and `rollback_threshold`, wherever they are
+/// written (config, API, webhook, keystone-ctl): a percentage from 0 to 100, returned
+/// as a rate (0–1). A value above 0 and at most 1 is refused: it reads like a
+/// fraction (0.95, or 1 for "all") and would otherwise mean at most 1 %. `written` is
+/// the value as the user wrote it, for the message.
+pub fn threshold_rate(percent: f64, written: &str) -> Result<f64, String> {
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("'{written}' is not a percentage from 0 to 100"));
+    }
+    if percent > 0.0 && percent <= 1.0 {
+        let meant = (percent * 100.0 * 1e6).round() / 1e6;
+        return Err(format!(
+            "'{written}' reads like a fraction; thresholds are percentages from 0 to 100 (write {meant} for {meant} %), and values above 0 up to 1 are refused as ambiguous"
+        ));
+    }
+    Ok(percent / 100.0)
 }
 
 impl Params {
@@ -106,8 +133,9 @@ impl Params {
             increment: c.map_or(DEFAULT_INCREMENT, |c| c.increment),
             interval_seconds: c.map_or(DEFAULT_INTERVAL_SECS, |c| c.interval.get().as_secs_f64()),
             max_traffic: c.map_or(100.0, |c| c.max_traffic),
-            health_threshold: normalise_rate(c.map_or(0.95, |c| c.health_threshold)),
-            rollback_threshold: normalise_rate(c.map_or(0.9, |c| c.rollback_threshold)),
+            // Percentages in the config (checked by `threshold_rate`), rates here.
+            health_threshold: c.map_or(0.95, |c| c.health_threshold / 100.0),
+            rollback_threshold: c.map_or(0.9, |c| c.rollback_threshold / 100.0),
             min_samples: c.and_then(|c| c.min_samples).unwrap_or(DEFAULT_MIN_SAMPLES),
             validation_timeout_seconds: None,
             rollback_on_failure: true,
@@ -152,14 +180,18 @@ impl Params {
             if !(0.0..=1.0).contains(&v) {
                 p.push((
                     name,
-                    format!("{v} is not a rate between 0 and 1 (or a percentage)"),
+                    format!("{} is not a percentage from 0 to 100", v * 100.0),
                 ));
             }
         }
         if self.rollback_threshold > self.health_threshold {
             p.push((
                 "rollback_threshold",
-                "must not be above health_threshold".into(),
+                format!(
+                    "{} % must not be above health_threshold {} %",
+                    self.rollback_threshold * 100.0,
+                    self.health_threshold * 100.0
+                ),
             ));
         }
         p
@@ -662,6 +694,43 @@ impl TrafficPlan {
             to_percent: d.canary_percent,
         }
     }
+
+    /// Drops the services `keep` says no to; returns their names.
+    pub fn remove_services(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut filter = |names: &mut Vec<String>| {
+            names.retain(|n| {
+                keep(n) || {
+                    removed.push(n.clone());
+                    false
+                }
+            })
+        };
+        match self {
+            TrafficPlan::Split { from, to, .. } => {
+                filter(from);
+                filter(to);
+            }
+            TrafficPlan::Manual { weights } => {
+                let mut names: Vec<String> = weights.keys().cloned().collect();
+                filter(&mut names);
+                weights.retain(|n, _| names.contains(n));
+            }
+        }
+        removed
+    }
+
+    /// Whether some service gets new connections under this plan.
+    pub fn sends_traffic(&self) -> bool {
+        match self {
+            TrafficPlan::Split {
+                from,
+                to,
+                to_percent,
+            } => (*to_percent > 0.0 && !to.is_empty()) || (*to_percent < 100.0 && !from.is_empty()),
+            TrafficPlan::Manual { weights } => weights.values().any(|w| *w > 0),
+        }
+    }
 }
 
 /// Effective weight per service of `tenant` (same order as `tenant.services`).
@@ -1022,6 +1091,28 @@ mod tests {
                 "rollback_threshold"
             ]
         );
-        assert_eq!(normalise_rate(95.0), 0.95);
+    }
+
+    /// One rule: percentages 0–100; (0, 1] refused as ambiguous, quoting the text.
+    #[test]
+    fn thresholds_are_percentages_and_fractions_are_refused() {
+        assert_eq!(threshold_rate(95.0, "95"), Ok(0.95));
+        assert_eq!(threshold_rate(99.5, "99.5"), Ok(0.995));
+        assert_eq!(threshold_rate(0.0, "0"), Ok(0.0));
+        assert_eq!(threshold_rate(100.0, "100"), Ok(1.0));
+        assert_eq!(
+            threshold_rate(1.0, "1.0").unwrap_err(),
+            "'1.0' reads like a fraction; thresholds are percentages from 0 to 100 (write 100 for 100 %), and values above 0 up to 1 are refused as ambiguous"
+        );
+        assert!(
+            threshold_rate(0.95, "0.950")
+                .unwrap_err()
+                .starts_with("'0.950' reads like a fraction; thresholds are percentages from 0 to 100 (write 95 for 95 %)")
+        );
+        assert_eq!(
+            threshold_rate(150.0, "150").unwrap_err(),
+            "'150' is not a percentage from 0 to 100"
+        );
+        assert!(threshold_rate(f64::NAN, "nan").is_err());
     }
 }

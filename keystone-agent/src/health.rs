@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -54,12 +54,12 @@ pub struct CheckSpec {
 }
 
 impl CheckSpec {
-    /// From the seed's `health:` block: `path` makes it HTTP; `retries` is the seed's
-    /// name for the fall threshold, `failure_threshold` wins when both are given.
+    /// From the seed's `health:` block: `path` (or `endpoint`) makes it HTTP;
+    /// `retries` is the seed's name for the fall threshold (the config refuses both).
     pub fn from_config(address: SocketAddr, health: &HealthConfig) -> CheckSpec {
-        let probe = match &health.path {
+        let probe = match health.http_path() {
             Some(path) => Probe::Http {
-                path: path.clone(),
+                path: path.to_owned(),
                 expected_status: health.expected_status_code.unwrap_or(200),
                 expected_body: health.expected_response.clone(),
             },
@@ -86,6 +86,35 @@ impl CheckSpec {
                 .max(1),
         }
     }
+}
+
+/// How a blue/green switch validates one backend of the idle side: an HTTP `GET` of
+/// `switch_config.validation_endpoint` when set (with the service's expected status
+/// and body, if it has a check), else the service's own check, else a TCP connect.
+pub fn validation_spec(
+    address: SocketAddr,
+    health: Option<&HealthConfig>,
+    endpoint: Option<&str>,
+) -> CheckSpec {
+    let mut spec = match health {
+        Some(h) => CheckSpec::from_config(address, h),
+        None => CheckSpec {
+            address,
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: DEFAULT_TIMEOUT,
+            rise: 1,
+            fall: 1,
+        },
+    };
+    if let Some(path) = endpoint {
+        spec.probe = Probe::Http {
+            path: path.to_owned(),
+            expected_status: health.and_then(|h| h.expected_status_code).unwrap_or(200),
+            expected_body: health.and_then(|h| h.expected_response.clone()),
+        };
+    }
+    spec
 }
 
 /// Runs one probe; `Err` says why it failed.
@@ -176,7 +205,7 @@ fn check_response(
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthState {
     /// No check configured, or none finished yet: treated as up.
@@ -242,7 +271,11 @@ impl BackendHealth {
                 self.consecutive_failed += 1;
                 self.consecutive_ok = 0;
                 self.last_error = Some(e);
-                if self.consecutive_failed >= spec.fall && self.state != HealthState::Down {
+                // A backend never checked before is decided by its first probe: one
+                // that is down from the start must not take connections meanwhile.
+                let fell =
+                    self.consecutive_failed >= spec.fall || self.state == HealthState::Unknown;
+                if fell && self.state != HealthState::Down {
                     self.state = HealthState::Down;
                     let window = spec.interval * FLAP_WINDOW_INTERVALS;
                     self.down_transitions.push_back(now);
@@ -276,6 +309,9 @@ pub struct HealthChecker {
     tasks: Mutex<HashMap<BackendKey, (CheckSpec, JoinHandle<()>)>>,
     /// Bumped on every state change, so the agent can reconcile.
     changed: watch::Sender<u64>,
+    /// States saved by a previous agent, by backend and address: a check started for
+    /// one of them starts there instead of unknown.
+    saved: Mutex<HashMap<(BackendKey, SocketAddr), HealthState>>,
 }
 
 impl Default for HealthChecker {
@@ -284,6 +320,7 @@ impl Default for HealthChecker {
             states: Arc::default(),
             tasks: Mutex::default(),
             changed: watch::channel(0).0,
+            saved: Mutex::default(),
         }
     }
 }
@@ -324,10 +361,19 @@ impl HealthChecker {
             if tasks.contains_key(&key) {
                 continue;
             }
+            let mut health = BackendHealth::new(spec.rise);
+            if let Some(state) = self
+                .saved
+                .lock()
+                .expect("saved health lock poisoned")
+                .remove(&(key.clone(), spec.address))
+            {
+                health.state = state;
+            }
             self.states
                 .lock()
                 .expect("health lock poisoned")
-                .insert(key.clone(), BackendHealth::new(spec.rise));
+                .insert(key.clone(), health);
             let handle = tokio::spawn(run_check(
                 key.clone(),
                 spec.clone(),
@@ -337,6 +383,32 @@ impl HealthChecker {
             tasks.insert(key, (spec, handle));
         }
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Starts the checks `sync` starts next for these backends (at these addresses)
+    /// in these states: what a previous agent knew.
+    pub fn restore(&self, saved: impl IntoIterator<Item = (BackendKey, SocketAddr, HealthState)>) {
+        let mut map = self.saved.lock().expect("saved health lock poisoned");
+        map.extend(
+            saved
+                .into_iter()
+                .map(|(key, address, state)| ((key, address), state)),
+        );
+    }
+
+    /// Every checked backend that is up or down, with its address: what to save.
+    pub fn known(&self) -> Vec<(BackendKey, SocketAddr, HealthState)> {
+        let tasks = self.tasks.lock().expect("health tasks lock poisoned");
+        let states = self.states.lock().expect("health lock poisoned");
+        let mut known: Vec<_> = tasks
+            .iter()
+            .filter_map(|(key, (spec, _))| {
+                let state = states.get(key)?.state;
+                (state != HealthState::Unknown).then(|| (key.clone(), spec.address, state))
+            })
+            .collect();
+        known.sort_by(|a, b| a.0.cmp(&b.0));
+        known
     }
 
     /// Health of one backend; `None` when it has no check.
@@ -424,6 +496,19 @@ mod tests {
         }
         assert_eq!(h.state, HealthState::Up);
         assert_eq!(h.rise_needed, 4, "damped: rise doubled after 3 flaps");
+    }
+
+    #[test]
+    fn the_first_probe_decides_an_unchecked_backend() {
+        let s = spec(Probe::Tcp, "127.0.0.1:1".parse().unwrap());
+        let mut h = BackendHealth::new(s.rise);
+        assert!(
+            h.record(&s, Err("refused".into()), Instant::now()),
+            "unknown → down on the first failure, not after fall=3"
+        );
+        assert_eq!(h.state, HealthState::Down);
+        assert!(!h.record(&s, Ok(()), Instant::now()));
+        assert!(h.record(&s, Ok(()), Instant::now()), "then up after rise=2");
     }
 
     #[test]

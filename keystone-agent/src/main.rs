@@ -4,7 +4,9 @@
 //! Exit codes: 0 clean shutdown; 64 invalid config or arguments; 1 anything else.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
+    net::SocketAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -17,8 +19,13 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use keystone_agent::{
     agent::Agent,
     api::{ApiState, router},
-    config::LoadedConfig,
-    dataplane::aya_dataplane::{AyaDataplane, LoadOptions},
+    config::{LoadedConfig, check_admin_token},
+    dataplane::{
+        AttachMode,
+        aya_dataplane::{AyaDataplane, LoadOptions},
+        interfaces,
+        start::Start,
+    },
     store::Store,
     webhook::WebhookVerifier,
 };
@@ -54,9 +61,14 @@ struct Args {
     /// On exit, leave the program attached and pinned so forwarding continues.
     #[arg(long)]
     keep_forwarding: bool,
-    /// Only validate the config (FILE, else --config) and exit (0 valid, 64 invalid).
+    /// Only validate the config (FILE, else --config), print every error and warning,
+    /// and exit (0 valid, 64 invalid).
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     check: Option<Option<PathBuf>>,
+    /// Treat config warnings (unknown or L7-only fields, contradictions) as errors,
+    /// with --check (for CI) and at start.
+    #[arg(long)]
+    strict: bool,
     /// Log lines on stderr: text, or JSON lines with every field (deployment, tenant,
     /// state, ...) as a key.
     #[arg(long, value_enum, env = "KEYSTONE_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -98,30 +110,51 @@ fn main() -> ExitCode {
         eprintln!("keystone-agent: {e:#}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let config = match LoadedConfig::load(&args.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
+    let loaded = LoadedConfig::load(&args.config);
+    let (report, ok) = keystone_agent::config::check_report(&args.config, &loaded, args.strict);
+    // Not a config problem (--strict keeps it a warning): a deliberate choice that needs a proxy.
+    let exposed = loaded
+        .as_ref()
+        .ok()
+        .and_then(|c| admin_exposure(c.config.admin.listen));
+    if args.check.is_some() {
+        if let Some(warning) = &exposed {
+            println!("warning: {warning}");
+        }
+        print!("{report}");
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_USAGE)
+        };
+    }
+    let config = match loaded {
+        Ok(config) if ok => config,
+        _ => {
+            eprint!("{report}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    for field in &config.ignored_fields {
-        tracing::warn!(field, "unknown config field ignored");
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
     }
-    if args.check.is_some() {
-        println!(
-            "{}: valid, {} tenant(s)",
-            args.config.display(),
-            config.tenants.len()
-        );
-        return ExitCode::SUCCESS;
+    if let Some(warning) = &exposed {
+        tracing::warn!("{warning}");
     }
+    // Before the runtime's threads exist: they inherit the dropped capabilities.
+    let prepared = match prepare(&args, &config) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("keystone-agent: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    match runtime.block_on(run(args, config)) {
+    match runtime.block_on(run(args, config, prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keystone-agent: {e:#}");
@@ -130,42 +163,118 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
+/// The warning for an admin API other hosts can reach, if it is one.
+fn admin_exposure(listen: SocketAddr) -> Option<String> {
+    (!listen.ip().is_loopback()).then(|| {
+        format!(
+            "admin.listen {listen} is not a loopback address: the admin API (bearer token, \
+             plain HTTP) is reachable from other hosts; keep it on 127.0.0.1 or put a \
+             TLS-terminating proxy in front of it (README: Admin API)"
+        )
+    })
+}
+
+/// What the agent sets up while it is one privileged thread: everything that can
+/// fail is checked, and the admin port bound, before the data plane is touched.
+struct Prepared {
+    interfaces: Vec<String>,
+    token: String,
+    webhook: Option<Arc<WebhookVerifier>>,
+    listener: std::net::TcpListener,
+    dataplane: AyaDataplane,
+    /// Undone when dropped uncommitted: a start that fails leaves nothing behind.
+    start: Start,
+}
+
+fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     let interfaces = if args.interfaces.is_empty() {
         config.config.interfaces.clone()
     } else {
-        args.interfaces
+        args.interfaces.clone()
     };
     if interfaces.is_empty() {
         bail!(
             "no interfaces to attach to: list them under `interfaces:` in the config or pass --interface"
         );
     }
-    let token = admin_token(&config, &args.state_dir)?;
-    let admin_addr = config.config.admin.listen;
-
-    let dataplane = AyaDataplane::load(LoadOptions {
-        interfaces: interfaces.clone(),
-        pin_dir: args.pin_dir.clone(),
-        limits: config.config.limits,
-        ..LoadOptions::default()
-    })
-    .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
+    let token = admin_token(config, &args.state_dir)?;
     let webhook = match &config.config.webhook {
         Some(w) => Some(Arc::new(
-            WebhookVerifier::from_config(w).context("cannot set up the deployment webhook")?,
+            WebhookVerifier::from_config(w)
+                .context("cannot set up the deployment webhook")?
+                .with_replay_file(args.state_dir.join("webhook-replay.json")),
         )),
         None => None,
     };
+    let admin_addr = config.config.admin.listen;
+    let listener = bind_admin(admin_addr)
+        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
+    // Before anything is attached, so a refused config leaves nothing behind.
+    let attached =
+        interfaces::predicted_flags(&interfaces, config.config.attach == AttachMode::Generic);
+    interfaces::check_dsr_backends(&config.vip_specs(), &attached, &mut BTreeSet::new())
+        .context("cannot serve the config")?;
+    let (dataplane, start) = AyaDataplane::begin(LoadOptions {
+        interfaces: interfaces.clone(),
+        limits: config.config.limits,
+        xdp_mode: config.config.attach,
+        ..LoadOptions::new(args.pin_dir.clone())
+    })
+    .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
+    let kept = keystone_agent::privileges::drop_privileges()
+        .context("cannot drop the capabilities the agent no longer needs")?;
+    tracing::info!(capabilities = ?kept, "dropped every other capability; NoNewPrivs set");
+    Ok(Prepared {
+        interfaces,
+        token,
+        webhook,
+        listener,
+        dataplane,
+        start,
+    })
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR` (as tokio binds), so a restart
+/// is not refused while the previous agent's connections linger in TIME_WAIT.
+fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        interfaces,
+        token,
+        webhook,
+        listener,
+        dataplane,
+        start,
+    } = prepared;
+    let admin_addr = config.config.admin.listen;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
     let store = Store::new(&args.state_dir);
     let agent =
         Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
+    start
+        .commit()
+        .context("cannot finish loading the data plane")?;
     // Before the API answers: dsr needs every backend's MAC from the first packet.
     agent.prime_neighbours();
     let registry = Arc::new(keystone_agent::metrics::registry(&agent));
-    let listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
+    if let Some(watch) = agent.pin_watch() {
+        watch
+            .register(&registry)
+            .context("cannot register the pin metrics")?;
+    }
     tracing::info!(%admin_addr, interfaces = ?interfaces, "keystone-agent ready");
     // The data plane is programmed and the API listens: a Type=notify unit is started.
     if let Err(e) = keystone_agent::sd_notify::notify("READY=1") {
@@ -178,6 +287,7 @@ async fn run(args: Args, config: LoadedConfig) -> anyhow::Result<()> {
     tokio::spawn(follow_health(agent.clone()));
     tokio::spawn(poll_prometheus(agent.clone()));
     tokio::spawn(prime_neighbours(agent.clone()));
+    tokio::spawn(restore_pins(agent.clone()));
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
@@ -244,7 +354,7 @@ async fn handle_signals(agent: Arc<Agent>, shutdown: tokio::sync::watch::Sender<
     loop {
         tokio::select! {
             _ = hup.recv() => match agent.reload().await {
-                Ok(generation) => tracing::info!(generation, "SIGHUP: config reloaded"),
+                Ok(r) => tracing::info!(generation = r.generation, "SIGHUP: config reloaded"),
                 Err(e) => tracing::error!("SIGHUP: reload refused, the running config stays: {e}"),
             },
             _ = term.recv() => break,
@@ -276,6 +386,16 @@ async fn prime_neighbours(agent: Arc<Agent>) {
         tick.tick().await;
         let agent = agent.clone();
         let _ = tokio::task::spawn_blocking(move || agent.prime_neighbours()).await;
+    }
+}
+
+/// Puts back pins removed under the running agent (see `Agent::restore_pins`).
+async fn restore_pins(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let agent = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || agent.restore_pins()).await;
     }
 }
 
@@ -321,14 +441,17 @@ fn admin_token(config: &LoadedConfig, state_dir: &Path) -> anyhow::Result<String
         let token = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read admin.token_file {}", file.display()))?;
         let token = token.trim();
-        if token.is_empty() {
-            bail!("admin.token_file {} is empty", file.display());
+        if let Err(reason) = check_admin_token(token) {
+            bail!("admin.token_file {}: the token {reason}", file.display());
         }
         return Ok(token.to_owned());
     }
     if let Ok(token) = std::env::var("KEYSTONE_ADMIN_TOKEN")
         && !token.trim().is_empty()
     {
+        if let Err(reason) = check_admin_token(&token) {
+            bail!("KEYSTONE_ADMIN_TOKEN {reason}");
+        }
         return Ok(token.trim().to_owned());
     }
     let mut bytes = [0u8; 24];

@@ -380,6 +380,9 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         }))
         .expect("the data-plane collector is registered once");
     registry
+        .register(Box::new(agent.persistence().metric().clone()))
+        .expect("the state-write counter is registered once");
+    registry
         .register(Box::new(build_info()))
         .expect("keystone_build_info is registered once");
     registry
@@ -395,7 +398,6 @@ fn build_info() -> IntGaugeVec {
     info.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
         .set(1);
     info
-}
 
 /// The text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> String {

@@ -104,9 +104,31 @@ impl Store {
     pub fn save_config(&self, text: &str) -> Result<(), StoreError> {
         write_atomically(&self.config_path(), text.as_bytes())
     }
+
+    /// Another file of the state directory (`name` is a plain file name).
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Renames an unreadable state file to `state.json.unreadable-<unix time>` so a
+    /// new one can be written without losing it; returns where it went.
+    pub fn set_aside_state(&self) -> Result<PathBuf, StoreError> {
+        let from = self.state_path();
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let to = self.dir.join(format!("state.json.unreadable-{secs}"));
+        fs::rename(&from, &to).map_err(|source| StoreError::Write {
+            path: to.clone(),
+            source,
+        })?;
+        Ok(to)
+    }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let err = |source| StoreError::Write {
         path: path.to_owned(),
         source,

@@ -20,7 +20,11 @@
 //! - the signature does not match (compared in constant time);
 //! - the same (timestamp, signature) pair was already accepted: within the tolerance
 //!   window a signed request is accepted once (accepted pairs are remembered until
-//!   their timestamp leaves the window, at most [`MAX_REMEMBERED`] of them).
+//!   their timestamp leaves the window, at most [`MAX_REMEMBERED`] of them). The
+//!   agent saves them in its state directory before it answers, so a restart —
+//!   clean or a crash — does not reopen the window; a request whose pair cannot be
+//!   saved is refused (503), and if the saved pairs cannot be read at start, every
+//!   timestamp from before that start is refused.
 //!
 //! The same scheme signs the agent's outbound notifications (see [`crate::notify`]),
 //! with [`sign`].
@@ -37,7 +41,10 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::config::{Strategy, WebhookConfig};
+use crate::{
+    config::{Strategy, WebhookConfig},
+    store::StoreError,
+};
 
 /// Header carrying the request's Unix time in seconds.
 pub const TIMESTAMP_HEADER: &str = "X-Keystone-Timestamp";
@@ -127,6 +134,14 @@ pub enum WebhookError {
     InvalidField { field: String, reason: String },
     #[error("unknown strategy '{strategy}'; expected canary, blue_green or rolling")]
     UnknownStrategy { strategy: String },
+    #[error(
+        "cannot save the accepted signature, so the request was refused (it could be replayed after a restart): {0}"
+    )]
+    ReplayNotSaved(#[source] StoreError),
+    #[error(
+        "{TIMESTAMP_HEADER} {timestamp} is older than this agent's start, and the signatures accepted before it could not be read; sign again"
+    )]
+    BeforeStart { timestamp: u64 },
 }
 
 impl WebhookError {
@@ -143,7 +158,9 @@ impl WebhookError {
             | Stale { .. }
             | Future { .. }
             | SignatureMismatch
-            | Replayed { .. } => StatusCode::UNAUTHORIZED,
+            | Replayed { .. }
+            | BeforeStart { .. } => StatusCode::UNAUTHORIZED,
+            ReplayNotSaved(_) => StatusCode::SERVICE_UNAVAILABLE,
             TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             MalformedJson { .. }
             | MissingField { .. }
@@ -159,6 +176,16 @@ pub struct WebhookVerifier {
     tolerance: Duration,
     /// Accepted (timestamp, MAC) pairs, ordered by timestamp so expiry is a prefix.
     accepted: Mutex<BTreeSet<(u64, [u8; 32])>>,
+    /// Where the accepted pairs are saved, if anywhere.
+    replay_file: Option<PathBuf>,
+    /// Timestamps before this are refused: the pairs saved before it were unreadable.
+    not_before: u64,
+}
+
+/// The replay file: accepted pairs as (timestamp, hex MAC).
+#[derive(Default, Deserialize, Serialize)]
+struct ReplayFile {
+    accepted: Vec<(u64, String)>,
 }
 
 impl std::fmt::Debug for WebhookVerifier {
@@ -176,7 +203,49 @@ impl WebhookVerifier {
             secret: secret.into(),
             tolerance,
             accepted: Mutex::new(BTreeSet::new()),
+            replay_file: None,
+            not_before: 0,
         }
+    }
+
+    /// Keeps accepted pairs in `path` across restarts: loads what is there and saves
+    /// every newly accepted pair before `verify` accepts it. An unreadable file is
+    /// logged and makes every timestamp older than now refused.
+    pub fn with_replay_file(mut self, path: PathBuf) -> WebhookVerifier {
+        let loaded = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<ReplayFile>(&bytes).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReplayFile::default()),
+            Err(e) => Err(e.to_string()),
+        };
+        match loaded {
+            Ok(file) => {
+                let pairs = file.accepted.into_iter().filter_map(|(ts, mac)| {
+                    let mac: [u8; 32] = hex::decode(mac).ok()?.try_into().ok()?;
+                    Some((ts, mac))
+                });
+                self.accepted.get_mut().expect("fresh lock").extend(pairs);
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "accepted webhook signatures unreadable; refusing timestamps from before this start");
+                self.not_before = unix_secs(SystemTime::now());
+            }
+        }
+        self.replay_file = Some(path);
+        self
+    }
+
+    fn save_replays(&self, accepted: &BTreeSet<(u64, [u8; 32])>) -> Result<(), StoreError> {
+        let Some(path) = &self.replay_file else {
+            return Ok(());
+        };
+        let file = ReplayFile {
+            accepted: accepted
+                .iter()
+                .map(|(ts, mac)| (*ts, hex::encode(mac)))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&file).expect("the replay file serialises");
+        crate::store::write_atomically(path, &bytes)
     }
 
     /// From the config: `secret`, or `secret_file` (surrounding whitespace, such as a
@@ -238,10 +307,7 @@ impl WebhookVerifier {
                 value: signature_text.clone(),
             })?;
 
-        let now_secs = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now_secs = unix_secs(now);
         let tolerance_secs = self.tolerance.as_secs();
         if now_secs > timestamp && now_secs - timestamp > tolerance_secs {
             return Err(WebhookError::Stale {
@@ -273,6 +339,9 @@ impl WebhookVerifier {
         if accepted.contains(&(timestamp, expected)) {
             return Err(WebhookError::Replayed { timestamp });
         }
+        if timestamp < self.not_before {
+            return Err(WebhookError::BeforeStart { timestamp });
+        }
         if accepted.len() >= MAX_REMEMBERED {
             return Err(WebhookError::TooManyRequests {
                 remembered: accepted.len(),
@@ -280,6 +349,10 @@ impl WebhookVerifier {
             });
         }
         accepted.insert((timestamp, expected));
+        if let Err(e) = self.save_replays(&accepted) {
+            accepted.remove(&(timestamp, expected));
+            return Err(WebhookError::ReplayNotSaved(e));
+        }
         Ok(())
     }
 
@@ -290,6 +363,12 @@ impl WebhookVerifier {
             .expect("replay cache lock poisoned")
             .len()
     }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The webhook body a CI pipeline sends to start a deployment.

@@ -1,5 +1,6 @@
 //! Maps each field path of a YAML document (`tenants[0].services[1].weight`) to
-//! the line it is on, so config problems found after parsing can name their line.
+//! the line it is on, and each scalar to its text as written, so config problems
+//! found after parsing can name their line and quote the value.
 
 use std::collections::HashMap;
 
@@ -17,6 +18,7 @@ enum Frame {
 struct Indexer {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    written: HashMap<String, String>,
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -51,8 +53,8 @@ impl MarkedEventReceiver for Indexer {
                 {
                     self.lines.insert(join(path, &value), mark.line());
                     *key = Some(value);
-                } else {
-                    self.child_path(mark.line());
+                } else if let Some(path) = self.child_path(mark.line()) {
+                    self.written.insert(path, value);
                 }
             }
             Event::Alias(_) => {
@@ -77,9 +79,24 @@ impl MarkedEventReceiver for Indexer {
 /// Line numbers (1-based) by field path. Empty if the text is not valid YAML
 /// (the YAML parser's own error names the line then).
 pub fn index(text: &str) -> HashMap<String, usize> {
+    index_all(text).lines
+}
+
+/// Lines and scalar texts by field path.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub lines: HashMap<String, usize>,
+    /// Each scalar exactly as the file writes it (`0.950`, not `0.95`).
+    pub written: HashMap<String, String>,
+}
+
+pub fn index_all(text: &str) -> Index {
     let mut indexer = Indexer::default();
     let _ = Parser::new_from_str(text).load(&mut indexer, false);
-    indexer.lines
+    Index {
+        lines: indexer.lines,
+        written: indexer.written,
+    }
 }
 
 /// The line of `path`, or of its nearest ancestor that has one.
@@ -107,5 +124,8 @@ mod tests {
         assert_eq!(lines["tenants[0].services[0].weight"], 7);
         assert_eq!(lines["tenants[0].services[1].weight"], 8);
         assert_eq!(line_of(&lines, "tenants[0].services[0].url"), Some(6));
+        let written = index_all("a: {rate: 0.950}\nb: [x, 1.0]\n").written;
+        assert_eq!(written["a.rate"], "0.950");
+        assert_eq!(written["b[1]"], "1.0");
     }
 }

@@ -62,6 +62,21 @@ pub mod forward {
     pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
 }
 
+/// Interfaces (`names::IFACES`).
+pub mod iface {
+    /// Entries of the per-interface array: ifindexes from 0 to this − 1. A next hop
+    /// on a device with a larger ifindex is handed to the kernel
+    /// (`Reason::EgressNotXdp`), and the agent warns when it attaches to one.
+    pub const MAX_IFINDEX: u32 = 16_384;
+}
+
+/// The SYN checksum check (`Event::SynChecksumPartial`).
+pub mod checksum {
+    /// Longest TCP segment (header with options, plus payload) whose checksum the
+    /// program verifies: a SYN's maximal header, no payload.
+    pub const MAX_CHECKED_L4: usize = 60;
+}
+
 /// Counters.
 pub mod stats {
     /// XDP actions are 0..=4 (ABORTED, DROP, PASS, TX, REDIRECT).

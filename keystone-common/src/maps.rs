@@ -44,6 +44,12 @@ pub mod names {
     /// cache of `bpf_fib_lookup` answers towards backends. Never pinned: a new
     /// program starts with an empty one.
     pub const NEXT_HOPS: &str = "KS_NEXT_HOPS_V1";
+    /// Array of `u32` `iface_flags`, indexed by ifindex (below
+    /// `limits::iface::MAX_IFINDEX`): how the program runs on each interface, which
+    /// decides where it may redirect (see `iface_flags`). Written by the agent after
+    /// each attach; pinned, so a restarted agent's program knows them from its first
+    /// packet.
+    pub const IFACES: &str = "KS_IFACES_V1";
     /// The XDP program's function name.
     pub const PROGRAM: &str = "keystone_xdp";
 }
@@ -233,6 +239,21 @@ pub mod tcp_flags {
     pub const fn is_new_connection(flags: u8) -> bool {
         flags & (SYN | ACK) == SYN
     }
+}
+
+/// Per-interface flags (`names::IFACES`). A redirect from native XDP is delivered
+/// only by a device that takes XDP frames (`ndo_xdp_xmit`): a real NIC with an XDP
+/// program, a veth whose peer runs XDP or GRO. A bridge, bond or VLAN device does
+/// not. So the program redirects to a next hop's device only if one of these says it
+/// may, and otherwise passes the (already rewritten) packet to the kernel, which
+/// forwards it (`Reason::EgressNotXdp`).
+pub mod iface_flags {
+    /// The program is attached here in native (driver) mode: a redirect into this
+    /// device is delivered.
+    pub const REDIRECT_TARGET: u32 = 1 << 0;
+    /// The program is attached here in generic (skb) mode: its redirects go through
+    /// the kernel's transmit path, which every device takes (a bridge included).
+    pub const GENERIC: u32 = 1 << 1;
 }
 
 /// VIP flags (`VipInfo::flags`).
@@ -479,10 +500,17 @@ pub enum Reason {
     /// Inconsistent map state (ring entry or backend slot out of range, backend of
     /// another address family than its VIP): `XDP_DROP`.
     MapInconsistent = 8,
+    /// The next hop's device cannot take an XDP redirect from here (a bridge, bond,
+    /// VLAN, any device the program is not attached to natively; see `iface_flags`).
+    /// `nat` (both directions): the rewritten packet is `XDP_PASS`ed with its MACs
+    /// as they came, and the kernel forwards it. `dsr`: `XDP_PASS`, untouched; the
+    /// kernel cannot forward it (its destination is the VIP), which is why the agent
+    /// refuses to start a dsr tenant whose backends are reached that way.
+    EgressNotXdp = 9,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::NotIp,
         Reason::BadIpHeader,
@@ -493,6 +521,7 @@ impl Reason {
         Reason::FibFailed,
         Reason::TtlExpired,
         Reason::MapInconsistent,
+        Reason::EgressNotXdp,
     ];
 
     /// Label used in metrics.
@@ -507,6 +536,7 @@ impl Reason {
             Reason::FibFailed => "fib_failed",
             Reason::TtlExpired => "ttl_expired",
             Reason::MapInconsistent => "map_inconsistent",
+            Reason::EgressNotXdp => "egress_not_xdp",
         }
     }
 }
@@ -548,17 +578,36 @@ pub enum Event {
     /// Every other ICMP message (echo, other errors, one too short to quote the
     /// ports, one for a non-VIP flow) is not ours: `XDP_PASS`, untouched.
     IcmpToBackend = 1,
+    /// A TCP SYN (ACK clear) to a VIP whose checksum field holds only the
+    /// pseudo-header's sum: a partial checksum (`CHECKSUM_PARTIAL`), left for
+    /// "hardware" to complete by a sender on this host whose veth has transmit
+    /// checksum offload on. XDP cannot tell such packets apart (only SYNs, being
+    /// small, are checked) nor complete them, so once redirected their receiver drops
+    /// them as corrupt: every connection from that sender fails. The packet goes on
+    /// as usual; the agent reports the problem (`status`, log). Checked for SYNs of at
+    /// most `limits::checksum::MAX_CHECKED_L4` bytes of TCP segment.
+    SynChecksumPartial = 2,
+    /// A TCP SYN to a VIP whose checksum is neither right nor partial (corrupted on
+    /// the way). The packet goes on as usual (the backend drops it).
+    SynChecksumBad = 3,
 }
 
 impl Event {
-    pub const COUNT: u32 = 2;
-    pub const ALL: [Event; Event::COUNT as usize] = [Event::UntrackedMidFlow, Event::IcmpToBackend];
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Event; Event::COUNT as usize] = [
+        Event::UntrackedMidFlow,
+        Event::IcmpToBackend,
+        Event::SynChecksumPartial,
+        Event::SynChecksumBad,
+    ];
 
     /// Label used in metrics.
     pub const fn name(self) -> &'static str {
         match self {
             Event::UntrackedMidFlow => "untracked_mid_flow",
             Event::IcmpToBackend => "icmp_to_backend",
+            Event::SynChecksumPartial => "syn_checksum_partial",
+            Event::SynChecksumBad => "syn_checksum_bad",
         }
     }
 }

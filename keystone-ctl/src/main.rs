@@ -100,7 +100,8 @@ enum Command {
     /// Tenants with their backends' configured and effective weights, health and traffic.
     #[command(visible_alias = "backends")]
     Tenants,
-    /// Set backend weights by hand (until the next deployment or reload).
+    /// Set backend weights by hand (until the next deployment, or a reload that
+    /// changes the tenant's weights in the config).
     Weights {
         tenant: String,
         /// Backend weights, e.g. api-v1=90 api-v2=10.
@@ -256,10 +257,11 @@ struct CanaryStart {
     /// Percent at which the rollout waits for approval.
     #[arg(long)]
     max_traffic: Option<f64>,
-    /// Success rate (0-1 or percent) needed for the next step.
+    /// Success rate in percent (0-100; 0 < X <= 1 is refused as a fraction) needed for
+    /// the next step.
     #[arg(long)]
     health_threshold: Option<f64>,
-    /// Success rate (0-1 or percent) below which the canary is rolled back.
+    /// Success rate in percent (0-100) below which the canary is rolled back.
     #[arg(long)]
     rollback_threshold: Option<f64>,
     /// Samples needed per step for a verdict.
@@ -453,10 +455,14 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
         Command::Reload => {
             let r = client.post("/admin/reload", None)?;
             print(out, output, &r, |r| {
-                format!(
+                let mut text = format!(
                     "reloaded: config generation {}\n",
                     render::text(&r["config_generation"])
-                )
+                );
+                for c in r["conflicts"].as_array().into_iter().flatten() {
+                    text.push_str(&format!("conflict: {}\n", render::text(c)));
+                }
+                text
             });
         }
         Command::Tenants => print(out, output, &client.get("/tenants")?, render::tenants),

@@ -75,6 +75,13 @@ pub fn status(status: &Value) -> String {
         text(&status["config_generation"]),
         text(&status["config_loaded_at"])
     );
+    for p in status["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "PROBLEM {}: {}\n",
+            text(&p["kind"]),
+            text(&p["message"])
+        ));
+    }
     let window = status["traffic_window_seconds"].as_f64().unwrap_or(0.0);
     for t in status["tenants"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -87,12 +94,17 @@ pub fn status(status: &Value) -> String {
             text(&t["new_connections"]),
             text(&t["deployment_id"]),
         ));
+        out.push_str(&format!(
+            "  live weights from {}; config active environment {}\n",
+            traffic_source(&t["traffic_source"]),
+            text(&t["active_environment"]),
+        ));
         let traffic = format!("TRAFFIC%({window:.0}s)");
         let mut rows = vec![header(
             &[
                 BACKEND_COLUMNS.as_slice(),
                 &[
-                    "WEIGHT",
+                    "CONFIG WEIGHT",
                     "LIVE WEIGHT%",
                     &traffic,
                     "NEW CONNS",
@@ -118,6 +130,20 @@ pub fn status(status: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Where a tenant's live weights come from (`traffic_source` of `GET /status`).
+fn traffic_source(source: &Value) -> String {
+    match source["kind"].as_str() {
+        Some("deployment") => format!(
+            "deployment {} ({})",
+            text(&source["deployment_id"]),
+            text(&source["state"])
+        ),
+        Some("manual") => "weights set by hand".into(),
+        Some("config") => "the config".into(),
+        _ => "-".into(),
+    }
 }
 
 /// The columns that say which backend a row is about, in `status` and `tenants`.
@@ -321,6 +347,8 @@ mod tests {
             "tenants": [{
                 "name": "web", "vip": "198.18.0.10:80", "protocol": "tcp", "mode": "nat",
                 "strategy": "canary", "new_connections": 2000, "deployment_id": null,
+                "active_environment": null,
+                "traffic_source": {"kind": "deployment", "deployment_id": "web-1-1", "state": "completed"},
                 "backends": [
                     {"name": "blue", "address": "198.18.11.2:8080", "version": "1.0", "environment": "blue",
                      "health": "up", "weight": 90, "weight_share": 0.9, "traffic_share": 0.897,
@@ -338,8 +366,8 @@ mod tests {
             ),
             "{out}"
         );
-        assert!(out.contains("web  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  new connections 2000  deployment -\n"), "{out}");
-        let rows: Vec<&str> = out.lines().skip(3).collect();
+        assert!(out.contains("web  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  new connections 2000  deployment -\n  live weights from deployment web-1-1 (completed); config active environment -\n"), "{out}");
+        let rows: Vec<&str> = out.lines().skip(4).collect();
         assert!(
             rows[0].split_whitespace().eq([
                 "BACKEND",
@@ -347,6 +375,7 @@ mod tests {
                 "VERSION",
                 "ENV",
                 "HEALTH",
+                "CONFIG",
                 "WEIGHT",
                 "LIVE",
                 "WEIGHT%",
@@ -373,6 +402,20 @@ mod tests {
                 "100000"
             ]),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn status_puts_problems_above_the_tenants() {
+        let status = json!({
+            "config_path": "k.yaml", "config_generation": 1, "config_loaded_at": "t",
+            "problems": [{"kind": "partial_checksums", "message": "3 TCP SYN(s) ... tx off"}],
+            "tenants": [],
+        });
+        assert_eq!(
+            super::status(&status),
+            "config k.yaml (generation 1, loaded t)\n\
+             PROBLEM partial_checksums: 3 TCP SYN(s) ... tx off\n"
         );
     }
 

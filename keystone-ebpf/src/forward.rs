@@ -13,7 +13,11 @@ use aya_ebpf::{
 };
 use keystone_common::{FAMILY_IPV4, NextHopCache, Reason, limits::forward::NEXT_HOP_TTL_NS};
 
-use crate::{Verdict, maps::NEXT_HOPS, parse::Packet};
+use crate::{
+    Verdict,
+    maps::{NEXT_HOPS, can_redirect},
+    parse::Packet,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -134,8 +138,15 @@ pub fn backend_hop(
 
 /// Sets the frame's MACs for `hop` and sends it: `XDP_TX` back out of the ingress
 /// interface, else `bpf_redirect` to the egress one. A VLAN tag stays as it was.
+/// An egress device that cannot take the redirect (`can_redirect`) gets nothing:
+/// `Reason::EgressNotXdp`, the frame passed to the kernel with its MACs unchanged
+/// (addressed to this host, so the kernel forwards it).
 #[inline(always)]
 pub fn send(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Verdict> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if hop.ifindex != ingress && !can_redirect(ingress, hop.ifindex) {
+        return Err(Verdict::pass(Reason::EgressNotXdp));
+    }
     let data = ctx.data();
     if data + 12 > ctx.data_end() {
         // Checked by the parser already; repeated for the verifier.
@@ -146,7 +157,7 @@ pub fn send(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Verdict> {
         core::ptr::write_unaligned(data as *mut [u8; 6], hop.dmac);
         core::ptr::write_unaligned((data + 6) as *mut [u8; 6], hop.smac);
     }
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+    if hop.ifindex == ingress {
         Ok(XDP_TX)
     } else {
         // SAFETY: plain helper call; with flags 0 it returns XDP_REDIRECT or XDP_ABORTED.

@@ -4,6 +4,7 @@
 // `cargo build --workspace`) compile the same code into an empty binary.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+mod checksum;
 mod forward;
 mod icmp;
 mod maps;
@@ -122,6 +123,9 @@ fn to_backend(ctx: &XdpContext, pkt: &mut Packet, vip: &VipInfo) -> Result<u32, 
         _pad: [0; 2],
     };
     let syn = pkt.proto == PROTO_TCP && tcp_flags::is_new_connection(pkt.tcp_flags);
+    if syn {
+        checksum::check_syn(pkt);
+    }
     let choice = select::choose(&key, vip, syn)?;
     let to = choice.backend.endpoint;
     if to.family != pkt.family {

@@ -8,10 +8,11 @@ use aya_ebpf::{
 };
 use keystone_common::{
     Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, NextHopCache, Reason, ReverseNat,
-    TrafficCounters, VipAddr, VipInfo, addr_filter,
+    TrafficCounters, VipAddr, VipInfo, addr_filter, iface_flags,
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
+        iface::MAX_IFINDEX,
         ring::{DEFAULT_MAX_BACKENDS as MAX_BACKENDS, DEFAULT_RING_ENTRIES},
         stats::XDP_ACTIONS,
         vip::DEFAULT_MAX_VIPS as MAX_VIPS,
@@ -50,6 +51,7 @@ const _: () = {
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
     assert!(same(names::EVENT_STATS, "KS_EVENT_STATS_V1"));
     assert!(same(names::NEXT_HOPS, "KS_NEXT_HOPS_V1"));
+    assert!(same(names::IFACES, "KS_IFACES_V1"));
     assert!(same(names::PROGRAM, "keystone_xdp"));
 };
 
@@ -97,6 +99,17 @@ pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::
 // Indexed by backend slot, so the agent sizes it like BACKENDS (`limits.max_backends`).
 #[map(name = "KS_NEXT_HOPS_V1")]
 pub static NEXT_HOPS: PerCpuArray<NextHopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "KS_IFACES_V1")]
+pub static IFACES: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);
+
+/// Whether a packet that arrived on `ingress` may be redirected to `egress` (see
+/// `iface_flags`); an ifindex beyond the array has no flags.
+#[inline(always)]
+pub fn can_redirect(ingress: u32, egress: u32) -> bool {
+    let flags = |ifindex| IFACES.get(ifindex).copied().unwrap_or(0);
+    flags(egress) & iface_flags::REDIRECT_TARGET != 0 || flags(ingress) & iface_flags::GENERIC != 0
+}
 
 /// The prefilter's word for `addr` (0 if unreadable: nothing matches).
 #[inline(always)]

@@ -3,7 +3,7 @@
 use std::{
     fs,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitStatus, Output},
     time::Duration,
 };
@@ -21,7 +21,7 @@ use crate::{
 /// The agent's admin address inside the gateway namespace.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9100";
 /// The lab's admin bearer token.
-pub const ADMIN_TOKEN: &str = "lab-secret";
+pub const ADMIN_TOKEN: &str = "lab-admin-token-0123";
 /// The agent's process name in the lab.
 pub const AGENT: &str = "agent";
 /// How long the agent gets to load XDP and answer `/health`.
@@ -129,6 +129,11 @@ impl Lab {
         Ok(path)
     }
 
+    /// The agent's `--state-dir` (deployments, last-good config, replay cache).
+    pub fn agent_state_dir(&self) -> PathBuf {
+        self.state_dir().join("agent-state")
+    }
+
     /// Starts keystone-agent in the gateway namespace on [`Lab::config_path`] with the
     /// lab's bpffs as pin dir and a state dir of the lab's own, and waits until
     /// `/health` answers.
@@ -160,12 +165,32 @@ impl Lab {
     /// [`Lab::start_agent_with`], the agent started by `launcher` (a program, by its
     /// path, and arguments after which it execs the agent: `/usr/bin/setpriv … --`).
     pub fn start_agent_under(&mut self, launcher: &[&str], extra: &[&str]) -> Result<()> {
+        let config = self.config_path();
+        self.spawn_agent_under(AGENT, &config, launcher, extra)?;
+        self.note("config", config.display().to_string())?;
+        self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
+        self.wait_agent_ready(AGENT_READY)
+    }
+
+    /// Starts keystone-agent as the lab process `name` on `config`, with the lab's
+    /// bpffs as pin dir, its state dir and `extra` arguments, without waiting for it.
+    pub fn spawn_agent(&mut self, name: &str, config: &Path, extra: &[&str]) -> Result<u32> {
+        self.spawn_agent_under(name, config, &[], extra)
+    }
+
+    /// [`Lab::spawn_agent`] through `launcher` (see [`Lab::start_agent_under`]).
+    fn spawn_agent_under(
+        &mut self,
+        name: &str,
+        config: &Path,
+        launcher: &[&str],
+        extra: &[&str],
+    ) -> Result<u32> {
         let agent = self.bins().agent.clone();
         Bins::require(&agent)?;
         let gw = self.gateway_ns().to_owned();
-        let config = self.config_path();
         let pins = self.pin_dir();
-        let agent_state = self.state_dir().join("agent-state");
+        let agent_state = self.agent_state_dir();
         let (program, launcher_args) = match launcher.split_first() {
             Some((program, args)) => (PathBuf::from(program), args),
             None => (agent.clone(), &[][..]),
@@ -183,10 +208,19 @@ impl Lab {
             agent_state.as_os_str(),
         ]);
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        self.spawn(AGENT, &gw, &program, &args)?;
-        self.note("config", config.display().to_string())?;
-        self.note("admin", format!("http://{ADMIN_LISTEN}"))?;
-        self.wait_agent_ready(AGENT_READY)
+        self.spawn(name, &gw, &program, &args)
+    }
+
+    /// The pid of the lab process `name`.
+    pub fn pid_of(&self, name: &str) -> Result<u32> {
+        self.state()
+            .processes
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.pid)
+            .ok_or_else(|| LabError::NoProcess {
+                name: name.to_owned(),
+            })
     }
 
     /// Polls `GET /health` until it answers 200, failing early if the agent exits.
@@ -298,6 +332,27 @@ impl Lab {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ));
+        }
+        s
+    }
+
+    /// What a traffic test's failure message carries: processes' output,
+    /// `keystone-ctl status` and the non-zero `keystone_*` metrics.
+    pub fn traffic_diagnostics(&self) -> String {
+        let mut s = self.diagnostics();
+        if let Ok(out) = self.ctl(&["status"]) {
+            s.push_str(&format!(
+                "--- keystone-ctl status:\n{}{}\n",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if let Ok((_, metrics)) = self.admin_get("/metrics") {
+            let lines: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("keystone_") && !l.ends_with(" 0"))
+                .collect();
+            s.push_str(&format!("--- non-zero metrics:\n{}\n", lines.join("\n")));
         }
         s
     }

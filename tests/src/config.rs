@@ -123,6 +123,11 @@ pub struct SwitchConfig {
     pub strategy: String,
     pub validation_timeout: String,
     pub rollback_on_failure: bool,
+    /// The seed document's spelling: `switch_strategy:` for `strategy:`, and
+    /// `validation_endpoint:` (the path the idle side must answer).
+    pub seed_validation_endpoint: Option<String>,
+    /// A gradual switch's step `interval:` and `increment:` (percent).
+    pub steps: Option<(String, f64)>,
 }
 
 impl SwitchConfig {
@@ -132,6 +137,19 @@ impl SwitchConfig {
             strategy: "instant".into(),
             validation_timeout: "5s".into(),
             rollback_on_failure: true,
+            seed_validation_endpoint: None,
+            steps: None,
+        }
+    }
+
+    /// The seed's block as it writes it (`validation_endpoint: "/health"`,
+    /// `switch_strategy: "gradual"`), with the lab's step timing.
+    pub fn seed_gradual(interval: &str, increment: f64) -> Self {
+        Self {
+            strategy: "gradual".into(),
+            seed_validation_endpoint: Some("/health".into()),
+            steps: Some((interval.into(), increment)),
+            ..Self::instant()
         }
     }
 }
@@ -266,7 +284,18 @@ impl AgentConfig {
             }
             if let Some(sw) = &t.switch {
                 let _ = writeln!(y, "    switch_config:");
-                let _ = writeln!(y, "      strategy: {}", q(&sw.strategy));
+                let strategy_key = match &sw.seed_validation_endpoint {
+                    Some(path) => {
+                        let _ = writeln!(y, "      validation_endpoint: {}", q(path));
+                        "switch_strategy"
+                    }
+                    None => "strategy",
+                };
+                let _ = writeln!(y, "      {strategy_key}: {}", q(&sw.strategy));
+                if let Some((interval, increment)) = &sw.steps {
+                    let _ = writeln!(y, "      interval: {}", q(interval));
+                    let _ = writeln!(y, "      increment: {increment}");
+                }
                 let _ = writeln!(y, "      validation_timeout: {}", q(&sw.validation_timeout));
                 let _ = writeln!(y, "      rollback_on_failure: {}", sw.rollback_on_failure);
             }
@@ -325,7 +354,7 @@ mod tests {
         let cfg = AgentConfig {
             interfaces: vec!["eth-client".into(), "eth-blue".into()],
             admin_listen: "127.0.0.1:9100".into(),
-            token: "t".into(),
+            token: "lab-test-token-0123".into(),
             webhook: None,
             limits: vec![("max_vips".into(), 4), ("conn_table_entries".into(), 512)],
             tenants: vec![Tenant {
@@ -391,7 +420,7 @@ mod tests {
         let cfg = AgentConfig {
             interfaces: vec!["eth-client".into()],
             admin_listen: "127.0.0.1:9100".into(),
-            token: "t".into(),
+            token: "lab-test-token-0123".into(),
             limits: Vec::new(),
             webhook: Some(WebhookConfig {
                 secret: "0123456789abcdef-lab".into(),
@@ -413,6 +442,8 @@ mod tests {
                     "2001:2:0:12::2",
                 )
                 .blue_green("blue", SwitchConfig::instant()),
+                tenant("api", "198.18.0.11:80", "198.18.11.3", "198.18.12.3")
+                    .blue_green("blue", SwitchConfig::seed_gradual("2s", 25.0)),
             ],
         };
         let y = cfg.to_yaml();
@@ -422,6 +453,7 @@ mod tests {
             "    deployment_strategy: blue_green",
             "    active_environment: \"blue\"",
             "      strategy: \"instant\"",
+            "      validation_endpoint: \"/health\"\n      switch_strategy: \"gradual\"\n      interval: \"2s\"\n      increment: 25",
             "        health: { path: \"/\", interval: \"200ms\", timeout: \"500ms\", success_threshold: 1, failure_threshold: 2 }",
         ] {
             assert!(y.contains(want), "{want:?} missing from:\n{y}");
@@ -430,10 +462,10 @@ mod tests {
             keystone_agent::config::LoadedConfig::parse(std::path::Path::new("lab.yaml"), &y)
                 .unwrap_or_else(|e| panic!("the agent refuses the lab's config: {e}\n{y}"));
         assert!(
-            loaded.ignored_fields.is_empty(),
-            "fields the agent ignores: {:?}",
-            loaded.ignored_fields
+            loaded.warnings.is_empty(),
+            "the agent warns about the lab's config: {:?}",
+            loaded.warnings
         );
-        assert_eq!(loaded.tenants.len(), 2);
+        assert_eq!(loaded.tenants.len(), 3);
     }
 }

@@ -14,6 +14,15 @@
 //! mode the backends hold the VIPs on `lo`. Nothing here touches the host
 //! namespace's interfaces, routes or firewall: veths are created inside the
 //! gateway namespace with their peer placed straight into the other one.
+//!
+//! The bridged variant ([`LabBuilder::bridged`]) puts the backends' links into one
+//! Linux bridge, `br-back`, in the gateway namespace, as many gateway hosts do:
+//!
+//! ```text
+//!                          br-back 198.18.10.1 / 2001:2:0:10::1
+//!                            ├─ eth-<b> (bridge port) ─────────────── eth-gw 198.18.10.(10+i)
+//!                            └─ …                                            2001:2:0:10::(10+i)
+//! ```
 
 use std::{
     collections::BTreeMap,
@@ -81,6 +90,9 @@ impl Mode {
     }
 }
 
+/// The bridge of the bridged variant, in the gateway namespace.
+pub const BRIDGE: &str = "br-back";
+
 /// One backend namespace and its link to the gateway.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Backend {
@@ -94,22 +106,38 @@ pub struct Backend {
     /// The gateway's addresses on this backend's link.
     pub gw_ipv4: Ipv4Addr,
     pub gw_ipv6: Ipv6Addr,
-    /// The gateway's interface towards this backend.
+    /// The gateway's interface towards this backend (a bridge port when bridged).
     pub gw_if: String,
 }
 
 impl Backend {
-    fn new(prefix: &str, name: &str, index: u32) -> Self {
+    fn new(prefix: &str, name: &str, index: u32, bridged: bool) -> Self {
         let octet = 10 + index as u8;
         let hextet = u16::from_str_radix(&(10 + index).to_string(), 16).expect("index < 90");
+        let (ipv4, ipv6, gw_ipv4, gw_ipv6) = if bridged {
+            // One subnet behind the bridge: backend i is host 10+i of 198.18.10.0/24.
+            (
+                Ipv4Addr::new(198, 18, 10, octet),
+                Ipv6Addr::new(0x2001, 2, 0, 0x10, 0, 0, 0, hextet),
+                Ipv4Addr::new(198, 18, 10, 1),
+                Ipv6Addr::new(0x2001, 2, 0, 0x10, 0, 0, 0, 1),
+            )
+        } else {
+            (
+                Ipv4Addr::new(198, 18, octet, 2),
+                Ipv6Addr::new(0x2001, 2, 0, hextet, 0, 0, 0, 2),
+                Ipv4Addr::new(198, 18, octet, 1),
+                Ipv6Addr::new(0x2001, 2, 0, hextet, 0, 0, 0, 1),
+            )
+        };
         Self {
             name: name.to_owned(),
             ns: format!("{prefix}-{name}"),
             index,
-            ipv4: Ipv4Addr::new(198, 18, octet, 2),
-            ipv6: Ipv6Addr::new(0x2001, 2, 0, hextet, 0, 0, 0, 2),
-            gw_ipv4: Ipv4Addr::new(198, 18, octet, 1),
-            gw_ipv6: Ipv6Addr::new(0x2001, 2, 0, hextet, 0, 0, 0, 1),
+            ipv4,
+            ipv6,
+            gw_ipv4,
+            gw_ipv6,
             gw_if: format!("eth-{name}"),
         }
     }
@@ -168,6 +196,9 @@ pub struct LabState {
     pub client_ns: String,
     pub gateway_ns: String,
     pub backends: Vec<Backend>,
+    /// The bridged variant's bridge ([`BRIDGE`]); `None` for point-to-point links.
+    #[serde(default)]
+    pub bridge: Option<String>,
     /// Namespaces in creation order (only those that exist).
     pub namespaces: Vec<String>,
     /// Mount points to unmount.
@@ -183,6 +214,7 @@ pub struct LabBuilder {
     name: Option<String>,
     backends: Vec<String>,
     mode: Mode,
+    bridged: bool,
     detach: bool,
     bins: Option<Bins>,
     run: Option<String>,
@@ -194,6 +226,7 @@ impl Default for LabBuilder {
             name: None,
             backends: vec!["blue".into(), "green".into()],
             mode: Mode::Nat,
+            bridged: false,
             detach: false,
             bins: None,
             run: std::env::var(RUN_ENV).ok().filter(|r| !r.is_empty()),
@@ -220,6 +253,13 @@ impl LabBuilder {
 
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Put the backends behind one Linux bridge in the gateway namespace ([`BRIDGE`],
+    /// the backends' links its ports) instead of a routed link each.
+    pub fn bridged(mut self, bridged: bool) -> Self {
+        self.bridged = bridged;
         self
     }
 
@@ -294,8 +334,9 @@ impl LabBuilder {
                 .backends
                 .iter()
                 .zip(1..)
-                .map(|(b, i)| Backend::new(&prefix, b, i))
+                .map(|(b, i)| Backend::new(&prefix, b, i, self.bridged))
                 .collect(),
+            bridge: self.bridged.then(|| BRIDGE.to_owned()),
             ..LabState::default()
         };
         let mut lab = Lab {
@@ -371,7 +412,17 @@ impl Lab {
                 name: name.to_owned(),
             })
     }
+    /// The bridged variant's bridge, if this lab has one.
+    pub fn bridge(&self) -> Option<&str> {
+        self.state.bridge.as_deref()
+    }
+    /// The gateway device that holds backend `b`'s neighbour entry: its link, or the
+    /// bridge.
+    fn neighbour_dev<'a>(&'a self, b: &'a Backend) -> &'a str {
+        self.bridge().unwrap_or(&b.gw_if)
+    }
     /// Every gateway interface (client side first): the agent attaches XDP to all.
+    /// In the bridged variant the backends' links are the bridge's ports.
     pub fn gateway_interfaces(&self) -> Vec<String> {
         std::iter::once("eth-client".to_owned())
             .chain(self.state.backends.iter().map(|b| b.gw_if.clone()))
@@ -428,6 +479,14 @@ impl Lab {
                 "netns", &b.ns,
             ]))?;
         }
+        let bridge = self.state.bridge.clone();
+        if let Some(br) = &bridge {
+            let mut batch = format!("link add {br} type bridge\n");
+            for b in &backends {
+                batch.push_str(&format!("link set {} master {br}\n", b.gw_if));
+            }
+            ip_batch(&gw, &batch)?;
+        }
 
         // Sysctls: forwarding on the gateway, no reverse-path filtering anywhere,
         // and for DSR backends no ARP answers for the VIP held on lo.
@@ -436,7 +495,9 @@ impl Lab {
             "net.ipv6.conf.all.forwarding=1".to_owned(),
         ];
         gw_sys.extend(rp_filter_off(
-            std::iter::once("eth-client").chain(backends.iter().map(|b| b.gw_if.as_str())),
+            std::iter::once("eth-client")
+                .chain(bridge.as_deref())
+                .chain(backends.iter().map(|b| b.gw_if.as_str())),
         ));
         sysctl(&gw, &gw_sys)?;
         sysctl(&client, &rp_filter_off(["eth-gw"]))?;
@@ -463,13 +524,26 @@ impl Lab {
              addr add {GW_CLIENT6}/64 dev eth-client nodad\n\
              link set eth-client up\n"
         );
-        for b in &backends {
-            gw_batch.push_str(&format!(
-                "addr add {}/24 dev {if_}\naddr add {}/64 dev {if_} nodad\nlink set {if_} up\n",
-                b.gw_ipv4,
-                b.gw_ipv6,
-                if_ = b.gw_if
-            ));
+        match (&bridge, backends.first()) {
+            (Some(br), Some(first)) => {
+                gw_batch.push_str(&format!(
+                    "addr add {}/24 dev {br}\naddr add {}/64 dev {br} nodad\nlink set {br} up\n",
+                    first.gw_ipv4, first.gw_ipv6
+                ));
+                for b in &backends {
+                    gw_batch.push_str(&format!("link set {} up\n", b.gw_if));
+                }
+            }
+            _ => {
+                for b in &backends {
+                    gw_batch.push_str(&format!(
+                        "addr add {}/24 dev {if_}\naddr add {}/64 dev {if_} nodad\nlink set {if_} up\n",
+                        b.gw_ipv4,
+                        b.gw_ipv6,
+                        if_ = b.gw_if
+                    ));
+                }
+            }
         }
         ip_batch(&gw, &gw_batch)?;
         ip_batch(
@@ -532,6 +606,12 @@ impl Lab {
             source,
         })?;
         self.state.mounts.push(pin_dir);
+        self.save()
+    }
+
+    /// Records a mount the lab made, to be unmounted (in reverse order) on teardown.
+    pub(crate) fn record_mount(&mut self, path: PathBuf) -> Result<()> {
+        self.state.mounts.push(path);
         self.save()
     }
 
@@ -767,8 +847,8 @@ impl Lab {
             (CLIENT6.to_string(), "eth-client"),
         ];
         for b in &self.state.backends {
-            peers.push((b.ipv4.to_string(), &b.gw_if));
-            peers.push((b.ipv6.to_string(), &b.gw_if));
+            peers.push((b.ipv4.to_string(), self.neighbour_dev(b)));
+            peers.push((b.ipv6.to_string(), self.neighbour_dev(b)));
         }
         for (addr, dev) in peers {
             let target = if addr.contains(':') {
@@ -1041,7 +1121,7 @@ mod tests {
 
     #[test]
     fn backend_addresses_follow_the_plan() {
-        let b = Backend::new("ks1-0", "blue", 1);
+        let b = Backend::new("ks1-0", "blue", 1, false);
         assert_eq!(b.ns, "ks1-0-blue");
         assert_eq!(b.ipv4, Ipv4Addr::new(198, 18, 11, 2));
         assert_eq!(b.gw_ipv4, Ipv4Addr::new(198, 18, 11, 1));
@@ -1049,6 +1129,11 @@ mod tests {
         assert_eq!(b.gw_ipv6.to_string(), "2001:2:0:11::1");
         assert_eq!(b.gw_if, "eth-blue");
         assert_eq!(VIP6.to_string(), "2001:2::10");
+        let b = Backend::new("ks1-0", "green", 2, true);
+        assert_eq!(b.ipv4, Ipv4Addr::new(198, 18, 10, 12));
+        assert_eq!(b.gw_ipv4, Ipv4Addr::new(198, 18, 10, 1));
+        assert_eq!(b.ipv6.to_string(), "2001:2:0:10::12");
+        assert_eq!(b.gw_if, "eth-green");
     }
 
     #[test]

@@ -15,7 +15,10 @@ pub mod cmd;
 pub mod config;
 pub mod deploy;
 pub mod error;
+#[cfg(feature = "dataplane")]
+pub mod kernel;
 pub mod lab;
+pub mod mounts;
 pub mod packet_bench;
 pub mod tools;
 pub mod traffic;
@@ -31,6 +34,8 @@ pub use config::{
 };
 pub use deploy::Deployment;
 pub use error::{LabError, Result};
-pub use lab::{Backend, Lab, LabBuilder, LabState, Mode, Owner, RUN_ENV, STATE_ROOT, VIP4, VIP6};
+pub use lab::{
+    BRIDGE, Backend, Lab, LabBuilder, LabState, Mode, Owner, RUN_ENV, STATE_ROOT, VIP4, VIP6,
+};
 pub use traffic::{Batch, ClientLoop, HoldEvent, Summary};
 pub use wait::{Probe, wait_for};

@@ -21,7 +21,7 @@ use keystone_agent::dataplane::{
 };
 use keystone_common::{
     Endpoint, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, checksum,
-    tcp_flags::SYN,
+    iface_flags, tcp_flags::SYN,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -216,12 +216,19 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway over a data plane loaded by the caller (e.g. over maps it pinned
     /// first), keeping `bpffs` mounted as long as it lives.
-    pub fn with(dp: AyaDataplane, bpffs: Bpffs) -> Self {
+    /// Both test interfaces are marked as native XDP redirect targets, as if the
+    /// program were attached to them (`iface_flags::REDIRECT_TARGET`).
+    pub fn with(mut dp: AyaDataplane, bpffs: Bpffs) -> Self {
+        let (in_index, out_index) = (ifindex(IN_IF), ifindex(OUT_IF));
+        for i in [in_index, out_index] {
+            dp.set_iface_flags(i, iface_flags::REDIRECT_TARGET)
+                .unwrap_or_else(|e| panic!("marking ifindex {i}: {e}"));
+        }
         Gateway {
             dp,
             _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
+            in_index,
+            out_index,
         }
     }
 
@@ -229,12 +236,7 @@ impl Gateway {
         let bpffs = Bpffs::mount();
         let dp = AyaDataplane::load(LoadOptions::new(bpffs.dir.join("keystone")))
             .unwrap_or_else(|e| panic!("AyaDataplane::load: {e} ({e:?})"));
-        Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        }
+        Gateway::with(dp, bpffs)
     }
 
     pub fn apply(&mut self, vips: &[VipSpec]) {

@@ -18,8 +18,8 @@ use std::{
 };
 
 use keystone_lab::{
-    AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder,
-    Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd,
+    AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, Deployment, HealthCheck, HoldEvent, Lab,
+    LabBuilder, Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd,
 };
 
 /// The port every ks-backend serves on.
@@ -225,7 +225,25 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
 
     let id = start_web_canary(&lab, "2s");
     spawn_wait(&mut lab, "wait", &id, "90s");
+    let done = measure_each_step(&lab, vip, &id, &[10.0, 40.0, 70.0, 100.0]);
+    assert_eq!(
+        wait_code(&mut lab, "wait"),
+        Some(0),
+        "keystone-ctl wait on a promoted canary\n{}",
+        lab.agent_diagnostics()
+    );
+    let last = done.history.last().expect("history");
+    assert!(
+        last.state == "completed" && last.reason.contains("promoted"),
+        "last step: {last:?}"
+    );
+}
 
+/// Opens batches of new connections to `vip` while deployment `id` (blue → green)
+/// runs, until it completes with its last step measured; asserts it went through
+/// `want` (after any 0 % validation step) and that each step's split of new
+/// connections is within [`TOLERANCE`]. Returns the completed deployment.
+fn measure_each_step(lab: &Lab, vip: SocketAddr, id: &str, want: &[f64]) -> Deployment {
     // Percentage (in tenths) → what the batches measured entirely within it.
     let mut steps: BTreeMap<u32, Summary> = BTreeMap::new();
     let mut straddled = 0;
@@ -233,13 +251,13 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
     let done = loop {
         assert!(
             started.elapsed() < LONG && straddled < 100,
-            "the canary did not finish measuring within {LONG:?} ({straddled} batches straddled a step)\n{}",
+            "{id} did not finish measuring within {LONG:?} ({straddled} batches straddled a step)\n{}",
             lab.agent_diagnostics()
         );
-        let before = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        let before = ok(lab, "GET /deployments/{id}", lab.deployment(id));
         assert!(
             before.state == "progressing" || before.state == "completed",
-            "the healthy canary is {}\n{}",
+            "{id} is {}\n{}",
             before.summary(),
             lab.agent_diagnostics()
         );
@@ -249,8 +267,8 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
         if before.state == "completed" && final_measured {
             break before;
         }
-        let s = tcp(&lab, vip, BATCH);
-        let after = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
+        let s = tcp(lab, vip, BATCH);
+        let after = ok(lab, "GET /deployments/{id}", lab.deployment(id));
         if after.canary_percent == before.canary_percent {
             steps
                 .entry((before.canary_percent * 10.0).round() as u32)
@@ -261,13 +279,12 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
         }
     };
 
-    assert_eq!(
-        done.percent_steps(),
-        [10.0, 40.0, 70.0, 100.0],
-        "the canary's steps\n{}",
-        done.history_table()
-    );
-    for percent in done.percent_steps() {
+    let mut went_through = done.percent_steps();
+    if went_through.first() == Some(&0.0) {
+        went_through.remove(0);
+    }
+    assert_eq!(went_through, want, "{id}'s steps\n{}", done.history_table());
+    for &percent in want {
         let s = steps
             .get(&((percent * 10.0).round() as u32))
             .cloned()
@@ -284,17 +301,47 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
             panic!("step {percent}%: {table}\n{}", lab.agent_diagnostics());
         }
     }
-    assert_eq!(
-        wait_code(&mut lab, "wait"),
-        Some(0),
-        "keystone-ctl wait on a promoted canary\n{}",
-        lab.agent_diagnostics()
+    done
+}
+
+/// The seed's blue/green block with `switch_strategy: "gradual"` (and its
+/// `validation_endpoint: "/health"`): a switch request that names no strategy, as the
+/// seed's `keystone-deploy.sh` sends without `"strategy"`, moves green up in steps,
+/// each step's split of new connections measured, then completes on green.
+#[test]
+fn seed_gradual_switch_moves_in_steps() {
+    let vip = v4(80);
+    let lab = lab_with_agent(&["blue", "green"], |lab| {
+        lab.agent_config(vec![
+            tenant(lab, "web", vip, &[("blue", 100), ("green", 0)])
+                .blue_green("blue", SwitchConfig::seed_gradual("2s", 25.0)),
+        ])
+    });
+    let before = tcp(&lab, vip, BATCH);
+    assert_all_on(
+        &lab,
+        "before the switch (active_environment blue)",
+        &before,
+        "blue",
     );
-    let last = done.history.last().expect("history");
-    assert!(
-        last.state == "completed" && last.reason.contains("promoted"),
-        "last step: {last:?}"
+    let (status, body) = ok(
+        &lab,
+        "POST /deployments/blue-green/switch",
+        lab.admin_send(
+            "POST",
+            "/deployments/blue-green/switch",
+            Auth::Token,
+            &[],
+            Some(r#"{"service":"web","from":"blue","to":"green"}"#),
+        ),
     );
+    assert_eq!(status, 202, "{body}\n{}", lab.agent_diagnostics());
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let id = answer["deployment_id"].as_str().expect("deployment_id");
+    let done = measure_each_step(&lab, vip, id, &[25.0, 50.0, 75.0, 100.0]);
+    assert_eq!(done.strategy, "blue_green");
+    let s = tcp(&lab, vip, BATCH);
+    assert_all_on(&lab, "after the gradual switch", &s, "green");
 }
 
 /// A canary whose backend starts failing its health check mid-rollout (its server is
@@ -473,6 +520,132 @@ fn blue_green_instant_flip_under_load() {
     ok(&lab, "stopping ks-client --hold", r);
 }
 
+/// A finished release survives reloads: `web` switched to green (blue/green) and
+/// `api` promoted to green (a canary over the config's 90/10) keep every new
+/// connection on green through a reload that adds a weight-0 service to both; `status`
+/// shows the config's weights beside the live ones and which deployment set them. A
+/// reload that removes the promoted backend answers with a conflict naming it, and
+/// that tenant falls back to its config.
+#[test]
+fn a_reload_keeps_a_finished_release() {
+    // nat mode maps replies back by backend address: api's backends are the IPv6 ones.
+    let (web, api) = (v4(80), v6(80));
+    let config = |lab: &Lab, extra: &[(&str, u32)], web_green: bool| {
+        let mut web_services = vec![("blue", 1)];
+        if web_green {
+            web_services.push(("green", 1));
+        }
+        web_services.extend_from_slice(extra);
+        let mut api_services = vec![("blue", 90), ("green", 10)];
+        api_services.extend_from_slice(extra);
+        lab.agent_config(vec![
+            tenant(lab, "web", web, &web_services)
+                .with_canary(CanaryConfig::ten_plus_thirty("1s"))
+                .blue_green("blue", SwitchConfig::instant()),
+            tenant(lab, "api", api, &api_services),
+        ])
+    };
+    let lab = lab_with_agent(&["blue", "green", "red"], |lab| config(lab, &[], true));
+    let switch = ctl_start(
+        &lab,
+        &["switch", "web", "--to", "green", "--strategy", "instant"],
+    );
+    wait_for_completion(&lab, &switch, "the switch of web to green");
+    let canary = ctl_start(
+        &lab,
+        &[
+            "canary",
+            "start",
+            "api",
+            "--version",
+            "1.1.0",
+            "--interval",
+            "10m",
+        ],
+    );
+    let (code, answer) = ok(
+        &lab,
+        "promote",
+        lab.admin_request("POST", &format!("/deployments/{canary}/promote")),
+    );
+    assert_eq!(code, 200, "promoting {canary}: {answer}");
+    assert_all_on(&lab, "web after the switch", &tcp(&lab, web, 300), "green");
+    assert_all_on(
+        &lab,
+        "api after the promotion",
+        &tcp(&lab, api, 300),
+        "green",
+    );
+
+    ok(
+        &lab,
+        "writing the config",
+        lab.write_config(&config(&lab, &[("red", 0)], true)),
+    );
+    let answer = ok(&lab, "reload adding red (weight 0)", lab.reload());
+    for (name, vip) in [("web", web), ("api", api)] {
+        let s = tcp(&lab, vip, 300);
+        assert_all_on(
+            &lab,
+            &format!("{name} after a reload adding red ({answer})"),
+            &s,
+            "green",
+        );
+    }
+    let (code, body) = ok(&lab, "GET /status", lab.admin_get("/status"));
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    for (tenant, id) in [(0, &switch), (1, &canary)] {
+        let t = &status["tenants"][tenant];
+        assert_eq!(t["traffic_source"]["deployment_id"], id.as_str(), "{t:#}");
+        let backends: BTreeMap<String, (u64, u64)> = t["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| {
+                let n = |k: &str| b[k].as_u64().expect("a weight");
+                (
+                    b["name"].as_str().unwrap_or("?").to_owned(),
+                    (n("weight"), n("effective_weight")),
+                )
+            })
+            .collect();
+        assert!(
+            backends["blue"].0 > 0 && backends["blue"].1 == 0 && backends["green"].1 > 0,
+            "status must show blue's config weight beside its live 0: {backends:?}"
+        );
+    }
+    let text = stdout(&ok(&lab, "keystone-ctl status", lab.ctl(&["status"])));
+    assert!(
+        text.contains(&switch) && text.contains(&canary) && text.contains("CONFIG WEIGHT"),
+        "keystone-ctl status must name the deployments that set the live weights and show the config's:\n{text}"
+    );
+
+    // Green leaves web's config: the promoted side is gone; the answer says so.
+    ok(
+        &lab,
+        "writing the config",
+        lab.write_config(&config(&lab, &[("red", 0)], false)),
+    );
+    let answer = ok(&lab, "reload removing green from web", lab.reload());
+    assert!(
+        answer.contains("conflict") && answer.contains("web") && answer.contains("green"),
+        "the reload must report that it undoes web's release to green: {answer}"
+    );
+    assert_all_on(
+        &lab,
+        "web after green left its config",
+        &tcp(&lab, web, 300),
+        "blue",
+    );
+    assert_all_on(
+        &lab,
+        "api after web's conflict",
+        &tcp(&lab, api, 300),
+        "green",
+    );
+}
+
 /// The signed webhook and a fresh Unix timestamp.
 fn now_secs() -> u64 {
     unix_now() as u64
@@ -530,16 +703,10 @@ fn deployment_ids(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// The admin API without the bearer token (or with a wrong one) answers 401 with a
-/// JSON reason and changes nothing. The signed webhook starts a deployment (202 with
-/// its id, visible in `GET /deployments`); a wrong signature, a missing one, a stale
-/// or future timestamp, and a replay of an accepted request are refused with 401 and
-/// change nothing (no deployment, same weights); malformed JSON and an unknown
-/// strategy get 400 with a reason.
-#[test]
-fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
-    let vip = v4(80);
-    let lab = lab_with_agent(&["blue", "green"], |lab| {
+/// Blue (stable) takes every new connection to `web` on `vip`, without health checks;
+/// the webhook is on with [`WEBHOOK_SECRET`] and a 5 minute tolerance.
+fn webhook_lab(vip: SocketAddr) -> Lab {
+    lab_with_agent(&["blue", "green"], |lab| {
         let mut cfg = lab.agent_config(vec![plain_tenant(
             lab,
             "web",
@@ -551,7 +718,18 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
             tolerance: "5m".into(),
         });
         cfg
-    });
+    })
+}
+
+/// The admin API without the bearer token (or with a wrong one) answers 401 with a
+/// JSON reason and changes nothing. The signed webhook starts a deployment (202 with
+/// its id, visible in `GET /deployments`); a wrong signature, a missing one, a stale
+/// or future timestamp, and a replay of an accepted request are refused with 401 and
+/// change nothing (no deployment, same weights); malformed JSON and an unknown
+/// strategy get 400 with a reason.
+#[test]
+fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
+    let lab = webhook_lab(v4(80));
     let weights0 = weights(&lab);
     assert_eq!(weights0.get("web/green"), Some(&0), "{weights0:?}");
 
@@ -714,6 +892,105 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
 /// same state and pin directories resumes the canary at 40 %, which then finishes by
 /// itself; new connections opened without pause through the kill and the restart
 /// never fail (the pinned XDP program keeps forwarding while no agent runs).
+/// A signed webhook request accepted once is refused (401, "already accepted") when
+/// replayed after the agent restarted, cleanly (SIGTERM) or not (SIGKILL): the agent
+/// saves accepted signatures before it answers. One deployment per signature.
+#[test]
+fn a_webhook_replayed_after_a_restart_is_refused() {
+    let mut lab = webhook_lab(v4(80));
+    for restart in ["SIGTERM", "SIGKILL"] {
+        let body = serde_json::json!({
+            "service": "web",
+            "version": "1.1.0",
+            "strategy": "canary",
+            "pipeline": { "restart": restart },
+            "config": { "interval": "10m" },
+        })
+        .to_string();
+        let headers = signed(WEBHOOK_SECRET, now_secs(), &body);
+        let (code, answer) = post_webhook(&lab, &headers, &body);
+        assert_eq!(code, 202, "the first delivery: {answer}");
+        let json: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+        let id = json["deployment_id"].as_str().expect("an id").to_owned();
+        // Finished, so that a replay accepted by mistake would start a new one.
+        let (code, answer) = ok(
+            &lab,
+            "abort",
+            lab.admin_request("POST", &format!("/deployments/{id}/abort")),
+        );
+        assert_eq!(code, 200, "aborting {id}: {answer}");
+        let r = match restart {
+            "SIGTERM" => lab.stop_agent(),
+            _ => lab.kill("agent"),
+        };
+        ok(&lab, "stopping the agent", r);
+        let r = lab.start_agent();
+        ok(&lab, "starting the agent again", r);
+        let (code, answer) = post_webhook(&lab, &headers, &body);
+        assert!(
+            code == 401 && answer.contains("already accepted"),
+            "the same delivery after a {restart} restart: HTTP {code} {answer} (want 401)"
+        );
+    }
+    assert_eq!(
+        deployment_ids(&lab).len(),
+        2,
+        "one deployment per signature"
+    );
+}
+
+/// The blue/green validation timeout counts from the switch's start, not from each
+/// agent start: green's backend is dead, the agent is killed while validating and
+/// started again after the 20 s timeout has passed; the switch then fails at once
+/// (a fresh 20 s window would keep it validating) and traffic stays on blue.
+#[test]
+fn a_restart_does_not_restart_the_validation_timeout() {
+    const TIMEOUT: f64 = 20.0;
+    let vip = v4(80);
+    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
+        let switch = SwitchConfig {
+            validation_timeout: format!("{TIMEOUT}s"),
+            ..SwitchConfig::instant()
+        };
+        lab.agent_config(vec![
+            plain_tenant(lab, "web", vip, &[("blue", 1), ("green", 1)]).blue_green("blue", switch),
+        ])
+    });
+    let r = lab.stop_backend("green");
+    ok(&lab, "stopping green's backend", r);
+    let id = ctl_start(&lab, &["switch", "web", "--to", "green"]);
+    let started = ok(&lab, "the switch", lab.deployment(&id));
+    let r = lab.kill("agent");
+    ok(&lab, "killing the agent", r);
+    let deadline = started.history[0].unix().expect("started at") + TIMEOUT;
+    let r = keystone_lab::wait_for("the validation deadline", LONG, || {
+        Ok(if unix_now() > deadline {
+            keystone_lab::Probe::Ready(())
+        } else {
+            keystone_lab::Probe::NotYet(format!("{:.1} s to go", deadline - unix_now()))
+        })
+    });
+    ok(&lab, "waiting out the validation timeout", r);
+    let r = lab.start_agent();
+    ok(&lab, "starting the agent again", r);
+    let r = lab.wait_deployment(
+        &id,
+        "give up",
+        Duration::from_secs_f64(TIMEOUT / 2.0),
+        |d| !d.is_running(),
+    );
+    let done = ok(&lab, "the switch after the restart", r);
+    assert_eq!(done.state, "failed", "{}", done.history_table());
+    let reason = &done.history.last().expect("history").reason;
+    assert!(reason.contains("validation"), "{reason}");
+    assert_all_on(
+        &lab,
+        "after the failed switch",
+        &tcp(&lab, vip, 200),
+        "blue",
+    );
+}
+
 #[test]
 fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
     let vip = v4(80);

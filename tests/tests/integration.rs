@@ -45,22 +45,7 @@ fn new_lab(mode: Mode, backends: &[&str]) -> Lab {
 
 /// What a failure message carries: processes' output, the agent's view, its counters.
 fn context(lab: &Lab) -> String {
-    let mut s = lab.diagnostics();
-    if let Ok(out) = lab.ctl(&["status"]) {
-        s.push_str(&format!(
-            "--- keystone-ctl status:\n{}{}\n",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    if let Ok((_, metrics)) = lab.admin_get("/metrics") {
-        let lines: Vec<&str> = metrics
-            .lines()
-            .filter(|l| l.starts_with("keystone_") && !l.ends_with(" 0"))
-            .collect();
-        s.push_str(&format!("--- non-zero metrics:\n{}\n", lines.join("\n")));
-    }
-    s
+    lab.traffic_diagnostics()
 }
 
 /// Unwraps, or panics with `what`, the error and the lab's context.

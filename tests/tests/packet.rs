@@ -1481,6 +1481,95 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
     });
 }
 
+/// The pinned objects' kernel ids by pin name (a link: the program it runs), and the
+/// XDP program `IN_IF` runs: equal snapshots mean nothing was replaced.
+fn pinned_state(
+    pin_dir: &std::path::Path,
+) -> (std::collections::BTreeMap<String, u32>, Option<u64>) {
+    use aya::{
+        maps::MapInfo,
+        programs::{
+            ProgramInfo,
+            links::{FdLink, PinnedLink},
+        },
+    };
+    let mut ids = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(pin_dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let id = if name.starts_with("link_") {
+            FdLink::from(PinnedLink::from_pin(&path).unwrap())
+                .info()
+                .unwrap()
+                .program_id()
+        } else if name == keystone_common::names::PROGRAM {
+            ProgramInfo::from_pin(&path).unwrap().id()
+        } else {
+            MapInfo::from_pin(&path).unwrap().id()
+        };
+        ids.insert(name, id);
+    }
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", IN_IF])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (ids, json[0]["xdp"]["prog"]["id"].as_u64())
+}
+
+/// A load that fails part-way (attaching to an interface another data plane holds)
+/// undoes itself: into a fresh pin directory it leaves no pin and no program on the
+/// interface it had already attached to; over a data plane an earlier agent left
+/// pinned it leaves every pin on the same object and the links on the old program.
+#[test]
+fn a_load_that_fails_part_way_undoes_itself() {
+    use keystone_agent::dataplane::DataplaneError;
+
+    in_netns(|| {
+        let bpffs = Bpffs::mount();
+        let pin_dir = bpffs.dir.join("ks");
+        let blocker = AyaDataplane::load(LoadOptions {
+            interfaces: vec![OUT_IF.into()],
+            ..LoadOptions::new(bpffs.dir.join("other"))
+        })
+        .unwrap_or_else(|e| panic!("the other data plane: {e}"));
+        let both = LoadOptions {
+            interfaces: vec![IN_IF.into(), OUT_IF.into()],
+            ..LoadOptions::new(&pin_dir)
+        };
+        let refused = |what: &str| {
+            let err = AyaDataplane::load(both.clone()).expect_err(what);
+            assert!(
+                matches!(&err, DataplaneError::Attach { interface, .. } if interface == OUT_IF),
+                "{what}: {err}"
+            );
+        };
+
+        refused("a fresh load onto an interface another data plane holds");
+        assert_eq!(pinned_state(&pin_dir), (Default::default(), None));
+        assert!(!pin_dir.exists(), "the pin directory it created stays");
+
+        let mut dp = AyaDataplane::load(LoadOptions {
+            interfaces: vec![IN_IF.into()],
+            ..LoadOptions::new(&pin_dir)
+        })
+        .unwrap_or_else(|e| panic!("the first agent's load: {e}"));
+        dp.apply(&case_config()).unwrap();
+        dp.shutdown(true).unwrap();
+        drop(dp);
+        let before = pinned_state(&pin_dir);
+        assert!(before.1.is_some(), "the first agent left {IN_IF} attached");
+
+        refused("a load over a pinned data plane");
+        assert_eq!(
+            pinned_state(&pin_dir),
+            before,
+            "the pinned data plane changed"
+        );
+        drop(blocker);
+    });
+}
+
 /// The connection table has the configured size; a restart with the same size keeps
 /// its entries, one with another size replaces it (the pinned map would otherwise
 /// silently keep the old size).
@@ -1676,12 +1765,7 @@ fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
         }
         let specs = three_small_vips();
         dp.apply(&specs).unwrap_or_else(|e| panic!("apply: {e}"));
-        let mut gw = Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        };
+        let mut gw = Gateway::with(dp, bpffs);
         // After a weight change every VIP's live table is its second one.
         let mut changed = specs.clone();
         for spec in &mut changed {
@@ -1796,12 +1880,7 @@ fn a_pinned_v1_vip_map_is_migrated_on_load() {
         let dp = AyaDataplane::load(LoadOptions::new(&pin_dir))
             .unwrap_or_else(|e| panic!("load over a V1 map: {e}"));
         assert!(!pin_dir.join(names::VIPS_V1).exists(), "V1 still pinned");
-        let mut gw = Gateway {
-            dp,
-            _bpffs: bpffs,
-            in_index: ifindex(IN_IF),
-            out_index: ifindex(OUT_IF),
-        };
+        let mut gw = Gateway::with(dp, bpffs);
         for (_, f, want) in &flows {
             assert_eq!(send(&gw, f), want.socket_addr(), "before apply: {f:?}");
         }

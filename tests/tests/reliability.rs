@@ -42,7 +42,7 @@ use keystone_common::{
 };
 use keystone_lab::{
     AgentConfig, Auth, Bins, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder, Mode, Protocol,
-    Summary, VIP4, cmd, lab::CLIENT4,
+    Summary, VIP4, lab::CLIENT4,
 };
 
 /// The port every ks-backend serves on.
@@ -140,34 +140,15 @@ fn open_pinned(lab: &Lab, name: &str) -> Map {
     Map::from_map_data(data).unwrap_or_else(|e| panic!("map {name}: {e}"))
 }
 
-/// The XDP program id each gateway interface runs, from `ip -d -j link show`.
+/// The XDP program id each gateway interface runs (each must run one).
 fn interface_programs(lab: &Lab) -> BTreeMap<String, u32> {
-    let mut ids = BTreeMap::new();
-    for iface in lab.gateway_interfaces() {
-        let out = ok(
-            lab,
-            "ip link show",
-            cmd::run(std::process::Command::new("ip").args([
-                "-n",
-                lab.gateway_ns(),
-                "-d",
-                "-j",
-                "link",
-                "show",
-                "dev",
-                &iface,
-            ])),
-        );
-        let json: serde_json::Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("ip -j link show dev {iface}: {e}: {out}"));
-        let xdp = &json[0]["xdp"];
-        let id = xdp["prog"]["id"]
-            .as_u64()
-            .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
-            .unwrap_or_else(|| panic!("{iface} runs no XDP program: {out}"));
-        ids.insert(iface, id as u32);
-    }
-    ids
+    ok(lab, "ip link show", lab.xdp_programs())
+        .into_iter()
+        .map(|(iface, id)| {
+            let id = id.unwrap_or_else(|| panic!("{iface} runs no XDP program"));
+            (iface, id)
+        })
+        .collect()
 }
 
 /// What the kernel holds for the gateway's data plane.
@@ -597,6 +578,183 @@ fn agent_sigkill_and_restart_is_hitless() {
 #[test]
 fn agent_upgrade_swaps_the_program_in_place_and_is_hitless() {
     hitless(Replacement::Upgraded);
+}
+
+// ---------------------------------------------------------------------------------
+// State the agent must keep: full or read-only disks, restarts with a dead backend.
+// ---------------------------------------------------------------------------------
+
+/// A lab whose agent keeps its state on a tmpfs of `bytes` (mounted before it starts).
+fn lab_with_small_state_dir(bytes: u64, cfg: impl FnOnce(&Lab) -> AgentConfig) -> Lab {
+    let mut lab = LabBuilder::new()
+        .mode(Mode::Nat)
+        .backends(&["blue", "green"])
+        .bins(bins())
+        .build()
+        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let dir = lab.agent_state_dir();
+    let r = lab.mount_tmpfs(&dir, bytes);
+    ok(&lab, "mounting a tmpfs on the agent's state dir", r);
+    let r = lab.start_with_config(BACKEND_PORT, &[], |lab| Ok(cfg(lab)));
+    ok(&lab, "starting the backends and keystone-agent", r);
+    lab
+}
+
+/// `n` new TCP connections to the VIP, which must all be answered by `backend`.
+fn assert_new_connections_on(lab: &Lab, what: &str, backend: &str) {
+    let s = ok(lab, "TCP connections", lab.tcp_connections(vip(), 200));
+    assert!(
+        s.failed == 0 && s.by_backend.keys().eq([backend]),
+        "{what}: expected every new connection on {backend}, got {:?} ({} failed)\n{}",
+        s.by_backend,
+        s.failed,
+        lab.agent_diagnostics()
+    );
+}
+
+fn admin_json(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (code, answer) = ok(
+        lab,
+        path,
+        lab.admin_send(method, path, Auth::Token, &[], body),
+    );
+    (
+        code,
+        serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer)),
+    )
+}
+
+/// With the state directory full, then read-only, a switch and a weight change are
+/// refused with 503 naming the reason and change nothing (new connections stay on
+/// blue); `/health` is degraded and names the file, and
+/// `keystone_state_write_failures_total` counts the failures. Once the disk takes
+/// writes again the switch works and survives a restart.
+#[test]
+fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
+    let mut lab = lab_with_small_state_dir(256 * 1024, |lab| {
+        lab.agent_config(vec![web_tenant(lab, &[("blue", 100), ("green", 0)])])
+    });
+    let dir = lab.agent_state_dir();
+    let filler = dir.join("filler");
+    let r = keystone_lab::mounts::fill_filesystem(&filler, 1 << 20);
+    ok(&lab, "filling the state dir", r);
+    let switch = r#"{"service":"web","to":"green","interval":"1s"}"#;
+    let weights = r#"{"weights":{"blue":0,"green":100}}"#;
+    let refusals = [
+        ("POST", "/deployments/blue-green/switch", switch),
+        ("POST", "/tenants/web/weights", weights),
+    ];
+    for (disk, reason) in [
+        ("full", "No space left on device"),
+        ("read-only", "Read-only file system"),
+    ] {
+        if disk == "read-only" {
+            std::fs::remove_file(&filler).expect("removing the filler");
+            let r = lab.set_read_only(&dir, true);
+            ok(&lab, "remounting the state dir read-only", r);
+        }
+        for (method, path, body) in refusals {
+            let (code, answer) = admin_json(&lab, method, path, Some(body));
+            let error = answer["error"].as_str().unwrap_or_default();
+            assert!(
+                code == 503 && error.contains("not applied") && error.contains(reason),
+                "{method} {path} with the state dir {disk}: HTTP {code} {answer} (want 503 naming '{reason}')\n{}",
+                lab.agent_diagnostics()
+            );
+        }
+        assert_new_connections_on(&lab, &format!("after the refusals ({disk} disk)"), "blue");
+        let (_, health) = admin_json(&lab, "GET", "/health", None);
+        assert!(
+            health["status"] == "degraded"
+                && health["persistence"]["unsaved"]["state"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(reason)),
+            "/health with the state dir {disk}: {health:#}"
+        );
+    }
+    assert!(
+        ok(&lab, "deployments", lab.deployments()).is_empty(),
+        "a refused switch left a deployment"
+    );
+    let (_, metrics) = ok(&lab, "GET /metrics", lab.admin_get("/metrics"));
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"keystone_state_write_failures_total{file="state"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        failures >= 4.0,
+        "4 failed state writes, metric says {failures}:\n{metrics}"
+    );
+
+    let r = lab.set_read_only(&dir, false);
+    ok(&lab, "remounting the state dir read-write", r);
+    let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
+    assert_eq!(code, 202, "the switch once the disk takes writes: {answer}");
+    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
+    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
+    let done = ok(&lab, "waiting for the switch", r);
+    assert_eq!(done.state, "completed", "{}", done.history_table());
+    assert_new_connections_on(&lab, "after the switch", "green");
+    let (_, health) = admin_json(&lab, "GET", "/health", None);
+    assert_eq!(health["status"], "ok", "{health:#}");
+    let r = lab.stop_agent();
+    ok(&lab, "stopping the agent", r);
+    let r = lab.start_agent();
+    ok(&lab, "starting the agent again", r);
+    assert_new_connections_on(&lab, "after a restart", "green");
+}
+
+/// The agent restarted (SIGKILL) under load while green's backend is dead and known
+/// to be down: no new connection is refused, not even before the restarted agent's
+/// first checks, because it starts from the health it saved.
+#[test]
+fn a_restart_with_a_dead_backend_refuses_no_connection() {
+    let mut lab = lab_with_agent(&["blue", "green"], &[], |lab| {
+        lab.agent_config(vec![
+            web_tenant(lab, &[("blue", 1), ("green", 1)]).with_health(HealthCheck::fast_http()),
+        ])
+    });
+    let r = lab.stop_backend("green");
+    ok(&lab, "stopping green's backend", r);
+    let r = keystone_lab::wait_for("green to be down", SHORT, || {
+        let json = lab.tenants_json()?;
+        let health = json["tenants"][0]["backends"][1]["health"].clone();
+        Ok(if health == "down" {
+            keystone_lab::Probe::Ready(())
+        } else {
+            keystone_lab::Probe::NotYet(health.to_string())
+        })
+    });
+    ok(&lab, "waiting for green's health", r);
+    let traffic = ok(
+        &lab,
+        "starting the client loop",
+        lab.client_loop(vip(), 100, Duration::from_secs(90)),
+    );
+    batches_after(&lab, &traffic, Instant::now(), 2);
+    let r = lab.kill("agent");
+    ok(&lab, "killing the agent", r);
+    let r = lab.start_agent();
+    ok(&lab, "starting the agent again", r);
+    batches_after(&lab, &traffic, Instant::now(), 4);
+    let batches = ok(&lab, "the client loop", traffic.stop());
+    let total = ClientLoop::total(&batches);
+    eprintln!(
+        "{} batches: {:?}, {} failed",
+        batches.len(),
+        total.by_backend,
+        total.failed
+    );
+    assert!(
+        total.failed == 0 && total.by_backend.keys().eq(["blue"]),
+        "new connections around the restart: {:?}, {} of {} failed ({:?})\n{}",
+        total.by_backend,
+        total.failed,
+        total.attempted,
+        total.errors,
+        lab.agent_diagnostics()
+    );
 }
 
 // ---------------------------------------------------------------------------------

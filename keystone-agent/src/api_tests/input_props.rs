@@ -61,7 +61,7 @@ fn endpoints() -> Vec<Endpoint> {
             uri: "/deployments/canary",
             body: json!({"service": "web", "version": "1.1.0", "initial_traffic": 10,
                 "increment": 45, "interval": "50ms", "max_traffic": 50,
-                "health_threshold": 0.9, "rollback_threshold": 0.5, "min_samples": 10}),
+                "health_threshold": 90, "rollback_threshold": 50, "min_samples": 10}),
             fields: &[
                 "/service",
                 "/version",

@@ -3,8 +3,11 @@
 //! through [`Tables`].
 
 use std::{
+    collections::BTreeSet,
     fs, io,
+    net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
@@ -21,17 +24,19 @@ use keystone_common::{
     Backend, Endpoint, Event, FlowKey, L4Counters, Reason, ReverseNat, TrafficCounters, VipAddr,
     VipInfo, backend_flags,
     legacy::{ReverseNatV1, VipInfoV1, v1_ring_base},
-    limits::{ring::NO_BACKEND, stats::XDP_ACTIONS},
+    limits::{iface::MAX_IFINDEX, ring::NO_BACKEND, stats::XDP_ACTIONS},
     names,
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, Limits, VipSpec, object,
+    Counters, Dataplane, DataplaneError, Limits, VipSpec, interfaces, object,
+    pins::{PinKeeper, PinKind, PinWatch},
+    start::Start,
     tables::{MapWriter, Tables},
 };
 
 /// Every map the program has, by pinned name.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 14] = [
     names::VIPS,
     names::VIP_ADDRS,
     names::ADDR_FILTER,
@@ -45,6 +50,7 @@ pub const MAP_NAMES: [&str; 13] = [
     names::ACTION_STATS,
     names::REASON_STATS,
     names::EVENT_STATS,
+    names::IFACES,
 ];
 
 /// The maps whose size is a capacity from `Limits`, with the `limits.` field that
@@ -68,14 +74,17 @@ pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 10] {
     ]
 }
 
-/// How the program is attached to each interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the program is attached to each interface (the config's `attach:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum AttachMode {
-    /// Native (driver) XDP; falls back to generic mode, with a warning, where the
-    /// driver refuses it.
+    /// `xdp`: native (driver) XDP; falls back to generic mode, with a warning, where
+    /// the driver refuses it (a bridge, bond or VLAN device).
     #[default]
+    #[serde(rename = "xdp")]
     Driver,
-    /// Generic (skb) XDP only.
+    /// `xdp-generic`: generic (skb) XDP only. Slower, but its redirects go through
+    /// the kernel's transmit path, so they reach any device (a bridge included).
+    #[serde(rename = "xdp-generic")]
     Generic,
 }
 
@@ -122,6 +131,9 @@ struct Attachment {
     interface: String,
     pin: PathBuf,
     link: FdLink,
+    /// `iface_flags` for the mode it was attached in; `None` when the program was
+    /// swapped into a link a previous agent pinned (mode not known here).
+    flags: Option<u32>,
 }
 
 /// The loaded program and its maps. Dropping it leaves the pins in place, so
@@ -132,6 +144,11 @@ pub struct AyaDataplane {
     pin_dir: PathBuf,
     attachments: Vec<Attachment>,
     reused_maps: bool,
+    pins: PinKeeper,
+    /// (interface, `iface_flags`) as written to `names::IFACES`.
+    iface_flags: Vec<(String, u32)>,
+    /// dsr backends whose route `interfaces::check_dsr_backends` accepted.
+    dsr_checked: BTreeSet<(String, IpAddr)>,
 }
 
 impl std::fmt::Debug for AyaDataplane {
@@ -159,19 +176,42 @@ impl AyaDataplane {
     /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
     /// them). The old program keeps its old table until the new one replaces it.
     pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
-        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
-        let pin_dir = opts.pin_dir;
-        fs::create_dir_all(&pin_dir).map_err(|source| DataplaneError::PinDir {
-            path: pin_dir.clone(),
-            source,
-        })?;
-        check_bpffs(&pin_dir)?;
+        let (dataplane, start) = Self::begin(opts)?;
+        start.commit()?;
+        Ok(dataplane)
+    }
 
+    /// [`AyaDataplane::load`], provisionally: until the returned [`Start`] is
+    /// committed, dropping it undoes what this load did to the pin directory and the
+    /// interfaces (see [`Start`]), so a start that fails later (the agent's own
+    /// setup) leaves nothing behind, and an earlier agent's pinned data plane as it
+    /// was. A load that fails undoes itself. The interfaces are checked and the pin
+    /// directory locked before anything is touched.
+    pub fn begin(opts: LoadOptions) -> Result<(Self, Start), DataplaneError> {
+        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
+        for interface in &opts.interfaces {
+            if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
+                return Err(DataplaneError::NoInterface {
+                    interface: interface.clone(),
+                });
+            }
+        }
+        let mut start = Start::begin(&opts.pin_dir)?;
+        let dataplane = Self::load_into(object, opts, &mut start)?;
+        Ok((dataplane, start))
+    }
+
+    fn load_into(
+        object: &[u8],
+        opts: LoadOptions,
+        start: &mut Start,
+    ) -> Result<Self, DataplaneError> {
+        let pin_dir = opts.pin_dir;
         let limits = opts.limits;
         check_pinned_capacities(&pin_dir, &limits)?;
-        let reused_maps =
-            pin_dir.join(names::VIPS).exists() || pin_dir.join(names::VIPS_V1).exists();
-        drop_resized_conn_table(&pin_dir, limits.conn_table_entries)?;
+        let reused_maps = start.existed(names::VIPS) || start.existed(names::VIPS_V1);
+        replace_resized_conn_table(&pin_dir, limits.conn_table_entries, start)?;
+        replace_resized_counter_maps(&pin_dir, start)?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -182,11 +222,24 @@ impl AyaDataplane {
         let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
             source: Box::new(source),
         })?;
+        for name in MAP_NAMES {
+            let path = pin_dir.join(name);
+            if !start.existed(name) && path.exists() {
+                start.created(path);
+            }
+        }
 
         // Before the new program can run: it reads REVERSE and VIPS with the new
-        // layouts.
-        let migrated = migrate_reverse_v1(&mut ebpf, &pin_dir)?;
-        let migrated_vips = migrate_vips_v1(&mut ebpf, &pin_dir)?;
+        // layouts. An old program still running elsewhere keeps its own reference to
+        // a V1 map, which is unpinned once this start is committed.
+        for (migrated, v1) in [
+            (migrate_reverse_v1(&mut ebpf, &pin_dir)?, names::REVERSE_V1),
+            (migrate_vips_v1(&mut ebpf, &pin_dir)?, names::VIPS_V1),
+        ] {
+            if migrated {
+                start.unpin_on_commit(pin_dir.join(v1));
+            }
+        }
 
         let program = program_mut(&mut ebpf)?;
         // The verifier gives up with EAGAIN when a signal arrives while it runs (it
@@ -209,7 +262,7 @@ impl AyaDataplane {
             }
         }
         let program_pin = pin_dir.join(names::PROGRAM);
-        remove_if_exists(&program_pin)?;
+        start.replace_program(&program_pin)?;
         program
             .pin(&program_pin)
             .map_err(|source| DataplaneError::Pin {
@@ -219,27 +272,36 @@ impl AyaDataplane {
 
         let mut attachments = Vec::new();
         for interface in &opts.interfaces {
-            attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode)?);
+            attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode, start)?);
         }
-
-        // The new program is attached; an old one still running elsewhere keeps its
-        // own reference to a V1 map.
-        if migrated {
-            remove_if_exists(&pin_dir.join(names::REVERSE_V1))?;
-        }
-        if migrated_vips {
-            remove_if_exists(&pin_dir.join(names::VIPS_V1))?;
-        }
+        let iface_flags = write_iface_flags(&mut ebpf, &attachments)?;
 
         let maps = AyaMaps::take(&mut ebpf)?;
         let tables = Tables::recover(maps, limits)?;
+        let pins = PinKeeper::open(
+            start.lock()?,
+            MAP_NAMES
+                .into_iter()
+                .map(|name| (pin_dir.join(name), PinKind::Map))
+                .chain([(program_pin, PinKind::Program)])
+                .chain(attachments.iter().map(|a| (a.pin.clone(), PinKind::Link))),
+        )?;
         Ok(AyaDataplane {
             ebpf,
             tables,
             pin_dir,
             attachments,
             reused_maps,
+            pins,
+            iface_flags,
+            dsr_checked: BTreeSet::new(),
         })
+    }
+
+    /// Sets `iface_flags` for `ifindex` in `names::IFACES` (e.g. for tests that run
+    /// packets through a program attached nowhere).
+    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+        set_iface_flags(&mut self.ebpf, ifindex, flags)
     }
 
     /// Whether the maps were pinned by a previous run and reused.
@@ -307,6 +369,9 @@ impl AyaDataplane {
     /// without it the links are detached and every pin is removed. Idempotent.
     fn release(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
         let attachments = std::mem::take(&mut self.attachments);
+        if !keep_forwarding {
+            self.pins.forget();
+        }
         if keep_forwarding {
             tracing::info!(pin_dir = %self.pin_dir.display(), "leaving the XDP program attached and pinned");
             return Ok(());
@@ -330,11 +395,20 @@ impl AyaDataplane {
 
 impl Dataplane for AyaDataplane {
     fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+        interfaces::check_dsr_backends(vips, &self.iface_flags, &mut self.dsr_checked)?;
         self.tables.apply(vips)
     }
 
     fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
         self.release(keep_forwarding)
+    }
+
+    fn restore_pins(&mut self) {
+        self.pins.restore();
+    }
+
+    fn pin_watch(&self) -> Option<Arc<PinWatch>> {
+        Some(self.pins.watch())
     }
 
     fn counters(&self) -> Result<Counters, DataplaneError> {
@@ -387,25 +461,65 @@ fn sum_traffic(
 }
 
 /// Unpins the connection table if it is pinned with another size than `entries`,
-/// so the loader creates it anew (reusing it would silently keep the old size).
-fn drop_resized_conn_table(pin_dir: &Path, entries: u32) -> Result<(), DataplaneError> {
+/// so the loader creates it anew (reusing it would silently keep the old size); the
+/// old one is pinned back if the start fails.
+fn replace_resized_conn_table(
+    pin_dir: &Path,
+    entries: u32,
+    start: &mut Start,
+) -> Result<(), DataplaneError> {
     let path = pin_dir.join(names::CONNS);
     if !path.exists() {
         return Ok(());
     }
-    let pinned = MapData::from_pin(&path)
-        .and_then(|m| m.info())
-        .map_err(map_err(names::CONNS))?
-        .max_entries();
+    let old = MapData::from_pin(&path).map_err(map_err(names::CONNS))?;
+    let pinned = old.info().map_err(map_err(names::CONNS))?.max_entries();
     if pinned != entries {
         tracing::warn!(
             pinned,
             configured = entries,
             "limits.conn_table_entries changed: replacing the connection table; tracked flows are re-picked (same backend unless weights changed)"
         );
-        remove_if_exists(&path)?;
+        start.replace_map(&path, old)?;
     }
     Ok(())
+}
+
+/// Replaces the per-reason and per-event counter maps if an older agent pinned them
+/// with fewer entries than this program counts (it added a `Reason` or `Event`): the
+/// loader creates them anew at the right size, and those counters restart from 0.
+/// A start that fails pins the old ones back (see [`Start`]).
+fn replace_resized_counter_maps(pin_dir: &Path, start: &mut Start) -> Result<(), DataplaneError> {
+    for (map, entries) in [
+        (names::REASON_STATS, Reason::COUNT),
+        (names::EVENT_STATS, Event::COUNT),
+    ] {
+        let Some(pinned) = pinned_entries(pin_dir, map)? else {
+            continue;
+        };
+        if pinned != entries {
+            tracing::info!(
+                map,
+                pinned,
+                entries,
+                "counter map resized: its counters restart from 0"
+            );
+            let path = pin_dir.join(map);
+            let old = MapData::from_pin(&path).map_err(map_err(map))?;
+            start.replace_map(&path, old)?;
+        }
+    }
+    Ok(())
+}
+
+/// The size of `map` pinned in `pin_dir`, if it is pinned there.
+fn pinned_entries(pin_dir: &Path, map: &'static str) -> Result<Option<u32>, DataplaneError> {
+    let path = pin_dir.join(map);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = MapInfo::from_pin(&path).map_err(map_err(map))?;
+    Ok(Some(info.max_entries()))
 }
 
 fn sum_l4(
@@ -499,13 +613,9 @@ fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), Datapl
         if map == names::CONNS {
             continue;
         }
-        let path = pin_dir.join(map);
-        if !path.exists() {
+        let Some(pinned) = pinned_entries(pin_dir, map)? else {
             continue;
-        }
-        let pinned = MapInfo::from_pin(&path)
-            .map_err(map_err(map))?
-            .max_entries();
+        };
         if pinned != wanted {
             return Err(DataplaneError::PinnedCapacity {
                 map,
@@ -596,6 +706,7 @@ fn attach(
     interface: &str,
     pin_dir: &Path,
     mode: AttachMode,
+    start: &mut Start,
 ) -> Result<Attachment, DataplaneError> {
     let pin = pin_dir.join(format!("link_{interface}"));
     let attach_err = |source| DataplaneError::Attach {
@@ -612,6 +723,7 @@ fn attach(
         let id = program.attach_to_link(old).map_err(attach_err)?;
         let link = program.take_link(id).map_err(attach_err)?;
         let link: FdLink = link.try_into().map_err(link_err)?;
+        start.swapped_link(pin.clone());
         tracing::info!(
             interface,
             "replaced the program in the XDP link pinned by a previous run"
@@ -620,21 +732,26 @@ fn attach(
             interface: interface.to_owned(),
             pin,
             link,
+            flags: None,
         });
     }
-    let id = match mode {
+    let (id, native) = match mode {
         AttachMode::Driver => match program.attach(interface, XdpMode::Driver) {
-            Ok(id) => id,
+            Ok(id) => (id, true),
             Err(error) => {
                 tracing::warn!(interface, %error, "native XDP attach failed; falling back to generic (skb) mode");
-                program
+                let id = program
                     .attach(interface, XdpMode::Skb)
-                    .map_err(attach_err)?
+                    .map_err(attach_err)?;
+                (id, false)
             }
         },
-        AttachMode::Generic => program
-            .attach(interface, XdpMode::Skb)
-            .map_err(attach_err)?,
+        AttachMode::Generic => (
+            program
+                .attach(interface, XdpMode::Skb)
+                .map_err(attach_err)?,
+            false,
+        ),
     };
     let link = program.take_link(id).map_err(attach_err)?;
     let link: FdLink = link.try_into().map_err(link_err)?;
@@ -642,14 +759,57 @@ fn attach(
         path: pin.clone(),
         source,
     })?;
+    start.created(pin.clone());
     Ok(Attachment {
         interface: interface.to_owned(),
         pin,
         link: pinned.into(),
+        flags: Some(interfaces::flags(native)),
     })
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
+fn set_iface_flags(ebpf: &mut Ebpf, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+    let map = ebpf
+        .map_mut(names::IFACES)
+        .ok_or(DataplaneError::MissingMap { map: names::IFACES })?;
+    Array::<_, u32>::try_from(map)
+        .and_then(|mut a| a.set(ifindex, flags, 0))
+        .map_err(map_err(names::IFACES))
+}
+
+/// Writes each attachment's `iface_flags` to `names::IFACES` and returns them. A
+/// link swapped over from a previous agent keeps the flags that agent wrote (the
+/// map is pinned), or gets `interfaces::guessed_flags` if it wrote none.
+fn write_iface_flags(
+    ebpf: &mut Ebpf,
+    attachments: &[Attachment],
+) -> Result<Vec<(String, u32)>, DataplaneError> {
+    let mut written = Vec::new();
+    for a in attachments {
+        let name = a.interface.as_str();
+        let Some(ifindex) = interfaces::ifindex(name).filter(|i| *i < MAX_IFINDEX) else {
+            tracing::warn!(
+                interface = name,
+                "ifindex unknown or not below {MAX_IFINDEX}: packets are never redirected into this interface, the kernel forwards them"
+            );
+            continue;
+        };
+        let pinned = || -> Option<u32> {
+            let map = ebpf.map(names::IFACES)?;
+            let value = Array::<_, u32>::try_from(map).ok()?.get(&ifindex, 0).ok()?;
+            (value != 0).then_some(value)
+        };
+        let flags = a
+            .flags
+            .or_else(pinned)
+            .unwrap_or_else(|| interfaces::guessed_flags(name));
+        set_iface_flags(ebpf, ifindex, flags)?;
+        written.push((a.interface.clone(), flags));
+    }
+    Ok(written)
+}
+
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -662,7 +822,7 @@ fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
 
 /// Fails unless `dir` is on a bpf filesystem, going by /proc/self/mountinfo (the
 /// longest mount point containing `dir`).
-fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+pub(super) fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let dir = dir
         .canonicalize()
         .map_err(|source| DataplaneError::PinDir {
@@ -693,7 +853,10 @@ fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     }
     match best {
         Some((_, true)) => Ok(()),
-        _ => Err(DataplaneError::NotBpffs { path: dir }),
+        _ => Err(DataplaneError::NotBpffs {
+            path: dir.clone(),
+            mount_point: dir,
+        }),
     }
 }
 

@@ -17,8 +17,12 @@ use keystone_common::{
 use serde::{Deserialize, Serialize};
 
 pub mod aya_dataplane;
+pub mod interfaces;
 pub mod object;
+pub mod pins;
+pub mod problems;
 pub mod rings;
+pub mod start;
 pub mod tables;
 
 pub use aya_dataplane::{AttachMode, AyaDataplane, LoadOptions};
@@ -163,6 +167,15 @@ pub trait Dataplane: Send + 'static {
         let _ = keep_forwarding;
         Ok(())
     }
+
+    /// Pins again whatever was removed from the pin directory under the running agent
+    /// (see [`pins::PinKeeper`]); called every few seconds.
+    fn restore_pins(&mut self) {}
+
+    /// The pins' state for `/health` and `/metrics` (`None`: nothing is pinned).
+    fn pin_watch(&self) -> Option<std::sync::Arc<pins::PinWatch>> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +240,20 @@ pub enum DataplaneError {
         first: String,
         second: String,
     },
+    #[error(
+        "tenant {tenant} (dsr): backend {backend} at {address} is reached through \
+         {device}, which cannot take a redirect from native XDP, and the kernel cannot \
+         forward a dsr packet (its destination is the VIP): list that device under \
+         `interfaces:` if it has native XDP (a NIC or veth; a bridge, bond or VLAN \
+         device has none), or set `attach: xdp-generic` (generic XDP redirects into any \
+         device), or use mode nat"
+    )]
+    DsrEgress {
+        tenant: String,
+        backend: String,
+        address: std::net::IpAddr,
+        device: String,
+    },
     #[error("{}", object::SKIPPED)]
     NoObject,
     #[error("pin directory {}: {source}", path.display())]
@@ -238,9 +265,22 @@ pub enum DataplaneError {
     #[error(
         "pin directory {} is not on a bpf filesystem: mount one with `mount -t bpf bpf {}`",
         path.display(),
+        mount_point.display()
+    )]
+    NotBpffs { path: PathBuf, mount_point: PathBuf },
+    #[error(
+        "pin directory {} is in use by another keystone-agent (it holds the directory's \
+         lock): stop that agent first, or give this one its own --pin-dir",
         path.display()
     )]
-    NotBpffs { path: PathBuf },
+    PinDirInUse { path: PathBuf },
+    #[error(
+        "interface {interface} does not exist (in this network namespace): check \
+         `interfaces:` in the config or --interface"
+    )]
+    NoInterface { interface: String },
+    #[error("cannot keep a reference to the pin {}: {reason}", path.display())]
+    Spare { path: PathBuf, reason: String },
     #[error("loading the eBPF object: {source}")]
     Load {
         #[source]

@@ -1,0 +1,224 @@
+//! Whether the agent's own files are saved: every write goes through here, so a
+//! failed one is counted (`keystone_state_write_failures_total`), shown in `/health`
+//! and `status`, and never only logged. Also what happened to an unreadable state
+//! file at start.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use prometheus::{IntCounterVec, Opts};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    health::{BackendKey, HealthState},
+    store::{PersistedState, STATE_VERSION, Store, StoreError, write_atomically},
+};
+
+/// Backend health as saved: a restarted agent starts its checks from it, so a backend
+/// that was down takes no new connection before its first check.
+const HEALTH_FILE: &str = "health.json";
+
+#[derive(Debug, Deserialize, Serialize)]
+struct SavedHealth {
+    tenant: String,
+    service: String,
+    address: SocketAddr,
+    state: HealthState,
+}
+
+/// How often a background save that failed is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The files the agent writes, as named in metrics and `/health`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum File {
+    /// Deployments and traffic plans (`state.json`).
+    State,
+    /// The copy of the last config that went live.
+    Config,
+    /// Backend health (`health.json`).
+    Health,
+    /// Accepted webhook signatures (`webhook-replay.json`).
+    WebhookReplay,
+}
+
+impl File {
+    pub fn name(self) -> &'static str {
+        match self {
+            File::State => "state",
+            File::Config => "config",
+            File::Health => "health",
+            File::WebhookReplay => "webhook_replay",
+        }
+    }
+}
+
+/// What `/health` and `status` say about the agent's files.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PersistStatus {
+    /// False while the latest write of some file failed.
+    pub saved: bool,
+    /// Failed writes since the agent started.
+    pub write_failures: u64,
+    /// By file: why its latest write failed (cleared by the next good one).
+    pub unsaved: BTreeMap<&'static str, String>,
+    /// Set when the state file could not be read at start.
+    pub recovered: Option<String>,
+}
+
+pub struct Persistence {
+    store: Option<Store>,
+    failures: IntCounterVec,
+    status: Mutex<PersistStatus>,
+    /// When a failed state save may be retried in the background.
+    retry_at: Mutex<Option<Instant>>,
+}
+
+impl Persistence {
+    pub fn new(store: Option<Store>) -> Persistence {
+        Persistence {
+            store,
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "keystone_state_write_failures_total",
+                    "Writes of the agent's files that failed (disk full, read-only, …), by file: \
+                     state, config, health, webhook_replay.",
+                ),
+                &["file"],
+            )
+            .expect("metric definitions are static and valid"),
+            status: Mutex::new(PersistStatus {
+                saved: true,
+                ..Default::default()
+            }),
+            retry_at: Mutex::new(None),
+        }
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    pub fn metric(&self) -> &IntCounterVec {
+        &self.failures
+    }
+
+    pub fn status(&self) -> PersistStatus {
+        self.status
+            .lock()
+            .expect("persist status lock poisoned")
+            .clone()
+    }
+
+    /// The saved state. An unreadable file (corrupt, empty, another version) does not
+    /// stop the agent: it is moved aside, the agent starts from the config alone, and
+    /// `status` and `/health` say so until the agent restarts.
+    pub fn load_state(&self) -> PersistedState {
+        let empty = PersistedState {
+            version: STATE_VERSION,
+            ..Default::default()
+        };
+        let Some(store) = &self.store else {
+            return empty;
+        };
+        let error = match store.load() {
+            Ok(state) => return state,
+            Err(e) => e,
+        };
+        let note = match store.set_aside_state() {
+            Ok(kept) => format!(
+                "{error}; kept it as {} and started from the config alone",
+                kept.display()
+            ),
+            Err(e) => format!("{error}; could not move it aside either ({e})"),
+        };
+        tracing::error!("saved state unreadable: {note}");
+        self.status
+            .lock()
+            .expect("persist status lock poisoned")
+            .recovered = Some(note);
+        empty
+    }
+
+    /// Records how a write of `file` went; passes the result on.
+    pub fn record<E: std::fmt::Display>(&self, file: File, result: Result<(), E>) -> Result<(), E> {
+        let mut status = self.status.lock().expect("persist status lock poisoned");
+        match &result {
+            Ok(()) => {
+                if status.unsaved.remove(file.name()).is_some() {
+                    tracing::info!(file = file.name(), "saved again");
+                }
+            }
+            Err(e) => {
+                self.failures.with_label_values(&[file.name()]).inc();
+                status.write_failures += 1;
+                if status.unsaved.insert(file.name(), e.to_string()).is_none() {
+                    tracing::error!(file = file.name(), error = %e, "cannot save");
+                }
+            }
+        }
+        status.saved = status.unsaved.is_empty();
+        result
+    }
+
+    /// Saves deployments and plans (nothing without a store).
+    pub fn save_state(&self, state: &PersistedState) -> Result<(), StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let result = self.record(File::State, store.save(state));
+        *self.retry_at.lock().expect("retry lock poisoned") =
+            result.is_err().then(|| Instant::now() + RETRY);
+        result
+    }
+
+    /// Saves which checked backends are up and which are down.
+    pub fn save_health(&self, known: Vec<(BackendKey, SocketAddr, HealthState)>) {
+        let Some(store) = &self.store else { return };
+        let saved: Vec<SavedHealth> = known
+            .into_iter()
+            .map(|((tenant, service), address, state)| SavedHealth {
+                tenant,
+                service,
+                address,
+                state,
+            })
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&saved).expect("health serialises");
+        let _ = self.record(
+            File::Health,
+            write_atomically(&store.path_of(HEALTH_FILE), &bytes),
+        );
+    }
+
+    /// The health a previous agent saved; nothing if there is none or it is unreadable.
+    pub fn load_health(&self) -> Vec<(BackendKey, SocketAddr, HealthState)> {
+        let Some(store) = &self.store else {
+            return Vec::new();
+        };
+        let path = store.path_of(HEALTH_FILE);
+        let saved: Vec<SavedHealth> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "saved health unreadable; checking every backend afresh");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        saved
+            .into_iter()
+            .map(|h| ((h.tenant, h.service), h.address, h.state))
+            .collect()
+    }
+
+    /// Whether a state save failed and is due to be tried again.
+    pub fn state_retry_due(&self) -> bool {
+        self.retry_at
+            .lock()
+            .expect("retry lock poisoned")
+            .is_some_and(|at| Instant::now() >= at)
+    }
+}
