@@ -398,6 +398,7 @@ fn build_info() -> IntGaugeVec {
     info.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
         .set(1);
     info
+}
 
 /// The text exposition of everything in `registry`.
 pub fn render(registry: &Registry) -> String {
