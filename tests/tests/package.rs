@@ -173,7 +173,10 @@ fn the_package_installs_a_working_agent_and_purges_without_a_trace() {
         )
     );
     let check = stdout(Command::new("/usr/bin/keystone-agent").args(["--check", CONFFILE]));
-    assert_eq!(check.trim(), format!("{CONFFILE}: valid, 1 tenant(s)"));
+    assert_eq!(
+        check.trim(),
+        format!("{CONFFILE}: valid, 1 tenant(s), 0 error(s), 0 warning(s)")
+    );
 
     run(Command::new("dpkg").args(["--purge", PACKAGE]));
     assert!(
