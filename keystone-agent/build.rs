@@ -1,6 +1,7 @@
 //! Builds the XDP program (keystone-ebpf) for bpfel-unknown-none with aya-build and
 //! leaves it in OUT_DIR, where `src/dataplane/object.rs` includes it.
 //! `AYA_BUILD_SKIP=1` skips it (lint-only jobs); the agent then has no object.
+//! It also sets `KEYSTONE_GIT_COMMIT` (for `--version` and `keystone_build_info`).
 
 use std::{env, path::PathBuf};
 
@@ -8,6 +9,7 @@ use anyhow::{Context as _, bail};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    git_commit();
     println!("cargo:rustc-check-cfg=cfg(keystone_no_ebpf)");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
@@ -37,6 +39,34 @@ fn main() -> anyhow::Result<()> {
         Toolchain::default(),
     )
     .context("building the XDP program (keystone-ebpf) failed; `cargo xtask setup` installs the toolchain it needs")
+}
+
+/// `KEYSTONE_GIT_COMMIT`: the checkout's short commit, or `unknown` outside a git
+/// checkout (a source tarball, a crate).
+fn git_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    if commit.is_some() {
+        // Rerun when HEAD moves: HEAD itself, and the branch it names (a loose ref, or
+        // packed-refs). Paths that do not exist are left out: cargo would rerun always.
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        for path in ["HEAD", branch.as_deref().unwrap_or("HEAD"), "packed-refs"] {
+            if let Some(p) = git(&["rev-parse", "--git-path", path])
+                && std::path::Path::new(&p).exists()
+            {
+                println!("cargo:rerun-if-changed={p}");
+            }
+        }
+    }
+    let commit = commit.unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=KEYSTONE_GIT_COMMIT={commit}");
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -318,6 +318,23 @@ async fn dataplane_refusal_restores_the_previous_state() {
 }
 
 #[tokio::test]
+async fn metrics_say_which_build_runs() {
+    let h = Harness::new();
+    let (status, text) = h.call("GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let commit = env!("KEYSTONE_GIT_COMMIT");
+    assert_ne!(commit, "", "build.rs sets the commit");
+    let want = format!(
+        "keystone_build_info{{commit=\"{commit}\",version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        text.lines().any(|l| l == want),
+        "no line {want:?} in:\n{text}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_carry_backend_counters_with_labels() {
     let h = Harness::new();
     let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);

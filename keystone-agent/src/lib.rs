@@ -17,7 +17,18 @@ pub mod open_files;
 pub mod outcome;
 pub mod persist;
 pub mod privileges;
+pub mod sd_notify;
 pub mod secrets;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;
+
+/// The commit this agent was built from (`unknown` outside a git checkout).
+pub const GIT_COMMIT: &str = env!("KEYSTONE_GIT_COMMIT");
+/// What `--version` prints after the name: `0.1.0 (commit 1c1d1a1b2c3d)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYSTONE_GIT_COMMIT"),
+    ")"
+);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser, ValueEnum};
 use keystone_agent::{
     admin_server::{self, ServerMetrics},
     admin_token::AdminToken,
@@ -31,8 +31,11 @@ use tokio::signal::unix::{SignalKind, signal};
 #[derive(Parser)]
 #[command(
     name = "keystone-agent",
-    version,
-    about = "Keystone's XDP load-balancer agent"
+    version = keystone_agent::VERSION,
+    about = "Keystone's XDP load-balancer agent",
+    after_help = "Environment:\n  \
+        KEYSTONE_LOG  which log lines to print, as a tracing filter [default: info]\n                \
+        e.g. debug, or info,keystone_agent::health=debug"
 )]
 struct Args {
     /// The YAML config.
@@ -55,14 +58,27 @@ struct Args {
     /// On exit, leave the program attached and pinned so forwarding continues.
     #[arg(long)]
     keep_forwarding: bool,
-    /// Only validate the config, print every error and warning, and exit (0 valid,
-    /// 64 invalid).
-    #[arg(long)]
-    check: bool,
+    /// Only validate the config (FILE, else --config), print every error and warning,
+    /// and exit (0 valid, 64 invalid).
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    check: Option<Option<PathBuf>>,
     /// Treat config warnings (unknown or L7-only fields, contradictions) as errors,
     /// with --check (for CI) and at start.
     #[arg(long)]
     strict: bool,
+    /// Log lines on stderr: text, or JSON lines with every field (deployment, tenant,
+    /// state, ...) as a key.
+    #[arg(long, value_enum, env = "KEYSTONE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Write the man page to DIR and exit (used when packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_man: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Exit code for a bad config or bad arguments (EX_USAGE, as linkerd2-proxy uses).
@@ -71,15 +87,26 @@ const EXIT_USAGE: u8 = 64;
 const GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYSTONE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Some(file)) = &args.check {
+        args.config = file.clone();
+    }
+    if let Some(dir) = &args.generate_man {
+        return match clap_mangen::generate_to(Args::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "keystone-agent: cannot write the man page to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(e) = init_logging(args.log_format) {
+        eprintln!("keystone-agent: {e:#}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let loaded = LoadedConfig::load(&args.config);
     let (report, ok) = keystone_agent::config::check_report(&args.config, &loaded, args.strict);
     // Not a config problem (--strict keeps it a warning): a deliberate choice that needs a proxy.
@@ -87,7 +114,7 @@ fn main() -> ExitCode {
         .as_ref()
         .ok()
         .and_then(|c| admin_exposure(c.config.admin.listen));
-    if args.check {
+    if args.check.is_some() {
         if let Some(warning) = &exposed {
             println!("warning: {warning}");
         }
@@ -270,6 +297,10 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     }
     let registry = Arc::new(registry);
     tracing::info!(%admin_addr, interfaces = ?interfaces, "keystone-agent ready");
+    // The data plane is programmed and the API listens: a Type=notify unit is started.
+    if let Err(e) = keystone_agent::sd_notify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot tell systemd the agent is ready (NOTIFY_SOCKET)");
+    }
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(sample_traffic(agent.clone()));
@@ -347,6 +378,26 @@ fn raise_open_files_limit() -> u64 {
             1024
         }
     }
+}
+
+/// Logs to stderr in `format`, filtered by `KEYSTONE_LOG` (a bad filter is an error).
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("KEYSTONE_LOG") {
+        Ok(text) => EnvFilter::try_new(&text)
+            .with_context(|| format!("KEYSTONE_LOG={text:?} is not a log filter (e.g. info, debug, info,keystone_agent::health=debug)"))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop.

@@ -396,6 +396,21 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         .register(Box::new(agent.health().local_error_metric()))
         .expect("the health checker's metrics are registered once");
     registry
+        .register(Box::new(build_info()))
+        .expect("keystone_build_info is registered once");
+    registry
+}
+
+/// `keystone_build_info{version,commit} 1`: which build runs, for dashboards and alerts.
+fn build_info() -> IntGaugeVec {
+    let info = gauge_vec(
+        "keystone_build_info",
+        "Always 1; the labels say which build of the agent is running.",
+        &["version", "commit"],
+    );
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
+        .set(1);
+    info
 }
 
 /// The text exposition of everything in `registry`.

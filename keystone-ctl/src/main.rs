@@ -139,6 +139,64 @@ enum Command {
         #[command(flatten)]
         poll: PollArgs,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_help = "Examples:\n  \
+        keystone-ctl completion bash > /etc/bash_completion.d/keystone-ctl\n  \
+        keystone-ctl completion zsh > \"${fpath[1]}/_keystone-ctl\"\n  \
+        keystone-ctl completion fish > ~/.config/fish/completions/keystone-ctl.fish")]
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the man pages (keystone-ctl.1 and one per verb) to DIR (used when packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `completion` and `man`: they describe this CLI and need no agent.
+fn describe(command: &Command, out: &mut dyn Write) -> Option<Result<u8, Failure>> {
+    use clap::CommandFactory;
+    match command {
+        Command::Completion { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "keystone-ctl", &mut script);
+            let mut script = String::from_utf8_lossy(&script).into_owned();
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6 spells the verbs' state `keystone__subcmd__ctl__…` where
+                // it matches and `keystone__ctl__…` where it sets it (the '-' in the name),
+                // so nothing after the verb completed.
+                script = script.replace("keystone__subcmd__ctl", "keystone__ctl");
+            }
+            Some(
+                out.write_all(script.as_bytes())
+                    .map(|()| exit::OK)
+                    .map_err(|e| fail(exit::REFUSED, format!("cannot write the script: {e}"))),
+            )
+        }
+        Command::Man { dir } => Some(
+            clap_mangen::generate_to(Cli::command(), dir)
+                .map(|()| exit::OK)
+                .map_err(|e| {
+                    fail(
+                        exit::REFUSED,
+                        format!("cannot write the man pages to {}: {e}", dir.display()),
+                    )
+                }),
+        ),
+        _ => None,
+    }
 }
 
 #[derive(Args)]
@@ -472,6 +530,9 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
             };
             return wait::wait(client, id, &options, out, |_| Ok(()));
         }
+        Command::Completion { .. } | Command::Man { .. } => {
+            unreachable!("`describe` runs these before connecting")
+        }
     }
     Ok(exit::OK)
 }
@@ -549,6 +610,9 @@ fn status(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
+    if let Some(result) = describe(&cli.command, &mut stdout) {
+        return finish(result, cli.output, &mut stdout);
+    }
     let given = connect::Given {
         api: cli.api.as_deref(),
         token: cli.token.as_deref(),
@@ -560,10 +624,15 @@ fn main() -> ExitCode {
         let client = Client::new(&connection.api, connection.token);
         run(&cli, &client, &mut stdout)
     });
+    finish(result, cli.output, &mut stdout)
+}
+
+/// The exit code of `result`, with a failure printed (also as JSON with `-o json`).
+fn finish(result: Result<u8, Failure>, output: Output, stdout: &mut dyn Write) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, message }) => {
-            if cli.output == Output::Json {
+            if output == Output::Json {
                 writeln!(stdout, "{}", json!({ "error": message, "exit_code": code })).ok();
             }
             stdout.flush().ok();
@@ -586,6 +655,71 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// The script `completion <shell>` prints, without any agent to talk to.
+    fn completion(shell: &str) -> String {
+        let cli = parse(&["completion", shell]).unwrap();
+        let mut out = Vec::new();
+        let code = describe(&cli.command, &mut out).expect("completion needs no agent");
+        assert_eq!(code.ok(), Some(exit::OK));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn completion_scripts_complete_verbs_and_flags() {
+        let bash = completion("bash");
+        // What bash offers after `keystone-ctl ca<TAB>`, and so on.
+        let offered = |words: &str, cword: usize| {
+            let out = std::process::Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "{bash}\nCOMP_WORDS=({words}); COMP_CWORD={cword}\n\
+                     f=$(complete -p keystone-ctl | sed -E 's/.*-F ([^ ]+).*/\\1/')\n\
+                     \"$f\" keystone-ctl \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+                     echo \"${{COMPREPLY[@]}}\""
+                ))
+                .output()
+                .expect("bash runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(offered("keystone-ctl ca", 1), "canary");
+        assert_eq!(offered("keystone-ctl canary pro", 2), "promote");
+        assert_eq!(offered("keystone-ctl status --wa", 2), "--watch");
+        let zsh = completion("zsh");
+        assert!(zsh.starts_with("#compdef keystone-ctl"), "{zsh}");
+        let fish = completion("fish");
+        assert!(
+            fish.contains("complete -c keystone-ctl") && fish.contains("-a \"canary\""),
+            "{fish}"
+        );
+        for script in [&bash, &zsh, &fish] {
+            for word in ["canary", "switch", "wait", "--token-file"] {
+                assert!(script.contains(word), "{word} missing from:\n{script}");
+            }
+        }
+        let err = parse(&["completion", "powershell"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("[possible values: bash, zsh, fish]"), "{err}");
+    }
+
+    #[test]
+    fn man_pages_cover_every_verb() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = parse(&["man", dir.path().to_str().unwrap()]).unwrap();
+        let code = describe(&cli.command, &mut Vec::new()).expect("man needs no agent");
+        assert_eq!(code.ok(), Some(exit::OK));
+        for page in [
+            "keystone-ctl.1",
+            "keystone-ctl-canary-start.1",
+            "keystone-ctl-wait.1",
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(page))
+                .unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert!(text.contains(".TH keystone-ctl"), "{page}:\n{text}");
+        }
     }
 
     #[test]

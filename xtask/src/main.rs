@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod lab;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -43,6 +44,16 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCmd,
+    },
+    /// Build, then the Debian package (keystone-lb): both binaries, the systemd unit,
+    /// the example config, man pages and completions. Prints the .deb's path.
+    Package {
+        /// Where to write the .deb [default: target/debian/keystone-lb_<version>_<arch>.deb].
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// Package the release binaries in target/release as they are.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Setup, build, then run every test (`cargo test --workspace --release`; needs root).
     Test {
@@ -87,6 +98,9 @@ fn main() -> Result<()> {
         } => lab::down(&name, all, run.as_deref()),
         Cmd::Demo { connections, mode } => demo::demo(connections, mode),
         Cmd::Bench { command } => bench::run(command),
+        Cmd::Package { output, no_build } => {
+            package::package(output.as_deref(), no_build).map(drop)
+        }
         Cmd::Test { args } => test::test(&args),
     }
 }

@@ -9,6 +9,9 @@ use crate::util::{cargo, cargo_home, path_env, run, which};
 
 /// The bpf-linker release Keystone builds with (DESIGN.md "Toolchain facts").
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-deb release `cargo xtask package` builds the Debian package with (it
+/// builds with rustc 1.95).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Debian packages the lab and tests use, by the program that shows each is there.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -29,6 +32,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("iperf3", "iperf3"),
     ("trafgen", "netsniff-ng"),
+    // The package test lints the .deb it builds.
+    ("lintian", "lintian"),
 ];
 
 /// Packages (by program) whose Debian install starts a host service that the benches
@@ -199,6 +204,23 @@ fn bpf_linker(report: &mut Report) -> Result<()> {
         prefix.display()
     ));
     Ok(())
+}
+
+/// cargo-deb, for `cargo xtask package` (only that command needs it, so `setup` does
+/// not install it).
+pub fn cargo_deb() -> Result<()> {
+    let want = format!("cargo-deb {CARGO_DEB_VERSION}");
+    if which("cargo-deb").is_some()
+        && let Ok(v) = output(Command::new("cargo-deb").arg("--version"))
+        && v.trim() == want
+    {
+        return Ok(());
+    }
+    println!("setup: installing {want} from crates.io (a few minutes)");
+    run(cargo()?.args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"]))
+        .with_context(|| {
+            format!("cargo-deb did not install: run `cargo install cargo-deb --version {CARGO_DEB_VERSION} --locked`")
+        })
 }
 
 /// The Debian packages the lab uses: apt-get update once, and only if one is missing.
