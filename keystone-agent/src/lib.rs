@@ -14,6 +14,7 @@ pub mod notify;
 pub mod outcome;
 pub mod persist;
 pub mod privileges;
+pub mod recover;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;
