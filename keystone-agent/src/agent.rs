@@ -162,7 +162,10 @@ impl Agent {
         store: Option<Store>,
     ) -> Result<Arc<Agent>, StartError> {
         let persistence = Persistence::new(store);
-        let state = persistence.load_state();
+        let mut state = persistence.load_state();
+        if persistence.state_was_unreadable() {
+            Self::keep_pinned_split(&config, dataplane.as_ref(), &persistence, &mut state);
+        }
         let health = HealthChecker::default();
         health.restore(persistence.load_health());
         health.sync(&config);
@@ -204,6 +207,33 @@ impl Agent {
         agent.save_config_copy();
         agent.resume_validations();
         Ok(agent)
+    }
+
+    /// With the saved plans lost, keeps what the pinned data plane forwards (e.g. a
+    /// finished switch) as manual weights, saved at once, instead of the config's.
+    fn keep_pinned_split(
+        config: &LoadedConfig,
+        dataplane: &dyn Dataplane,
+        persistence: &Persistence,
+        state: &mut PersistedState,
+    ) {
+        let shares = dataplane.live_shares().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the pinned data plane's tables back");
+            Vec::new()
+        });
+        state.plans = crate::recover::plans(config, &shares);
+        if state.plans.is_empty() {
+            persistence.recovered_with("started from the config alone");
+            return;
+        }
+        let tenants: Vec<&str> = state.plans.keys().map(String::as_str).collect();
+        persistence.recovered_with(&format!(
+            "kept the split the pinned data plane was forwarding as manual weights for \
+             tenant(s) {}",
+            tenants.join(", ")
+        ));
+        // A failure is counted and shown; the split still holds until the next restart.
+        let _ = persistence.save_state(state);
     }
 
     fn runtime(&self) -> MutexGuard<'_, Runtime> {
@@ -1120,10 +1150,13 @@ impl Agent {
         let mut runtime = self.runtime();
         Self::check_not_running(&runtime, tenant)?;
         let before = runtime.state.clone();
-        runtime
-            .state
-            .plans
-            .insert(tenant.to_owned(), TrafficPlan::Manual { weights });
+        runtime.state.plans.insert(
+            tenant.to_owned(),
+            TrafficPlan::Manual {
+                weights,
+                reason: None,
+            },
+        );
         self.commit(&mut runtime, before)?;
         drop(runtime);
         Ok(self

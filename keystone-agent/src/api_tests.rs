@@ -14,7 +14,7 @@ use crate::{
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
-    dataplane::{Counters, Dataplane, DataplaneError, VipSpec},
+    dataplane::{Counters, Dataplane, DataplaneError, LiveShares, VipSpec},
 };
 
 /// Records every apply; can be told to refuse the next one.
@@ -23,6 +23,8 @@ struct FakeDataplane {
     applied: Arc<Mutex<Vec<Vec<VipSpec>>>>,
     refuse_next: Arc<Mutex<bool>>,
     counters: Arc<Mutex<Counters>>,
+    /// What `live_shares` reads back, as if found pinned.
+    pinned: Vec<LiveShares>,
 }
 
 impl Dataplane for FakeDataplane {
@@ -39,6 +41,10 @@ impl Dataplane for FakeDataplane {
 
     fn counters(&self) -> Result<Counters, DataplaneError> {
         Ok(self.counters.lock().unwrap().clone())
+    }
+
+    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+        Ok(self.pinned.clone())
     }
 }
 
@@ -80,6 +86,11 @@ impl Harness {
 
     /// An agent that finds `state` as its `state.json` when it starts.
     fn with_state_file(state: Option<&str>) -> Harness {
+        Harness::with_pinned(state, FakeDataplane::default())
+    }
+
+    /// As `with_state_file`, on `fake` (which may hold a pinned data plane).
+    fn with_pinned(state: Option<&str>, fake: FakeDataplane) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystone.yaml");
         std::fs::write(&path, config_text(90, 10)).unwrap();
@@ -87,7 +98,6 @@ impl Harness {
             std::fs::create_dir_all(dir.path().join("state")).unwrap();
             std::fs::write(dir.path().join("state/state.json"), state).unwrap();
         }
-        let fake = FakeDataplane::default();
         let store = crate::store::Store::new(dir.path().join("state"));
         let agent = Agent::start(
             LoadedConfig::load(&path).unwrap(),
@@ -985,6 +995,57 @@ async fn a_huge_pipeline_object_is_refused_and_not_stored() {
         .send("POST", "/deployments/canary", Some(TOKEN), &[], small)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+}
+
+/// A data plane pinned with green taking every new connection (a finished switch),
+/// while the config says 90/10.
+fn pinned_green() -> FakeDataplane {
+    let endpoint = |a: &str| Endpoint::new(a.parse().unwrap(), PROTO_TCP);
+    FakeDataplane {
+        pinned: vec![LiveShares {
+            vip: endpoint("198.18.0.10:80"),
+            entries: vec![(endpoint("198.18.12.2:8080"), 1009)],
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_state_file_keeps_the_pinned_split() {
+    let h = Harness::with_pinned(Some("garbage"), pinned_green());
+    assert_eq!(
+        h.live_weights(),
+        [0, 1009],
+        "the pinned split is programmed"
+    );
+    let (_, body) = h.call("GET", "/status", Some(TOKEN)).await;
+    let status = json(&body);
+    assert_eq!(
+        status["tenants"][0]["traffic_source"],
+        serde_json::json!({"kind": "manual", "reason": crate::recover::REASON}),
+        "{body}"
+    );
+    let recovered = status["persistence"]["recovered"].as_str().unwrap();
+    assert!(
+        recovered.contains("is not a Keystone state file")
+            && recovered.contains("state.json.unreadable-")
+            && recovered.ends_with("as manual weights for tenant(s) web"),
+        "{recovered}"
+    );
+    let saved = crate::store::Store::new(h._dir.path().join("state"))
+        .load()
+        .unwrap();
+    assert_eq!(
+        saved.plans["web"],
+        crate::deploy::TrafficPlan::Manual {
+            weights: [("blue".to_owned(), 0), ("green".to_owned(), 1009)].into(),
+            reason: Some(crate::recover::REASON.to_owned()),
+        },
+        "saved, so a second restart keeps it"
+    );
+    // A readable state file is what counts: the pinned tables are not read back.
+    let h = Harness::with_pinned(None, pinned_green());
+    assert_eq!(h.live_weights(), [90, 10]);
 }
 
 mod input_props;

@@ -682,7 +682,12 @@ pub enum TrafficPlan {
         to_percent: f64,
     },
     /// Explicit weights by service name (others get 0).
-    Manual { weights: BTreeMap<String, u32> },
+    Manual {
+        weights: BTreeMap<String, u32>,
+        /// Why, when not set through the API (e.g. recovered from the data plane).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl TrafficPlan {
@@ -711,7 +716,7 @@ impl TrafficPlan {
                 filter(from);
                 filter(to);
             }
-            TrafficPlan::Manual { weights } => {
+            TrafficPlan::Manual { weights, .. } => {
                 let mut names: Vec<String> = weights.keys().cloned().collect();
                 filter(&mut names);
                 weights.retain(|n, _| names.contains(n));
@@ -728,7 +733,7 @@ impl TrafficPlan {
                 to,
                 to_percent,
             } => (*to_percent > 0.0 && !to.is_empty()) || (*to_percent < 100.0 && !from.is_empty()),
-            TrafficPlan::Manual { weights } => weights.values().any(|w| *w > 0),
+            TrafficPlan::Manual { weights, .. } => weights.values().any(|w| *w > 0),
         }
     }
 }
@@ -753,7 +758,7 @@ pub fn effective_weights(
             }
             _ => tenant.services.iter().map(configured).collect(),
         },
-        Some(TrafficPlan::Manual { weights }) => tenant
+        Some(TrafficPlan::Manual { weights, .. }) => tenant
             .services
             .iter()
             .map(|s| weights.get(&s.name).copied().unwrap_or(0))
@@ -892,6 +897,7 @@ mod tests {
         );
         let manual = TrafficPlan::Manual {
             weights: BTreeMap::from([("green".to_owned(), 7)]),
+            reason: None,
         };
         assert_eq!(effective_weights(&t, None, Some(&manual)), [0, 0, 7]);
     }

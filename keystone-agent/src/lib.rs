@@ -17,6 +17,7 @@ pub mod open_files;
 pub mod outcome;
 pub mod persist;
 pub mod privileges;
+pub mod recover;
 pub mod sd_notify;
 pub mod secrets;
 pub mod store;

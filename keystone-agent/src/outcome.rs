@@ -31,8 +31,12 @@ pub enum TrafficSource {
         deployment_id: String,
         state: DeployState,
     },
-    /// Weights set with `POST /tenants/{name}/weights`.
-    Manual,
+    /// Weights set with `POST /tenants/{name}/weights`, or, with a `reason`, by the
+    /// agent itself (recovered from the pinned data plane).
+    Manual {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl TrafficSource {
@@ -40,7 +44,9 @@ impl TrafficSource {
     pub fn of(state: &PersistedState, tenant: &str) -> TrafficSource {
         match state.plans.get(tenant) {
             None => TrafficSource::Config,
-            Some(TrafficPlan::Manual { .. }) => TrafficSource::Manual,
+            Some(TrafficPlan::Manual { reason, .. }) => TrafficSource::Manual {
+                reason: reason.clone(),
+            },
             // Split plans come from deployments, and a tenant's latest one set it.
             Some(TrafficPlan::Split { .. }) => state
                 .deployments
@@ -63,7 +69,10 @@ impl fmt::Display for TrafficSource {
                 deployment_id,
                 state,
             } => write!(f, "deployment {deployment_id} ({})", state.name()),
-            TrafficSource::Manual => write!(f, "weights set through the API"),
+            TrafficSource::Manual { reason: None } => write!(f, "weights set through the API"),
+            TrafficSource::Manual {
+                reason: Some(reason),
+            } => write!(f, "weights {reason}"),
         }
     }
 }

@@ -115,8 +115,8 @@ impl Persistence {
     }
 
     /// The saved state. An unreadable file (corrupt, empty, another version) does not
-    /// stop the agent: it is moved aside, the agent starts from the config alone, and
-    /// `status` and `/health` say so until the agent restarts.
+    /// stop the agent: it is moved aside, and `status` and `/health` say so until the
+    /// agent restarts (the caller adds what it started from: [`Self::recovered_with`]).
     pub fn load_state(&self) -> PersistedState {
         let empty = PersistedState {
             version: STATE_VERSION,
@@ -130,18 +130,29 @@ impl Persistence {
             Err(e) => e,
         };
         let note = match store.set_aside_state() {
-            Ok(kept) => format!(
-                "{error}; kept it as {} and started from the config alone",
-                kept.display()
-            ),
+            Ok(kept) => format!("{error}; kept it as {}", kept.display()),
             Err(e) => format!("{error}; could not move it aside either ({e})"),
         };
-        tracing::error!("saved state unreadable: {note}");
         self.status
             .lock()
             .expect("persist status lock poisoned")
             .recovered = Some(note);
         empty
+    }
+
+    /// Whether the state file was unreadable at start.
+    pub fn state_was_unreadable(&self) -> bool {
+        self.status().recovered.is_some()
+    }
+
+    /// Completes the note on an unreadable state file with what the agent started from.
+    pub fn recovered_with(&self, start: &str) {
+        let mut status = self.status.lock().expect("persist status lock poisoned");
+        if let Some(note) = &mut status.recovered {
+            note.push_str(" and ");
+            note.push_str(start);
+            tracing::error!("saved state unreadable: {note}");
+        }
     }
 
     /// Records how a write of `file` went; passes the result on.

@@ -140,7 +140,10 @@ fn traffic_source(source: &Value) -> String {
             text(&source["deployment_id"]),
             text(&source["state"])
         ),
-        Some("manual") => "weights set by hand".into(),
+        Some("manual") => match source["reason"].as_str() {
+            Some(reason) => format!("weights {reason}"),
+            None => "weights set by hand".into(),
+        },
         Some("config") => "the config".into(),
         _ => "-".into(),
     }

@@ -1061,3 +1061,55 @@ fn admin_api_under_100_concurrent_clients() {
         lab.agent_diagnostics()
     );
 }
+
+/// A finished blue/green switch (green 100 %, the config still says blue), then the
+/// agent SIGKILLed, `state.json` overwritten with garbage, and the agent started
+/// again: new connections still all go to green, `status` says where the weights come
+/// from, and the bad file is kept aside.
+#[test]
+fn an_unreadable_state_file_keeps_the_pinned_split() {
+    let mut lab = lab_with_agent(&["blue", "green"], &[], |lab| {
+        lab.agent_config(vec![web_tenant(lab, &[("blue", 100), ("green", 0)])])
+    });
+    let switch = r#"{"service":"web","to":"green","interval":"1s"}"#;
+    let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
+    assert_eq!(code, 202, "the switch: {answer}");
+    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
+    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
+    let done = ok(&lab, "waiting for the switch", r);
+    assert_eq!(done.state, "completed", "{}", done.history_table());
+    assert_new_connections_on(&lab, "after the switch", "green");
+
+    let r = lab.kill("agent");
+    ok(&lab, "killing the agent", r);
+    let state = lab.agent_state_dir().join("state.json");
+    std::fs::write(&state, "\u{0}garbage{").expect("corrupting state.json");
+    let r = lab.start_agent();
+    ok(&lab, "starting the agent again", r);
+    assert_new_connections_on(&lab, "after the restart on a corrupt state.json", "green");
+
+    let (_, status) = admin_json(&lab, "GET", "/status", None);
+    assert_eq!(
+        status["tenants"][0]["traffic_source"],
+        serde_json::json!({"kind": "manual", "reason": "recovered from the pinned data plane"}),
+        "{status:#}"
+    );
+    let recovered = status["persistence"]["recovered"]
+        .as_str()
+        .unwrap_or_default();
+    let kept = recovered
+        .split_whitespace()
+        .find(|w| w.contains("state.json.unreadable-"))
+        .unwrap_or_else(|| panic!("no kept file named in {recovered:?}"));
+    assert_eq!(
+        std::fs::read_to_string(kept).expect("the kept file"),
+        "\u{0}garbage{",
+        "{recovered}"
+    );
+    let out = ok(&lab, "keystone-ctl status", lab.ctl(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("weights recovered from the pinned data plane"),
+        "keystone-ctl status:\n{text}"
+    );
+}

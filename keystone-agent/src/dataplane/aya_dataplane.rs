@@ -29,7 +29,7 @@ use keystone_common::{
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, Limits, VipSpec, interfaces, object,
+    Counters, Dataplane, DataplaneError, Limits, LiveShares, VipSpec, interfaces, object,
     pins::{PinKeeper, PinKind, PinWatch},
     start::Start,
     tables::{MapWriter, Tables},
@@ -412,6 +412,10 @@ impl Dataplane for AyaDataplane {
 
     fn pin_watch(&self) -> Option<Arc<PinWatch>> {
         Some(self.pins.watch())
+    }
+
+    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+        self.tables.live_shares()
     }
 
     fn counters(&self) -> Result<Counters, DataplaneError> {
@@ -997,6 +1001,12 @@ impl MapWriter for AyaMaps {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(map_err(names::VIP_ADDRS))
+    }
+
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+        (base..base + len)
+            .map(|i| self.rings.get(&i, 0).map_err(map_err(names::RINGS)))
+            .collect()
     }
 
     fn read_filter(&self) -> Result<Vec<u32>, DataplaneError> {

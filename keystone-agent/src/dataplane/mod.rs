@@ -133,6 +133,15 @@ pub struct BackendSpec {
     pub up: bool,
 }
 
+/// A VIP's new-connection split as the data plane holds it: Maglev table entries per
+/// backend in its live table (read back from pinned maps after a restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveShares {
+    pub vip: Endpoint,
+    /// (backend, entries of the live table pointing at it); backends not up are left out.
+    pub entries: Vec<(Endpoint, u32)>,
+}
+
 /// Summed (over CPUs) counters read from the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -159,6 +168,12 @@ pub trait Dataplane: Send + 'static {
 
     /// Current counters, summed over CPUs.
     fn counters(&self) -> Result<Counters, DataplaneError>;
+
+    /// The split of every VIP found live in pinned maps at load (before the first
+    /// `apply` changes it); empty when nothing was pinned.
+    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+        Ok(Vec::new())
+    }
 
     /// Called once when the agent exits: detach and remove pins, or, with
     /// `keep_forwarding`, leave the pinned program attached so traffic keeps flowing

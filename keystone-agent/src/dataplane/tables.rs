@@ -17,7 +17,7 @@ use keystone_common::{
 };
 
 use super::{
-    DataplaneError, Limits, VipSpec,
+    DataplaneError, Limits, LiveShares, VipSpec,
     rings::{Region, RingSpace},
 };
 
@@ -32,6 +32,8 @@ pub trait MapWriter {
     fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError>;
     /// Every VIP_ADDRS entry.
     fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError>;
+    /// `len` ring array entries from `base`.
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DataplaneError>;
     /// The address prefilter, `ADDR_FILTER_WORDS` words.
     fn read_filter(&self) -> Result<Vec<u32>, DataplaneError>;
 
@@ -290,6 +292,35 @@ impl<W: MapWriter> Tables<W> {
             .written
             .filter(|b| b.flags & backend_flags::UP != 0)
             .map(|b| b.endpoint)
+    }
+
+    /// See [`super::Dataplane::live_shares`]: counts each picked-up VIP's live table
+    /// entries per backend slot that is up and belongs to it.
+    pub fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+        let mut shares = Vec::new();
+        for (vip, v) in &self.vips {
+            let Some(info) = v.written.filter(|_| v.table.is_none()) else {
+                continue;
+            };
+            if v.index >= self.limits.max_vips || info.ring_size == 0 {
+                continue;
+            }
+            let mut per_slot: HashMap<u32, u32> = HashMap::new();
+            for slot in self.maps.read_ring(info.ring_base, info.ring_size)? {
+                *per_slot.entry(slot).or_default() += 1;
+            }
+            let mut entries: Vec<(Endpoint, u32)> = per_slot
+                .into_iter()
+                .filter_map(|(slot, count)| {
+                    let b = self.slots.get(slot as usize)?.written?;
+                    let ours = b.vip_index == v.index && b.flags & backend_flags::UP != 0;
+                    ours.then_some((b.endpoint, count))
+                })
+                .collect();
+            entries.sort_unstable_by_key(|(e, _)| e.socket_addr());
+            shares.push(LiveShares { vip: *vip, entries });
+        }
+        Ok(shares)
     }
 
     /// Makes `specs` the live state; see `Dataplane::apply`. Everything is validated
@@ -878,6 +909,11 @@ impl MapWriter for FakeMaps {
     }
     fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError> {
         Ok(self.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+        Ok((base..base + len)
+            .map(|i| self.rings.get(&i).copied().unwrap_or(NO_BACKEND))
+            .collect())
     }
     fn read_filter(&self) -> Result<Vec<u32>, DataplaneError> {
         Ok((0..ADDR_FILTER_WORDS)
@@ -1627,6 +1663,100 @@ mod tests {
                 t2.predict(&ep(V), &f),
                 t2.maps().pick(&ep(V), &f).map(|(_, b)| b.endpoint)
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod live_share_tests {
+    use keystone_common::{PROTO_TCP, mode};
+
+    use super::*;
+    use crate::dataplane::BackendSpec;
+
+    const V: &str = "198.18.0.100:80";
+    const B: [&str; 3] = ["198.18.1.10:8080", "198.18.1.11:8080", "198.18.1.12:8080"];
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::new(s.parse().expect("socket address"), PROTO_TCP)
+    }
+
+    fn spec(weights: &[(Endpoint, u32)]) -> Vec<VipSpec> {
+        vec![VipSpec {
+            name: "web".into(),
+            vip: ep(V),
+            mode: mode::NAT,
+            flags: 0,
+            ring_size: 1009,
+            backends: weights
+                .iter()
+                .map(|&(endpoint, weight)| BackendSpec {
+                    name: endpoint.socket_addr().to_string(),
+                    endpoint,
+                    weight,
+                    up: true,
+                })
+                .collect(),
+        }]
+    }
+
+    /// Share of the VIP's live table per backend, as the kernel would split new flows.
+    fn split(maps: &FakeMaps) -> HashMap<Endpoint, f64> {
+        let info = maps.vips[&ep(V)];
+        let mut split = HashMap::new();
+        for i in 0..info.ring_size {
+            let b = maps.backends[&maps.rings[&(info.ring_base + i)]];
+            *split.entry(b.endpoint).or_default() += 1.0 / f64::from(info.ring_size);
+        }
+        split
+    }
+
+    /// A pinned table, read back after a restart and rebuilt from the shares it gives,
+    /// splits new flows as the pinned one did (±2 points), with backends in their slots.
+    #[test]
+    fn shares_read_back_rebuild_the_pinned_split() {
+        let pinned_weights: [&[u32]; 3] = [&[0, 1, 0], &[1, 3, 0], &[5, 3, 2]];
+        for pinned in pinned_weights {
+            let mut t = Tables::recover(FakeMaps::default(), Limits::default()).expect("empty");
+            let weights: Vec<(Endpoint, u32)> = B
+                .iter()
+                .map(|b| ep(b))
+                .zip(pinned.iter().copied())
+                .collect();
+            // Two applies: the live table is in the second stripe.
+            t.apply(&spec(&[(ep(B[0]), 1), (ep(B[1]), 1)]))
+                .expect("apply");
+            t.apply(&spec(&weights)).expect("apply");
+            let before = split(t.maps());
+            let t2 = Tables::recover(t.maps().clone(), Limits::default()).expect("recover");
+            let shares = t2.live_shares().expect("read back");
+            assert_eq!(shares.len(), 1, "{shares:?}");
+            let recovered = shares[0].entries.clone();
+            assert_eq!(
+                recovered.iter().map(|(e, _)| *e).collect::<HashSet<_>>(),
+                before.keys().copied().collect::<HashSet<_>>(),
+                "exactly the backends the pinned table sends to, for {pinned:?}"
+            );
+            let mut t2 = t2;
+            t2.apply(&spec(&recovered)).expect("apply recovered shares");
+            assert!(
+                t2.live_shares().expect("read").is_empty(),
+                "only before the first apply"
+            );
+            let after = split(t2.maps());
+            for (backend, share) in &before {
+                let now = after.get(backend).copied().unwrap_or(0.0);
+                assert!(
+                    (now - share).abs() <= 0.02,
+                    "{pinned:?}: {backend:?} had {share:.3} of new flows, now {now:.3}"
+                );
+                assert_eq!(
+                    t2.backend_slot(&ep(V), backend),
+                    t.backend_slot(&ep(V), backend),
+                    "same slot, so established flows stay"
+                );
+            }
+            assert!(after.keys().all(|b| before.contains_key(b)), "{after:?}");
         }
     }
 }
