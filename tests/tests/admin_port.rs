@@ -120,6 +120,14 @@ fn idle_and_slowloris_admin_connections_do_not_take_the_vips_down() {
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
     let vip = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    // The client loop opens ~30,000 connections during the flood on a quiet machine;
+    // their TIME_WAITs would use up the client's default 28,000 ephemeral ports
+    // (AddrNotAvailable at the client, nothing to do with the agent).
+    let widened = keystone_lab::cmd::run(
+        keystone_lab::cmd::in_ns(lab.client_ns(), "sysctl")
+            .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
+    );
+    ok(&lab, "widening the client's ephemeral ports", widened);
     let tenant = ok(
         &lab,
         "tenant",

@@ -19,10 +19,7 @@ const BACKEND_PORT: u16 = 8080;
 const W90_10: &[(&str, u32)] = &[("blue", 90), ("green", 10)];
 
 fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
+    keystone_lab::test_bins!()
 }
 
 /// Processes' output, `keystone-ctl status` and the non-zero metrics.

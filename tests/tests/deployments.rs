@@ -39,10 +39,7 @@ const LONG: Duration = Duration::from_secs(90);
 
 /// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
 fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
+    keystone_lab::test_bins!()
 }
 
 fn v4(port: u16) -> SocketAddr {

@@ -28,10 +28,7 @@ const BACKEND_PORT: u16 = 8080;
 
 /// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
 fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
+    keystone_lab::test_bins!()
 }
 
 fn new_lab(mode: Mode, backends: &[&str]) -> Lab {

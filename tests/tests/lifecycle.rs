@@ -36,10 +36,7 @@ const SHORT: Duration = Duration::from_secs(60);
 const ADMIN_PORT: u16 = 9100;
 
 fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
+    keystone_lab::test_bins!()
 }
 
 fn vip() -> SocketAddr {

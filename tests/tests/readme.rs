@@ -39,10 +39,7 @@ fn block(readme: &str, heading: &str, lang: &str) -> String {
 }
 
 fn bins() -> Bins {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    bins
+    keystone_lab::test_bins!()
 }
 
 fn text(out: &Output) -> String {
