@@ -462,3 +462,9 @@ impl Lab {
         self.stop(AGENT)
     }
 }
+
+/// Unwraps `r`, or panics with `what`, the error and the lab's agent diagnostics
+/// (processes, deployments, `keystone-ctl tenants`): the lab tests' one way to fail.
+pub fn ok<T, E: std::fmt::Display>(lab: &Lab, what: &str, r: std::result::Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
+}

@@ -27,7 +27,7 @@ pub mod wait;
 #[cfg(feature = "dataplane")]
 pub mod xdp;
 
-pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN, Auth};
+pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN, Auth, ok};
 pub use bins::Bins;
 pub use config::{
     AgentConfig, CanaryConfig, HealthCheck, Protocol, ROLLOUT, Service, SwitchConfig, Tenant,

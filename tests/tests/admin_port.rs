@@ -19,7 +19,7 @@ use std::{
 
 use keystone_lab::{
     ADMIN_LISTEN, ClientLoop, HealthCheck, Lab, LabBuilder, Mode, Probe, Protocol, VIP4,
-    agent::AGENT, wait_for,
+    agent::AGENT, ok, wait_for,
 };
 
 const BACKEND_PORT: u16 = 8080;
@@ -31,10 +31,6 @@ const FLOOD: Duration = Duration::from_secs(25);
 /// The agent's open-files limit: systemd's default soft limit, a low hard one.
 const AGENT_NOFILE: &str = "--nofile=1024:2048";
 const SHORT: Duration = Duration::from_secs(30);
-
-fn ok<T, E: std::fmt::Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
-}
 
 /// The flood needs more descriptors than a test runner may start with.
 fn raise_own_open_files_limit() {

@@ -10,7 +10,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Display,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitStatus,
@@ -19,7 +18,7 @@ use std::{
 
 use keystone_lab::{
     AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, Deployment, HealthCheck, HoldEvent, Lab,
-    LabBuilder, Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd,
+    LabBuilder, Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd, ok,
 };
 
 /// The port every ks-backend serves on.
@@ -48,11 +47,6 @@ fn v4(port: u16) -> SocketAddr {
 
 fn v6(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(VIP6), port)
-}
-
-/// Unwraps, or panics with `what`, the error and the lab's context.
-fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
 }
 
 /// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
@@ -451,7 +445,7 @@ fn a_canary_whose_answers_never_reach_the_clients_rolls_back() {
         );
         let s = tcp(&lab, vip, 100);
         assert!(
-            s.by_backend.get("green").is_none(),
+            !s.by_backend.contains_key("green"),
             "a connection to green completed, so its path is not broken: {:?}",
             s.by_backend
         );

@@ -16,7 +16,6 @@
 
 use std::{
     ffi::OsStr,
-    fmt::Display,
     fs,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
@@ -25,7 +24,7 @@ use std::{
 };
 
 use keystone_lab::{
-    AgentConfig, Bins, Lab, LabBuilder, Mode, Probe, Protocol, VIP4, cmd, kernel::PlaneView,
+    AgentConfig, Bins, Lab, LabBuilder, Mode, Probe, Protocol, VIP4, cmd, kernel::PlaneView, ok,
     wait_for,
 };
 
@@ -41,11 +40,6 @@ fn bins() -> Bins {
 
 fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP4), 80)
-}
-
-/// Unwraps, or panics with `what`, the error and the lab's context.
-fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
 }
 
 /// Blue and green serving, neighbours known, and the config of tenant `web` (1:1)

@@ -18,7 +18,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt::Display,
     fs::File,
     net::{IpAddr, SocketAddr},
     thread,
@@ -42,7 +41,7 @@ use keystone_common::{
 };
 use keystone_lab::{
     AgentConfig, Auth, Bins, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder, Mode, Protocol,
-    Summary, VIP4, lab::CLIENT4,
+    Summary, VIP4, lab::CLIENT4, ok,
 };
 
 /// The port every ks-backend serves on.
@@ -57,11 +56,6 @@ fn bins() -> Bins {
 
 fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP4), 80)
-}
-
-/// Unwraps, or panics with `what`, the error and the lab's context.
-fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
 }
 
 /// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
