@@ -4,6 +4,8 @@
 mod bench;
 mod demo;
 mod lab;
+#[cfg(test)]
+mod modgraph;
 mod package;
 mod setup;
 mod test;
