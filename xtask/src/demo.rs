@@ -14,11 +14,11 @@ use keystone_lab::{
     SwitchConfig, VIP4, VIP6,
 };
 
-use crate::{lab, util};
+use crate::{build, lab, util};
 
 pub fn demo(connections: u32, mode: Mode) -> Result<()> {
     util::require_root("`cargo xtask demo`")?;
-    util::build()?;
+    build::build()?;
     // Ctrl-C stops the demo between steps, and the lab is still torn down.
     util::stop_on_signals()?;
 

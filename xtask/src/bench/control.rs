@@ -19,7 +19,7 @@ use super::{
     live::{self, Admin, InNetns, Pins},
     table::{Table, human, median, min, quantile, ratio},
 };
-use crate::{lab::BACKEND_PORT, util};
+use crate::{build, lab::BACKEND_PORT, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,7 +39,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
 const HEALTH_FALL: u32 = 2;
 
 pub fn run(args: Args) -> Result<()> {
-    util::build()?;
+    build::build()?;
     let mut lab = LabBuilder::new()
         .name(format!("bctl{}", std::process::id()))
         .mode(Mode::Nat)

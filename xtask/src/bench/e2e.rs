@@ -32,7 +32,7 @@ use self::{
     tools::{CpuTimes, Iperf, LinkCounters, Wrk},
 };
 use super::table::{self, Table, human, ratio};
-use crate::util;
+use crate::{build, util};
 
 /// The lab's two backends; the first also serves the single iperf3 stream.
 const BACKENDS: [&str; 2] = ["blue", "green"];
@@ -196,7 +196,7 @@ pub fn run(args: Args) -> Result<()> {
             .filter(|c| args.cases.contains(c))
             .collect()
     };
-    util::build()?;
+    build::build()?;
     let programs = Programs::find()?;
     util::stop_on_signals()?;
     let started = Instant::now();
