@@ -22,8 +22,8 @@ pub use deployment::{
 };
 pub use params::{DurationValue, StepParams};
 pub use status::{
-    BackendStatus, DataplaneProblem, ErrorBody, ForwardingMode, Health, HealthState, HealthStatus,
-    PersistStatus, Problem, Protocol, Reloaded, Status, Tenant, TenantBackend, TenantList,
-    TenantStatus, TrafficSource,
+    BackendIdentity, BackendStatus, DataplaneProblem, ErrorBody, ForwardingMode, Health,
+    HealthState, HealthStatus, PersistStatus, Problem, Protocol, Reloaded, Status, Tenant,
+    TenantBackend, TenantList, TenantStatus, TrafficSource,
 };
 pub use time::rfc3339_unix;

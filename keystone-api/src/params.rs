@@ -112,24 +112,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_the_fields() {
-        assert_eq!(
-            StepParams::NAMES,
-            [
-                "initial_traffic",
-                "increment",
-                "interval",
-                "max_traffic",
-                "health_threshold",
-                "rollback_threshold",
-                "min_samples",
-                "validation_timeout",
-                "rollback_on_failure"
-            ]
-        );
-    }
-
-    #[test]
     fn only_given_values_are_sent() {
         let p = StepParams {
             interval: Some("2s".parse().unwrap()),

@@ -105,16 +105,8 @@ pub struct Status {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TenantStatus {
-    pub name: String,
-    pub vip: String,
-    pub protocol: Protocol,
-    pub mode: ForwardingMode,
-    pub strategy: Strategy,
-    /// The config's `active_environment`.
-    pub active_environment: Option<String>,
-    pub traffic_source: TrafficSource,
-    /// The tenant's running deployment, if any.
-    pub deployment_id: Option<String>,
+    #[serde(flatten)]
+    pub about: TenantAbout,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,
@@ -124,19 +116,14 @@ pub struct TenantStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BackendStatus {
-    pub name: String,
-    pub address: String,
-    pub environment: Option<String>,
-    pub version: String,
+    #[serde(flatten)]
+    pub identity: BackendIdentity,
     /// Configured weight.
     pub weight: u32,
     /// Weight in the data plane now (deployments and manual weights applied).
     pub effective_weight: u32,
     /// Share (0–1) of the tenant's effective weight.
     pub weight_share: f64,
-    pub health: HealthState,
-    /// Why its last check could not run on this host (the health stays as it was).
-    pub health_local_error: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,
@@ -154,6 +141,16 @@ pub struct BackendStatus {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Tenant {
+    #[serde(flatten)]
+    pub about: TenantAbout,
+    pub backends: Vec<TenantBackend>,
+}
+
+/// A tenant's VIP, strategy and where its weights come from: what `status` and
+/// `tenants` say alike.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantAbout {
     pub name: String,
     pub vip: String,
     pub protocol: Protocol,
@@ -162,7 +159,6 @@ pub struct Tenant {
     /// The config's `active_environment`.
     pub active_environment: Option<String>,
     pub traffic_source: TrafficSource,
-    pub backends: Vec<TenantBackend>,
     /// The tenant's running deployment, if any.
     pub deployment_id: Option<String>,
 }
@@ -170,14 +166,22 @@ pub struct Tenant {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TenantBackend {
-    pub name: String,
-    pub address: String,
-    pub environment: Option<String>,
-    pub version: String,
+    #[serde(flatten)]
+    pub identity: BackendIdentity,
     pub configured_weight: u32,
     pub effective_weight: u32,
     /// Share (0–100) of new connections the effective weights give this backend.
     pub traffic_percent: f64,
+}
+
+/// Which backend, and its health: what `status` and `tenants` say alike.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendIdentity {
+    pub name: String,
+    pub address: String,
+    pub environment: Option<String>,
+    pub version: String,
     pub health: HealthState,
     /// Why its last check could not run on this host (the health stays as it was).
     pub health_local_error: Option<String>,

@@ -82,7 +82,7 @@ fn status_tenants_health_and_reloads_read_and_round_trip() {
     let status: Status = round_trip("status.json");
     let web = &status.tenants[0];
     assert!(matches!(
-        &web.traffic_source,
+        &web.about.traffic_source,
         TrafficSource::Deployment {
             state: DeployState::Paused,
             ..
@@ -90,10 +90,10 @@ fn status_tenants_health_and_reloads_read_and_round_trip() {
     ));
     assert_eq!(web.backends[1].weight_share, 0.2);
     let tenants: TenantList = round_trip("tenants.json");
-    assert_eq!(tenants.tenants[0].name, "web");
+    assert_eq!(tenants.tenants[0].about.name, "web");
     let weights: Tenant = round_trip("weights.json");
     assert_eq!(
-        weights.traffic_source,
+        weights.about.traffic_source,
         TrafficSource::Manual { reason: None }
     );
     assert_eq!(weights.backends[0].traffic_percent, 75.0);
@@ -123,7 +123,7 @@ fn a_newer_agents_words_read_as_unknown() {
             .unwrap();
     assert_eq!(n.event, EventKind::Unknown);
     let t: Tenant = serde_json::from_value(json!({"traffic_source": {"kind": "fleet"}})).unwrap();
-    assert_eq!(t.traffic_source, TrafficSource::Unknown);
+    assert_eq!(t.about.traffic_source, TrafficSource::Unknown);
 }
 
 #[test]

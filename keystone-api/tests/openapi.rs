@@ -200,7 +200,9 @@ fn every_schema_property_is_a_field_and_back() {
             fields(&[Reloaded::default()]),
         ),
     ];
-    let mut found = Vec::new();
+    // The names ctl and the agent check requests against are the fields.
+    let names = StepParams::NAMES.iter().map(|n| n.to_string()).collect();
+    let mut found = compare("StepParams::NAMES", names, fields(&[every_step_param()]));
     for (what, schema, in_type) in checks {
         let in_doc = properties(&doc, &schema);
         assert!(!in_doc.is_empty(), "{what}: no properties in openapi.yaml");

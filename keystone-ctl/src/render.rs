@@ -1,7 +1,7 @@
 //! Human output: tables padded to their widest cell, from the API's answers.
 
 use keystone_api::{
-    Analysis, BackendStatus, Deployment, DeploymentList, Status, Tenant, TenantBackend, TenantList,
+    Analysis, BackendIdentity, Deployment, DeploymentList, Status, Tenant, TenantList,
     TrafficSource,
 };
 use serde_json::Value;
@@ -97,20 +97,21 @@ pub fn status(status: &Status) -> String {
     }
     let window = status.traffic_window_seconds;
     for t in &status.tenants {
+        let (a, backends) = (&t.about, &t.backends);
         out.push_str(&format!(
             "\n{}  VIP {}/{}  mode {}  strategy {}  new connections {}  deployment {}\n",
-            t.name,
-            t.vip,
-            t.protocol,
-            t.mode,
-            t.strategy,
+            a.name,
+            a.vip,
+            a.protocol,
+            a.mode,
+            a.strategy,
             t.new_connections,
-            or_dash(t.deployment_id.as_deref()),
+            or_dash(a.deployment_id.as_deref()),
         ));
         out.push_str(&format!(
             "  live weights from {}; config active environment {}\n",
-            traffic_source(&t.traffic_source),
-            or_dash(t.active_environment.as_deref()),
+            traffic_source(&a.traffic_source),
+            or_dash(a.active_environment.as_deref()),
         ));
         let traffic = format!("TRAFFIC%({window:.0}s)");
         let mut rows = vec![header(
@@ -127,8 +128,8 @@ pub fn status(status: &Status) -> String {
             ]
             .concat(),
         )];
-        for b in &t.backends {
-            let mut row = backend_identity(&Identity::from(b));
+        for b in backends {
+            let mut row = backend_identity(&b.identity);
             row.extend([
                 b.weight.to_string(),
                 share(b.weight_share),
@@ -164,60 +165,29 @@ fn traffic_source(source: &TrafficSource) -> String {
 /// The columns that say which backend a row is about, in `status` and `tenants`.
 const BACKEND_COLUMNS: [&str; 5] = ["BACKEND", "ADDRESS", "VERSION", "ENV", "HEALTH"];
 
-/// What `status` and `tenants` rows share about a backend.
-struct Identity<'a> {
-    name: &'a str,
-    address: &'a str,
-    version: &'a str,
-    environment: Option<&'a str>,
-    health: keystone_api::HealthState,
-}
-
-impl<'a> From<&'a BackendStatus> for Identity<'a> {
-    fn from(b: &'a BackendStatus) -> Identity<'a> {
-        Identity {
-            name: &b.name,
-            address: &b.address,
-            version: &b.version,
-            environment: b.environment.as_deref(),
-            health: b.health,
-        }
-    }
-}
-
-impl<'a> From<&'a TenantBackend> for Identity<'a> {
-    fn from(b: &'a TenantBackend) -> Identity<'a> {
-        Identity {
-            name: &b.name,
-            address: &b.address,
-            version: &b.version,
-            environment: b.environment.as_deref(),
-            health: b.health,
-        }
-    }
-}
-
-fn backend_identity(b: &Identity) -> Vec<String> {
+/// The cells of BACKEND_COLUMNS.
+fn backend_identity(b: &BackendIdentity) -> Vec<String> {
     vec![
-        or_dash(Some(b.name)),
-        or_dash(Some(b.address)),
-        or_dash(Some(b.version)),
-        or_dash(b.environment),
+        or_dash(Some(&b.name)),
+        or_dash(Some(&b.address)),
+        or_dash(Some(&b.version)),
+        or_dash(b.environment.as_deref()),
         b.health.to_string(),
     ]
 }
 
 /// One tenant (`GET /tenants` item, or the answer to `weights`).
 pub fn tenant(t: &Tenant) -> String {
+    let (a, backends) = (&t.about, &t.backends);
     let mut out = format!(
         "{}  VIP {}/{}  mode {}  strategy {}  active environment {}  deployment {}\n",
-        t.name,
-        t.vip,
-        t.protocol,
-        t.mode,
-        t.strategy,
-        or_dash(t.active_environment.as_deref()),
-        or_dash(t.deployment_id.as_deref()),
+        a.name,
+        a.vip,
+        a.protocol,
+        a.mode,
+        a.strategy,
+        or_dash(a.active_environment.as_deref()),
+        or_dash(a.deployment_id.as_deref()),
     );
     let mut rows = vec![header(
         &[
@@ -226,8 +196,8 @@ pub fn tenant(t: &Tenant) -> String {
         ]
         .concat(),
     )];
-    for b in &t.backends {
-        let mut row = backend_identity(&Identity::from(b));
+    for b in backends {
+        let mut row = backend_identity(&b.identity);
         row.extend([
             b.configured_weight.to_string(),
             b.effective_weight.to_string(),
