@@ -19,7 +19,8 @@ use keystone_common::{
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, Limits, LiveShares, VipSpec, interfaces, object,
+    ApplyError, Counters, Dataplane, Limits, LiveShares, LoadError, MapAccessError, VipSpec,
+    interfaces, object,
     pins::{PinKeeper, PinKind, PinWatch},
     start::Start,
     tables::Tables,
@@ -184,13 +185,13 @@ impl AyaDataplane {
     /// so the first `apply` keeps established flows where they are.
     ///
     /// Another pinned map of another size than `opts.limits` asks for is refused
-    /// (`DataplaneError::PinnedCapacity`). A pinned connection table whose size is
+    /// (`LoadError::PinnedCapacity`). A pinned connection table whose size is
     /// not `opts.limits.conn_table_entries` (the setting changed across the restart)
     /// is unpinned and created anew at the new
     /// size: tracked flows are then re-picked through Maglev, which keeps them on
     /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
     /// them). The old program keeps its old table until the new one replaces it.
-    pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
+    pub fn load(opts: LoadOptions) -> Result<Self, LoadError> {
         let (dataplane, start) = Self::begin(opts)?;
         start.commit()?;
         Ok(dataplane)
@@ -202,11 +203,11 @@ impl AyaDataplane {
     /// setup) leaves nothing behind, and an earlier agent's pinned data plane as it
     /// was. A load that fails undoes itself. The interfaces are checked and the pin
     /// directory locked before anything is touched.
-    pub fn begin(opts: LoadOptions) -> Result<(Self, Start), DataplaneError> {
-        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
+    pub fn begin(opts: LoadOptions) -> Result<(Self, Start), LoadError> {
+        let object = object::ebpf_object().ok_or(LoadError::NoObject)?;
         for interface in &opts.interfaces {
             if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
-                return Err(DataplaneError::NoInterface {
+                return Err(LoadError::NoInterface {
                     interface: interface.clone(),
                 });
             }
@@ -216,11 +217,7 @@ impl AyaDataplane {
         Ok((dataplane, start))
     }
 
-    fn load_into(
-        object: &[u8],
-        opts: LoadOptions,
-        start: &mut Start,
-    ) -> Result<Self, DataplaneError> {
+    fn load_into(object: &[u8], opts: LoadOptions, start: &mut Start) -> Result<Self, LoadError> {
         let pin_dir = opts.pin_dir;
         let limits = opts.limits;
         check_pinned_capacities(&pin_dir, &limits)?;
@@ -234,7 +231,7 @@ impl AyaDataplane {
         for (name, _, entries) in sized_maps(&limits) {
             loader.map_max_entries(name, entries);
         }
-        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+        let mut ebpf = loader.load(object).map_err(|source| LoadError::Load {
             source: Box::new(source),
         })?;
         for name in MAP_NAMES {
@@ -269,7 +266,7 @@ impl AyaDataplane {
                     attempts += 1;
                 }
                 Err(source) => {
-                    return Err(DataplaneError::Program {
+                    return Err(LoadError::Program {
                         what: "load",
                         source,
                     });
@@ -278,12 +275,10 @@ impl AyaDataplane {
         }
         let program_pin = pin_dir.join(names::PROGRAM);
         start.replace_program(&program_pin)?;
-        program
-            .pin(&program_pin)
-            .map_err(|source| DataplaneError::Pin {
-                path: program_pin.clone(),
-                source,
-            })?;
+        program.pin(&program_pin).map_err(|source| LoadError::Pin {
+            path: program_pin.clone(),
+            source,
+        })?;
 
         let mut attachments = Vec::new();
         for interface in &opts.interfaces {
@@ -315,7 +310,7 @@ impl AyaDataplane {
 
     /// Sets `iface_flags` for `ifindex` in `names::IFACES` (e.g. for tests that run
     /// packets through a program attached nowhere).
-    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), LoadError> {
         set_iface_flags(&mut self.ebpf, ifindex, flags)
     }
 
@@ -349,36 +344,36 @@ impl AyaDataplane {
     }
 
     /// The connection-table entry of a flow, if any.
-    pub fn conn(&self, flow: &FlowKey) -> Result<Option<FlowState>, DataplaneError> {
+    pub fn conn(&self, flow: &FlowKey) -> Result<Option<FlowState>, LoadError> {
         let map = self
             .ebpf
             .map(names::CONNS)
-            .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
-        let conns = HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| {
-            DataplaneError::Map {
+            .ok_or(LoadError::MissingMap { map: names::CONNS })?;
+        let conns =
+            HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| MapAccessError {
                 map: names::CONNS,
                 source,
-            }
-        })?;
+            })?;
         match conns.get(flow, 0) {
             Ok(state) => Ok(Some(state)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map {
+            Err(source) => Err(MapAccessError {
                 map: names::CONNS,
                 source,
-            }),
+            }
+            .into()),
         }
     }
 
     /// Detaches from every interface and removes all pins (maps included).
-    pub fn detach(mut self) -> Result<(), DataplaneError> {
+    pub fn detach(mut self) -> Result<(), LoadError> {
         self.release(false)
     }
 
     /// See [`Dataplane::shutdown`]. With `keep_forwarding` the pinned links, program
     /// and maps stay, so packets keep flowing and the next agent picks them up;
     /// without it the links are detached and every pin is removed. Idempotent.
-    fn release(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+    fn release(&mut self, keep_forwarding: bool) -> Result<(), LoadError> {
         let attachments = std::mem::take(&mut self.attachments);
         if !keep_forwarding {
             self.pins.forget();
@@ -402,12 +397,12 @@ impl AyaDataplane {
 }
 
 impl Dataplane for AyaDataplane {
-    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), ApplyError> {
         interfaces::check_dsr_backends(vips, &self.iface_flags, &mut self.dsr_checked)?;
         self.tables.apply(vips)
     }
 
-    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), LoadError> {
         self.release(keep_forwarding)
     }
 
@@ -419,11 +414,11 @@ impl Dataplane for AyaDataplane {
         Some(self.pins.watch())
     }
 
-    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+    fn live_shares(&self) -> Result<Vec<LiveShares>, MapAccessError> {
         self.tables.live_shares()
     }
 
-    fn counters(&self) -> Result<Counters, DataplaneError> {
+    fn counters(&self) -> Result<Counters, MapAccessError> {
         let maps = self.tables.maps();
         let mut counters = Counters::default();
         for (vip, _, index) in self.tables.vips() {

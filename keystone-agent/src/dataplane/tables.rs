@@ -13,7 +13,7 @@ use keystone_common::{
 };
 
 use super::{
-    DataplaneError, Limits, VipSpec,
+    ApplyError, Limits, MapAccessError, VipSpec,
     rings::{Region, RingSpace},
 };
 
@@ -34,33 +34,33 @@ use validate::validate;
 /// state a previous agent left in pinned maps.
 pub trait MapWriter {
     /// Every VIPS entry.
-    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError>;
+    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, MapAccessError>;
     /// Every BACKENDS slot, `limits.max_backends` of them.
-    fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError>;
+    fn read_backends(&self) -> Result<Vec<Backend>, MapAccessError>;
     /// Every REVERSE entry.
-    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError>;
+    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, MapAccessError>;
     /// Every VIP_ADDRS entry.
-    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError>;
+    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, MapAccessError>;
     /// `len` ring array entries from `base`.
-    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DataplaneError>;
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, MapAccessError>;
     /// The address prefilter, `ADDR_FILTER_WORDS` words.
-    fn read_filter(&self) -> Result<Vec<u32>, DataplaneError>;
+    fn read_filter(&self) -> Result<Vec<u32>, MapAccessError>;
 
-    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError>;
-    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), DataplaneError>;
-    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), DataplaneError>;
-    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), DataplaneError>;
-    fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), DataplaneError>;
-    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError>;
+    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), MapAccessError>;
+    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), MapAccessError>;
+    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), MapAccessError>;
+    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), MapAccessError>;
+    fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), MapAccessError>;
+    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), MapAccessError>;
     /// One entry of the ring array (`index` is absolute: stripe base + offset).
-    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), DataplaneError>;
-    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), DataplaneError>;
-    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError>;
+    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), MapAccessError>;
+    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), MapAccessError>;
+    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), MapAccessError>;
     /// Zeroes a VIP index's counters (the index is given to a new VIP).
-    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError>;
+    fn reset_vip_stats(&mut self, index: u32) -> Result<(), MapAccessError>;
     /// Zeroes a backend slot's counters, traffic and L4 (the slot is given to a new
     /// backend).
-    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError>;
+    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), MapAccessError>;
 }
 
 /// (VIP, backend): what a backend slot is allocated to.
@@ -219,7 +219,7 @@ impl<W: MapWriter> Tables<W> {
     ///    only), then one VIPS write flips to it;
     /// 4. backends marked down or removed lose `UP` (their flows re-pick through the
     ///    new tables), then stale reverse-NAT entries and VIP addresses go.
-    pub fn apply(&mut self, specs: &[VipSpec]) -> Result<(), DataplaneError> {
+    pub fn apply(&mut self, specs: &[VipSpec]) -> Result<(), ApplyError> {
         let reverse = validate(specs, &self.limits)?;
         self.release_retiring();
         let desired: HashMap<Endpoint, &VipSpec> = specs.iter().map(|s| (s.vip, s)).collect();
@@ -266,7 +266,7 @@ impl<W: MapWriter> Tables<W> {
                     continue;
                 }
             }
-            let index = free_indexes.next().ok_or(DataplaneError::TooManyVips {
+            let index = free_indexes.next().ok_or(ApplyError::TooManyVips {
                 count: specs.len(),
                 max: max_vips,
             })?;
@@ -403,7 +403,7 @@ impl<W: MapWriter> Tables<W> {
     }
 
     /// Writes the prefilter words that differ from what the kernel holds.
-    fn write_filter(&mut self, filter: &[u32]) -> Result<(), DataplaneError> {
+    fn write_filter(&mut self, filter: &[u32]) -> Result<(), ApplyError> {
         for (i, &word) in filter.iter().enumerate() {
             if self.filter[i] != word {
                 self.maps.set_filter_word(i as u32, word)?;

@@ -15,20 +15,18 @@ use aya::{
 use keystone_common::{limits::iface::MAX_IFINDEX, names};
 
 use super::{AttachMode, Attachment, maps::map_err};
-use crate::dataplane::{DataplaneError, interfaces, start::Start};
+use crate::dataplane::{LoadError, interfaces, start::Start};
 
-pub(super) fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+pub(super) fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     let program = ebpf
         .program_mut(names::PROGRAM)
-        .ok_or(DataplaneError::MissingProgram {
+        .ok_or(LoadError::MissingProgram {
             name: names::PROGRAM,
         })?;
-    program
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            what: "find",
-            source,
-        })
+    program.try_into().map_err(|source| LoadError::Program {
+        what: "find",
+        source,
+    })
 }
 
 /// Attaches `program` to `interface` and pins the link as `link_<interface>`, or
@@ -39,13 +37,13 @@ pub(super) fn attach(
     pin_dir: &Path,
     mode: AttachMode,
     start: &mut Start,
-) -> Result<Attachment, DataplaneError> {
+) -> Result<Attachment, LoadError> {
     let pin = pin_dir.join(format!("link_{interface}"));
-    let attach_err = |source| DataplaneError::Attach {
+    let attach_err = |source| LoadError::Attach {
         interface: interface.to_owned(),
         source,
     };
-    let link_err = |source| DataplaneError::Link {
+    let link_err = |source| LoadError::Link {
         path: pin.clone(),
         source,
     };
@@ -87,7 +85,7 @@ pub(super) fn attach(
     };
     let link = program.take_link(id).map_err(attach_err)?;
     let link: FdLink = link.try_into().map_err(link_err)?;
-    let pinned = link.pin(&pin).map_err(|source| DataplaneError::Pin {
+    let pinned = link.pin(&pin).map_err(|source| LoadError::Pin {
         path: pin.clone(),
         source,
     })?;
@@ -100,17 +98,14 @@ pub(super) fn attach(
     })
 }
 
-pub(super) fn set_iface_flags(
-    ebpf: &mut Ebpf,
-    ifindex: u32,
-    flags: u32,
-) -> Result<(), DataplaneError> {
+pub(super) fn set_iface_flags(ebpf: &mut Ebpf, ifindex: u32, flags: u32) -> Result<(), LoadError> {
     let map = ebpf
         .map_mut(names::IFACES)
-        .ok_or(DataplaneError::MissingMap { map: names::IFACES })?;
+        .ok_or(LoadError::MissingMap { map: names::IFACES })?;
     Array::<_, u32>::try_from(map)
         .and_then(|mut a| a.set(ifindex, flags, 0))
-        .map_err(map_err(names::IFACES))
+        .map_err(map_err(names::IFACES))?;
+    Ok(())
 }
 
 /// Writes each attachment's `iface_flags` to `names::IFACES` and returns them. A
@@ -119,7 +114,7 @@ pub(super) fn set_iface_flags(
 pub(super) fn write_iface_flags(
     ebpf: &mut Ebpf,
     attachments: &[Attachment],
-) -> Result<Vec<(String, u32)>, DataplaneError> {
+) -> Result<Vec<(String, u32)>, LoadError> {
     let mut written = Vec::new();
     for a in attachments {
         let name = a.interface.as_str();

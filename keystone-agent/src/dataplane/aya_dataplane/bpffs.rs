@@ -5,13 +5,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::dataplane::DataplaneError;
+use crate::dataplane::LoadError;
 
-pub(in crate::dataplane) fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
+pub(in crate::dataplane) fn remove_if_exists(path: &Path) -> Result<(), LoadError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Unpin {
+        Err(source) => Err(LoadError::Unpin {
             path: path.to_owned(),
             source,
         }),
@@ -20,15 +20,13 @@ pub(in crate::dataplane) fn remove_if_exists(path: &Path) -> Result<(), Dataplan
 
 /// Fails unless `dir` is on a bpf filesystem, going by /proc/self/mountinfo (the
 /// longest mount point containing `dir`).
-pub(in crate::dataplane) fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|source| DataplaneError::PinDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+pub(in crate::dataplane) fn check_bpffs(dir: &Path) -> Result<(), LoadError> {
+    let dir = dir.canonicalize().map_err(|source| LoadError::PinDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(|source| DataplaneError::PinDir {
+        fs::read_to_string("/proc/self/mountinfo").map_err(|source| LoadError::PinDir {
             path: dir.clone(),
             source,
         })?;
@@ -51,7 +49,7 @@ pub(in crate::dataplane) fn check_bpffs(dir: &Path) -> Result<(), DataplaneError
     }
     match best {
         Some((_, true)) => Ok(()),
-        _ => Err(DataplaneError::NotBpffs {
+        _ => Err(LoadError::NotBpffs {
             path: dir.clone(),
             mount_point: dir,
         }),

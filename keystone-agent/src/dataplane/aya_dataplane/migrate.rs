@@ -15,7 +15,7 @@ use keystone_common::{
 };
 
 use super::{maps::map_err, sized_maps};
-use crate::dataplane::{DataplaneError, Limits, start::Start};
+use crate::dataplane::{Limits, LoadError, start::Start};
 
 /// Unpins the connection table if it is pinned with another size than `entries`,
 /// so the loader creates it anew (reusing it would silently keep the old size); the
@@ -24,7 +24,7 @@ pub(super) fn replace_resized_conn_table(
     pin_dir: &Path,
     entries: u32,
     start: &mut Start,
-) -> Result<(), DataplaneError> {
+) -> Result<(), LoadError> {
     let path = pin_dir.join(names::CONNS);
     if !path.exists() {
         return Ok(());
@@ -49,7 +49,7 @@ pub(super) fn replace_resized_conn_table(
 pub(super) fn replace_resized_counter_maps(
     pin_dir: &Path,
     start: &mut Start,
-) -> Result<(), DataplaneError> {
+) -> Result<(), LoadError> {
     for (map, entries) in [
         (names::REASON_STATS, Reason::COUNT),
         (names::EVENT_STATS, Event::COUNT),
@@ -73,10 +73,7 @@ pub(super) fn replace_resized_counter_maps(
 }
 
 /// The size of `map` pinned in `pin_dir`, if it is pinned there.
-pub(super) fn pinned_entries(
-    pin_dir: &Path,
-    map: &'static str,
-) -> Result<Option<u32>, DataplaneError> {
+pub(super) fn pinned_entries(pin_dir: &Path, map: &'static str) -> Result<Option<u32>, LoadError> {
     let path = pin_dir.join(map);
     if !path.exists() {
         return Ok(None);
@@ -90,7 +87,7 @@ pub(super) fn pinned_entries(
 /// BACKENDS map, before the new program is attached, so replies of established `nat`
 /// flows stay translated across the upgrade (the first `apply` then rewrites the
 /// entries from the config). Returns whether a V1 map was found.
-pub(super) fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
+pub(super) fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, LoadError> {
     let path = pin_dir.join(names::REVERSE_V1);
     if !path.exists() {
         return Ok(false);
@@ -102,21 +99,17 @@ pub(super) fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool
     let entries: Vec<(Endpoint, ReverseNatV1)> =
         old.iter().collect::<Result<_, _>>().map_err(&v1_err)?;
     let backends: Vec<Backend> = {
-        let map = ebpf
-            .map(names::BACKENDS)
-            .ok_or(DataplaneError::MissingMap {
-                map: names::BACKENDS,
-            })?;
+        let map = ebpf.map(names::BACKENDS).ok_or(LoadError::MissingMap {
+            map: names::BACKENDS,
+        })?;
         let array = Array::<_, Backend>::try_from(map).map_err(map_err(names::BACKENDS))?;
         (0..array.len())
             .map(|i| array.get(&i, 0).map_err(map_err(names::BACKENDS)))
             .collect::<Result<_, _>>()?
     };
-    let map = ebpf
-        .map_mut(names::REVERSE)
-        .ok_or(DataplaneError::MissingMap {
-            map: names::REVERSE,
-        })?;
+    let map = ebpf.map_mut(names::REVERSE).ok_or(LoadError::MissingMap {
+        map: names::REVERSE,
+    })?;
     let mut new =
         HashMap::<_, Endpoint, ReverseNat>::try_from(map).map_err(map_err(names::REVERSE))?;
     for (backend, rev) in &entries {
@@ -154,7 +147,7 @@ pub(super) fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool
 /// onto the same backend since the weights do not change in between. At most the
 /// V1 table's capacity is copied (its keys may change under the walk). Returns
 /// whether a V1 map was found.
-pub(super) fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
+pub(super) fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, LoadError> {
     let path = pin_dir.join(names::CONNS_V1);
     if !path.exists() {
         return Ok(false);
@@ -166,7 +159,7 @@ pub(super) fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, 
         HashMap::try_from(Map::LruHashMap(data)).map_err(&v1_err)?;
     let map = ebpf
         .map_mut(names::CONNS)
-        .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
+        .ok_or(LoadError::MissingMap { map: names::CONNS })?;
     let mut new = HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(map_err(names::CONNS))?;
     let mut copied = 0;
     for entry in old.iter().take(capacity as usize) {
@@ -174,7 +167,7 @@ pub(super) fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, 
             Ok(entry) => entry,
             // Evicted between finding its key and reading it.
             Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(v1_err(e)),
+            Err(e) => return Err(v1_err(e).into()),
         };
         new.insert(flow, FlowState::pinned(v1.backend, v1.generation), 0)
             .map_err(map_err(names::CONNS))?;
@@ -192,10 +185,7 @@ pub(super) fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, 
 /// Refuses to load when a map pinned by a previous agent has another size than
 /// `limits` asks for: the program would run with the pinned size, not the config's.
 /// The connection table is the exception: `drop_resized_conn_table` replaces it.
-pub(super) fn check_pinned_capacities(
-    pin_dir: &Path,
-    limits: &Limits,
-) -> Result<(), DataplaneError> {
+pub(super) fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), LoadError> {
     for (map, field, wanted) in sized_maps(limits) {
         if map == names::CONNS {
             continue;
@@ -204,7 +194,7 @@ pub(super) fn check_pinned_capacities(
             continue;
         };
         if pinned != wanted {
-            return Err(DataplaneError::PinnedCapacity {
+            return Err(LoadError::PinnedCapacity {
                 map,
                 field,
                 pinned,
@@ -220,7 +210,7 @@ pub(super) fn check_pinned_capacities(
             .map_err(map_err(names::VIPS_V1))?
             .max_entries();
         if pinned > limits.max_vips {
-            return Err(DataplaneError::PinnedCapacity {
+            return Err(LoadError::PinnedCapacity {
                 map: names::VIPS_V1,
                 field: "max_vips",
                 pinned,
@@ -237,7 +227,7 @@ pub(super) fn check_pinned_capacities(
 /// (`legacy::v1_ring_base`) made explicit, before the new program is attached. The
 /// ring array keeps its name and layout, so the live tables stay where they are and
 /// the agent reserves them (`Tables::recover`). Returns whether a V1 map was found.
-pub(super) fn migrate_vips_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
+pub(super) fn migrate_vips_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, LoadError> {
     let path = pin_dir.join(names::VIPS_V1);
     if !path.exists() {
         return Ok(false);
@@ -250,7 +240,7 @@ pub(super) fn migrate_vips_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, D
         old.iter().collect::<Result<_, _>>().map_err(&v1_err)?;
     let map = ebpf
         .map_mut(names::VIPS)
-        .ok_or(DataplaneError::MissingMap { map: names::VIPS })?;
+        .ok_or(LoadError::MissingMap { map: names::VIPS })?;
     let mut new = HashMap::<_, Endpoint, VipInfo>::try_from(map).map_err(map_err(names::VIPS))?;
     for (vip, info) in &entries {
         let value = VipInfo {

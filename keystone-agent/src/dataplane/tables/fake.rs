@@ -9,7 +9,7 @@ use keystone_common::{
 };
 
 use super::MapWriter;
-use crate::dataplane::{DataplaneError, Limits};
+use crate::dataplane::{Limits, MapAccessError};
 
 /// One map operation, as recorded by [`FakeMaps`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,80 +55,80 @@ impl FakeMaps {
 }
 
 impl MapWriter for FakeMaps {
-    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError> {
+    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, MapAccessError> {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError> {
+    fn read_backends(&self) -> Result<Vec<Backend>, MapAccessError> {
         Ok((0..Limits::default().max_backends)
             .map(|i| self.backends.get(&i).copied().unwrap_or_default())
             .collect())
     }
-    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError> {
+    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, MapAccessError> {
         Ok(self.reverse.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError> {
+    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, MapAccessError> {
         Ok(self.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
+    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, MapAccessError> {
         Ok((base..base + len)
             .map(|i| self.rings.get(&i).copied().unwrap_or(NO_BACKEND))
             .collect())
     }
-    fn read_filter(&self) -> Result<Vec<u32>, DataplaneError> {
+    fn read_filter(&self) -> Result<Vec<u32>, MapAccessError> {
         Ok((0..ADDR_FILTER_WORDS)
             .map(|i| self.filter.get(&i).copied().unwrap_or(0))
             .collect())
     }
-    fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), DataplaneError> {
+    fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), MapAccessError> {
         self.filter.insert(index, word);
         self.log.push(Op::SetFilter(index, word));
         Ok(())
     }
-    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError> {
+    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), MapAccessError> {
         self.vips.insert(*vip, *info);
         self.log.push(Op::SetVip(*vip, *info));
         Ok(())
     }
-    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), DataplaneError> {
+    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), MapAccessError> {
         self.vips.remove(vip);
         self.log.push(Op::RemoveVip(*vip));
         Ok(())
     }
-    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), DataplaneError> {
+    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), MapAccessError> {
         self.vip_addrs.insert(*addr, count);
         self.log.push(Op::SetVipAddr(*addr, count));
         Ok(())
     }
-    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), DataplaneError> {
+    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), MapAccessError> {
         self.vip_addrs.remove(addr);
         self.log.push(Op::RemoveVipAddr(*addr));
         Ok(())
     }
-    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
+    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), MapAccessError> {
         self.backends.insert(slot, *backend);
         self.log.push(Op::SetBackend(slot, *backend));
         Ok(())
     }
-    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), DataplaneError> {
+    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), MapAccessError> {
         self.rings.insert(index, slot);
         self.log.push(Op::SetRing(index, slot));
         Ok(())
     }
-    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), DataplaneError> {
+    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), MapAccessError> {
         self.reverse.insert(*backend, *rev);
         self.log.push(Op::SetReverse(*backend, *rev));
         Ok(())
     }
-    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError> {
+    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), MapAccessError> {
         self.reverse.remove(backend);
         self.log.push(Op::RemoveReverse(*backend));
         Ok(())
     }
-    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+    fn reset_vip_stats(&mut self, index: u32) -> Result<(), MapAccessError> {
         self.log.push(Op::ResetVipStats(index));
         Ok(())
     }
-    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError> {
+    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), MapAccessError> {
         self.log.push(Op::ResetBackendStats(slot));
         Ok(())
     }

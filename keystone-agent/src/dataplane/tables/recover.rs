@@ -6,7 +6,7 @@ use keystone_common::{Endpoint, backend_flags, limits::filter::ADDR_FILTER_WORDS
 
 use super::{MapWriter, Slot, Tables, Vip};
 use crate::dataplane::{
-    DataplaneError, Limits, LiveShares,
+    Limits, LiveShares, LoadError, MapAccessError,
     rings::{Region, RingSpace},
 };
 
@@ -14,7 +14,7 @@ impl<W: MapWriter> Tables<W> {
     /// Takes over `maps` (sized by `limits`), picking up what a previous agent left in
     /// them (VIP indexes, live tables' places, slot owners and generations), so
     /// established flows survive an agent restart.
-    pub fn recover(maps: W, limits: Limits) -> Result<Self, DataplaneError> {
+    pub fn recover(maps: W, limits: Limits) -> Result<Self, LoadError> {
         let max_vips = limits.max_vips;
         let mut t = Tables {
             maps,
@@ -107,7 +107,7 @@ impl<W: MapWriter> Tables<W> {
 
     /// See [`super::Dataplane::live_shares`]: counts each picked-up VIP's live table
     /// entries per backend slot that is up and belongs to it.
-    pub fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+    pub fn live_shares(&self) -> Result<Vec<LiveShares>, MapAccessError> {
         let mut shares = Vec::new();
         for (vip, v) in &self.vips {
             let Some(info) = v.written.filter(|_| v.table.is_none()) else {

@@ -5,14 +5,10 @@ use std::collections::HashSet;
 use keystone_common::{Backend, backend_flags};
 
 use super::{MapWriter, SlotKey, Tables};
-use crate::dataplane::DataplaneError;
+use crate::dataplane::ApplyError;
 
 impl<W: MapWriter> Tables<W> {
-    pub(super) fn write_backend(
-        &mut self,
-        slot: u32,
-        value: Backend,
-    ) -> Result<(), DataplaneError> {
+    pub(super) fn write_backend(&mut self, slot: u32, value: Backend) -> Result<(), ApplyError> {
         let s = &mut self.slots[slot as usize];
         if s.written != Some(value) {
             self.maps.set_backend(slot, &value)?;
@@ -22,7 +18,7 @@ impl<W: MapWriter> Tables<W> {
     }
 
     /// Clears `UP` on a slot, keeping the rest (flows pinned to it re-pick).
-    pub(super) fn take_down(&mut self, slot: u32) -> Result<(), DataplaneError> {
+    pub(super) fn take_down(&mut self, slot: u32) -> Result<(), ApplyError> {
         if let Some(mut b) = self.slots[slot as usize].written
             && b.flags & backend_flags::UP != 0
         {
@@ -47,7 +43,7 @@ impl<W: MapWriter> Tables<W> {
         key: SlotKey,
         freed: &HashSet<u32>,
         total: usize,
-    ) -> Result<u32, DataplaneError> {
+    ) -> Result<u32, ApplyError> {
         let own = self
             .last_slot_of
             .get(&key)
@@ -56,7 +52,7 @@ impl<W: MapWriter> Tables<W> {
         let slot = own
             .or_else(|| self.free_slots.iter().copied().find(|s| !freed.contains(s)))
             .or_else(|| self.free_slots.first().copied())
-            .ok_or(DataplaneError::TooManyBackends {
+            .ok_or(ApplyError::TooManyBackends {
                 count: total,
                 max: self.limits.max_backends,
             })? as usize;

@@ -8,12 +8,12 @@ use keystone_common::{
 };
 
 use super::{MapWriter, TableInput, Tables};
-use crate::dataplane::{DataplaneError, VipSpec, rings::Region};
+use crate::dataplane::{ApplyError, VipSpec, rings::Region};
 
 impl<W: MapWriter> Tables<W> {
     /// Builds the VIP's table if its inputs changed, writes it into the inactive
     /// stripe and flips; rewrites the VIPS entry if mode or flags changed.
-    pub(super) fn apply_table(&mut self, spec: &VipSpec) -> Result<(), DataplaneError> {
+    pub(super) fn apply_table(&mut self, spec: &VipSpec) -> Result<(), ApplyError> {
         let v = &self.vips[&spec.vip];
         let index = v.index;
         let mut backends: Vec<(u64, u32, u32)> = spec
@@ -95,7 +95,7 @@ impl<W: MapWriter> Tables<W> {
         index: u32,
         stripe: u32,
         size: u32,
-    ) -> Result<Region, DataplaneError> {
+    ) -> Result<Region, ApplyError> {
         if let Some(region) = self.stripes[index as usize][stripe as usize].region
             && region.len == size
         {
@@ -107,7 +107,7 @@ impl<W: MapWriter> Tables<W> {
             self.release_retiring();
             region = self.space.allocate(size);
         }
-        let region = region.ok_or_else(|| DataplaneError::RingSpace {
+        let region = region.ok_or_else(|| ApplyError::RingSpace {
             vip: format!("{} ({})", spec.name, spec.vip.socket_addr()),
             size,
             free: self.space.free(),
@@ -146,12 +146,7 @@ impl<W: MapWriter> Tables<W> {
     }
 
     /// Writes the entries of `table` that differ from what the stripe holds.
-    fn write_stripe(
-        &mut self,
-        index: u32,
-        stripe: u32,
-        table: &[u32],
-    ) -> Result<(), DataplaneError> {
+    fn write_stripe(&mut self, index: u32, stripe: u32, table: &[u32]) -> Result<(), ApplyError> {
         let base = self.stripes[index as usize][stripe as usize]
             .region
             .expect("placed before writing")

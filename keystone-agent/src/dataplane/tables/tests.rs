@@ -513,14 +513,14 @@ fn too_many_vips_and_backends() {
         .collect();
     assert!(matches!(
         t.apply(&vips),
-        Err(DataplaneError::TooManyVips { .. })
+        Err(ApplyError::TooManyVips { .. })
     ));
     let many: Vec<BackendSpec> = (0..=max_backends)
         .map(|i| backend(&format!("198.18.{}.{}:80", 2 + i / 250, i % 250), 1))
         .collect();
     assert!(matches!(
         t.apply(&[vip(V, many)]),
-        Err(DataplaneError::TooManyBackends { .. })
+        Err(ApplyError::TooManyBackends { .. })
     ));
     assert!(t.maps().log.is_empty());
 }

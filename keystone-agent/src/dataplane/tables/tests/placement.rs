@@ -103,7 +103,7 @@ fn many_vips_with_many_backends_fit_their_limits() {
     let err = t
         .apply(&numbered_vips(101, 211, 1))
         .expect_err("over limits.max_vips");
-    assert!(matches!(err, DataplaneError::TooManyVips { max: 100, .. }));
+    assert!(matches!(err, ApplyError::TooManyVips { max: 100, .. }));
 }
 
 #[test]
