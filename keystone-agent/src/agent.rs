@@ -21,7 +21,7 @@ use crate::{
         Protocol, ResolvedTenant, Strategy,
     },
     dataplane::{
-        Counters, Dataplane, DataplaneError, VipSpec,
+        ApplyError, Counters, Dataplane, LoadError, MapAccessError, VipSpec,
         pins::PinWatch,
         problems::{DataplaneProblem, problems},
     },
@@ -54,7 +54,7 @@ pub enum ReloadError {
     #[error("config {path} is invalid:\n  {problem}")]
     NeedsRestart { path: PathBuf, problem: Problem },
     #[error("the data plane refused the new config (the previous one stays live): {0}")]
-    Dataplane(#[source] DataplaneError),
+    Dataplane(#[source] ApplyError),
     #[error("{UNSAVED}: {0}")]
     Unsaved(#[source] StoreError),
 }
@@ -94,7 +94,7 @@ pub enum DeployError {
     #[error("{reason}")]
     NotAllowed { reason: String },
     #[error("the data plane refused the change: {0}")]
-    Dataplane(#[from] DataplaneError),
+    Dataplane(#[from] ApplyError),
     #[error("{UNSAVED}: {0}")]
     Unsaved(#[source] StoreError),
 }
@@ -102,7 +102,7 @@ pub enum DeployError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot program the config into the data plane: {0}")]
-    Dataplane(#[from] DataplaneError),
+    Dataplane(#[from] ApplyError),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> DeployError {
@@ -303,7 +303,7 @@ impl Agent {
     }
 
     /// Makes the data plane match config, plans and health.
-    fn reconcile(&self, runtime: &Runtime) -> Result<(), DataplaneError> {
+    fn reconcile(&self, runtime: &Runtime) -> Result<(), ApplyError> {
         let config = self.config();
         let specs = self.desired(&config, runtime);
         self.dataplane
@@ -1224,7 +1224,7 @@ impl Agent {
     }
 
     /// Detaches the data plane (or leaves it forwarding); see `Dataplane::shutdown`.
-    pub fn shutdown_dataplane(&self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+    pub fn shutdown_dataplane(&self, keep_forwarding: bool) -> Result<(), LoadError> {
         self.dataplane
             .lock()
             .expect("dataplane lock poisoned")
@@ -1245,7 +1245,7 @@ impl Agent {
         self.pin_watch.as_ref()
     }
 
-    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+    pub fn counters(&self) -> Result<Counters, MapAccessError> {
         self.dataplane
             .lock()
             .expect("dataplane lock poisoned")
@@ -1253,7 +1253,7 @@ impl Agent {
     }
 
     /// Records a counter sample for the live traffic share; called about once a second.
-    pub fn sample(&self) -> Result<(), DataplaneError> {
+    pub fn sample(&self) -> Result<(), MapAccessError> {
         let counters = self.counters()?;
         let now = Instant::now();
         let mut samples = self.samples.lock().expect("samples lock poisoned");
@@ -1280,7 +1280,7 @@ impl Agent {
     }
 
     /// Everything `keystone-ctl status` shows.
-    pub fn status(&self) -> Result<Status, DataplaneError> {
+    pub fn status(&self) -> Result<Status, MapAccessError> {
         let now = self.counters()?;
         let oldest = self
             .samples

@@ -14,7 +14,7 @@ use crate::{
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
-    dataplane::{Counters, Dataplane, DataplaneError, LiveShares, VipSpec},
+    dataplane::{ApplyError, Counters, Dataplane, LiveShares, MapAccessError, VipSpec},
 };
 
 /// Records every apply; can be told to refuse the next one.
@@ -28,9 +28,9 @@ struct FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), ApplyError> {
         if std::mem::take(&mut *self.refuse_next.lock().unwrap()) {
-            return Err(DataplaneError::TooManyBackends {
+            return Err(ApplyError::TooManyBackends {
                 count: 9999,
                 max: 4096,
             });
@@ -39,11 +39,11 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn counters(&self) -> Result<Counters, DataplaneError> {
+    fn counters(&self) -> Result<Counters, MapAccessError> {
         Ok(self.counters.lock().unwrap().clone())
     }
 
-    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+    fn live_shares(&self) -> Result<Vec<LiveShares>, MapAccessError> {
         Ok(self.pinned.clone())
     }
 }
