@@ -485,7 +485,7 @@ fn format_problems(problems: &[Problem]) -> String {
 }
 
 /// A backend with its address resolved and its labels kept for metrics.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ResolvedService {
     pub name: String,
     pub address: SocketAddr,
@@ -493,10 +493,12 @@ pub struct ResolvedService {
     pub environment: Option<String>,
     /// `labels.version`, or "" when absent.
     pub version: String,
+    /// Its `health` check, as configured.
+    pub health: Option<HealthConfig>,
 }
 
 /// A tenant with its VIP and backends resolved: what the data plane is given.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ResolvedTenant {
     pub name: String,
     pub vip: SocketAddr,
@@ -506,6 +508,10 @@ pub struct ResolvedTenant {
     pub ring_size: u32,
     pub strategy: Strategy,
     pub services: Vec<ResolvedService>,
+    /// The config's `active_environment`.
+    pub active_environment: Option<String>,
+    pub canary_config: Option<CanaryConfig>,
+    pub switch_config: Option<SwitchConfig>,
 }
 
 impl ResolvedTenant {
@@ -551,6 +557,8 @@ impl ResolvedTenant {
 #[derive(Clone, Debug)]
 pub struct LoadedConfig {
     pub path: PathBuf,
+    /// The text it was read from (for line numbers and the saved copy).
+    pub source: String,
     pub config: Config,
     pub tenants: Vec<ResolvedTenant>,
     /// What loads but is probably not what was meant: unknown fields (typos), L7
@@ -620,6 +628,7 @@ impl LoadedConfig {
         match collected.config {
             Some(config) if problems.is_empty() => Ok(LoadedConfig {
                 path: path.to_owned(),
+                source: text.to_owned(),
                 config,
                 tenants,
                 warnings,
@@ -1015,6 +1024,7 @@ fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Checked {
                 weight: service.weight,
                 environment: service.environment.clone(),
                 version: service.labels.get("version").cloned().unwrap_or_default(),
+                health: service.health.clone(),
             });
         }
         if let Some(vip) = vip {
@@ -1027,6 +1037,9 @@ fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Checked {
                 ring_size: tenant.ring_size,
                 strategy: tenant.deployment_strategy,
                 services,
+                active_environment: tenant.active_environment.clone(),
+                canary_config: tenant.canary_config.clone(),
+                switch_config: tenant.switch_config.clone(),
             });
         }
     }

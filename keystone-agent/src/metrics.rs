@@ -68,7 +68,7 @@ impl DeploymentMetrics {
             .with_label_values(&[d.tenant.as_str(), strategy, env, status])
             .inc();
         if !d.state.is_active() {
-            let seconds = (crate::agent::unix_now() - d.started_unix).max(0.0);
+            let seconds = (crate::clock::unix_now() - d.started_unix).max(0.0);
             self.duration
                 .with_label_values(&[d.tenant.as_str(), strategy, status])
                 .observe(seconds);
