@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod dataplane;
 pub mod deploy;
+pub mod deploy_metrics;
 pub mod errors;
 pub mod health;
 pub mod live;

@@ -121,3 +121,131 @@ pub fn prime_neighbours(config: &LoadedConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::Path};
+
+    use super::*;
+    use crate::{
+        config::Strategy,
+        deploy::{DeployState, Deployment, Params, Start, TrafficPlan},
+    };
+
+    fn config(extra: &str) -> LoadedConfig {
+        let text = format!(
+            "interfaces: [eth0]
+tenants:
+  - name: web
+    listen: 198.18.0.10:80
+{extra}    services:
+      - name: blue
+        address: 198.18.11.2:8080
+        weight: 90
+        environment: blue
+      - name: green
+        address: 198.18.12.2:8080
+        weight: 10
+        environment: green
+"
+        );
+        LoadedConfig::parse(Path::new("test.yaml"), &text).unwrap()
+    }
+
+    /// (backend, weight, up) of the one tenant's spec.
+    fn backends(specs: &[VipSpec]) -> Vec<(String, u32, bool)> {
+        assert_eq!(specs.len(), 1);
+        specs[0]
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.weight, b.up))
+            .collect()
+    }
+
+    fn all_up(_: &str, _: &str) -> bool {
+        true
+    }
+
+    fn row(name: &str, weight: u32, up: bool) -> (String, u32, bool) {
+        (name.to_owned(), weight, up)
+    }
+
+    #[test]
+    fn without_plans_the_config_weights_are_desired() {
+        let specs = desired(&config(""), &PersistedState::default(), all_up, 0.0);
+        assert_eq!(specs[0].name, "web");
+        assert_eq!(
+            backends(&specs),
+            [row("blue", 90, true), row("green", 10, true)]
+        );
+    }
+
+    #[test]
+    fn a_plan_overrides_the_config_weights() {
+        let mut runtime = PersistedState::default();
+        runtime.plans.insert(
+            "web".into(),
+            TrafficPlan::Manual {
+                weights: BTreeMap::from([("green".to_owned(), 5)]),
+                reason: None,
+            },
+        );
+        let specs = desired(&config(""), &runtime, all_up, 0.0);
+        assert_eq!(
+            backends(&specs),
+            [row("blue", 0, true), row("green", 5, true)]
+        );
+    }
+
+    #[test]
+    fn the_active_environment_takes_all_the_weight() {
+        let config = config("    deployment_strategy: blue_green\n    active_environment: green\n");
+        let specs = desired(&config, &PersistedState::default(), all_up, 0.0);
+        let weights: Vec<u32> = backends(&specs).into_iter().map(|(_, w, _)| w).collect();
+        assert!(weights[0] == 0 && weights[1] > 0, "{weights:?}");
+    }
+
+    #[test]
+    fn a_backend_health_calls_down_is_not_up() {
+        let is_up = |tenant: &str, service: &str| !(tenant == "web" && service == "green");
+        let specs = desired(&config(""), &PersistedState::default(), is_up, 0.0);
+        assert_eq!(
+            backends(&specs),
+            [row("blue", 90, true), row("green", 10, false)]
+        );
+    }
+
+    #[test]
+    fn a_finished_switch_drains_the_old_side_at_its_deadline() {
+        let params = Params {
+            drain_timeout_seconds: Some(30.0),
+            ..Params::from_canary_config(None)
+        };
+        let mut d = Deployment::new(
+            Start {
+                tenant: "web".into(),
+                strategy: Strategy::BlueGreen,
+                version: None,
+                stable: vec!["blue".into()],
+                canary: vec!["green".into()],
+                params,
+                pipeline: None,
+                from_environment: Some("blue".into()),
+                to_environment: Some("green".into()),
+            },
+            1,
+            1000.0,
+            "started",
+        );
+        d.state = DeployState::Completed;
+        d.finished_unix = Some(1000.0);
+        let runtime = PersistedState {
+            deployments: vec![d],
+            ..Default::default()
+        };
+        let config = config("");
+        let up = |now| backends(&desired(&config, &runtime, all_up, now));
+        assert_eq!(up(1029.0), [row("blue", 90, true), row("green", 10, true)]);
+        assert_eq!(up(1030.0), [row("blue", 90, false), row("green", 10, true)]);
+    }
+}

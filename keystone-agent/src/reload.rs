@@ -37,7 +37,7 @@ pub async fn reload(
     let token = match admin_token {
         Some(t) => Some(
             t.resolve(&new.config.admin)
-                .map_err(|e| e.into_config_error(&new.path))?,
+                .map_err(|e| e.into_config_error(&new))?,
         ),
         None => None,
     };
