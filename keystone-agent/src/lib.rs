@@ -31,6 +31,7 @@ pub mod secrets;
 pub mod status;
 pub mod store;
 pub mod strategy;
+pub mod tasks;
 pub mod validation;
 pub mod views;
 pub mod webhook;
