@@ -48,7 +48,7 @@ use validate::validate;
 pub use validate::{MIN_TOKEN_LEN, check_admin_token, check_not_all_zero, check_weight};
 
 /// A backend with its address resolved and its labels kept for metrics.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ResolvedService {
     pub name: String,
     pub address: SocketAddr,
@@ -56,10 +56,12 @@ pub struct ResolvedService {
     pub environment: Option<String>,
     /// `labels.version`, or "" when absent.
     pub version: String,
+    /// Its `health` check, as configured.
+    pub health: Option<HealthConfig>,
 }
 
 /// A tenant with its VIP and backends resolved: what the data plane is given.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ResolvedTenant {
     pub name: String,
     pub vip: SocketAddr,
@@ -69,6 +71,10 @@ pub struct ResolvedTenant {
     pub ring_size: u32,
     pub strategy: Strategy,
     pub services: Vec<ResolvedService>,
+    /// The config's `active_environment`.
+    pub active_environment: Option<String>,
+    pub canary_config: Option<CanaryConfig>,
+    pub switch_config: Option<SwitchConfig>,
 }
 
 impl ResolvedTenant {
@@ -114,6 +120,8 @@ impl ResolvedTenant {
 #[derive(Clone, Debug)]
 pub struct LoadedConfig {
     pub path: PathBuf,
+    /// The text it was read from (for line numbers and the saved copy).
+    pub source: String,
     pub config: Config,
     pub tenants: Vec<ResolvedTenant>,
     /// What loads but is probably not what was meant: unknown fields (typos), L7
@@ -183,6 +191,7 @@ impl LoadedConfig {
         match collected.config {
             Some(config) if problems.is_empty() => Ok(LoadedConfig {
                 path: path.to_owned(),
+                source: text.to_owned(),
                 config,
                 tenants,
                 warnings,

@@ -13,7 +13,10 @@ pub use crate::config::{
     DEFAULT_INCREMENT, DEFAULT_INITIAL, DEFAULT_INTERVAL_SECS, DEFAULT_MIN_SAMPLES, Params,
     threshold_rate,
 };
-use crate::config::{ResolvedService, ResolvedTenant, Strategy};
+use crate::{
+    clock::rfc3339,
+    config::{ResolvedService, ResolvedTenant, Strategy},
+};
 
 /// Sum of effective weights in a tenant under a plan: fine-grained enough for
 /// 0.01 % canary steps, small enough for Maglev's credit arithmetic.
@@ -187,12 +190,56 @@ pub struct Event {
     pub kind: &'static str,
 }
 
-pub fn rfc3339(unix: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
-    humantime::format_rfc3339_millis(t).to_string()
+/// What a new deployment starts from; [`Deployment::new`] fills in the rest.
+pub struct Start {
+    pub tenant: String,
+    pub strategy: Strategy,
+    pub version: Option<String>,
+    pub stable: Vec<String>,
+    pub canary: Vec<String>,
+    pub params: Params,
+    pub pipeline: Option<serde_json::Value>,
+    pub from_environment: Option<String>,
+    pub to_environment: Option<String>,
 }
 
 impl Deployment {
+    /// A deployment started at `now` (the tenant's `seq`-th), its first history
+    /// entry saying `reason`. A blue/green switch starts at 0% until validated.
+    pub fn new(start: Start, seq: u64, now: f64, reason: &str) -> Deployment {
+        let params = start.params;
+        let canary_percent = match start.strategy {
+            Strategy::BlueGreen => 0.0,
+            _ => params.initial_traffic,
+        };
+        let mut d = Deployment {
+            id: format!("{}-{}-{seq}", start.tenant, now as u64),
+            tenant: start.tenant,
+            strategy: start.strategy,
+            version: start.version,
+            state: DeployState::Progressing,
+            canary_percent,
+            stable_backends: start.stable,
+            canary_backends: start.canary,
+            from_environment: start.from_environment,
+            to_environment: start.to_environment,
+            next_step_at: now + params.interval_seconds,
+            params,
+            analysis: Default::default(),
+            history: Vec::new(),
+            started_at: rfc3339(now),
+            updated_at: rfc3339(now),
+            finished_at: None,
+            pipeline: start.pipeline,
+            started_unix: now,
+            finished_unix: None,
+            validated: false,
+            baseline: None,
+        };
+        d.record(now, reason);
+        d
+    }
+
     fn record(&mut self, now: f64, reason: impl Into<String>) {
         let step = Step {
             at: rfc3339(now),
@@ -692,6 +739,7 @@ mod tests {
             weight,
             environment: Some(env.into()),
             version: version.into(),
+            health: None,
         };
         ResolvedTenant {
             name: "web".into(),
@@ -706,6 +754,9 @@ mod tests {
                 svc("blue-2", 1, "blue", "1.0"),
                 svc("green", 0, "green", "1.1"),
             ],
+            active_environment: None,
+            canary_config: None,
+            switch_config: None,
         }
     }
 

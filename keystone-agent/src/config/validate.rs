@@ -389,6 +389,7 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
                 weight: service.weight,
                 environment: service.environment.clone(),
                 version: service.labels.get("version").cloned().unwrap_or_default(),
+                health: service.health.clone(),
             });
         }
         if let Some(vip) = vip {
@@ -401,6 +402,9 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
                 ring_size: tenant.ring_size,
                 strategy: tenant.deployment_strategy,
                 services,
+                active_environment: tenant.active_environment.clone(),
+                canary_config: tenant.canary_config.clone(),
+                switch_config: tenant.switch_config.clone(),
             });
         }
     }
