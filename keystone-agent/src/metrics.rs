@@ -17,9 +17,21 @@ use crate::{
     health::HealthState,
 };
 
+/// Labels of every deployment metric: `tenant` like all others, and `service` (the
+/// same name) because the seed documents' metric names carry it.
+const DEPLOYMENT_LABELS: [&str; 4] = ["tenant", "service", "strategy", "environment"];
+/// How a deployment can end (the `status` of `keystone_deployments_total`).
+const OUTCOMES: [DeployState; 4] = [
+    DeployState::Completed,
+    DeployState::RolledBack,
+    DeployState::Aborted,
+    DeployState::Failed,
+];
+
 /// Deployment counters, updated as events happen (they are not in the kernel).
 pub struct DeploymentMetrics {
-    total: IntCounterVec,
+    started: IntCounterVec,
+    outcomes: IntCounterVec,
     duration: HistogramVec,
 }
 
@@ -31,11 +43,17 @@ impl Default for DeploymentMetrics {
 
 impl DeploymentMetrics {
     pub fn new() -> DeploymentMetrics {
+        let with_status = [DEPLOYMENT_LABELS.as_slice(), &["status"]].concat();
         DeploymentMetrics {
-            total: counter_vec(
+            started: counter_vec(
+                "keystone_deployments_started_total",
+                "Deployments started.",
+                &DEPLOYMENT_LABELS,
+            ),
+            outcomes: counter_vec(
                 "keystone_deployments_total",
-                "Deployments by outcome: status is started, completed, rolled_back, aborted or failed.",
-                &["service", "strategy", "environment", "status"],
+                "Deployments ended, by outcome: status is completed, rolled_back, aborted or failed.",
+                &with_status,
             ),
             duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -45,7 +63,7 @@ impl DeploymentMetrics {
                 .buckets(vec![
                     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
                 ]),
-                &["service", "strategy", "status"],
+                &with_status,
             )
             .expect("metric definitions are static and valid"),
         }
@@ -53,31 +71,50 @@ impl DeploymentMetrics {
 
     /// Counts a deployment event.
     pub fn record(&self, d: &Deployment, event: &str) {
-        let strategy = strategy_name(d);
-        let env = d
-            .to_environment
-            .as_deref()
-            .or(d.version.as_deref())
-            .unwrap_or("");
-        let status = match event {
-            "started" => "started",
-            _ if d.state.is_active() => return,
-            _ => d.state.name(),
+        let labels = deployment_labels(d);
+        let with_status = |state: DeployState| {
+            let mut l = labels.to_vec();
+            l.push(state.name());
+            l
         };
-        self.total
-            .with_label_values(&[d.tenant.as_str(), strategy, env, status])
-            .inc();
-        if !d.state.is_active() {
-            let seconds = (crate::agent::unix_now() - d.started_unix).max(0.0);
-            self.duration
-                .with_label_values(&[d.tenant.as_str(), strategy, status])
-                .observe(seconds);
+        if event == "started" {
+            self.started.with_label_values(&labels).inc();
+            // Every outcome exists at 0 from the start, so `increase()` sees the first.
+            for outcome in OUTCOMES {
+                self.outcomes.with_label_values(&with_status(outcome));
+            }
+            return;
         }
+        if d.state.is_active() {
+            return;
+        }
+        let labels = with_status(d.state);
+        self.outcomes.with_label_values(&labels).inc();
+        let seconds = (crate::agent::unix_now() - d.started_unix).max(0.0);
+        self.duration.with_label_values(&labels).observe(seconds);
     }
 
-    fn collectors(&self) -> [&dyn Collector; 2] {
-        [&self.total, &self.duration]
+    fn collectors(&self) -> [&dyn Collector; 3] {
+        [&self.started, &self.outcomes, &self.duration]
     }
+}
+
+/// `DEPLOYMENT_LABELS`' values for `d`.
+fn deployment_labels(d: &Deployment) -> [&str; 4] {
+    [
+        d.tenant.as_str(),
+        d.tenant.as_str(),
+        strategy_name(d),
+        deployment_environment(d),
+    ]
+}
+
+/// The environment (blue/green) or version (canary, rolling) a deployment moves to.
+fn deployment_environment(d: &Deployment) -> &str {
+    d.to_environment
+        .as_deref()
+        .or(d.version.as_deref())
+        .unwrap_or("")
 }
 
 fn strategy_name(d: &Deployment) -> &'static str {
@@ -118,6 +155,7 @@ struct Families {
     backend_bytes: IntCounterVec,
     backend_new: IntCounterVec,
     backend_weight: IntGaugeVec,
+    backend_effective: GaugeVec,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     vip_new: IntCounterVec,
@@ -127,6 +165,7 @@ struct Families {
     tcp_rst: IntCounterVec,
     tcp_established: IntCounterVec,
     canary_percent: GaugeVec,
+    deployment_state: IntGaugeVec,
     actions: IntCounterVec,
     reasons: IntCounterVec,
     events: IntCounterVec,
@@ -153,9 +192,18 @@ impl Families {
             ),
             backend_weight: gauge_vec(
                 "keystone_backend_weight",
-                "The backend's configured weight for new connections.",
+                "The backend's weight as configured (the config's `weight`).",
                 &BACKEND_LABELS,
             ),
+            backend_effective: GaugeVec::new(
+                Opts::new(
+                    "keystone_backend_effective_weight_ratio",
+                    "Share (0 to 1) of the VIP's new connections the live weights give the \
+                     backend: the config's weights, a deployment's step, health and the API.",
+                ),
+                &BACKEND_LABELS,
+            )
+            .expect("metric definitions are static and valid"),
             backend_health: gauge_vec(
                 "keystone_backend_health",
                 "Health-check state: 1 up, 0 down, -1 unknown (no check configured or none finished).",
@@ -186,9 +234,14 @@ impl Families {
                     "keystone_canary_traffic_percent",
                     "Share of new connections the tenant's latest deployment gives its new backends.",
                 ),
-                &["service", "environment"],
+                &["tenant", "service", "environment"],
             )
             .expect("metric definitions are static and valid"),
+            deployment_state: gauge_vec(
+                "keystone_deployment_state",
+                "1 for the state the tenant's latest deployment is in, 0 for the others.",
+                &["tenant", "service", "state"],
+            ),
             vip_packets: counter_vec(
                 "keystone_vip_packets_total",
                 "Packets to the VIP.",
@@ -230,18 +283,20 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 17] {
+    fn collectors(&self) -> [&dyn Collector; 19] {
         [
             &self.backend_packets,
             &self.backend_bytes,
             &self.backend_new,
             &self.backend_weight,
+            &self.backend_effective,
             &self.backend_health,
             &self.tcp_syn,
             &self.tcp_syn_ack,
             &self.tcp_rst,
             &self.tcp_established,
             &self.canary_percent,
+            &self.deployment_state,
             &self.vip_packets,
             &self.vip_bytes,
             &self.vip_new,
@@ -293,7 +348,10 @@ impl Collector for DataplaneCollector {
                 ];
                 f.backend_weight
                     .with_label_values(&labels)
-                    .set(b.effective_weight as i64);
+                    .set(b.configured_weight as i64);
+                f.backend_effective
+                    .with_label_values(&labels)
+                    .set(b.traffic_percent / 100.0);
                 f.backend_health
                     .with_label_values(&labels)
                     .set(match b.health {
@@ -338,14 +396,15 @@ impl Collector for DataplaneCollector {
             } else {
                 d.canary_percent
             };
-            let env = d
-                .to_environment
-                .as_deref()
-                .or(d.version.as_deref())
-                .unwrap_or("");
+            let tenant = d.tenant.as_str();
             f.canary_percent
-                .with_label_values(&[d.tenant.as_str(), env])
+                .with_label_values(&[tenant, tenant, deployment_environment(&d)])
                 .set(percent);
+            for state in DeployState::ALL {
+                f.deployment_state
+                    .with_label_values(&[tenant, tenant, state.name()])
+                    .set(i64::from(state == d.state));
+            }
             seen.push(d.tenant);
         }
         for (action, &n) in counters.actions.iter().enumerate() {
