@@ -429,10 +429,14 @@ fn percents(weights: &[u32]) -> Vec<f64> {
         .collect()
 }
 
+/// A canary of green's 1.1.0: 20 %, then +30 % every hour.
+const CANARY_20_PLUS_30: &str =
+    r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
+
 #[tokio::test]
 async fn canary_lifecycle_through_the_api() {
     let h = Harness::new();
-    let start = r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
+    let start = CANARY_20_PLUS_30;
     let (status, body) = h
         .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
         .await;
@@ -1219,7 +1223,7 @@ async fn metrics_say_what_they_mean() {
         (Some(0.9), Some(0.1))
     );
 
-    let start = r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
+    let start = CANARY_20_PLUS_30;
     let (status, body) = h
         .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
         .await;
