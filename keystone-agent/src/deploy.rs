@@ -51,6 +51,16 @@ pub enum DeployState {
 }
 
 impl DeployState {
+    pub const ALL: [DeployState; 7] = [
+        DeployState::Progressing,
+        DeployState::Paused,
+        DeployState::AwaitingApproval,
+        DeployState::Completed,
+        DeployState::RolledBack,
+        DeployState::Aborted,
+        DeployState::Failed,
+    ];
+
     pub fn is_active(self) -> bool {
         matches!(
             self,
