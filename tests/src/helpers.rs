@@ -89,6 +89,16 @@ pub fn lab_with_agent(
     (lab, cfg)
 }
 
+/// [`lab_with_agent`] in nat with warm neighbours, its backends `weights`' names in
+/// that order, the agent running one tenant `web` on `vip` over `weights`
+/// ([`tcp_tenant`]).
+pub fn web_lab(bins: Bins, vip: SocketAddr, weights: &[(&str, u32)]) -> (Lab, AgentConfig) {
+    let backends: Vec<&str> = weights.iter().map(|(b, _)| *b).collect();
+    lab_with_agent(bins, Setup::nat(&backends), |lab| {
+        lab.agent_config(vec![tcp_tenant(lab, "web", vip, weights)])
+    })
+}
+
 /// Tenant `name` on `vip` over `weights`' backends: TCP, nat, the backends on
 /// [`BACKEND_PORT`], no health checks.
 pub fn tcp_tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)]) -> Tenant {

@@ -19,7 +19,7 @@ use std::{
 use keystone_lab::{
     Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, HoldEvent, Lab, Summary, SwitchConfig,
     Tenant, WebhookConfig, cmd,
-    helpers::{Setup, lab_with_agent, tcp, tcp_tenant, v4, v6},
+    helpers::{Setup, lab_with_agent, tcp, tcp_tenant, v4, v6, web_lab},
     ok,
 };
 
@@ -368,17 +368,10 @@ fn nft(lab: &Lab, ns: &str, name: &str, script: &str) {
 #[test]
 fn a_canary_whose_answers_never_reach_the_clients_rolls_back() {
     let vip = v4(80);
-    let (lab, _) = lab_with_agent(
+    let (lab, _) = web_lab(
         keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| {
-            lab.agent_config(vec![tcp_tenant(
-                lab,
-                "web",
-                vip,
-                &[("blue", 100), ("green", 0)],
-            )])
-        },
+        vip,
+        &[("blue", 100), ("green", 0)],
     );
     let green_ns = ok(&lab, "green", lab.backend("green")).ns.clone();
     nft(

@@ -17,7 +17,7 @@ use keystone_lab::{
     Bins, HoldEvent, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4,
     helpers::{
         BACKEND_PORT, FLOWS, Setup, W90_10, assert_split, lab_with_agent, new_lab, tcp, tcp_tenant,
-        udp, v4, v6,
+        udp, v4, v6, web_lab,
     },
     ok,
     traffic::parse_summary,
@@ -112,11 +112,7 @@ fn dsr_ipv6_udp_splits_90_10() {
 /// token, and SIGTERM stops the agent with exit 0.
 #[test]
 fn admin_api_answers_and_agent_stops_cleanly() {
-    let (mut lab, _) = lab_with_agent(
-        keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| lab.agent_config(vec![tcp_tenant(lab, "web", v4(80), W90_10)]),
-    );
+    let (mut lab, _) = web_lab(keystone_lab::test_bins!(), v4(80), W90_10);
     let (code, body) = ok(&lab, "GET /health", lab.admin_get("/health"));
     assert!(
         code == 200 && body.contains("ok"),
@@ -171,11 +167,7 @@ fn admin_api_answers_and_agent_stops_cleanly() {
 #[test]
 fn established_connections_keep_their_backend_across_a_weight_change() {
     let vip = v4(80);
-    let (mut lab, mut cfg) = lab_with_agent(
-        keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| lab.agent_config(vec![tcp_tenant(lab, "web", vip, W90_10)]),
-    );
+    let (mut lab, mut cfg) = web_lab(keystone_lab::test_bins!(), vip, W90_10);
     const HELD: u32 = 8;
     let r = lab.spawn_hold("hold", vip, HELD, 120, 50);
     ok(&lab, "starting ks-client --hold", r);
@@ -253,11 +245,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
 fn forged_syns_on_established_tuples_move_no_connection() {
     let vip = v4(80);
     let all_blue = &[("blue", 100), ("green", 0)];
-    let (mut lab, mut cfg) = lab_with_agent(
-        keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| lab.agent_config(vec![tcp_tenant(lab, "web", vip, all_blue)]),
-    );
+    let (mut lab, mut cfg) = web_lab(keystone_lab::test_bins!(), vip, all_blue);
     const HELD: u32 = 40;
     let r = lab.spawn_echo_hold("hold", vip, HELD, 120, 100, 256);
     ok(&lab, "starting ks-client --hold", r);
@@ -326,17 +314,10 @@ fn forged_syns_on_established_tuples_move_no_connection() {
 fn canary_steps_and_blue_green_flip_follow_the_weights() {
     let vip = v4(80);
     let (_, blue, green) = ROLLOUT[0];
-    let (lab, mut cfg) = lab_with_agent(
+    let (lab, mut cfg) = web_lab(
         keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| {
-            lab.agent_config(vec![tcp_tenant(
-                lab,
-                "web",
-                vip,
-                &[("blue", blue), ("green", green)],
-            )])
-        },
+        vip,
+        &[("blue", blue), ("green", green)],
     );
     for (i, (what, blue, green)) in ROLLOUT.iter().enumerate() {
         let weights = [("blue", *blue), ("green", *green)];
@@ -364,11 +345,7 @@ fn canary_steps_and_blue_green_flip_follow_the_weights() {
 fn removed_backend_gets_no_new_flows() {
     let vip = v4(80);
     let weights = [("blue", 50), ("green", 25), ("red", 25)];
-    let (lab, mut cfg) = lab_with_agent(
-        keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green", "red"]),
-        |lab| lab.agent_config(vec![tcp_tenant(lab, "web", vip, &weights)]),
-    );
+    let (lab, mut cfg) = web_lab(keystone_lab::test_bins!(), vip, &weights);
     let s = tcp(&lab, vip, FLOWS);
     assert_split(&lab, "three backends 50/25/25", &s, &weights);
 
@@ -395,11 +372,7 @@ fn removed_backend_gets_no_new_flows() {
 #[test]
 fn invalid_config_is_refused_and_traffic_keeps_flowing() {
     let vip = v4(80);
-    let (lab, cfg) = lab_with_agent(
-        keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| lab.agent_config(vec![tcp_tenant(lab, "web", vip, W90_10)]),
-    );
+    let (lab, cfg) = web_lab(keystone_lab::test_bins!(), vip, W90_10);
     let good = cfg.to_yaml();
     let bad = good.replacen("weight: 10", "weight: -10", 1);
     assert_ne!(good, bad, "the test failed to break the config");

@@ -41,7 +41,7 @@ use keystone_common::{
 };
 use keystone_lab::{
     AgentConfig, Auth, ClientLoop, HealthCheck, HoldEvent, Lab, Mode, Summary, VIP4,
-    helpers::{BACKEND_PORT, Setup, lab_with_agent, new_lab, tcp_tenant, vip},
+    helpers::{BACKEND_PORT, Setup, lab_with_agent, new_lab, tcp_tenant, vip, web_lab},
     lab::CLIENT4,
     ok,
 };
@@ -1030,17 +1030,10 @@ fn admin_api_under_100_concurrent_clients() {
 /// from, and the bad file is kept aside.
 #[test]
 fn an_unreadable_state_file_keeps_the_pinned_split() {
-    let (mut lab, _) = lab_with_agent(
+    let (mut lab, _) = web_lab(
         keystone_lab::test_bins!(),
-        Setup::nat(&["blue", "green"]),
-        |lab| {
-            lab.agent_config(vec![tcp_tenant(
-                lab,
-                "web",
-                vip(),
-                &[("blue", 100), ("green", 0)],
-            )])
-        },
+        vip(),
+        &[("blue", 100), ("green", 0)],
     );
     let switch = r#"{"service":"web","to":"green","interval":"1s"}"#;
     let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));

@@ -77,14 +77,18 @@ impl Lab {
         Ok(pid)
     }
 
-    fn record(&self, name: &str) -> Result<&ProcRecord> {
+    fn process_index(&self, name: &str) -> Result<usize> {
         self.state
             .processes
             .iter()
-            .find(|p| p.name == name)
+            .position(|p| p.name == name)
             .ok_or_else(|| LabError::NoProcess {
                 name: name.to_owned(),
             })
+    }
+
+    fn record(&self, name: &str) -> Result<&ProcRecord> {
+        self.process_index(name).map(|i| &self.state.processes[i])
     }
 
     /// What the process has written to stdout so far.
@@ -126,14 +130,7 @@ impl Lab {
 
     /// SIGTERM, then SIGKILL after a grace period; returns how it exited.
     pub fn stop(&mut self, name: &str) -> Result<Option<ExitStatus>> {
-        let idx = self
-            .state
-            .processes
-            .iter()
-            .position(|p| p.name == name)
-            .ok_or_else(|| LabError::NoProcess {
-                name: name.to_owned(),
-            })?;
+        let idx = self.process_index(name)?;
         let rec = self.state.processes[idx].clone();
         let status = stop_process(&rec, self.children.get_mut(name));
         self.children.remove(name);
@@ -206,14 +203,7 @@ impl Lab {
     /// Kills the process with SIGKILL (no chance to clean up, as in a crash) and
     /// reaps it; returns how it exited.
     pub fn kill(&mut self, name: &str) -> Result<Option<ExitStatus>> {
-        let idx = self
-            .state
-            .processes
-            .iter()
-            .position(|p| p.name == name)
-            .ok_or_else(|| LabError::NoProcess {
-                name: name.to_owned(),
-            })?;
+        let idx = self.process_index(name)?;
         let status = match self.children.remove(name) {
             Some(mut child) => {
                 // `ip netns exec` execs the program, so the child is the process itself.
