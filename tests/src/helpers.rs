@@ -3,9 +3,15 @@
 //! the lab's diagnostics. The binaries come from the test crate
 //! ([`crate::test_bins!`]), so the functions that build a lab take them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
-use crate::{AgentConfig, Bins, Lab, LabBuilder, Mode, Protocol, Summary, Tenant, VIP4, VIP6, ok};
+use crate::{
+    AgentConfig, Bins, ClientLoop, HoldEvent, Lab, LabBuilder, Mode, Protocol, Summary, Tenant,
+    VIP4, VIP6, ok,
+};
 
 /// The port every ks-backend serves on.
 pub const BACKEND_PORT: u16 = 8080;
@@ -133,4 +139,27 @@ pub fn assert_split(lab: &Lab, what: &str, s: &Summary, weights: &[(&str, u32)])
         panic!("{what}: {table}\n{}", lab.test_diagnostics());
     }
     eprintln!("{what}:\n{}", s.table(weights));
+}
+
+/// No held connection failed (cut, refused, echoed wrong bytes); else panics with
+/// `what`, the failures and the lab's diagnostics.
+pub fn assert_holds_unbroken(lab: &Lab, what: &str, events: &[HoldEvent]) {
+    let errors = HoldEvent::failures(events);
+    assert!(
+        errors.is_empty(),
+        "{what}: {errors:?}\n{}",
+        lab.test_diagnostics()
+    );
+}
+
+/// What the `ks-client --hold` process `name` has reported so far.
+pub fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
+    ok(lab, "hold output", lab.hold_events(name))
+}
+
+/// Waits (30 s at most) until the loop has finished `n` batches that started after
+/// `since`.
+pub fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
+    let bound = Duration::from_secs(30);
+    ok(lab, "traffic", traffic.wait_batches_since(since, n, bound));
 }

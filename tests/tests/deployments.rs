@@ -17,9 +17,12 @@ use std::{
 };
 
 use keystone_lab::{
-    Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, HoldEvent, Lab, Summary, SwitchConfig,
-    Tenant, WebhookConfig, cmd,
-    helpers::{Setup, lab_with_agent, tcp, tcp_tenant, v4, v6, web_lab},
+    Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, Lab, Summary, SwitchConfig, Tenant,
+    WebhookConfig, cmd,
+    helpers::{
+        Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent, tcp, tcp_tenant,
+        v4, v6, web_lab,
+    },
     ok,
 };
 
@@ -425,15 +428,6 @@ fn held_answers(lab: &Lab, name: &str, conns: u32, skip: usize, min: usize) -> V
     ok(lab, "held connections answering", r)
 }
 
-fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
-    ok(lab, "hold output", lab.hold_events(name))
-}
-
-/// Waits until the loop has finished `n` batches that started after `since`.
-fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
-    ok(lab, "traffic", traffic.wait_batches_since(since, n, SHORT));
-}
-
 /// A blue/green instant flip under load: a client opens new connections without
 /// pause through the switch; none fails, and every connection opened after the flip
 /// lands on green. Keep-alive connections opened on blue before the flip keep
@@ -526,12 +520,7 @@ fn blue_green_instant_flip_under_load() {
     );
 
     let events = hold_events(&lab, "hold");
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections were cut: {errors:?}\n{}",
-        lab.agent_diagnostics()
-    );
+    assert_holds_unbroken(&lab, "held connections were cut", &events);
     assert!(
         after.iter().all(|b| b == "blue"),
         "held connections after the switch: {after:?} (they should stay on blue)"

@@ -14,10 +14,10 @@ use std::{
 };
 
 use keystone_lab::{
-    Bins, HoldEvent, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4,
+    Bins, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4,
     helpers::{
-        BACKEND_PORT, FLOWS, Setup, W90_10, assert_split, lab_with_agent, new_lab, tcp, tcp_tenant,
-        udp, v4, v6, web_lab,
+        BACKEND_PORT, FLOWS, Setup, W90_10, assert_holds_unbroken, assert_split, hold_events,
+        lab_with_agent, new_lab, tcp, tcp_tenant, udp, v4, v6, web_lab,
     },
     ok,
     traffic::parse_summary,
@@ -182,7 +182,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         before.iter().any(|b| b == "blue"),
         "no held connection landed on blue (90 %), so the test proves nothing: {before:?}"
     );
-    let seen_before = ok(&lab, "hold output", lab.hold_events("hold")).len();
+    let seen_before = hold_events(&lab, "hold").len();
 
     cfg.tenant_mut("web")
         .set_weights(&[("blue", 0), ("green", 100)]);
@@ -210,13 +210,8 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         "held connections answering after the reload",
         lab.held_answers("hold", HELD, seen_before, 3, Duration::from_secs(30)),
     );
-    let events = ok(&lab, "hold output", lab.hold_events("hold"));
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections failed: {errors:?}\n{}",
-        lab.test_diagnostics()
-    );
+    let events = hold_events(&lab, "hold");
+    assert_holds_unbroken(&lab, "held connections failed", &events);
     assert_eq!(
         before,
         after,
@@ -280,7 +275,7 @@ fn forged_syns_on_established_tuples_move_no_connection() {
         unreachable!("v4() is IPv4")
     };
     ok(&lab, "forging SYNs", lab.forge_syns(&tuples, vip4));
-    let seen = ok(&lab, "hold output", lab.hold_events("hold")).len();
+    let seen = hold_events(&lab, "hold").len();
 
     // Every connection answers three more echoes after the SYNs, from blue.
     let after: Vec<String> = ok(
@@ -288,13 +283,8 @@ fn forged_syns_on_established_tuples_move_no_connection() {
         "held connections answering after the forged SYNs",
         lab.held_answers("hold", HELD, seen, 3, Duration::from_secs(30)),
     );
-    let events = ok(&lab, "hold output", lab.hold_events("hold"));
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "forged SYNs broke held connections: {errors:?}\n{}",
-        lab.test_diagnostics()
-    );
+    let events = hold_events(&lab, "hold");
+    assert_holds_unbroken(&lab, "forged SYNs broke held connections", &events);
     assert_eq!(before, after, "held connections changed backend");
     assert!(
         challenges() >= challenged_before + u64::from(HELD),
@@ -711,7 +701,7 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         "held connections answering",
         lab.held_answers("hold", HELD, 0, 2, Duration::from_secs(30)),
     );
-    let seen_before = ok(&lab, "hold output", lab.hold_events("hold")).len();
+    let seen_before = hold_events(&lab, "hold").len();
     let untracked_before = metric(&lab, UNTRACKED);
 
     let args: Vec<String> = [
@@ -754,13 +744,8 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         total.attempted,
         lab.test_diagnostics()
     );
-    let events = ok(&lab, "hold output", lab.hold_events("hold"));
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections failed: {errors:?}\n{}",
-        lab.test_diagnostics()
-    );
+    let events = hold_events(&lab, "hold");
+    assert_holds_unbroken(&lab, "held connections failed", &events);
     assert_eq!(
         before,
         after,

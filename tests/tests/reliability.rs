@@ -40,8 +40,11 @@ use keystone_common::{
     names,
 };
 use keystone_lab::{
-    AgentConfig, Auth, ClientLoop, HealthCheck, HoldEvent, Lab, Mode, Summary, VIP4,
-    helpers::{BACKEND_PORT, Setup, lab_with_agent, new_lab, tcp_tenant, vip, web_lab},
+    AgentConfig, Auth, ClientLoop, HealthCheck, Lab, Mode, Summary, VIP4,
+    helpers::{
+        BACKEND_PORT, Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent,
+        new_lab, tcp_tenant, vip, web_lab,
+    },
     lab::CLIENT4,
     ok,
 };
@@ -296,15 +299,6 @@ const ECHO_BYTES: usize = 8192;
 /// New connections per ks-client run in the background loop.
 const BATCH: u32 = 100;
 
-/// Waits until the loop has finished `n` batches that started after `since`.
-fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
-    ok(lab, "traffic", traffic.wait_batches_since(since, n, SHORT));
-}
-
-fn hold_events(lab: &Lab) -> Vec<HoldEvent> {
-    ok(lab, "hold output", lab.hold_events("hold"))
-}
-
 /// Blue and green serve `web`; held connections are opened while only green takes new
 /// ones, then the weights move every new connection to blue: from then on the held
 /// connections stay on green only through the connection table (Maglev would send
@@ -376,7 +370,7 @@ fn hitless(replacement: Replacement) {
     );
     let before = KernelView::read(&lab);
     let program_before = before.program();
-    let held_seen = hold_events(&lab).len();
+    let held_seen = hold_events(&lab, "hold").len();
 
     // The replacement; forwarding runs without an agent from `gone` to `back`.
     let gone = Instant::now();
@@ -415,7 +409,7 @@ fn hitless(replacement: Replacement) {
     );
     let held_after = ok(&lab, "held connections answering after the replacement", r);
     let batches = ok(&lab, "the client loop", traffic.stop());
-    let events = hold_events(&lab);
+    let events = hold_events(&lab, "hold");
     let r = lab.stop("hold");
     ok(&lab, "stopping ks-client --hold", r);
 
@@ -471,11 +465,10 @@ fn hitless(replacement: Replacement) {
         "after the replacement, new connections should follow the persisted weights (all on blue): {after_back:?}\n{}",
         lab.agent_diagnostics()
     );
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections broke or echoed wrong bytes: {errors:?}\n{}",
-        lab.agent_diagnostics()
+    assert_holds_unbroken(
+        &lab,
+        "held connections broke or echoed wrong bytes",
+        &events,
     );
     assert!(
         held_after.iter().all(|b| b == "green"),
