@@ -21,6 +21,7 @@ pub mod recover;
 pub mod sd_notify;
 pub mod secrets;
 pub mod store;
+pub mod tasks;
 pub mod webhook;
 pub mod yaml_lines;
 
