@@ -15,6 +15,8 @@ use std::{
     time::Duration,
 };
 
+use keystone_api::{CanaryRequest, Reloaded, SwitchRequest};
+
 use crate::{
     admin_token::AdminToken,
     config::LoadedConfig,

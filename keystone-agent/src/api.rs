@@ -21,11 +21,10 @@ use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
-    agent::{
-        Agent, CanaryRequest, DeployError, ParamOverrides, ReloadError, StepParams, SwitchRequest,
-    },
+    agent::{Agent, DeployError, ReloadError},
     config::{Problem, Strategy},
     deploy::{Action, Deployment},
+    requests::{self, RequestError},
     webhook::{WebhookError, WebhookVerifier, parse_webhook},
 };
 
@@ -87,6 +86,15 @@ impl From<ReloadError> for ApiError {
             status,
             problems: e.problems(),
             error: e.to_string(),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> ApiError {
+        match e {
+            RequestError::Body(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            RequestError::Param(e) => e.into(),
         }
     }
 }
@@ -287,13 +295,8 @@ async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Stat
         })
 }
 
-async fn reload(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let reloaded = state.agent.reload().await?;
-    Ok(Json(json!({
-        "status": "reloaded",
-        "config_generation": reloaded.generation,
-        "conflicts": reloaded.conflicts,
-    })))
+async fn reload(State(state): State<ApiState>) -> Result<Json<keystone_api::Reloaded>, ApiError> {
+    Ok(Json(state.agent.reload().await?))
 }
 
 async fn tenants(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -301,49 +304,46 @@ async fn tenants(State(state): State<ApiState>) -> Result<Json<serde_json::Value
     Ok(Json(json!({ "tenants": tenants })))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeightsRequest {
-    weights: std::collections::BTreeMap<String, u32>,
-}
-
 async fn set_weights(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    payload: Result<Json<WeightsRequest>, JsonRejection>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<crate::agent::TenantView>, ApiError> {
-    let req = body(payload)?;
+    let req = requests::weights(body(payload)?)?;
     let view = change(&state, move |agent| agent.set_weights(&name, req.weights)).await??;
     Ok(Json(view))
 }
 
-async fn deployments(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn deployments(
+    State(state): State<ApiState>,
+) -> Result<Json<keystone_api::DeploymentList>, ApiError> {
     let deployments = blocking(&state, |agent| agent.deployments()).await?;
-    Ok(Json(json!({ "deployments": deployments })))
+    Ok(Json(keystone_api::DeploymentList {
+        deployments: deployments.iter().map(Deployment::view).collect(),
+    }))
 }
 
 async fn deployment(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Deployment>, ApiError> {
-    Ok(Json(
-        blocking(&state, move |agent| agent.deployment(&id)).await??,
-    ))
+) -> Result<Json<keystone_api::Deployment>, ApiError> {
+    let d = blocking(&state, move |agent| agent.deployment(&id)).await??;
+    Ok(Json(d.view()))
 }
 
 fn accepted(d: Deployment) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "deployment_id": d.id, "deployment": d })),
-    )
-        .into_response()
+    let accepted = keystone_api::Accepted {
+        deployment_id: d.id.clone(),
+        deployment: d.view(),
+    };
+    (StatusCode::ACCEPTED, Json(accepted)).into_response()
 }
 
 async fn start_canary(
     State(state): State<ApiState>,
-    payload: Result<Json<CanaryRequest>, JsonRejection>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let req = body(payload)?;
+    let req = requests::canary(body(payload)?)?;
     Ok(accepted(
         change(&state, move |agent| agent.start_canary(req)).await??,
     ))
@@ -351,9 +351,9 @@ async fn start_canary(
 
 async fn start_switch(
     State(state): State<ApiState>,
-    payload: Result<Json<SwitchRequest>, JsonRejection>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let req = body(payload)?;
+    let req = requests::switch(body(payload)?)?;
     Ok(accepted(
         change(&state, move |agent| agent.start_switch(req)).await??,
     ))
@@ -362,16 +362,15 @@ async fn start_switch(
 async fn act(
     State(state): State<ApiState>,
     Path((id, action)): Path<(String, String)>,
-) -> Result<Json<Deployment>, ApiError> {
-    let action = Action::parse(&action).ok_or_else(|| {
+) -> Result<Json<keystone_api::Deployment>, ApiError> {
+    let action = action.parse::<Action>().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no action '{action}'; expected promote, abort, rollback, pause or resume"),
         )
     })?;
-    Ok(Json(
-        change(&state, move |agent| agent.act(&id, action)).await??,
-    ))
+    let d = change(&state, move |agent| agent.act(&id, action)).await??;
+    Ok(Json(d.view()))
 }
 
 /// The signed CI webhook: verify, parse, then start what it asks for.
@@ -407,36 +406,17 @@ async fn webhook(
     }
     verified.map_err(|e| ApiError::new(e.status(), e.to_string()))?;
     let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
-    // `parse_webhook` has checked `config` is an object or absent.
-    let mut params: StepParams = match &hook.config {
-        Some(serde_json::Value::Object(config)) => config.clone(),
-        _ => StepParams::new(),
-    };
-    // The webhook's one extra knob; the rest are step parameters, checked by name.
-    let switch_strategy = match params.remove("switch_strategy") {
-        None => None,
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("switch_strategy: expected \"instant\" or \"gradual\", got {other}"),
-            ));
-        }
-    };
-    // Checked here too so that a refusal names the parameter where the webhook has it.
-    if let Err(DeployError::Invalid { field, reason }) = ParamOverrides::from_params(&params) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("config.{field}: {reason}"),
-        ));
-    }
+    // `parse_webhook` has checked `config` is an object or absent; a refusal names
+    // the parameter where the webhook has it (`config.interval`).
+    let config = requests::webhook_config(hook.config.clone().unwrap_or_else(|| json!({})))?;
+    let mut params = config.params;
     let deployment = match hook.strategy() {
         Strategy::Canary | Strategy::Rolling => {
             if hook.strategy() == Strategy::Rolling {
                 // A rolling update is a canary that goes all the way without approval.
-                params.insert("max_traffic".into(), 100.0.into());
+                params.max_traffic = Some(100.0);
             }
-            let req = CanaryRequest {
+            let req = keystone_api::CanaryRequest {
                 service: hook.service,
                 version: hook.version,
                 params,
@@ -451,11 +431,11 @@ async fn webhook(
                     "environment: required for strategy blue_green (the environment to switch to)",
                 ));
             };
-            let req = SwitchRequest {
+            let req = keystone_api::SwitchRequest {
                 service: hook.service,
                 from: None,
                 to,
-                strategy: switch_strategy,
+                strategy: config.switch_strategy,
                 params,
                 pipeline: hook.pipeline,
             };

@@ -628,7 +628,7 @@ async fn a_canary_steps_itself_on_passive_signals_and_persists() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut seen = vec![];
     let mut handshakes = 0;
-    while h.state.agent.deployment(&id).unwrap().state.is_active() {
+    while h.state.agent.deployment(&id).unwrap().state.is_running() {
         assert!(
             std::time::Instant::now() < deadline,
             "no promotion: {:#?}",

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+pub use keystone_api::{Action, Analysis, DeployState, EventKind, Step, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// Step parameters and their rules live beside the config, which validates with
@@ -38,67 +39,17 @@ pub fn check_pipeline(pipeline: Option<&serde_json::Value>) -> Result<(), String
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployState {
-    Progressing,
-    Paused,
-    AwaitingApproval,
-    Completed,
-    RolledBack,
-    Aborted,
-    Failed,
-}
-
-impl DeployState {
-    pub const ALL: [DeployState; 7] = [
-        DeployState::Progressing,
-        DeployState::Paused,
-        DeployState::AwaitingApproval,
-        DeployState::Completed,
-        DeployState::RolledBack,
-        DeployState::Aborted,
-        DeployState::Failed,
-    ];
-
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            DeployState::Progressing | DeployState::Paused | DeployState::AwaitingApproval
-        )
+/// The notification event a transition into `state` sends.
+fn event_of(state: DeployState) -> EventKind {
+    match state {
+        DeployState::Progressing => EventKind::Step,
+        DeployState::Paused | DeployState::AwaitingApproval => EventKind::Paused,
+        DeployState::Completed => EventKind::Promoted,
+        DeployState::RolledBack => EventKind::RolledBack,
+        DeployState::Aborted => EventKind::Aborted,
+        DeployState::Failed => EventKind::Failed,
+        DeployState::Unknown => EventKind::Unknown,
     }
-
-    /// The notification event a transition into this state sends.
-    pub fn event(self) -> &'static str {
-        match self {
-            DeployState::Progressing => "step",
-            DeployState::Paused | DeployState::AwaitingApproval => "paused",
-            DeployState::Completed => "promoted",
-            DeployState::RolledBack => "rolled_back",
-            DeployState::Aborted => "aborted",
-            DeployState::Failed => "failed",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DeployState::Progressing => "progressing",
-            DeployState::Paused => "paused",
-            DeployState::AwaitingApproval => "awaiting_approval",
-            DeployState::Completed => "completed",
-            DeployState::RolledBack => "rolled_back",
-            DeployState::Aborted => "aborted",
-            DeployState::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Inconclusive,
 }
 
 /// Successes and failures, cumulative; analysis works on differences.
@@ -138,22 +89,6 @@ pub struct Signals {
     pub all_down: bool,
     /// Latest value of the deployment's Prometheus query (None: no data yet).
     pub prometheus: Option<f64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Analysis {
-    pub success_rate: Option<f64>,
-    pub samples: u64,
-    pub verdict: Option<Verdict>,
-    pub source: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Step {
-    pub at: String,
-    pub canary_percent: f64,
-    pub state: DeployState,
-    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,7 +132,7 @@ pub struct Deployment {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub deployment_id: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
 }
 
 /// What a new deployment starts from; [`Deployment::new`] fills in the rest.
@@ -258,7 +193,7 @@ impl Deployment {
             reason: reason.into(),
         };
         self.updated_at = step.at.clone();
-        if !self.state.is_active() {
+        if !self.state.is_running() {
             self.finished_at = Some(step.at.clone());
             self.finished_unix = Some(now);
         }
@@ -280,7 +215,7 @@ impl Deployment {
         self.record(now, reason);
         Event {
             deployment_id: self.id.clone(),
-            kind: state.event(),
+            kind: event_of(state),
         }
     }
 
@@ -538,11 +473,11 @@ impl Deployment {
         use DeployState::*;
         let state = self.state;
         let not_allowed = || {
-            format!(
-                "cannot {} a deployment that is {}",
-                action.name(),
-                state.name()
-            )
+            let verb = match action {
+                Action::Rollback => "roll back",
+                other => other.name(),
+            };
+            format!("cannot {verb} a deployment that is {}", state.name())
         };
         let event = match (action, state) {
             (Action::Promote, Progressing | Paused | AwaitingApproval) => {
@@ -576,37 +511,6 @@ fn same_kind(a: &str, b: &str) -> bool {
             .collect::<String>()
     };
     strip(a) == strip(b)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Promote,
-    Abort,
-    Rollback,
-    Pause,
-    Resume,
-}
-
-impl Action {
-    pub fn parse(s: &str) -> Option<Action> {
-        Some(match s {
-            "promote" => Action::Promote,
-            "abort" => Action::Abort,
-            "rollback" => Action::Rollback,
-            "pause" => Action::Pause,
-            "resume" => Action::Resume,
-            _ => return None,
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Promote => "promote",
-            Action::Abort => "abort",
-            Action::Rollback => "roll back",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-        }
-    }
 }
 
 /// How a tenant's new connections are shared, when not simply by configured weight.
@@ -736,6 +640,8 @@ fn split(tenant: &ResolvedTenant, from: &[String], to: &[String], to_percent: f6
         .map(|s| group_weight(to, to_percent, s).max(group_weight(from, 100.0 - to_percent, s)))
         .collect()
 }
+
+mod view;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, core::Collect
 
 use crate::{
     clock::unix_now,
-    deploy::{DeployState, Deployment},
+    deploy::{DeployState, Deployment, EventKind},
 };
 
 /// Labels of every deployment metric: `tenant` like all others, and `service` (the
@@ -61,14 +61,14 @@ impl DeploymentMetrics {
     }
 
     /// Counts a deployment event.
-    pub fn record(&self, d: &Deployment, event: &str) {
+    pub fn record(&self, d: &Deployment, event: EventKind) {
         let labels = deployment_labels(d);
         let with_status = |state: DeployState| {
             let mut l = labels.to_vec();
             l.push(state.name());
             l
         };
-        if event == "started" {
+        if event == EventKind::Started {
             self.started.with_label_values(&labels).inc();
             // Every outcome exists at 0 from the start, so `increase()` sees the first.
             for outcome in OUTCOMES {
@@ -76,7 +76,7 @@ impl DeploymentMetrics {
             }
             return;
         }
-        if d.state.is_active() {
+        if d.state.is_running() {
             return;
         }
         let labels = with_status(d.state);

@@ -25,6 +25,7 @@ pub mod privileges;
 pub mod reconcile;
 pub mod recover;
 pub mod reload;
+pub mod requests;
 pub mod rollout;
 pub mod sd_notify;
 pub mod secrets;

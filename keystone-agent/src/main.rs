@@ -417,7 +417,7 @@ async fn handle_signals(agent: Arc<Agent>, shutdown: tokio::sync::watch::Sender<
     loop {
         tokio::select! {
             _ = hup.recv() => match agent.reload().await {
-                Ok(r) => tracing::info!(generation = r.generation, "SIGHUP: config reloaded"),
+                Ok(r) => tracing::info!(generation = r.config_generation, "SIGHUP: config reloaded"),
                 Err(e) => tracing::error!("SIGHUP: reload refused, the running config stays: {e}"),
             },
             _ = term.recv() => break,

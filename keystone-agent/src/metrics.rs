@@ -289,7 +289,7 @@ impl Collector for DataplaneCollector {
             f.canary_percent
                 .with_label_values(&[tenant, tenant, deployment_environment(&d)])
                 .set(percent);
-            for state in DeployState::ALL {
+            for &state in DeployState::ALL {
                 f.deployment_state
                     .with_label_values(&[tenant, tenant, state.name()])
                     .set(i64::from(state == d.state));

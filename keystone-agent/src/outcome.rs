@@ -94,7 +94,11 @@ pub fn after_reload(
     now: f64,
 ) -> ReloadEffects {
     let mut effects = ReloadEffects::default();
-    for d in state.deployments.iter_mut().filter(|d| d.state.is_active()) {
+    for d in state
+        .deployments
+        .iter_mut()
+        .filter(|d| d.state.is_running())
+    {
         let Some(t) = new.tenants.iter().find(|t| t.name == d.tenant) else {
             effects
                 .events
@@ -133,7 +137,7 @@ pub fn after_reload(
             .find(|(name, _)| name == tenant)
             .expect("every plan has a source")
             .1;
-        if matches!(source, TrafficSource::Deployment { state, .. } if state.is_active()) {
+        if matches!(source, TrafficSource::Deployment { state, .. } if state.is_running()) {
             // A running deployment steers its own tenant (or failed above).
             return true;
         }

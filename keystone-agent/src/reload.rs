@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use keystone_api::Reloaded;
+
 use crate::{
     admin_token::AdminToken,
     config::{LoadedConfig, Problem},
@@ -11,7 +13,6 @@ use crate::{
     health::HealthChecker,
     live::LiveConfig,
     rollout::Rollouts,
-    views::Reloaded,
 };
 
 /// Re-reads the config file and makes it live, or leaves the running config
@@ -57,7 +58,8 @@ pub async fn reload(
     let generation = live.generation();
     tracing::info!(generation, "config reloaded");
     Ok(Reloaded {
-        generation,
+        status: "reloaded".into(),
+        config_generation: generation,
         conflicts,
     })
 }

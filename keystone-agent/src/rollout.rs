@@ -8,6 +8,8 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use keystone_api::{CanaryRequest, EventKind, SwitchRequest};
+
 use crate::{
     clock::unix_now,
     config::{LoadedConfig, PrometheusQuery, Strategy},
@@ -23,7 +25,6 @@ use crate::{
     store::{PersistedState, StoreError},
     strategy::{self, check_not_running},
     validation::Validation,
-    views::{CanaryRequest, SwitchRequest},
 };
 
 pub struct Rollouts {
@@ -99,7 +100,7 @@ impl Rollouts {
             let resumed: Vec<String> = runtime
                 .deployments
                 .iter()
-                .filter(|d| d.state.is_active())
+                .filter(|d| d.state.is_running())
                 .map(|d| format!("{} ({} at {}%)", d.id, d.state.name(), d.canary_percent))
                 .collect();
             if !resumed.is_empty() {
@@ -168,15 +169,15 @@ impl Rollouts {
                 continue;
             };
             tracing::info!(
-                deployment = %d.id, tenant = %d.tenant, event = event.kind, state = d.state.name(),
+                deployment = %d.id, tenant = %d.tenant, event = %event.kind, state = d.state.name(),
                 canary_percent = d.canary_percent,
                 reason = d.history.last().map(|s| s.reason.as_str()).unwrap_or(""),
                 "deployment event"
             );
             self.metrics.record(d, event.kind);
             self.notifier.notify(
-                event.kind,
-                serde_json::to_value(d).expect("deployment serialises"),
+                event.kind.name(),
+                serde_json::to_value(d.view()).expect("deployment serialises"),
             );
         }
     }
@@ -278,7 +279,7 @@ impl Rollouts {
         let mut events = Vec::new();
         let mut changed = false;
         for d in runtime.deployments.iter_mut() {
-            if !d.state.is_active() {
+            if !d.state.is_running() {
                 continue;
             }
             let signals = match config.tenants.iter().find(|t| t.name == d.tenant) {
@@ -332,7 +333,7 @@ impl Rollouts {
             .runtime()
             .deployments
             .iter()
-            .filter(|d| d.state.is_active())
+            .filter(|d| d.state.is_running())
             .filter_map(|d| {
                 let q = d.params.prometheus.clone()?;
                 Some((
@@ -399,7 +400,7 @@ impl Rollouts {
             // Drop the oldest finished ones.
             let mut dropped = 0;
             runtime.deployments.retain(|x| {
-                let drop = dropped < overflow && !x.state.is_active();
+                let drop = dropped < overflow && !x.state.is_running();
                 dropped += usize::from(drop);
                 !drop
             });
@@ -407,7 +408,7 @@ impl Rollouts {
         self.commit(&mut runtime, before)?;
         let event = deploy::Event {
             deployment_id: d.id.clone(),
-            kind: "started",
+            kind: EventKind::Started,
         };
         self.publish(&runtime, std::slice::from_ref(&event));
         Ok(d)

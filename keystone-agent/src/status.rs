@@ -90,7 +90,7 @@ pub fn tenant_views(
                     .deployments
                     .iter()
                     .rev()
-                    .find(|d| d.tenant == t.name && d.state.is_active())
+                    .find(|d| d.tenant == t.name && d.state.is_running())
                     .map(|d| d.id.clone()),
                 backends: t
                     .services

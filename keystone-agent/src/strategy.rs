@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
+use keystone_api::{CanaryRequest, SwitchRequest, SwitchStrategy};
+
 use crate::{
     config::{DurationSpec, LoadedConfig, ResolvedTenant, Strategy},
     deploy::{Params, Start},
     errors::{DeployError, invalid},
     reconcile::weights_of,
+    requests,
     store::PersistedState,
-    views::{CanaryRequest, ParamOverrides, SwitchRequest},
 };
 
 /// Blue/green: how long the new side is watched after the flip (and the step interval
@@ -23,7 +25,7 @@ pub fn check_not_running(runtime: &PersistedState, tenant: &str) -> Result<(), D
     match runtime
         .deployments
         .iter()
-        .find(|d| d.tenant == tenant && d.state.is_active())
+        .find(|d| d.tenant == tenant && d.state.is_running())
     {
         Some(d) => Err(DeployError::AlreadyRunning {
             tenant: tenant.to_owned(),
@@ -42,7 +44,7 @@ pub fn canary(
     req: CanaryRequest,
 ) -> Result<Start, DeployError> {
     let mut params = Params::from_canary_config(tenant.canary_config.as_ref());
-    ParamOverrides::from_params(&req.params)?.apply(&mut params)?;
+    requests::apply(&req.params, &mut params)?;
     let canary: Vec<String> = tenant
         .services
         .iter()
@@ -127,8 +129,8 @@ pub fn switch(
             ),
         ));
     }
-    let mut params = switch_params(tenant, req.strategy.as_deref())?;
-    ParamOverrides::from_params(&req.params)?.apply(&mut params)?;
+    let mut params = switch_params(tenant, req.strategy)?;
+    requests::apply(&req.params, &mut params)?;
     Ok(Start {
         tenant: tenant.name.clone(),
         strategy: Strategy::BlueGreen,
@@ -185,12 +187,15 @@ fn live_environment(
 
 /// A switch's step parameters from the tenant's `canary_config` and `switch_config`,
 /// shaped by its strategy (`requested`, else the config's, else instant).
-fn switch_params(tenant: &ResolvedTenant, requested: Option<&str>) -> Result<Params, DeployError> {
+fn switch_params(
+    tenant: &ResolvedTenant,
+    requested: Option<SwitchStrategy>,
+) -> Result<Params, DeployError> {
     let switch = tenant.switch_config.clone().unwrap_or_default();
     let strategy = requested
-        .map(str::to_owned)
-        .or(switch.strategy.clone())
-        .unwrap_or_else(|| "instant".into());
+        // The config's word, checked by its validation.
+        .or(switch.strategy.as_deref().and_then(|w| w.parse().ok()))
+        .unwrap_or(SwitchStrategy::Instant);
     let mut params = Params::from_canary_config(tenant.canary_config.as_ref());
     if let Some(interval) = &switch.interval {
         params.interval_seconds = interval.get().as_secs_f64();
@@ -201,17 +206,18 @@ fn switch_params(tenant: &ResolvedTenant, requested: Option<&str>) -> Result<Par
         params.increment = increment;
         params.initial_traffic = increment;
     }
-    match strategy.as_str() {
-        "instant" => {
+    match strategy {
+        SwitchStrategy::Instant => {
             params.initial_traffic = 100.0;
             params.increment = 100.0;
             params.max_traffic = 100.0;
         }
-        "gradual" => params.max_traffic = 100.0,
-        other => {
+        SwitchStrategy::Gradual => params.max_traffic = 100.0,
+        // `requests` and the config's validation refuse the word as written.
+        SwitchStrategy::Unknown => {
             return Err(invalid(
                 "strategy",
-                format!("unknown switch strategy '{other}'; expected instant or gradual"),
+                "unknown switch strategy; expected instant or gradual",
             ));
         }
     }

@@ -3,148 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{
-    config::{DurationSpec, ForwardingMode, Protocol, Strategy},
+    config::{ForwardingMode, Protocol, Strategy},
     dataplane::problems::DataplaneProblem,
-    deploy::{self, Params},
-    errors::{DeployError, invalid},
     health::HealthState,
     outcome::TrafficSource,
     persist::PersistStatus,
 };
-
-/// What a reload did: the new generation, and where it contradicts a live outcome.
-#[derive(Clone, Debug, Serialize)]
-pub struct Reloaded {
-    #[serde(rename = "config_generation")]
-    pub generation: u64,
-    pub conflicts: Vec<String>,
-}
-
-/// A request's step parameters as sent: every field that is not the request's own.
-pub type StepParams = serde_json::Map<String, serde_json::Value>;
-
-/// Optional step parameters of a deployment request.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct ParamOverrides {
-    pub initial_traffic: Option<f64>,
-    pub increment: Option<f64>,
-    pub interval: Option<DurationSpec>,
-    pub max_traffic: Option<f64>,
-    pub health_threshold: Option<f64>,
-    pub rollback_threshold: Option<f64>,
-    pub min_samples: Option<u64>,
-    pub validation_timeout: Option<DurationSpec>,
-    pub rollback_on_failure: Option<bool>,
-}
-
-/// The step parameters a deployment request may set.
-pub const PARAMETER_NAMES: [&str; 9] = [
-    "initial_traffic",
-    "increment",
-    "interval",
-    "max_traffic",
-    "health_threshold",
-    "rollback_threshold",
-    "min_samples",
-    "validation_timeout",
-    "rollback_on_failure",
-];
-
-impl ParamOverrides {
-    /// Reads a request's step parameters. A misspelt parameter is refused by name
-    /// (never a silently kept default), and so is a value of the wrong type (serde's
-    /// flattened fields would lose the name, hence the separate pass).
-    pub fn from_params(params: &StepParams) -> Result<ParamOverrides, DeployError> {
-        if let Some(name) = params
-            .keys()
-            .find(|k| !PARAMETER_NAMES.contains(&k.as_str()))
-        {
-            return Err(invalid(
-                name.as_str(),
-                format!("unknown parameter; known: {}", PARAMETER_NAMES.join(", ")),
-            ));
-        }
-        serde_path_to_error::deserialize(serde_json::Value::Object(params.clone()))
-            .map_err(|e| invalid(e.path().to_string(), e.into_inner().to_string()))
-    }
-
-    pub fn apply(&self, p: &mut Params) -> Result<(), DeployError> {
-        if let Some(v) = self.initial_traffic {
-            p.initial_traffic = v;
-        }
-        if let Some(v) = self.increment {
-            p.increment = v;
-        }
-        if let Some(v) = &self.interval {
-            p.interval_seconds = v
-                .parse()
-                .map_err(|reason| invalid("interval", reason))?
-                .as_secs_f64();
-        }
-        if let Some(v) = self.max_traffic {
-            p.max_traffic = v;
-        }
-        if let Some(v) = self.health_threshold {
-            p.health_threshold = deploy::threshold_rate(v, &v.to_string())
-                .map_err(|reason| invalid("health_threshold", reason))?;
-        }
-        if let Some(v) = self.rollback_threshold {
-            p.rollback_threshold = deploy::threshold_rate(v, &v.to_string())
-                .map_err(|reason| invalid("rollback_threshold", reason))?;
-        }
-        if let Some(v) = self.min_samples {
-            p.min_samples = v;
-        }
-        if let Some(v) = &self.validation_timeout {
-            p.validation_timeout_seconds = Some(
-                v.parse()
-                    .map_err(|reason| invalid("validation_timeout", reason))?
-                    .as_secs_f64(),
-            );
-        }
-        if let Some(v) = self.rollback_on_failure {
-            p.rollback_on_failure = v;
-        }
-        match p.problems().into_iter().next() {
-            Some((field, reason)) => Err(invalid(field, reason)),
-            None => Ok(()),
-        }
-    }
-}
-
-/// `POST /deployments/canary`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct CanaryRequest {
-    /// The tenant.
-    pub service: String,
-    /// `labels.version` of the canary backends.
-    pub version: String,
-    /// Step parameters (`ParamOverrides::from_params` reads them).
-    #[serde(flatten)]
-    pub params: StepParams,
-    #[serde(default)]
-    pub pipeline: Option<serde_json::Value>,
-}
-
-/// `POST /deployments/blue-green/switch`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct SwitchRequest {
-    pub service: String,
-    #[serde(default)]
-    pub from: Option<String>,
-    pub to: String,
-    /// `instant` or `gradual`.
-    #[serde(default)]
-    pub strategy: Option<String>,
-    /// Step parameters (`ParamOverrides::from_params` reads them).
-    #[serde(flatten)]
-    pub params: StepParams,
-    #[serde(default)]
-    pub pipeline: Option<serde_json::Value>,
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TenantView {

@@ -93,7 +93,7 @@ pub struct PrometheusQuery {
 }
 
 /// The step parameters in force (request, else the tenant's config, else defaults).
-/// Thresholds are rates (0–1) here, percentages in requests.
+/// Thresholds are percentages (0–100), as in requests and the config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeploymentParams {

@@ -276,8 +276,7 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
                 );
             }
             if let Some(strategy) = &switch.strategy
-                && strategy != "instant"
-                && strategy != "gradual"
+                && strategy.parse::<keystone_api::SwitchStrategy>().is_err()
             {
                 // Named as written: `strategy`, or the seed's `switch_strategy`.
                 let seed_name = at("switch_config.switch_strategy");
