@@ -20,6 +20,7 @@ pub mod privileges;
 pub mod recover;
 pub mod sd_notify;
 pub mod secrets;
+pub mod signing;
 pub mod store;
 pub mod webhook;
 pub mod yaml_lines;
