@@ -22,6 +22,7 @@ pub mod sd_notify;
 pub mod secrets;
 pub mod signing;
 pub mod store;
+pub mod tasks;
 pub mod webhook;
 pub mod yaml_lines;
 

@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use keystone_agent::{
     admin_server::{self, ServerMetrics},
     admin_token::AdminToken,
-    agent::Agent,
+    agent::{Agent, TICK},
     api::{ApiState, router},
     config::LoadedConfig,
     dataplane::{
@@ -24,6 +24,7 @@ use keystone_agent::{
     },
     open_files, secrets,
     store::Store,
+    tasks::Tasks,
     webhook::WebhookVerifier,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,8 +84,9 @@ enum LogFormat {
 
 /// Exit code for a bad config or bad arguments (EX_USAGE, as linkerd2-proxy uses).
 const EXIT_USAGE: u8 = 64;
-/// How long in-flight API requests get after a shutdown signal.
+/// How long in-flight API requests, then background tasks, get after a shutdown signal.
 const GRACE: Duration = Duration::from_secs(5);
+const SECOND: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
@@ -151,7 +153,11 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("cannot start the tokio runtime");
-    match runtime.block_on(run(args, config, prepared)) {
+    let result = runtime.block_on(run(args, config, prepared));
+    // Blocking work still running (a send, a task aborted after its grace) gets the
+    // grace too; dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keystone-agent: {e:#}");
@@ -303,12 +309,7 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     }
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(sample_traffic(agent.clone()));
-    tokio::spawn(run_deployments(agent.clone()));
-    tokio::spawn(follow_health(agent.clone()));
-    tokio::spawn(poll_prometheus(agent.clone()));
-    tokio::spawn(prime_neighbours(agent.clone()));
-    tokio::spawn(restore_pins(agent.clone()));
+    let tasks = background_tasks(&agent);
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
@@ -336,6 +337,7 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
         },
     ));
     let _ = shutdown_rx.wait_for(|stop| *stop).await;
+    // In this order: no new requests, no more background work, then the data plane.
     match tokio::time::timeout(GRACE, server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "admin API server task failed"),
@@ -343,6 +345,7 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
             tracing::warn!(grace = ?GRACE, "admin API requests still running after the grace period; exiting anyway")
         }
     }
+    tasks.shutdown(GRACE).await;
     agent
         .shutdown_dataplane(args.keep_forwarding)
         .context("cannot detach the XDP program")?;
@@ -425,67 +428,40 @@ async fn handle_signals(agent: Arc<Agent>, shutdown: tokio::sync::watch::Sender<
     let _ = shutdown.send(true);
 }
 
-/// Advances deployments every `TICK`.
-async fn run_deployments(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(keystone_agent::agent::TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let agent = agent.clone();
-        // Map reads and table writes are syscalls: keep them off the async workers.
-        if let Err(e) = tokio::task::spawn_blocking(move || agent.tick()).await {
-            tracing::error!(error = %e, "deployment tick panicked");
-        }
-    }
+/// The agent's background work, every run on the blocking pool.
+fn background_tasks(agent: &Arc<Agent>) -> Tasks {
+    let mut tasks = Tasks::new();
+    tasks.every("traffic samples", SECOND, on(agent, sample_traffic));
+    tasks.every("deployment ticks", TICK, on(agent, Agent::tick));
+    // Re-applies the data plane whenever a backend's health changes.
+    let health = agent.health().subscribe();
+    tasks.on_change("health follow-up", health, on(agent, Agent::health_changed));
+    // Deployments' Prometheus analysis queries.
+    tasks.every(
+        "prometheus analysis",
+        SECOND,
+        on(agent, Agent::poll_prometheus),
+    );
+    // Keeps the backends' neighbour entries resolved (see `Agent::prime_neighbours`).
+    tasks.every(
+        "neighbour priming",
+        10 * SECOND,
+        on(agent, Agent::prime_neighbours),
+    );
+    // Puts back pins removed under the running agent (see `Agent::restore_pins`).
+    tasks.every("pin restoring", 2 * SECOND, on(agent, Agent::restore_pins));
+    tasks
 }
 
-/// Keeps the backends' neighbour entries resolved (see `Agent::prime_neighbours`).
-async fn prime_neighbours(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    loop {
-        tick.tick().await;
-        let agent = agent.clone();
-        let _ = tokio::task::spawn_blocking(move || agent.prime_neighbours()).await;
-    }
+/// `work` on the agent, as a task's work.
+fn on(agent: &Arc<Agent>, work: fn(&Agent)) -> impl Fn() + Send + Sync + 'static {
+    let agent = agent.clone();
+    move || work(&agent)
 }
 
-/// Puts back pins removed under the running agent (see `Agent::restore_pins`).
-async fn restore_pins(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let agent = agent.clone();
-        let _ = tokio::task::spawn_blocking(move || agent.restore_pins()).await;
-    }
-}
-
-/// Runs deployments' Prometheus analysis queries once a second.
-async fn poll_prometheus(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let agent = agent.clone();
-        let _ = tokio::task::spawn_blocking(move || agent.poll_prometheus()).await;
-    }
-}
-
-/// Re-applies the data plane whenever a backend's health changes.
-async fn follow_health(agent: Arc<Agent>) {
-    let mut changes = agent.health().subscribe();
-    while changes.changed().await.is_ok() {
-        let agent = agent.clone();
-        let _ = tokio::task::spawn_blocking(move || agent.health_changed()).await;
-    }
-}
-
-/// Samples counters once a second for the live traffic share in `status`.
-async fn sample_traffic(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Err(e) = agent.sample() {
-            tracing::warn!(error = %e, "cannot read data-plane counters");
-        }
+/// Samples counters for the live traffic share in `status`.
+fn sample_traffic(agent: &Agent) {
+    if let Err(e) = agent.sample() {
+        tracing::warn!(error = %e, "cannot read data-plane counters");
     }
 }
