@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    config::{AdminConfig, ConfigError, Problem},
+    config::{AdminConfig, ConfigError, LoadedConfig, Problem},
     yaml_lines,
 };
 
@@ -50,12 +50,11 @@ impl TokenError {
         }
     }
 
-    /// The error as a problem of the config file at `path` (field and line), for a
-    /// refused reload.
-    pub fn into_config_error(self, path: &Path) -> ConfigError {
-        let lines = yaml_lines::index(&std::fs::read_to_string(path).unwrap_or_default());
+    /// The error as a problem of `config` (field and line), for a refused reload.
+    pub fn into_config_error(self, config: &LoadedConfig) -> ConfigError {
+        let lines = yaml_lines::index(&config.source);
         ConfigError::Invalid {
-            path: path.to_owned(),
+            path: config.path.clone(),
             problems: vec![Problem {
                 field: self.field().to_owned(),
                 line: yaml_lines::line_of(&lines, self.field()),

@@ -14,7 +14,7 @@ use crate::{
     agent::Agent,
     api::{ApiState, router},
     config::LoadedConfig,
-    dataplane::{Counters, Dataplane, DataplaneError, LiveShares, VipSpec},
+    dataplane::{ApplyError, Counters, Dataplane, LiveShares, MapAccessError, VipSpec},
 };
 
 /// Records every apply; can be told to refuse the next one.
@@ -28,9 +28,9 @@ struct FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), ApplyError> {
         if std::mem::take(&mut *self.refuse_next.lock().unwrap()) {
-            return Err(DataplaneError::TooManyBackends {
+            return Err(ApplyError::TooManyBackends {
                 count: 9999,
                 max: 4096,
             });
@@ -39,11 +39,11 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn counters(&self) -> Result<Counters, DataplaneError> {
+    fn counters(&self) -> Result<Counters, MapAccessError> {
         Ok(self.counters.lock().unwrap().clone())
     }
 
-    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+    fn live_shares(&self) -> Result<Vec<LiveShares>, MapAccessError> {
         Ok(self.pinned.clone())
     }
 }
@@ -429,10 +429,14 @@ fn percents(weights: &[u32]) -> Vec<f64> {
         .collect()
 }
 
+/// A canary of green's 1.1.0: 20 %, then +30 % every hour.
+const CANARY_20_PLUS_30: &str =
+    r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
+
 #[tokio::test]
 async fn canary_lifecycle_through_the_api() {
     let h = Harness::new();
-    let start = r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
+    let start = CANARY_20_PLUS_30;
     let (status, body) = h
         .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
         .await;
@@ -508,7 +512,7 @@ async fn canary_lifecycle_through_the_api() {
         ]
     );
     let (_, body) = h.call("GET", "/metrics", None).await;
-    assert!(body.contains("keystone_deployments_total{environment=\"green\",service=\"web\",status=\"rolled_back\",strategy=\"canary\"} 1"), "{body}");
+    assert!(body.contains("keystone_deployments_total{environment=\"green\",service=\"web\",status=\"rolled_back\",strategy=\"canary\",tenant=\"web\"} 1"), "{body}");
 }
 
 #[tokio::test]
@@ -1173,5 +1177,112 @@ async fn a_reload_rereads_the_token_file_and_refuses_an_unreadable_one() {
     assert_eq!(
         status_code(&h, "file-token-bbbbbbbbbbbb").await,
         StatusCode::OK
+    );
+}
+
+/// The value of the one sample of `name` whose labels include every `labels` pair;
+/// `None` when there is none.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name}{labels:?} matches several samples: {matching:#?}"
+    );
+    matching
+        .first()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_say_what_they_mean() {
+    let h = Harness::new();
+    let metrics = || async { h.call("GET", "/metrics", None).await.1 };
+    let web = ("tenant", "web");
+    let (blue, green) = (("backend", "blue"), ("backend", "green"));
+    let text = metrics().await;
+    // The config says 90/10: the weight metric says so, the share is what forwards.
+    assert_eq!(
+        sample(&text, "keystone_backend_weight", &[web, blue]),
+        Some(90.0)
+    );
+    assert_eq!(
+        sample(&text, "keystone_backend_weight", &[web, green]),
+        Some(10.0)
+    );
+    let share = |text: &str, b| sample(text, "keystone_backend_effective_weight_ratio", &[web, b]);
+    assert_eq!(
+        (share(&text, blue), share(&text, green)),
+        (Some(0.9), Some(0.1))
+    );
+
+    let start = CANARY_20_PLUS_30;
+    let (status, body) = h
+        .send("POST", "/deployments/canary", Some(TOKEN), &[], start)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "keystone_backend_weight", &[web, green]),
+        Some(10.0)
+    );
+    assert_eq!(
+        (share(&text, blue), share(&text, green)),
+        (Some(0.8), Some(0.2))
+    );
+    let deployment = [
+        web,
+        ("service", "web"),
+        ("strategy", "canary"),
+        ("environment", "green"),
+    ];
+    assert_eq!(
+        sample(&text, "keystone_deployments_started_total", &deployment),
+        Some(1.0)
+    );
+    assert!(!text.contains("status=\"started\""), "{text}");
+    // Every outcome exists at 0 from the start, so `increase()` sees the first one.
+    let outcome = |text: &str, status| {
+        let mut labels = deployment.to_vec();
+        labels.push(("status", status));
+        sample(text, "keystone_deployments_total", &labels)
+    };
+    assert_eq!(outcome(&text, "rolled_back"), Some(0.0));
+    assert_eq!(outcome(&text, "completed"), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            "keystone_canary_traffic_percent",
+            &[web, ("service", "web")]
+        ),
+        Some(20.0)
+    );
+    let state = |text: &str, s| sample(text, "keystone_deployment_state", &[web, ("state", s)]);
+    assert_eq!(state(&text, "progressing"), Some(1.0));
+
+    let (status, body) = h
+        .call("POST", &format!("/deployments/{id}/rollback"), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let text = metrics().await;
+    assert_eq!(outcome(&text, "rolled_back"), Some(1.0));
+    assert_eq!(outcome(&text, "completed"), Some(0.0));
+    assert_eq!(
+        (state(&text, "progressing"), state(&text, "rolled_back")),
+        (Some(0.0), Some(1.0))
+    );
+    let mut labels = deployment.to_vec();
+    labels.push(("status", "rolled_back"));
+    assert_eq!(
+        sample(&text, "keystone_deployment_duration_seconds_count", &labels),
+        Some(1.0)
     );
 }

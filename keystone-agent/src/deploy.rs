@@ -7,16 +7,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CanaryConfig, PrometheusQuery, ResolvedService, ResolvedTenant, Strategy};
+/// Step parameters and their rules live beside the config, which validates with
+/// them; named here too, where the engine's users look for them.
+pub use crate::config::{
+    DEFAULT_INCREMENT, DEFAULT_INITIAL, DEFAULT_INTERVAL_SECS, DEFAULT_MIN_SAMPLES, Params,
+    threshold_rate,
+};
+use crate::{
+    clock::rfc3339,
+    config::{ResolvedService, ResolvedTenant, Strategy},
+};
 
 /// Sum of effective weights in a tenant under a plan: fine-grained enough for
 /// 0.01 % canary steps, small enough for Maglev's credit arithmetic.
 pub const WEIGHT_SCALE: f64 = 1_000_000.0;
-/// Defaults where neither the request nor `canary_config` say.
-pub const DEFAULT_INITIAL: f64 = 10.0;
-pub const DEFAULT_INCREMENT: f64 = 10.0;
-pub const DEFAULT_INTERVAL_SECS: f64 = 60.0;
-pub const DEFAULT_MIN_SAMPLES: u64 = 5;
 /// How many finished deployments are kept.
 pub const HISTORY_LIMIT: usize = 100;
 /// Most bytes of JSON a deployment's `pipeline` object may have.
@@ -47,6 +51,16 @@ pub enum DeployState {
 }
 
 impl DeployState {
+    pub const ALL: [DeployState; 7] = [
+        DeployState::Progressing,
+        DeployState::Paused,
+        DeployState::AwaitingApproval,
+        DeployState::Completed,
+        DeployState::RolledBack,
+        DeployState::Aborted,
+        DeployState::Failed,
+    ];
+
     pub fn is_active(self) -> bool {
         matches!(
             self,
@@ -76,125 +90,6 @@ impl DeployState {
             DeployState::Aborted => "aborted",
             DeployState::Failed => "failed",
         }
-    }
-}
-
-/// Step parameters, as requested (request > tenant's canary_config > defaults).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Params {
-    pub initial_traffic: f64,
-    pub increment: f64,
-    pub interval_seconds: f64,
-    pub max_traffic: f64,
-    /// Success rate (0–1) needed for the next step.
-    pub health_threshold: f64,
-    /// Success rate (0–1) below which the deployment rolls back.
-    pub rollback_threshold: f64,
-    /// Fewer samples than this make a verdict inconclusive: the step holds.
-    pub min_samples: u64,
-    /// Blue/green only: how long the idle side may take to pass validation.
-    #[serde(default)]
-    pub validation_timeout_seconds: Option<f64>,
-    /// Blue/green only: flip back when the new side fails after the flip.
-    #[serde(default)]
-    pub rollback_on_failure: bool,
-    /// Blue/green only: how long connections established on the old side may keep
-    /// it after a completed switch; then its backends are taken out and those flows
-    /// re-picked onto the new side. None: they drain for as long as they last.
-    #[serde(default)]
-    pub drain_timeout_seconds: Option<f64>,
-    /// A Prometheus query that must pass too (`canary_config.analysis.prometheus`).
-    #[serde(default)]
-    pub prometheus: Option<PrometheusQuery>,
-}
-
-/// The one rule for `health_threshold` and `rollback_threshold`, wherever they are
-/// written (config, API, webhook, keystone-ctl): a percentage from 0 to 100, returned
-/// as a rate (0–1). A value above 0 and at most 1 is refused: it reads like a
-/// fraction (0.95, or 1 for "all") and would otherwise mean at most 1 %. `written` is
-/// the value as the user wrote it, for the message.
-pub fn threshold_rate(percent: f64, written: &str) -> Result<f64, String> {
-    if !(0.0..=100.0).contains(&percent) {
-        return Err(format!("'{written}' is not a percentage from 0 to 100"));
-    }
-    if percent > 0.0 && percent <= 1.0 {
-        let meant = (percent * 100.0 * 1e6).round() / 1e6;
-        return Err(format!(
-            "'{written}' reads like a fraction; thresholds are percentages from 0 to 100 (write {meant} for {meant} %), and values above 0 up to 1 are refused as ambiguous"
-        ));
-    }
-    Ok(percent / 100.0)
-}
-
-impl Params {
-    pub fn from_canary_config(c: Option<&CanaryConfig>) -> Params {
-        Params {
-            initial_traffic: c.map_or(DEFAULT_INITIAL, |c| c.initial_traffic),
-            increment: c.map_or(DEFAULT_INCREMENT, |c| c.increment),
-            interval_seconds: c.map_or(DEFAULT_INTERVAL_SECS, |c| c.interval.get().as_secs_f64()),
-            max_traffic: c.map_or(100.0, |c| c.max_traffic),
-            // Percentages in the config (checked by `threshold_rate`), rates here.
-            health_threshold: c.map_or(0.95, |c| c.health_threshold / 100.0),
-            rollback_threshold: c.map_or(0.9, |c| c.rollback_threshold / 100.0),
-            min_samples: c.and_then(|c| c.min_samples).unwrap_or(DEFAULT_MIN_SAMPLES),
-            validation_timeout_seconds: None,
-            rollback_on_failure: true,
-            drain_timeout_seconds: None,
-            prometheus: c
-                .and_then(|c| c.analysis.as_ref())
-                .and_then(|a| a.prometheus.clone()),
-        }
-    }
-
-    /// Every problem with the values, as (field, reason).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut p = Vec::new();
-        for (name, v) in [
-            ("initial_traffic", self.initial_traffic),
-            ("increment", self.increment),
-            ("max_traffic", self.max_traffic),
-        ] {
-            if !(0.0..=100.0).contains(&v) || v.is_nan() {
-                p.push((name, format!("{v} is not a percentage between 0 and 100")));
-            }
-        }
-        if self.increment <= 0.0 {
-            p.push(("increment", "must be greater than 0".into()));
-        }
-        if self.initial_traffic > self.max_traffic {
-            p.push((
-                "initial_traffic",
-                format!(
-                    "{} is above max_traffic {}",
-                    self.initial_traffic, self.max_traffic
-                ),
-            ));
-        }
-        if !(self.interval_seconds > 0.0 && self.interval_seconds.is_finite()) {
-            p.push(("interval", "must be greater than 0".into()));
-        }
-        for (name, v) in [
-            ("health_threshold", self.health_threshold),
-            ("rollback_threshold", self.rollback_threshold),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                p.push((
-                    name,
-                    format!("{} is not a percentage from 0 to 100", v * 100.0),
-                ));
-            }
-        }
-        if self.rollback_threshold > self.health_threshold {
-            p.push((
-                "rollback_threshold",
-                format!(
-                    "{} % must not be above health_threshold {} %",
-                    self.rollback_threshold * 100.0,
-                    self.health_threshold * 100.0
-                ),
-            ));
-        }
-        p
     }
 }
 
@@ -305,12 +200,56 @@ pub struct Event {
     pub kind: &'static str,
 }
 
-pub fn rfc3339(unix: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix.max(0.0));
-    humantime::format_rfc3339_millis(t).to_string()
+/// What a new deployment starts from; [`Deployment::new`] fills in the rest.
+pub struct Start {
+    pub tenant: String,
+    pub strategy: Strategy,
+    pub version: Option<String>,
+    pub stable: Vec<String>,
+    pub canary: Vec<String>,
+    pub params: Params,
+    pub pipeline: Option<serde_json::Value>,
+    pub from_environment: Option<String>,
+    pub to_environment: Option<String>,
 }
 
 impl Deployment {
+    /// A deployment started at `now` (the tenant's `seq`-th), its first history
+    /// entry saying `reason`. A blue/green switch starts at 0% until validated.
+    pub fn new(start: Start, seq: u64, now: f64, reason: &str) -> Deployment {
+        let params = start.params;
+        let canary_percent = match start.strategy {
+            Strategy::BlueGreen => 0.0,
+            _ => params.initial_traffic,
+        };
+        let mut d = Deployment {
+            id: format!("{}-{}-{seq}", start.tenant, now as u64),
+            tenant: start.tenant,
+            strategy: start.strategy,
+            version: start.version,
+            state: DeployState::Progressing,
+            canary_percent,
+            stable_backends: start.stable,
+            canary_backends: start.canary,
+            from_environment: start.from_environment,
+            to_environment: start.to_environment,
+            next_step_at: now + params.interval_seconds,
+            params,
+            analysis: Default::default(),
+            history: Vec::new(),
+            started_at: rfc3339(now),
+            updated_at: rfc3339(now),
+            finished_at: None,
+            pipeline: start.pipeline,
+            started_unix: now,
+            finished_unix: None,
+            validated: false,
+            baseline: None,
+        };
+        d.record(now, reason);
+        d
+    }
+
     fn record(&mut self, now: f64, reason: impl Into<String>) {
         let step = Step {
             at: rfc3339(now),
@@ -801,7 +740,7 @@ fn split(tenant: &ResolvedTenant, from: &[String], to: &[String], to_percent: f6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ForwardingMode, Protocol, Stickiness};
+    use crate::config::{ForwardingMode, PrometheusQuery, Protocol, Stickiness};
 
     fn tenant() -> ResolvedTenant {
         let svc = |name: &str, weight, env: &str, version: &str| ResolvedService {
@@ -810,6 +749,7 @@ mod tests {
             weight,
             environment: Some(env.into()),
             version: version.into(),
+            health: None,
         };
         ResolvedTenant {
             name: "web".into(),
@@ -824,6 +764,9 @@ mod tests {
                 svc("blue-2", 1, "blue", "1.0"),
                 svc("green", 0, "green", "1.1"),
             ],
+            active_environment: None,
+            canary_config: None,
+            switch_config: None,
         }
     }
 

@@ -397,9 +397,9 @@ impl HealthChecker {
     /// running with their history.
     pub fn sync(&self, config: &LoadedConfig) {
         let mut wanted: HashMap<BackendKey, CheckSpec> = HashMap::new();
-        for (tenant, raw) in config.tenants.iter().zip(&config.config.tenants) {
-            for (service, raw_service) in tenant.services.iter().zip(&raw.services) {
-                if let Some(health) = &raw_service.health {
+        for tenant in &config.tenants {
+            for service in &tenant.services {
+                if let Some(health) = &service.health {
                     wanted.insert(
                         (tenant.name.clone(), service.name.clone()),
                         CheckSpec::from_config(service.address, health),

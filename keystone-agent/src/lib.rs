@@ -4,25 +4,37 @@
 pub mod admin_server;
 pub mod admin_token;
 pub mod agent;
+pub mod analysis;
 pub mod api;
 #[cfg(test)]
 mod api_tests;
+pub mod clock;
 pub mod config;
 pub mod dataplane;
 pub mod deploy;
+pub mod deploy_metrics;
+pub mod errors;
 pub mod health;
+pub mod live;
 pub mod metrics;
 pub mod notify;
 pub mod open_files;
 pub mod outcome;
 pub mod persist;
 pub mod privileges;
+pub mod reconcile;
 pub mod recover;
+pub mod reload;
+pub mod rollout;
 pub mod sd_notify;
 pub mod secrets;
 pub mod signing;
+pub mod status;
 pub mod store;
+pub mod strategy;
 pub mod tasks;
+pub mod validation;
+pub mod views;
 pub mod webhook;
 pub mod yaml_lines;
 

@@ -5,88 +5,14 @@ use std::sync::{Arc, Weak};
 
 use keystone_common::{Endpoint, Event, Reason, xdp_action_name};
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
     proto::MetricFamily,
 };
 
 use crate::{
-    agent::Agent,
-    deploy::{DeployState, Deployment},
-    health::HealthState,
+    agent::Agent, deploy::DeployState, deploy_metrics::deployment_environment, health::HealthState,
 };
-
-/// Deployment counters, updated as events happen (they are not in the kernel).
-pub struct DeploymentMetrics {
-    total: IntCounterVec,
-    duration: HistogramVec,
-}
-
-impl Default for DeploymentMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl DeploymentMetrics {
-    pub fn new() -> DeploymentMetrics {
-        DeploymentMetrics {
-            total: counter_vec(
-                "keystone_deployments_total",
-                "Deployments by outcome: status is started, completed, rolled_back, aborted or failed.",
-                &["service", "strategy", "environment", "status"],
-            ),
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "keystone_deployment_duration_seconds",
-                    "Time from a deployment's start to its end, by outcome.",
-                )
-                .buckets(vec![
-                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-                ]),
-                &["service", "strategy", "status"],
-            )
-            .expect("metric definitions are static and valid"),
-        }
-    }
-
-    /// Counts a deployment event.
-    pub fn record(&self, d: &Deployment, event: &str) {
-        let strategy = strategy_name(d);
-        let env = d
-            .to_environment
-            .as_deref()
-            .or(d.version.as_deref())
-            .unwrap_or("");
-        let status = match event {
-            "started" => "started",
-            _ if d.state.is_active() => return,
-            _ => d.state.name(),
-        };
-        self.total
-            .with_label_values(&[d.tenant.as_str(), strategy, env, status])
-            .inc();
-        if !d.state.is_active() {
-            let seconds = (crate::agent::unix_now() - d.started_unix).max(0.0);
-            self.duration
-                .with_label_values(&[d.tenant.as_str(), strategy, status])
-                .observe(seconds);
-        }
-    }
-
-    fn collectors(&self) -> [&dyn Collector; 2] {
-        [&self.total, &self.duration]
-    }
-}
-
-fn strategy_name(d: &Deployment) -> &'static str {
-    match d.strategy {
-        crate::config::Strategy::Canary => "canary",
-        crate::config::Strategy::BlueGreen => "blue_green",
-        crate::config::Strategy::Rolling => "rolling",
-    }
-}
 
 const BACKEND_LABELS: [&str; 6] = [
     "tenant",
@@ -118,6 +44,7 @@ struct Families {
     backend_bytes: IntCounterVec,
     backend_new: IntCounterVec,
     backend_weight: IntGaugeVec,
+    backend_effective: GaugeVec,
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     vip_new: IntCounterVec,
@@ -127,6 +54,7 @@ struct Families {
     tcp_rst: IntCounterVec,
     tcp_established: IntCounterVec,
     canary_percent: GaugeVec,
+    deployment_state: IntGaugeVec,
     actions: IntCounterVec,
     reasons: IntCounterVec,
     events: IntCounterVec,
@@ -153,9 +81,18 @@ impl Families {
             ),
             backend_weight: gauge_vec(
                 "keystone_backend_weight",
-                "The backend's configured weight for new connections.",
+                "The backend's weight as configured (the config's `weight`).",
                 &BACKEND_LABELS,
             ),
+            backend_effective: GaugeVec::new(
+                Opts::new(
+                    "keystone_backend_effective_weight_ratio",
+                    "Share (0 to 1) of the VIP's new connections the live weights give the \
+                     backend: the config's weights, a deployment's step, health and the API.",
+                ),
+                &BACKEND_LABELS,
+            )
+            .expect("metric definitions are static and valid"),
             backend_health: gauge_vec(
                 "keystone_backend_health",
                 "Health-check state: 1 up, 0 down, -1 unknown (no check configured or none finished).",
@@ -186,9 +123,14 @@ impl Families {
                     "keystone_canary_traffic_percent",
                     "Share of new connections the tenant's latest deployment gives its new backends.",
                 ),
-                &["service", "environment"],
+                &["tenant", "service", "environment"],
             )
             .expect("metric definitions are static and valid"),
+            deployment_state: gauge_vec(
+                "keystone_deployment_state",
+                "1 for the state the tenant's latest deployment is in, 0 for the others.",
+                &["tenant", "service", "state"],
+            ),
             vip_packets: counter_vec(
                 "keystone_vip_packets_total",
                 "Packets to the VIP.",
@@ -230,18 +172,20 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 17] {
+    fn collectors(&self) -> [&dyn Collector; 19] {
         [
             &self.backend_packets,
             &self.backend_bytes,
             &self.backend_new,
             &self.backend_weight,
+            &self.backend_effective,
             &self.backend_health,
             &self.tcp_syn,
             &self.tcp_syn_ack,
             &self.tcp_rst,
             &self.tcp_established,
             &self.canary_percent,
+            &self.deployment_state,
             &self.vip_packets,
             &self.vip_bytes,
             &self.vip_new,
@@ -293,7 +237,10 @@ impl Collector for DataplaneCollector {
                 ];
                 f.backend_weight
                     .with_label_values(&labels)
-                    .set(b.effective_weight as i64);
+                    .set(b.configured_weight as i64);
+                f.backend_effective
+                    .with_label_values(&labels)
+                    .set(b.traffic_percent / 100.0);
                 f.backend_health
                     .with_label_values(&labels)
                     .set(match b.health {
@@ -338,14 +285,15 @@ impl Collector for DataplaneCollector {
             } else {
                 d.canary_percent
             };
-            let env = d
-                .to_environment
-                .as_deref()
-                .or(d.version.as_deref())
-                .unwrap_or("");
+            let tenant = d.tenant.as_str();
             f.canary_percent
-                .with_label_values(&[d.tenant.as_str(), env])
+                .with_label_values(&[tenant, tenant, deployment_environment(&d)])
                 .set(percent);
+            for state in DeployState::ALL {
+                f.deployment_state
+                    .with_label_values(&[tenant, tenant, state.name()])
+                    .set(i64::from(state == d.state));
+            }
             seen.push(d.tenant);
         }
         for (action, &n) in counters.actions.iter().enumerate() {

@@ -165,7 +165,10 @@ fn config_intent_change(
     new: &LoadedConfig,
     tenant: &ResolvedTenant,
 ) -> Option<String> {
-    let env = |c: &LoadedConfig| crate::agent::active_environment(c, &tenant.name);
+    let env = |c: &LoadedConfig| {
+        let t = c.tenants.iter().find(|t| t.name == tenant.name)?;
+        t.active_environment.clone()
+    };
     let (old_env, new_env) = (env(old), env(new));
     if old_env != new_env {
         let show = |e: Option<String>| e.unwrap_or_else(|| "(none)".into());

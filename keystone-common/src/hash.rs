@@ -2,7 +2,7 @@
 //! agent can predict which backend the kernel picks, and two gateways with the same
 //! config pick the same backend for a flow (ECMP scale-out).
 
-use crate::maps::FlowKey;
+use crate::flow::FlowKey;
 
 /// The fields of a packet the hash reads; the connection-table key doubles as it.
 pub type FlowTuple = FlowKey;
@@ -91,8 +91,8 @@ mod tests {
             dst: ipv4_words([198, 18, 0, 100]),
             src_port: sport.to_be(),
             dst_port: 80u16.to_be(),
-            proto: crate::PROTO_TCP,
-            family: crate::FAMILY_IPV4,
+            proto: crate::flow::PROTO_TCP,
+            family: crate::flow::FAMILY_IPV4,
             _pad: [0; 2],
         }
     }

@@ -8,6 +8,7 @@
 extern crate alloc;
 
 pub mod checksum;
+pub mod flow;
 pub mod hash;
 pub mod limits;
 #[cfg(feature = "alloc")]

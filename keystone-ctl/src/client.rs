@@ -2,9 +2,26 @@
 
 use std::time::Duration;
 
+use keystone_api::ErrorBody;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::exit;
+
+/// An answer read as keystone-api's type (the raw JSON is what `-o json` prints).
+pub fn typed<T: DeserializeOwned>(answer: &Value) -> Result<T, Failure> {
+    T::deserialize(answer).map_err(|e| {
+        fail(
+            exit::REFUSED,
+            format!("the agent's answer is not what this keystone-ctl reads: {e}: {answer}"),
+        )
+    })
+}
+
+/// A request body as JSON.
+pub fn body_of(request: &impl Serialize) -> Value {
+    serde_json::to_value(request).expect("a request serialises")
+}
 
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
@@ -89,26 +106,17 @@ impl Client {
                 ),
             )),
             _ => {
-                let problems = body.get("problems").and_then(Value::as_array);
+                let problems = error_body(&body).map(|e| e.problems).unwrap_or_default();
                 let mut reason = reason(&body);
-                if problems.is_some_and(|p| !p.is_empty()) {
+                if !problems.is_empty() {
                     // The agent's error text lists the problems too: keep its headline
                     // only, so each problem is printed once.
                     reason.truncate(reason.find('\n').unwrap_or(reason.len()));
                 }
                 let mut message = format!("the agent answered {status}: {reason}");
-                if let Some(problems) = problems {
-                    for p in problems {
-                        let line = p["line"]
-                            .as_u64()
-                            .map(|l| format!("line {l}: "))
-                            .unwrap_or_default();
-                        message.push_str(&format!(
-                            "\n  {line}{}: {}",
-                            p["field"].as_str().unwrap_or("?"),
-                            p["reason"].as_str().unwrap_or("?")
-                        ));
-                    }
+                for p in problems {
+                    let line = p.line.map(|l| format!("line {l}: ")).unwrap_or_default();
+                    message.push_str(&format!("\n  {line}{}: {}", p.field, p.reason));
                 }
                 Err(fail(exit::REFUSED, message))
             }
@@ -116,11 +124,15 @@ impl Client {
     }
 }
 
+/// An error answer as the agent sends them (`{"error": ..., "problems": [...]}`).
+fn error_body(body: &Value) -> Option<ErrorBody> {
+    ErrorBody::deserialize(body)
+        .ok()
+        .filter(|e| !e.error.is_empty())
+}
+
 fn reason(body: &Value) -> String {
-    body.get("error")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| body.to_string())
+    error_body(body).map_or_else(|| body.to_string(), |e| e.error)
 }
 
 /// Percent-encodes a path segment (tenant names and ids are usually plain already).

@@ -1,7 +1,12 @@
-//! Human output: tables padded to their widest cell, from the API's JSON.
+//! Human output: tables padded to their widest cell, from the API's answers.
 
+use keystone_api::{
+    Analysis, BackendIdentity, Deployment, DeploymentList, Status, Tenant, TenantList,
+    TrafficSource,
+};
 use serde_json::Value;
 
+/// A JSON value as a cell: strings bare, null as "-".
 pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -10,18 +15,22 @@ pub fn text(v: &Value) -> String {
     }
 }
 
+/// An optional text, "-" when absent or empty.
+pub fn or_dash(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => s.to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
 /// A 0–1 share as a percentage.
-pub fn share(v: &Value) -> String {
-    v.as_f64()
-        .map(|f| format!("{:.1}%", f * 100.0))
-        .unwrap_or_else(|| "-".to_owned())
+pub fn share(f: f64) -> String {
+    format!("{:.1}%", f * 100.0)
 }
 
 /// A 0–100 value as a percentage.
-pub fn percent(v: &Value) -> String {
-    v.as_f64()
-        .map(|f| format!("{}%", trim_float(f)))
-        .unwrap_or_else(|| "-".to_owned())
+pub fn percent(f: f64) -> String {
+    format!("{}%", trim_float(f))
 }
 
 /// 20 → "20", 12.5 → "12.5", 33.333333 → "33.33".
@@ -68,36 +77,41 @@ fn header(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|s| (*s).to_owned()).collect()
 }
 
-pub fn status(status: &Value) -> String {
+/// An object's fields as `key=value`, nulls left out (`params`, `pipeline`).
+fn pairs(v: &Value) -> Vec<String> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect()
+}
+
+pub fn status(status: &Status) -> String {
     let mut out = format!(
         "config {} (generation {}, loaded {})\n",
-        text(&status["config_path"]),
-        text(&status["config_generation"]),
-        text(&status["config_loaded_at"])
+        status.config_path, status.config_generation, status.config_loaded_at
     );
-    for p in status["problems"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "PROBLEM {}: {}\n",
-            text(&p["kind"]),
-            text(&p["message"])
-        ));
+    for p in &status.problems {
+        out.push_str(&format!("PROBLEM {}: {}\n", p.kind, p.message));
     }
-    let window = status["traffic_window_seconds"].as_f64().unwrap_or(0.0);
-    for t in status["tenants"].as_array().into_iter().flatten() {
+    let window = status.traffic_window_seconds;
+    for t in &status.tenants {
+        let (a, backends) = (&t.about, &t.backends);
         out.push_str(&format!(
             "\n{}  VIP {}/{}  mode {}  strategy {}  new connections {}  deployment {}\n",
-            text(&t["name"]),
-            text(&t["vip"]),
-            text(&t["protocol"]),
-            text(&t["mode"]),
-            text(&t["strategy"]),
-            text(&t["new_connections"]),
-            text(&t["deployment_id"]),
+            a.name,
+            a.vip,
+            a.protocol,
+            a.mode,
+            a.strategy,
+            t.new_connections,
+            or_dash(a.deployment_id.as_deref()),
         ));
         out.push_str(&format!(
             "  live weights from {}; config active environment {}\n",
-            traffic_source(&t["traffic_source"]),
-            text(&t["active_environment"]),
+            traffic_source(&a.traffic_source),
+            or_dash(a.active_environment.as_deref()),
         ));
         let traffic = format!("TRAFFIC%({window:.0}s)");
         let mut rows = vec![header(
@@ -114,15 +128,15 @@ pub fn status(status: &Value) -> String {
             ]
             .concat(),
         )];
-        for b in t["backends"].as_array().into_iter().flatten() {
-            let mut row = backend_identity(b);
+        for b in backends {
+            let mut row = backend_identity(&b.identity);
             row.extend([
-                text(&b["weight"]),
-                share(&b["weight_share"]),
-                share(&b["traffic_share"]),
-                text(&b["new_connections"]),
-                text(&b["packets"]),
-                text(&b["bytes"]),
+                b.weight.to_string(),
+                share(b.weight_share),
+                share(b.traffic_share),
+                b.new_connections.to_string(),
+                b.packets.to_string(),
+                b.bytes.to_string(),
             ]);
             rows.push(row);
         }
@@ -133,43 +147,47 @@ pub fn status(status: &Value) -> String {
 }
 
 /// Where a tenant's live weights come from (`traffic_source` of `GET /status`).
-fn traffic_source(source: &Value) -> String {
-    match source["kind"].as_str() {
-        Some("deployment") => format!(
-            "deployment {} ({})",
-            text(&source["deployment_id"]),
-            text(&source["state"])
-        ),
-        Some("manual") => match source["reason"].as_str() {
-            Some(reason) => format!("weights {reason}"),
-            None => "weights set by hand".into(),
-        },
-        Some("config") => "the config".into(),
-        _ => "-".into(),
+fn traffic_source(source: &TrafficSource) -> String {
+    match source {
+        TrafficSource::Deployment {
+            deployment_id,
+            state,
+        } => format!("deployment {deployment_id} ({state})"),
+        TrafficSource::Manual {
+            reason: Some(reason),
+        } => format!("weights {reason}"),
+        TrafficSource::Manual { reason: None } => "weights set by hand".into(),
+        TrafficSource::Config => "the config".into(),
+        TrafficSource::Unknown => "-".into(),
     }
 }
 
 /// The columns that say which backend a row is about, in `status` and `tenants`.
 const BACKEND_COLUMNS: [&str; 5] = ["BACKEND", "ADDRESS", "VERSION", "ENV", "HEALTH"];
 
-fn backend_identity(b: &Value) -> Vec<String> {
-    ["name", "address", "version", "environment", "health"]
-        .iter()
-        .map(|k| text(&b[*k]))
-        .collect()
+/// The cells of BACKEND_COLUMNS.
+fn backend_identity(b: &BackendIdentity) -> Vec<String> {
+    vec![
+        or_dash(Some(&b.name)),
+        or_dash(Some(&b.address)),
+        or_dash(Some(&b.version)),
+        or_dash(b.environment.as_deref()),
+        b.health.to_string(),
+    ]
 }
 
 /// One tenant (`GET /tenants` item, or the answer to `weights`).
-pub fn tenant(t: &Value) -> String {
+pub fn tenant(t: &Tenant) -> String {
+    let (a, backends) = (&t.about, &t.backends);
     let mut out = format!(
         "{}  VIP {}/{}  mode {}  strategy {}  active environment {}  deployment {}\n",
-        text(&t["name"]),
-        text(&t["vip"]),
-        text(&t["protocol"]),
-        text(&t["mode"]),
-        text(&t["strategy"]),
-        text(&t["active_environment"]),
-        text(&t["deployment_id"]),
+        a.name,
+        a.vip,
+        a.protocol,
+        a.mode,
+        a.strategy,
+        or_dash(a.active_environment.as_deref()),
+        or_dash(a.deployment_id.as_deref()),
     );
     let mut rows = vec![header(
         &[
@@ -178,12 +196,12 @@ pub fn tenant(t: &Value) -> String {
         ]
         .concat(),
     )];
-    for b in t["backends"].as_array().into_iter().flatten() {
-        let mut row = backend_identity(b);
+    for b in backends {
+        let mut row = backend_identity(&b.identity);
         row.extend([
-            text(&b["configured_weight"]),
-            text(&b["effective_weight"]),
-            percent(&b["traffic_percent"]),
+            b.configured_weight.to_string(),
+            b.effective_weight.to_string(),
+            percent(b.traffic_percent),
         ]);
         rows.push(row);
     }
@@ -192,13 +210,8 @@ pub fn tenant(t: &Value) -> String {
     out
 }
 
-pub fn tenants(body: &Value) -> String {
-    let list: Vec<String> = body["tenants"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(tenant)
-        .collect();
+pub fn tenants(body: &TenantList) -> String {
+    let list: Vec<String> = body.tenants.iter().map(tenant).collect();
     if list.is_empty() {
         "no tenants\n".to_owned()
     } else {
@@ -207,39 +220,34 @@ pub fn tenants(body: &Value) -> String {
 }
 
 /// "98.5% of 240 (pass)" or "no samples".
-pub fn analysis(a: &Value) -> String {
-    let samples = a["samples"].as_u64().unwrap_or(0);
-    let verdict = a["verdict"].as_str().unwrap_or("-");
-    match a["success_rate"].as_f64() {
-        Some(rate) => format!("{}% of {samples} ({verdict})", trim_float(rate * 100.0)),
+pub fn analysis(a: &Analysis) -> String {
+    let verdict = a.verdict.map_or("-", |v| v.name());
+    match a.success_rate {
+        Some(rate) => format!("{}% of {} ({verdict})", trim_float(rate * 100.0), a.samples),
         None => format!("no samples ({verdict})"),
     }
 }
 
-pub fn last_reason(d: &Value) -> String {
-    d["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .map(|s| text(&s["reason"]))
-        .unwrap_or_else(|| "-".to_owned())
+pub fn last_reason(d: &Deployment) -> String {
+    or_dash(d.last_reason())
 }
 
-pub fn deployments(body: &Value) -> String {
+pub fn deployments(body: &DeploymentList) -> String {
     let mut rows = vec![header(&[
         "ID", "TENANT", "STRATEGY", "VERSION", "STATE", "CANARY%", "ANALYSIS", "STARTED",
         "FINISHED",
     ])];
-    for d in body["deployments"].as_array().into_iter().flatten() {
+    for d in &body.deployments {
         rows.push(vec![
-            text(&d["id"]),
-            text(&d["tenant"]),
-            text(&d["strategy"]),
-            text(&d["version"]),
-            text(&d["state"]),
-            percent(&d["canary_percent"]),
-            analysis(&d["analysis"]),
-            text(&d["started_at"]),
-            text(&d["finished_at"]),
+            d.id.clone(),
+            d.tenant.clone(),
+            d.strategy.to_string(),
+            or_dash(d.version.as_deref()),
+            d.state.to_string(),
+            percent(d.canary_percent),
+            analysis(&d.analysis),
+            or_dash(Some(&d.started_at)),
+            or_dash(d.finished_at.as_deref()),
         ]);
     }
     if rows.len() == 1 {
@@ -249,18 +257,17 @@ pub fn deployments(body: &Value) -> String {
 }
 
 /// One deployment with its parameters and step history.
-pub fn deployment(d: &Value) -> String {
+pub fn deployment(d: &Deployment) -> String {
     let mut out = format!(
         "deployment {}  tenant {}  {} {}  state {}  canary {}\n",
-        text(&d["id"]),
-        text(&d["tenant"]),
-        text(&d["strategy"]),
-        text(&d["version"]),
-        text(&d["state"]),
-        percent(&d["canary_percent"]),
+        d.id,
+        d.tenant,
+        d.strategy,
+        or_dash(d.version.as_deref()),
+        d.state,
+        percent(d.canary_percent),
     );
-    let list = |v: &Value| {
-        let names: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+    let list = |names: &[String]| {
         if names.is_empty() {
             "-".to_owned()
         } else {
@@ -269,50 +276,41 @@ pub fn deployment(d: &Value) -> String {
     };
     out.push_str(&format!(
         "  stable {}  →  new {}\n",
-        list(&d["stable_backends"]),
-        list(&d["canary_backends"])
+        list(&d.stable_backends),
+        list(&d.canary_backends)
     ));
-    if !d["from_environment"].is_null() || !d["to_environment"].is_null() {
+    if d.from_environment.is_some() || d.to_environment.is_some() {
         out.push_str(&format!(
             "  environment {} → {}\n",
-            text(&d["from_environment"]),
-            text(&d["to_environment"])
+            or_dash(d.from_environment.as_deref()),
+            or_dash(d.to_environment.as_deref())
         ));
     }
     out.push_str(&format!(
         "  analysis {} from {}\n",
-        analysis(&d["analysis"]),
-        text(&d["analysis"]["source"])
+        analysis(&d.analysis),
+        or_dash(Some(&d.analysis.source))
     ));
-    if let Some(params) = d["params"].as_object()
-        && !params.is_empty()
-    {
-        let p: Vec<String> = params
-            .iter()
-            .map(|(k, v)| format!("{k}={}", text(v)))
-            .collect();
-        out.push_str(&format!("  params {}\n", p.join(" ")));
+    let params = pairs(&serde_json::to_value(&d.params).unwrap_or_default());
+    if !params.is_empty() {
+        out.push_str(&format!("  params {}\n", params.join(" ")));
     }
     out.push_str(&format!(
         "  started {}  updated {}  finished {}\n",
-        text(&d["started_at"]),
-        text(&d["updated_at"]),
-        text(&d["finished_at"])
+        or_dash(Some(&d.started_at)),
+        or_dash(Some(&d.updated_at)),
+        or_dash(d.finished_at.as_deref())
     ));
-    if let Some(pipeline) = d["pipeline"].as_object() {
-        let p: Vec<String> = pipeline
-            .iter()
-            .map(|(k, v)| format!("{k}={}", text(v)))
-            .collect();
-        out.push_str(&format!("  pipeline {}\n", p.join(" ")));
+    if let Some(pipeline @ Value::Object(_)) = &d.pipeline {
+        out.push_str(&format!("  pipeline {}\n", pairs(pipeline).join(" ")));
     }
     let mut rows = vec![header(&["AT", "CANARY%", "STATE", "REASON"])];
-    for s in d["history"].as_array().into_iter().flatten() {
+    for s in &d.history {
         rows.push(vec![
-            text(&s["at"]),
-            percent(&s["canary_percent"]),
-            text(&s["state"]),
-            text(&s["reason"]),
+            or_dash(Some(&s.at)),
+            percent(s.canary_percent),
+            s.state.to_string(),
+            or_dash(Some(&s.reason)),
         ]);
     }
     if rows.len() > 1 {
@@ -327,6 +325,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// An answer as the agent sends it, read as keystone-api's type.
+    fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("an agent answer")
+    }
 
     #[test]
     fn table_pads_columns_and_trims_line_ends() {
@@ -362,7 +365,7 @@ mod tests {
                 ]
             }]
         });
-        let out = super::status(&status);
+        let out = super::status(&from(status));
         assert!(
             out.starts_with(
                 "config /etc/keystone.yaml (generation 3, loaded 2026-11-21T21:00:00Z)\n"
@@ -416,7 +419,7 @@ mod tests {
             "tenants": [],
         });
         assert_eq!(
-            super::status(&status),
+            super::status(&from(status)),
             "config k.yaml (generation 1, loaded t)\n\
              PROBLEM partial_checksums: 3 TCP SYN(s) ... tx off\n"
         );
@@ -442,9 +445,9 @@ api  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  active environment -  de
   api-v1   198.18.11.2:8080  1.23.0   blue  up       90      800000     80%
   api-v2   198.18.12.2:8080  1.24.0   -     unknown  10      200000     20%
 ";
-        assert_eq!(tenant(&t), expected);
-        assert_eq!(tenants(&json!({"tenants": [t]})), expected);
-        assert_eq!(tenants(&json!({"tenants": []})), "no tenants\n");
+        assert_eq!(tenant(&from(t.clone())), expected);
+        assert_eq!(tenants(&from(json!({"tenants": [t]}))), expected);
+        assert_eq!(tenants(&from(json!({"tenants": []}))), "no tenants\n");
     }
 
     fn sample_deployment() -> Value {
@@ -468,14 +471,17 @@ api  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  active environment -  de
     fn deployment_list_and_detail() {
         let d = sample_deployment();
         assert_eq!(
-            deployments(&json!({"deployments": [d.clone()]})),
+            deployments(&from(json!({"deployments": [d.clone()]}))),
             "\
 ID   TENANT  STRATEGY  VERSION  STATE              CANARY%  ANALYSIS             STARTED               FINISHED
 d-7  api     canary    1.24.0   awaiting_approval  50%      98.5% of 240 (pass)  2026-11-21T21:00:00Z  -
 "
         );
-        assert_eq!(deployments(&json!({"deployments": []})), "no deployments\n");
-        let detail = deployment(&d);
+        assert_eq!(
+            deployments(&from(json!({"deployments": []}))),
+            "no deployments\n"
+        );
+        let detail = deployment(&from(d));
         assert!(
             detail.starts_with(
                 "deployment d-7  tenant api  canary 1.24.0  state awaiting_approval  canary 50%\n  stable api-v1  →  new api-v2\n"
@@ -493,7 +499,9 @@ d-7  api     canary    1.24.0   awaiting_approval  50%      98.5% of 240 (pass) 
     #[test]
     fn analysis_without_samples() {
         assert_eq!(
-            analysis(&json!({"success_rate": null, "samples": 0, "verdict": "inconclusive"})),
+            analysis(&from(
+                json!({"success_rate": null, "samples": 0, "verdict": "inconclusive"})
+            )),
             "no samples (inconclusive)"
         );
         assert_eq!(trim_float(33.3333), "33.33");

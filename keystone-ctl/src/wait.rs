@@ -6,57 +6,62 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keystone_api::{DeployState, Deployment, Verdict};
 use serde_json::{Value, json};
 
 use crate::{
     Output,
-    client::{Client, Failure, segment},
+    client::{Client, Failure, segment, typed},
     exit, render,
 };
 
 /// The exit code a deployment in `state` ends `wait` with, or None while it runs.
-pub fn exit_code_for_state(state: &str) -> Option<u8> {
+pub fn exit_code_for_state(state: DeployState) -> Option<u8> {
     match state {
-        "completed" => Some(exit::OK),
-        "rolled_back" | "aborted" | "failed" => Some(exit::ROLLED_BACK),
-        "paused" | "awaiting_approval" => Some(exit::PAUSED),
+        DeployState::Completed => Some(exit::OK),
+        DeployState::RolledBack | DeployState::Aborted | DeployState::Failed => {
+            Some(exit::ROLLED_BACK)
+        }
+        DeployState::Paused | DeployState::AwaitingApproval => Some(exit::PAUSED),
         // progressing, or a state this ctl does not know yet: keep waiting.
-        _ => None,
+        DeployState::Progressing | DeployState::Unknown => None,
     }
 }
 
 /// What a progress line reports; a new line is printed when any of it changes.
-fn progress_key(d: &Value) -> Value {
-    json!([
-        d["state"],
-        d["canary_percent"],
-        d["analysis"]["success_rate"],
-        d["analysis"]["samples"],
-        d["analysis"]["verdict"],
-        render::last_reason(d),
-    ])
-}
+type ProgressKey = (DeployState, f64, Option<f64>, u64, Option<Verdict>, String);
 
-fn progress_line(d: &Value, elapsed: Duration) -> String {
-    format!(
-        "[+{:>5.1}s] {:<17} canary {:>6}  success {}  {}",
-        elapsed.as_secs_f64(),
-        render::text(&d["state"]),
-        render::percent(&d["canary_percent"]),
-        render::analysis(&d["analysis"]),
+fn progress_key(d: &Deployment) -> ProgressKey {
+    (
+        d.state,
+        d.canary_percent,
+        d.analysis.success_rate,
+        d.analysis.samples,
+        d.analysis.verdict,
         render::last_reason(d),
     )
 }
 
-fn progress_json(d: &Value, elapsed: Duration) -> Value {
+fn progress_line(d: &Deployment, elapsed: Duration) -> String {
+    format!(
+        "[+{:>5.1}s] {:<17} canary {:>6}  success {}  {}",
+        elapsed.as_secs_f64(),
+        d.state.name(),
+        render::percent(d.canary_percent),
+        render::analysis(&d.analysis),
+        render::last_reason(d),
+    )
+}
+
+fn progress_json(d: &Deployment, elapsed: Duration) -> Value {
     json!({
         "elapsed_seconds": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
-        "deployment_id": d["id"],
-        "state": d["state"],
-        "canary_percent": d["canary_percent"],
-        "success_rate": d["analysis"]["success_rate"],
-        "samples": d["analysis"]["samples"],
-        "verdict": d["analysis"]["verdict"],
+        "deployment_id": d.id,
+        "state": d.state,
+        "canary_percent": d.canary_percent,
+        "success_rate": d.analysis.success_rate,
+        "samples": d.analysis.samples,
+        "verdict": d.analysis.verdict,
         "reason": render::last_reason(d),
     })
 }
@@ -81,13 +86,15 @@ pub fn wait(
 ) -> Result<u8, Failure> {
     let started = Instant::now();
     let path = format!("/deployments/{}", segment(id));
-    let mut last_key: Option<Value> = None;
-    let mut last_seen: Option<Value> = None;
+    let mut last_key: Option<ProgressKey> = None;
+    // The answer as sent (`-o json` prints it) and as read.
+    let mut last_seen: Option<(Value, Deployment)> = None;
     let mut outage: Option<Failure> = None;
     loop {
         before_poll(out)?;
         match client.get(&path) {
-            Ok(d) => {
+            Ok(raw) => {
+                let d: Deployment = typed(&raw)?;
                 if outage.take().is_some() && options.output == Output::Human {
                     eprintln!("keystone-ctl: the agent answers again");
                 }
@@ -100,11 +107,11 @@ pub fn wait(
                     writeln!(out, "{line}").ok();
                     last_key = Some(key);
                 }
-                if let Some(code) = exit_code_for_state(d["state"].as_str().unwrap_or("")) {
-                    finish(out, options.output, &d, code, None);
+                if let Some(code) = exit_code_for_state(d.state) {
+                    finish(out, options.output, (&raw, &d), code, None);
                     return Ok(code);
                 }
-                last_seen = Some(d);
+                last_seen = Some((raw, d));
             }
             Err(f) if f.code == exit::UNREACHABLE => {
                 if outage.is_none() && options.output == Output::Human {
@@ -119,11 +126,11 @@ pub fn wait(
             if let Some(f) = outage {
                 return Err(f);
             }
-            let d = last_seen.unwrap_or(Value::Null);
+            let (raw, d) = last_seen.unwrap_or_default();
             finish(
                 out,
                 options.output,
-                &d,
+                (&raw, &d),
                 exit::TIMED_OUT,
                 Some(options.timeout),
             );
@@ -133,14 +140,19 @@ pub fn wait(
     }
 }
 
-fn finish(out: &mut dyn Write, output: Output, d: &Value, code: u8, timeout: Option<Duration>) {
+fn finish(
+    out: &mut dyn Write,
+    output: Output,
+    (raw, d): (&Value, &Deployment),
+    code: u8,
+    timeout: Option<Duration>,
+) {
     match output {
         Output::Json => {
-            writeln!(out, "{d}").ok();
+            writeln!(out, "{raw}").ok();
         }
         Output::Human => {
-            let id = render::text(&d["id"]);
-            let state = render::text(&d["state"]);
+            let (id, state) = (&d.id, d.state);
             let what = match (code, timeout) {
                 (_, Some(t)) => format!(
                     "deployment {id} is still {state} after {}",
@@ -155,7 +167,7 @@ fn finish(out: &mut dyn Write, output: Output, d: &Value, code: u8, timeout: Opt
             writeln!(
                 out,
                 "{what}: canary {} ({}) — exit {code}",
-                render::percent(&d["canary_percent"]),
+                render::percent(d.canary_percent),
                 render::last_reason(d)
             )
             .ok();
@@ -170,17 +182,22 @@ mod tests {
     use super::*;
     use crate::test_server::canned;
 
+    /// A state as the agent spells it.
+    fn state(s: &str) -> DeployState {
+        serde_json::from_value(json!(s)).unwrap()
+    }
+
     #[test]
     fn states_map_to_exit_codes() {
-        assert_eq!(exit_code_for_state("completed"), Some(0));
+        assert_eq!(exit_code_for_state(state("completed")), Some(0));
         for s in ["rolled_back", "aborted", "failed"] {
-            assert_eq!(exit_code_for_state(s), Some(10), "{s}");
+            assert_eq!(exit_code_for_state(state(s)), Some(10), "{s}");
         }
         for s in ["paused", "awaiting_approval"] {
-            assert_eq!(exit_code_for_state(s), Some(11), "{s}");
+            assert_eq!(exit_code_for_state(state(s)), Some(11), "{s}");
         }
-        assert_eq!(exit_code_for_state("progressing"), None);
-        assert_eq!(exit_code_for_state("something_new"), None);
+        assert_eq!(exit_code_for_state(state("progressing")), None);
+        assert_eq!(exit_code_for_state(state("something_new")), None);
     }
 
     fn deployment(state: &str, percent: f64, reason: &str) -> Value {

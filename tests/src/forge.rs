@@ -51,6 +51,11 @@ impl Lab {
     /// in `from` to `to`, from inside the client namespace: a SYN on the 4-tuple of
     /// whatever connection `from` already has.
     pub fn forge_syns(&self, from: &[SocketAddr], to: SocketAddrV4) -> Result<()> {
+        self.forge_segments(from, to, TCP_SYN)
+    }
+
+    /// As [`Lab::forge_syns`], with TCP `flags` (e.g. [`TCP_ACK`]: a mid-flow packet).
+    pub fn forge_segments(&self, from: &[SocketAddr], to: SocketAddrV4, flags: u8) -> Result<()> {
         let from: Vec<SocketAddrV4> = from
             .iter()
             .map(|a| match a {
@@ -70,7 +75,8 @@ impl Lab {
                     what: format!("entering {netns}"),
                     source,
                 })?;
-                from.iter().try_for_each(|src| send_syn(*src, to))
+                from.iter()
+                    .try_for_each(|src| send_segment(*src, to, flags))
             })
             .join()
             .expect("the SYN-forging thread panicked")
@@ -78,23 +84,26 @@ impl Lab {
     }
 }
 
-/// One SYN from `src` to `dst` through a raw IPPROTO_TCP socket bound to `src`'s
-/// address (the kernel writes the IP header).
-fn send_syn(src: SocketAddrV4, dst: SocketAddrV4) -> Result<()> {
-    let what = format!("sending a forged SYN {src} -> {dst}");
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One TCP segment with `flags` from `src` to `dst` through a raw IPPROTO_TCP socket
+/// bound to `src`'s address (the kernel writes the IP header).
+fn send_segment(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Result<()> {
+    let what = format!("sending a forged TCP segment (flags {flags:#x}) {src} -> {dst}");
     let socket =
         Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).map_err(io_err(what.clone()))?;
     socket
         .bind(&SockAddr::from(SocketAddrV4::new(*src.ip(), 0)))
         .map_err(io_err(what.clone()))?;
-    let segment = syn_segment(src, dst);
+    let segment = segment(src, dst, flags);
     let to = SockAddr::from(SocketAddr::new(IpAddr::V4(*dst.ip()), 0));
     socket.send_to(&segment, &to).map_err(io_err(what))?;
     Ok(())
 }
 
-/// A 20-byte TCP header with SYN set and a valid checksum.
-fn syn_segment(src: SocketAddrV4, dst: SocketAddrV4) -> [u8; 20] {
+/// A 20-byte TCP header with `flags` and a valid checksum.
+fn segment(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> [u8; 20] {
     let seq = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
@@ -104,7 +113,7 @@ fn syn_segment(src: SocketAddrV4, dst: SocketAddrV4) -> [u8; 20] {
     h[2..4].copy_from_slice(&dst.port().to_be_bytes());
     h[4..8].copy_from_slice(&seq.to_be_bytes());
     h[12] = 5 << 4; // data offset: 5 words
-    h[13] = 0x02; // SYN
+    h[13] = flags;
     h[14..16].copy_from_slice(&64_240u16.to_be_bytes()); // window
     let mut pseudo = Vec::with_capacity(12 + h.len());
     pseudo.extend(src.ip().octets());
@@ -135,7 +144,7 @@ mod tests {
     fn a_forged_syn_has_a_valid_checksum() {
         let src: SocketAddrV4 = "198.18.0.2:40000".parse().unwrap();
         let dst: SocketAddrV4 = "198.18.0.10:80".parse().unwrap();
-        let h = syn_segment(src, dst);
+        let h = segment(src, dst, TCP_SYN);
         let mut pseudo = Vec::new();
         pseudo.extend(src.ip().octets());
         pseudo.extend(dst.ip().octets());

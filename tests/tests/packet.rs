@@ -1801,7 +1801,7 @@ fn pinned_state(
 /// pinned it leaves every pin on the same object and the links on the old program.
 #[test]
 fn a_load_that_fails_part_way_undoes_itself() {
-    use keystone_agent::dataplane::DataplaneError;
+    use keystone_agent::dataplane::LoadError;
 
     in_netns(|| {
         let bpffs = Bpffs::mount();
@@ -1818,7 +1818,7 @@ fn a_load_that_fails_part_way_undoes_itself() {
         let refused = |what: &str| {
             let err = AyaDataplane::load(both.clone()).expect_err(what);
             assert!(
-                matches!(&err, DataplaneError::Attach { interface, .. } if interface == OUT_IF),
+                matches!(&err, LoadError::Attach { interface, .. } if interface == OUT_IF),
                 "{what}: {err}"
             );
         };
@@ -2071,7 +2071,7 @@ fn three_small_vips() -> Vec<VipSpec> {
 #[test]
 fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
     use aya::{maps::MapInfo, programs::ProgramInfo};
-    use keystone_agent::dataplane::{DataplaneError, Limits, aya_dataplane::sized_maps};
+    use keystone_agent::dataplane::{ApplyError, Limits, aya_dataplane::sized_maps};
     use keystone_common::names;
 
     in_netns(|| {
@@ -2137,7 +2137,7 @@ fn configured_limits_size_the_maps_and_pinned_sizes_must_match() {
         ));
         let err = gw.dp.apply(&four).expect_err("a 4th VIP");
         assert!(
-            matches!(err, DataplaneError::TooManyVips { max: 3, .. }),
+            matches!(err, ApplyError::TooManyVips { max: 3, .. }),
             "{err}"
         );
 

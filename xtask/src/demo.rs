@@ -9,16 +9,17 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+use keystone_api::{DeployState, SwitchStrategy};
 use keystone_lab::{
     CanaryConfig, Deployment, HealthCheck, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary,
     SwitchConfig, VIP4, VIP6,
 };
 
-use crate::{lab, util};
+use crate::{build, lab, util};
 
 pub fn demo(connections: u32, mode: Mode) -> Result<()> {
     util::require_root("`cargo xtask demo`")?;
-    util::build()?;
+    build::build()?;
     // Ctrl-C stops the demo between steps, and the lab is still torn down.
     util::stop_on_signals()?;
 
@@ -206,11 +207,11 @@ fn engine(
             bail!("the canary did not finish within {PHASE:?}");
         }
         let before = lab.deployment(&id)?;
-        if !before.is_running() && before.state != "completed" {
+        if !before.is_running() && before.state != DeployState::Completed {
             bail!("the healthy canary ended {}", before.summary());
         }
         if let Some((p, s)) = &step
-            && before.state == "completed"
+            && before.state == DeployState::Completed
             && *p >= 100.0
             && s.answered() >= u64::from(connections)
         {
@@ -245,7 +246,7 @@ fn engine(
     let d = until(lab, &id, "reach 40 %", |d| {
         d.canary_percent >= 40.0 || !d.is_running()
     })?;
-    if d.state != "progressing" {
+    if d.state != DeployState::Progressing {
         bail!("the red canary ended before 40 %: {}", d.summary());
     }
     let s = lab.tcp_connections(vip, connections)?;
@@ -278,7 +279,14 @@ fn engine(
     println!("before: {}", split_line(&s, &["blue", "green"]));
     ctl(
         lab,
-        &["switch", "web6", "--to", "green", "--strategy", "instant"],
+        &[
+            "switch",
+            "web6",
+            "--to",
+            "green",
+            "--strategy",
+            SwitchStrategy::Instant.name(),
+        ],
     )?;
     let id = newest(lab, "web6")?.id;
     ctl(

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{Context, Result};
 use keystone_lab::{ADMIN_TOKEN, Lab, LabBuilder, Mode, Protocol, VIP4, VIP6};
 
-use crate::util;
+use crate::{build, util};
 
 /// The lab's VIPs: TCP on v4 and v6, UDP on v4. DSR keeps the backend port
 /// (only MACs are rewritten), NAT shows port translation (80 → 8080).
@@ -58,7 +58,7 @@ pub fn start(lab: &mut Lab, weights: &[(&str, u32)]) -> Result<()> {
 
 pub fn up(name: &str, mode: Mode) -> Result<()> {
     util::require_root("`cargo xtask lab up`")?;
-    util::build()?;
+    build::build()?;
     let mut lab = LabBuilder::new()
         .name(name)
         .mode(mode)

@@ -2,8 +2,11 @@
 //! the demo, and running the whole test suite.
 
 mod bench;
+mod build;
 mod demo;
 mod lab;
+#[cfg(test)]
+mod modgraph;
 mod package;
 mod setup;
 mod test;
@@ -89,7 +92,7 @@ enum LabCmd {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
-        Cmd::Build => util::build(),
+        Cmd::Build => build::build(),
         Cmd::Lab {
             command: LabCmd::Up { name, mode },
         } => lab::up(&name, mode),

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use keystone_lab::Bins;
 
-use crate::{setup, util};
+use crate::{build, setup, util};
 
 /// keystone-ctl's completion scripts: shell, and the file name its directory expects.
 const COMPLETIONS: [(&str, &str); 3] = [
@@ -27,7 +27,7 @@ const COMPLETIONS: [(&str, &str); 3] = [
 /// binaries as they are (the test suite packages the ones it tests).
 pub fn package(output: Option<&Path>, no_build: bool) -> Result<PathBuf> {
     if !no_build {
-        util::build()?;
+        build::build()?;
     }
     setup::cargo_deb()?;
     let bins = Bins::beside_current_exe()?;

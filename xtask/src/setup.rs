@@ -34,11 +34,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("trafgen", "netsniff-ng"),
     // The package test lints the .deb it builds.
     ("lintian", "lintian"),
+    // tests/tests/prometheus.rs runs the shipped dashboard's queries and alert rules
+    // in a real Prometheus; promtool checks and unit-tests the rules.
+    ("prometheus", "prometheus"),
 ];
 
 /// Packages (by program) whose Debian install starts a host service that the benches
-/// never use: they run their own copies inside the lab's namespaces.
-const BENCH_SERVICES: &[&str] = &["haproxy", "nginx"];
+/// and tests never use: they run their own copies (in the lab's namespaces, or the
+/// Prometheus test's temp dir).
+const BENCH_SERVICES: &[&str] = &["haproxy", "nginx", "prometheus"];
 
 /// What setup did, one line per step.
 type Report = Vec<String>;

@@ -8,12 +8,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::util;
+use crate::{build, util};
 
 pub fn test(extra: &[String]) -> Result<()> {
     util::require_root("`cargo xtask test` (the integration tests create network namespaces)")?;
     let started = Instant::now();
-    util::build()?;
+    build::build()?;
     let built = started.elapsed();
 
     println!("xtask: cargo test --workspace --release --no-fail-fast");

@@ -64,23 +64,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `setup`, then the release binaries: agent (with its XDP object), ctl, lab tools.
-pub fn build() -> Result<()> {
-    crate::setup::setup()?;
-    println!("xtask: building keystone-agent, keystone-ctl, ks-backend, ks-client (release)");
-    run(cargo()?.args([
-        "build",
-        "--release",
-        "-p",
-        "keystone-agent",
-        "-p",
-        "keystone-ctl",
-        "-p",
-        "keystone-tests",
-        "--bins",
-    ]))
-}
-
 /// The release binaries `build` made.
 pub fn bins() -> Result<Bins> {
     // xtask itself runs from target/release, beside them.

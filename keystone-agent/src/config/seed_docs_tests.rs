@@ -231,7 +231,7 @@ fn the_seed_canary_config_means_what_it_says() {
         matches!(&spec.probe, ProbeKind::Http { path, expected_status: 200, .. } if path == "/health"),
         "{spec:?}"
     );
-    let params = crate::deploy::Params::from_canary_config(raw.canary_config.as_ref());
+    let params = crate::config::Params::from_canary_config(raw.canary_config.as_ref());
     assert_eq!(
         (params.health_threshold, params.rollback_threshold),
         (0.995, 0.95)

@@ -1,7 +1,7 @@
 //! What `--check` and a reload say about a config: every problem at once, with its
 //! field and line; warnings the same way.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use super::{
     tests::{parse, problems},
@@ -235,7 +235,7 @@ fn thresholds_are_percentages_and_errors_quote_them_as_written() {
     };
     let loaded = parse(&canary("99.5", "95")).unwrap();
     let params =
-        crate::deploy::Params::from_canary_config(loaded.config.tenants[0].canary_config.as_ref());
+        crate::config::Params::from_canary_config(loaded.config.tenants[0].canary_config.as_ref());
     assert_eq!(
         (params.health_threshold, params.rollback_threshold),
         (0.995, 0.95)

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeSet,
-    fs, io,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -12,27 +11,34 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
-    util::nr_cpus,
+    maps::{HashMap, MapError},
+    programs::{Xdp, links::FdLink},
 };
 use keystone_common::{
-    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, Reason, ReverseNat, TrafficCounters,
-    VipAddr, VipInfo, backend_flags,
-    legacy::{FlowStateV1, ReverseNatV1, VipInfoV1, v1_ring_base},
-    limits::{iface::MAX_IFINDEX, ring::NO_BACKEND, stats::XDP_ACTIONS},
-    names,
+    Endpoint, Event, FlowKey, FlowState, Reason, limits::stats::XDP_ACTIONS, names,
 };
 
 use super::{
-    Counters, Dataplane, DataplaneError, Limits, LiveShares, VipSpec, interfaces, object,
+    ApplyError, Counters, Dataplane, Limits, LiveShares, LoadError, MapAccessError, VipSpec,
+    interfaces, object,
     pins::{PinKeeper, PinKind, PinWatch},
     start::Start,
-    tables::{MapWriter, Tables},
+    tables::Tables,
+};
+
+mod attach;
+mod bpffs;
+mod counters;
+mod maps;
+mod migrate;
+
+use attach::{attach, program_mut, set_iface_flags, write_iface_flags};
+pub(super) use bpffs::{check_bpffs, remove_if_exists};
+use counters::{sum_l4, sum_traffic, sum_u64};
+pub use maps::AyaMaps;
+use migrate::{
+    check_pinned_capacities, migrate_conns_v1, migrate_reverse_v1, migrate_vips_v1,
+    replace_resized_conn_table, replace_resized_counter_maps,
 };
 
 /// Every map the program has, by pinned name.
@@ -179,13 +185,13 @@ impl AyaDataplane {
     /// so the first `apply` keeps established flows where they are.
     ///
     /// Another pinned map of another size than `opts.limits` asks for is refused
-    /// (`DataplaneError::PinnedCapacity`). A pinned connection table whose size is
+    /// (`LoadError::PinnedCapacity`). A pinned connection table whose size is
     /// not `opts.limits.conn_table_entries` (the setting changed across the restart)
     /// is unpinned and created anew at the new
     /// size: tracked flows are then re-picked through Maglev, which keeps them on
     /// their backend unless the weights changed (`Event::UntrackedMidFlow` counts
     /// them). The old program keeps its old table until the new one replaces it.
-    pub fn load(opts: LoadOptions) -> Result<Self, DataplaneError> {
+    pub fn load(opts: LoadOptions) -> Result<Self, LoadError> {
         let (dataplane, start) = Self::begin(opts)?;
         start.commit()?;
         Ok(dataplane)
@@ -197,11 +203,11 @@ impl AyaDataplane {
     /// setup) leaves nothing behind, and an earlier agent's pinned data plane as it
     /// was. A load that fails undoes itself. The interfaces are checked and the pin
     /// directory locked before anything is touched.
-    pub fn begin(opts: LoadOptions) -> Result<(Self, Start), DataplaneError> {
-        let object = object::ebpf_object().ok_or(DataplaneError::NoObject)?;
+    pub fn begin(opts: LoadOptions) -> Result<(Self, Start), LoadError> {
+        let object = object::ebpf_object().ok_or(LoadError::NoObject)?;
         for interface in &opts.interfaces {
             if nix::net::if_::if_nametoindex(interface.as_str()).is_err() {
-                return Err(DataplaneError::NoInterface {
+                return Err(LoadError::NoInterface {
                     interface: interface.clone(),
                 });
             }
@@ -211,11 +217,7 @@ impl AyaDataplane {
         Ok((dataplane, start))
     }
 
-    fn load_into(
-        object: &[u8],
-        opts: LoadOptions,
-        start: &mut Start,
-    ) -> Result<Self, DataplaneError> {
+    fn load_into(object: &[u8], opts: LoadOptions, start: &mut Start) -> Result<Self, LoadError> {
         let pin_dir = opts.pin_dir;
         let limits = opts.limits;
         check_pinned_capacities(&pin_dir, &limits)?;
@@ -229,7 +231,7 @@ impl AyaDataplane {
         for (name, _, entries) in sized_maps(&limits) {
             loader.map_max_entries(name, entries);
         }
-        let mut ebpf = loader.load(object).map_err(|source| DataplaneError::Load {
+        let mut ebpf = loader.load(object).map_err(|source| LoadError::Load {
             source: Box::new(source),
         })?;
         for name in MAP_NAMES {
@@ -264,7 +266,7 @@ impl AyaDataplane {
                     attempts += 1;
                 }
                 Err(source) => {
-                    return Err(DataplaneError::Program {
+                    return Err(LoadError::Program {
                         what: "load",
                         source,
                     });
@@ -273,12 +275,10 @@ impl AyaDataplane {
         }
         let program_pin = pin_dir.join(names::PROGRAM);
         start.replace_program(&program_pin)?;
-        program
-            .pin(&program_pin)
-            .map_err(|source| DataplaneError::Pin {
-                path: program_pin.clone(),
-                source,
-            })?;
+        program.pin(&program_pin).map_err(|source| LoadError::Pin {
+            path: program_pin.clone(),
+            source,
+        })?;
 
         let mut attachments = Vec::new();
         for interface in &opts.interfaces {
@@ -310,7 +310,7 @@ impl AyaDataplane {
 
     /// Sets `iface_flags` for `ifindex` in `names::IFACES` (e.g. for tests that run
     /// packets through a program attached nowhere).
-    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
+    pub fn set_iface_flags(&mut self, ifindex: u32, flags: u32) -> Result<(), LoadError> {
         set_iface_flags(&mut self.ebpf, ifindex, flags)
     }
 
@@ -344,36 +344,36 @@ impl AyaDataplane {
     }
 
     /// The connection-table entry of a flow, if any.
-    pub fn conn(&self, flow: &FlowKey) -> Result<Option<FlowState>, DataplaneError> {
+    pub fn conn(&self, flow: &FlowKey) -> Result<Option<FlowState>, LoadError> {
         let map = self
             .ebpf
             .map(names::CONNS)
-            .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
-        let conns = HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| {
-            DataplaneError::Map {
+            .ok_or(LoadError::MissingMap { map: names::CONNS })?;
+        let conns =
+            HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| MapAccessError {
                 map: names::CONNS,
                 source,
-            }
-        })?;
+            })?;
         match conns.get(flow, 0) {
             Ok(state) => Ok(Some(state)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map {
+            Err(source) => Err(MapAccessError {
                 map: names::CONNS,
                 source,
-            }),
+            }
+            .into()),
         }
     }
 
     /// Detaches from every interface and removes all pins (maps included).
-    pub fn detach(mut self) -> Result<(), DataplaneError> {
+    pub fn detach(mut self) -> Result<(), LoadError> {
         self.release(false)
     }
 
     /// See [`Dataplane::shutdown`]. With `keep_forwarding` the pinned links, program
     /// and maps stay, so packets keep flowing and the next agent picks them up;
     /// without it the links are detached and every pin is removed. Idempotent.
-    fn release(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+    fn release(&mut self, keep_forwarding: bool) -> Result<(), LoadError> {
         let attachments = std::mem::take(&mut self.attachments);
         if !keep_forwarding {
             self.pins.forget();
@@ -397,12 +397,12 @@ impl AyaDataplane {
 }
 
 impl Dataplane for AyaDataplane {
-    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError> {
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), ApplyError> {
         interfaces::check_dsr_backends(vips, &self.iface_flags, &mut self.dsr_checked)?;
         self.tables.apply(vips)
     }
 
-    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), LoadError> {
         self.release(keep_forwarding)
     }
 
@@ -414,11 +414,11 @@ impl Dataplane for AyaDataplane {
         Some(self.pins.watch())
     }
 
-    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+    fn live_shares(&self) -> Result<Vec<LiveShares>, MapAccessError> {
         self.tables.live_shares()
     }
 
-    fn counters(&self) -> Result<Counters, DataplaneError> {
+    fn counters(&self) -> Result<Counters, MapAccessError> {
         let maps = self.tables.maps();
         let mut counters = Counters::default();
         for (vip, _, index) in self.tables.vips() {
@@ -450,647 +450,4 @@ impl Dataplane for AyaDataplane {
         }
         Ok(counters)
     }
-}
-
-fn sum_traffic(
-    map: &PerCpuArray<MapData, TrafficCounters>,
-    name: &'static str,
-    index: u32,
-) -> Result<TrafficCounters, DataplaneError> {
-    let values = map
-        .get(&index, 0)
-        .map_err(|source| DataplaneError::Map { map: name, source })?;
-    let mut total = TrafficCounters::default();
-    for v in values.iter() {
-        total.add(v);
-    }
-    Ok(total)
-}
-
-/// Unpins the connection table if it is pinned with another size than `entries`,
-/// so the loader creates it anew (reusing it would silently keep the old size); the
-/// old one is pinned back if the start fails.
-fn replace_resized_conn_table(
-    pin_dir: &Path,
-    entries: u32,
-    start: &mut Start,
-) -> Result<(), DataplaneError> {
-    let path = pin_dir.join(names::CONNS);
-    if !path.exists() {
-        return Ok(());
-    }
-    let old = MapData::from_pin(&path).map_err(map_err(names::CONNS))?;
-    let pinned = old.info().map_err(map_err(names::CONNS))?.max_entries();
-    if pinned != entries {
-        tracing::warn!(
-            pinned,
-            configured = entries,
-            "limits.conn_table_entries changed: replacing the connection table; tracked flows are re-picked (same backend unless weights changed)"
-        );
-        start.replace_map(&path, old)?;
-    }
-    Ok(())
-}
-
-/// Replaces the per-reason and per-event counter maps if an older agent pinned them
-/// with fewer entries than this program counts (it added a `Reason` or `Event`): the
-/// loader creates them anew at the right size, and those counters restart from 0.
-/// A start that fails pins the old ones back (see [`Start`]).
-fn replace_resized_counter_maps(pin_dir: &Path, start: &mut Start) -> Result<(), DataplaneError> {
-    for (map, entries) in [
-        (names::REASON_STATS, Reason::COUNT),
-        (names::EVENT_STATS, Event::COUNT),
-    ] {
-        let Some(pinned) = pinned_entries(pin_dir, map)? else {
-            continue;
-        };
-        if pinned != entries {
-            tracing::info!(
-                map,
-                pinned,
-                entries,
-                "counter map resized: its counters restart from 0"
-            );
-            let path = pin_dir.join(map);
-            let old = MapData::from_pin(&path).map_err(map_err(map))?;
-            start.replace_map(&path, old)?;
-        }
-    }
-    Ok(())
-}
-
-/// The size of `map` pinned in `pin_dir`, if it is pinned there.
-fn pinned_entries(pin_dir: &Path, map: &'static str) -> Result<Option<u32>, DataplaneError> {
-    let path = pin_dir.join(map);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let info = MapInfo::from_pin(&path).map_err(map_err(map))?;
-    Ok(Some(info.max_entries()))
-}
-
-fn sum_l4(
-    map: &PerCpuArray<MapData, L4Counters>,
-    index: u32,
-) -> Result<L4Counters, DataplaneError> {
-    let values = map.get(&index, 0).map_err(map_err(names::BACKEND_L4))?;
-    let mut total = L4Counters::default();
-    for v in values.iter() {
-        total.add(v);
-    }
-    Ok(total)
-}
-
-fn sum_u64(
-    map: &PerCpuArray<MapData, u64>,
-    name: &'static str,
-    index: u32,
-) -> Result<u64, DataplaneError> {
-    let values = map
-        .get(&index, 0)
-        .map_err(|source| DataplaneError::Map { map: name, source })?;
-    Ok(values.iter().sum())
-}
-
-/// Upgrades from an agent whose REVERSE map was `names::REVERSE_V1` (no backend slot):
-/// copies its entries into the new map, with each backend's slot found in the reused
-/// BACKENDS map, before the new program is attached, so replies of established `nat`
-/// flows stay translated across the upgrade (the first `apply` then rewrites the
-/// entries from the config). Returns whether a V1 map was found.
-fn migrate_reverse_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
-    let path = pin_dir.join(names::REVERSE_V1);
-    if !path.exists() {
-        return Ok(false);
-    }
-    let v1_err = map_err(names::REVERSE_V1);
-    let old: HashMap<MapData, Endpoint, ReverseNatV1> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&path).map_err(&v1_err)?))
-            .map_err(&v1_err)?;
-    let entries: Vec<(Endpoint, ReverseNatV1)> =
-        old.iter().collect::<Result<_, _>>().map_err(&v1_err)?;
-    let backends: Vec<Backend> = {
-        let map = ebpf
-            .map(names::BACKENDS)
-            .ok_or(DataplaneError::MissingMap {
-                map: names::BACKENDS,
-            })?;
-        let array = Array::<_, Backend>::try_from(map).map_err(map_err(names::BACKENDS))?;
-        (0..array.len())
-            .map(|i| array.get(&i, 0).map_err(map_err(names::BACKENDS)))
-            .collect::<Result<_, _>>()?
-    };
-    let map = ebpf
-        .map_mut(names::REVERSE)
-        .ok_or(DataplaneError::MissingMap {
-            map: names::REVERSE,
-        })?;
-    let mut new =
-        HashMap::<_, Endpoint, ReverseNat>::try_from(map).map_err(map_err(names::REVERSE))?;
-    for (backend, rev) in &entries {
-        let slot = backends
-            .iter()
-            .position(|b| {
-                b.endpoint == *backend
-                    && b.vip_index == rev.vip_index
-                    && b.flags & backend_flags::UP != 0
-            })
-            .map_or(NO_BACKEND, |s| s as u32);
-        let value = ReverseNat {
-            vip: rev.vip,
-            vip_index: rev.vip_index,
-            backend_slot: slot,
-        };
-        new.insert(backend, value, 0)
-            .map_err(map_err(names::REVERSE))?;
-    }
-    tracing::info!(
-        entries = entries.len(),
-        "migrated the reverse-NAT map from {} to {}",
-        names::REVERSE_V1,
-        names::REVERSE
-    );
-    Ok(true)
-}
-
-/// Upgrades from an agent whose connection table was `names::CONNS_V1` (no
-/// connection state): copies its entries into the new table with their backend and
-/// an unknown state (`FlowState::pinned`: a SYN re-picks them as before until their
-/// next client packet shows the connection), before the new program is attached, so
-/// established flows keep their backend across the upgrade. Flows the old program
-/// pins after the copy are re-picked on their next packet (`Event::UntrackedMidFlow`),
-/// onto the same backend since the weights do not change in between. At most the
-/// V1 table's capacity is copied (its keys may change under the walk). Returns
-/// whether a V1 map was found.
-fn migrate_conns_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
-    let path = pin_dir.join(names::CONNS_V1);
-    if !path.exists() {
-        return Ok(false);
-    }
-    let v1_err = map_err(names::CONNS_V1);
-    let data = MapData::from_pin(&path).map_err(&v1_err)?;
-    let capacity = data.info().map_err(&v1_err)?.max_entries();
-    let old: HashMap<MapData, FlowKey, FlowStateV1> =
-        HashMap::try_from(Map::LruHashMap(data)).map_err(&v1_err)?;
-    let map = ebpf
-        .map_mut(names::CONNS)
-        .ok_or(DataplaneError::MissingMap { map: names::CONNS })?;
-    let mut new = HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(map_err(names::CONNS))?;
-    let mut copied = 0;
-    for entry in old.iter().take(capacity as usize) {
-        let (flow, v1) = match entry {
-            Ok(entry) => entry,
-            // Evicted between finding its key and reading it.
-            Err(MapError::KeyNotFound) => continue,
-            Err(e) => return Err(v1_err(e)),
-        };
-        new.insert(flow, FlowState::pinned(v1.backend, v1.generation), 0)
-            .map_err(map_err(names::CONNS))?;
-        copied += 1;
-    }
-    tracing::info!(
-        entries = copied,
-        "migrated the connection table from {} to {}",
-        names::CONNS_V1,
-        names::CONNS
-    );
-    Ok(true)
-}
-
-/// Refuses to load when a map pinned by a previous agent has another size than
-/// `limits` asks for: the program would run with the pinned size, not the config's.
-/// The connection table is the exception: `drop_resized_conn_table` replaces it.
-fn check_pinned_capacities(pin_dir: &Path, limits: &Limits) -> Result<(), DataplaneError> {
-    for (map, field, wanted) in sized_maps(limits) {
-        if map == names::CONNS {
-            continue;
-        }
-        let Some(pinned) = pinned_entries(pin_dir, map)? else {
-            continue;
-        };
-        if pinned != wanted {
-            return Err(DataplaneError::PinnedCapacity {
-                map,
-                field,
-                pinned,
-                wanted,
-                pin_dir: pin_dir.to_owned(),
-            });
-        }
-    }
-    // A V1 VIP map is migrated into one of `max_vips` entries: it must fit.
-    let v1 = pin_dir.join(names::VIPS_V1);
-    if v1.exists() {
-        let pinned = MapInfo::from_pin(&v1)
-            .map_err(map_err(names::VIPS_V1))?
-            .max_entries();
-        if pinned > limits.max_vips {
-            return Err(DataplaneError::PinnedCapacity {
-                map: names::VIPS_V1,
-                field: "max_vips",
-                pinned,
-                wanted: limits.max_vips,
-                pin_dir: pin_dir.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Upgrades from an agent whose VIP map was `names::VIPS_V1` (tables at fixed
-/// stripes): copies its entries into the new map with each live table's place
-/// (`legacy::v1_ring_base`) made explicit, before the new program is attached. The
-/// ring array keeps its name and layout, so the live tables stay where they are and
-/// the agent reserves them (`Tables::recover`). Returns whether a V1 map was found.
-fn migrate_vips_v1(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<bool, DataplaneError> {
-    let path = pin_dir.join(names::VIPS_V1);
-    if !path.exists() {
-        return Ok(false);
-    }
-    let v1_err = map_err(names::VIPS_V1);
-    let old: HashMap<MapData, Endpoint, VipInfoV1> =
-        HashMap::try_from(Map::HashMap(MapData::from_pin(&path).map_err(&v1_err)?))
-            .map_err(&v1_err)?;
-    let entries: Vec<(Endpoint, VipInfoV1)> =
-        old.iter().collect::<Result<_, _>>().map_err(&v1_err)?;
-    let map = ebpf
-        .map_mut(names::VIPS)
-        .ok_or(DataplaneError::MissingMap { map: names::VIPS })?;
-    let mut new = HashMap::<_, Endpoint, VipInfo>::try_from(map).map_err(map_err(names::VIPS))?;
-    for (vip, info) in &entries {
-        let value = VipInfo {
-            index: info.index,
-            mode: info.mode,
-            flags: info.flags,
-            ring_slot: info.ring_slot,
-            ring_size: info.ring_size,
-            ring_base: v1_ring_base(info.index, info.ring_slot & 1),
-        };
-        new.insert(vip, value, 0).map_err(map_err(names::VIPS))?;
-    }
-    tracing::info!(
-        entries = entries.len(),
-        "migrated the VIP map from {} to {}",
-        names::VIPS_V1,
-        names::VIPS
-    );
-    Ok(true)
-}
-
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let program = ebpf
-        .program_mut(names::PROGRAM)
-        .ok_or(DataplaneError::MissingProgram {
-            name: names::PROGRAM,
-        })?;
-    program
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            what: "find",
-            source,
-        })
-}
-
-/// Attaches `program` to `interface` and pins the link as `link_<interface>`, or
-/// swaps the program into the link a previous agent pinned there.
-fn attach(
-    program: &mut Xdp,
-    interface: &str,
-    pin_dir: &Path,
-    mode: AttachMode,
-    start: &mut Start,
-) -> Result<Attachment, DataplaneError> {
-    let pin = pin_dir.join(format!("link_{interface}"));
-    let attach_err = |source| DataplaneError::Attach {
-        interface: interface.to_owned(),
-        source,
-    };
-    let link_err = |source| DataplaneError::Link {
-        path: pin.clone(),
-        source,
-    };
-    if pin.exists() {
-        let pinned = PinnedLink::from_pin(&pin).map_err(link_err)?;
-        let old: XdpLink = FdLink::from(pinned).try_into().map_err(link_err)?;
-        let id = program.attach_to_link(old).map_err(attach_err)?;
-        let link = program.take_link(id).map_err(attach_err)?;
-        let link: FdLink = link.try_into().map_err(link_err)?;
-        start.swapped_link(pin.clone());
-        tracing::info!(
-            interface,
-            "replaced the program in the XDP link pinned by a previous run"
-        );
-        return Ok(Attachment {
-            interface: interface.to_owned(),
-            pin,
-            link,
-            flags: None,
-        });
-    }
-    let (id, native) = match mode {
-        AttachMode::Driver => match program.attach(interface, XdpMode::Driver) {
-            Ok(id) => (id, true),
-            Err(error) => {
-                tracing::warn!(interface, %error, "native XDP attach failed; falling back to generic (skb) mode");
-                let id = program
-                    .attach(interface, XdpMode::Skb)
-                    .map_err(attach_err)?;
-                (id, false)
-            }
-        },
-        AttachMode::Generic => (
-            program
-                .attach(interface, XdpMode::Skb)
-                .map_err(attach_err)?,
-            false,
-        ),
-    };
-    let link = program.take_link(id).map_err(attach_err)?;
-    let link: FdLink = link.try_into().map_err(link_err)?;
-    let pinned = link.pin(&pin).map_err(|source| DataplaneError::Pin {
-        path: pin.clone(),
-        source,
-    })?;
-    start.created(pin.clone());
-    Ok(Attachment {
-        interface: interface.to_owned(),
-        pin,
-        link: pinned.into(),
-        flags: Some(interfaces::flags(native)),
-    })
-}
-
-fn set_iface_flags(ebpf: &mut Ebpf, ifindex: u32, flags: u32) -> Result<(), DataplaneError> {
-    let map = ebpf
-        .map_mut(names::IFACES)
-        .ok_or(DataplaneError::MissingMap { map: names::IFACES })?;
-    Array::<_, u32>::try_from(map)
-        .and_then(|mut a| a.set(ifindex, flags, 0))
-        .map_err(map_err(names::IFACES))
-}
-
-/// Writes each attachment's `iface_flags` to `names::IFACES` and returns them. A
-/// link swapped over from a previous agent keeps the flags that agent wrote (the
-/// map is pinned), or gets `interfaces::guessed_flags` if it wrote none.
-fn write_iface_flags(
-    ebpf: &mut Ebpf,
-    attachments: &[Attachment],
-) -> Result<Vec<(String, u32)>, DataplaneError> {
-    let mut written = Vec::new();
-    for a in attachments {
-        let name = a.interface.as_str();
-        let Some(ifindex) = interfaces::ifindex(name).filter(|i| *i < MAX_IFINDEX) else {
-            tracing::warn!(
-                interface = name,
-                "ifindex unknown or not below {MAX_IFINDEX}: packets are never redirected into this interface, the kernel forwards them"
-            );
-            continue;
-        };
-        let pinned = || -> Option<u32> {
-            let map = ebpf.map(names::IFACES)?;
-            let value = Array::<_, u32>::try_from(map).ok()?.get(&ifindex, 0).ok()?;
-            (value != 0).then_some(value)
-        };
-        let flags = a
-            .flags
-            .or_else(pinned)
-            .unwrap_or_else(|| interfaces::guessed_flags(name));
-        set_iface_flags(ebpf, ifindex, flags)?;
-        written.push((a.interface.clone(), flags));
-    }
-    Ok(written)
-}
-
-pub(super) fn remove_if_exists(path: &Path) -> Result<(), DataplaneError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DataplaneError::Unpin {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Fails unless `dir` is on a bpf filesystem, going by /proc/self/mountinfo (the
-/// longest mount point containing `dir`).
-pub(super) fn check_bpffs(dir: &Path) -> Result<(), DataplaneError> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|source| DataplaneError::PinDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(|source| DataplaneError::PinDir {
-            path: dir.clone(),
-            source,
-        })?;
-    let mut best: Option<(usize, bool)> = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount_point) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let mount_point = PathBuf::from(mount_point.replace("\\040", " "));
-        let fstype = right.split(' ').next().unwrap_or_default();
-        if dir.starts_with(&mount_point) {
-            let depth = mount_point.components().count();
-            if best.is_none_or(|(d, _)| depth >= d) {
-                best = Some((depth, fstype == "bpf"));
-            }
-        }
-    }
-    match best {
-        Some((_, true)) => Ok(()),
-        _ => Err(DataplaneError::NotBpffs {
-            path: dir.clone(),
-            mount_point: dir,
-        }),
-    }
-}
-
-/// The program's maps, typed.
-pub struct AyaMaps {
-    vips: HashMap<MapData, Endpoint, VipInfo>,
-    vip_addrs: HashMap<MapData, VipAddr, u32>,
-    filter: Array<MapData, u32>,
-    backends: Array<MapData, Backend>,
-    rings: Array<MapData, u32>,
-    reverse: HashMap<MapData, Endpoint, ReverseNat>,
-    vip_stats: PerCpuArray<MapData, TrafficCounters>,
-    backend_stats: PerCpuArray<MapData, TrafficCounters>,
-    backend_l4: PerCpuArray<MapData, L4Counters>,
-    action_stats: PerCpuArray<MapData, u64>,
-    reason_stats: PerCpuArray<MapData, u64>,
-    event_stats: PerCpuArray<MapData, u64>,
-}
-
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
-    ebpf.take_map(name)
-        .ok_or(DataplaneError::MissingMap { map: name })
-}
-
-fn typed<T: TryFrom<Map, Error = MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, DataplaneError> {
-    T::try_from(take(ebpf, name)?).map_err(|source| DataplaneError::Map { map: name, source })
-}
-
-fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, source }
-}
-
-impl AyaMaps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
-        Ok(AyaMaps {
-            vips: typed(ebpf, names::VIPS)?,
-            vip_addrs: typed(ebpf, names::VIP_ADDRS)?,
-            filter: typed(ebpf, names::ADDR_FILTER)?,
-            backends: typed(ebpf, names::BACKENDS)?,
-            rings: typed(ebpf, names::RINGS)?,
-            reverse: typed(ebpf, names::REVERSE)?,
-            vip_stats: typed(ebpf, names::VIP_STATS)?,
-            backend_stats: typed(ebpf, names::BACKEND_STATS)?,
-            backend_l4: typed(ebpf, names::BACKEND_L4)?,
-            action_stats: typed(ebpf, names::ACTION_STATS)?,
-            reason_stats: typed(ebpf, names::REASON_STATS)?,
-            event_stats: typed(ebpf, names::EVENT_STATS)?,
-        })
-    }
-}
-
-fn zeroed_per_cpu<T: aya::Pod + Default>(
-    map: &'static str,
-) -> Result<PerCpuValues<T>, DataplaneError> {
-    let cpus = nr_cpus().map_err(|(_, e)| DataplaneError::Map {
-        map,
-        source: MapError::IoError(e),
-    })?;
-    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| DataplaneError::Map {
-        map,
-        source: MapError::IoError(e),
-    })
-}
-
-impl MapWriter for AyaMaps {
-    fn read_vips(&self) -> Result<Vec<(Endpoint, VipInfo)>, DataplaneError> {
-        self.vips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::VIPS))
-    }
-
-    fn read_backends(&self) -> Result<Vec<Backend>, DataplaneError> {
-        (0..self.backends.len())
-            .map(|i| self.backends.get(&i, 0).map_err(map_err(names::BACKENDS)))
-            .collect()
-    }
-
-    fn read_reverse(&self) -> Result<Vec<(Endpoint, ReverseNat)>, DataplaneError> {
-        self.reverse
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::REVERSE))
-    }
-
-    fn read_vip_addrs(&self) -> Result<Vec<(VipAddr, u32)>, DataplaneError> {
-        self.vip_addrs
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::VIP_ADDRS))
-    }
-
-    fn read_ring(&self, base: u32, len: u32) -> Result<Vec<u32>, DataplaneError> {
-        (base..base + len)
-            .map(|i| self.rings.get(&i, 0).map_err(map_err(names::RINGS)))
-            .collect()
-    }
-
-    fn read_filter(&self) -> Result<Vec<u32>, DataplaneError> {
-        self.filter
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::ADDR_FILTER))
-    }
-
-    fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), DataplaneError> {
-        self.filter
-            .set(index, word, 0)
-            .map_err(map_err(names::ADDR_FILTER))
-    }
-
-    fn set_vip(&mut self, vip: &Endpoint, info: &VipInfo) -> Result<(), DataplaneError> {
-        self.vips.insert(vip, info, 0).map_err(map_err(names::VIPS))
-    }
-
-    fn remove_vip(&mut self, vip: &Endpoint) -> Result<(), DataplaneError> {
-        ignore_missing(self.vips.remove(vip)).map_err(map_err(names::VIPS))
-    }
-
-    fn set_vip_addr(&mut self, addr: &VipAddr, count: u32) -> Result<(), DataplaneError> {
-        self.vip_addrs
-            .insert(addr, count, 0)
-            .map_err(map_err(names::VIP_ADDRS))
-    }
-
-    fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), DataplaneError> {
-        ignore_missing(self.vip_addrs.remove(addr)).map_err(map_err(names::VIP_ADDRS))
-    }
-
-    fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), DataplaneError> {
-        self.backends
-            .set(slot, backend, 0)
-            .map_err(map_err(names::BACKENDS))
-    }
-
-    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), DataplaneError> {
-        self.rings
-            .set(index, slot, 0)
-            .map_err(map_err(names::RINGS))
-    }
-
-    fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), DataplaneError> {
-        self.reverse
-            .insert(backend, rev, 0)
-            .map_err(map_err(names::REVERSE))
-    }
-
-    fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), DataplaneError> {
-        ignore_missing(self.reverse.remove(backend)).map_err(map_err(names::REVERSE))
-    }
-
-    fn reset_vip_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
-        let zero = zeroed_per_cpu(names::VIP_STATS)?;
-        self.vip_stats
-            .set(index, zero, 0)
-            .map_err(map_err(names::VIP_STATS))
-    }
-
-    fn reset_backend_stats(&mut self, slot: u32) -> Result<(), DataplaneError> {
-        let zero = zeroed_per_cpu(names::BACKEND_STATS)?;
-        self.backend_stats
-            .set(slot, zero, 0)
-            .map_err(map_err(names::BACKEND_STATS))?;
-        let zero = zeroed_per_cpu(names::BACKEND_L4)?;
-        self.backend_l4
-            .set(slot, zero, 0)
-            .map_err(map_err(names::BACKEND_L4))
-    }
-}
-
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => {
-            Ok(())
-        }
-        other => other,
-    }
-}
-
-const fn libc_enoent() -> i32 {
-    2
 }

@@ -12,7 +12,7 @@ use std::{
 
 use keystone_common::{iface_flags, mode};
 
-use super::{DataplaneError, VipSpec};
+use super::{ApplyError, VipSpec};
 
 const SYS_NET: &str = "/sys/class/net";
 
@@ -169,7 +169,7 @@ pub fn check_dsr_backends(
     vips: &[VipSpec],
     attached: &[(String, u32)],
     checked: &mut BTreeSet<(String, IpAddr)>,
-) -> Result<(), DataplaneError> {
+) -> Result<(), ApplyError> {
     let all_generic = attached.iter().all(|(_, f)| f & iface_flags::GENERIC != 0);
     for vip in vips.iter().filter(|v| v.mode == mode::DSR) {
         for b in &vip.backends {
@@ -183,7 +183,7 @@ pub fn check_dsr_backends(
                     .iter()
                     .any(|(i, f)| *i == device && f & iface_flags::REDIRECT_TARGET != 0);
                 if !redirect_target && !all_generic {
-                    return Err(DataplaneError::DsrEgress {
+                    return Err(ApplyError::DsrEgress {
                         tenant: vip.name.clone(),
                         backend: b.name.clone(),
                         address: ip,

@@ -164,21 +164,21 @@ pub trait Dataplane: Send + 'static {
     /// Makes `vips` the live state: adds, changes and removes VIPs and backends, writes
     /// each changed VIP's Maglev table into its inactive slot and flips to it with one
     /// map write. Backends that disappear are marked not-up so their flows re-pick.
-    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), DataplaneError>;
+    fn apply(&mut self, vips: &[VipSpec]) -> Result<(), ApplyError>;
 
     /// Current counters, summed over CPUs.
-    fn counters(&self) -> Result<Counters, DataplaneError>;
+    fn counters(&self) -> Result<Counters, MapAccessError>;
 
     /// The split of every VIP found live in pinned maps at load (before the first
     /// `apply` changes it); empty when nothing was pinned.
-    fn live_shares(&self) -> Result<Vec<LiveShares>, DataplaneError> {
+    fn live_shares(&self) -> Result<Vec<LiveShares>, MapAccessError> {
         Ok(Vec::new())
     }
 
     /// Called once when the agent exits: detach and remove pins, or, with
     /// `keep_forwarding`, leave the pinned program attached so traffic keeps flowing
     /// until the next agent takes over.
-    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), DataplaneError> {
+    fn shutdown(&mut self, keep_forwarding: bool) -> Result<(), LoadError> {
         let _ = keep_forwarding;
         Ok(())
     }
@@ -193,30 +193,11 @@ pub trait Dataplane: Send + 'static {
     }
 }
 
+/// Loading the data plane: the object, the pin directory and its lock, maps pinned by
+/// an earlier agent, attaching to interfaces, and unpinning at shutdown. Returned by
+/// `AyaDataplane::load`/`begin` and [`Dataplane::shutdown`]: the agent refuses to start.
 #[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    #[error("too many VIPs: {count} configured, the data plane holds {max}")]
-    TooManyVips { count: usize, max: u32 },
-    #[error("too many backends: {count} needed, the data plane holds {max}")]
-    TooManyBackends { count: usize, max: u32 },
-    #[error("Maglev table size {size} for VIP {vip} must be a prime no larger than {max}")]
-    BadRingSize { vip: String, size: u32, max: u32 },
-    #[error(
-        "the VIPs' tables need {needed} ring entries (2 × ring_size each), \
-         limits.ring_entries is {max}"
-    )]
-    TooManyRingEntries { needed: u64, max: u32 },
-    #[error(
-        "no room in the ring array for VIP {vip}'s table of {size} entries \
-         ({free} of {capacity} entries free, fragmented by earlier table sizes): \
-         raise limits.ring_entries or restart the agent to lay the tables out afresh"
-    )]
-    RingSpace {
-        vip: String,
-        size: u32,
-        free: u64,
-        capacity: u32,
-    },
+pub enum LoadError {
     #[error(
         "map {map} pinned in {} holds {pinned} entries but limits.{field} is {wanted}: \
          capacities change only with a fresh data plane (stop the agent without \
@@ -229,45 +210,6 @@ pub enum DataplaneError {
         pinned: u32,
         wanted: u32,
         pin_dir: PathBuf,
-    },
-    #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("VIP {vip} is configured twice")]
-    DuplicateVip { vip: String },
-    #[error("VIP {vip}: backend {backend} is listed twice")]
-    DuplicateBackend { vip: String, backend: String },
-    #[error("VIP {vip}: {endpoint} needs address family IPv4/IPv6 and protocol TCP/UDP")]
-    BadEndpoint { vip: String, endpoint: String },
-    #[error("VIP {vip}: unknown forwarding mode {mode}")]
-    BadMode { vip: String, mode: u32 },
-    #[error("VIP {vip}: backend {backend} must have the VIP's address family and protocol")]
-    BackendMismatch { vip: String, backend: String },
-    #[error(
-        "backend {backend} serves two nat-mode VIPs ({first} and {second}): its replies \
-         could not be translated back; give each VIP its own backend address:port"
-    )]
-    AmbiguousReverseNat {
-        backend: String,
-        first: String,
-        second: String,
-    },
-    #[error(
-        "tenant {tenant} (dsr): backend {backend} at {address} is reached through \
-         {device}, which cannot take a redirect from native XDP, and the kernel cannot \
-         forward a dsr packet (its destination is the VIP): list that device under \
-         `interfaces:` if it has native XDP (a NIC or veth; a bridge, bond or VLAN \
-         device has none), or set `attach: xdp-generic` (generic XDP redirects into any \
-         device), or use mode nat"
-    )]
-    DsrEgress {
-        tenant: String,
-        backend: String,
-        address: std::net::IpAddr,
-        device: String,
     },
     #[error("{}", object::SKIPPED)]
     NoObject,
@@ -338,4 +280,80 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Map(#[from] MapAccessError),
+}
+
+/// A desired state the data plane refuses (checked before anything is written), or a
+/// map write that failed while applying it. Returned by [`Dataplane::apply`]: that
+/// change is refused, and the agent runs on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("too many VIPs: {count} configured, the data plane holds {max}")]
+    TooManyVips { count: usize, max: u32 },
+    #[error("too many backends: {count} needed, the data plane holds {max}")]
+    TooManyBackends { count: usize, max: u32 },
+    #[error("Maglev table size {size} for VIP {vip} must be a prime no larger than {max}")]
+    BadRingSize { vip: String, size: u32, max: u32 },
+    #[error(
+        "the VIPs' tables need {needed} ring entries (2 × ring_size each), \
+         limits.ring_entries is {max}"
+    )]
+    TooManyRingEntries { needed: u64, max: u32 },
+    #[error(
+        "no room in the ring array for VIP {vip}'s table of {size} entries \
+         ({free} of {capacity} entries free, fragmented by earlier table sizes): \
+         raise limits.ring_entries or restart the agent to lay the tables out afresh"
+    )]
+    RingSpace {
+        vip: String,
+        size: u32,
+        free: u64,
+        capacity: u32,
+    },
+    #[error("VIP {vip} is configured twice")]
+    DuplicateVip { vip: String },
+    #[error("VIP {vip}: backend {backend} is listed twice")]
+    DuplicateBackend { vip: String, backend: String },
+    #[error("VIP {vip}: {endpoint} needs address family IPv4/IPv6 and protocol TCP/UDP")]
+    BadEndpoint { vip: String, endpoint: String },
+    #[error("VIP {vip}: unknown forwarding mode {mode}")]
+    BadMode { vip: String, mode: u32 },
+    #[error("VIP {vip}: backend {backend} must have the VIP's address family and protocol")]
+    BackendMismatch { vip: String, backend: String },
+    #[error(
+        "backend {backend} serves two nat-mode VIPs ({first} and {second}): its replies \
+         could not be translated back; give each VIP its own backend address:port"
+    )]
+    AmbiguousReverseNat {
+        backend: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "tenant {tenant} (dsr): backend {backend} at {address} is reached through \
+         {device}, which cannot take a redirect from native XDP, and the kernel cannot \
+         forward a dsr packet (its destination is the VIP): list that device under \
+         `interfaces:` if it has native XDP (a NIC or veth; a bridge, bond or VLAN \
+         device has none), or set `attach: xdp-generic` (generic XDP redirects into any \
+         device), or use mode nat"
+    )]
+    DsrEgress {
+        tenant: String,
+        backend: String,
+        address: std::net::IpAddr,
+        device: String,
+    },
+    #[error(transparent)]
+    Map(#[from] MapAccessError),
+}
+
+/// A read or write of one of the program's maps that failed (aya's `MapError`, with the
+/// map's name): on its own from counter reads, else inside the two errors above.
+#[derive(Debug, thiserror::Error)]
+#[error("map {map}: {source}")]
+pub struct MapAccessError {
+    pub map: &'static str,
+    #[source]
+    pub source: aya::maps::MapError,
 }

@@ -26,7 +26,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use super::DataplaneError;
+use super::LoadError;
 
 /// An exclusive lock on a pin directory, held as long as this value (or a
 /// [`PinDirLock::try_clone`] of it) lives.
@@ -37,10 +37,10 @@ pub struct PinDirLock {
 }
 
 impl PinDirLock {
-    /// Locks `dir`, or fails with [`DataplaneError::PinDirInUse`] while another
+    /// Locks `dir`, or fails with [`LoadError::PinDirInUse`] while another
     /// process holds it.
-    pub fn acquire(dir: &Path) -> Result<Self, DataplaneError> {
-        let pin_dir_err = |source| DataplaneError::PinDir {
+    pub fn acquire(dir: &Path) -> Result<Self, LoadError> {
+        let pin_dir_err = |source| LoadError::PinDir {
             path: dir.to_owned(),
             source,
         };
@@ -50,7 +50,7 @@ impl PinDirLock {
                 dir: dir.to_owned(),
                 file,
             }),
-            Err(fs::TryLockError::WouldBlock) => Err(DataplaneError::PinDirInUse {
+            Err(fs::TryLockError::WouldBlock) => Err(LoadError::PinDirInUse {
                 path: dir.to_owned(),
             }),
             Err(fs::TryLockError::Error(e)) => Err(pin_dir_err(e)),
@@ -58,16 +58,13 @@ impl PinDirLock {
     }
 
     /// Another handle on the same lock: it is released when every handle is gone.
-    pub fn try_clone(&self) -> Result<Self, DataplaneError> {
+    pub fn try_clone(&self) -> Result<Self, LoadError> {
         Ok(PinDirLock {
             dir: self.dir.clone(),
-            file: self
-                .file
-                .try_clone()
-                .map_err(|source| DataplaneError::PinDir {
-                    path: self.dir.clone(),
-                    source,
-                })?,
+            file: self.file.try_clone().map_err(|source| LoadError::PinDir {
+                path: self.dir.clone(),
+                source,
+            })?,
         })
     }
 
@@ -90,7 +87,7 @@ enum Spare {
 }
 
 impl Spare {
-    fn open(path: &Path, kind: PinKind) -> Result<Self, DataplaneError> {
+    fn open(path: &Path, kind: PinKind) -> Result<Self, LoadError> {
         let opened = match kind {
             PinKind::Map => MapData::from_pin(path)
                 .map(Spare::Map)
@@ -102,7 +99,7 @@ impl Spare {
                 .map(|link| Spare::Link(Some(link.into())))
                 .map_err(|e| e.to_string()),
         };
-        opened.map_err(|reason| DataplaneError::Spare {
+        opened.map_err(|reason| LoadError::Spare {
             path: path.to_owned(),
             reason,
         })
@@ -187,11 +184,11 @@ impl PinKeeper {
     pub fn open(
         lock: PinDirLock,
         pins: impl IntoIterator<Item = (PathBuf, PinKind)>,
-    ) -> Result<Self, DataplaneError> {
+    ) -> Result<Self, LoadError> {
         let pins = pins
             .into_iter()
             .map(|(path, kind)| Ok((path.clone(), Spare::open(&path, kind)?)))
-            .collect::<Result<_, DataplaneError>>()?;
+            .collect::<Result<_, LoadError>>()?;
         Ok(PinKeeper {
             lock,
             pins,

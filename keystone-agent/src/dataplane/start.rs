@@ -24,7 +24,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 
-use super::{DataplaneError, aya_dataplane, pins::PinDirLock};
+use super::{LoadError, aya_dataplane, pins::PinDirLock};
 
 pub struct Start {
     pin_dir: PathBuf,
@@ -49,10 +49,10 @@ pub struct Start {
 impl Start {
     /// Claims `pin_dir` for this start: creates it if needed, checks it is on a bpffs
     /// and locks it (refused while another agent holds it).
-    pub fn begin(pin_dir: &Path) -> Result<Start, DataplaneError> {
+    pub fn begin(pin_dir: &Path) -> Result<Start, LoadError> {
         let created_dir = !pin_dir.exists();
         let claimed = fs::create_dir_all(pin_dir)
-            .map_err(|source| DataplaneError::PinDir {
+            .map_err(|source| LoadError::PinDir {
                 path: pin_dir.to_owned(),
                 source,
             })
@@ -73,7 +73,7 @@ impl Start {
                     .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
                     .collect()
             })
-            .map_err(|source| DataplaneError::PinDir {
+            .map_err(|source| LoadError::PinDir {
                 path: pin_dir.to_owned(),
                 source,
             })?;
@@ -95,7 +95,7 @@ impl Start {
         &self.pin_dir
     }
 
-    pub fn lock(&self) -> Result<PinDirLock, DataplaneError> {
+    pub fn lock(&self) -> Result<PinDirLock, LoadError> {
         self.lock.try_clone()
     }
 
@@ -111,7 +111,7 @@ impl Start {
 
     /// Unpins the map at `path` so the loader creates a new one there, keeping the old
     /// map to pin back if the start fails.
-    pub fn replace_map(&mut self, path: &Path, old: MapData) -> Result<(), DataplaneError> {
+    pub fn replace_map(&mut self, path: &Path, old: MapData) -> Result<(), LoadError> {
         aya_dataplane::remove_if_exists(path)?;
         self.replaced_maps.push((path.to_owned(), old));
         Ok(())
@@ -119,17 +119,16 @@ impl Start {
 
     /// Unpins the program at `path` (if any) for this start's, keeping the old one to
     /// pin back, and to swap back into the links, if the start fails.
-    pub fn replace_program(&mut self, path: &Path) -> Result<(), DataplaneError> {
+    pub fn replace_program(&mut self, path: &Path) -> Result<(), LoadError> {
         if !path.exists() {
             self.created(path.to_owned());
             return Ok(());
         }
-        let old = Xdp::from_pin(path, XdpAttachType::Interface).map_err(|source| {
-            DataplaneError::Program {
+        let old =
+            Xdp::from_pin(path, XdpAttachType::Interface).map_err(|source| LoadError::Program {
                 what: "open the pinned previous",
                 source,
-            }
-        })?;
+            })?;
         aya_dataplane::remove_if_exists(path)?;
         self.previous_program = Some((path.to_owned(), old));
         Ok(())
@@ -146,7 +145,7 @@ impl Start {
     }
 
     /// Keeps what this start did.
-    pub fn commit(mut self) -> Result<(), DataplaneError> {
+    pub fn commit(mut self) -> Result<(), LoadError> {
         self.committed = true;
         for path in &self.unpin_on_commit {
             aya_dataplane::remove_if_exists(path)?;
@@ -221,17 +220,17 @@ impl Drop for Start {
 /// `e`, or for a pin directory that is not (or cannot be made) on a bpffs, the one
 /// command that fixes it. Under the conventional `/sys/fs/bpf` that is mounting the
 /// bpffs there, which most distributions do at boot and minimal hosts do not.
-fn bpffs_hint(pin_dir: &Path, e: DataplaneError) -> DataplaneError {
+fn bpffs_hint(pin_dir: &Path, e: LoadError) -> LoadError {
     let on_bpffs = pin_dir
         .ancestors()
         .find(|dir| dir.exists())
         .is_some_and(|dir| aya_dataplane::check_bpffs(dir).is_ok());
     match e {
-        DataplaneError::PinDirInUse { .. } => e,
+        LoadError::PinDirInUse { .. } => e,
         _ if on_bpffs => e,
         _ => {
             let mount_point = Path::new(BPFFS_ROOT);
-            DataplaneError::NotBpffs {
+            LoadError::NotBpffs {
                 path: pin_dir.to_owned(),
                 mount_point: if pin_dir.starts_with(mount_point) {
                     mount_point.to_owned()

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
+use keystone_api::{Accepted, DeployState, Deployment, SwitchRequest, SwitchStrategy};
 use keystone_common::{Endpoint, PROTO_TCP, VipInfo};
 use keystone_lab::{
     ADMIN_LISTEN, ADMIN_TOKEN, AgentConfig, HealthCheck, Lab, LabBuilder, Mode, Protocol, Service,
@@ -19,7 +20,7 @@ use super::{
     live::{self, Admin, InNetns, Pins},
     table::{Table, human, median, min, quantile, ratio},
 };
-use crate::{lab::BACKEND_PORT, util};
+use crate::{build, lab::BACKEND_PORT, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,7 +40,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(200);
 const HEALTH_FALL: u32 = 2;
 
 pub fn run(args: Args) -> Result<()> {
-    util::build()?;
+    build::build()?;
     let mut lab = LabBuilder::new()
         .name(format!("bctl{}", std::process::id()))
         .mode(Mode::Nat)
@@ -345,9 +346,13 @@ fn blue_green(pins: &Pins, admin: &mut Admin, lab: &Lab, reps: usize) -> Result<
         } else {
             ("green", "blue")
         };
-        let body =
-            serde_json::json!({"service": "bg", "from": from, "to": to, "strategy": "instant"})
-                .to_string();
+        let body = serde_json::to_string(&SwitchRequest {
+            service: "bg".into(),
+            from: Some(from.into()),
+            to: to.into(),
+            strategy: Some(SwitchStrategy::Instant),
+            ..SwitchRequest::default()
+        })?;
         let before = place(pins.vip(&bg));
         let t0 = Instant::now();
         admin.send("POST", "/deployments/blue-green/switch", Some(&body))?;
@@ -357,10 +362,7 @@ fn blue_green(pins: &Pins, admin: &mut Admin, lab: &Lab, reps: usize) -> Result<
         if status != 202 {
             bail!("switch {from} → {to}: HTTP {status}: {text}");
         }
-        let id = serde_json::from_str::<serde_json::Value>(&text)?["deployment_id"]
-            .as_str()
-            .context("no deployment_id")?
-            .to_owned();
+        let id = serde_json::from_str::<Accepted>(&text)?.deployment_id;
         let info = pins.vip(&bg).context("bg VIP gone")?;
         let want = side(to)?;
         if pins.live_table(&info)?.iter().any(|e| *e != want) {
@@ -368,20 +370,16 @@ fn blue_green(pins: &Pins, admin: &mut Admin, lab: &Lab, reps: usize) -> Result<
         }
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let d: serde_json::Value =
+            let d: Deployment =
                 serde_json::from_str(&admin.ok("GET", &format!("/deployments/{id}"), None)?)?;
-            let state = d["state"].as_str().unwrap_or_default().to_owned();
-            if matches!(state.as_str(), "completed") {
+            if d.state == DeployState::Completed {
                 break;
             }
-            if !matches!(
-                state.as_str(),
-                "progressing" | "paused" | "awaiting_approval"
-            ) {
-                bail!("switch {from} → {to} ended {state}: {d}");
+            if !d.is_running() {
+                bail!("switch {from} → {to} ended {}", d.summary());
             }
             if Instant::now() > deadline {
-                bail!("switch {from} → {to} still {state} after {DEADLINE:?}");
+                bail!("switch {from} → {to} still {} after {DEADLINE:?}", d.state);
             }
         }
     }

@@ -24,7 +24,7 @@ use super::{
     live::{self, InNetns, Pins},
     table::{Table, human, ratio},
 };
-use crate::util;
+use crate::{build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -47,7 +47,7 @@ pub struct Args {
 const FIRST_PORT: u16 = 1000;
 
 pub fn run(args: Args) -> Result<()> {
-    util::build()?;
+    build::build()?;
     let mut lab = LabBuilder::new()
         .name(format!("bscl{}", std::process::id()))
         .mode(Mode::Nat)

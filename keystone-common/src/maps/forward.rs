@@ -1,0 +1,76 @@
+//! The forwarding tables' values: VIPs, backends, reverse NAT and next hops.
+
+use super::Endpoint;
+
+/// Value of the VIP map. Rewriting this one entry is what makes a new table live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into per-VIP arrays (stats), `< limits.max_vips`.
+    pub index: u32,
+    /// `mode::NAT` or `mode::DSR`.
+    pub mode: u32,
+    /// `vip_flags::*`.
+    pub flags: u32,
+    /// Which of the VIP's two ring stripes is live (0 or 1).
+    pub ring_slot: u32,
+    /// Entries in the live table; 0 means no backend can take new flows.
+    pub ring_size: u32,
+    /// Index of the live table's first entry in the ring array; the table is
+    /// `ring_base .. ring_base + ring_size`, placed by the agent.
+    pub ring_base: u32,
+}
+/// Value of the backend array, indexed by backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Where to send: address, port (network order), protocol and family.
+    pub endpoint: Endpoint,
+    /// `backend_flags::*`.
+    pub flags: u32,
+    /// Bumped whenever the slot is given to a different backend, so flows pinned
+    /// to the previous occupant are re-picked instead of following the slot.
+    pub generation: u32,
+    /// The VIP this backend slot serves.
+    pub vip_index: u32,
+}
+/// Value of the per-CPU next-hop cache (`names::NEXT_HOPS`), indexed by backend
+/// slot: a successful `bpf_fib_lookup` towards that backend, reused by later packets
+/// instead of another lookup while all of these still match (else it is looked up
+/// again and rewritten):
+/// - `expires_ns` is in the future (`bpf_ktime_get_coarse_ns`; entries live
+///   `limits::forward::NEXT_HOP_TTL_NS`), so a changed neighbour MAC, route or
+///   egress device takes effect within that time;
+/// - `generation` is the backend's (`Backend::generation`): a slot given to another
+///   backend never uses its predecessor's next hop;
+/// - `ingress_ifindex` is the packet's (the lookup depends on it).
+///
+/// The lookup is per backend, not per flow: routing by source address, TOS or
+/// ports (policy routing, multipath hashing) towards one backend is decided by the
+/// first packet of each `NEXT_HOP_TTL_NS` period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopCache {
+    /// Monotonic coarse-clock ns after which the entry is not used.
+    pub expires_ns: u64,
+    pub generation: u32,
+    pub ingress_ifindex: u32,
+    pub egress_ifindex: u32,
+    /// Source and destination MACs for the frame.
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Value of the reverse-NAT map (keyed by the backend's `Endpoint`): replies from
+/// that backend get the VIP as their source. Stateless, so any gateway with the
+/// same config translates any reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseNat {
+    pub vip: Endpoint,
+    pub vip_index: u32,
+    /// The backend's slot under `vip` (this gateway's allocation), so the reply path
+    /// can count `L4Counters` for the backend that answered. Out of range (e.g.
+    /// `NO_BACKEND` for an entry migrated without a slot): nothing is counted.
+    pub backend_slot: u32,
+}
