@@ -346,7 +346,17 @@ impl Lab {
     /// What a traffic test's failure message carries: processes' output,
     /// `keystone-ctl status` and the non-zero `keystone_*` metrics.
     pub fn traffic_diagnostics(&self) -> String {
-        let mut s = self.diagnostics();
+        self.diagnostics() + &self.status_and_metrics()
+    }
+
+    /// What a lab test's failure message carries: [`Lab::agent_diagnostics`], then
+    /// `keystone-ctl status` and the non-zero `keystone_*` metrics.
+    pub fn test_diagnostics(&self) -> String {
+        self.agent_diagnostics() + &self.status_and_metrics()
+    }
+
+    fn status_and_metrics(&self) -> String {
+        let mut s = String::new();
         if let Ok(out) = self.ctl(&["status"]) {
             s.push_str(&format!(
                 "--- keystone-ctl status:\n{}{}\n",
@@ -463,8 +473,9 @@ impl Lab {
     }
 }
 
-/// Unwraps `r`, or panics with `what`, the error and the lab's agent diagnostics
-/// (processes, deployments, `keystone-ctl tenants`): the lab tests' one way to fail.
+/// Unwraps `r`, or panics with `what`, the error and the lab's test diagnostics
+/// (processes, deployments, `keystone-ctl tenants` and `status`, non-zero metrics):
+/// the lab tests' one way to fail.
 pub fn ok<T, E: std::fmt::Display>(lab: &Lab, what: &str, r: std::result::Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.agent_diagnostics()))
+    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", lab.test_diagnostics()))
 }

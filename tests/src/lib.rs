@@ -16,6 +16,7 @@ pub mod config;
 pub mod deploy;
 pub mod error;
 pub mod forge;
+pub mod helpers;
 #[cfg(feature = "dataplane")]
 pub mod kernel;
 pub mod lab;

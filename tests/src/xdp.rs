@@ -1,5 +1,5 @@
 //! The `BPF_PROG_TEST_RUN` environment shared by the packet tests
-//! (`tests/tests/packet.rs`) and `ks-packet-bench` (`cargo xtask bench packet`): a
+//! (`tests/tests/packet/`) and `ks-packet-bench` (`cargo xtask bench packet`): a
 //! network namespace with a fixed topology so `bpf_fib_lookup` answers
 //! deterministically, the program loaded by the agent's own `AyaDataplane`, frame
 //! builders, and the config helpers.
@@ -20,7 +20,7 @@ use keystone_agent::dataplane::{
     AyaDataplane, BackendSpec, Counters, Dataplane, LoadOptions, VipSpec,
 };
 use keystone_common::{
-    Endpoint, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, checksum,
+    Endpoint, Event, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, checksum,
     iface_flags, tcp_flags::SYN,
 };
 
@@ -584,12 +584,28 @@ pub fn vip(name: &str, vip: Endpoint, mode: u32, backends: Vec<BackendSpec>) -> 
     }
 }
 
+/// The reason counters that moved between `before` and `after`, by how much.
 pub fn reason_deltas(before: &Counters, after: &Counters) -> Vec<(Reason, u64)> {
-    Reason::ALL
-        .iter()
-        .filter_map(|&r| {
-            let d = after.reasons[r as usize] - before.reasons[r as usize];
-            (d != 0).then_some((r, d))
+    deltas(&Reason::ALL, &before.reasons, &after.reasons, |r| {
+        r as usize
+    })
+}
+
+/// The event counters that moved between `before` and `after`, by how much.
+pub fn event_deltas(before: &Counters, after: &Counters) -> Vec<(Event, u64)> {
+    deltas(&Event::ALL, &before.events, &after.events, |e| e as usize)
+}
+
+fn deltas<T: Copy>(
+    all: &[T],
+    before: &[u64],
+    after: &[u64],
+    index: fn(T) -> usize,
+) -> Vec<(T, u64)> {
+    all.iter()
+        .filter_map(|&c| {
+            let d = after[index(c)] - before[index(c)];
+            (d != 0).then_some((c, d))
         })
         .collect()
 }

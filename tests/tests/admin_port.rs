@@ -12,17 +12,18 @@
 use std::{
     fs::File,
     io::Write,
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
 use keystone_lab::{
-    ADMIN_LISTEN, ClientLoop, HealthCheck, Lab, LabBuilder, Mode, Probe, Protocol, VIP4,
-    agent::AGENT, ok, wait_for,
+    ADMIN_LISTEN, ClientLoop, HealthCheck, Lab, Mode, Probe,
+    agent::AGENT,
+    helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
+    ok, wait_for,
 };
 
-const BACKEND_PORT: u16 = 8080;
 const IDLE: usize = 1_100;
 const SLOW: usize = 2_000;
 /// How long the flood lasts: longer than the agent's 10 s header timeout, so idle
@@ -109,13 +110,8 @@ fn metric(lab: &Lab, name: &str) -> f64 {
 #[test]
 fn idle_and_slowloris_admin_connections_do_not_take_the_vips_down() {
     raise_own_open_files_limit();
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(&["blue", "green"])
-        .bins(keystone_lab::test_bins!())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    let vip = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
+    let vip = vip();
     // The client loop opens ~30,000 connections during the flood on a quiet machine;
     // their TIME_WAITs would use up the client's default 28,000 ephemeral ports
     // (AddrNotAvailable at the client, nothing to do with the agent).
@@ -124,19 +120,8 @@ fn idle_and_slowloris_admin_connections_do_not_take_the_vips_down() {
             .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
     );
     ok(&lab, "widening the client's ephemeral ports", widened);
-    let tenant = ok(
-        &lab,
-        "tenant",
-        lab.tenant(
-            "web",
-            vip,
-            Protocol::Tcp,
-            Mode::Nat,
-            BACKEND_PORT,
-            &[("blue", 1), ("green", 1)],
-        ),
-    )
-    .with_health(HealthCheck::fast_http());
+    let tenant = tcp_tenant(&lab, "web", vip, &[("blue", 1), ("green", 1)])
+        .with_health(HealthCheck::fast_http());
     let cfg = lab.agent_config(vec![tenant]);
     let r = lab.start_backends(BACKEND_PORT);
     ok(&lab, "starting the backends", r);

@@ -3,33 +3,13 @@
 //! client whose veth leaves transmit checksums to "hardware" (partial checksums).
 //! Like the integration tests, they need root and the binaries of `cargo xtask build`.
 
-use std::{
-    fmt::Display,
-    net::{IpAddr, SocketAddr},
+use std::net::SocketAddr;
+
+use keystone_lab::{
+    AgentConfig, BRIDGE, Lab, LabBuilder, Mode, Protocol,
+    helpers::{BACKEND_PORT, FLOWS, W90_10, assert_split, new_lab, v4},
+    ok,
 };
-
-use keystone_lab::{AgentConfig, BRIDGE, Bins, Lab, LabBuilder, Mode, Protocol, Summary, VIP4};
-
-/// New connections per measurement.
-const FLOWS: u32 = 2000;
-/// Allowed distance, in percentage points, between weight share and measured share.
-const TOLERANCE: f64 = 3.0;
-/// The port every ks-backend serves on.
-const BACKEND_PORT: u16 = 8080;
-const W90_10: &[(&str, u32)] = &[("blue", 90), ("green", 10)];
-
-fn bins() -> Bins {
-    keystone_lab::test_bins!()
-}
-
-/// Processes' output, `keystone-ctl status` and the non-zero metrics.
-fn context(lab: &Lab) -> String {
-    lab.traffic_diagnostics()
-}
-
-fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(lab)))
-}
 
 /// Which gateway interfaces the agent is given in the bridged lab.
 #[derive(Clone, Copy, Debug)]
@@ -44,15 +24,14 @@ fn bridged_lab(mode: Mode) -> Lab {
     LabBuilder::new()
         .mode(mode)
         .bridged(true)
-        .bins(bins())
+        .bins(keystone_lab::test_bins!())
         .build()
         .unwrap_or_else(|e| panic!("building the bridged lab: {e}"))
 }
 
 /// The VIP for `mode` (dsr rewrites only MACs: the VIP port is the backend port).
 fn vip(mode: Mode) -> SocketAddr {
-    let port = if mode == Mode::Dsr { BACKEND_PORT } else { 80 };
-    SocketAddr::new(IpAddr::V4(VIP4), port)
+    v4(if mode == Mode::Dsr { BACKEND_PORT } else { 80 })
 }
 
 /// The lab's config for one 90/10 tenant on `interfaces`, with `extra` lines on top.
@@ -84,13 +63,6 @@ fn start(lab: &mut Lab, config: &str) -> keystone_lab::Result<()> {
     lab.start_agent()
 }
 
-fn assert_split(lab: &Lab, what: &str, s: &Summary) {
-    if let Err(table) = s.check_split(W90_10, TOLERANCE) {
-        panic!("{what}: {table}\n{}", context(lab));
-    }
-    eprintln!("{what}:\n{}", s.table(W90_10));
-}
-
 /// `FLOWS` connections through the bridged lab reach both backends 90/10.
 fn bridged_split(mode: Mode, attach: Attach, extra: &str) {
     let mut lab = bridged_lab(mode);
@@ -102,6 +74,7 @@ fn bridged_split(mode: Mode, attach: Attach, extra: &str) {
         &lab,
         &format!("{} bridged, interfaces {attach:?}", mode.as_str()),
         &s,
+        W90_10,
     );
 }
 
@@ -140,7 +113,10 @@ fn dsr_behind_a_bridge_with_native_xdp_is_refused_at_start() {
         let config = config_text(&lab, Mode::Dsr, interfaces(&lab, attach), "");
         ok(&lab, "writing the config", lab.write_config_text(&config));
         if let Ok(()) = lab.start_agent() {
-            panic!("the agent started with {attach:?}\n{}", context(&lab));
+            panic!(
+                "the agent started with {attach:?}\n{}",
+                lab.test_diagnostics()
+            );
         }
         let stderr = lab.stderr_of("agent").unwrap_or_default();
         for needle in [
@@ -174,7 +150,7 @@ fn assert_partial_checksums_reported(lab: &Lab) {
     assert!(
         partial.is_some_and(|n| n > 0),
         "metric syn_checksum_partial should count the SYNs: {partial:?}\n{}",
-        context(lab)
+        lab.test_diagnostics()
     );
     let (_, status) = ok(lab, "GET /status", lab.admin_get("/status"));
     let status: serde_json::Value = ok(lab, "status JSON", serde_json::from_str(&status));
@@ -238,10 +214,7 @@ fn generic_xdp_is_no_remedy_for_partial_checksums() {
 /// in the metrics; with the README's remedy (`tx off` on the sender) it works.
 #[test]
 fn partial_checksums_from_a_sender_are_reported_and_tx_off_fixes_them() {
-    let mut lab = LabBuilder::new()
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     let config = config_text(&lab, Mode::Nat, lab.gateway_interfaces(), "");
     let r = start(&mut lab, &config);
     ok(&lab, "starting the lab", r);
@@ -261,5 +234,5 @@ fn partial_checksums_from_a_sender_are_reported_and_tx_off_fixes_them() {
     let s = ok(&lab, "connections with tx offload off", {
         lab.tcp_connections(target, FLOWS)
     });
-    assert_split(&lab, "nat after tx off on the client", &s);
+    assert_split(&lab, "nat after tx off on the client", &s, W90_10);
 }

@@ -10,19 +10,22 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use keystone_lab::{
-    AgentConfig, Auth, Bins, CanaryConfig, ClientLoop, Deployment, HealthCheck, HoldEvent, Lab,
-    LabBuilder, Mode, Protocol, Summary, SwitchConfig, Tenant, VIP4, VIP6, WebhookConfig, cmd, ok,
+    Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, Lab, Summary, SwitchConfig, Tenant,
+    WebhookConfig, cmd,
+    helpers::{
+        Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent, tcp, tcp_tenant,
+        v4, v6, web_lab,
+    },
+    ok,
 };
 
-/// The port every ks-backend serves on.
-const BACKEND_PORT: u16 = 8080;
 /// Allowed distance, in percentage points, between a step's percentage and the
 /// measured share of new connections.
 const TOLERANCE: f64 = 5.0;
@@ -36,73 +39,28 @@ const WEBHOOK_SECRET: &str = "lab-webhook-secret-0123";
 const SHORT: Duration = Duration::from_secs(30);
 const LONG: Duration = Duration::from_secs(90);
 
-/// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
-fn bins() -> Bins {
-    keystone_lab::test_bins!()
-}
-
-fn v4(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(VIP4), port)
-}
-
-fn v6(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(VIP6), port)
-}
-
-/// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
-/// and the agent running `cfg(lab)`.
-fn lab_with_agent(backends: &[&str], cfg: impl FnOnce(&Lab) -> AgentConfig) -> Lab {
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(backends)
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    let r = lab.start_with_config(BACKEND_PORT, &[], |lab| Ok(cfg(lab)));
-    ok(&lab, "starting the backends and keystone-agent", r);
-    lab
-}
-
 /// A lab whose agent runs tenant `web` on `vip`: blue (stable) takes every new
 /// connection, green (the canary's version) none yet.
 fn blue_stable_lab(vip: SocketAddr) -> Lab {
-    lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )])
-    })
+    lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            lab.agent_config(vec![tenant(
+                lab,
+                "web",
+                vip,
+                &[("blue", 100), ("green", 0)],
+            )])
+        },
+    )
+    .0
 }
 
 /// Tenant `name` on `vip` over `weights`' backends (blue 1.0.0, green 1.1.0,
 /// red 1.2.0), each with a fast HTTP health check.
 fn tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)]) -> Tenant {
-    ok(
-        lab,
-        "tenant",
-        lab.tenant(name, vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
-    )
-    .with_health(HealthCheck::fast_http())
-}
-
-/// Tenant `name` without health checks (a canary then holds its first step: with no
-/// traffic there are no samples, so no verdict).
-fn plain_tenant(lab: &Lab, name: &str, vip: SocketAddr, weights: &[(&str, u32)]) -> Tenant {
-    ok(
-        lab,
-        "tenant",
-        lab.tenant(name, vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
-    )
-}
-
-fn tcp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
-    ok(
-        lab,
-        &format!("{n} TCP connections to {vip}"),
-        lab.tcp_connections(vip, n),
-    )
+    tcp_tenant(lab, name, vip, weights).with_health(HealthCheck::fast_http())
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -302,12 +260,16 @@ fn measure_each_step(lab: &Lab, vip: SocketAddr, id: &str, want: &[f64]) -> Depl
 #[test]
 fn seed_gradual_switch_moves_in_steps() {
     let vip = v4(80);
-    let lab = lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![
-            tenant(lab, "web", vip, &[("blue", 100), ("green", 0)])
-                .blue_green("blue", SwitchConfig::seed_gradual("2s", 25.0)),
-        ])
-    });
+    let (lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            lab.agent_config(vec![
+                tenant(lab, "web", vip, &[("blue", 100), ("green", 0)])
+                    .blue_green("blue", SwitchConfig::seed_gradual("2s", 25.0)),
+            ])
+        },
+    );
     let before = tcp(&lab, vip, BATCH);
     assert_all_on(
         &lab,
@@ -409,14 +371,11 @@ fn nft(lab: &Lab, ns: &str, name: &str, script: &str) {
 #[test]
 fn a_canary_whose_answers_never_reach_the_clients_rolls_back() {
     let vip = v4(80);
-    let lab = lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![plain_tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )])
-    });
+    let (lab, _) = web_lab(
+        keystone_lab::test_bins!(),
+        vip,
+        &[("blue", 100), ("green", 0)],
+    );
     let green_ns = ok(&lab, "green", lab.backend("green")).ns.clone();
     nft(
         &lab,
@@ -469,15 +428,6 @@ fn held_answers(lab: &Lab, name: &str, conns: u32, skip: usize, min: usize) -> V
     ok(lab, "held connections answering", r)
 }
 
-fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
-    ok(lab, "hold output", lab.hold_events(name))
-}
-
-/// Waits until the loop has finished `n` batches that started after `since`.
-fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
-    ok(lab, "traffic", traffic.wait_batches_since(since, n, SHORT));
-}
-
 /// A blue/green instant flip under load: a client opens new connections without
 /// pause through the switch; none fails, and every connection opened after the flip
 /// lands on green. Keep-alive connections opened on blue before the flip keep
@@ -486,13 +436,17 @@ fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
 fn blue_green_instant_flip_under_load() {
     const HELD: u32 = 4;
     let vip = v4(80);
-    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
-        lab.agent_config(vec![
-            tenant(lab, "web", vip, &[("blue", 1), ("green", 1)])
-                .with_canary(CanaryConfig::ten_plus_thirty("2s"))
-                .blue_green("blue", SwitchConfig::instant()),
-        ])
-    });
+    let (mut lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            lab.agent_config(vec![
+                tenant(lab, "web", vip, &[("blue", 1), ("green", 1)])
+                    .with_canary(CanaryConfig::ten_plus_thirty("2s"))
+                    .blue_green("blue", SwitchConfig::instant()),
+            ])
+        },
+    );
     let s = tcp(&lab, vip, 400);
     assert_all_on(
         &lab,
@@ -566,12 +520,7 @@ fn blue_green_instant_flip_under_load() {
     );
 
     let events = hold_events(&lab, "hold");
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections were cut: {errors:?}\n{}",
-        lab.agent_diagnostics()
-    );
+    assert_holds_unbroken(&lab, "held connections were cut", &events);
     assert!(
         after.iter().all(|b| b == "blue"),
         "held connections after the switch: {after:?} (they should stay on blue)"
@@ -605,7 +554,11 @@ fn a_reload_keeps_a_finished_release() {
             tenant(lab, "api", api, &api_services),
         ])
     };
-    let lab = lab_with_agent(&["blue", "green", "red"], |lab| config(lab, &[], true));
+    let (lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green", "red"]),
+        |lab| config(lab, &[], true),
+    );
     let switch = ctl_start(
         &lab,
         &["switch", "web", "--to", "green", "--strategy", "instant"],
@@ -766,19 +719,24 @@ fn deployment_ids(lab: &Lab) -> Vec<String> {
 /// Blue (stable) takes every new connection to `web` on `vip`, without health checks;
 /// the webhook is on with [`WEBHOOK_SECRET`] and a 5 minute tolerance.
 fn webhook_lab(vip: SocketAddr) -> Lab {
-    lab_with_agent(&["blue", "green"], |lab| {
-        let mut cfg = lab.agent_config(vec![plain_tenant(
-            lab,
-            "web",
-            vip,
-            &[("blue", 100), ("green", 0)],
-        )]);
-        cfg.webhook = Some(WebhookConfig {
-            secret: WEBHOOK_SECRET.into(),
-            tolerance: "5m".into(),
-        });
-        cfg
-    })
+    lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            let mut cfg = lab.agent_config(vec![tcp_tenant(
+                lab,
+                "web",
+                vip,
+                &[("blue", 100), ("green", 0)],
+            )]);
+            cfg.webhook = Some(WebhookConfig {
+                secret: WEBHOOK_SECRET.into(),
+                tolerance: "5m".into(),
+            });
+            cfg
+        },
+    )
+    .0
 }
 
 /// The admin API without the bearer token (or with a wrong one) answers 401 with a
@@ -1007,15 +965,20 @@ fn a_webhook_replayed_after_a_restart_is_refused() {
 fn a_restart_does_not_restart_the_validation_timeout() {
     const TIMEOUT: f64 = 20.0;
     let vip = v4(80);
-    let mut lab = lab_with_agent(&["blue", "green"], |lab| {
-        let switch = SwitchConfig {
-            validation_timeout: format!("{TIMEOUT}s"),
-            ..SwitchConfig::instant()
-        };
-        lab.agent_config(vec![
-            plain_tenant(lab, "web", vip, &[("blue", 1), ("green", 1)]).blue_green("blue", switch),
-        ])
-    });
+    let (mut lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            let switch = SwitchConfig {
+                validation_timeout: format!("{TIMEOUT}s"),
+                ..SwitchConfig::instant()
+            };
+            lab.agent_config(vec![
+                tcp_tenant(lab, "web", vip, &[("blue", 1), ("green", 1)])
+                    .blue_green("blue", switch),
+            ])
+        },
+    );
     let r = lab.stop_backend("green");
     ok(&lab, "stopping green's backend", r);
     let id = ctl_start(&lab, &["switch", "web", "--to", "green"]);
@@ -1279,19 +1242,23 @@ fn ci_scripts_release_through_the_lab() {
     assert_pipelines_are_safe_to_copy();
     let web = v4(80);
     let shop = v6(80);
-    let lab = lab_with_agent(&["blue", "green", "red"], |lab| {
-        let mut cfg = lab.agent_config(vec![
-            tenant(lab, "web", web, &[("blue", 100), ("green", 0), ("red", 0)]),
-            tenant(lab, "shop", shop, &[("blue", 1), ("green", 1)])
-                .with_canary(CanaryConfig::ten_plus_thirty("1s"))
-                .blue_green("blue", SwitchConfig::instant()),
-        ]);
-        cfg.webhook = Some(WebhookConfig {
-            secret: WEBHOOK_SECRET.into(),
-            tolerance: "5m".into(),
-        });
-        cfg
-    });
+    let (lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green", "red"]),
+        |lab| {
+            let mut cfg = lab.agent_config(vec![
+                tenant(lab, "web", web, &[("blue", 100), ("green", 0), ("red", 0)]),
+                tenant(lab, "shop", shop, &[("blue", 1), ("green", 1)])
+                    .with_canary(CanaryConfig::ten_plus_thirty("1s"))
+                    .blue_green("blue", SwitchConfig::instant()),
+            ]);
+            cfg.webhook = Some(WebhookConfig {
+                secret: WEBHOOK_SECRET.into(),
+                tolerance: "5m".into(),
+            });
+            cfg
+        },
+    );
 
     // Canary job, then the approval job: green's 1.1.0, then blue's 1.0.0 back.
     for (version, to) in [("1.1.0", "green"), ("1.0.0", "blue")] {

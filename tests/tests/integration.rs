@@ -8,113 +8,20 @@
 //! and counters when something is off.
 
 use std::{
-    fmt::Display,
     net::{IpAddr, SocketAddr},
     process::Command,
     time::Duration,
 };
 
 use keystone_lab::{
-    AgentConfig, Bins, HoldEvent, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4, VIP6,
+    Bins, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4,
+    helpers::{
+        BACKEND_PORT, FLOWS, Setup, W90_10, assert_holds_unbroken, assert_split, hold_events,
+        lab_with_agent, new_lab, tcp, tcp_tenant, udp, v4, v6, web_lab,
+    },
+    ok,
     traffic::parse_summary,
 };
-
-/// New connections (or datagrams) per measurement.
-const FLOWS: u32 = 2000;
-/// Allowed distance, in percentage points, between weight share and measured share.
-const TOLERANCE: f64 = 3.0;
-/// The port every ks-backend serves on.
-const BACKEND_PORT: u16 = 8080;
-
-/// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
-fn bins() -> Bins {
-    keystone_lab::test_bins!()
-}
-
-fn new_lab(mode: Mode, backends: &[&str]) -> Lab {
-    LabBuilder::new()
-        .mode(mode)
-        .backends(backends)
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"))
-}
-
-/// What a failure message carries: processes' output, the agent's view, its counters.
-fn context(lab: &Lab) -> String {
-    lab.traffic_diagnostics()
-}
-
-/// Unwraps, or panics with `what`, the error and the lab's context.
-fn ok<T, E: Display>(lab: &Lab, what: &str, r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(lab)))
-}
-
-/// A lab in `mode` with backends serving, the gateway's neighbours known, and the
-/// agent running `tenants`.
-fn lab_with_agent(
-    mode: Mode,
-    backends: &[&str],
-    tenants: impl FnOnce(&Lab) -> Vec<keystone_lab::Tenant>,
-) -> (Lab, AgentConfig) {
-    lab_with_agent_warm(mode, backends, true, tenants)
-}
-
-fn lab_with_agent_warm(
-    mode: Mode,
-    backends: &[&str],
-    warm: bool,
-    tenants: impl FnOnce(&Lab) -> Vec<keystone_lab::Tenant>,
-) -> (Lab, AgentConfig) {
-    let mut lab = new_lab(mode, backends);
-    let r = lab.start_backends(BACKEND_PORT);
-    ok(&lab, "starting the backends", r);
-    if warm {
-        ok(
-            &lab,
-            "warming the gateway's neighbours",
-            lab.warm_neighbours(),
-        );
-    }
-    let cfg = lab.agent_config(tenants(&lab));
-    ok(&lab, "writing the agent config", lab.write_config(&cfg));
-    let r = lab.start_agent();
-    ok(&lab, "starting keystone-agent", r);
-    (lab, cfg)
-}
-
-fn tcp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
-    ok(
-        lab,
-        &format!("{n} TCP connections to {vip}"),
-        lab.tcp_connections(vip, n),
-    )
-}
-
-fn udp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
-    ok(
-        lab,
-        &format!("{n} UDP datagrams to {vip}"),
-        lab.udp_datagrams(vip, n),
-    )
-}
-
-fn assert_split(lab: &Lab, what: &str, s: &Summary, weights: &[(&str, u32)]) {
-    if let Err(table) = s.check_split(weights, TOLERANCE) {
-        panic!("{what}: {table}\n{}", context(lab));
-    }
-    eprintln!("{what}:\n{}", s.table(weights));
-}
-
-fn v4(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(VIP4), port)
-}
-
-fn v6(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(VIP6), port)
-}
-
-const W90_10: &[(&str, u32)] = &[("blue", 90), ("green", 10)];
 
 /// Measures a 90/10 split of `FLOWS` new flows to one VIP.
 fn split_90_10(mode: Mode, vip: SocketAddr, protocol: Protocol) {
@@ -122,12 +29,17 @@ fn split_90_10(mode: Mode, vip: SocketAddr, protocol: Protocol) {
 }
 
 fn split_90_10_warm(mode: Mode, vip: SocketAddr, protocol: Protocol, warm: bool) {
-    let (lab, _) = lab_with_agent_warm(mode, &["blue", "green"], warm, |lab| {
-        vec![ok(
+    let setup = Setup {
+        mode,
+        warm,
+        ..Setup::nat(&["blue", "green"])
+    };
+    let (lab, _) = lab_with_agent(keystone_lab::test_bins!(), setup, |lab| {
+        lab.agent_config(vec![ok(
             lab,
             "tenant",
             lab.tenant("web", vip, protocol, mode, BACKEND_PORT, W90_10),
-        )]
+        )])
     });
     let s = match protocol {
         Protocol::Tcp => tcp(&lab, vip, FLOWS),
@@ -200,20 +112,7 @@ fn dsr_ipv6_udp_splits_90_10() {
 /// token, and SIGTERM stops the agent with exit 0.
 #[test]
 fn admin_api_answers_and_agent_stops_cleanly() {
-    let (mut lab, _) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant(
-                "web",
-                v4(80),
-                Protocol::Tcp,
-                Mode::Nat,
-                BACKEND_PORT,
-                W90_10,
-            ),
-        )]
-    });
+    let (mut lab, _) = web_lab(keystone_lab::test_bins!(), v4(80), W90_10);
     let (code, body) = ok(&lab, "GET /health", lab.admin_get("/health"));
     assert!(
         code == 200 && body.contains("ok"),
@@ -245,7 +144,7 @@ fn admin_api_answers_and_agent_stops_cleanly() {
     assert!(
         out.status.success(),
         "keystone-ctl -o json status: {out:?}\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     let json: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
     assert!(
@@ -268,13 +167,7 @@ fn admin_api_answers_and_agent_stops_cleanly() {
 #[test]
 fn established_connections_keep_their_backend_across_a_weight_change() {
     let vip = v4(80);
-    let (mut lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, W90_10),
-        )]
-    });
+    let (mut lab, mut cfg) = web_lab(keystone_lab::test_bins!(), vip, W90_10);
     const HELD: u32 = 8;
     let r = lab.spawn_hold("hold", vip, HELD, 120, 50);
     ok(&lab, "starting ks-client --hold", r);
@@ -289,7 +182,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         before.iter().any(|b| b == "blue"),
         "no held connection landed on blue (90 %), so the test proves nothing: {before:?}"
     );
-    let seen_before = ok(&lab, "hold output", lab.hold_events("hold")).len();
+    let seen_before = hold_events(&lab, "hold").len();
 
     cfg.tenant_mut("web")
         .set_weights(&[("blue", 0), ("green", 100)]);
@@ -302,7 +195,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         None,
         "new connections still reach blue after its weight went to 0\n{}\n{}",
         s.table(&[("blue", 0), ("green", 100)]),
-        context(&lab)
+        lab.test_diagnostics()
     );
     assert_split(
         &lab,
@@ -317,18 +210,13 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
         "held connections answering after the reload",
         lab.held_answers("hold", HELD, seen_before, 3, Duration::from_secs(30)),
     );
-    let events = ok(&lab, "hold output", lab.hold_events("hold"));
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections failed: {errors:?}\n{}",
-        context(&lab)
-    );
+    let events = hold_events(&lab, "hold");
+    assert_holds_unbroken(&lab, "held connections failed", &events);
     assert_eq!(
         before,
         after,
         "held connections changed backend after the reload\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     for e in &events {
         assert_eq!(
@@ -352,13 +240,7 @@ fn established_connections_keep_their_backend_across_a_weight_change() {
 fn forged_syns_on_established_tuples_move_no_connection() {
     let vip = v4(80);
     let all_blue = &[("blue", 100), ("green", 0)];
-    let (mut lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, all_blue),
-        )]
-    });
+    let (mut lab, mut cfg) = web_lab(keystone_lab::test_bins!(), vip, all_blue);
     const HELD: u32 = 40;
     let r = lab.spawn_echo_hold("hold", vip, HELD, 120, 100, 256);
     ok(&lab, "starting ks-client --hold", r);
@@ -393,7 +275,7 @@ fn forged_syns_on_established_tuples_move_no_connection() {
         unreachable!("v4() is IPv4")
     };
     ok(&lab, "forging SYNs", lab.forge_syns(&tuples, vip4));
-    let seen = ok(&lab, "hold output", lab.hold_events("hold")).len();
+    let seen = hold_events(&lab, "hold").len();
 
     // Every connection answers three more echoes after the SYNs, from blue.
     let after: Vec<String> = ok(
@@ -401,20 +283,15 @@ fn forged_syns_on_established_tuples_move_no_connection() {
         "held connections answering after the forged SYNs",
         lab.held_answers("hold", HELD, seen, 3, Duration::from_secs(30)),
     );
-    let events = ok(&lab, "hold output", lab.hold_events("hold"));
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "forged SYNs broke held connections: {errors:?}\n{}",
-        context(&lab)
-    );
+    let events = hold_events(&lab, "hold");
+    assert_holds_unbroken(&lab, "forged SYNs broke held connections", &events);
     assert_eq!(before, after, "held connections changed backend");
     assert!(
         challenges() >= challenged_before + u64::from(HELD),
         "blue's established connections did not all see their forged SYN (TCPSYNChallenge {} -> {}): the test proves nothing\n{}",
         challenged_before,
         challenges(),
-        context(&lab)
+        lab.test_diagnostics()
     );
     let r = lab.stop("hold");
     ok(&lab, "stopping ks-client --hold", r);
@@ -427,20 +304,11 @@ fn forged_syns_on_established_tuples_move_no_connection() {
 fn canary_steps_and_blue_green_flip_follow_the_weights() {
     let vip = v4(80);
     let (_, blue, green) = ROLLOUT[0];
-    let (lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant(
-                "web",
-                vip,
-                Protocol::Tcp,
-                Mode::Nat,
-                BACKEND_PORT,
-                &[("blue", blue), ("green", green)],
-            ),
-        )]
-    });
+    let (lab, mut cfg) = web_lab(
+        keystone_lab::test_bins!(),
+        vip,
+        &[("blue", blue), ("green", green)],
+    );
     for (i, (what, blue, green)) in ROLLOUT.iter().enumerate() {
         let weights = [("blue", *blue), ("green", *green)];
         if i > 0 {
@@ -454,7 +322,7 @@ fn canary_steps_and_blue_green_flip_follow_the_weights() {
                 w > 0 || !s.by_backend.contains_key(name),
                 "step {what}: {name} has weight 0 but got new connections\n{}\n{}",
                 s.table(&weights),
-                context(&lab)
+                lab.test_diagnostics()
             );
         }
         assert_split(&lab, &format!("step {}: {what}", i + 1), &s, &weights);
@@ -467,13 +335,7 @@ fn canary_steps_and_blue_green_flip_follow_the_weights() {
 fn removed_backend_gets_no_new_flows() {
     let vip = v4(80);
     let weights = [("blue", 50), ("green", 25), ("red", 25)];
-    let (lab, mut cfg) = lab_with_agent(Mode::Nat, &["blue", "green", "red"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, &weights),
-        )]
-    });
+    let (lab, mut cfg) = web_lab(keystone_lab::test_bins!(), vip, &weights);
     let s = tcp(&lab, vip, FLOWS);
     assert_split(&lab, "three backends 50/25/25", &s, &weights);
 
@@ -485,7 +347,7 @@ fn removed_backend_gets_no_new_flows() {
         s.by_backend.get("green"),
         None,
         "green was removed but still gets new flows\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     assert_split(
         &lab,
@@ -500,13 +362,7 @@ fn removed_backend_gets_no_new_flows() {
 #[test]
 fn invalid_config_is_refused_and_traffic_keeps_flowing() {
     let vip = v4(80);
-    let (lab, cfg) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, W90_10),
-        )]
-    });
+    let (lab, cfg) = web_lab(keystone_lab::test_bins!(), vip, W90_10);
     let good = cfg.to_yaml();
     let bad = good.replacen("weight: 10", "weight: -10", 1);
     assert_ne!(good, bad, "the test failed to break the config");
@@ -525,7 +381,7 @@ fn invalid_config_is_refused_and_traffic_keeps_flowing() {
     assert!(
         !out.status.success(),
         "reload of a config with weight -10 succeeded: {text}\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     let field = "tenants[0].services[1].weight";
     assert_eq!(
@@ -559,7 +415,7 @@ fn namespaces() -> String {
 /// from the gateway namespace, and dropping the lab leaves nothing behind.
 #[test]
 fn lab_topology_serves_and_cleans_up() {
-    let mut lab = new_lab(Mode::Nat, &["blue", "green"]);
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     let r = lab.start_backends(BACKEND_PORT);
     ok(&lab, "starting the backends", r);
     let client = lab.bins().client.clone();
@@ -606,7 +462,7 @@ fn leave_a_lab_behind() {
     if std::env::var_os(LEAVE_BEHIND).is_none() {
         return;
     }
-    let lab = new_lab(Mode::Nat, &["blue"]);
+    let lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue"]);
     println!("left behind: {}", lab.name());
     std::io::Write::flush(&mut std::io::stdout()).ok();
     std::process::exit(0);
@@ -651,7 +507,7 @@ fn lab_cleanup_takes_only_its_runs_left_behind_labs() {
     let others = leave_behind(&other_run);
     let live = LabBuilder::new()
         .backends(&["blue"])
-        .bins(bins())
+        .bins(keystone_lab::test_bins!())
         .run(&run)
         .build()
         .unwrap_or_else(|e| panic!("building the lab: {e}"));
@@ -661,7 +517,7 @@ fn lab_cleanup_takes_only_its_runs_left_behind_labs() {
     };
     let (ours_ns, others_ns) = (ns_of(&ours.0), ns_of(&others.0));
 
-    let xtask = bins().agent.with_file_name("xtask");
+    let xtask = keystone_lab::test_bins!().agent.with_file_name("xtask");
     let out = Command::new(Bins::require(&xtask).expect("cargo xtask builds it"))
         .args(["lab", "down", "--run", &run])
         .output()
@@ -733,37 +589,19 @@ fn nat_counts_syn_acks_of_a_serving_backend_and_rsts_of_a_closed_port() {
     const CLOSED_PORT: u16 = 9999;
     let serving = v4(80);
     let closed = v4(81);
-    let (lab, _) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        let web = ok(
-            lab,
-            "tenant",
-            lab.tenant(
-                "web",
-                serving,
-                Protocol::Tcp,
-                Mode::Nat,
-                BACKEND_PORT,
-                &[("blue", 1)],
-            ),
-        );
-        let mut refused = ok(
-            lab,
-            "tenant",
-            lab.tenant(
-                "refused",
-                closed,
-                Protocol::Tcp,
-                Mode::Nat,
-                BACKEND_PORT,
-                &[("green", 1)],
-            ),
-        );
-        // ks-backend listens on BACKEND_PORT only: green refuses this one.
-        for s in &mut refused.services {
-            s.address.set_port(CLOSED_PORT);
-        }
-        vec![web, refused]
-    });
+    let (lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            let web = tcp_tenant(lab, "web", serving, &[("blue", 1)]);
+            let mut refused = tcp_tenant(lab, "refused", closed, &[("green", 1)]);
+            // ks-backend listens on BACKEND_PORT only: green refuses this one.
+            for s in &mut refused.services {
+                s.address.set_port(CLOSED_PORT);
+            }
+            lab.agent_config(vec![web, refused])
+        },
+    );
     let blue = SocketAddr::new(
         ok(&lab, "blue", lab.backend("blue")).ipv4.into(),
         BACKEND_PORT,
@@ -777,7 +615,7 @@ fn nat_counts_syn_acks_of_a_serving_backend_and_rsts_of_a_closed_port() {
     assert!(
         s.failed == 0 && s.by_backend.get("blue") == Some(&(N as u64)),
         "{N} connections to {serving}: {s:?}\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     let r = lab.client(&[
         "--target".into(),
@@ -791,7 +629,7 @@ fn nat_counts_syn_acks_of_a_serving_backend_and_rsts_of_a_closed_port() {
     assert!(
         s.failed == N as u64 && s.by_backend.is_empty(),
         "connections to a closed port should all be refused: {s:?}\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
 
     let b = backend_l4(&lab, blue);
@@ -801,12 +639,12 @@ fn nat_counts_syn_acks_of_a_serving_backend_and_rsts_of_a_closed_port() {
     assert!(
         b.syn >= n && b.syn_ack >= n && b.syn_ack <= b.syn && b.rst == 0,
         "serving backend: want syn_ack ≈ syn ≥ {N} and no RST, got {b:?}\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     assert!(
         g.syn >= n && g.rst >= n && g.syn_ack == 0,
         "closed port: want syn ≥ {N}, rst ≥ {N}, syn_ack = 0, got {g:?}\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
 }
 
@@ -839,7 +677,7 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
     const IN_FLIGHT: u32 = 200;
     const MAX_ROUNDS: u32 = 4;
     let vip = v4(80);
-    let mut lab = new_lab(Mode::Nat, &["blue", "green"]);
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     let r = lab.start_backends(BACKEND_PORT);
     ok(&lab, "starting the backends", r);
     ok(
@@ -847,11 +685,7 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         "warming the gateway's neighbours",
         lab.warm_neighbours(),
     );
-    let tenant = ok(
-        &lab,
-        "tenant",
-        lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, W90_10),
-    );
+    let tenant = tcp_tenant(&lab, "web", vip, W90_10);
     let mut cfg = lab.agent_config(vec![tenant]);
     cfg.limits = vec![("conn_table_entries".into(), TABLE)];
     ok(&lab, "writing the agent config", lab.write_config(&cfg));
@@ -867,7 +701,7 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         "held connections answering",
         lab.held_answers("hold", HELD, 0, 2, Duration::from_secs(30)),
     );
-    let seen_before = ok(&lab, "hold output", lab.hold_events("hold")).len();
+    let seen_before = hold_events(&lab, "hold").len();
     let untracked_before = metric(&lab, UNTRACKED);
 
     let args: Vec<String> = [
@@ -908,20 +742,15 @@ fn connection_table_overflow_is_counted_and_keeps_flows_working() {
         untracked > 0,
         "{} connections through a {TABLE}-entry table, yet no untracked mid-flow packet was counted\n{}",
         total.attempted,
-        context(&lab)
+        lab.test_diagnostics()
     );
-    let events = ok(&lab, "hold output", lab.hold_events("hold"));
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections failed: {errors:?}\n{}",
-        context(&lab)
-    );
+    let events = hold_events(&lab, "hold");
+    assert_holds_unbroken(&lab, "held connections failed", &events);
     assert_eq!(
         before,
         after,
         "held connections changed backend across the overflow\n{}",
-        context(&lab)
+        lab.test_diagnostics()
     );
     let r = lab.stop("hold");
     ok(&lab, "stopping ks-client --hold", r);
@@ -988,13 +817,11 @@ fn fragmentation_needed_for_a_vip_flow_reaches_its_backend() {
     const CLIENT_PORT: u16 = 40_000;
     let vip = v4(80);
     let weights: &[(&str, u32)] = &[("blue", 100), ("green", 0)];
-    let (lab, _) = lab_with_agent(Mode::Nat, &["blue", "green"], |lab| {
-        vec![ok(
-            lab,
-            "tenant",
-            lab.tenant("web", vip, Protocol::Tcp, Mode::Nat, BACKEND_PORT, weights),
-        )]
-    });
+    let (lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| lab.agent_config(vec![tcp_tenant(lab, "web", vip, weights)]),
+    );
     let blue = ok(&lab, "blue", lab.backend("blue")).clone();
     let green = ok(&lab, "green", lab.backend("green")).clone();
     let client = keystone_lab::lab::CLIENT4;
@@ -1046,7 +873,7 @@ fn fragmentation_needed_for_a_vip_flow_reaches_its_backend() {
     let Some(p) = got else {
         panic!(
             "blue (weight 100) did not receive the fragmentation-needed error\n{}",
-            context(&lab)
+            lab.test_diagnostics()
         );
     };
     let hl = usize::from(p[0] & 0x0f) * 4;

@@ -17,40 +17,27 @@
 use std::{
     ffi::OsStr,
     fs,
-    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Output,
     time::Duration,
 };
 
 use keystone_lab::{
-    AgentConfig, Bins, Lab, LabBuilder, Mode, Probe, Protocol, VIP4, cmd, kernel::PlaneView, ok,
-    wait_for,
+    AgentConfig, Bins, Lab, Mode, Probe, cmd,
+    helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
+    kernel::PlaneView,
+    ok, wait_for,
 };
 
-const BACKEND_PORT: u16 = 8080;
 /// Generous bounds for an agent to start or fail, and for the pin check to run.
 const SHORT: Duration = Duration::from_secs(60);
 /// The lab's admin address, taken by a squatter in some tests.
 const ADMIN_PORT: u16 = 9100;
 
-fn bins() -> Bins {
-    keystone_lab::test_bins!()
-}
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(VIP4), 80)
-}
-
 /// Blue and green serving, neighbours known, and the config of tenant `web` (1:1)
 /// written, with `edit` applied to it; no agent yet.
 fn lab_with_config(edit: impl FnOnce(&mut AgentConfig)) -> Lab {
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(&["blue", "green"])
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     let r = lab.start_backends(BACKEND_PORT);
     ok(&lab, "starting the backends", r);
     ok(&lab, "warming neighbours", lab.warm_neighbours());
@@ -61,15 +48,12 @@ fn lab_with_config(edit: impl FnOnce(&mut AgentConfig)) -> Lab {
 }
 
 fn web_config(lab: &Lab) -> AgentConfig {
-    let tenant = lab.tenant(
+    lab.agent_config(vec![tcp_tenant(
+        lab,
         "web",
         vip(),
-        Protocol::Tcp,
-        Mode::Nat,
-        BACKEND_PORT,
         &[("blue", 1), ("green", 1)],
-    );
-    lab.agent_config(vec![ok(lab, "tenant", tenant)])
+    )])
 }
 
 /// Writes `cfg` beside the lab's config as `name`; returns its path.

@@ -17,12 +17,14 @@ use std::{
     time::Duration,
 };
 
-use keystone_lab::{AgentConfig, Bins, Lab, LabBuilder, Mode, Protocol, VIP4};
+use keystone_lab::{
+    AgentConfig, Lab, Mode,
+    helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
+};
 
 const PACKAGE: &str = "keystone-lb";
 const UNIT: &str = "keystone-agent.service";
 const CONFFILE: &str = "/etc/keystone/keystone.yaml";
-const BACKEND_PORT: u16 = 8080;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -217,29 +219,12 @@ fn confined(caps: &[String]) -> Vec<String> {
 }
 
 fn lab() -> Lab {
-    let mut bins = Bins::beside_current_exe().expect("target dir");
-    bins.backend = env!("CARGO_BIN_EXE_ks-backend").into();
-    bins.client = env!("CARGO_BIN_EXE_ks-client").into();
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(&["blue", "green"])
-        .bins(bins)
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     lab.start_backends(BACKEND_PORT)
         .unwrap_or_else(|e| panic!("starting the backends: {e}\n{}", lab.diagnostics()));
     lab.warm_neighbours()
         .unwrap_or_else(|e| panic!("warming neighbours: {e}\n{}", lab.diagnostics()));
-    let web = lab
-        .tenant(
-            "web",
-            (VIP4, 80).into(),
-            Protocol::Tcp,
-            Mode::Nat,
-            BACKEND_PORT,
-            &[("blue", 1), ("green", 0)],
-        )
-        .expect("tenant");
+    let web = tcp_tenant(&lab, "web", vip(), &[("blue", 1), ("green", 0)]);
     let cfg: AgentConfig = lab.agent_config(vec![web]);
     lab.write_config(&cfg).expect("writing the config");
     lab
@@ -279,9 +264,7 @@ fn the_agent_runs_as_the_unit_runs_it() {
         .unwrap_or_else(|e| panic!("no READY=1 within 60 s: {e}\n{}", lab.diagnostics()));
     assert_eq!(&buf[..n], b"READY=1");
     // Ready means forwarding: every connection reaches the backend with all the traffic.
-    let summary = lab
-        .tcp_connections((VIP4, 80).into(), 200)
-        .expect("traffic");
+    let summary = lab.tcp_connections(vip(), 200).expect("traffic");
     assert_eq!(summary.failed, 0, "{summary:?}\n{}", lab.diagnostics());
     assert_eq!(summary.by_backend.get("blue"), Some(&200), "{summary:?}");
 

@@ -13,9 +13,10 @@ use std::{
     process::Output,
 };
 
-use keystone_lab::{ADMIN_LISTEN, Bins, Lab, LabBuilder, cmd};
-
-const BACKEND_PORT: u16 = 8080;
+use keystone_lab::{
+    ADMIN_LISTEN, Lab, Mode, cmd,
+    helpers::{BACKEND_PORT, new_lab},
+};
 
 fn readme() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
@@ -36,10 +37,6 @@ fn block(readme: &str, heading: &str, lang: &str) -> String {
         .unwrap_or_else(|| panic!("no {fence} block under {heading:?}"));
     let body: Vec<&str> = lines.take_while(|l| *l != "```").collect();
     body.join("\n") + "\n"
-}
-
-fn bins() -> Bins {
-    keystone_lab::test_bins!()
 }
 
 fn text(out: &Output) -> String {
@@ -99,10 +96,7 @@ fn readme_real_host_steps_work_as_written() {
         .expect("the steps start with the build (done already: the test runs its binaries)");
     let before = &before[before.find('\n').expect("a line after the build")..];
 
-    let mut lab = LabBuilder::new()
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     lab.start_backends(BACKEND_PORT)
         .expect("starting the backends");
     lab.warm_neighbours().expect("warming the neighbours");

@@ -19,7 +19,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
@@ -40,57 +40,17 @@ use keystone_common::{
     names,
 };
 use keystone_lab::{
-    AgentConfig, Auth, Bins, ClientLoop, HealthCheck, HoldEvent, Lab, LabBuilder, Mode, Protocol,
-    Summary, VIP4, lab::CLIENT4, ok,
+    AgentConfig, Auth, ClientLoop, HealthCheck, Lab, Mode, Summary, VIP4,
+    helpers::{
+        BACKEND_PORT, Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent,
+        new_lab, tcp_tenant, vip, web_lab,
+    },
+    lab::CLIENT4,
+    ok,
 };
 
-/// The port every ks-backend serves on.
-const BACKEND_PORT: u16 = 8080;
 /// Generous bounds for things that take a second or two.
 const SHORT: Duration = Duration::from_secs(30);
-
-/// The lab binaries: ours from Cargo, the agent's and ctl's from the same target dir.
-fn bins() -> Bins {
-    keystone_lab::test_bins!()
-}
-
-fn vip() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(VIP4), 80)
-}
-
-/// A lab with `backends` serving on [`BACKEND_PORT`], the gateway's neighbours known,
-/// and the agent (with `agent_args`) running `cfg(lab)`.
-fn lab_with_agent(
-    backends: &[&str],
-    agent_args: &[&str],
-    cfg: impl FnOnce(&Lab) -> AgentConfig,
-) -> Lab {
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(backends)
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
-    let r = lab.start_with_config(BACKEND_PORT, agent_args, |lab| Ok(cfg(lab)));
-    ok(&lab, "starting the backends and keystone-agent", r);
-    lab
-}
-
-/// Tenant `web` on the VIP over `weights`' backends.
-fn web_tenant(lab: &Lab, weights: &[(&str, u32)]) -> keystone_lab::Tenant {
-    ok(
-        lab,
-        "tenant",
-        lab.tenant(
-            "web",
-            vip(),
-            Protocol::Tcp,
-            Mode::Nat,
-            BACKEND_PORT,
-            weights,
-        ),
-    )
-}
 
 /// `POST /tenants/web/weights`, which must answer 200.
 fn set_weights(lab: &Lab, weights: &[(&str, u32)]) {
@@ -339,15 +299,6 @@ const ECHO_BYTES: usize = 8192;
 /// New connections per ks-client run in the background loop.
 const BATCH: u32 = 100;
 
-/// Waits until the loop has finished `n` batches that started after `since`.
-fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
-    ok(lab, "traffic", traffic.wait_batches_since(since, n, SHORT));
-}
-
-fn hold_events(lab: &Lab) -> Vec<HoldEvent> {
-    ok(lab, "hold output", lab.hold_events("hold"))
-}
-
 /// Blue and green serve `web`; held connections are opened while only green takes new
 /// ones, then the weights move every new connection to blue: from then on the held
 /// connections stay on green only through the connection table (Maglev would send
@@ -366,9 +317,13 @@ fn hitless(replacement: Replacement) {
         failure_threshold: 5,
         ..HealthCheck::fast_http()
     };
-    let mut lab = lab_with_agent(&["blue", "green"], agent_args, |lab| {
+    let setup = Setup {
+        agent_args,
+        ..Setup::nat(&["blue", "green"])
+    };
+    let (mut lab, _) = lab_with_agent(keystone_lab::test_bins!(), setup, |lab| {
         lab.agent_config(vec![
-            web_tenant(lab, &[("blue", 1), ("green", 1)]).with_health(health),
+            tcp_tenant(lab, "web", vip(), &[("blue", 1), ("green", 1)]).with_health(health),
         ])
     });
     let vip = vip();
@@ -415,7 +370,7 @@ fn hitless(replacement: Replacement) {
     );
     let before = KernelView::read(&lab);
     let program_before = before.program();
-    let held_seen = hold_events(&lab).len();
+    let held_seen = hold_events(&lab, "hold").len();
 
     // The replacement; forwarding runs without an agent from `gone` to `back`.
     let gone = Instant::now();
@@ -454,7 +409,7 @@ fn hitless(replacement: Replacement) {
     );
     let held_after = ok(&lab, "held connections answering after the replacement", r);
     let batches = ok(&lab, "the client loop", traffic.stop());
-    let events = hold_events(&lab);
+    let events = hold_events(&lab, "hold");
     let r = lab.stop("hold");
     ok(&lab, "stopping ks-client --hold", r);
 
@@ -510,11 +465,10 @@ fn hitless(replacement: Replacement) {
         "after the replacement, new connections should follow the persisted weights (all on blue): {after_back:?}\n{}",
         lab.agent_diagnostics()
     );
-    let errors = HoldEvent::failures(&events);
-    assert!(
-        errors.is_empty(),
-        "held connections broke or echoed wrong bytes: {errors:?}\n{}",
-        lab.agent_diagnostics()
+    assert_holds_unbroken(
+        &lab,
+        "held connections broke or echoed wrong bytes",
+        &events,
     );
     assert!(
         held_after.iter().all(|b| b == "green"),
@@ -585,12 +539,7 @@ fn agent_upgrade_swaps_the_program_in_place_and_is_hitless() {
 
 /// A lab whose agent keeps its state on a tmpfs of `bytes` (mounted before it starts).
 fn lab_with_small_state_dir(bytes: u64, cfg: impl FnOnce(&Lab) -> AgentConfig) -> Lab {
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(&["blue", "green"])
-        .bins(bins())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     let dir = lab.agent_state_dir();
     let r = lab.mount_tmpfs(&dir, bytes);
     ok(&lab, "mounting a tmpfs on the agent's state dir", r);
@@ -631,7 +580,12 @@ fn admin_json(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, 
 #[test]
 fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     let mut lab = lab_with_small_state_dir(256 * 1024, |lab| {
-        lab.agent_config(vec![web_tenant(lab, &[("blue", 100), ("green", 0)])])
+        lab.agent_config(vec![tcp_tenant(
+            lab,
+            "web",
+            vip(),
+            &[("blue", 100), ("green", 0)],
+        )])
     });
     let dir = lab.agent_state_dir();
     let filler = dir.join("filler");
@@ -709,11 +663,16 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
 /// first checks, because it starts from the health it saved.
 #[test]
 fn a_restart_with_a_dead_backend_refuses_no_connection() {
-    let mut lab = lab_with_agent(&["blue", "green"], &[], |lab| {
-        lab.agent_config(vec![
-            web_tenant(lab, &[("blue", 1), ("green", 1)]).with_health(HealthCheck::fast_http()),
-        ])
-    });
+    let (mut lab, _) = lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            lab.agent_config(vec![
+                tcp_tenant(lab, "web", vip(), &[("blue", 1), ("green", 1)])
+                    .with_health(HealthCheck::fast_http()),
+            ])
+        },
+    );
     let r = lab.stop_backend("green");
     ok(&lab, "stopping green's backend", r);
     let r = keystone_lab::wait_for("green to be down", SHORT, || {
@@ -917,8 +876,13 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 /// printed, not asserted.
 #[test]
 fn admin_api_under_100_concurrent_clients() {
-    let lab = lab_with_agent(&BACKENDS, &[], |lab| {
-        lab.agent_config(vec![web_tenant(lab, &BACKENDS.map(|b| (b, 1)))])
+    let (lab, _) = lab_with_agent(keystone_lab::test_bins!(), Setup::nat(&BACKENDS), |lab| {
+        lab.agent_config(vec![tcp_tenant(
+            lab,
+            "web",
+            vip(),
+            &BACKENDS.map(|b| (b, 1)),
+        )])
     });
     let documented: BTreeMap<Kind, BTreeSet<u16>> = [Kind::Status, Kind::Weights, Kind::BadWeights]
         .into_iter()
@@ -1059,9 +1023,11 @@ fn admin_api_under_100_concurrent_clients() {
 /// from, and the bad file is kept aside.
 #[test]
 fn an_unreadable_state_file_keeps_the_pinned_split() {
-    let mut lab = lab_with_agent(&["blue", "green"], &[], |lab| {
-        lab.agent_config(vec![web_tenant(lab, &[("blue", 100), ("green", 0)])])
-    });
+    let (mut lab, _) = web_lab(
+        keystone_lab::test_bins!(),
+        vip(),
+        &[("blue", 100), ("green", 0)],
+    );
     let switch = r#"{"service":"web","to":"green","interval":"1s"}"#;
     let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
     assert_eq!(code, 202, "the switch: {answer}");

@@ -7,20 +7,15 @@
 //! in it 0600, the log warns about the token file, and no credential of the URL or
 //! secret of the config appears in the log, however often the target fails.
 
-use std::{
-    fs,
-    net::{IpAddr, SocketAddr},
-    os::unix::fs::PermissionsExt,
-    path::Path,
-    time::Duration,
-};
+use std::{fs, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use keystone_lab::{
-    ADMIN_TOKEN, Auth, LabBuilder, Mode, Probe, Protocol, VIP4, WebhookConfig, agent::AGENT,
+    ADMIN_TOKEN, Auth, Mode, Probe, Protocol, WebhookConfig,
+    agent::AGENT,
+    helpers::{BACKEND_PORT, new_lab, vip},
     wait_for,
 };
 
-const BACKEND_PORT: u16 = 8080;
 const WEBHOOK_SECRET: &str = "webhook-secret-never-logged";
 const NOTIFY_SECRET: &str = "notify-secret-never-logged";
 const PASSWORD: &str = "hunter2-password";
@@ -41,12 +36,7 @@ fn write_with_mode(path: &Path, text: &str, mode: u32) {
 
 #[test]
 fn secret_files_are_private_and_logs_show_no_credentials() {
-    let mut lab = LabBuilder::new()
-        .mode(Mode::Nat)
-        .backends(&["blue", "green"])
-        .bins(keystone_lab::test_bins!())
-        .build()
-        .unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let mut lab = new_lab(keystone_lab::test_bins!(), Mode::Nat, &["blue", "green"]);
     let r = lab.start_backends(BACKEND_PORT);
     r.unwrap_or_else(|e| panic!("backends: {e}"));
 
@@ -59,7 +49,7 @@ fn secret_files_are_private_and_logs_show_no_credentials() {
     let token_file = lab.state_dir().join("token");
     write_with_mode(&token_file, ADMIN_TOKEN, 0o644);
 
-    let vip = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let vip = vip();
     let tenant = lab
         .tenant(
             "web",
