@@ -29,6 +29,7 @@ pub mod requests;
 pub mod rollout;
 pub mod sd_notify;
 pub mod secrets;
+pub mod signing;
 pub mod status;
 pub mod store;
 pub mod strategy;
