@@ -19,14 +19,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use keystone_api::EventKind;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::{
-    config::{DEPLOYMENT_EVENTS, NotificationTarget},
-    secrets::redact_url,
-    signing::signed_headers,
-};
+use crate::{config::NotificationTarget, secrets::redact_url, signing::signed_headers};
 
 /// Events waiting per target; beyond this new events for that target are dropped
 /// (and logged) rather than letting a dead receiver grow the agent's memory.
@@ -136,12 +133,10 @@ impl Notifier {
             .collect()
     }
 
-    /// Queues `event` (one of `config::DEPLOYMENT_EVENTS`) with the deployment's JSON
-    /// for every subscribed target, and returns at once.
-    pub fn notify(&self, event: &str, deployment: Value) {
-        if !DEPLOYMENT_EVENTS.contains(&event) {
-            tracing::warn!(event, "notifying an event targets cannot subscribe to");
-        }
+    /// Queues `event` with the deployment's JSON (keystone-api's view) for every
+    /// subscribed target, and returns at once.
+    pub fn notify(&self, event: EventKind, deployment: Value) {
+        let event = event.name();
         let queues = self.queues.lock().expect("notifier lock poisoned");
         for queue in queues.iter().filter(|q| subscribed(&q.target, event)) {
             let item = Notification {
@@ -358,7 +353,7 @@ mod tests {
         let (url, mut rx) = receiver(&[]).await;
         let secret = "notification-secret-0123";
         let notifier = Notifier::with_retry(&[target(&url, Some(secret), &[])], fast());
-        notifier.notify("started", json!({"id": "d-1", "tenant": "api"}));
+        notifier.notify(EventKind::Started, json!({"id": "d-1", "tenant": "api"}));
         let (headers, body) = next(&mut rx).await;
         assert_eq!(body["event"], "started");
         assert_eq!(body["deployment"]["id"], "d-1");
@@ -376,7 +371,7 @@ mod tests {
     async fn target_without_secret_gets_no_signature() {
         let (url, mut rx) = receiver(&[]).await;
         let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
-        notifier.notify("promoted", json!({"id": "d-2"}));
+        notifier.notify(EventKind::Promoted, json!({"id": "d-2"}));
         let (headers, body) = next(&mut rx).await;
         assert_eq!(body["event"], "promoted");
         assert!(!headers.contains_key(SIGNATURE_HEADER));
@@ -388,7 +383,7 @@ mod tests {
         let (url, mut rx) = receiver(&[500, 503]).await;
         let notifier =
             Notifier::with_retry(&[target(&url, Some("s3cret-s3cret-s3cret"), &[])], fast());
-        notifier.notify("step", json!({"id": "d-3", "canary_percent": 20}));
+        notifier.notify(EventKind::Step, json!({"id": "d-3", "canary_percent": 20}));
         for _ in 0..3 {
             let (headers, body) = next(&mut rx).await;
             assert_eq!(body["event"], "step");
@@ -398,7 +393,7 @@ mod tests {
             );
         }
         // The third attempt succeeded: the next request is the next event, not a 4th try.
-        notifier.notify("promoted", json!({"id": "d-3"}));
+        notifier.notify(EventKind::Promoted, json!({"id": "d-3"}));
         let (_, body) = next(&mut rx).await;
         assert_eq!(body["event"], "promoted");
     }
@@ -407,11 +402,11 @@ mod tests {
     async fn gives_up_after_four_attempts() {
         let (url, mut rx) = receiver(&[500, 500, 500, 500, 500]).await;
         let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
-        notifier.notify("failed", json!({"id": "d-4"}));
+        notifier.notify(EventKind::Failed, json!({"id": "d-4"}));
         for _ in 0..4 {
             assert_eq!(next(&mut rx).await.1["event"], "failed");
         }
-        notifier.notify("aborted", json!({"id": "d-4"}));
+        notifier.notify(EventKind::Aborted, json!({"id": "d-4"}));
         assert_eq!(next(&mut rx).await.1["event"], "aborted");
     }
 
@@ -419,8 +414,8 @@ mod tests {
     async fn client_errors_are_not_retried() {
         let (url, mut rx) = receiver(&[400]).await;
         let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
-        notifier.notify("started", json!({"id": "d-5"}));
-        notifier.notify("step", json!({"id": "d-5"}));
+        notifier.notify(EventKind::Started, json!({"id": "d-5"}));
+        notifier.notify(EventKind::Step, json!({"id": "d-5"}));
         assert_eq!(next(&mut rx).await.1["event"], "started");
         assert_eq!(
             next(&mut rx).await.1["event"],
@@ -436,12 +431,15 @@ mod tests {
             &[target(&url, None, &["promoted", "rolled_back", "step"])],
             fast(),
         );
-        notifier.notify("started", json!({"id": "d-6"}));
+        notifier.notify(EventKind::Started, json!({"id": "d-6"}));
         for percent in [10, 20, 30] {
-            notifier.notify("step", json!({"id": "d-6", "canary_percent": percent}));
+            notifier.notify(
+                EventKind::Step,
+                json!({"id": "d-6", "canary_percent": percent}),
+            );
         }
-        notifier.notify("paused", json!({"id": "d-6"}));
-        notifier.notify("rolled_back", json!({"id": "d-6"}));
+        notifier.notify(EventKind::Paused, json!({"id": "d-6"}));
+        notifier.notify(EventKind::RolledBack, json!({"id": "d-6"}));
         let mut seen = Vec::new();
         for _ in 0..5 {
             let (_, body) = next(&mut rx).await;
@@ -473,7 +471,7 @@ mod tests {
             ],
             fast(),
         );
-        notifier.notify("started", json!({"id": "d-7"}));
+        notifier.notify(EventKind::Started, json!({"id": "d-7"}));
         assert_eq!(next(&mut rx).await.1["event"], "started");
     }
 
@@ -482,11 +480,11 @@ mod tests {
         let (old_url, mut old_rx) = receiver(&[]).await;
         let (new_url, mut new_rx) = receiver(&[]).await;
         let notifier = Notifier::with_retry(&[target(&old_url, None, &[])], fast());
-        notifier.notify("started", json!({"id": "d-8"}));
+        notifier.notify(EventKind::Started, json!({"id": "d-8"}));
         assert_eq!(next(&mut old_rx).await.1["event"], "started");
         notifier.update_targets(&[target(&new_url, None, &[])]);
         assert_eq!(notifier.targets().len(), 1);
-        notifier.notify("step", json!({"id": "d-8"}));
+        notifier.notify(EventKind::Step, json!({"id": "d-8"}));
         assert_eq!(next(&mut new_rx).await.1["event"], "step");
         // The old target's task ended with its queue: its channel closes, nothing more came.
         drop(notifier);

@@ -176,7 +176,7 @@ impl Rollouts {
             );
             self.metrics.record(d, event.kind);
             self.notifier.notify(
-                event.kind.name(),
+                event.kind,
                 serde_json::to_value(d.view()).expect("deployment serialises"),
             );
         }
