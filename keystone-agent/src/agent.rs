@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use keystone_api::{CanaryRequest, Reloaded, SwitchRequest};
+use keystone_api::{CanaryRequest, Reloaded, Status, SwitchRequest, Tenant as TenantView};
 
 use crate::{
     admin_token::AdminToken,
@@ -36,7 +36,6 @@ pub use crate::{
     errors::{DeployError, ReloadError, StartError},
     status::TRAFFIC_WINDOW,
     strategy::{DEFAULT_SWITCH_INTERVAL, DEFAULT_VALIDATION_TIMEOUT},
-    views::*,
 };
 
 /// How often deployments are advanced.
@@ -201,7 +200,7 @@ impl Agent {
         Ok(self
             .tenants()
             .into_iter()
-            .find(|v| v.name == tenant)
+            .find(|v| v.about.name == tenant)
             .expect("tenant exists"))
     }
 

@@ -278,7 +278,7 @@ async fn change<T: Send + 'static>(
     blocking(state, f).await
 }
 
-async fn status(State(state): State<ApiState>) -> Result<Json<crate::agent::Status>, ApiError> {
+async fn status(State(state): State<ApiState>) -> Result<Json<keystone_api::Status>, ApiError> {
     blocking(&state, |agent| agent.status())
         .await?
         .map(Json)
@@ -294,16 +294,18 @@ async fn reload(State(state): State<ApiState>) -> Result<Json<keystone_api::Relo
     Ok(Json(state.agent.reload().await?))
 }
 
-async fn tenants(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn tenants(
+    State(state): State<ApiState>,
+) -> Result<Json<keystone_api::TenantList>, ApiError> {
     let tenants = blocking(&state, |agent| agent.tenants()).await?;
-    Ok(Json(json!({ "tenants": tenants })))
+    Ok(Json(keystone_api::TenantList { tenants }))
 }
 
 async fn set_weights(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
-) -> Result<Json<crate::agent::TenantView>, ApiError> {
+) -> Result<Json<keystone_api::Tenant>, ApiError> {
     let req = requests::weights(body(payload)?)?;
     let view = change(&state, move |agent| agent.set_weights(&name, req.weights)).await??;
     Ok(Json(view))

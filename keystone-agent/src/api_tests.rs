@@ -226,8 +226,14 @@ async fn reload_applies_new_weights() {
     assert_eq!(h.live_weights(), [0, 100]);
     let (_, body) = h.call("GET", "/status", Some(TOKEN)).await;
     let status = json(&body);
-    assert_eq!(status["tenants"][0]["backends"][1]["weight"], 100);
-    assert_eq!(status["tenants"][0]["backends"][1]["weight_share"], 1.0);
+    assert_eq!(
+        status["tenants"][0]["backends"][1]["configured_weight"],
+        100
+    );
+    assert_eq!(
+        status["tenants"][0]["backends"][1]["traffic_percent"],
+        100.0
+    );
 }
 
 #[tokio::test]
@@ -417,8 +423,8 @@ async fn status_traffic_share_comes_from_the_window() {
     let status = h.state.agent.status().unwrap();
     let backends = &status.tenants[0].backends;
     assert_eq!(backends[0].recent_new_connections, 900);
-    assert!((backends[0].traffic_share - 0.9).abs() < 1e-9);
-    assert!((backends[1].traffic_share - 0.1).abs() < 1e-9);
+    assert!((backends[0].recent_traffic_percent - 90.0).abs() < 1e-7);
+    assert!((backends[1].recent_traffic_percent - 10.0).abs() < 1e-7);
 }
 
 fn percents(weights: &[u32]) -> Vec<f64> {

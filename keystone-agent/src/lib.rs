@@ -35,8 +35,8 @@ pub mod store;
 pub mod strategy;
 pub mod tasks;
 pub mod validation;
-pub mod views;
 pub mod webhook;
+pub mod wire;
 pub mod yaml_lines;
 
 /// The commit this agent was built from (`unknown` outside a git checkout).

@@ -10,9 +10,8 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use crate::{
-    agent::Agent, deploy::DeployState, deploy_metrics::deployment_environment, health::HealthState,
-};
+use crate::{agent::Agent, deploy::DeployState, deploy_metrics::deployment_environment};
+use keystone_api::HealthState;
 
 const BACKEND_LABELS: [&str; 6] = [
     "tenant",
@@ -243,7 +242,7 @@ impl Collector for DataplaneCollector {
                     .set(b.traffic_percent / 100.0);
                 f.backend_health
                     .with_label_values(&labels)
-                    .set(match b.health {
+                    .set(match b.identity.health {
                         HealthState::Up => 1,
                         HealthState::Down => 0,
                         HealthState::Unknown => -1,

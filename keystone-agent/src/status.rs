@@ -8,6 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keystone_api::{
+    BackendIdentity, BackendStatus, Status, Tenant, TenantAbout, TenantBackend, TenantStatus,
+};
 use keystone_common::{Endpoint, Reason, TrafficCounters, xdp_action_name};
 
 use crate::{
@@ -19,7 +22,6 @@ use crate::{
     persist::PersistStatus,
     reconcile::weights_of,
     store::PersistedState,
-    views::{BackendStatus, Status, TenantBackendView, TenantStatus, TenantView},
 };
 
 /// How far back the "live" traffic share looks.
@@ -71,43 +73,48 @@ pub fn tenant_views(
     config: &LoadedConfig,
     runtime: &PersistedState,
     health: &HealthChecker,
-) -> Vec<TenantView> {
+) -> Vec<Tenant> {
     config
         .tenants
         .iter()
         .map(|t| {
             let weights = weights_of(t, runtime);
             let total: u64 = weights.iter().map(|w| *w as u64).sum();
-            TenantView {
-                name: t.name.clone(),
-                vip: t.vip.to_string(),
-                protocol: t.protocol,
-                mode: t.mode,
-                strategy: t.strategy,
-                active_environment: t.active_environment.clone(),
-                traffic_source: TrafficSource::of(runtime, &t.name),
-                deployment_id: runtime
-                    .deployments
-                    .iter()
-                    .rev()
-                    .find(|d| d.tenant == t.name && d.state.is_running())
-                    .map(|d| d.id.clone()),
+            Tenant {
+                about: TenantAbout {
+                    name: t.name.clone(),
+                    vip: t.vip.to_string(),
+                    protocol: t.protocol.into(),
+                    mode: t.mode.into(),
+                    strategy: t.strategy.into(),
+                    active_environment: t.active_environment.clone(),
+                    traffic_source: TrafficSource::of(runtime, &t.name).into(),
+                    deployment_id: runtime
+                        .deployments
+                        .iter()
+                        .rev()
+                        .find(|d| d.tenant == t.name && d.state.is_running())
+                        .map(|d| d.id.clone()),
+                },
                 backends: t
                     .services
                     .iter()
                     .zip(&weights)
-                    .map(|(s, w)| TenantBackendView {
-                        name: s.name.clone(),
-                        address: s.address.to_string(),
-                        environment: s.environment.clone(),
-                        version: s.version.clone(),
+                    .map(|(s, w)| TenantBackend {
+                        identity: BackendIdentity {
+                            name: s.name.clone(),
+                            address: s.address.to_string(),
+                            environment: s.environment.clone(),
+                            version: s.version.clone(),
+                            health: health
+                                .get(&t.name, &s.name)
+                                .map_or(HealthState::Unknown, |h| h.state)
+                                .into(),
+                            health_local_error: health.local_error(&t.name, &s.name),
+                        },
                         configured_weight: s.weight,
                         effective_weight: *w,
-                        traffic_percent: share(*w as u64, total) * 100.0,
-                        health: health
-                            .get(&t.name, &s.name)
-                            .map_or(HealthState::Unknown, |h| h.state),
-                        health_local_error: health.local_error(&t.name, &s.name),
+                        traffic_percent: percent(*w as u64, total),
                     })
                     .collect(),
             }
@@ -125,7 +132,7 @@ struct Window<'a> {
 /// `live.config`, `now` the counters just read.
 pub fn status(
     live: &Snapshot,
-    views: Vec<TenantView>,
+    views: Vec<Tenant>,
     now: &Counters,
     samples: &TrafficSamples,
     persistence: PersistStatus,
@@ -143,13 +150,16 @@ pub fn status(
         .map(|(t, view)| tenant_status(t, view, &window))
         .collect();
     Status {
-        problems: problems(now, window.then.map(|(_, c)| c)),
+        problems: problems(now, window.then.map(|(_, c)| c))
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         config_path: live.config.path.display().to_string(),
         config_generation: live.generation,
         config_loaded_at: humantime::format_rfc3339_seconds(live.loaded_at).to_string(),
         traffic_window_seconds: window.then.map(|(d, _)| d.as_secs_f64()).unwrap_or(0.0),
         tenants,
-        persistence,
+        persistence: persistence.into(),
         xdp_actions: now
             .actions
             .iter()
@@ -163,17 +173,17 @@ pub fn status(
     }
 }
 
-fn tenant_status(t: &ResolvedTenant, view: TenantView, window: &Window) -> TenantStatus {
+fn tenant_status(t: &ResolvedTenant, view: Tenant, window: &Window) -> TenantStatus {
     let vip = t.vip_endpoint();
     let mut backends: Vec<BackendStatus> = t
         .services
         .iter()
-        .zip(&view.backends)
-        .map(|(s, v)| backend_status(t, s, v, window))
+        .zip(view.backends)
+        .map(|(s, backend)| backend_status(t, s, backend, window))
         .collect();
     let recent_total: u64 = backends.iter().map(|b| b.recent_new_connections).sum();
     for b in &mut backends {
-        b.traffic_share = share(b.recent_new_connections, recent_total);
+        b.recent_traffic_percent = percent(b.recent_new_connections, recent_total);
     }
     let vip_counters = window
         .now
@@ -183,14 +193,7 @@ fn tenant_status(t: &ResolvedTenant, view: TenantView, window: &Window) -> Tenan
         .map(|(_, c)| *c)
         .unwrap_or_default();
     TenantStatus {
-        name: t.name.clone(),
-        vip: t.vip.to_string(),
-        protocol: t.protocol,
-        mode: t.mode,
-        strategy: t.strategy,
-        active_environment: view.active_environment,
-        traffic_source: view.traffic_source,
-        deployment_id: view.deployment_id,
+        about: view.about,
         packets: vip_counters.packets,
         bytes: vip_counters.bytes,
         new_connections: vip_counters.new_flows,
@@ -198,11 +201,12 @@ fn tenant_status(t: &ResolvedTenant, view: TenantView, window: &Window) -> Tenan
     }
 }
 
-/// One backend's counters; `traffic_share` is filled in by the tenant.
+/// One backend's view and counters; `recent_traffic_percent` is filled in by the
+/// tenant.
 fn backend_status(
     t: &ResolvedTenant,
     s: &ResolvedService,
-    v: &TenantBackendView,
+    backend: TenantBackend,
     window: &Window,
 ) -> BackendStatus {
     let vip = t.vip_endpoint();
@@ -221,20 +225,12 @@ fn backend_status(
         .map(|(_, _, c)| *c)
         .unwrap_or_default();
     BackendStatus {
-        name: s.name.clone(),
-        address: s.address.to_string(),
-        environment: s.environment.clone(),
-        version: s.version.clone(),
-        weight: s.weight,
-        effective_weight: v.effective_weight,
-        weight_share: v.traffic_percent / 100.0,
-        health: v.health,
-        health_local_error: v.health_local_error.clone(),
+        backend,
         packets: total.packets,
         bytes: total.bytes,
         new_connections: total.new_flows,
         recent_new_connections: recent.unwrap_or(0),
-        traffic_share: 0.0,
+        recent_traffic_percent: 0.0,
         tcp_syn: l4.syn,
         tcp_syn_ack: l4.syn_ack,
         tcp_rst: l4.rst,
@@ -253,10 +249,11 @@ fn find(
         .unwrap_or_default()
 }
 
-fn share(part: u64, total: u64) -> f64 {
+/// `part` of `total` in percent (0 of nothing).
+fn percent(part: u64, total: u64) -> f64 {
     if total == 0 {
         0.0
     } else {
-        part as f64 / total as f64
+        part as f64 * 100.0 / total as f64
     }
 }

@@ -24,6 +24,6 @@ pub use params::{DurationValue, StepParams};
 pub use status::{
     BackendIdentity, BackendStatus, DataplaneProblem, ErrorBody, ForwardingMode, Health,
     HealthState, HealthStatus, PersistStatus, Problem, Protocol, Reloaded, Status, Tenant,
-    TenantBackend, TenantList, TenantStatus, TrafficSource,
+    TenantAbout, TenantBackend, TenantList, TenantStatus, TrafficSource,
 };
 pub use time::rfc3339_unix;

@@ -94,7 +94,7 @@ pub struct Status {
     pub config_path: String,
     pub config_generation: u64,
     pub config_loaded_at: String,
-    /// Seconds covered by `recent_new_connections` / `traffic_share`.
+    /// Seconds covered by `recent_new_connections` / `recent_traffic_percent`.
     pub traffic_window_seconds: f64,
     pub tenants: Vec<TenantStatus>,
     pub persistence: PersistStatus,
@@ -113,24 +113,19 @@ pub struct TenantStatus {
     pub backends: Vec<BackendStatus>,
 }
 
+/// A backend in `GET /status`: the same view as in `GET /tenants`, and its counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BackendStatus {
     #[serde(flatten)]
-    pub identity: BackendIdentity,
-    /// Configured weight.
-    pub weight: u32,
-    /// Weight in the data plane now (deployments and manual weights applied).
-    pub effective_weight: u32,
-    /// Share (0–1) of the tenant's effective weight.
-    pub weight_share: f64,
+    pub backend: TenantBackend,
     pub packets: u64,
     pub bytes: u64,
     pub new_connections: u64,
     /// New connections within the traffic window.
     pub recent_new_connections: u64,
-    /// Share (0–1) of the tenant's new connections within the traffic window.
-    pub traffic_share: f64,
+    /// Share (0–100) of the tenant's new connections within the traffic window.
+    pub recent_traffic_percent: f64,
     pub tcp_syn: u64,
     pub tcp_syn_ack: u64,
     pub tcp_rst: u64,
@@ -168,7 +163,9 @@ pub struct TenantAbout {
 pub struct TenantBackend {
     #[serde(flatten)]
     pub identity: BackendIdentity,
+    /// The config's weight.
     pub configured_weight: u32,
+    /// Weight in the data plane now (deployments and manual weights applied).
     pub effective_weight: u32,
     /// Share (0–100) of new connections the effective weights give this backend.
     pub traffic_percent: f64,

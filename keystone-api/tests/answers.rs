@@ -88,7 +88,7 @@ fn status_tenants_health_and_reloads_read_and_round_trip() {
             ..
         }
     ));
-    assert_eq!(web.backends[1].weight_share, 0.2);
+    assert_eq!(web.backends[1].backend.traffic_percent, 20.0);
     let tenants: TenantList = round_trip("tenants.json");
     assert_eq!(tenants.tenants[0].about.name, "web");
     let weights: Tenant = round_trip("weights.json");

@@ -23,9 +23,9 @@ pub fn or_dash(s: Option<&str>) -> String {
     }
 }
 
-/// A 0–1 share as a percentage.
-pub fn share(f: f64) -> String {
-    format!("{:.1}%", f * 100.0)
+/// A share (0–100) with one decimal.
+pub fn share(percent: f64) -> String {
+    format!("{percent:.1}%")
 }
 
 /// A 0–100 value as a percentage.
@@ -129,11 +129,11 @@ pub fn status(status: &Status) -> String {
             .concat(),
         )];
         for b in backends {
-            let mut row = backend_identity(&b.identity);
+            let mut row = backend_identity(&b.backend.identity);
             row.extend([
-                b.weight.to_string(),
-                share(b.weight_share),
-                share(b.traffic_share),
+                b.backend.configured_weight.to_string(),
+                share(b.backend.traffic_percent),
+                share(b.recent_traffic_percent),
                 b.new_connections.to_string(),
                 b.packets.to_string(),
                 b.bytes.to_string(),
@@ -357,10 +357,10 @@ mod tests {
                 "traffic_source": {"kind": "deployment", "deployment_id": "web-1-1", "state": "completed"},
                 "backends": [
                     {"name": "blue", "address": "198.18.11.2:8080", "version": "1.0", "environment": "blue",
-                     "health": "up", "weight": 90, "weight_share": 0.9, "traffic_share": 0.897,
+                     "health": "up", "configured_weight": 90, "traffic_percent": 90.0, "recent_traffic_percent": 89.7,
                      "new_connections": 1794, "packets": 9000, "bytes": 900000},
                     {"name": "green", "address": "198.18.12.2:8080", "version": "1.1", "environment": "green",
-                     "health": "down", "weight": 10, "weight_share": 0.1, "traffic_share": 0.103,
+                     "health": "down", "configured_weight": 10, "traffic_percent": 10.0, "recent_traffic_percent": 10.3,
                      "new_connections": 206, "packets": 1000, "bytes": 100000}
                 ]
             }]

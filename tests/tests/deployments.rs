@@ -619,7 +619,7 @@ fn a_reload_keeps_a_finished_release() {
                 let n = |k: &str| b[k].as_u64().expect("a weight");
                 (
                     b["name"].as_str().unwrap_or("?").to_owned(),
-                    (n("weight"), n("effective_weight")),
+                    (n("configured_weight"), n("effective_weight")),
                 )
             })
             .collect();

@@ -4,7 +4,6 @@
 //! conversion behind the API's answers, the webhook's and the notifications.
 
 use super::{Deployment, Params};
-use crate::config::Strategy;
 
 impl Deployment {
     pub fn view(&self) -> keystone_api::Deployment {
@@ -50,15 +49,5 @@ fn params_view(p: &Params) -> keystone_api::DeploymentParams {
                 address: q.address.clone(),
                 query: q.query.clone(),
             }),
-    }
-}
-
-impl From<Strategy> for keystone_api::Strategy {
-    fn from(s: Strategy) -> keystone_api::Strategy {
-        match s {
-            Strategy::Canary => keystone_api::Strategy::Canary,
-            Strategy::BlueGreen => keystone_api::Strategy::BlueGreen,
-            Strategy::Rolling => keystone_api::Strategy::Rolling,
-        }
     }
 }

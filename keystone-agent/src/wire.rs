@@ -1,0 +1,90 @@
+//! The agent's own words (the config's enums, health, where weights come from, the
+//! status of its files) as keystone-api says them: one conversion each.
+
+use keystone_api as api;
+
+use crate::{
+    config::{ForwardingMode, Protocol, Strategy},
+    dataplane::problems::DataplaneProblem,
+    health::HealthState,
+    outcome::TrafficSource,
+    persist::PersistStatus,
+};
+
+impl From<Strategy> for api::Strategy {
+    fn from(s: Strategy) -> api::Strategy {
+        match s {
+            Strategy::Canary => api::Strategy::Canary,
+            Strategy::BlueGreen => api::Strategy::BlueGreen,
+            Strategy::Rolling => api::Strategy::Rolling,
+        }
+    }
+}
+
+impl From<Protocol> for api::Protocol {
+    fn from(p: Protocol) -> api::Protocol {
+        match p {
+            Protocol::Tcp => api::Protocol::Tcp,
+            Protocol::Udp => api::Protocol::Udp,
+        }
+    }
+}
+
+impl From<ForwardingMode> for api::ForwardingMode {
+    fn from(m: ForwardingMode) -> api::ForwardingMode {
+        match m {
+            ForwardingMode::Nat => api::ForwardingMode::Nat,
+            ForwardingMode::Dsr => api::ForwardingMode::Dsr,
+        }
+    }
+}
+
+impl From<HealthState> for api::HealthState {
+    fn from(h: HealthState) -> api::HealthState {
+        match h {
+            HealthState::Up => api::HealthState::Up,
+            HealthState::Down => api::HealthState::Down,
+            HealthState::Unknown => api::HealthState::Unknown,
+        }
+    }
+}
+
+impl From<TrafficSource> for api::TrafficSource {
+    fn from(t: TrafficSource) -> api::TrafficSource {
+        match t {
+            TrafficSource::Config => api::TrafficSource::Config,
+            TrafficSource::Deployment {
+                deployment_id,
+                state,
+            } => api::TrafficSource::Deployment {
+                deployment_id,
+                state,
+            },
+            TrafficSource::Manual { reason } => api::TrafficSource::Manual { reason },
+        }
+    }
+}
+
+impl From<DataplaneProblem> for api::DataplaneProblem {
+    fn from(p: DataplaneProblem) -> api::DataplaneProblem {
+        api::DataplaneProblem {
+            kind: p.kind.to_owned(),
+            message: p.message,
+        }
+    }
+}
+
+impl From<PersistStatus> for api::PersistStatus {
+    fn from(p: PersistStatus) -> api::PersistStatus {
+        api::PersistStatus {
+            saved: p.saved,
+            write_failures: p.write_failures,
+            unsaved: p
+                .unsaved
+                .into_iter()
+                .map(|(file, why)| (file.to_owned(), why))
+                .collect(),
+            recovered: p.recovered,
+        }
+    }
+}
