@@ -13,6 +13,8 @@ fn ctl(envs: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_keystone-ctl"))
         .env_remove("KEYSTONE_API")
         .env_remove("KEYSTONE_CONFIG")
+        // No contexts file: the user's own must not change what these tests see.
+        .env("XDG_CONFIG_HOME", "/nonexistent/keystone-ctl-tests")
         .envs(envs.iter().copied())
         .args(args)
         .output()
@@ -468,7 +470,7 @@ mod promote {
     }
 
     /// Answers of a context that runs the tenant's strategy and ends `state`.
-    fn runs(strategy: &str, state: &str) -> Vec<(u16, Value)> {
+    pub fn runs(strategy: &str, state: &str) -> Vec<(u16, Value)> {
         let id = format!("{strategy}-1");
         vec![
             (200, tenants(strategy)),
@@ -482,7 +484,7 @@ mod promote {
     }
 
     /// Three contexts, production gated, each with its canned agent.
-    fn contexts(
+    pub fn contexts(
         home: &std::path::Path,
         answers: [Vec<(u16, Value)>; 3],
     ) -> Vec<test_server::Requests> {
@@ -518,7 +520,7 @@ mod promote {
         );
     }
 
-    const PROMOTE: [&str; 8] = [
+    pub const PROMOTE: [&str; 8] = [
         "promote",
         "web",
         "--version",
@@ -529,7 +531,7 @@ mod promote {
         "10ms",
     ];
 
-    fn unused() -> Vec<(u16, Value)> {
+    pub fn unused() -> Vec<(u16, Value)> {
         vec![(500, json!({"error": "not expected"}))]
     }
 
@@ -622,4 +624,39 @@ mod promote {
                  resume with: fix it, then keystone-ctl promote web --version 2 --through dev,staging,production\n",
         );
     }
+}
+
+#[test]
+fn promote_stops_at_a_deployment_awaiting_approval_and_refuses_api_flags() {
+    let home = tempfile::tempdir().unwrap();
+    let seen_by = promote::contexts(
+        home.path(),
+        [
+            promote::runs("canary", "awaiting_approval"),
+            promote::unused(),
+            promote::unused(),
+        ],
+    );
+    let r = ctl_at(home.path(), &[], &promote::PROMOTE);
+    assert_eq!(r.code, Some(11), "{}{}", r.stdout, r.stderr);
+    assert!(seen(&seen_by[1]).is_empty());
+    assert!(
+        r.stdout.ends_with(
+            "stopped in dev: deployment canary-1 is awaiting_approval — exit 11\n\
+             resume with: keystone-ctl --context dev canary promote canary-1, then \
+             keystone-ctl promote web --version 2 --through dev,staging,production\n"
+        ),
+        "{}",
+        r.stdout
+    );
+    let r = ctl_at(
+        home.path(),
+        &[("KEYSTONE_API", "http://127.0.0.1:9")],
+        &promote::PROMOTE,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("promote connects through each context of --through")
+    );
 }
