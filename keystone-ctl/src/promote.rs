@@ -38,7 +38,7 @@ pub struct PromoteArgs {
     /// Gated contexts to go through this time (promote stops before the others).
     #[arg(long, value_delimiter = ',', value_name = "CONTEXT,...")]
     approve: Vec<String>,
-    /// --timeout is per context.
+    // --timeout counts for each context.
     #[command(flatten)]
     poll: PollArgs,
 }

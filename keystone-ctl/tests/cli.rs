@@ -258,6 +258,28 @@ fn contexts_are_set_listed_chosen_and_used() {
     let r = ctl_at(home, &[], &["--context", "nope", "tenants"]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
 
+    let r = ctl_at(home, &[], &["config", "set-context", "qa"]);
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr
+            .contains("a new context needs --api (context 'qa')"),
+        "{}",
+        r.stderr
+    );
+    let r = ctl_at(
+        home,
+        &[],
+        &["config", "set-context", "prod", "--gated", "true"],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let listed = ctl_at(home, &[], &["-o", "json", "config", "get-contexts"]).stdout;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed["contexts"]["prod"],
+        json!({"api": prod, "token_file": token, "gated": true}),
+        "set-context changes only the fields given"
+    );
+
     // The context's token file is what is sent: gone, it is an auth failure naming it.
     std::fs::remove_file(&token).unwrap();
     let r = ctl_at(home, &[], &["tenants"]);
@@ -265,6 +287,35 @@ fn contexts_are_set_listed_chosen_and_used() {
     assert!(
         r.stderr.contains(&format!(
             "cannot read the admin token from {token} (token_file of context 'dev' in {})",
+            file.display()
+        )),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_broken_contexts_file_is_a_usage_error_naming_the_field_and_line() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("keystone/config.yaml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "contexts:\n  dev:\n    apii: http://x\n").unwrap();
+    let r = ctl_at(home.path(), &[], &["--context", "dev", "tenants"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "{}: contexts.dev: unknown field `apii`",
+            file.display()
+        )) && r.stderr.contains("line 3"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(&file, "contexts:\n  dev:\n    api: gw:9100\n").unwrap();
+    let r = ctl_at(home.path(), &[], &["--context", "dev", "tenants"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "{}: contexts.dev.api: 'gw:9100' is not an admin API URL",
             file.display()
         )),
         "{}",
