@@ -160,7 +160,7 @@ pub fn status(status: &Status, wide: bool) -> String {
             if wide {
                 row.extend(
                     [
-                        u64::from(b.effective_weight),
+                        u64::from(b.backend.effective_weight),
                         b.recent_new_connections,
                         b.tcp_syn,
                         b.tcp_syn_ack,
