@@ -32,6 +32,7 @@ use aya::{
     },
 };
 use keystone_agent::dataplane::aya_dataplane::MAP_NAMES;
+use keystone_api::DeployState;
 use keystone_common::{
     Backend, Endpoint, FAMILY_IPV4, FlowKey, FlowState, PROTO_TCP, VipInfo, backend_flags,
     hash::ipv4_words,
@@ -647,7 +648,12 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     let id = answer["deployment_id"].as_str().expect("an id").to_owned();
     let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
     let done = ok(&lab, "waiting for the switch", r);
-    assert_eq!(done.state, "completed", "{}", done.history_table());
+    assert_eq!(
+        done.state,
+        DeployState::Completed,
+        "{}",
+        done.history_table()
+    );
     assert_new_connections_on(&lab, "after the switch", "green");
     let (_, health) = admin_json(&lab, "GET", "/health", None);
     assert_eq!(health["status"], "ok", "{health:#}");
@@ -1034,7 +1040,12 @@ fn an_unreadable_state_file_keeps_the_pinned_split() {
     let id = answer["deployment_id"].as_str().expect("an id").to_owned();
     let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
     let done = ok(&lab, "waiting for the switch", r);
-    assert_eq!(done.state, "completed", "{}", done.history_table());
+    assert_eq!(
+        done.state,
+        DeployState::Completed,
+        "{}",
+        done.history_table()
+    );
     assert_new_connections_on(&lab, "after the switch", "green");
 
     let r = lab.kill("agent");
