@@ -298,6 +298,21 @@ fn seed_gradual_switch_moves_in_steps() {
     assert_all_on(&lab, "after the gradual switch", &s, "green");
 }
 
+/// Waits until canary `id` is at its third step (10 → 40 %) and still progressing.
+fn wait_for_40_percent(lab: &mut Lab, id: &str) -> Deployment {
+    let r = lab.wait_deployment(id, "reach 40 %", LONG, |d| {
+        d.canary_percent >= 40.0 || !d.is_running()
+    });
+    let at40 = ok(lab, "waiting for the canary", r);
+    assert!(
+        at40.state == DeployState::Progressing && at40.canary_percent == 40.0,
+        "the canary did not get to 40 %: {}\n{}",
+        at40.summary(),
+        lab.agent_diagnostics()
+    );
+    at40
+}
+
 /// A canary whose backend starts failing its health check mid-rollout (its server is
 /// stopped at 40 %) is rolled back to 0 % by the agent within two intervals of the
 /// failure; `keystone-ctl wait` exits 10, and new connections all land on stable.
@@ -308,16 +323,7 @@ fn failing_canary_rolls_back_by_itself() {
     let mut lab = blue_stable_lab(vip);
     let id = start_web_canary(&lab, "3s");
     spawn_wait(&mut lab, "wait", &id, "90s");
-    let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
-        d.canary_percent >= 40.0 || !d.is_running()
-    });
-    let at40 = ok(&lab, "waiting for the canary", r);
-    assert!(
-        at40.state == DeployState::Progressing && at40.canary_percent == 40.0,
-        "the canary did not get to 40 % healthy: {}\n{}",
-        at40.summary(),
-        lab.agent_diagnostics()
-    );
+    wait_for_40_percent(&mut lab, &id);
 
     let failed_at = unix_now();
     let r = lab.stop_backend("green");
@@ -1042,16 +1048,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         "starting the client loop",
         lab.client_loop(vip, 100, Duration::from_secs(120)),
     );
-    let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
-        d.canary_percent >= 40.0 || !d.is_running()
-    });
-    let at40 = ok(&lab, "waiting for the canary", r);
-    assert!(
-        at40.state == DeployState::Progressing && at40.canary_percent == 40.0,
-        "the canary did not get to 40 %: {}\n{}",
-        at40.summary(),
-        lab.agent_diagnostics()
-    );
+    let at40 = wait_for_40_percent(&mut lab, &id);
 
     let killed_at = Instant::now();
     let r = lab.kill("agent");
