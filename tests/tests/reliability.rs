@@ -43,8 +43,8 @@ use keystone_common::{
 use keystone_lab::{
     AgentConfig, Auth, ClientLoop, HealthCheck, Lab, Mode, Summary, VIP4,
     helpers::{
-        BACKEND_PORT, Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent,
-        new_lab, tcp_tenant, vip, web_lab,
+        BACKEND_PORT, Setup, assert_holds_unbroken, batches_after, hold_events, kill_agent,
+        lab_with_agent, new_lab, stop_agent_cleanly, tcp_tenant, vip, web_lab,
     },
     lab::CLIENT4,
     ok,
@@ -376,19 +376,8 @@ fn hitless(replacement: Replacement) {
     // The replacement; forwarding runs without an agent from `gone` to `back`.
     let gone = Instant::now();
     match replacement {
-        Replacement::Killed => {
-            let r = lab.kill("agent");
-            ok(&lab, "killing the agent", r);
-        }
-        Replacement::Upgraded => {
-            let r = lab.stop_agent();
-            let status = ok(&lab, "stopping the agent", r);
-            assert!(
-                status.is_some_and(|s| s.success()),
-                "the agent stopped with SIGTERM exited {status:?}\n{}",
-                lab.agent_diagnostics()
-            );
-        }
+        Replacement::Killed => kill_agent(&mut lab),
+        Replacement::Upgraded => stop_agent_cleanly(&mut lab),
     }
     let stopped = gone.elapsed();
     batches_after(&lab, &traffic, gone, 2);
