@@ -126,7 +126,7 @@ impl AdminToken {
     /// Whether `presented` is the live token (compared in constant time).
     pub fn matches(&self, presented: &str) -> bool {
         let live = self.live.read().expect("token lock poisoned");
-        crate::api::constant_time_eq(presented.trim().as_bytes(), live.as_bytes())
+        crate::signing::constant_time_eq(presented.trim().as_bytes(), live.as_bytes())
     }
 
     fn generate(&self) -> Result<String, TokenError> {
