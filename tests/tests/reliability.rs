@@ -550,6 +550,23 @@ fn assert_new_connections_on(lab: &Lab, what: &str, backend: &str) {
     );
 }
 
+/// Posts `switch` to `/deployments/blue-green/switch` (`what` names it), waits until
+/// it has completed, and checks that new connections land on green.
+fn switch_completes(lab: &mut Lab, what: &str, switch: &str) {
+    let (code, answer) = admin_json(lab, "POST", "/deployments/blue-green/switch", Some(switch));
+    assert_eq!(code, 202, "{what}: {answer}");
+    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
+    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
+    let done = ok(lab, "waiting for the switch", r);
+    assert_eq!(
+        done.state,
+        DeployState::Completed,
+        "{}",
+        done.history_table()
+    );
+    assert_new_connections_on(lab, "after the switch", "green");
+}
+
 fn admin_json(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let (code, answer) = ok(
         lab,
@@ -632,18 +649,7 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
 
     let r = lab.set_read_only(&dir, false);
     ok(&lab, "remounting the state dir read-write", r);
-    let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
-    assert_eq!(code, 202, "the switch once the disk takes writes: {answer}");
-    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
-    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
-    let done = ok(&lab, "waiting for the switch", r);
-    assert_eq!(
-        done.state,
-        DeployState::Completed,
-        "{}",
-        done.history_table()
-    );
-    assert_new_connections_on(&lab, "after the switch", "green");
+    switch_completes(&mut lab, "the switch once the disk takes writes", switch);
     let (_, health) = admin_json(&lab, "GET", "/health", None);
     assert_eq!(health["status"], "ok", "{health:#}");
     let r = lab.stop_agent();
@@ -1024,18 +1030,7 @@ fn an_unreadable_state_file_keeps_the_pinned_split() {
         &[("blue", 100), ("green", 0)],
     );
     let switch = r#"{"service":"web","to":"green","interval":"1s"}"#;
-    let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
-    assert_eq!(code, 202, "the switch: {answer}");
-    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
-    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
-    let done = ok(&lab, "waiting for the switch", r);
-    assert_eq!(
-        done.state,
-        DeployState::Completed,
-        "{}",
-        done.history_table()
-    );
-    assert_new_connections_on(&lab, "after the switch", "green");
+    switch_completes(&mut lab, "the switch", switch);
 
     let r = lab.kill("agent");
     ok(&lab, "killing the agent", r);

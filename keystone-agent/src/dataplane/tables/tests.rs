@@ -66,6 +66,21 @@ fn last(ops: &[Op], what: &str, is: impl Fn(&Op) -> bool) -> usize {
         .unwrap_or_else(|| panic!("{what}: none in {ops:?}"))
 }
 
+/// From `two(1, 1)`: 198.18.1.10 leaves, then 198.18.1.12 joins (in the freed slot).
+fn first_leaves_third_joins(t: &mut Tables<FakeMaps>) {
+    apply(t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
+    apply(
+        t,
+        &[vip(
+            V,
+            vec![
+                backend("198.18.1.11:8080", 1),
+                backend("198.18.1.12:8080", 1),
+            ],
+        )],
+    );
+}
+
 fn ring_writes(ops: &[Op]) -> usize {
     ops.iter().filter(|o| matches!(o, Op::SetRing(..))).count()
 }
@@ -250,17 +265,7 @@ fn a_slot_given_to_another_backend_gets_a_new_generation() {
     apply(&mut t, &two(1, 1));
     let b0 = slot(&t, "198.18.1.10:8080");
     let g0 = t.maps().backends[&b0].generation;
-    apply(&mut t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
-    apply(
-        &mut t,
-        &[vip(
-            V,
-            vec![
-                backend("198.18.1.11:8080", 1),
-                backend("198.18.1.12:8080", 1),
-            ],
-        )],
-    );
+    first_leaves_third_joins(&mut t);
     assert_eq!(slot(&t, "198.18.1.12:8080"), b0, "the freed slot is reused");
     let b = t.maps().backends[&b0];
     assert_eq!(b.endpoint, ep("198.18.1.12:8080"));
@@ -282,17 +287,7 @@ fn reverse_entries_carry_the_backend_slot() {
     // b0 leaves, b2 takes its slot, b0 comes back in another slot: the reply
     // path must count each backend's answers under its own slot.
     let b0 = slot(&t, "198.18.1.10:8080");
-    apply(&mut t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
-    apply(
-        &mut t,
-        &[vip(
-            V,
-            vec![
-                backend("198.18.1.11:8080", 1),
-                backend("198.18.1.12:8080", 1),
-            ],
-        )],
-    );
+    first_leaves_third_joins(&mut t);
     assert_eq!(slot(&t, "198.18.1.12:8080"), b0);
     apply(
         &mut t,
