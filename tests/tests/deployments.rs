@@ -92,6 +92,15 @@ fn output_text(out: &std::process::Output) -> String {
     )
 }
 
+/// `keystone-ctl switch web --to green --strategy instant`: its deployment id.
+fn ctl_switch_web_to_green_at_once(lab: &Lab) -> String {
+    let instant = SwitchStrategy::Instant.name();
+    ctl_start(
+        lab,
+        &["switch", "web", "--to", "green", "--strategy", instant],
+    )
+}
+
 /// `keystone-ctl -o json <args>` that starts a deployment; returns its id.
 fn ctl_start(lab: &Lab, args: &[&str]) -> String {
     let mut all = vec!["-o", "json"];
@@ -476,17 +485,7 @@ fn blue_green_instant_flip_under_load() {
     );
     batches_after(&lab, &traffic, Instant::now(), 2);
 
-    let id = ctl_start(
-        &lab,
-        &[
-            "switch",
-            "web",
-            "--to",
-            "green",
-            "--strategy",
-            SwitchStrategy::Instant.name(),
-        ],
-    );
+    let id = ctl_switch_web_to_green_at_once(&lab);
     let r = lab.wait_deployment(&id, "flip to green", SHORT, |d| {
         d.canary_percent >= 100.0 || !d.is_running()
     });
@@ -573,17 +572,7 @@ fn a_reload_keeps_a_finished_release() {
         Setup::nat(&["blue", "green", "red"]),
         |lab| config(lab, &[], true),
     );
-    let switch = ctl_start(
-        &lab,
-        &[
-            "switch",
-            "web",
-            "--to",
-            "green",
-            "--strategy",
-            SwitchStrategy::Instant.name(),
-        ],
-    );
+    let switch = ctl_switch_web_to_green_at_once(&lab);
     wait_for_completion(&lab, &switch, "the switch of web to green");
     let canary = ctl_start(
         &lab,
