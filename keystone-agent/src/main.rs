@@ -270,25 +270,17 @@ fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Result<()> {
-    let Prepared {
-        interfaces,
-        token,
-        open_files,
-        webhook,
-        listener,
-        dataplane,
-        start,
-    } = prepared;
     let admin_addr = config.config.admin.listen;
-    let listener = tokio::net::TcpListener::from_std(listener)
+    let listener = tokio::net::TcpListener::from_std(prepared.listener)
         .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
     let store = Store::new(&args.state_dir);
-    let agent =
-        Agent::start(config, Box::new(dataplane), Some(store)).context("cannot start the agent")?;
-    start
+    let agent = Agent::start(config, Box::new(prepared.dataplane), Some(store))
+        .context("cannot start the agent")?;
+    prepared
+        .start
         .commit()
         .context("cannot finish loading the data plane")?;
-    agent.use_admin_token(token);
+    agent.use_admin_token(prepared.token);
     // Before the API answers: dsr needs every backend's MAC from the first packet.
     agent.prime_neighbours();
     let server_metrics = ServerMetrics::default();
@@ -302,7 +294,7 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
             .context("cannot register the pin metrics")?;
     }
     let registry = Arc::new(registry);
-    tracing::info!(%admin_addr, interfaces = ?interfaces, "keystone-agent ready");
+    tracing::info!(%admin_addr, interfaces = ?prepared.interfaces, "keystone-agent ready");
     // The data plane is programmed and the API listens: a Type=notify unit is started.
     if let Err(e) = keystone_agent::sd_notify::notify("READY=1") {
         tracing::warn!(error = %e, "cannot tell systemd the agent is ready (NOTIFY_SOCKET)");
@@ -315,16 +307,16 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     let app = router(ApiState {
         agent: agent.clone(),
         registry,
-        webhook,
+        webhook: prepared.webhook,
     });
     let mut graceful_rx = shutdown_rx.clone();
     let limits = admin_server::Limits {
-        max_connections: open_files::admin_connection_limit(open_files),
+        max_connections: open_files::admin_connection_limit(prepared.open_files),
         header_read_timeout: admin_server::HEADER_READ_TIMEOUT,
     };
     tracing::info!(
         max_connections = limits.max_connections,
-        open_files,
+        open_files = prepared.open_files,
         "admin API connections limited to keep descriptors for health checks"
     );
     let server = tokio::spawn(admin_server::serve(

@@ -26,27 +26,35 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The backends with weight > 0, in identity order so the caller's ordering cannot
+/// change the table, and the largest weight (`None` when no backend has weight).
+fn weighted_order(backends: &[MaglevBackend]) -> Option<(Vec<usize>, u64)> {
+    let mut order: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].weight > 0)
+        .collect();
+    order.sort_by_key(|&i| (backends[i].id, i));
+    let max_weight = order.iter().map(|&i| backends[i].weight as u64).max()?;
+    Some((order, max_weight))
+}
+
+/// Backend `id`'s permutation of a table of `m` entries: its `(offset, skip)`.
+fn permutation(id: u64, m: u64) -> (u64, u64) {
+    let offset = splitmix64(id) % m;
+    let skip = splitmix64(id ^ 0x6b65_7973_746f_6e65) % (m - 1) + 1;
+    (offset, skip)
+}
+
 /// Builds a table of `size` entries (`size` must be prime). Each entry is an index
 /// into `backends`; every entry is `NO_BACKEND` when no backend has weight > 0.
 pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let m = size as u64;
     let mut table = vec![NO_BACKEND; size as usize];
-    // Visit backends in identity order so the caller's ordering cannot change the table.
-    let mut order: Vec<usize> = (0..backends.len())
-        .filter(|&i| backends[i].weight > 0)
-        .collect();
-    order.sort_by_key(|&i| (backends[i].id, i));
-    let Some(max_weight) = order.iter().map(|&i| backends[i].weight as u64).max() else {
+    let Some((order, max_weight)) = weighted_order(backends) else {
         return table;
     };
     let perms: Vec<(u64, u64)> = order
         .iter()
-        .map(|&i| {
-            let id = backends[i].id;
-            let offset = splitmix64(id) % m;
-            let skip = splitmix64(id ^ 0x6b65_7973_746f_6e65) % (m - 1) + 1;
-            (offset, skip)
-        })
+        .map(|&i| permutation(backends[i].id, m))
         .collect();
     // Each backend's place in its permutation, `(offset + n × skip) mod m` for its
     // n-th step, kept incrementally (skip < m, so one subtraction replaces the
@@ -130,11 +138,7 @@ mod tests {
     fn reference_build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
         let m = size as u64;
         let mut table = vec![NO_BACKEND; size as usize];
-        let mut order: Vec<usize> = (0..backends.len())
-            .filter(|&i| backends[i].weight > 0)
-            .collect();
-        order.sort_by_key(|&i| (backends[i].id, i));
-        let Some(max_weight) = order.iter().map(|&i| backends[i].weight as u64).max() else {
+        let Some((order, max_weight)) = weighted_order(backends) else {
             return table;
         };
         let mut next = vec![0u64; order.len()];
@@ -147,9 +151,7 @@ mod tests {
                     continue;
                 }
                 credit[k] -= max_weight;
-                let id = backends[i].id;
-                let offset = splitmix64(id) % m;
-                let skip = splitmix64(id ^ 0x6b65_7973_746f_6e65) % (m - 1) + 1;
+                let (offset, skip) = permutation(backends[i].id, m);
                 let mut entry = (offset + next[k] * skip) % m;
                 while table[entry as usize] != NO_BACKEND {
                     next[k] += 1;

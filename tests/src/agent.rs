@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use keystone_api::Strategy;
+
 use crate::{
     bins::Bins,
     cmd::{self, in_ns},
@@ -89,7 +91,7 @@ impl Lab {
             listen,
             protocol,
             mode,
-            strategy: "canary".into(),
+            strategy: Strategy::Canary,
             services,
             canary: None,
             active_environment: None,

@@ -1,6 +1,7 @@
 //! The agent's YAML config, written from typed values (the lab writes configs; the
 //! agent owns parsing and validation).
 
+use keystone_api::{Strategy, SwitchStrategy};
 use std::{fmt::Write as _, net::SocketAddr};
 
 use crate::lab::Mode;
@@ -119,8 +120,7 @@ impl CanaryConfig {
 /// A blue/green tenant's `switch_config:` block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SwitchConfig {
-    /// `instant` or `gradual`.
-    pub strategy: String,
+    pub strategy: SwitchStrategy,
     pub validation_timeout: String,
     pub rollback_on_failure: bool,
     /// The seed document's spelling: `switch_strategy:` for `strategy:`, and
@@ -134,7 +134,7 @@ impl SwitchConfig {
     /// `{strategy: instant, validation_timeout: 5s, rollback_on_failure: true}`.
     pub fn instant() -> Self {
         Self {
-            strategy: "instant".into(),
+            strategy: SwitchStrategy::Instant,
             validation_timeout: "5s".into(),
             rollback_on_failure: true,
             seed_validation_endpoint: None,
@@ -146,7 +146,7 @@ impl SwitchConfig {
     /// `switch_strategy: "gradual"`), with the lab's step timing.
     pub fn seed_gradual(interval: &str, increment: f64) -> Self {
         Self {
-            strategy: "gradual".into(),
+            strategy: SwitchStrategy::Gradual,
             seed_validation_endpoint: Some("/health".into()),
             steps: Some((interval.into(), increment)),
             ..Self::instant()
@@ -170,7 +170,7 @@ pub struct Tenant {
     pub listen: SocketAddr,
     pub protocol: Protocol,
     pub mode: Mode,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub services: Vec<Service>,
     pub canary: Option<CanaryConfig>,
     /// Blue/green: the environment taking traffic (`active_environment:`).
@@ -191,14 +191,14 @@ impl Tenant {
 
     /// `deployment_strategy: canary` with this `canary_config`.
     pub fn with_canary(mut self, canary: CanaryConfig) -> Self {
-        self.strategy = "canary".into();
+        self.strategy = Strategy::Canary;
         self.canary = Some(canary);
         self
     }
 
     /// `deployment_strategy: blue_green`: only `active` takes traffic until a switch.
     pub fn blue_green(mut self, active: &str, switch: SwitchConfig) -> Self {
-        self.strategy = "blue_green".into();
+        self.strategy = Strategy::BlueGreen;
         self.active_environment = Some(active.to_owned());
         self.switch = Some(switch);
         self
@@ -291,7 +291,7 @@ impl AgentConfig {
                     }
                     None => "strategy",
                 };
-                let _ = writeln!(y, "      {strategy_key}: {}", q(&sw.strategy));
+                let _ = writeln!(y, "      {strategy_key}: {}", q(sw.strategy.name()));
                 if let Some((interval, increment)) = &sw.steps {
                     let _ = writeln!(y, "      interval: {}", q(interval));
                     let _ = writeln!(y, "      increment: {increment}");
@@ -362,7 +362,7 @@ mod tests {
                 listen: "[2001:2::10]:80".parse().unwrap(),
                 protocol: Protocol::Udp,
                 mode: Mode::Dsr,
-                strategy: "canary".into(),
+                strategy: Strategy::Canary,
                 services: vec![Service {
                     name: "blue".into(),
                     address: "198.18.11.2:8080".parse().unwrap(),
@@ -410,7 +410,7 @@ mod tests {
             listen: listen.parse().unwrap(),
             protocol: Protocol::Tcp,
             mode: Mode::Nat,
-            strategy: "canary".into(),
+            strategy: Strategy::Canary,
             services: vec![svc("blue", blue, "1.0.0"), svc("green", green, "1.1.0")],
             canary: None,
             active_environment: None,

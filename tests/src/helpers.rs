@@ -176,3 +176,20 @@ pub fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) 
     let bound = Duration::from_secs(30);
     ok(lab, "traffic", traffic.wait_batches_since(since, n, bound));
 }
+
+/// SIGKILLs the agent: nothing of its own cleanup runs.
+pub fn kill_agent(lab: &mut Lab) {
+    let r = lab.kill("agent");
+    ok(lab, "killing the agent", r);
+}
+
+/// Stops the agent with SIGTERM; it must exit 0.
+pub fn stop_agent_cleanly(lab: &mut Lab) {
+    let r = lab.stop_agent();
+    let status = ok(lab, "stopping the agent", r);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent stopped with SIGTERM exited {status:?}\n{}",
+        lab.agent_diagnostics()
+    );
+}

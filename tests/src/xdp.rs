@@ -177,27 +177,29 @@ pub fn setup_topology() {
     ]);
     sh(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     sh(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
-    let neigh = |ip: String, mac: [u8; 6], dev: &str| {
-        sh(&[
-            "ip",
-            "neigh",
-            "replace",
-            &ip,
-            "lladdr",
-            &mac_str(mac),
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    };
-    neigh(CLIENT4.to_string(), CLIENT_MAC, IN_IF);
-    neigh(CLIENT6.to_string(), CLIENT_MAC, IN_IF);
-    neigh(TX_BACKEND4.to_string(), TX_BACKEND_MAC, IN_IF);
+    set_neighbour(CLIENT4, CLIENT_MAC, IN_IF);
+    set_neighbour(CLIENT6, CLIENT_MAC, IN_IF);
+    set_neighbour(TX_BACKEND4, TX_BACKEND_MAC, IN_IF);
     for i in 0..BACKENDS {
-        neigh(backend4(i).to_string(), backend_mac(i), OUT_IF);
-        neigh(backend6(i).to_string(), backend_mac(i), OUT_IF);
+        set_neighbour(backend4(i), backend_mac(i), OUT_IF);
+        set_neighbour(backend6(i), backend_mac(i), OUT_IF);
     }
+}
+
+/// A permanent neighbour entry: `ip` is at `mac` on `dev`.
+pub fn set_neighbour(ip: impl std::fmt::Display, mac: [u8; 6], dev: &str) {
+    sh(&[
+        "ip",
+        "neigh",
+        "replace",
+        &ip.to_string(),
+        "lladdr",
+        &mac_str(mac),
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
 }
 
 pub fn ifindex(name: &str) -> u32 {

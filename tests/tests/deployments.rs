@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use keystone_api::{Action, DeployState, Strategy, SwitchStrategy};
 use keystone_lab::{
     Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, Lab, Summary, SwitchConfig, Tenant,
     WebhookConfig, cmd,
@@ -88,6 +89,15 @@ fn output_text(out: &std::process::Output) -> String {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `keystone-ctl switch web --to green --strategy instant`: its deployment id.
+fn ctl_switch_web_to_green_at_once(lab: &Lab) -> String {
+    let instant = SwitchStrategy::Instant.name();
+    ctl_start(
+        lab,
+        &["switch", "web", "--to", "green", "--strategy", instant],
     )
 }
 
@@ -170,7 +180,7 @@ fn healthy_canary_steps_to_100_and_promotes_itself() {
     );
     let last = done.history.last().expect("history");
     assert!(
-        last.state == "completed" && last.reason.contains("promoted"),
+        last.state == DeployState::Completed && last.reason.contains("promoted"),
         "last step: {last:?}"
     );
 }
@@ -192,7 +202,7 @@ fn measure_each_step(lab: &Lab, vip: SocketAddr, id: &str, want: &[f64]) -> Depl
         );
         let before = ok(lab, "GET /deployments/{id}", lab.deployment(id));
         assert!(
-            before.state == "progressing" || before.state == "completed",
+            before.state == DeployState::Progressing || before.state == DeployState::Completed,
             "{id} is {}\n{}",
             before.summary(),
             lab.agent_diagnostics()
@@ -200,7 +210,7 @@ fn measure_each_step(lab: &Lab, vip: SocketAddr, id: &str, want: &[f64]) -> Depl
         let final_measured = steps
             .get(&1000)
             .is_some_and(|s| s.answered() >= MIN_PER_STEP);
-        if before.state == "completed" && final_measured {
+        if before.state == DeployState::Completed && final_measured {
             break before;
         }
         let s = tcp(lab, vip, BATCH);
@@ -279,9 +289,24 @@ fn seed_gradual_switch_moves_in_steps() {
     let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let id = answer["deployment_id"].as_str().expect("deployment_id");
     let done = measure_each_step(&lab, vip, id, &[25.0, 50.0, 75.0, 100.0]);
-    assert_eq!(done.strategy, "blue_green");
+    assert_eq!(done.strategy, Strategy::BlueGreen);
     let s = tcp(&lab, vip, BATCH);
     assert_all_on(&lab, "after the gradual switch", &s, "green");
+}
+
+/// Waits until canary `id` is at its third step (10 → 40 %) and still progressing.
+fn wait_for_40_percent(lab: &mut Lab, id: &str) -> Deployment {
+    let r = lab.wait_deployment(id, "reach 40 %", LONG, |d| {
+        d.canary_percent >= 40.0 || !d.is_running()
+    });
+    let at40 = ok(lab, "waiting for the canary", r);
+    assert!(
+        at40.state == DeployState::Progressing && at40.canary_percent == 40.0,
+        "the canary did not get to 40 %: {}\n{}",
+        at40.summary(),
+        lab.agent_diagnostics()
+    );
+    at40
 }
 
 /// A canary whose backend starts failing its health check mid-rollout (its server is
@@ -294,16 +319,7 @@ fn failing_canary_rolls_back_by_itself() {
     let mut lab = blue_stable_lab(vip);
     let id = start_web_canary(&lab, "3s");
     spawn_wait(&mut lab, "wait", &id, "90s");
-    let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
-        d.canary_percent >= 40.0 || !d.is_running()
-    });
-    let at40 = ok(&lab, "waiting for the canary", r);
-    assert!(
-        at40.state == "progressing" && at40.canary_percent == 40.0,
-        "the canary did not get to 40 % healthy: {}\n{}",
-        at40.summary(),
-        lab.agent_diagnostics()
-    );
+    wait_for_40_percent(&mut lab, &id);
 
     let failed_at = unix_now();
     let r = lab.stop_backend("green");
@@ -311,7 +327,7 @@ fn failing_canary_rolls_back_by_itself() {
     let r = lab.wait_deployment(&id, "end", LONG, |d| !d.is_running());
     let done = ok(&lab, "waiting for the rollback", r);
     assert!(
-        done.state == "rolled_back" && done.canary_percent == 0.0,
+        done.state == DeployState::RolledBack && done.canary_percent == 0.0,
         "after green failed the canary is {}\n{}",
         done.summary(),
         lab.agent_diagnostics()
@@ -398,7 +414,7 @@ fn a_canary_whose_answers_never_reach_the_clients_rolls_back() {
     };
     let last = done.history.last().expect("history");
     assert!(
-        done.state == "rolled_back" && last.reason.contains("tcp handshakes 0/"),
+        done.state == DeployState::RolledBack && last.reason.contains("tcp handshakes 0/"),
         "a canary whose SYN-ACKs never reach a client ended {}: {last:?}\n{}\n{}",
         done.summary(),
         done.history_table(),
@@ -456,17 +472,14 @@ fn blue_green_instant_flip_under_load() {
     );
     batches_after(&lab, &traffic, Instant::now(), 2);
 
-    let id = ctl_start(
-        &lab,
-        &["switch", "web", "--to", "green", "--strategy", "instant"],
-    );
+    let id = ctl_switch_web_to_green_at_once(&lab);
     let r = lab.wait_deployment(&id, "flip to green", SHORT, |d| {
         d.canary_percent >= 100.0 || !d.is_running()
     });
     let flipped = ok(&lab, "waiting for the flip", r);
     let flipped_at = Instant::now();
     assert!(
-        flipped.canary_percent == 100.0 && flipped.state != "failed",
+        flipped.canary_percent == 100.0 && flipped.state != DeployState::Failed,
         "the switch did not flip: {}\n{}",
         flipped.summary(),
         lab.agent_diagnostics()
@@ -546,10 +559,7 @@ fn a_reload_keeps_a_finished_release() {
         Setup::nat(&["blue", "green", "red"]),
         |lab| config(lab, &[], true),
     );
-    let switch = ctl_start(
-        &lab,
-        &["switch", "web", "--to", "green", "--strategy", "instant"],
-    );
+    let switch = ctl_switch_web_to_green_at_once(&lab);
     wait_for_completion(&lab, &switch, "the switch of web to green");
     let canary = ctl_start(
         &lab,
@@ -566,7 +576,10 @@ fn a_reload_keeps_a_finished_release() {
     let (code, answer) = ok(
         &lab,
         "promote",
-        lab.admin_request("POST", &format!("/deployments/{canary}/promote")),
+        lab.admin_request(
+            "POST",
+            &format!("/deployments/{canary}/{}", Action::Promote),
+        ),
     );
     assert_eq!(code, 200, "promoting {canary}: {answer}");
     assert_all_on(&lab, "web after the switch", &tcp(&lab, web, 300), "green");
@@ -775,7 +788,7 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
     let body = serde_json::json!({
         "service": "web",
         "version": "1.1.0",
-        "strategy": "canary",
+        "strategy": Strategy::Canary,
         "pipeline": { "id": "4711", "commit": "3f2c1e9" },
         "config": { "initial_traffic": 10, "increment": 10, "interval": "5m" },
     })
@@ -841,7 +854,7 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
     assert_eq!(deployment_ids(&lab), std::slice::from_ref(&id));
     let d = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
     assert!(
-        d.state == "progressing"
+        d.state == DeployState::Progressing
             && d.canary_percent == 10.0
             && d.tenant == "web"
             && d.canary_backends == ["green"],
@@ -907,7 +920,7 @@ fn a_webhook_replayed_after_a_restart_is_refused() {
         let body = serde_json::json!({
             "service": "web",
             "version": "1.1.0",
-            "strategy": "canary",
+            "strategy": Strategy::Canary,
             "pipeline": { "restart": restart },
             "config": { "interval": "10m" },
         })
@@ -921,7 +934,7 @@ fn a_webhook_replayed_after_a_restart_is_refused() {
         let (code, answer) = ok(
             &lab,
             "abort",
-            lab.admin_request("POST", &format!("/deployments/{id}/abort")),
+            lab.admin_request("POST", &format!("/deployments/{id}/{}", Action::Abort)),
         );
         assert_eq!(code, 200, "aborting {id}: {answer}");
         let r = match restart {
@@ -990,7 +1003,7 @@ fn a_restart_does_not_restart_the_validation_timeout() {
         |d| !d.is_running(),
     );
     let done = ok(&lab, "the switch after the restart", r);
-    assert_eq!(done.state, "failed", "{}", done.history_table());
+    assert_eq!(done.state, DeployState::Failed, "{}", done.history_table());
     let reason = &done.history.last().expect("history").reason;
     assert!(reason.contains("validation"), "{reason}");
     assert_all_on(
@@ -1011,16 +1024,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         "starting the client loop",
         lab.client_loop(vip, 100, Duration::from_secs(120)),
     );
-    let r = lab.wait_deployment(&id, "reach 40 %", LONG, |d| {
-        d.canary_percent >= 40.0 || !d.is_running()
-    });
-    let at40 = ok(&lab, "waiting for the canary", r);
-    assert!(
-        at40.state == "progressing" && at40.canary_percent == 40.0,
-        "the canary did not get to 40 %: {}\n{}",
-        at40.summary(),
-        lab.agent_diagnostics()
-    );
+    let at40 = wait_for_40_percent(&mut lab, &id);
 
     let killed_at = Instant::now();
     let r = lab.kill("agent");
@@ -1037,7 +1041,7 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         resumed.history_table()
     );
     assert!(
-        resumed.state == "progressing"
+        resumed.state == DeployState::Progressing
             && resumed.canary_percent == 40.0
             && resumed.history.len() >= at40.history.len(),
         "the restarted agent did not resume the canary at 40 %: {}\n{}",
@@ -1292,7 +1296,11 @@ fn ci_scripts_release_through_the_lab() {
             ("KEYSTONE_HEALTH_PAUSE", "1"),
         ];
         expect_script(&lab, 0, "keystone-health.sh", &health);
-        let switch = [service, pinned, ("KEYSTONE_SWITCH_STRATEGY", "instant")];
+        let switch = [
+            service,
+            pinned,
+            ("KEYSTONE_SWITCH_STRATEGY", SwitchStrategy::Instant.name()),
+        ];
         expect_script(&lab, 0, "keystone-switch.sh", &switch);
         let s = tcp(&lab, shop, 400);
         assert_all_on(&lab, &format!("shop after the switch to {to}"), &s, to);
@@ -1304,7 +1312,7 @@ fn ci_scripts_release_through_the_lab() {
             ("KEYSTONE_WEBHOOK_SECRET", WEBHOOK_SECRET),
             ("KEYSTONE_SERVICE", "shop"),
             ("KEYSTONE_VERSION", version),
-            ("KEYSTONE_STRATEGY", "blue_green"),
+            ("KEYSTONE_STRATEGY", Strategy::BlueGreen.name()),
             ("KEYSTONE_PIPELINE_ID", "4711"),
             ("KEYSTONE_COMMIT", "3f2c1e9"),
         ];

@@ -17,7 +17,7 @@ use keystone_lab::{
     Bins, Lab, LabBuilder, Mode, Protocol, ROLLOUT, Summary, VIP4,
     helpers::{
         BACKEND_PORT, FLOWS, Setup, W90_10, assert_holds_unbroken, assert_split, hold_events,
-        lab_with_agent, new_lab, tcp, tcp_tenant, udp, v4, v6, web_lab,
+        lab_with_agent, new_lab, stop_agent_cleanly, tcp, tcp_tenant, udp, v4, v6, web_lab,
     },
     ok,
     traffic::parse_summary,
@@ -152,13 +152,7 @@ fn admin_api_answers_and_agent_stops_cleanly() {
         "status -o json is not a JSON object: {json:?} {out:?}"
     );
 
-    let r = lab.stop_agent();
-    let status = ok(&lab, "stopping the agent", r);
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "keystone-agent did not exit 0 on SIGTERM: {status:?}\n{}",
-        lab.diagnostics()
-    );
+    stop_agent_cleanly(&mut lab);
 }
 
 /// A canary step (90/10 → 0/100) must not move established connections: held

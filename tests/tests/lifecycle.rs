@@ -24,7 +24,7 @@ use std::{
 
 use keystone_lab::{
     AgentConfig, Bins, Lab, Mode, Probe, cmd,
-    helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
+    helpers::{BACKEND_PORT, kill_agent, new_lab, stop_agent_cleanly, tcp_tenant, vip},
     kernel::PlaneView,
     ok, wait_for,
 };
@@ -171,15 +171,8 @@ fn failed_starts_leave_the_pinned_data_plane(gone: Gone) {
     ok(&lab, "starting the first agent", r);
     assert_forwarding(&lab, "with the first agent", 50);
     match gone {
-        Gone::Killed => {
-            let r = lab.kill("agent");
-            ok(&lab, "killing the agent", r);
-        }
-        Gone::KeptForwarding => {
-            let r = lab.stop_agent();
-            let status = ok(&lab, "stopping the agent", r);
-            assert!(status.is_some_and(|s| s.success()), "stopped: {status:?}");
-        }
+        Gone::Killed => kill_agent(&mut lab),
+        Gone::KeptForwarding => stop_agent_cleanly(&mut lab),
     }
     let before = view(&lab);
     assert!(
@@ -335,8 +328,7 @@ fn pins_removed_under_a_running_agent_are_pinned_again() {
     assert_eq!(metric(&lab, "keystone_pins_restored_total"), pins);
     assert_eq!(health(&lab)["status"], "ok");
 
-    let r = lab.kill("agent");
-    ok(&lab, "killing the agent", r);
+    kill_agent(&mut lab);
     assert_eq!(view(&lab), before, "after the SIGKILL");
     assert_forwarding(&lab, "with no agent, on the pins put back", 50);
     let r = lab.start_agent();
@@ -515,8 +507,6 @@ fn the_serving_agent_keeps_only_cap_bpf_with_no_new_privs() {
     ok(&lab, "keystone-ctl reload", lab.reload());
     assert_forwarding(&lab, "after the reload", 50);
 
-    let r = lab.stop_agent();
-    let status = ok(&lab, "stopping the agent", r);
-    assert!(status.is_some_and(|s| s.success()), "stopped: {status:?}");
+    stop_agent_cleanly(&mut lab);
     assert_nothing_left(&lab, "after a clean stop");
 }

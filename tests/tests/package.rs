@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use keystone_api::{DeployState, EventKind};
 use keystone_lab::{
     AgentConfig, Lab, Mode,
     helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
@@ -320,8 +321,8 @@ fn the_agent_runs_as_the_unit_runs_it() {
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.diagnostics()));
     assert_eq!(event["message"], "deployment event", "{event}");
     assert_eq!(event["tenant"], "web", "{event}");
-    assert_eq!(event["event"], "started", "{event}");
-    assert_eq!(event["state"], "progressing", "{event}");
+    assert_eq!(event["event"], EventKind::Started.name(), "{event}");
+    assert_eq!(event["state"], DeployState::Progressing.name(), "{event}");
     assert_eq!(event["level"], "INFO", "{event}");
 }
 

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use keystone_api::{DeployState, SwitchStrategy};
 use keystone_lab::{
     ADMIN_LISTEN, CanaryConfig, HealthCheck, Lab, LabBuilder, Mode, Probe, Protocol, SwitchConfig,
     Tenant, VIP4, VIP6, forge::TCP_ACK, lab::CLIENT4, ok, wait_for,
@@ -264,9 +265,16 @@ fn dashboard_and_alerts_work_in_prometheus() {
     // A blue/green switch that completes.
     let id = start(
         &lab,
-        &["switch", "shop", "--to", "green", "--strategy", "instant"],
+        &[
+            "switch",
+            "shop",
+            "--to",
+            "green",
+            "--strategy",
+            SwitchStrategy::Instant.name(),
+        ],
     );
-    let r = lab.wait_deployment(&id, "completed", SEE, |d| d.state == "completed");
+    let r = lab.wait_deployment(&id, "completed", SEE, |d| d.state == DeployState::Completed);
     ok(&lab, "the switch", r);
 
     // A canary that stops at 50 % for approval, under traffic, then is rolled back.
@@ -275,7 +283,7 @@ fn dashboard_and_alerts_work_in_prometheus() {
     let args = canary.ctl_start_args("web", "1.1.0");
     let id = start(&lab, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let r = lab.wait_deployment(&id, "awaiting approval", SEE, |d| {
-        d.state == "awaiting_approval"
+        d.state == DeployState::AwaitingApproval
     });
     ok(&lab, "the canary", r);
     traffic(&lab);

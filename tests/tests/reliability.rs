@@ -32,6 +32,7 @@ use aya::{
     },
 };
 use keystone_agent::dataplane::aya_dataplane::MAP_NAMES;
+use keystone_api::DeployState;
 use keystone_common::{
     Backend, Endpoint, FAMILY_IPV4, FlowKey, FlowState, PROTO_TCP, VipInfo, backend_flags,
     hash::ipv4_words,
@@ -42,8 +43,8 @@ use keystone_common::{
 use keystone_lab::{
     AgentConfig, Auth, ClientLoop, HealthCheck, Lab, Mode, Summary, VIP4,
     helpers::{
-        BACKEND_PORT, Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent,
-        new_lab, tcp_tenant, vip, web_lab,
+        BACKEND_PORT, Setup, assert_holds_unbroken, batches_after, hold_events, kill_agent,
+        lab_with_agent, new_lab, stop_agent_cleanly, tcp_tenant, vip, web_lab,
     },
     lab::CLIENT4,
     ok,
@@ -375,19 +376,8 @@ fn hitless(replacement: Replacement) {
     // The replacement; forwarding runs without an agent from `gone` to `back`.
     let gone = Instant::now();
     match replacement {
-        Replacement::Killed => {
-            let r = lab.kill("agent");
-            ok(&lab, "killing the agent", r);
-        }
-        Replacement::Upgraded => {
-            let r = lab.stop_agent();
-            let status = ok(&lab, "stopping the agent", r);
-            assert!(
-                status.is_some_and(|s| s.success()),
-                "the agent stopped with SIGTERM exited {status:?}\n{}",
-                lab.agent_diagnostics()
-            );
-        }
+        Replacement::Killed => kill_agent(&mut lab),
+        Replacement::Upgraded => stop_agent_cleanly(&mut lab),
     }
     let stopped = gone.elapsed();
     batches_after(&lab, &traffic, gone, 2);
@@ -560,6 +550,23 @@ fn assert_new_connections_on(lab: &Lab, what: &str, backend: &str) {
     );
 }
 
+/// Posts `switch` to `/deployments/blue-green/switch` (`what` names it), waits until
+/// it has completed, and checks that new connections land on green.
+fn switch_completes(lab: &mut Lab, what: &str, switch: &str) {
+    let (code, answer) = admin_json(lab, "POST", "/deployments/blue-green/switch", Some(switch));
+    assert_eq!(code, 202, "{what}: {answer}");
+    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
+    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
+    let done = ok(lab, "waiting for the switch", r);
+    assert_eq!(
+        done.state,
+        DeployState::Completed,
+        "{}",
+        done.history_table()
+    );
+    assert_new_connections_on(lab, "after the switch", "green");
+}
+
 fn admin_json(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let (code, answer) = ok(
         lab,
@@ -642,13 +649,7 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
 
     let r = lab.set_read_only(&dir, false);
     ok(&lab, "remounting the state dir read-write", r);
-    let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
-    assert_eq!(code, 202, "the switch once the disk takes writes: {answer}");
-    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
-    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
-    let done = ok(&lab, "waiting for the switch", r);
-    assert_eq!(done.state, "completed", "{}", done.history_table());
-    assert_new_connections_on(&lab, "after the switch", "green");
+    switch_completes(&mut lab, "the switch once the disk takes writes", switch);
     let (_, health) = admin_json(&lab, "GET", "/health", None);
     assert_eq!(health["status"], "ok", "{health:#}");
     let r = lab.stop_agent();
@@ -1029,13 +1030,7 @@ fn an_unreadable_state_file_keeps_the_pinned_split() {
         &[("blue", 100), ("green", 0)],
     );
     let switch = r#"{"service":"web","to":"green","interval":"1s"}"#;
-    let (code, answer) = admin_json(&lab, "POST", "/deployments/blue-green/switch", Some(switch));
-    assert_eq!(code, 202, "the switch: {answer}");
-    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
-    let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
-    let done = ok(&lab, "waiting for the switch", r);
-    assert_eq!(done.state, "completed", "{}", done.history_table());
-    assert_new_connections_on(&lab, "after the switch", "green");
+    switch_completes(&mut lab, "the switch", switch);
 
     let r = lab.kill("agent");
     ok(&lab, "killing the agent", r);

@@ -14,6 +14,20 @@ pub(super) fn problems(text: &str) -> Vec<Problem> {
     }
 }
 
+/// Fails with the whole problem when it is not about `field` at `line`.
+fn assert_at(problem: &Problem, field: &str, line: usize) {
+    assert_eq!(
+        (problem.field.as_str(), problem.line),
+        (field, Some(line)),
+        "{problem:?}"
+    );
+}
+
+/// Fails with the whole problem when its reason does not contain `part`.
+fn assert_reason(problem: &Problem, part: &str) {
+    assert!(problem.reason.contains(part), "{problem:?}");
+}
+
 /// The seed's example shape, with the `listen:` line Keystone adds.
 const SEED: &str = r#"
 tenants:
@@ -98,9 +112,8 @@ fn conn_table_entries_default_and_range() {
         let text = format!("limits:\n  conn_table_entries: {bad}\n{SEED}");
         let p = problems(&text);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(p[0].field, "limits.conn_table_entries");
-        assert_eq!(p[0].line, Some(2));
-        assert!(p[0].reason.contains("256 to 16777216"), "{}", p[0].reason);
+        assert_at(&p[0], "limits.conn_table_entries", 2);
+        assert_reason(&p[0], "256 to 16777216");
     }
 }
 
@@ -127,8 +140,7 @@ fn missing_listen_names_field_and_line() {
         "tenants:\n  - name: api\n    services:\n      - name: a\n        address: 127.0.0.1:80\n";
     let p = problems(text);
     assert_eq!(p.len(), 1, "{p:?}");
-    assert_eq!(p[0].field, "tenants[0].listen");
-    assert_eq!(p[0].line, Some(2));
+    assert_at(&p[0], "tenants[0].listen", 2);
     assert!(p[0].reason.contains("required"));
 }
 
@@ -136,26 +148,19 @@ fn missing_listen_names_field_and_line() {
 fn wrong_type_names_field_and_line() {
     let text = "tenants:\n  - name: api\n    listen: 198.18.0.10:80\n    services:\n      - name: a\n        address: 127.0.0.1:80\n        weight: lots\n";
     let p = problems(text);
-    assert_eq!(p[0].field, "tenants[0].services[0].weight");
-    assert_eq!(p[0].line, Some(7));
-    assert!(p[0].reason.contains("invalid type"), "{}", p[0].reason);
+    assert_at(&p[0], "tenants[0].services[0].weight", 7);
+    assert_reason(&p[0], "invalid type");
 }
 
 #[test]
 fn bad_enum_and_duration_are_named() {
     let text = "tenants:\n  - name: api\n    listen: 198.18.0.10:80\n    protocol: sctp\n    services: []\n";
     let p = problems(text);
-    assert_eq!(p[0].field, "tenants[0].protocol");
-    assert_eq!(p[0].line, Some(4));
+    assert_at(&p[0], "tenants[0].protocol", 4);
     let text = SEED.replace("interval: 5m", "interval: soon");
     let p = problems(&text);
-    assert_eq!(p[0].field, "tenants[0].canary_config.interval");
-    assert_eq!(p[0].line, Some(9));
-    assert!(
-        p[0].reason.contains("'soon' is not a duration"),
-        "{}",
-        p[0].reason
-    );
+    assert_at(&p[0], "tenants[0].canary_config.interval", 9);
+    assert_reason(&p[0], "'soon' is not a duration");
 }
 
 #[test]
@@ -278,11 +283,7 @@ fn nat_backend_shared_by_two_vips_is_refused() {
 "#;
     let p = problems(text);
     assert_eq!(p[0].field, "tenants[1].services[0].address");
-    assert!(
-        p[0].reason.contains("already serves tenant 'a'"),
-        "{}",
-        p[0].reason
-    );
+    assert_reason(&p[0], "already serves tenant 'a'");
 }
 
 #[test]

@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, recvmsg, sendmsg,
-    setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrLike, recvmsg,
+    sendmsg, setsockopt, sockopt,
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -67,8 +67,8 @@ fn main() -> Result<()> {
     let (n4, n6) = (name.clone(), name.clone());
     let udp4: UdpSocket = udp4.into();
     let udp6: UdpSocket = udp6.into();
-    thread::spawn(move || udp_loop_v4(&udp4, &n4));
-    thread::spawn(move || udp_loop_v6(&udp6, &n6));
+    thread::spawn(move || udp_loop::<SockaddrIn>(&udp4, &n4, "udp4"));
+    thread::spawn(move || udp_loop::<SockaddrIn6>(&udp6, &n6, "udp6"));
 
     println!(
         "ks-backend {name} listening on [::]:{port} (tcp, dual-stack) and udp 0.0.0.0:{port}, [::]:{port}",
@@ -165,41 +165,28 @@ fn serve_http(stream: TcpStream, name: &str, idle: Duration) -> io::Result<()> {
     }
 }
 
-fn udp_loop_v4(sock: &UdpSocket, name: &str) {
+/// Answers every datagram with `name`, from the address it was sent to (the
+/// packet-info control message), so a reply to a VIP comes from the VIP.
+fn udp_loop<A: SockaddrLike + std::fmt::Display>(sock: &UdpSocket, name: &str, family: &str) {
     let fd = sock.as_raw_fd();
     let mut buf = [0u8; 2048];
     loop {
-        let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo);
+        // Room for the larger of the two families' packet info.
+        let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let (from, dst) =
-            match recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+        let (from, reply_info) =
+            match recvmsg::<A>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
                 Ok(msg) => {
-                    let dst = msg.cmsgs().ok().and_then(|mut c| {
-                        c.find_map(|c| match c {
-                            ControlMessageOwned::Ipv4PacketInfo(pi) => Some(pi.ipi_addr),
-                            _ => None,
-                        })
-                    });
-                    (msg.address, dst)
+                    let info = msg.cmsgs().ok().and_then(|mut c| c.find_map(reply_from));
+                    (msg.address, info)
                 }
                 Err(e) => {
-                    eprintln!("udp4 recv: {e}");
+                    eprintln!("{family} recv: {e}");
                     continue;
                 }
             };
         let Some(from) = from else { continue };
-        let info;
-        let cmsgs: Vec<ControlMessage> = match dst {
-            Some(addr) => {
-                info = nix::libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: addr,
-                    ipi_addr: nix::libc::in_addr { s_addr: 0 },
-                };
-                vec![ControlMessage::Ipv4PacketInfo(&info)]
-            }
-            None => Vec::new(),
-        };
+        let cmsgs: Vec<ControlMessage> = reply_info.iter().map(PktInfo::control).collect();
         if let Err(e) = sendmsg(
             fd,
             &[IoSlice::new(name.as_bytes())],
@@ -207,53 +194,38 @@ fn udp_loop_v4(sock: &UdpSocket, name: &str) {
             MsgFlags::empty(),
             Some(&from),
         ) {
-            eprintln!("udp4 send to {from}: {e}");
+            eprintln!("{family} send to {from}: {e}");
         }
     }
 }
 
-fn udp_loop_v6(sock: &UdpSocket, name: &str) {
-    let fd = sock.as_raw_fd();
-    let mut buf = [0u8; 2048];
-    loop {
-        let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let (from, dst) =
-            match recvmsg::<SockaddrIn6>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
-                Ok(msg) => {
-                    let dst = msg.cmsgs().ok().and_then(|mut c| {
-                        c.find_map(|c| match c {
-                            ControlMessageOwned::Ipv6PacketInfo(pi) => Some(pi.ipi6_addr),
-                            _ => None,
-                        })
-                    });
-                    (msg.address, dst)
-                }
-                Err(e) => {
-                    eprintln!("udp6 recv: {e}");
-                    continue;
-                }
-            };
-        let Some(from) = from else { continue };
-        let info;
-        let cmsgs: Vec<ControlMessage> = match dst {
-            Some(addr) => {
-                info = nix::libc::in6_pktinfo {
-                    ipi6_addr: addr,
-                    ipi6_ifindex: 0,
-                };
-                vec![ControlMessage::Ipv6PacketInfo(&info)]
-            }
-            None => Vec::new(),
-        };
-        if let Err(e) = sendmsg(
-            fd,
-            &[IoSlice::new(name.as_bytes())],
-            &cmsgs,
-            MsgFlags::empty(),
-            Some(&from),
-        ) {
-            eprintln!("udp6 send to {from}: {e}");
+/// The packet info a reply is sent with: its source is the received datagram's
+/// destination.
+enum PktInfo {
+    V4(nix::libc::in_pktinfo),
+    V6(nix::libc::in6_pktinfo),
+}
+
+impl PktInfo {
+    fn control(&self) -> ControlMessage<'_> {
+        match self {
+            PktInfo::V4(info) => ControlMessage::Ipv4PacketInfo(info),
+            PktInfo::V6(info) => ControlMessage::Ipv6PacketInfo(info),
         }
+    }
+}
+
+fn reply_from(received: ControlMessageOwned) -> Option<PktInfo> {
+    match received {
+        ControlMessageOwned::Ipv4PacketInfo(pi) => Some(PktInfo::V4(nix::libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: pi.ipi_addr,
+            ipi_addr: nix::libc::in_addr { s_addr: 0 },
+        })),
+        ControlMessageOwned::Ipv6PacketInfo(pi) => Some(PktInfo::V6(nix::libc::in6_pktinfo {
+            ipi6_addr: pi.ipi6_addr,
+            ipi6_ifindex: 0,
+        })),
+        _ => None,
     }
 }

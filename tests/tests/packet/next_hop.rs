@@ -52,21 +52,7 @@ fn cached_next_hops_follow_neighbour_changes_and_backend_replacement() {
 
         // The backend now answers at another MAC: its packets follow.
         let moved = [0x02, 0, 0, 0, 2, 0x10];
-        let neigh = |mac: [u8; 6]| {
-            sh(&[
-                "ip",
-                "neigh",
-                "replace",
-                &backend4(0).to_string(),
-                "lladdr",
-                &mac_str(mac),
-                "dev",
-                OUT_IF,
-                "nud",
-                "permanent",
-            ])
-        };
-        neigh(moved);
+        set_neighbour(backend4(0), moved, OUT_IF);
         wait_for_hop(&gw, &f, "the new neighbour MAC", (XDP_REDIRECT, moved));
 
         // The neighbour is gone: the rewritten packet goes to the kernel to resolve
@@ -85,7 +71,7 @@ fn cached_next_hops_follow_neighbour_changes_and_backend_replacement() {
             gw.counters().reasons[Reason::FibNoNeighbour as usize]
                 > before.reasons[Reason::FibNoNeighbour as usize]
         );
-        neigh(backend_mac(0));
+        set_neighbour(backend4(0), backend_mac(0), OUT_IF);
         wait_for_hop(
             &gw,
             &f,
@@ -103,18 +89,7 @@ fn cached_next_hops_follow_neighbour_changes_and_backend_replacement() {
             "dev",
             IN_IF,
         ]);
-        sh(&[
-            "ip",
-            "neigh",
-            "replace",
-            &backend4(0).to_string(),
-            "lladdr",
-            &mac_str(moved),
-            "dev",
-            IN_IF,
-            "nud",
-            "permanent",
-        ]);
+        set_neighbour(backend4(0), moved, IN_IF);
         wait_for_hop(&gw, &f, "the route via IN_IF", (XDP_TX, moved));
         sh(&[
             "ip",

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use keystone_api::{Accepted, DeployState, Deployment, SwitchRequest, SwitchStrategy};
+use keystone_api::{Accepted, DeployState, Deployment, Strategy, SwitchRequest, SwitchStrategy};
 use keystone_common::{Endpoint, PROTO_TCP, VipInfo};
 use keystone_lab::{
     ADMIN_LISTEN, ADMIN_TOKEN, AgentConfig, HealthCheck, Lab, LabBuilder, Mode, Protocol, Service,
@@ -75,7 +75,7 @@ fn config(lab: &Lab, backends: u32, size: u32) -> Result<AgentConfig> {
         listen: SocketAddr::new(VIP4.into(), 80),
         protocol: Protocol::Tcp,
         mode: Mode::Nat,
-        strategy: "canary".into(),
+        strategy: Strategy::Canary,
         services: table_only_services(backends, 1),
         canary: None,
         active_environment: None,

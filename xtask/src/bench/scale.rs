@@ -17,6 +17,7 @@ use aya::{
     programs::{ProgramInfo, TestRun, TestRunOptions, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
+use keystone_api::Strategy;
 use keystone_common::{FlowKey, FlowState, names};
 use keystone_lab::{AgentConfig, Lab, LabBuilder, Mode, Protocol, Service, Tenant, VIP4};
 
@@ -66,7 +67,7 @@ fn tenants(vips: u32, backends: u32, ring_size: Option<u32>) -> Vec<Tenant> {
             listen: SocketAddr::new(VIP4.into(), FIRST_PORT + v as u16),
             protocol: Protocol::Tcp,
             mode: Mode::Nat,
-            strategy: "canary".into(),
+            strategy: Strategy::Canary,
             services: (0..backends)
                 .map(|b| Service {
                     name: format!("s{b}"),

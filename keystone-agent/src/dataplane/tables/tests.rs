@@ -52,6 +52,35 @@ fn apply(t: &mut Tables<FakeMaps>, specs: &[VipSpec]) -> Vec<Op> {
     t.maps().log.clone()
 }
 
+/// The index of the first operation `is` picks (`what` names it when there is none).
+fn first(ops: &[Op], what: &str, is: impl Fn(&Op) -> bool) -> usize {
+    ops.iter()
+        .position(is)
+        .unwrap_or_else(|| panic!("{what}: none in {ops:?}"))
+}
+
+/// The index of the last operation `is` picks.
+fn last(ops: &[Op], what: &str, is: impl Fn(&Op) -> bool) -> usize {
+    ops.iter()
+        .rposition(is)
+        .unwrap_or_else(|| panic!("{what}: none in {ops:?}"))
+}
+
+/// From `two(1, 1)`: 198.18.1.10 leaves, then 198.18.1.12 joins (in the freed slot).
+fn first_leaves_third_joins(t: &mut Tables<FakeMaps>) {
+    apply(t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
+    apply(
+        t,
+        &[vip(
+            V,
+            vec![
+                backend("198.18.1.11:8080", 1),
+                backend("198.18.1.12:8080", 1),
+            ],
+        )],
+    );
+}
+
 fn ring_writes(ops: &[Op]) -> usize {
     ops.iter().filter(|o| matches!(o, Op::SetRing(..))).count()
 }
@@ -82,22 +111,13 @@ fn slot(t: &Tables<FakeMaps>, backend: &str) -> u32 {
 fn first_apply_writes_the_stripe_then_flips_with_one_vip_write() {
     let mut t = tables();
     let ops = apply(&mut t, &two(1, 1));
-    let flip = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetVip(..)))
-        .expect("a VIPS write");
+    let flip = first(&ops, "a VIPS write", |o| matches!(o, Op::SetVip(..)));
     assert_eq!(
         ops.iter().filter(|o| matches!(o, Op::SetVip(..))).count(),
         1
     );
-    let last_ring = ops
-        .iter()
-        .rposition(|o| matches!(o, Op::SetRing(..)))
-        .expect("ring writes");
-    let first_backend = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetBackend(..)))
-        .expect("backend writes");
+    let last_ring = last(&ops, "ring writes", |o| matches!(o, Op::SetRing(..)));
+    let first_backend = first(&ops, "backend writes", |o| matches!(o, Op::SetBackend(..)));
     assert!(
         first_backend < last_ring && last_ring < flip,
         "backends, then stripe, then flip: {ops:?}"
@@ -198,14 +218,12 @@ fn removal_clears_up_and_reverse_after_the_flip() {
     assert_eq!(t.maps().backends[&b0].flags & UP, 0);
     assert!(!t.maps().reverse.contains_key(&ep("198.18.1.10:8080")));
     assert_eq!(t.backend_slot(&ep(V), &ep("198.18.1.10:8080")), None);
-    let flip = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetVip(..)))
-        .expect("flip");
-    let down = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetBackend(s, _) if *s == b0))
-        .expect("b0 down");
+    let flip = first(&ops, "flip", |o| matches!(o, Op::SetVip(..)));
+    let down = first(
+        &ops,
+        "b0 down",
+        |o| matches!(o, Op::SetBackend(s, _) if *s == b0),
+    );
     assert!(
         flip < down,
         "the new table is live before the slot goes down: {ops:?}"
@@ -227,14 +245,12 @@ fn down_backends_keep_their_slot_and_lose_up_after_the_flip() {
     let ops = apply(&mut t, &spec);
     assert_eq!(slot(&t, "198.18.1.10:8080"), b0);
     assert_eq!(t.maps().backends[&b0].flags & UP, 0);
-    let flip = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetVip(..)))
-        .expect("flip");
-    let down = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetBackend(s, _) if *s == b0))
-        .expect("b0 down");
+    let flip = first(&ops, "flip", |o| matches!(o, Op::SetVip(..)));
+    let down = first(
+        &ops,
+        "b0 down",
+        |o| matches!(o, Op::SetBackend(s, _) if *s == b0),
+    );
     assert!(flip < down, "{ops:?}");
     // Back up: same slot, same generation (same backend).
     let gen_before = t.slot_generation(b0);
@@ -249,17 +265,7 @@ fn a_slot_given_to_another_backend_gets_a_new_generation() {
     apply(&mut t, &two(1, 1));
     let b0 = slot(&t, "198.18.1.10:8080");
     let g0 = t.maps().backends[&b0].generation;
-    apply(&mut t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
-    apply(
-        &mut t,
-        &[vip(
-            V,
-            vec![
-                backend("198.18.1.11:8080", 1),
-                backend("198.18.1.12:8080", 1),
-            ],
-        )],
-    );
+    first_leaves_third_joins(&mut t);
     assert_eq!(slot(&t, "198.18.1.12:8080"), b0, "the freed slot is reused");
     let b = t.maps().backends[&b0];
     assert_eq!(b.endpoint, ep("198.18.1.12:8080"));
@@ -281,17 +287,7 @@ fn reverse_entries_carry_the_backend_slot() {
     // b0 leaves, b2 takes its slot, b0 comes back in another slot: the reply
     // path must count each backend's answers under its own slot.
     let b0 = slot(&t, "198.18.1.10:8080");
-    apply(&mut t, &[vip(V, vec![backend("198.18.1.11:8080", 1)])]);
-    apply(
-        &mut t,
-        &[vip(
-            V,
-            vec![
-                backend("198.18.1.11:8080", 1),
-                backend("198.18.1.12:8080", 1),
-            ],
-        )],
-    );
+    first_leaves_third_joins(&mut t);
     assert_eq!(slot(&t, "198.18.1.12:8080"), b0);
     apply(
         &mut t,
@@ -366,18 +362,9 @@ fn filter_has(t: &Tables<FakeMaps>, addr: &Endpoint, bit: fn(&[u32; 4]) -> u32) 
 fn prefilter_covers_vips_and_nat_backends_while_they_exist() {
     let mut t = tables();
     let ops = apply(&mut t, &two(1, 1));
-    let first_filter = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetFilter(..)))
-        .expect("filter written");
-    let first_vip = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetVip(..)))
-        .expect("flip");
-    let first_rev = ops
-        .iter()
-        .position(|o| matches!(o, Op::SetReverse(..)))
-        .expect("reverse");
+    let first_filter = first(&ops, "filter written", |o| matches!(o, Op::SetFilter(..)));
+    let first_vip = first(&ops, "flip", |o| matches!(o, Op::SetVip(..)));
+    let first_rev = first(&ops, "reverse", |o| matches!(o, Op::SetReverse(..)));
     assert!(
         first_filter < first_vip && first_filter < first_rev,
         "bits set first: {ops:?}"
@@ -394,10 +381,7 @@ fn prefilter_covers_vips_and_nat_backends_while_they_exist() {
         addr_filter::backend_bit
     ));
     let ops = apply(&mut t, &[]);
-    let last_filter = ops
-        .iter()
-        .rposition(|o| matches!(o, Op::SetFilter(..)))
-        .expect("cleared");
+    let last_filter = last(&ops, "cleared", |o| matches!(o, Op::SetFilter(..)));
     assert_eq!(last_filter, ops.len() - 1, "bits cleared last: {ops:?}");
     assert!(t.maps().filter.values().all(|&w| w == 0));
 }

@@ -28,24 +28,15 @@ impl Bench {
         let target = self.target(case);
         self.wrk(target, true, WARM_UP_SECS)?;
         let close = self.wrk(target, true, self.secs)?;
-        println!(
-            "new connection per request: {:.0} conn/s, p50 {}, p99 {}, {} errors; CPU {} (user/system/softirq/idle %)",
-            close.0.requests_per_sec,
-            human(close.0.p50),
-            human(close.0.p99),
-            close.0.errors,
-            close.1.cpu
+        print_wrk(
+            "new connection per request",
+            "conn/s",
+            &close,
+            " (user/system/softirq/idle %)",
         );
         util::interrupted()?;
         let keepalive = self.wrk(target, false, self.secs)?;
-        println!(
-            "keep-alive: {:.0} req/s, p50 {}, p99 {}, {} errors; CPU {}",
-            keepalive.0.requests_per_sec,
-            human(keepalive.0.p50),
-            human(keepalive.0.p99),
-            keepalive.0.errors,
-            keepalive.1.cpu
-        );
+        print_wrk("keep-alive", "req/s", &keepalive, "");
         util::interrupted()?;
         let iperf = self.iperf(target)?;
         println!(
@@ -417,4 +408,16 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("{dev} in {ns} has no MAC address: {out}"))
+}
+
+/// One wrk run's line: rate, latencies, errors and the CPU during it.
+fn print_wrk(what: &str, unit: &str, (wrk, window): &(Wrk, Window), cpu_note: &str) {
+    println!(
+        "{what}: {:.0} {unit}, p50 {}, p99 {}, {} errors; CPU {}{cpu_note}",
+        wrk.requests_per_sec,
+        human(wrk.p50),
+        human(wrk.p99),
+        wrk.errors,
+        window.cpu
+    );
 }
