@@ -169,7 +169,7 @@ impl AdminToken {
     pub fn role(&self, presented: &str) -> Option<Role> {
         let live = self.live.read().expect("token lock poisoned");
         let is = |token: &str| {
-            crate::api::constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+            crate::signing::constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
         };
         let admin = is(&live.admin);
         let reader = live.read.as_deref().is_some_and(is);

@@ -192,11 +192,6 @@ async fn read_body(request: Request, next: Next) -> Result<Response, ApiError> {
         .await)
 }
 
-/// Compares without an early exit, so response time does not leak how much matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()

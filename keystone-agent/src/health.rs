@@ -34,7 +34,7 @@ const MAX_HTTP_RESPONSE: usize = 64 * 1024;
 
 /// What a probe does.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Probe {
+pub enum ProbeKind {
     Tcp,
     Http {
         path: String,
@@ -47,7 +47,7 @@ pub enum Probe {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckSpec {
     pub address: SocketAddr,
-    pub probe: Probe,
+    pub probe: ProbeKind,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -59,12 +59,12 @@ impl CheckSpec {
     /// `retries` is the seed's name for the fall threshold (the config refuses both).
     pub fn from_config(address: SocketAddr, health: &HealthConfig) -> CheckSpec {
         let probe = match health.http_path() {
-            Some(path) => Probe::Http {
+            Some(path) => ProbeKind::Http {
                 path: path.to_owned(),
                 expected_status: health.expected_status_code.unwrap_or(200),
                 expected_body: health.expected_response.clone(),
             },
-            None => Probe::Tcp,
+            None => ProbeKind::Tcp,
         };
         CheckSpec {
             address,
@@ -101,7 +101,7 @@ pub fn validation_spec(
         Some(h) => CheckSpec::from_config(address, h),
         None => CheckSpec {
             address,
-            probe: Probe::Tcp,
+            probe: ProbeKind::Tcp,
             interval: Duration::from_secs(1),
             timeout: DEFAULT_TIMEOUT,
             rise: 1,
@@ -109,7 +109,7 @@ pub fn validation_spec(
         },
     };
     if let Some(path) = endpoint {
-        spec.probe = Probe::Http {
+        spec.probe = ProbeKind::Http {
             path: path.to_owned(),
             expected_status: health.and_then(|h| h.expected_status_code).unwrap_or(200),
             expected_body: health.and_then(|h| h.expected_response.clone()),
@@ -158,7 +158,7 @@ async fn probe_inner(spec: &CheckSpec) -> Result<(), ProbeError> {
     let mut stream = TcpStream::connect(spec.address)
         .await
         .map_err(|e| ProbeError::io(format_args!("connect {}", spec.address), e))?;
-    let Probe::Http {
+    let ProbeKind::Http {
         path,
         expected_status,
         expected_body,
@@ -540,7 +540,7 @@ async fn run_check(
 mod tests {
     use super::*;
 
-    fn spec(probe: Probe, address: SocketAddr) -> CheckSpec {
+    fn spec(probe: ProbeKind, address: SocketAddr) -> CheckSpec {
         CheckSpec {
             address,
             probe,
@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn rise_and_fall_thresholds_and_flap_damping() {
-        let s = spec(Probe::Tcp, "127.0.0.1:1".parse().unwrap());
+        let s = spec(ProbeKind::Tcp, "127.0.0.1:1".parse().unwrap());
         let mut h = BackendHealth::new(s.rise);
         let now = Instant::now();
         assert!(
@@ -584,7 +584,7 @@ mod tests {
 
     #[test]
     fn the_first_probe_decides_an_unchecked_backend() {
-        let s = spec(Probe::Tcp, "127.0.0.1:1".parse().unwrap());
+        let s = spec(ProbeKind::Tcp, "127.0.0.1:1".parse().unwrap());
         let mut h = BackendHealth::new(s.rise);
         assert!(
             h.record(
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn a_local_error_is_not_a_backend_failure() {
-        let s = spec(Probe::Tcp, "198.18.11.2:8080".parse().unwrap());
+        let s = spec(ProbeKind::Tcp, "198.18.11.2:8080".parse().unwrap());
         let emfile = ProbeError::io(
             "connect 198.18.11.2:8080",
             std::io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32),
@@ -674,10 +674,10 @@ mod tests {
                     .await;
             }
         });
-        assert_eq!(probe(&spec(Probe::Tcp, addr)).await, Ok(()));
+        assert_eq!(probe(&spec(ProbeKind::Tcp, addr)).await, Ok(()));
         let http = |status, body: Option<&str>| {
             spec(
-                Probe::Http {
+                ProbeKind::Http {
                     path: "/health".into(),
                     expected_status: status,
                     expected_body: body.map(Into::into),
@@ -692,7 +692,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let err = probe(&spec(Probe::Tcp, closed)).await.unwrap_err();
+        let err = probe(&spec(ProbeKind::Tcp, closed)).await.unwrap_err();
         assert!(
             matches!(&err, ProbeError::Backend(e) if e.contains("connect")),
             "{err:?}"

@@ -28,6 +28,7 @@ pub mod reload;
 pub mod rollout;
 pub mod sd_notify;
 pub mod secrets;
+pub mod signing;
 pub mod status;
 pub mod status_page;
 pub mod store;

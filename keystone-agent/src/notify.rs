@@ -6,7 +6,7 @@
 //! ```
 //!
 //! A target with a `secret` gets the inbound webhook's headers
-//! (`X-Keystone-Timestamp`, `X-Keystone-Signature: sha256=…`, see [`crate::webhook`]),
+//! (`X-Keystone-Timestamp`, `X-Keystone-Signature: sha256=…`, see [`crate::signing`]),
 //! re-signed on every attempt. Each target has its own queue and delivery task, so one
 //! slow receiver delays no other and a target sees its events in order. An attempt that
 //! fails to connect or gets a 5xx is retried (4 attempts, backoff 0.5 s, 1 s, 2 s); a
@@ -16,7 +16,7 @@
 
 use std::{
     sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::{DEPLOYMENT_EVENTS, NotificationTarget},
     secrets::redact_url,
-    webhook::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign},
+    signing::signed_headers,
 };
 
 /// Events waiting per target; beyond this new events for that target are dropped
@@ -61,14 +61,15 @@ impl RetryPolicy {
     }
 }
 
-struct Event {
+/// One deployment event queued for a target; sent as `{"event", "deployment", "sent_at"}`.
+struct Notification {
     name: String,
     deployment: Value,
 }
 
 struct Queue {
     target: NotificationTarget,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Notification>,
 }
 
 fn same_target(a: &NotificationTarget, b: &NotificationTarget) -> bool {
@@ -143,7 +144,7 @@ impl Notifier {
         }
         let queues = self.queues.lock().expect("notifier lock poisoned");
         for queue in queues.iter().filter(|q| subscribed(&q.target, event)) {
-            let item = Event {
+            let item = Notification {
                 name: event.to_owned(),
                 deployment: deployment.clone(),
             };
@@ -159,7 +160,7 @@ impl Notifier {
     }
 
     fn spawn(&self, target: NotificationTarget) -> Queue {
-        let (tx, mut rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+        let (tx, mut rx) = mpsc::channel::<Notification>(QUEUE_CAPACITY);
         let client = self.client.clone();
         let retry = self.retry;
         let worker_target = target.clone();
@@ -183,7 +184,7 @@ enum Outcome {
 async fn deliver(
     client: &ureq::Agent,
     target: &NotificationTarget,
-    event: &Event,
+    event: &Notification,
     retry: RetryPolicy,
 ) {
     let attempts = retry.attempts.max(1);
@@ -228,7 +229,11 @@ async fn deliver(
     }
 }
 
-async fn attempt_once(client: &ureq::Agent, target: &NotificationTarget, event: &Event) -> Outcome {
+async fn attempt_once(
+    client: &ureq::Agent,
+    target: &NotificationTarget,
+    event: &Notification,
+) -> Outcome {
     let now = SystemTime::now();
     let body = json!({
         "event": event.name,
@@ -236,24 +241,16 @@ async fn attempt_once(client: &ureq::Agent, target: &NotificationTarget, event: 
         "sent_at": humantime::format_rfc3339_seconds(now).to_string(),
     });
     let body = serde_json::to_vec(&body).expect("a JSON value serialises");
-    let signature = target.secret.as_ref().map(|secret| {
-        let timestamp = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        (
-            timestamp.to_string(),
-            sign(secret.as_bytes(), timestamp, &body),
-        )
-    });
+    let signature_headers = target
+        .secret
+        .as_ref()
+        .map(|secret| signed_headers(secret.as_bytes(), now, &body));
     let client = client.clone();
     let url = target.url.clone();
     let sent = tokio::task::spawn_blocking(move || {
         let mut request = client.post(&url).header("Content-Type", "application/json");
-        if let Some((timestamp, signature)) = &signature {
-            request = request
-                .header(TIMESTAMP_HEADER, timestamp)
-                .header(SIGNATURE_HEADER, signature);
+        for (name, value) in signature_headers.iter().flatten() {
+            request = request.header(*name, value);
         }
         request.send(&body[..]).map(|r| r.status().as_u16())
     })
@@ -282,7 +279,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::webhook::WebhookVerifier;
+    use crate::{
+        signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER},
+        webhook::WebhookVerifier,
+    };
 
     const WAIT: Duration = Duration::from_secs(10);
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::*;
-use crate::health::{CheckSpec, Probe};
+use crate::health::{CheckSpec, ProbeKind};
 
 fn seed_document() -> (PathBuf, String) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/seeds");
@@ -228,7 +228,7 @@ fn the_seed_canary_config_means_what_it_says() {
         .expect("health: \"/health\"");
     let spec = CheckSpec::from_config(tenant.services[0].address, health);
     assert!(
-        matches!(&spec.probe, Probe::Http { path, expected_status: 200, .. } if path == "/health"),
+        matches!(&spec.probe, ProbeKind::Http { path, expected_status: 200, .. } if path == "/health"),
         "{spec:?}"
     );
     let params = crate::config::Params::from_canary_config(raw.canary_config.as_ref());

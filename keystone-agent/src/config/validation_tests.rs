@@ -7,7 +7,7 @@ use super::{
     tests::{parse, problems},
     *,
 };
-use crate::health::{CheckSpec, Probe, validation_spec};
+use crate::health::{CheckSpec, ProbeKind, validation_spec};
 
 fn find<'a>(problems: &'a [Problem], field: &str) -> &'a Problem {
     problems
@@ -139,7 +139,7 @@ fn the_seed_health_fields_map_onto_the_check() {
         spec,
         CheckSpec {
             address: service.address,
-            probe: Probe::Http {
+            probe: ProbeKind::Http {
                 path: "/ready".into(),
                 expected_status: 204,
                 expected_body: Some("ok".into()),
@@ -161,7 +161,7 @@ fn the_seed_health_fields_map_onto_the_check() {
         .as_ref()
         .unwrap();
     let spec = CheckSpec::from_config(loaded.tenants[0].services[0].address, health);
-    assert_eq!((&spec.probe, spec.fall), (&Probe::Tcp, 5));
+    assert_eq!((&spec.probe, spec.fall), (&ProbeKind::Tcp, 5));
 }
 
 #[test]
@@ -302,7 +302,7 @@ fn the_idle_side_is_validated_on_validation_endpoint() {
     let spec = validation_spec(address, Some(&health), Some("/ready"));
     assert_eq!(
         spec.probe,
-        Probe::Http {
+        ProbeKind::Http {
             path: "/ready".into(),
             expected_status: 204,
             expected_body: None
@@ -310,9 +310,9 @@ fn the_idle_side_is_validated_on_validation_endpoint() {
     );
     let spec = validation_spec(address, None, Some("/ready"));
     assert!(
-        matches!(spec.probe, Probe::Http { ref path, expected_status: 200, .. } if path == "/ready")
+        matches!(spec.probe, ProbeKind::Http { ref path, expected_status: 200, .. } if path == "/ready")
     );
-    assert_eq!(validation_spec(address, None, None).probe, Probe::Tcp);
+    assert_eq!(validation_spec(address, None, None).probe, ProbeKind::Tcp);
     assert_eq!(
         validation_spec(address, Some(&health), None),
         CheckSpec::from_config(address, &health)

@@ -28,6 +28,10 @@ use prometheus::{IntCounter, IntGauge, Registry};
 
 use super::LoadError;
 
+/// How long a held pin-directory lock is retried before another agent is assumed.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// An exclusive lock on a pin directory, held as long as this value (or a
 /// [`PinDirLock::try_clone`] of it) lives.
 #[derive(Debug)]
@@ -45,15 +49,29 @@ impl PinDirLock {
             source,
         };
         let file = File::open(dir).map_err(pin_dir_err)?;
-        match file.try_lock() {
-            Ok(()) => Ok(PinDirLock {
-                dir: dir.to_owned(),
-                file,
-            }),
-            Err(fs::TryLockError::WouldBlock) => Err(LoadError::PinDirInUse {
-                path: dir.to_owned(),
-            }),
-            Err(fs::TryLockError::Error(e)) => Err(pin_dir_err(e)),
+        // A lock can be held for an instant by a process that no longer wants it: a
+        // child forked (by this process or the one before it) holds a copy of the
+        // descriptor until it execs. Only a holder that keeps it past the grace is
+        // another agent.
+        let deadline = std::time::Instant::now() + LOCK_GRACE;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(PinDirLock {
+                        dir: dir.to_owned(),
+                        file,
+                    });
+                }
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(LoadError::PinDirInUse {
+                        path: dir.to_owned(),
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(pin_dir_err(e)),
+            }
         }
     }
 
