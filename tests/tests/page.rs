@@ -143,18 +143,21 @@ fn wait_all_up(lab: &Lab) {
     ok(lab, "health checks", r);
 }
 
+/// `web`'s backends as `GET /tenants` reports them, and the page's DOM, asserted
+/// to show the same.
+fn page_and_api(lab: &Lab, when: &str) -> (BTreeMap<String, (String, String)>, String) {
+    let api = api_view(&ok(lab, "GET /tenants", lab.tenants_json()), "web");
+    let dom = load_page(lab, READ_TOKEN);
+    assert_eq!(page_view(&dom, "web"), api, "the page {when}:\n{dom}");
+    (api, dom)
+}
+
 #[test]
 fn the_page_shows_the_split_health_and_timeline_the_api_reports() {
     let lab = page_lab(v4(8301));
     wait_all_up(&lab);
-    let before = api_view(&ok(&lab, "GET /tenants", lab.tenants_json()), "web");
+    let (before, dom) = page_and_api(&lab, "before the canary");
     assert_eq!(before["green"].0, "0.0", "green takes nothing yet");
-    let dom = load_page(&lab, READ_TOKEN);
-    assert_eq!(
-        page_view(&dom, "web"),
-        before,
-        "the page before the canary:\n{dom}"
-    );
     assert!(dom.contains("No deployment running."), "{dom}");
 
     let canary = r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
@@ -170,14 +173,8 @@ fn the_page_shows_the_split_health_and_timeline_the_api_reports() {
         ),
     );
     assert_eq!(code, 202, "{answer}");
-    let during = api_view(&ok(&lab, "GET /tenants", lab.tenants_json()), "web");
+    let (during, dom) = page_and_api(&lab, "during the canary");
     assert_eq!(during["green"].0, "20.0", "the canary's first step");
-    let dom = load_page(&lab, READ_TOKEN);
-    assert_eq!(
-        page_view(&dom, "web"),
-        during,
-        "the page during the canary:\n{dom}"
-    );
     let deployment = lab.deployments().unwrap().remove(0);
     let block = tags(&dom, "deployment")
         .into_iter()
