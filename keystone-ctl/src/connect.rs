@@ -1,5 +1,6 @@
-//! Where the agent is and which token to show it. In order: the flags and their
-//! environment variables, then the agent's own config (`admin.listen`, `admin.token`,
+//! Where the agent is and which token to show it. In order: the flags, then their
+//! environment variables, then the context (`--context`, else the contexts file's
+//! current one), then the agent's own config (`admin.listen`, `admin.token`,
 //! `admin.token_file`; `--config`, else /etc/keystone/keystone.yaml when it exists, the
 //! agent's default), then the agent's defaults (loopback :9100, its generated token).
 
@@ -12,6 +13,7 @@ use serde_yaml::Value;
 
 use crate::{
     client::{Failure, fail},
+    contexts::Chosen,
     exit,
 };
 
@@ -28,6 +30,8 @@ pub struct Given<'a> {
     pub token: Option<&'a str>,
     pub token_file: Option<&'a Path>,
     pub config: Option<&'a Path>,
+    /// The context chosen (below the flags and the environment, above the config).
+    pub context: Option<&'a Chosen>,
     /// Read when `config` is not given and this file exists ([`DEFAULT_CONFIG`]).
     pub default_config: &'a Path,
 }
@@ -61,20 +65,29 @@ pub fn parse_api(s: &str) -> Result<String, String> {
 }
 
 pub fn resolve(given: &Given) -> Result<Connection, Failure> {
-    let flags_say_all =
-        given.api.is_some() && (given.token.is_some() || given.token_file.is_some());
+    let api = given.api.or(given.context.map(|c| c.context.api.as_str()));
+    let token_file = match (given.token_file, given.context) {
+        (Some(file), _) => Some((file, "--token-file".to_owned())),
+        (None, Some(chosen)) => chosen
+            .context
+            .token_file
+            .as_deref()
+            .map(|file| (file, chosen.token_named_by())),
+        (None, None) => None,
+    };
+    let said_all = api.is_some() && (given.token.is_some() || token_file.is_some());
     let config = match given.config {
-        _ if flags_say_all => AgentConfig::default(),
+        _ if said_all => AgentConfig::default(),
         Some(path) => AgentConfig::read(path)?,
         None => AgentConfig::read_default(given.default_config),
     };
-    let api = match given.api {
+    let api = match api {
         Some(api) => api.to_owned(),
         None => config.api()?.unwrap_or_else(|| DEFAULT_API.to_owned()),
     };
-    let token = match (given.token, given.token_file) {
+    let token = match (given.token, token_file) {
         (Some(token), _) => Some(token.to_owned()),
-        (None, Some(file)) => Some(read_token(file, "--token-file")?),
+        (None, Some((file, named_by))) => Some(read_token(file, &named_by)?),
         (None, None) => match config.token()? {
             Some(token) => Some(token),
             // The agent generates one here when its config names none; absent is fine.
@@ -215,6 +228,7 @@ mod tests {
             token: None,
             token_file: None,
             config: Some(config),
+            context: None,
             default_config: Path::new("/nonexistent/keystone.yaml"),
         }
     }

@@ -58,6 +58,8 @@ pub fn describe(command: &Command, out: &mut dyn Write) -> Option<Result<u8, Fai
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
     use crate::parse;
 
@@ -107,6 +109,32 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("[possible values: bash, zsh, fish]"), "{err}");
+    }
+
+    /// Every verb's help ends with examples of itself (hidden ones aside).
+    #[test]
+    fn every_verb_has_examples() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                let path = format!("{path} {}", sub.get_name()).trim().to_owned();
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains(&format!("Examples:\n  keystone-ctl {path}")) {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "", &mut missing);
+        assert!(missing.is_empty(), "verbs without examples: {missing:?}");
     }
 
     #[test]

@@ -5,10 +5,14 @@
 
 mod client;
 mod connect;
+mod contexts;
 mod describe;
+mod output;
+mod promote;
 mod render;
 mod rollout;
 mod status;
+mod steps;
 #[cfg(test)]
 mod test_server;
 mod wait;
@@ -16,14 +20,16 @@ mod weights;
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use keystone_api::{Action, Reloaded, StepParams, SwitchStrategy};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
-    client::{Client, Failure, body_of, segment, typed},
+    client::{Client, Failure, body_of, segment},
+    contexts::{Chosen, ConfigCommand},
     describe::{Shell, describe},
+    output::{Output, print},
+    promote::PromoteArgs,
     rollout::{CanaryCommand, Target},
     status::StatusArgs,
     wait::WaitOptions,
@@ -47,23 +53,37 @@ pub mod exit {
     pub const TIMED_OUT: u8 = 12;
 }
 
-const EXIT_CODES_HELP: &str = "\
+/// The exit codes, for `--help` (a macro so verbs can append it to their examples).
+macro_rules! exit_codes_help {
+    () => {
+        "\
 Exit codes:
    0  success (wait: the deployment completed)
    1  refused by the agent (invalid config, unknown tenant or deployment, conflict, ...)
    2  usage error
    3  agent unreachable
    4  authentication failed
-  10  wait: the deployment was rolled back, aborted or failed
-  11  wait: the deployment is paused or awaiting approval (promote, resume or abort it)
-  12  wait: the deployment was still progressing at --timeout";
+  10  wait: the deployment was rolled back, aborted or failed (promote: in a context)
+  11  wait: the deployment is paused or awaiting approval (promote, resume or abort it);
+      promote: stopped before a gated context
+  12  wait: the deployment was still progressing at --timeout"
+    };
+}
+
+const TOP_HELP: &str = concat!(
+    "Where to connect: each setting from the first that gives it — ",
+    "flag, then environment, then the context, then the agent's config\n",
+    "(the context: --context, else the current one of $XDG_CONFIG_HOME/keystone/config.yaml,\n",
+    "by default ~/.config/keystone/config.yaml; see `keystone-ctl config`).\n\n",
+    exit_codes_help!()
+);
 
 #[derive(Parser)]
 #[command(
     name = "keystone-ctl",
     version,
     about = "Control a Keystone agent through its admin API",
-    after_help = EXIT_CODES_HELP
+    after_help = TOP_HELP
 )]
 struct Cli {
     /// Admin API base URL [default: admin.listen from the agent's config, else
@@ -81,31 +101,39 @@ struct Cli {
     /// [default: /etc/keystone/keystone.yaml when it exists, as the agent's].
     #[arg(long, env = "KEYSTONE_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Output format: human tables, or the API's JSON.
+    /// The context (named gateway) to use instead of the current one.
+    #[arg(long, env = "KEYSTONE_CONTEXT", global = true)]
+    context: Option<String>,
+    /// Output format: tables (wide: more columns), or the API's answer as JSON or YAML.
     #[arg(short, long, value_enum, default_value_t = Output::Human, global = true)]
     output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Human,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// VIPs, backends, weights and the live traffic share per backend.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = concat!("Examples:\n  \
+        keystone-ctl status\n  \
+        keystone-ctl -o wide status --watch\n  \
+        keystone-ctl status --watch --until-done api-1764590000-1 --timeout 15m\n\n",
+        exit_codes_help!()))]
     Status(StatusArgs),
     /// Make the agent re-read its config file (refused, with reasons, if invalid).
+    #[command(
+        after_help = "Examples:\n  keystone-ctl reload\n  keystone-ctl --context staging reload"
+    )]
     Reload,
     /// Tenants with their backends' configured and effective weights, health and traffic.
-    #[command(visible_alias = "backends")]
+    #[command(
+        visible_alias = "backends",
+        after_help = "Examples:\n  keystone-ctl tenants\n  keystone-ctl -o yaml tenants"
+    )]
     Tenants,
     /// Set backend weights by hand (until the next deployment, or a reload that
     /// changes the tenant's weights in the config).
+    #[command(after_help = "Examples:\n  keystone-ctl weights api api-v1=90 api-v2=10")]
     Weights {
         tenant: String,
         /// Backend weights, e.g. api-v1=90 api-v2=10.
@@ -113,9 +141,15 @@ enum Command {
         weights: Vec<(String, u32)>,
     },
     /// Canary rollouts: start one, or act on a running one.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  keystone-ctl canary start api --version 1.24.0\n  \
+            keystone-ctl canary promote --tenant api"
+    )]
     Canary(CanaryCommand),
     /// Switch a blue/green tenant to the other environment.
+    #[command(after_help = "Examples:\n  keystone-ctl switch web --to green\n  \
+        keystone-ctl switch web --to green --strategy gradual --increment 25 --interval 30s")]
     Switch {
         tenant: String,
         /// Environment to switch to.
@@ -132,20 +166,43 @@ enum Command {
         params: StepParams,
     },
     /// Put all traffic back on the stable backends (a running or a completed deployment).
+    #[command(after_help = "Examples:\n  keystone-ctl rollback --tenant api\n  \
+        keystone-ctl rollback api-1764590000-1")]
     Rollback(Target),
     /// List deployments (newest first), or show one with its step history.
+    #[command(after_help = "Examples:\n  keystone-ctl deployments\n  \
+        keystone-ctl -o wide deployments\n  keystone-ctl deployments api-1764590000-1")]
     Deployments {
         /// A deployment id.
         id: Option<String>,
     },
     /// Wait for a deployment to finish, printing its progress; the exit code says how it ended.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = concat!("Examples:\n  \
+        keystone-ctl wait api-1764590000-1\n  \
+        keystone-ctl -o json wait api-1764590000-1 --timeout 15m\n\n",
+        exit_codes_help!()))]
     Wait {
         /// The deployment id (printed by `canary start` and `switch`).
         id: String,
         #[command(flatten)]
         poll: PollArgs,
     },
+    /// Roll a version out through several contexts in turn (e.g. dev, staging,
+    /// production), each with the tenant's strategy, waiting for each to complete;
+    /// stops before a gated context (exit 11) and at a rollback (exit 10). The same
+    /// command resumes: contexts already at the version are skipped.
+    #[command(after_help = concat!("Examples:\n  \
+        keystone-ctl promote web --version 1.24.0 --through dev,staging,production\n  \
+        keystone-ctl promote web --version 1.24.0 --through dev,staging,production --approve production\n\n",
+        exit_codes_help!()))]
+    Promote(PromoteArgs),
+    /// Contexts: named gateways (admin API URL, token file) in the user's config.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  keystone-ctl config get-contexts\n  \
+            keystone-ctl config use-context staging"
+    )]
+    Config(ConfigCommand),
     /// Print the shell completion script for bash, zsh or fish.
     #[command(after_help = "Examples:\n  \
         keystone-ctl completion bash > /etc/bash_completion.d/keystone-ctl\n  \
@@ -161,33 +218,18 @@ enum Command {
 }
 
 #[derive(Args)]
-struct PollArgs {
+pub struct PollArgs {
     /// Give up after this long (exit 12).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
-    timeout: Duration,
+    pub timeout: Duration,
     /// How often to poll.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
-    interval: Duration,
+    pub interval: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 500ms, 2s or 10m: {e}"))
-}
-
-/// Prints an answer: as sent with `-o json`, else read as `T` and rendered by `human`.
-fn print<T: DeserializeOwned>(
-    out: &mut dyn Write,
-    output: Output,
-    answer: &Value,
-    human: impl FnOnce(&T) -> String,
-) -> Result<(), Failure> {
-    let text = match output {
-        Output::Json => serde_json::to_string_pretty(answer).unwrap_or_default() + "\n",
-        Output::Human => human(&typed(answer)?),
-    };
-    out.write_all(text.as_bytes()).ok();
-    Ok(())
 }
 
 fn reloaded(r: &Reloaded) -> String {
@@ -253,12 +295,11 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
             let r = client.post("/deployments/blue-green/switch", Some(&body_of(&request)))?;
             print(out, output, &r, rollout::started)?;
         }
-        Command::Deployments { id: None } => print(
-            out,
-            output,
-            &client.get("/deployments")?,
-            render::deployments,
-        )?,
+        Command::Deployments { id: None } => {
+            print(out, output, &client.get("/deployments")?, |list| {
+                render::deployments(list, output.wide())
+            })?
+        }
         Command::Deployments { id: Some(id) } => {
             let d = client.get(&format!("/deployments/{}", segment(id)))?;
             print(out, output, &d, render::deployment)?;
@@ -271,8 +312,11 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
             };
             return wait::wait(client, id, &options, out, |_| Ok(()));
         }
-        Command::Completion { .. } | Command::Man { .. } => {
-            unreachable!("`describe` runs these before connecting")
+        Command::Completion { .. }
+        | Command::Man { .. }
+        | Command::Config(_)
+        | Command::Promote(_) => {
+            unreachable!("`dispatch` runs these without one connection")
         }
     }
     Ok(exit::OK)
@@ -281,21 +325,52 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
-    if let Some(result) = describe(&cli.command, &mut stdout) {
-        return finish(result, cli.output, &mut stdout);
+    let result = dispatch(&cli, &mut stdout);
+    finish(result, cli.output, &mut stdout)
+}
+
+/// Runs the verbs that need no agent, or several; connects for the others.
+fn dispatch(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
+    if let Some(result) = describe(&cli.command, out) {
+        return result;
     }
+    match &cli.command {
+        Command::Config(command) => contexts::run(command, cli.output, out),
+        Command::Promote(args) => {
+            if cli.api.is_some() || cli.token.is_some() || cli.token_file.is_some() {
+                return Err(client::fail(
+                    exit::USAGE,
+                    "promote connects through each context of --through: drop --api, --token \
+                     and --token-file (and KEYSTONE_API, KEYSTONE_TOKEN, KEYSTONE_TOKEN_FILE)",
+                ));
+            }
+            promote::promote(
+                args,
+                &|context| connect(cli, Some(context)),
+                cli.output,
+                out,
+            )
+        }
+        _ => {
+            let context = contexts::choose(cli.context.as_deref())?;
+            run(cli, &connect(cli, context.as_ref())?, out)
+        }
+    }
+}
+
+/// A client for the agent the flags, the environment, `context` and the agent's
+/// config point at (in that order).
+fn connect(cli: &Cli, context: Option<&Chosen>) -> Result<Client, Failure> {
     let given = connect::Given {
         api: cli.api.as_deref(),
         token: cli.token.as_deref(),
         token_file: cli.token_file.as_deref(),
         config: cli.config.as_deref(),
+        context,
         default_config: std::path::Path::new(connect::DEFAULT_CONFIG),
     };
-    let result = connect::resolve(&given).and_then(|connection| {
-        let client = Client::new(&connection.api, connection.token);
-        run(&cli, &client, &mut stdout)
-    });
-    finish(result, cli.output, &mut stdout)
+    let connection = connect::resolve(&given)?;
+    Ok(Client::new(&connection.api, connection.token))
 }
 
 /// The exit code of `result`, with a failure printed (also as JSON with `-o json`).
@@ -303,8 +378,8 @@ fn finish(result: Result<u8, Failure>, output: Output, stdout: &mut dyn Write) -
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, message }) => {
-            if output == Output::Json {
-                writeln!(stdout, "{}", json!({ "error": message, "exit_code": code })).ok();
+            if let Some(text) = output.item(&json!({ "error": message, "exit_code": code })) {
+                stdout.write_all(text.as_bytes()).ok();
             }
             stdout.flush().ok();
             eprintln!("keystone-ctl: {message}");

@@ -1,7 +1,7 @@
 //! Human output: tables padded to their widest cell, from the API's answers.
 
 use keystone_api::{
-    Analysis, BackendIdentity, Deployment, DeploymentList, Status, Tenant, TenantList,
+    Analysis, BackendIdentity, Deployment, DeploymentList, Status, Strategy, Tenant, TenantList,
     TrafficSource,
 };
 use serde_json::Value;
@@ -73,7 +73,7 @@ fn indent(s: &str) -> String {
         .join("\n")
 }
 
-fn header(cells: &[&str]) -> Vec<String> {
+pub fn header(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -87,7 +87,16 @@ fn pairs(v: &Value) -> Vec<String> {
         .collect()
 }
 
-pub fn status(status: &Status) -> String {
+/// What the new side's share is called: a switch's or a canary's.
+pub fn traffic_word(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::BlueGreen => "switch",
+        _ => "canary",
+    }
+}
+
+/// `status`; `wide` adds the effective weight, recent connections and TCP counters.
+pub fn status(status: &Status, wide: bool) -> String {
     let mut out = format!(
         "config {} (generation {}, loaded {})\n",
         status.config_path, status.config_generation, status.config_loaded_at
@@ -114,20 +123,30 @@ pub fn status(status: &Status) -> String {
             or_dash(a.active_environment.as_deref()),
         ));
         let traffic = format!("TRAFFIC%({window:.0}s)");
-        let mut rows = vec![header(
+        let recent = format!("RECENT CONNS({window:.0}s)");
+        let mut columns = [
+            BACKEND_COLUMNS.as_slice(),
             &[
-                BACKEND_COLUMNS.as_slice(),
-                &[
-                    "CONFIG WEIGHT",
-                    "LIVE WEIGHT%",
-                    &traffic,
-                    "NEW CONNS",
-                    "PACKETS",
-                    "BYTES",
-                ],
-            ]
-            .concat(),
-        )];
+                "CONFIG WEIGHT",
+                "LIVE WEIGHT%",
+                &traffic,
+                "NEW CONNS",
+                "PACKETS",
+                "BYTES",
+            ],
+        ]
+        .concat();
+        if wide {
+            columns.extend([
+                "EFFECTIVE WEIGHT",
+                &recent,
+                "SYN",
+                "SYN-ACK",
+                "RST",
+                "ESTABLISHED",
+            ]);
+        }
+        let mut rows = vec![header(&columns)];
         for b in backends {
             let mut row = backend_identity(&b.identity);
             row.extend([
@@ -138,6 +157,19 @@ pub fn status(status: &Status) -> String {
                 b.packets.to_string(),
                 b.bytes.to_string(),
             ]);
+            if wide {
+                row.extend(
+                    [
+                        u64::from(b.effective_weight),
+                        b.recent_new_connections,
+                        b.tcp_syn,
+                        b.tcp_syn_ack,
+                        b.tcp_rst,
+                        b.tcp_established,
+                    ]
+                    .map(|n| n.to_string()),
+                );
+            }
             rows.push(row);
         }
         out.push_str(&indent(&table(&rows)));
@@ -232,13 +264,18 @@ pub fn last_reason(d: &Deployment) -> String {
     or_dash(d.last_reason())
 }
 
-pub fn deployments(body: &DeploymentList) -> String {
-    let mut rows = vec![header(&[
+/// The deployments table; `wide` adds the backends, the environment and the last reason.
+pub fn deployments(body: &DeploymentList, wide: bool) -> String {
+    let mut columns = vec![
         "ID", "TENANT", "STRATEGY", "VERSION", "STATE", "CANARY%", "ANALYSIS", "STARTED",
         "FINISHED",
-    ])];
+    ];
+    if wide {
+        columns.extend(["STABLE", "NEW", "ENV", "REASON"]);
+    }
+    let mut rows = vec![header(&columns)];
     for d in &body.deployments {
-        rows.push(vec![
+        let mut row = vec![
             d.id.clone(),
             d.tenant.clone(),
             d.strategy.to_string(),
@@ -248,7 +285,16 @@ pub fn deployments(body: &DeploymentList) -> String {
             analysis(&d.analysis),
             or_dash(Some(&d.started_at)),
             or_dash(d.finished_at.as_deref()),
-        ]);
+        ];
+        if wide {
+            row.extend([
+                or_dash(Some(&d.stable_backends.join(","))),
+                or_dash(Some(&d.canary_backends.join(","))),
+                or_dash(d.to_environment.as_deref()),
+                last_reason(d),
+            ]);
+        }
+        rows.push(row);
     }
     if rows.len() == 1 {
         return "no deployments\n".to_owned();
@@ -365,7 +411,14 @@ mod tests {
                 ]
             }]
         });
-        let out = super::status(&from(status));
+        let wide = super::status(&from(status.clone()), true);
+        assert!(
+            wide.lines().nth(4).unwrap().ends_with(
+                "BYTES   EFFECTIVE WEIGHT  RECENT CONNS(10s)  SYN  SYN-ACK  RST  ESTABLISHED"
+            ),
+            "{wide}"
+        );
+        let out = super::status(&from(status), false);
         assert!(
             out.starts_with(
                 "config /etc/keystone.yaml (generation 3, loaded 2026-11-21T21:00:00Z)\n"
@@ -419,7 +472,7 @@ mod tests {
             "tenants": [],
         });
         assert_eq!(
-            super::status(&from(status)),
+            super::status(&from(status), false),
             "config k.yaml (generation 1, loaded t)\n\
              PROBLEM partial_checksums: 3 TCP SYN(s) ... tx off\n"
         );
@@ -471,14 +524,14 @@ api  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  active environment -  de
     fn deployment_list_and_detail() {
         let d = sample_deployment();
         assert_eq!(
-            deployments(&from(json!({"deployments": [d.clone()]}))),
+            deployments(&from(json!({"deployments": [d.clone()]})), false),
             "\
 ID   TENANT  STRATEGY  VERSION  STATE              CANARY%  ANALYSIS             STARTED               FINISHED
 d-7  api     canary    1.24.0   awaiting_approval  50%      98.5% of 240 (pass)  2026-11-21T21:00:00Z  -
 "
         );
         assert_eq!(
-            deployments(&from(json!({"deployments": []}))),
+            deployments(&from(json!({"deployments": []})), false),
             "no deployments\n"
         );
         let detail = deployment(&from(d));

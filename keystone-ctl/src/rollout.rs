@@ -14,14 +14,26 @@ use crate::{
 #[derive(Subcommand)]
 pub enum CanaryCommand {
     /// Start a canary of the tenant's backends labelled with --version.
+    #[command(
+        after_help = "Examples:\n  keystone-ctl canary start api --version 1.24.0\n  \
+        keystone-ctl canary start api --version 1.24.0 --initial-traffic 5 --increment 5 --interval 1m --max-traffic 50"
+    )]
     Start(CanaryStart),
     /// Give the canary 100 % now and finish.
+    #[command(
+        after_help = "Examples:\n  keystone-ctl canary promote --tenant api\n  \
+        keystone-ctl canary promote api-1764590000-1"
+    )]
     Promote(Target),
     /// Stop and put all traffic back on the stable backends.
+    #[command(after_help = "Examples:\n  keystone-ctl canary abort --tenant api\n  \
+        keystone-ctl canary abort api-1764590000-1")]
     Abort(Target),
     /// Hold the current split.
+    #[command(after_help = "Examples:\n  keystone-ctl canary pause --tenant api")]
     Pause(Target),
     /// Continue a paused canary.
+    #[command(after_help = "Examples:\n  keystone-ctl canary resume --tenant api")]
     Resume(Target),
 }
 
@@ -127,9 +139,10 @@ pub fn started(body: &Accepted) -> String {
 
 pub fn acted(d: &Deployment) -> String {
     format!(
-        "deployment {} is now {}: canary {} ({})\n",
+        "deployment {} is now {}: {} {} ({})\n",
         d.id,
         d.state,
+        render::traffic_word(d.strategy),
         render::percent(d.canary_percent),
         render::last_reason(d),
     )

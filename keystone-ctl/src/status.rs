@@ -6,13 +6,14 @@ use std::{
 };
 
 use clap::Args;
-use keystone_api::{DeploymentList, Status};
+use keystone_api::{Deployment, DeploymentList, Status};
 use serde_json::json;
 
 use crate::{
-    Output,
     client::{Client, Failure, typed},
-    exit, parse_duration, print, render,
+    exit,
+    output::{Output, print},
+    parse_duration, render, steps,
     wait::{self, WaitOptions},
 };
 
@@ -32,37 +33,58 @@ pub struct StatusArgs {
     pub timeout: Duration,
 }
 
-/// One status screen: the status and any running deployment.
+/// One status screen: the status, each running deployment with its step counter, and
+/// for each tenant with none running its last finished one (so a deployment that just
+/// ended stays on the screen).
 fn status_screen(client: &Client, output: Output, out: &mut dyn Write) -> Result<(), Failure> {
     let status = client.get("/status")?;
     let deployments: DeploymentList = client
         .get("/deployments")
         .and_then(|list| typed(&list))
         .unwrap_or_default();
-    let running: Vec<_> = deployments
-        .deployments
-        .into_iter()
-        .filter(|d| d.is_running())
-        .collect();
-    match output {
-        Output::Json => {
-            writeln!(
-                out,
-                "{}",
-                json!({ "status": status, "running_deployments": running })
-            )
-            .ok();
-        }
-        Output::Human => {
-            let mut text = render::status(&typed::<Status>(&status)?);
-            for d in &running {
-                text.push('\n');
-                text.push_str(&render::deployment(d));
-            }
-            out.write_all(text.as_bytes()).ok();
+    let (running, last_finished) = running_and_last_finished(deployments.deployments);
+    if let Some(text) = output.item(&json!({
+        "status": status,
+        "running_deployments": running,
+        "last_finished_deployments": last_finished,
+    })) {
+        out.write_all(text.as_bytes()).ok();
+        return Ok(());
+    }
+    let mut text = render::status(&typed::<Status>(&status)?, output.wide());
+    let now = steps::unix_now();
+    for d in &running {
+        text.push('\n');
+        text.push_str(&render::deployment(d));
+        if let Some(line) = steps::line(d, now) {
+            text.push_str(&line);
+            text.push('\n');
         }
     }
+    if !last_finished.is_empty() {
+        text.push_str("\nlast finished:\n");
+        for d in &last_finished {
+            text.push_str(&render::deployment(d));
+        }
+    }
+    out.write_all(text.as_bytes()).ok();
     Ok(())
+}
+
+/// The running deployments, and the newest finished one of each tenant with none
+/// running (the list is newest first).
+fn running_and_last_finished(all: Vec<Deployment>) -> (Vec<Deployment>, Vec<Deployment>) {
+    let (running, finished): (Vec<_>, Vec<_>) = all.into_iter().partition(|d| d.is_running());
+    let mut last_finished: Vec<Deployment> = Vec::new();
+    for d in finished {
+        let shown = |t: &str| {
+            running.iter().any(|r| r.tenant == t) || last_finished.iter().any(|l| l.tenant == t)
+        };
+        if !shown(&d.tenant) {
+            last_finished.push(d);
+        }
+    }
+    (running, last_finished)
 }
 
 pub fn status(
@@ -73,14 +95,14 @@ pub fn status(
 ) -> Result<u8, Failure> {
     if !args.watch {
         let status = client.get("/status")?;
-        print(out, output, &status, render::status)?;
+        print(out, output, &status, |s| render::status(s, output.wide()))?;
         return Ok(exit::OK);
     }
-    let clear = output == Output::Human && std::io::stdout().is_terminal();
+    let clear = output.is_human() && std::io::stdout().is_terminal();
     let mut screen = |out: &mut dyn Write| {
         if clear {
             out.write_all(b"\x1b[2J\x1b[H").ok();
-        } else if output == Output::Human {
+        } else if output.is_human() {
             writeln!(out, "---").ok();
         }
         status_screen(client, output, out)

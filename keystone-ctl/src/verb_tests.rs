@@ -1,5 +1,7 @@
 //! The verbs against a canned agent: the requests they send and what they print.
 
+use serde_json::Value;
+
 use super::*;
 use crate::test_server::canned;
 

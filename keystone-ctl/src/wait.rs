@@ -10,9 +10,10 @@ use keystone_api::{DeployState, Deployment, Verdict};
 use serde_json::{Value, json};
 
 use crate::{
-    Output,
     client::{Client, Failure, segment, typed},
-    exit, render,
+    exit,
+    output::Output,
+    render,
 };
 
 /// The exit code a deployment in `state` ends `wait` with, or None while it runs.
@@ -44,9 +45,10 @@ fn progress_key(d: &Deployment) -> ProgressKey {
 
 fn progress_line(d: &Deployment, elapsed: Duration) -> String {
     format!(
-        "[+{:>5.1}s] {:<17} canary {:>6}  success {}  {}",
+        "[+{:>5.1}s] {:<17} {} {:>6}  success {}  {}",
         elapsed.as_secs_f64(),
         d.state.name(),
+        render::traffic_word(d.strategy),
         render::percent(d.canary_percent),
         render::analysis(&d.analysis),
         render::last_reason(d),
@@ -82,8 +84,19 @@ pub fn wait(
     id: &str,
     options: &WaitOptions,
     out: &mut dyn Write,
-    mut before_poll: impl FnMut(&mut dyn Write) -> Result<(), Failure>,
+    before_poll: impl FnMut(&mut dyn Write) -> Result<(), Failure>,
 ) -> Result<u8, Failure> {
+    wait_for(client, id, options, out, before_poll).map(|(code, _)| code)
+}
+
+/// [`wait`], returning the deployment as last seen too.
+pub fn wait_for(
+    client: &Client,
+    id: &str,
+    options: &WaitOptions,
+    out: &mut dyn Write,
+    mut before_poll: impl FnMut(&mut dyn Write) -> Result<(), Failure>,
+) -> Result<(u8, Deployment), Failure> {
     let started = Instant::now();
     let path = format!("/deployments/{}", segment(id));
     let mut last_key: Option<ProgressKey> = None;
@@ -95,26 +108,27 @@ pub fn wait(
         match client.get(&path) {
             Ok(raw) => {
                 let d: Deployment = typed(&raw)?;
-                if outage.take().is_some() && options.output == Output::Human {
+                if outage.take().is_some() && options.output.is_human() {
                     eprintln!("keystone-ctl: the agent answers again");
                 }
                 let key = progress_key(&d);
                 if last_key.as_ref() != Some(&key) {
-                    let line = match options.output {
-                        Output::Human => progress_line(&d, started.elapsed()),
-                        Output::Json => progress_json(&d, started.elapsed()).to_string(),
-                    };
-                    writeln!(out, "{line}").ok();
+                    let json = progress_json(&d, started.elapsed());
+                    let text = options
+                        .output
+                        .item(&json)
+                        .unwrap_or_else(|| progress_line(&d, started.elapsed()) + "\n");
+                    out.write_all(text.as_bytes()).ok();
                     last_key = Some(key);
                 }
                 if let Some(code) = exit_code_for_state(d.state) {
                     finish(out, options.output, (&raw, &d), code, None);
-                    return Ok(code);
+                    return Ok((code, d));
                 }
                 last_seen = Some((raw, d));
             }
             Err(f) if f.code == exit::UNREACHABLE => {
-                if outage.is_none() && options.output == Output::Human {
+                if outage.is_none() && options.output.is_human() {
                     eprintln!("keystone-ctl: {}; retrying until the timeout", f.message);
                 }
                 outage = Some(f);
@@ -134,7 +148,7 @@ pub fn wait(
                 exit::TIMED_OUT,
                 Some(options.timeout),
             );
-            return Ok(exit::TIMED_OUT);
+            return Ok((exit::TIMED_OUT, d));
         }
         std::thread::sleep(options.interval.min(options.timeout - elapsed));
     }
@@ -147,32 +161,30 @@ fn finish(
     code: u8,
     timeout: Option<Duration>,
 ) {
-    match output {
-        Output::Json => {
-            writeln!(out, "{raw}").ok();
-        }
-        Output::Human => {
-            let (id, state) = (&d.id, d.state);
-            let what = match (code, timeout) {
-                (_, Some(t)) => format!(
-                    "deployment {id} is still {state} after {}",
-                    humantime::format_duration(t)
-                ),
-                (exit::OK, _) => format!("deployment {id} completed"),
-                (exit::PAUSED, _) => format!(
-                    "deployment {id} is {state}: promote, resume or abort it (keystone-ctl canary promote {id})"
-                ),
-                _ => format!("deployment {id} ended {state}"),
-            };
-            writeln!(
-                out,
-                "{what}: canary {} ({}) — exit {code}",
-                render::percent(d.canary_percent),
-                render::last_reason(d)
-            )
-            .ok();
-        }
+    if let Some(text) = output.item(raw) {
+        out.write_all(text.as_bytes()).ok();
+        return;
     }
+    let (id, state) = (&d.id, d.state);
+    let what = match (code, timeout) {
+        (_, Some(t)) => format!(
+            "deployment {id} is still {state} after {}",
+            humantime::format_duration(t)
+        ),
+        (exit::OK, _) => format!("deployment {id} completed"),
+        (exit::PAUSED, _) => format!(
+            "deployment {id} is {state}: promote, resume or abort it (keystone-ctl canary promote {id})"
+        ),
+        _ => format!("deployment {id} ended {state}"),
+    };
+    writeln!(
+        out,
+        "{what}: {} {} ({}) — exit {code}",
+        render::traffic_word(d.strategy),
+        render::percent(d.canary_percent),
+        render::last_reason(d)
+    )
+    .ok();
 }
 
 #[cfg(test)]

@@ -141,6 +141,19 @@ pub fn assert_split(lab: &Lab, what: &str, s: &Summary, weights: &[(&str, u32)])
     eprintln!("{what}:\n{}", s.table(weights));
 }
 
+/// Asserts that `s` has no failure and only `backend` answered.
+pub fn assert_all_on(lab: &Lab, what: &str, s: &Summary, backend: &str) {
+    let others: Vec<(&String, &u64)> = s.by_backend.iter().filter(|(b, _)| *b != backend).collect();
+    assert!(
+        s.failed == 0 && others.is_empty() && s.answered() > 0,
+        "{what}: expected every new connection on {backend}, got {:?} ({} failed: {:?})\n{}",
+        s.by_backend,
+        s.failed,
+        s.errors,
+        lab.agent_diagnostics()
+    );
+}
+
 /// No held connection failed (cut, refused, echoed wrong bytes); else panics with
 /// `what`, the failures and the lab's diagnostics.
 pub fn assert_holds_unbroken(lab: &Lab, what: &str, events: &[HoldEvent]) {

@@ -20,8 +20,8 @@ use keystone_lab::{
     Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, Lab, Summary, SwitchConfig, Tenant,
     WebhookConfig, cmd,
     helpers::{
-        Setup, assert_holds_unbroken, batches_after, hold_events, lab_with_agent, tcp, tcp_tenant,
-        v4, v6, web_lab,
+        Setup, assert_all_on, assert_holds_unbroken, batches_after, hold_events, lab_with_agent,
+        tcp, tcp_tenant, v4, v6, web_lab,
     },
     ok,
 };
@@ -142,19 +142,6 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs_f64()
-}
-
-/// Asserts that `s` has no failure and only `backend` answered.
-fn assert_all_on(lab: &Lab, what: &str, s: &Summary, backend: &str) {
-    let others: Vec<(&String, &u64)> = s.by_backend.iter().filter(|(b, _)| *b != backend).collect();
-    assert!(
-        s.failed == 0 && others.is_empty() && s.answered() > 0,
-        "{what}: expected every new connection on {backend}, got {:?} ({} failed: {:?})\n{}",
-        s.by_backend,
-        s.failed,
-        s.errors,
-        lab.agent_diagnostics()
-    );
 }
 
 /// A healthy canary (10 % + 30 % every 2 s) started with `keystone-ctl canary start`

@@ -1,0 +1,179 @@
+//! `keystone-ctl promote` through two real agents, one lab and one context each: the
+//! canary runs in dev, promotion stops before the gated production (exit 11), and the
+//! same command with `--approve production` skips dev and promotes production; new
+//! connections then land on the new version in each, and only after its promotion.
+//! Run with `cargo xtask test -- promote`.
+
+use std::{
+    fs::File,
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    thread,
+};
+
+use keystone_api::DeployState;
+use keystone_lab::{
+    ADMIN_LISTEN, ADMIN_TOKEN, CanaryConfig, HealthCheck, Lab,
+    helpers::{Setup, assert_all_on, lab_with_agent, tcp, tcp_tenant, v4},
+};
+use nix::sched::{CloneFlags, setns};
+
+/// An agent running tenant `web` on `vip`: blue (1.0.0) takes every new connection,
+/// green (1.1.0) none; canaries step 10 → 40 → 70 → 100 every second.
+fn web_lab(vip: SocketAddr) -> Lab {
+    lab_with_agent(
+        keystone_lab::test_bins!(),
+        Setup::nat(&["blue", "green"]),
+        |lab| {
+            let web = tcp_tenant(lab, "web", vip, &[("blue", 100), ("green", 0)])
+                .with_health(HealthCheck::fast_http())
+                .with_canary(CanaryConfig::ten_plus_thirty("1s"));
+            lab.agent_config(vec![web])
+        },
+    )
+    .0
+}
+
+/// A port on this namespace's loopback forwarding each connection to the lab's admin
+/// API (which listens on loopback inside the lab's gateway namespace), so one
+/// keystone-ctl reaches both agents. Returns its URL.
+fn admin_api_from_here(lab: &Lab) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the forwarder");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let netns = format!("/run/netns/{}", lab.gateway_ns());
+    thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let netns = netns.clone();
+            thread::spawn(move || {
+                // This thread enters the namespace to connect; the socket stays in it.
+                let ns = File::open(&netns).expect("opening the gateway namespace");
+                setns(&ns, CloneFlags::CLONE_NEWNET).expect("entering the gateway namespace");
+                let Ok(agent) = TcpStream::connect(ADMIN_LISTEN) else {
+                    return;
+                };
+                let mut agent_in = agent.try_clone().unwrap();
+                let mut client_out = &client;
+                let upstream = thread::spawn({
+                    let (mut client_in, mut agent_out) = (client.try_clone().unwrap(), agent);
+                    move || {
+                        std::io::copy(&mut client_in, &mut agent_out).ok();
+                        agent_out.shutdown(std::net::Shutdown::Write).ok();
+                    }
+                });
+                std::io::copy(&mut agent_in, &mut client_out).ok();
+                client.shutdown(std::net::Shutdown::Write).ok();
+                upstream.join().ok();
+            });
+        }
+    });
+    url
+}
+
+/// keystone-ctl on this side, with its contexts under `home`.
+fn ctl(lab: &Lab, home: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(&lab.bins().ctl)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("KEYSTONE_API")
+        .env_remove("KEYSTONE_TOKEN")
+        .env_remove("KEYSTONE_TOKEN_FILE")
+        .env_remove("KEYSTONE_CONTEXT")
+        .env_remove("KEYSTONE_CONFIG")
+        .args(args)
+        .output()
+        .expect("running keystone-ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// The tenant's newest deployment in `lab`: its version and state.
+fn newest(lab: &Lab) -> Option<(Option<String>, DeployState)> {
+    let list = lab.deployments().expect("GET /deployments");
+    list.into_iter().next().map(|d| (d.version, d.state))
+}
+
+#[test]
+fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
+    let vip = v4(80);
+    let dev = web_lab(vip);
+    let production = web_lab(vip);
+    let home = tempfile::tempdir().unwrap();
+    let token = home.path().join("token");
+    let mut file = File::create(&token).unwrap();
+    writeln!(file, "{ADMIN_TOKEN}").unwrap();
+    let token = token.to_str().unwrap();
+    for (name, lab, gated) in [("dev", &dev, "false"), ("production", &production, "true")] {
+        let api = admin_api_from_here(lab);
+        let set = [
+            "config",
+            "set-context",
+            name,
+            "--api",
+            &api,
+            "--token-file",
+            token,
+            "--gated",
+            gated,
+        ];
+        let (code, out) = ctl(lab, home.path(), &set);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    let promote = [
+        "promote",
+        "web",
+        "--version",
+        "1.1.0",
+        "--through",
+        "dev,production",
+        "--timeout",
+        "60s",
+        "--interval",
+        "200ms",
+    ];
+
+    let (code, out) = ctl(&dev, home.path(), &promote);
+    assert_eq!(code, Some(11), "{out}\n{}", dev.agent_diagnostics());
+    assert!(
+        out.ends_with(
+            "stopped before production: it is gated — exit 11\n\
+             resume with: keystone-ctl promote web --version 1.1.0 --through dev,production --approve production\n"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        newest(&dev),
+        Some((Some("1.1.0".into()), DeployState::Completed))
+    );
+    assert_eq!(newest(&production), None, "nothing started past the gate");
+    assert_all_on(&dev, "dev after its canary", &tcp(&dev, vip, 200), "green");
+    assert_all_on(
+        &production,
+        "production before the approval",
+        &tcp(&production, vip, 200),
+        "blue",
+    );
+
+    let approved = [promote.as_slice(), &["--approve", "production"]].concat();
+    let (code, out) = ctl(&dev, home.path(), &approved);
+    assert_eq!(code, Some(0), "{out}\n{}", production.agent_diagnostics());
+    assert!(
+        out.contains("dev: web is at version 1.1.0 already"),
+        "{out}"
+    );
+    assert_eq!(dev.deployments().unwrap().len(), 1, "dev was not run again");
+    assert_eq!(
+        newest(&production),
+        Some((Some("1.1.0".into()), DeployState::Completed))
+    );
+    assert_all_on(
+        &production,
+        "production after its canary",
+        &tcp(&production, vip, 200),
+        "green",
+    );
+}
