@@ -2,7 +2,8 @@
 //! `admin.token_file`, else `KEYSTONE_ADMIN_TOKEN`, else one generated into
 //! `<state dir>/admin-token` (0600) for keystone-ctl. A reload resolves it again
 //! before anything of the new config goes live and, if the reload goes through,
-//! makes it the only token accepted from then on.
+//! makes it the only token accepted from then on. The same goes for the read-only
+//! token of `admin.read_token_file` (see `token_role`).
 
 use std::{
     io::Write,
@@ -13,6 +14,7 @@ use std::{
 
 use crate::{
     config::{AdminConfig, ConfigError, LoadedConfig, Problem},
+    token_role::Role,
     yaml_lines,
 };
 
@@ -23,14 +25,24 @@ pub const GENERATED_FILE: &str = "admin-token";
 pub enum TokenError {
     #[error("cannot read {path}: {source}")]
     Read {
+        field: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("{path} is empty")]
-    Empty { path: PathBuf },
+    Empty { field: &'static str, path: PathBuf },
     #[error("{source_name}: the token {reason}")]
-    TooShort { source_name: String, reason: String },
+    TooShort {
+        field: &'static str,
+        source_name: String,
+        reason: String,
+    },
+    #[error(
+        "{READ_FIELD} {}: the read-only token is the admin token; give it a value of its own",
+        path.display()
+    )]
+    SameAsAdmin { path: PathBuf },
     #[error("cannot generate an admin token into {path}: {source}")]
     Generate {
         path: PathBuf,
@@ -43,9 +55,10 @@ impl TokenError {
     /// The config field the error is about.
     pub fn field(&self) -> &'static str {
         match self {
-            TokenError::Read { .. } | TokenError::Empty { .. } | TokenError::TooShort { .. } => {
-                "admin.token_file"
-            }
+            TokenError::Read { field, .. }
+            | TokenError::Empty { field, .. }
+            | TokenError::TooShort { field, .. } => field,
+            TokenError::SameAsAdmin { .. } => READ_FIELD,
             TokenError::Generate { .. } => "admin.token",
         }
     }
@@ -65,8 +78,18 @@ impl TokenError {
     }
 }
 
+const ADMIN_FIELD: &str = "admin.token_file";
+const READ_FIELD: &str = "admin.read_token_file";
+
+/// The tokens a config asks for: the admin one, and the read-only one if named.
+#[derive(Default)]
+pub struct Tokens {
+    admin: String,
+    read: Option<String>,
+}
+
 pub struct AdminToken {
-    live: RwLock<String>,
+    live: RwLock<Tokens>,
     /// Where a generated token goes; `None` with [`AdminToken::fixed`].
     state_dir: Option<PathBuf>,
     /// The token used while the config names none, chosen once (the environment's,
@@ -89,19 +112,38 @@ impl AdminToken {
     /// `token`, also whenever the config names none (tests, embedders).
     pub fn fixed(token: &str) -> AdminToken {
         AdminToken {
-            live: RwLock::new(token.to_owned()),
+            live: RwLock::new(Tokens {
+                admin: token.to_owned(),
+                read: None,
+            }),
             state_dir: None,
             fallback: Mutex::new(Some(token.to_owned())),
         }
     }
 
-    /// The token `admin` asks for, without making it live.
-    pub fn resolve(&self, admin: &AdminConfig) -> Result<String, TokenError> {
+    /// The tokens `admin` asks for, without making them live.
+    pub fn resolve(&self, admin: &AdminConfig) -> Result<Tokens, TokenError> {
+        let admin_token = self.resolve_admin(admin)?;
+        let read = match &admin.read_token_file {
+            Some(path) => Some(read_token_file(path, READ_FIELD)?),
+            None => None,
+        };
+        if read.as_deref().is_some_and(|read| read == admin_token) {
+            let path = admin.read_token_file.clone().unwrap_or_default();
+            return Err(TokenError::SameAsAdmin { path });
+        }
+        Ok(Tokens {
+            admin: admin_token,
+            read,
+        })
+    }
+
+    fn resolve_admin(&self, admin: &AdminConfig) -> Result<String, TokenError> {
         if let Some(token) = &admin.token {
             return Ok(token.clone());
         }
         if let Some(path) = &admin.token_file {
-            return read_token_file(path);
+            return read_token_file(path, ADMIN_FIELD);
         }
         let mut fallback = self.fallback.lock().expect("token lock poisoned");
         if let Some(token) = &*fallback {
@@ -109,7 +151,7 @@ impl AdminToken {
         }
         let token = match std::env::var("KEYSTONE_ADMIN_TOKEN") {
             Ok(t) if !t.trim().is_empty() => {
-                long_enough(t.trim(), "KEYSTONE_ADMIN_TOKEN")?;
+                long_enough(t.trim(), ADMIN_FIELD, "KEYSTONE_ADMIN_TOKEN")?;
                 t.trim().to_owned()
             }
             _ => self.generate()?,
@@ -118,15 +160,24 @@ impl AdminToken {
         Ok(token)
     }
 
-    /// Makes `token` the only one accepted.
-    pub fn set(&self, token: String) {
-        *self.live.write().expect("token lock poisoned") = token;
+    /// Makes `tokens` the only ones accepted.
+    pub fn set(&self, tokens: Tokens) {
+        *self.live.write().expect("token lock poisoned") = tokens;
     }
 
-    /// Whether `presented` is the live token (compared in constant time).
-    pub fn matches(&self, presented: &str) -> bool {
+    /// What `presented` may do, if it is a live token (compared in constant time).
+    pub fn role(&self, presented: &str) -> Option<Role> {
         let live = self.live.read().expect("token lock poisoned");
-        crate::signing::constant_time_eq(presented.trim().as_bytes(), live.as_bytes())
+        let is = |token: &str| {
+            crate::signing::constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+        };
+        let admin = is(&live.admin);
+        let reader = live.read.as_deref().is_some_and(is);
+        match (admin, reader) {
+            (true, _) => Some(Role::Admin),
+            (false, true) => Some(Role::Reader),
+            (false, false) => None,
+        }
     }
 
     fn generate(&self) -> Result<String, TokenError> {
@@ -158,8 +209,9 @@ impl AdminToken {
     }
 }
 
-fn read_token_file(path: &Path) -> Result<String, TokenError> {
+fn read_token_file(path: &Path, field: &'static str) -> Result<String, TokenError> {
     let read = |source| TokenError::Read {
+        field,
         path: path.to_owned(),
         source,
     };
@@ -167,18 +219,20 @@ fn read_token_file(path: &Path) -> Result<String, TokenError> {
     let token = text.trim();
     if token.is_empty() {
         return Err(TokenError::Empty {
+            field,
             path: path.to_owned(),
         });
     }
-    long_enough(token, &format!("admin.token_file {}", path.display()))?;
-    crate::secrets::warn_if_shared(path, "admin.token_file");
+    long_enough(token, field, &format!("{field} {}", path.display()))?;
+    crate::secrets::warn_if_shared(path, field);
     Ok(token.to_owned())
 }
 
 /// The config's rule for an inline `admin.token` (`check_admin_token`), applied to a
 /// token from elsewhere.
-fn long_enough(token: &str, source_name: &str) -> Result<(), TokenError> {
+fn long_enough(token: &str, field: &'static str, source_name: &str) -> Result<(), TokenError> {
     crate::config::check_admin_token(token).map_err(|reason| TokenError::TooShort {
+        field,
         source_name: source_name.to_owned(),
         reason,
     })

@@ -123,9 +123,10 @@ impl Agent {
         }
     }
 
-    /// Whether `presented` is the admin API's token (none before `use_admin_token`).
-    pub fn admin_token_matches(&self, presented: &str) -> bool {
-        self.admin_token.get().is_some_and(|t| t.matches(presented))
+    /// What `presented` may do on the admin API, if it is one of its tokens (none
+    /// before `use_admin_token`).
+    pub fn token_role(&self, presented: &str) -> Option<crate::token_role::Role> {
+        self.admin_token.get().and_then(|t| t.role(presented))
     }
 
     /// Re-applies after a health change, and saves the health for the next agent.

@@ -146,6 +146,7 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }),
         )
         .route("/webhooks/deployment", post(webhook))
+        .route("/ui", get(crate::status_page::page))
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn(read_body))
@@ -211,10 +212,13 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
             "missing bearer token (Authorization: Bearer <token>)",
         )
         .into_response(),
-        Some(token) if !state.agent.admin_token_matches(token) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response()
-        }
-        Some(_) => next.run(request).await,
+        Some(token) => match state.agent.token_role(token) {
+            None => ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
+            Some(role) => match role.refusal(request.method(), request.uri().path()) {
+                Some(reason) => ApiError::new(StatusCode::FORBIDDEN, reason).into_response(),
+                None => next.run(request).await,
+            },
+        },
     }
 }
 

@@ -1059,6 +1059,7 @@ async fn an_unreadable_state_file_keeps_the_pinned_split() {
 }
 
 mod input_props;
+mod read_token;
 mod seed_switch;
 
 #[tokio::test]

@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // tests/tests/prometheus.rs runs the shipped dashboard's queries and alert rules
     // in a real Prometheus; promtool checks and unit-tests the rules.
     ("prometheus", "prometheus"),
+    // tests/tests/page.rs loads the agent's status page in headless Chromium.
+    ("chromium", "chromium"),
 ];
 
 /// Packages (by program) whose Debian install starts a host service that the benches

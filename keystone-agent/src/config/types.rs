@@ -92,6 +92,9 @@ pub struct AdminConfig {
     /// File holding the bearer token (alternative to `token`).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// File holding a second, read-only token: GETs only (see `token_role`).
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -104,6 +107,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             token_file: None,
+            read_token_file: None,
         }
     }
 }
