@@ -146,3 +146,24 @@ pub fn segment(s: &str) -> String {
         })
         .collect()
 }
+
+/// `--api`: an http:// or https:// URL with a host; anything else is a usage error.
+pub fn parse_api(s: &str) -> Result<String, String> {
+    let url = s.trim();
+    let example = "e.g. http://127.0.0.1:9100";
+    if url.is_empty() {
+        return Err(format!("the admin API URL is empty ({example})"));
+    }
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(format!(
+            "'{url}' is not an admin API URL: it needs http:// or https:// ({example})"
+        ));
+    };
+    if rest.split('/').next().unwrap_or_default().is_empty() {
+        return Err(format!("'{url}' has no host ({example})"));
+    }
+    Ok(url.to_owned())
+}

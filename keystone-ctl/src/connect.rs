@@ -11,6 +11,7 @@ use std::{
 
 use serde_yaml::Value;
 
+pub use crate::client::parse_api;
 use crate::{
     client::{Failure, fail},
     contexts::Chosen,
@@ -41,27 +42,6 @@ pub struct Given<'a> {
 pub struct Connection {
     pub api: String,
     pub token: Option<String>,
-}
-
-/// `--api`: an http:// or https:// URL with a host; anything else is a usage error.
-pub fn parse_api(s: &str) -> Result<String, String> {
-    let url = s.trim();
-    let example = "e.g. http://127.0.0.1:9100";
-    if url.is_empty() {
-        return Err(format!("the admin API URL is empty ({example})"));
-    }
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return Err(format!(
-            "'{url}' is not an admin API URL: it needs http:// or https:// ({example})"
-        ));
-    };
-    if rest.split('/').next().unwrap_or_default().is_empty() {
-        return Err(format!("'{url}' has no host ({example})"));
-    }
-    Ok(url.to_owned())
 }
 
 pub fn resolve(given: &Given) -> Result<Connection, Failure> {

@@ -12,8 +12,8 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    client::{Failure, fail},
-    connect, exit,
+    client::{self, Failure, fail},
+    exit,
     output::Output,
     render,
 };
@@ -75,7 +75,7 @@ pub enum ConfigCommand {
     SetContext {
         name: String,
         /// The gateway's admin API URL.
-        #[arg(long, value_parser = connect::parse_api)]
+        #[arg(long, value_parser = client::parse_api)]
         api: Option<String>,
         /// The file holding its bearer token.
         #[arg(long)]
@@ -125,7 +125,7 @@ impl Contexts {
     pub fn get(&self, name: &str, path: &Path) -> Result<Chosen, Failure> {
         match self.contexts.get(name) {
             Some(context) => {
-                connect::parse_api(&context.api)
+                client::parse_api(&context.api)
                     .map_err(|e| usage(format!("{}: contexts.{name}.api: {e}", path.display())))?;
                 Ok(Chosen {
                     name: name.to_owned(),
