@@ -21,7 +21,7 @@ use crate::{
     admin_token::AdminToken,
     config::LoadedConfig,
     dataplane::{Counters, Dataplane, LoadError, MapAccessError, pins::PinWatch},
-    deploy::{Action, Deployment},
+    deploy::{Action, Actor, Deployment},
     deploy_metrics::DeploymentMetrics,
     health::HealthChecker,
     live::LiveConfig,
@@ -168,18 +168,26 @@ impl Agent {
 
     /// Starts a canary of `version` (its backends are the services with that
     /// `labels.version`) against the services now taking traffic.
-    pub fn start_canary(&self, req: CanaryRequest) -> Result<Deployment, DeployError> {
-        self.rollouts.start_canary(req)
+    pub fn start_canary(
+        &self,
+        req: CanaryRequest,
+        actor: Actor,
+    ) -> Result<Deployment, DeployError> {
+        self.rollouts.start_canary(req, actor)
     }
 
     /// Starts a blue/green switch to environment `to`: validate it, then flip.
-    pub fn start_switch(&self, req: SwitchRequest) -> Result<Deployment, DeployError> {
-        self.rollouts.start_switch(req)
+    pub fn start_switch(
+        &self,
+        req: SwitchRequest,
+        actor: Actor,
+    ) -> Result<Deployment, DeployError> {
+        self.rollouts.start_switch(req, actor)
     }
 
-    /// promote / abort / rollback / pause / resume.
-    pub fn act(&self, id: &str, action: Action) -> Result<Deployment, DeployError> {
-        self.rollouts.act(id, action)
+    /// promote / abort / rollback / pause / resume, by `actor`.
+    pub fn act(&self, id: &str, action: Action, actor: Actor) -> Result<Deployment, DeployError> {
+        self.rollouts.act(id, action, actor)
     }
 
     pub fn deployments(&self) -> Vec<Deployment> {

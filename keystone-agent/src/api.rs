@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Path, Request, State, rejection::JsonRejection},
+    extract::{Extension, Path, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -23,8 +23,9 @@ use tower_http::timeout::TimeoutLayer;
 use crate::{
     agent::{Agent, DeployError, ReloadError},
     config::{Problem, Strategy},
-    deploy::{Action, Deployment},
+    deploy::{Action, Actor, Deployment},
     requests::{self, RequestError},
+    token_role::Role,
     webhook::{WebhookError, WebhookVerifier, parse_webhook},
 };
 
@@ -200,7 +201,13 @@ async fn read_body(request: Request, next: Next) -> Result<Response, ApiError> {
         .await)
 }
 
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// Checks the bearer token and leaves its [`Role`] in the request's extensions, for
+/// the handlers that record who acted.
+async fn require_token(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -216,7 +223,10 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
             None => ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
             Some(role) => match role.refusal(request.method(), request.uri().path()) {
                 Some(reason) => ApiError::new(StatusCode::FORBIDDEN, reason).into_response(),
-                None => next.run(request).await,
+                None => {
+                    request.extensions_mut().insert(role);
+                    next.run(request).await
+                }
             },
         },
     }
@@ -342,26 +352,29 @@ fn accepted(d: Deployment) -> Response {
 
 async fn start_canary(
     State(state): State<ApiState>,
+    Extension(role): Extension<Role>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = requests::canary(body(payload)?)?;
     Ok(accepted(
-        change(&state, move |agent| agent.start_canary(req)).await??,
+        change(&state, move |agent| agent.start_canary(req, role.actor())).await??,
     ))
 }
 
 async fn start_switch(
     State(state): State<ApiState>,
+    Extension(role): Extension<Role>,
     payload: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let req = requests::switch(body(payload)?)?;
     Ok(accepted(
-        change(&state, move |agent| agent.start_switch(req)).await??,
+        change(&state, move |agent| agent.start_switch(req, role.actor())).await??,
     ))
 }
 
 async fn act(
     State(state): State<ApiState>,
+    Extension(role): Extension<Role>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Json<keystone_api::Deployment>, ApiError> {
     let action = action.parse::<Action>().map_err(|_| {
@@ -370,7 +383,7 @@ async fn act(
             format!("no action '{action}'; expected promote, abort, rollback, pause or resume"),
         )
     })?;
-    let d = change(&state, move |agent| agent.act(&id, action)).await??;
+    let d = change(&state, move |agent| agent.act(&id, action, role.actor())).await??;
     Ok(Json(d.view()))
 }
 
@@ -423,7 +436,7 @@ async fn webhook(
                 params,
                 pipeline: hook.pipeline,
             };
-            change(&state, move |agent| agent.start_canary(req)).await??
+            change(&state, move |agent| agent.start_canary(req, Actor::Webhook)).await??
         }
         Strategy::BlueGreen => {
             let Some(to) = hook.environment else {
@@ -440,7 +453,7 @@ async fn webhook(
                 params,
                 pipeline: hook.pipeline,
             };
-            change(&state, move |agent| agent.start_switch(req)).await??
+            change(&state, move |agent| agent.start_switch(req, Actor::Webhook)).await??
         }
     };
     Ok(accepted(deployment))

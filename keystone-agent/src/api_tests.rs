@@ -1058,6 +1058,7 @@ async fn an_unreadable_state_file_keeps_the_pinned_split() {
     assert_eq!(h.live_weights(), [90, 10]);
 }
 
+mod audit;
 mod input_props;
 mod read_token;
 mod seed_switch;

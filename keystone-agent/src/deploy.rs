@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-pub use keystone_api::{Action, Analysis, DeployState, EventKind, Step, Verdict};
+pub use keystone_api::{Action, Actor, Analysis, DeployState, EventKind, Step, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// Step parameters and their rules live beside the config, which validates with
@@ -149,9 +149,9 @@ pub struct Start {
 }
 
 impl Deployment {
-    /// A deployment started at `now` (the tenant's `seq`-th), its first history
-    /// entry saying `reason`. A blue/green switch starts at 0% until validated.
-    pub fn new(start: Start, seq: u64, now: f64, reason: &str) -> Deployment {
+    /// A deployment started at `now` (the tenant's `seq`-th) by `actor`, its first
+    /// history entry saying `reason`. A blue/green switch starts at 0% until validated.
+    pub fn new(start: Start, seq: u64, now: f64, reason: &str, actor: Actor) -> Deployment {
         let params = start.params;
         let canary_percent = match start.strategy {
             Strategy::BlueGreen => 0.0,
@@ -181,16 +181,17 @@ impl Deployment {
             validated: false,
             baseline: None,
         };
-        d.record(now, reason);
+        d.record(now, reason, actor);
         d
     }
 
-    fn record(&mut self, now: f64, reason: impl Into<String>) {
+    fn record(&mut self, now: f64, reason: impl Into<String>, actor: Actor) {
         let step = Step {
             at: rfc3339(now),
             canary_percent: self.canary_percent,
             state: self.state,
             reason: reason.into(),
+            actor,
         };
         self.updated_at = step.at.clone();
         if !self.state.is_running() {
@@ -200,7 +201,7 @@ impl Deployment {
         self.history.push(step);
     }
 
-    /// Moves to `state` at `percent`, recording why; returns the event.
+    /// The engine's own move to `state` at `percent`, recording why; returns the event.
     fn transition(
         &mut self,
         now: f64,
@@ -208,11 +209,23 @@ impl Deployment {
         percent: f64,
         reason: impl Into<String>,
     ) -> Event {
+        self.transition_by(now, state, percent, reason, Actor::Agent)
+    }
+
+    /// [`Self::transition`] made by `actor`.
+    fn transition_by(
+        &mut self,
+        now: f64,
+        state: DeployState,
+        percent: f64,
+        reason: impl Into<String>,
+        actor: Actor,
+    ) -> Event {
         self.state = state;
         self.canary_percent = percent;
         self.baseline = None;
         self.next_step_at = now + self.params.interval_seconds;
-        self.record(now, reason);
+        self.record(now, reason, actor);
         Event {
             deployment_id: self.id.clone(),
             kind: event_of(state),
@@ -409,7 +422,7 @@ impl Deployment {
                 let holding = format!("holding at {}%: {reason}", self.canary_percent);
                 let last = self.history.last().map(|s| s.reason.as_str()).unwrap_or("");
                 if !same_kind(last, &holding) {
-                    self.record(now, holding);
+                    self.record(now, holding, Actor::Agent);
                 }
             }
         }
@@ -468,8 +481,9 @@ impl Deployment {
         }
     }
 
-    /// Operator actions. Errors say why the action does not apply in this state.
-    pub fn act(&mut self, now: f64, action: Action) -> Result<Event, String> {
+    /// Operator actions, made by `actor`. Errors say why the action does not apply in
+    /// this state.
+    pub fn act(&mut self, now: f64, action: Action, actor: Actor) -> Result<Event, String> {
         use DeployState::*;
         let state = self.state;
         let not_allowed = || {
@@ -481,21 +495,21 @@ impl Deployment {
         };
         let event = match (action, state) {
             (Action::Promote, Progressing | Paused | AwaitingApproval) => {
-                self.transition(now, Completed, 100.0, "promoted by operator")
+                self.transition_by(now, Completed, 100.0, "promoted by operator", actor)
             }
             (Action::Abort, Progressing | Paused | AwaitingApproval) => {
-                self.transition(now, Aborted, 0.0, "aborted by operator")
+                self.transition_by(now, Aborted, 0.0, "aborted by operator", actor)
             }
             (Action::Rollback, Progressing | Paused | AwaitingApproval | Completed) => {
-                self.transition(now, RolledBack, 0.0, "rolled back by operator")
+                self.transition_by(now, RolledBack, 0.0, "rolled back by operator", actor)
             }
             (Action::Pause, Progressing) => {
                 let p = self.canary_percent;
-                self.transition(now, Paused, p, "paused by operator")
+                self.transition_by(now, Paused, p, "paused by operator", actor)
             }
             (Action::Resume, Paused) => {
                 let p = self.canary_percent;
-                self.transition(now, Progressing, p, "resumed by operator")
+                self.transition_by(now, Progressing, p, "resumed by operator", actor)
             }
             _ => return Err(not_allowed()),
         };

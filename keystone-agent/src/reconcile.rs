@@ -238,6 +238,7 @@ tenants:
             1,
             1000.0,
             "started",
+            crate::deploy::Actor::Agent,
         );
         d.state = DeployState::Completed;
         d.finished_unix = Some(1000.0);

@@ -14,7 +14,7 @@ use crate::{
     clock::unix_now,
     config::{LoadedConfig, PrometheusQuery, Strategy},
     dataplane::{ApplyError, Counters, Dataplane},
-    deploy::{self, Action, DeployState, Deployment, TrafficPlan},
+    deploy::{self, Action, Actor, DeployState, Deployment, TrafficPlan},
     deploy_metrics::DeploymentMetrics,
     errors::{DeployError, ReloadError, invalid},
     health::HealthChecker,
@@ -359,23 +359,31 @@ impl Rollouts {
     }
 
     /// Starts a canary (see [`strategy::canary`]).
-    pub fn start_canary(&self, req: CanaryRequest) -> Result<Deployment, DeployError> {
+    pub fn start_canary(
+        &self,
+        req: CanaryRequest,
+        actor: Actor,
+    ) -> Result<Deployment, DeployError> {
         deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
         let config = self.live.get();
         let tenant = strategy::tenant(&config, &req.service, "service")?;
         let runtime = self.runtime();
         let start = strategy::canary(tenant, &runtime, req)?;
-        self.launch(runtime, start, "started")
+        self.launch(runtime, start, "started", actor)
     }
 
     /// Starts a blue/green switch (see [`strategy::switch`]): validate, then flip.
-    pub fn start_switch(self: &Arc<Self>, req: SwitchRequest) -> Result<Deployment, DeployError> {
+    pub fn start_switch(
+        self: &Arc<Self>,
+        req: SwitchRequest,
+        actor: Actor,
+    ) -> Result<Deployment, DeployError> {
         deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
         let config = self.live.get();
         let tenant = strategy::tenant(&config, &req.service, "service")?;
         let runtime = self.runtime();
         let start = strategy::switch(tenant, &runtime, req)?;
-        let d = self.launch(runtime, start, "started; validating the idle side")?;
+        let d = self.launch(runtime, start, "started; validating the idle side", actor)?;
         self.spawn_validation(d.id.clone());
         Ok(d)
     }
@@ -386,9 +394,10 @@ impl Rollouts {
         mut runtime: MutexGuard<'_, PersistedState>,
         start: deploy::Start,
         reason: &str,
+        actor: Actor,
     ) -> Result<Deployment, DeployError> {
         runtime.next_seq += 1;
-        let d = Deployment::new(start, runtime.next_seq, unix_now(), reason);
+        let d = Deployment::new(start, runtime.next_seq, unix_now(), reason, actor);
         let before = runtime.clone();
         runtime.plans.insert(d.tenant.clone(), TrafficPlan::of(&d));
         runtime.deployments.push(d.clone());
@@ -468,8 +477,8 @@ impl Rollouts {
         self.publish(&runtime, &events);
     }
 
-    /// promote / abort / rollback / pause / resume.
-    pub fn act(&self, id: &str, action: Action) -> Result<Deployment, DeployError> {
+    /// promote / abort / rollback / pause / resume, by `actor`.
+    pub fn act(&self, id: &str, action: Action, actor: Actor) -> Result<Deployment, DeployError> {
         let mut runtime = self.runtime();
         let i = runtime
             .deployments
@@ -492,7 +501,7 @@ impl Rollouts {
         let before = runtime.clone();
         let d = &mut runtime.deployments[i];
         let event = d
-            .act(unix_now(), action)
+            .act(unix_now(), action, actor)
             .map_err(|reason| DeployError::NotAllowed { reason })?;
         let plan = TrafficPlan::of(d);
         let d = d.clone();

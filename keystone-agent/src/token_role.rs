@@ -3,6 +3,7 @@
 //! readers never hold the token that moves traffic.
 
 use axum::http::Method;
+use keystone_api::Actor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -11,6 +12,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// Who a change made with this token is recorded as in a deployment's history.
+    /// The read-only token makes none (refused before any handler runs).
+    pub fn actor(self) -> Actor {
+        match self {
+            Role::Admin => Actor::AdminToken,
+            Role::Reader => Actor::Unknown,
+        }
+    }
+
     /// Why `method path` is refused to this role, or `None` when it is allowed.
     pub fn refusal(self, method: &Method, path: &str) -> Option<String> {
         let reads = method == Method::GET || method == Method::HEAD;

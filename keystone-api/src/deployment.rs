@@ -72,6 +72,16 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// Who made a history step: the admin API's admin token, the signed CI webhook,
+    /// or the agent's own engine (steps, holds, automatic rollbacks).
+    pub enum Actor {
+        AdminToken = "admin_token",
+        Webhook = "webhook",
+        Agent = "agent",
+    }
+}
+
+wire_enum! {
     /// A notification's `event`.
     pub enum EventKind {
         Started = "started",
@@ -130,6 +140,13 @@ pub struct Step {
     pub canary_percent: f64,
     pub state: DeployState,
     pub reason: String,
+    /// Who acted; a step recorded before the audit trail existed reads as `agent`.
+    #[serde(default = "agent")]
+    pub actor: Actor,
+}
+
+fn agent() -> Actor {
+    Actor::Agent
 }
 
 impl Step {

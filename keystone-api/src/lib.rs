@@ -16,7 +16,7 @@ mod status;
 mod time;
 
 pub use deployment::{
-    Accepted, Action, Analysis, CanaryRequest, DeployState, Deployment, DeploymentList,
+    Accepted, Action, Actor, Analysis, CanaryRequest, DeployState, Deployment, DeploymentList,
     DeploymentParams, DeploymentWebhook, EventKind, Notification, PrometheusQuery, Step, Strategy,
     SwitchRequest, SwitchStrategy, Verdict, WebhookConfig, WeightsRequest,
 };

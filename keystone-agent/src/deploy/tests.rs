@@ -206,22 +206,32 @@ fn max_traffic_waits_for_approval_and_operator_actions_follow_state() {
     assert_eq!(d.state, DeployState::AwaitingApproval);
     assert!(d.tick(9.0, &ok(40)).is_empty(), "no steps while waiting");
     assert_eq!(
-        d.act(9.5, Action::Resume).unwrap_err(),
+        d.act(9.5, Action::Resume, Actor::AdminToken).unwrap_err(),
         "cannot resume a deployment that is awaiting_approval"
     );
-    assert_eq!(d.act(10.0, Action::Promote).unwrap().kind, "promoted");
+    assert_eq!(
+        d.act(10.0, Action::Promote, Actor::AdminToken)
+            .unwrap()
+            .kind,
+        "promoted"
+    );
     assert_eq!((d.state, d.canary_percent), (DeployState::Completed, 100.0));
-    assert!(d.act(11.0, Action::Abort).is_err());
-    assert_eq!(d.act(12.0, Action::Rollback).unwrap().kind, "rolled_back");
+    assert!(d.act(11.0, Action::Abort, Actor::AdminToken).is_err());
+    assert_eq!(
+        d.act(12.0, Action::Rollback, Actor::AdminToken)
+            .unwrap()
+            .kind,
+        "rolled_back"
+    );
     assert_eq!(d.canary_percent, 0.0);
 }
 
 #[test]
 fn pause_and_resume() {
     let mut d = canary(params());
-    d.act(0.5, Action::Pause).unwrap();
+    d.act(0.5, Action::Pause, Actor::AdminToken).unwrap();
     assert!(d.tick(5.0, &ok(100)).is_empty());
-    d.act(6.0, Action::Resume).unwrap();
+    d.act(6.0, Action::Resume, Actor::AdminToken).unwrap();
     d.tick(6.1, &ok(100));
     assert_eq!(d.tick(8.5, &ok(200))[0].kind, "step");
 }
@@ -325,4 +335,22 @@ fn thresholds_are_percentages_and_fractions_are_refused() {
         "'150' is not a percentage from 0 to 100"
     );
     assert!(threshold_rate(f64::NAN, "nan").is_err());
+}
+
+/// A state file from before the audit trail has steps without `actor`: they read as
+/// the agent's own, and are written back with it.
+#[test]
+fn an_old_record_without_actor_reads_as_agent_and_round_trips() {
+    let mut d = canary(params());
+    d.tick(3.0, &ok(10));
+    let mut old = serde_json::to_value(&d).unwrap();
+    for step in old["history"].as_array_mut().unwrap() {
+        step.as_object_mut().unwrap().remove("actor");
+    }
+    let read: Deployment = serde_json::from_value(old).unwrap();
+    assert!(!read.history.is_empty());
+    assert!(read.history.iter().all(|s| s.actor == Actor::Agent));
+    let written = serde_json::to_value(&read).unwrap();
+    assert_eq!(written["history"][0]["actor"], "agent");
+    assert_eq!(serde_json::from_value::<Deployment>(written).unwrap(), read);
 }
