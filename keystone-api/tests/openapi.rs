@@ -253,6 +253,7 @@ fn every_enum_lists_the_types_words() {
             &schemas["SwitchStrategy"],
             names(SwitchStrategy::ALL),
         ),
+        ("Actor", &schemas["Actor"], names(Actor::ALL)),
         (
             "Analysis.verdict",
             &schemas["Analysis"]["properties"]["verdict"],
