@@ -350,12 +350,14 @@ pub fn deployment(d: &Deployment) -> String {
     if let Some(pipeline @ Value::Object(_)) = &d.pipeline {
         out.push_str(&format!("  pipeline {}\n", pairs(pipeline).join(" ")));
     }
-    let mut rows = vec![header(&["AT", "CANARY%", "STATE", "REASON"])];
+    // BY: who made the step (admin_token, webhook or agent).
+    let mut rows = vec![header(&["AT", "CANARY%", "STATE", "BY", "REASON"])];
     for s in &d.history {
         rows.push(vec![
             or_dash(Some(&s.at)),
             percent(s.canary_percent),
             s.state.to_string(),
+            s.actor.to_string(),
             or_dash(Some(&s.reason)),
         ]);
     }
@@ -512,8 +514,8 @@ api  VIP 198.18.0.10:80/tcp  mode nat  strategy canary  active environment -  de
             "params": {"increment": 10.0, "initial_traffic": 10.0},
             "analysis": {"success_rate": 0.985, "samples": 240, "verdict": "pass", "source": "health probes"},
             "history": [
-                {"at": "2026-11-21T21:00:00Z", "canary_percent": 10.0, "state": "progressing", "reason": "started"},
-                {"at": "2026-11-21T21:00:02Z", "canary_percent": 50.0, "state": "awaiting_approval", "reason": "reached max_traffic 50%"}
+                {"at": "2026-11-21T21:00:00Z", "canary_percent": 10.0, "state": "progressing", "reason": "started", "actor": "webhook"},
+                {"at": "2026-11-21T21:00:02Z", "canary_percent": 50.0, "state": "awaiting_approval", "reason": "reached max_traffic 50%", "actor": "agent"}
             ],
             "started_at": "2026-11-21T21:00:00Z", "updated_at": "2026-11-21T21:00:02Z",
             "finished_at": null, "pipeline": {"id": "4711"}
@@ -545,7 +547,7 @@ d-7  api     canary    1.24.0   awaiting_approval  50%      98.5% of 240 (pass) 
         assert!(detail.contains("  params increment=10.0 initial_traffic=10.0\n"));
         assert!(detail.contains("  pipeline id=4711\n"));
         assert!(detail.ends_with(
-            "  AT                    CANARY%  STATE              REASON\n  2026-11-21T21:00:00Z  10%      progressing        started\n  2026-11-21T21:00:02Z  50%      awaiting_approval  reached max_traffic 50%\n"
+            "  AT                    CANARY%  STATE              BY       REASON\n  2026-11-21T21:00:00Z  10%      progressing        webhook  started\n  2026-11-21T21:00:02Z  50%      awaiting_approval  agent    reached max_traffic 50%\n"
         ), "{detail}");
     }
 
