@@ -2,9 +2,8 @@
 //! token, the signed webhook, or the agent's own engine.
 
 use axum::http::StatusCode;
-use keystone_common::{Endpoint, PROTO_TCP};
 
-use super::{Harness, TOKEN, WEBHOOK_SECRET, json};
+use super::{Harness, TOKEN, WEBHOOK_SECRET, canary_analysis::canary_rolls_back_on, json};
 
 const START: &str = r#"{"service":"web","version":"1.1.0","interval":"1h","min_samples":10}"#;
 
@@ -75,26 +74,17 @@ async fn a_deployment_started_by_the_webhook_records_webhook() {
 
 #[tokio::test]
 async fn an_automatic_rollback_records_agent() {
-    let h = Harness::new();
-    let (id, _) = start_with_admin_token(&h).await;
-    h.state.agent.tick(); // baseline
-    let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
-    let green = Endpoint::new("198.18.12.2:8080".parse().unwrap(), PROTO_TCP);
     let failing = keystone_common::L4Counters {
         syn: 20,
         syn_ack: 2,
-        rst: 18,
-        established: 2,
         ..Default::default()
     };
-    h.fake.counters.lock().unwrap().backend_l4 = vec![(vip, green, failing)];
-    h.state.agent.tick();
+    let (h, id) = canary_rolls_back_on(failing, "tcp handshakes 0/20").await;
     let (_, body) = h
         .call("GET", &format!("/deployments/{id}"), Some(TOKEN))
         .await;
     let d = json(&body);
     let last = d["history"].as_array().unwrap().last().unwrap();
-    assert_eq!(d["state"], "rolled_back", "{body}");
     assert_eq!(last["actor"], "agent", "{last}");
     assert_eq!(d["history"][0]["actor"], "admin_token", "{body}");
 }
