@@ -91,7 +91,17 @@ pub(super) fn deserialize_all(text: &str, index: &Index) -> Collected {
     for path in unknown {
         let line = yaml_lines::line_of(&index.lines, &path);
         let top_level = !path.contains(['.', '[']);
-        if top_level {
+        if path.is_empty() {
+            // A bare `?` (or `: value`): a key with no name to show or to match.
+            collected.errors.push(Problem {
+                field: "(key with no name)".to_owned(),
+                line,
+                reason: format!(
+                    "a top-level key with no name; known: {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            });
+        } else if top_level {
             let hint = TOP_LEVEL_KEYS
                 .iter()
                 .find(|known| known.starts_with(path.as_str()) || path.starts_with(*known))

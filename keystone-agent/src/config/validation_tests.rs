@@ -67,6 +67,20 @@ fn every_type_error_is_reported_at_once_with_its_line() {
     assert_eq!(p.len(), 6, "{p:#?}");
 }
 
+/// A bare `?` is a YAML key with no name: named as such, never an empty field or
+/// a guess at what was meant (found by `arbitrary_config_text_never_panics`).
+#[test]
+fn a_top_level_key_with_no_name_is_named_as_such() {
+    let p = problems("?\n");
+    let unknown = find(&p, "(key with no name)");
+    assert!(
+        unknown.reason.starts_with("a top-level key with no name"),
+        "{}",
+        unknown.reason
+    );
+    assert!(p.iter().all(|p| !p.field.is_empty()), "{p:#?}");
+}
+
 #[test]
 fn an_unknown_top_level_key_and_no_tenant_are_errors() {
     let text = "tenant:\n  - name: api\n    listen: 198.18.0.10:80\n";
