@@ -364,11 +364,12 @@ impl Rollouts {
         req: CanaryRequest,
         actor: Actor,
     ) -> Result<Deployment, DeployError> {
-        deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
-        let config = self.live.get();
-        let tenant = strategy::tenant(&config, &req.service, "service")?;
-        let runtime = self.runtime();
-        let start = strategy::canary(tenant, &runtime, req)?;
+        let (runtime, start) = self.build_start(
+            // Owned copies: `req` itself moves into the builder.
+            req.pipeline.clone().as_ref(),
+            &req.service.clone(),
+            |tenant, runtime| strategy::canary(tenant, runtime, req),
+        )?;
         self.launch(runtime, start, "started", actor)
     }
 
@@ -378,17 +379,37 @@ impl Rollouts {
         req: SwitchRequest,
         actor: Actor,
     ) -> Result<Deployment, DeployError> {
-        deploy::check_pipeline(req.pipeline.as_ref()).map_err(|e| invalid("pipeline", e))?;
-        let config = self.live.get();
-        let tenant = strategy::tenant(&config, &req.service, "service")?;
-        let runtime = self.runtime();
-        let start = strategy::switch(tenant, &runtime, req)?;
+        let (runtime, start) = self.build_start(
+            // Owned copies: `req` itself moves into the builder.
+            req.pipeline.clone().as_ref(),
+            &req.service.clone(),
+            |tenant, runtime| strategy::switch(tenant, runtime, req),
+        )?;
         let d = self.launch(runtime, start, "started; validating the idle side", actor)?;
         self.spawn_validation(d.id.clone());
         Ok(d)
     }
 
     /// Records, applies, persists and announces a new deployment.
+    /// What every start does first: checks the pipeline object, finds the tenant in
+    /// the live config and builds the start under the runtime lock (returned held).
+    fn build_start(
+        &self,
+        pipeline: Option<&serde_json::Value>,
+        service: &str,
+        build: impl FnOnce(
+            &crate::config::ResolvedTenant,
+            &PersistedState,
+        ) -> Result<deploy::Start, DeployError>,
+    ) -> Result<(MutexGuard<'_, PersistedState>, deploy::Start), DeployError> {
+        deploy::check_pipeline(pipeline).map_err(|e| invalid("pipeline", e))?;
+        let config = self.live.get();
+        let tenant = strategy::tenant(&config, service, "service")?;
+        let runtime = self.runtime();
+        let start = build(tenant, &runtime)?;
+        Ok((runtime, start))
+    }
+
     fn launch(
         &self,
         mut runtime: MutexGuard<'_, PersistedState>,
