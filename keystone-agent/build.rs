@@ -34,11 +34,42 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded here; nothing reads the environment
     // concurrently.
     unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
-    aya_build::build_ebpf(
-        [Package { name: "keystone-ebpf", root_dir, ..Default::default() }],
-        Toolchain::default(),
-    )
-    .context("building the XDP program (keystone-ebpf) failed; `cargo xtask setup` installs the toolchain it needs")
+    let package = Package {
+        name: "keystone-ebpf",
+        root_dir,
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], Toolchain::default())
+    .context("building the XDP program (keystone-ebpf) failed; `cargo xtask setup` installs the toolchain it needs")?;
+    ab_variants(root_dir)
+}
+
+/// `bench packet`'s A/B variants (keystone-ebpf's `ab` feature) into `OUT_DIR/ab`, so
+/// they never replace the agent's object: aya-build writes to `OUT_DIR`, which is
+/// pointed there for this one build.
+fn ab_variants(root_dir: &str) -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
+    let ab_dir = out_dir.join("ab");
+    std::fs::create_dir_all(&ab_dir).with_context(|| format!("mkdir {}", ab_dir.display()))?;
+    // aya-build's cargo target dir is `OUT_DIR/aya-build`: share the first build's,
+    // so core and the dependencies are not built twice.
+    let shared = ab_dir.join("aya-build");
+    if !shared.exists() {
+        std::os::unix::fs::symlink(out_dir.join("aya-build"), &shared)
+            .with_context(|| format!("symlink {}", shared.display()))?;
+    }
+    let package = Package {
+        name: "keystone-ebpf",
+        root_dir,
+        features: &["ab"],
+        ..Default::default()
+    };
+    // SAFETY: as above (single-threaded build script).
+    unsafe { env::set_var("OUT_DIR", &ab_dir) };
+    let built = aya_build::build_ebpf([package], Toolchain::default());
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built.context("building the A/B variants of the XDP program (keystone-ebpf, feature ab) failed")
 }
 
 /// `KEYSTONE_GIT_COMMIT`: the checkout's short commit, or `unknown` outside a git

@@ -15,14 +15,19 @@ use std::{
     time::Duration,
 };
 
-use keystone_api::{CanaryRequest, Reloaded, Status, SwitchRequest, Tenant as TenantView};
+use keystone_api::{
+    AnnounceStatus, CanaryRequest, Plan, PlanRequest, Reloaded, Status, SwitchRequest,
+    Tenant as TenantView,
+};
 
 use crate::{
     admin_token::AdminToken,
+    announce::Announcer,
     config::LoadedConfig,
     dataplane::{Counters, Dataplane, LoadError, MapAccessError, pins::PinWatch},
     deploy::{Action, Actor, Deployment},
     deploy_metrics::DeploymentMetrics,
+    fleet::{Apply, Fleet},
     health::HealthChecker,
     live::LiveConfig,
     persist::Persistence,
@@ -53,6 +58,12 @@ pub struct Agent {
     reload_lock: tokio::sync::Mutex<()>,
     /// The admin API's token, resolved again by every reload.
     admin_token: OnceLock<AdminToken>,
+    /// The fleet this gateway is a member of (`fleet:` in the config).
+    fleet: Option<Arc<Fleet>>,
+    /// BGP announcements (idle without a `bgp:` block).
+    announcer: Arc<Announcer>,
+    /// Where the last change through the admin API spent its time.
+    last_change: std::sync::Mutex<crate::change_timing::Stages>,
 }
 
 impl Agent {
@@ -63,10 +74,25 @@ impl Agent {
         dataplane: Box<dyn Dataplane>,
         store: Option<Store>,
     ) -> Result<Arc<Agent>, StartError> {
+        Agent::start_in_fleet(config, dataplane, store, None)
+    }
+
+    /// [`Agent::start`] as a member of `fleet`: it forwards its saved state until
+    /// the fleet's (see [`Agent::fleet_task`]) replaces it.
+    pub fn start_in_fleet(
+        config: LoadedConfig,
+        dataplane: Box<dyn Dataplane>,
+        store: Option<Store>,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Result<Arc<Agent>, StartError> {
         let persistence = Persistence::new(store);
         let mut state = persistence.load_state();
         if persistence.state_was_unreadable() {
             keep_pinned_split(&config, dataplane.as_ref(), &persistence, &mut state);
+        }
+        let announcer = Arc::new(Announcer::new());
+        if let Some(saved) = persistence.load_drain() {
+            announcer.restore_drain(saved);
         }
         let health = Arc::new(HealthChecker::default());
         health.restore(persistence.load_health());
@@ -74,14 +100,17 @@ impl Agent {
         let live = Arc::new(LiveConfig::new(config));
         let reconciler = Arc::new(Reconciler::new(dataplane));
         let deploy_metrics = Arc::new(DeploymentMetrics::new());
-        let rollouts = Arc::new(Rollouts::new(
-            state,
-            persistence,
-            deploy_metrics.clone(),
-            live.clone(),
-            reconciler.clone(),
-            health.clone(),
-        ));
+        let rollouts = Arc::new(
+            Rollouts::new(
+                state,
+                persistence,
+                deploy_metrics.clone(),
+                live.clone(),
+                reconciler.clone(),
+                health.clone(),
+            )
+            .in_fleet(fleet.clone()),
+        );
         rollouts.resume()?;
         Ok(Arc::new(Agent {
             live,
@@ -92,7 +121,21 @@ impl Agent {
             deploy_metrics,
             reload_lock: tokio::sync::Mutex::new(()),
             admin_token: OnceLock::new(),
+            fleet,
+            announcer,
+            last_change: Default::default(),
         }))
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// The fleet and how its states are applied here, for `fleet::run`.
+    pub fn fleet_task(&self) -> Option<(Arc<Fleet>, Apply)> {
+        let rollouts = self.rollouts.clone();
+        let apply: Apply = Arc::new(move |revision, state| rollouts.apply_shared(revision, state));
+        Some((self.fleet.clone()?, apply))
     }
 
     /// The running config (shared, not copied).
@@ -110,6 +153,18 @@ impl Agent {
     /// waited many times longer than others.
     pub async fn change_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.reload_lock.lock().await
+    }
+
+    /// Where the last change through the admin API spent its time, by stage.
+    pub fn last_change(&self) -> crate::change_timing::Stages {
+        self.last_change
+            .lock()
+            .expect("last change lock poisoned")
+            .clone()
+    }
+
+    pub fn set_last_change(&self, stages: crate::change_timing::Stages) {
+        *self.last_change.lock().expect("last change lock poisoned") = stages;
     }
 
     pub fn health(&self) -> &HealthChecker {
@@ -190,6 +245,24 @@ impl Agent {
         self.rollouts.act(id, action, actor)
     }
 
+    /// Starts a coordinated plan (see [`crate::orchestration`]).
+    pub fn start_plan(&self, req: PlanRequest, actor: Actor) -> Result<Plan, DeployError> {
+        self.rollouts.start_plan(req, actor)
+    }
+
+    pub fn abort_plan(&self, id: &str, actor: Actor) -> Result<Plan, DeployError> {
+        self.rollouts.abort_plan(id, actor)
+    }
+
+    /// Newest first.
+    pub fn plans(&self) -> Vec<Plan> {
+        self.rollouts.plans()
+    }
+
+    pub fn plan(&self, id: &str) -> Result<Plan, DeployError> {
+        self.rollouts.plan(id)
+    }
+
     pub fn deployments(&self) -> Vec<Deployment> {
         self.rollouts.deployments()
     }
@@ -221,7 +294,71 @@ impl Agent {
 
     /// Detaches the data plane (or leaves it forwarding); see `Dataplane::shutdown`.
     pub fn shutdown_dataplane(&self, keep_forwarding: bool) -> Result<(), LoadError> {
+        // Routes first: once BIRD withdrew them, the routers stop sending flows here.
+        if !keep_forwarding {
+            self.announcer.stop();
+            self.announce();
+        }
         self.reconciler.shutdown(keep_forwarding)
+    }
+
+    /// Announces or withdraws VIPs to match the data plane, health and drain state
+    /// (see [`crate::announce`]); without a `bgp:` block, only empties the routes
+    /// file an earlier config had.
+    pub fn announce(&self) {
+        self.announce_then(|_, _| ());
+    }
+
+    /// One announcement update, after `first` (given the `bgp:` block and the new
+    /// connections so far); saves the drain when it changed.
+    fn announce_then(&self, first: impl FnOnce(&crate::config::BgpConfig, u64)) {
+        let config = self.config();
+        let bgp = config.config.bgp.as_ref();
+        if bgp.is_none() && !self.announcer.withdrawing_stale(None) {
+            return;
+        }
+        let counters = self.counters().ok();
+        let inputs = crate::announce::inputs::gather(&config, &self.health, counters.as_ref());
+        if let Some(bgp) = bgp {
+            first(bgp, inputs.new_connections);
+        }
+        self.announcer.update(bgp, inputs);
+        if let Some(drain) = self.announcer.drain_to_save()
+            && self.persistence().save_drain(&drain)
+        {
+            self.announcer.drain_saved(drain);
+        }
+    }
+
+    /// Withdraws every VIP, then watches for new connections to stop (bounded by
+    /// `timeout`, else the config's `bgp.drain_timeout`). `None` without `bgp:`.
+    pub fn drain(&self, timeout: Option<Duration>) -> Option<AnnounceStatus> {
+        self.config().config.bgp.as_ref()?;
+        self.announce_then(|bgp, new_connections| {
+            self.announcer
+                .start_drain(timeout.unwrap_or(bgp.drain_timeout()), new_connections)
+        });
+        self.announce_status()
+    }
+
+    /// Announces again what qualifies. `None` without `bgp:`.
+    pub fn undrain(&self) -> Option<AnnounceStatus> {
+        self.config().config.bgp.as_ref()?;
+        self.announcer.undrain();
+        self.announce();
+        self.announce_status()
+    }
+
+    /// `status.announce`: `None` without `bgp:` (unless the routes file an earlier
+    /// config named is still to be emptied).
+    pub fn announce_status(&self) -> Option<AnnounceStatus> {
+        let config = self.config();
+        let bgp = config.config.bgp.as_ref();
+        (bgp.is_some() || self.announcer.withdrawing_stale(bgp)).then(|| self.announcer.status())
+    }
+
+    pub fn announcer(&self) -> &Arc<Announcer> {
+        &self.announcer
     }
 
     /// Pins again whatever was removed from the pin directory under the running agent
@@ -252,12 +389,15 @@ impl Agent {
         let views = self
             .rollouts
             .with_state(|runtime| crate::status::tenant_views(&live.config, runtime, &self.health));
-        Ok(crate::status::status(
+        let mut status = crate::status::status(
             &live,
             views,
             &now,
             &self.samples,
             self.persistence().status(),
-        ))
+        );
+        status.fleet = self.fleet.as_ref().map(|f| f.status());
+        status.announce = self.announce_status();
+        Ok(status)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use keystone_common::Endpoint;
 
 use crate::{
-    config::{ForwardingMode, PrometheusQuery, Protocol, ResolvedTenant},
+    config::{ForwardingMode, PrometheusQuery, Protocol, ProtocolNumber, ResolvedTenant},
     dataplane::Counters,
     deploy::{Deployment, Samples, Signals},
     health::{HealthChecker, HealthState},

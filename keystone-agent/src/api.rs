@@ -16,14 +16,15 @@ use axum::{
     routing::{get, post},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use keystone_api::HealthStatus;
 use prometheus::Registry;
-use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{
     agent::{Agent, DeployError, ReloadError},
     config::{Problem, Strategy},
     deploy::{Action, Actor, Deployment},
+    fleet::FleetError,
     requests::{self, RequestError},
     token_role::Role,
     webhook::{WebhookError, WebhookVerifier, parse_webhook},
@@ -64,10 +65,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.error });
-        if !self.problems.is_empty() {
-            body["problems"] = json!(self.problems);
-        }
+        let body = keystone_api::ErrorBody {
+            error: self.error,
+            problems: self.problems.into_iter().map(Into::into).collect(),
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -82,6 +83,7 @@ impl From<ReloadError> for ApiError {
             | ReloadError::NeedsRestart { .. }
             | ReloadError::Dataplane(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ReloadError::Unsaved(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ReloadError::Fleet(e) => fleet_status(e),
         };
         ApiError {
             status,
@@ -103,17 +105,27 @@ impl From<RequestError> for ApiError {
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> ApiError {
         let status = match &e {
-            DeployError::UnknownTenant { .. } | DeployError::UnknownDeployment { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            DeployError::UnknownTenant { .. }
+            | DeployError::UnknownDeployment { .. }
+            | DeployError::UnknownPlan { .. } => StatusCode::NOT_FOUND,
             DeployError::AlreadyRunning { .. } | DeployError::NotAllowed { .. } => {
                 StatusCode::CONFLICT
             }
             DeployError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             DeployError::Dataplane(_) => StatusCode::INTERNAL_SERVER_ERROR,
             DeployError::Unsaved(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DeployError::Fleet(e) => fleet_status(e),
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// A change the fleet refused: 409 for a lost race, 503 while etcd cannot take it.
+fn fleet_status(e: &FleetError) -> StatusCode {
+    match e {
+        FleetError::Conflict => StatusCode::CONFLICT,
+        FleetError::Setup { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -131,11 +143,16 @@ pub fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/status", get(status))
         .route("/admin/reload", post(reload))
+        .route("/admin/drain", post(drain))
+        .route("/admin/undrain", post(undrain))
         .route("/tenants", get(tenants))
         .route("/tenants/{name}/weights", post(set_weights))
         .route("/deployments", get(deployments))
         .route("/deployments/canary", post(start_canary))
         .route("/deployments/blue-green/switch", post(start_switch))
+        .route("/deployments/plans", get(plans).post(start_plan))
+        .route("/deployments/plans/{id}", get(plan))
+        .route("/deployments/plans/{id}/abort", post(abort_plan))
         .route("/deployments/{id}", get(deployment))
         .route("/deployments/{id}/{action}", post(act))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -150,12 +167,32 @@ pub fn router(state: ApiState) -> Router {
         .route("/ui", get(crate::status_page::page))
         .merge(authed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), mark_stale))
         .layer(middleware::from_fn(read_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
         .with_state(state)
+}
+
+/// Marks every answer of a gateway that cannot follow its fleet with
+/// [`keystone_api::STALE_HEADER`] and the reason: what it answers is its last applied
+/// state, maybe not the fleet's.
+async fn mark_stale(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(reason) = state.agent.fleet().and_then(|f| f.stale_reason()) {
+        // A header carries visible ASCII only.
+        let text: String = reason
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+            .collect();
+        let value = header::HeaderValue::from_str(&text).expect("visible ASCII is a header value");
+        response
+            .headers_mut()
+            .insert(keystone_api::STALE_HEADER, value);
+    }
+    response
 }
 
 /// Reads the whole body before any handler runs, within [`MAX_BODY`] and
@@ -234,19 +271,26 @@ async fn require_token(
 
 /// `status` is `degraded` while a file the agent must keep cannot be written (the
 /// `persistence` object says which and why); the agent still serves and forwards.
-async fn health(State(state): State<ApiState>) -> Json<serde_json::Value> {
+async fn health(State(state): State<ApiState>) -> Json<keystone_api::Health> {
     let persistence = state.agent.persistence().status();
-    let mut body = json!({
-        "status": if persistence.saved { "ok" } else { "degraded" },
-        "config_generation": state.agent.generation(),
-        "persistence": persistence,
-    });
     // Forwarding would not survive the agent's exit: still 200 (the agent serves), but said.
-    if let Some(problem) = state.agent.pin_watch().and_then(|w| w.problem()) {
-        body["status"] = json!("degraded");
-        body["problems"] = json!([problem]);
-    }
-    Json(body)
+    let problems: Vec<String> = state
+        .agent
+        .pin_watch()
+        .and_then(|w| w.problem())
+        .into_iter()
+        .collect();
+    let status = if persistence.saved && problems.is_empty() {
+        HealthStatus::Ok
+    } else {
+        HealthStatus::Degraded
+    };
+    Json(keystone_api::Health {
+        status,
+        config_generation: state.agent.generation(),
+        problems,
+        persistence: persistence.into(),
+    })
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
@@ -287,9 +331,16 @@ async fn change<T: Send + 'static>(
     state: &ApiState,
     f: impl FnOnce(&Arc<Agent>) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    let entered = std::time::Instant::now();
     let agent = state.agent.clone();
     let _turn = agent.change_turn().await;
-    blocking(state, f).await
+    blocking(state, move |agent| {
+        crate::change_timing::begin(entered);
+        let answer = f(agent);
+        agent.set_last_change(crate::change_timing::end());
+        answer
+    })
+    .await
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<keystone_api::Status>, ApiError> {
@@ -306,6 +357,43 @@ async fn status(State(state): State<ApiState>) -> Result<Json<keystone_api::Stat
 
 async fn reload(State(state): State<ApiState>) -> Result<Json<keystone_api::Reloaded>, ApiError> {
     Ok(Json(state.agent.reload().await?))
+}
+
+/// `POST /admin/drain` (body optional: `{"timeout_seconds": N}`): 202 with the
+/// announce status once BIRD was told to withdraw; 409 without a `bgp:` block.
+async fn drain(State(state): State<ApiState>, payload: Bytes) -> Result<Response, ApiError> {
+    let request: keystone_api::DrainRequest = if payload.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        // Through axum's reader, like every other body: the error names the field.
+        body(Json::from_bytes(&payload))?
+    };
+    let timeout = match request.timeout_seconds {
+        None => None,
+        Some(s) => Some(Duration::try_from_secs_f64(s).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("timeout_seconds: {s} is not a number of seconds ≥ 0"),
+            )
+        })?),
+    };
+    let status = change(&state, move |agent| agent.drain(timeout)).await?;
+    announce_answer(status)
+}
+
+/// `POST /admin/undrain`: announce again what qualifies.
+async fn undrain(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    announce_answer(change(&state, |agent| agent.undrain()).await?)
+}
+
+fn announce_answer(status: Option<keystone_api::AnnounceStatus>) -> Result<Response, ApiError> {
+    let status = status.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "this agent announces no VIPs: its config has no `bgp:` block",
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
 async fn tenants(
@@ -387,6 +475,37 @@ async fn act(
     Ok(Json(d.view()))
 }
 
+async fn start_plan(
+    State(state): State<ApiState>,
+    Extension(role): Extension<Role>,
+    payload: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = requests::plan(body(payload)?)?;
+    let plan = change(&state, move |agent| agent.start_plan(req, role.actor())).await??;
+    Ok((StatusCode::ACCEPTED, Json(plan)).into_response())
+}
+
+async fn plans(State(state): State<ApiState>) -> Result<Json<keystone_api::PlanList>, ApiError> {
+    let plans = blocking(&state, |agent| agent.plans()).await?;
+    Ok(Json(keystone_api::PlanList { plans }))
+}
+
+async fn plan(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<keystone_api::Plan>, ApiError> {
+    Ok(Json(blocking(&state, move |agent| agent.plan(&id)).await??))
+}
+
+async fn abort_plan(
+    State(state): State<ApiState>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+) -> Result<Json<keystone_api::Plan>, ApiError> {
+    let plan = change(&state, move |agent| agent.abort_plan(&id, role.actor())).await??;
+    Ok(Json(plan))
+}
+
 /// The signed CI webhook: verify, parse, then start what it asks for.
 async fn webhook(
     State(state): State<ApiState>,
@@ -402,8 +521,10 @@ async fn webhook(
     };
     // Off the async workers: accepting a signature fsyncs the replay file.
     let (check, body) = (verifier.clone(), raw.clone());
+    let fleet = state.agent.fleet().cloned();
     let mut verified = tokio::task::spawn_blocking(move || {
-        check.verify(&headers, &body, std::time::SystemTime::now())
+        let now = std::time::SystemTime::now();
+        check.verify_in(&headers, &body, now, fleet.as_deref())
     })
     .await
     .map_err(|e| {
@@ -419,14 +540,14 @@ async fn webhook(
             .record(crate::persist::File::WebhookReplay, verified);
     }
     verified.map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    // A refused step parameter is named where the webhook has it (`config.interval`).
     let hook = parse_webhook(&raw).map_err(|e| ApiError::new(e.status(), e.to_string()))?;
-    // `parse_webhook` has checked `config` is an object or absent; a refusal names
-    // the parameter where the webhook has it (`config.interval`).
-    let config = requests::webhook_config(hook.config.clone().unwrap_or_else(|| json!({})))?;
+    let config = hook.config.unwrap_or_default();
     let mut params = config.params;
-    let deployment = match hook.strategy() {
+    let deployment = match hook.strategy {
+        Strategy::Unknown => unreachable!("parse_webhook refuses a strategy it does not know"),
         Strategy::Canary | Strategy::Rolling => {
-            if hook.strategy() == Strategy::Rolling {
+            if hook.strategy == Strategy::Rolling {
                 // A rolling update is a canary that goes all the way without approval.
                 params.max_traffic = Some(100.0);
             }

@@ -91,12 +91,30 @@ impl Harness {
     /// As `with_state_file`, on `fake` (which may hold a pinned data plane).
     fn with_pinned(state: Option<&str>, fake: FakeDataplane) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keystone.yaml");
-        std::fs::write(&path, config_text(90, 10)).unwrap();
+        std::fs::write(dir.path().join("keystone.yaml"), config_text(90, 10)).unwrap();
         if let Some(state) = state {
             std::fs::create_dir_all(dir.path().join("state")).unwrap();
             std::fs::write(dir.path().join("state/state.json"), state).unwrap();
         }
+        Harness::start_in(dir, fake)
+    }
+
+    /// An agent whose config file holds `config`.
+    fn with_config(config: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keystone.yaml"), config).unwrap();
+        Harness::start_in(dir, FakeDataplane::default())
+    }
+
+    /// A new agent on the same files, as after a SIGKILL (nothing saved on the way
+    /// out), on a fresh data plane.
+    fn restart(self) -> Harness {
+        Harness::start_in(self._dir, FakeDataplane::default())
+    }
+
+    /// An agent started on `dir`'s `keystone.yaml` and `state/`.
+    fn start_in(dir: tempfile::TempDir, fake: FakeDataplane) -> Harness {
+        let path = dir.path().join("keystone.yaml");
         let store = crate::store::Store::new(dir.path().join("state"));
         let agent = Agent::start(
             LoadedConfig::load(&path).unwrap(),
@@ -157,6 +175,31 @@ impl Harness {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
+    /// Writes `config` and reloads it; it must be accepted.
+    async fn reload_with(&self, config: &str) {
+        self.write(config);
+        let (status, body) = self.call("POST", "/admin/reload", Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Asks for a blue/green switch of tenant `web` to green; it must be accepted.
+    /// Returns the answer and the deployment's id.
+    async fn switch_web_to_green(&self) -> (serde_json::Value, String) {
+        let (status, body) = self
+            .send(
+                "POST",
+                "/deployments/blue-green/switch",
+                Some(TOKEN),
+                &[],
+                r#"{"service":"web","to":"green"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let answer = json(&body);
+        let id = answer["deployment_id"].as_str().unwrap().to_owned();
+        (answer, id)
+    }
+
     fn live_weights(&self) -> Vec<u32> {
         let applied = self.fake.applied.lock().unwrap();
         applied.last().unwrap()[0]
@@ -189,6 +232,13 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// An error answer read as keystone-api's `ErrorBody`, which must be all of it.
+fn error_body(body: &str) -> keystone_api::ErrorBody {
+    let typed: keystone_api::ErrorBody = serde_json::from_str(body).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), json(body), "{body}");
+    typed
+}
+
 fn percents(weights: &[u32]) -> Vec<f64> {
     let total: u64 = weights.iter().map(|w| *w as u64).sum();
     weights
@@ -206,10 +256,13 @@ mod audit;
 mod bodies;
 mod canary;
 mod canary_analysis;
+mod drain;
 mod input_props;
 mod metrics;
+mod plans;
 mod read_token;
 mod reload;
+mod save_apply;
 mod seed_switch;
 mod state_file;
 mod switch;

@@ -15,9 +15,11 @@ use crate::{
     yaml_lines,
 };
 
+mod bgp;
 mod check;
 mod collect;
 mod duration;
+mod fleet;
 mod params;
 mod problem;
 mod resolve;
@@ -32,8 +34,10 @@ mod validate;
 #[cfg(test)]
 mod validation_tests;
 
+pub use bgp::{BgpConfig, DEFAULT_DRAIN_TIMEOUT, find_program};
 pub use check::check_report;
 pub use duration::{DurationSpec, MAX_DURATION};
+pub use fleet::{DEFAULT_LEASE_TTL, FleetConfig, FleetTls, check_gateway_id};
 pub use params::{
     DEFAULT_INCREMENT, DEFAULT_INITIAL, DEFAULT_INTERVAL_SECS, DEFAULT_MIN_SAMPLES, Params,
     threshold_rate,
@@ -41,8 +45,8 @@ pub use params::{
 pub use problem::{ConfigError, Problem};
 pub use types::{
     AdminConfig, AnalysisConfig, CanaryConfig, Config, DEPLOYMENT_EVENTS, ForwardingMode,
-    HealthConfig, MAX_WEIGHT, NotificationTarget, PrometheusQuery, Protocol, Service, Stickiness,
-    Strategy, SwitchConfig, TOP_LEVEL_KEYS, Tenant, WebhookConfig,
+    HealthConfig, MAX_WEIGHT, NotificationTarget, PrometheusQuery, Protocol, ProtocolNumber,
+    Service, Stickiness, Strategy, SwitchConfig, TOP_LEVEL_KEYS, Tenant, WebhookConfig,
 };
 use validate::validate;
 pub use validate::{MIN_TOKEN_LEN, check_admin_token, check_not_all_zero, check_weight};
@@ -95,6 +99,9 @@ impl ResolvedTenant {
             mode: match self.mode {
                 ForwardingMode::Nat => mode::NAT,
                 ForwardingMode::Dsr => mode::DSR,
+                ForwardingMode::Unknown => {
+                    unreachable!("the config refuses a mode it does not know")
+                }
             },
             flags: match self.stickiness {
                 Stickiness::None => 0,

@@ -95,6 +95,8 @@ pub struct Signals {
 pub struct Deployment {
     pub id: String,
     pub tenant: String,
+    /// A word this agent does not know makes the state file unreadable, as before.
+    #[serde(deserialize_with = "keystone_api::known")]
     pub strategy: Strategy,
     pub version: Option<String>,
     pub state: DeployState,

@@ -95,7 +95,7 @@ fn deployment_labels(d: &Deployment) -> [&str; 4] {
     [
         d.tenant.as_str(),
         d.tenant.as_str(),
-        strategy_name(d),
+        d.strategy.name(),
         deployment_environment(d),
     ]
 }
@@ -106,14 +106,6 @@ pub(crate) fn deployment_environment(d: &Deployment) -> &str {
         .as_deref()
         .or(d.version.as_deref())
         .unwrap_or("")
-}
-
-fn strategy_name(d: &Deployment) -> &'static str {
-    match d.strategy {
-        crate::config::Strategy::Canary => "canary",
-        crate::config::Strategy::BlueGreen => "blue_green",
-        crate::config::Strategy::Rolling => "rolling",
-    }
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

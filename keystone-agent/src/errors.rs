@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::{
     config::{ConfigError, Problem},
     dataplane::ApplyError,
+    fleet::FleetError,
     store::StoreError,
 };
 
@@ -18,6 +19,11 @@ pub enum ReloadError {
     Dataplane(#[source] ApplyError),
     #[error("{UNSAVED}: {0}")]
     Unsaved(#[source] StoreError),
+    /// The reload changes deployments and the fleet's state could not take it.
+    #[error(
+        "the reload's changes to deployments could not be shared with the fleet, so it was not applied: {0}"
+    )]
+    Fleet(#[from] FleetError),
 }
 
 /// Why a change is refused when its state cannot be written.
@@ -29,7 +35,9 @@ impl ReloadError {
         match self {
             ReloadError::Config(e) => e.problems().to_vec(),
             ReloadError::NeedsRestart { problem, .. } => vec![problem.clone()],
-            ReloadError::Dataplane(_) | ReloadError::Unsaved(_) => Vec::new(),
+            ReloadError::Dataplane(_) | ReloadError::Unsaved(_) | ReloadError::Fleet(_) => {
+                Vec::new()
+            }
         }
     }
 }
@@ -42,6 +50,8 @@ pub enum DeployError {
     UnknownTenant { field: &'static str, tenant: String },
     #[error("no deployment with id '{id}'")]
     UnknownDeployment { id: String },
+    #[error("no plan with id '{id}'")]
+    UnknownPlan { id: String },
     #[error(
         "deployment {id} is already {state} for tenant '{tenant}'; promote, abort or roll it back first"
     )]
@@ -58,6 +68,8 @@ pub enum DeployError {
     Dataplane(#[from] ApplyError),
     #[error("{UNSAVED}: {0}")]
     Unsaved(#[source] StoreError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -489,7 +489,12 @@ impl HealthChecker {
     }
 
     pub fn is_up(&self, tenant: &str, service: &str) -> bool {
-        self.get(tenant, service).is_none_or(|h| h.is_up())
+        // Without `get`'s clone: called for every backend on every reconcile.
+        self.states
+            .lock()
+            .expect("health lock poisoned")
+            .get(&(tenant.to_owned(), service.to_owned()))
+            .is_none_or(BackendHealth::is_up)
     }
 }
 

@@ -17,11 +17,11 @@ use keystone_agent::{
     api::{ApiState, router},
     config::LoadedConfig,
     dataplane::{
-        AttachMode,
         aya_dataplane::{AyaDataplane, LoadOptions},
         interfaces,
         start::Start,
     },
+    fleet::{self, Fleet},
     open_files, secrets,
     store::Store,
     tasks::Tasks,
@@ -193,11 +193,14 @@ struct Prepared {
 
 fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     let open_files = raise_open_files_limit();
-    let interfaces = if args.interfaces.is_empty() {
-        config.config.interfaces.clone()
+    // `--interface` overrides the list; those get the top-level `attach:`.
+    let modes = if args.interfaces.is_empty() {
+        config.config.interface_modes()
     } else {
-        args.interfaces.clone()
+        let mode = config.config.attach;
+        args.interfaces.iter().map(|i| (i.clone(), mode)).collect()
     };
+    let interfaces: Vec<String> = modes.iter().map(|(i, _)| i.clone()).collect();
     if interfaces.is_empty() {
         bail!(
             "no interfaces to attach to: list them under `interfaces:` in the config or pass --interface"
@@ -229,14 +232,15 @@ fn prepare(args: &Args, config: &LoadedConfig) -> anyhow::Result<Prepared> {
     let listener = bind_admin(admin_addr)
         .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
     // Before anything is attached, so a refused config leaves nothing behind.
-    let attached =
-        interfaces::predicted_flags(&interfaces, config.config.attach == AttachMode::Generic);
+    interfaces::check_tcx(&modes).context("cannot attach the program")?;
+    let attached = interfaces::predicted_flags(&modes);
     interfaces::check_dsr_backends(&config.vip_specs(), &attached, &mut BTreeSet::new())
         .context("cannot serve the config")?;
     let (dataplane, start) = AyaDataplane::begin(LoadOptions {
         interfaces: interfaces.clone(),
         limits: config.config.limits,
         xdp_mode: config.config.attach,
+        interface_modes: modes.into_iter().collect(),
         ..LoadOptions::new(args.pin_dir.clone())
     })
     .with_context(|| format!("cannot load the XDP program onto {}", interfaces.join(", ")))?;
@@ -274,7 +278,13 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
     let listener = tokio::net::TcpListener::from_std(prepared.listener)
         .with_context(|| format!("cannot listen on admin.listen {admin_addr}"))?;
     let store = Store::new(&args.state_dir);
-    let agent = Agent::start(config, Box::new(prepared.dataplane), Some(store))
+    let fleet = match &config.config.fleet {
+        Some(f) => Some(Arc::new(
+            Fleet::connect(f).await.context("cannot join the fleet")?,
+        )),
+        None => None,
+    };
+    let agent = Agent::start_in_fleet(config, Box::new(prepared.dataplane), Some(store), fleet)
         .context("cannot start the agent")?;
     prepared
         .start
@@ -302,6 +312,9 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
     let tasks = background_tasks(&agent);
+    let fleet_run = agent
+        .fleet_task()
+        .map(|(fleet, apply)| tokio::spawn(fleet::run(fleet, apply, shutdown_rx.clone())));
     tokio::spawn(handle_signals(agent.clone(), shutdown_tx));
 
     let app = router(ApiState {
@@ -338,6 +351,12 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
         }
     }
     tasks.shutdown(GRACE).await;
+    // Last: the lease goes back, so the others stop waiting for this gateway at once.
+    if let Some(run) = fleet_run
+        && tokio::time::timeout(GRACE, run).await.is_err()
+    {
+        tracing::warn!(grace = ?GRACE, "the fleet session did not end within the grace period");
+    }
     agent
         .shutdown_dataplane(args.keep_forwarding)
         .context("cannot detach the XDP program")?;
@@ -425,8 +444,11 @@ fn background_tasks(agent: &Arc<Agent>) -> Tasks {
     let mut tasks = Tasks::new();
     tasks.every("traffic samples", SECOND, on(agent, sample_traffic));
     tasks.every("deployment ticks", TICK, on(agent, Agent::tick));
-    // Re-applies the data plane whenever a backend's health changes.
-    let health = agent.health().subscribe();
+    // Re-applies the data plane whenever a backend's health changes, and once now:
+    // checks that finished before this subscription were never followed up (their
+    // health was not saved, so a restart after a SIGKILL started without it).
+    let mut health = agent.health().subscribe();
+    health.mark_changed();
     tasks.on_change("health follow-up", health, on(agent, Agent::health_changed));
     // Deployments' Prometheus analysis queries.
     tasks.every(
@@ -440,6 +462,8 @@ fn background_tasks(agent: &Arc<Agent>) -> Tasks {
         10 * SECOND,
         on(agent, Agent::prime_neighbours),
     );
+    // BGP announcements through BIRD (see `Agent::announce`).
+    tasks.every("bgp announcements", SECOND / 2, on(agent, Agent::announce));
     // Puts back pins removed under the running agent (see `Agent::restore_pins`).
     tasks.every("pin restoring", 2 * SECOND, on(agent, Agent::restore_pins));
     tasks

@@ -10,7 +10,10 @@ use prometheus::{
     proto::MetricFamily,
 };
 
-use crate::{agent::Agent, deploy::DeployState, deploy_metrics::deployment_environment};
+use crate::{
+    agent::Agent, config::ProtocolNumber, deploy::DeployState,
+    deploy_metrics::deployment_environment,
+};
 use keystone_api::HealthState;
 
 const BACKEND_LABELS: [&str; 6] = [
@@ -47,6 +50,7 @@ struct Families {
     vip_packets: IntCounterVec,
     vip_bytes: IntCounterVec,
     vip_new: IntCounterVec,
+    vip_table_hash: IntGaugeVec,
     backend_health: IntGaugeVec,
     tcp_syn: IntCounterVec,
     tcp_syn_ack: IntCounterVec,
@@ -57,6 +61,8 @@ struct Families {
     actions: IntCounterVec,
     reasons: IntCounterVec,
     events: IntCounterVec,
+    last_apply: GaugeVec,
+    last_change: GaugeVec,
     generation: IntGauge,
 }
 
@@ -145,6 +151,12 @@ impl Families {
                 "New flows to the VIP.",
                 &["tenant", "vip"],
             ),
+            vip_table_hash: gauge_vec(
+                "keystone_vip_table_hash_info",
+                "Always 1; `hash` is the VIP's live Maglev table hash (as in `status`): \
+                 equal on every gateway that sends new flows to the same backends.",
+                &["tenant", "vip", "hash"],
+            ),
             actions: counter_vec(
                 "keystone_xdp_actions_total",
                 "Packets by XDP verdict (all packets the program saw).",
@@ -163,6 +175,28 @@ impl Families {
                  icmp_to_backend = path-MTU ICMP errors delivered to a VIP flow's backend.",
                 &["event"],
             ),
+            last_apply: GaugeVec::new(
+                Opts::new(
+                    "keystone_dataplane_last_apply_seconds",
+                    "Where the last change of a Maglev table spent its time, by phase: \
+                     prepare (validation, allocation, backends), build (Maglev), write \
+                     (the changed ring entries), flip (the VIPS write), finish (what \
+                     follows the flip).",
+                ),
+                &["phase"],
+            )
+            .expect("metric definitions are static and valid"),
+            last_change: GaugeVec::new(
+                Opts::new(
+                    "keystone_api_last_change_seconds",
+                    "Where the last change through the admin API spent its time, by stage: \
+                     queue (its turn among changes and a blocking thread), check (validation \
+                     and locks), etcd (a fleet's write), save (state.json) and apply (the data \
+                     plane), which overlap, commit (their wall time), answer (the view).",
+                ),
+                &["stage"],
+            )
+            .expect("metric definitions are static and valid"),
             generation: IntGauge::new(
                 "keystone_config_generation",
                 "Number of the live config (1 at start, +1 per reload).",
@@ -171,7 +205,7 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 19] {
+    fn collectors(&self) -> [&dyn Collector; 22] {
         [
             &self.backend_packets,
             &self.backend_bytes,
@@ -188,9 +222,12 @@ impl Families {
             &self.vip_packets,
             &self.vip_bytes,
             &self.vip_new,
+            &self.vip_table_hash,
             &self.actions,
             &self.reasons,
             &self.events,
+            &self.last_apply,
+            &self.last_change,
             &self.generation,
         ]
     }
@@ -223,6 +260,12 @@ impl Collector for DataplaneCollector {
                 f.vip_packets.with_label_values(&labels).inc_by(c.packets);
                 f.vip_bytes.with_label_values(&labels).inc_by(c.bytes);
                 f.vip_new.with_label_values(&labels).inc_by(c.new_flows);
+            }
+            if let Some((_, hash)) = counters.table_hashes.iter().find(|(v, _)| *v == vip) {
+                let hash = hash.to_string();
+                f.vip_table_hash
+                    .with_label_values(&[t.name.as_str(), vip_text.as_str(), hash.as_str()])
+                    .set(1);
             }
             for (s, b) in t.services.iter().zip(&view.backends) {
                 let address = s.address.to_string();
@@ -310,6 +353,24 @@ impl Collector for DataplaneCollector {
                 .with_label_values(&[event.name()])
                 .inc_by(counters.events[event as usize]);
         }
+        if let Some(t) = counters.last_apply {
+            for (phase, d) in [
+                ("prepare", t.prepare),
+                ("build", t.build),
+                ("write", t.write),
+                ("flip", t.flip),
+                ("finish", t.finish),
+            ] {
+                f.last_apply
+                    .with_label_values(&[phase])
+                    .set(d.as_secs_f64());
+            }
+        }
+        for (stage, d) in agent.last_change() {
+            f.last_change
+                .with_label_values(&[stage])
+                .set(d.as_secs_f64());
+        }
         f.generation.set(agent.generation() as i64);
         f.collectors()
             .iter()
@@ -343,8 +404,18 @@ pub fn registry(agent: &Arc<Agent>) -> Registry {
         .register(Box::new(agent.health().local_error_metric()))
         .expect("the health checker's metrics are registered once");
     registry
+        .register(Box::new(crate::announce::AnnounceCollector::new(
+            agent.announcer().clone(),
+        )))
+        .expect("the announcement metrics are registered once");
+    registry
         .register(Box::new(build_info()))
         .expect("keystone_build_info is registered once");
+    if let Some(fleet) = agent.fleet() {
+        registry
+            .register(Box::new(crate::fleet::FleetCollector::new(fleet.clone())))
+            .expect("the fleet's metrics are registered once");
+    }
     registry
 }
 

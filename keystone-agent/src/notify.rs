@@ -19,8 +19,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use keystone_api::EventKind;
-use serde_json::{Value, json};
+use keystone_api::{Deployment, EventKind, Notification};
 use tokio::sync::mpsc;
 
 use crate::{config::NotificationTarget, secrets::redact_url, signing::signed_headers};
@@ -56,12 +55,6 @@ impl RetryPolicy {
         self.first_backoff
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
     }
-}
-
-/// One deployment event queued for a target; sent as `{"event", "deployment", "sent_at"}`.
-struct Notification {
-    name: String,
-    deployment: Value,
 }
 
 struct Queue {
@@ -133,20 +126,23 @@ impl Notifier {
             .collect()
     }
 
-    /// Queues `event` with the deployment's JSON (keystone-api's view) for every
-    /// subscribed target, and returns at once.
-    pub fn notify(&self, event: EventKind, deployment: Value) {
-        let event = event.name();
+    /// Queues `event` with the deployment (keystone-api's view) for every subscribed
+    /// target, and returns at once; `sent_at` is set on each attempt.
+    pub fn notify(&self, event: EventKind, deployment: Deployment) {
         let queues = self.queues.lock().expect("notifier lock poisoned");
-        for queue in queues.iter().filter(|q| subscribed(&q.target, event)) {
+        for queue in queues
+            .iter()
+            .filter(|q| subscribed(&q.target, event.name()))
+        {
             let item = Notification {
-                name: event.to_owned(),
+                event,
                 deployment: deployment.clone(),
+                sent_at: String::new(),
             };
             if let Err(e) = queue.tx.try_send(item) {
                 tracing::warn!(
                     url = %redact_url(&queue.target.url),
-                    event,
+                    event = event.name(),
                     reason = %e,
                     "notification dropped: the target's queue is full or closed"
                 );
@@ -186,13 +182,13 @@ async fn deliver(
     for attempt in 1..=attempts {
         match attempt_once(client, target, event).await {
             Outcome::Delivered => {
-                tracing::debug!(url = %redact_url(&target.url), event = %event.name, attempt, "notification delivered");
+                tracing::debug!(url = %redact_url(&target.url), event = %event.event, attempt, "notification delivered");
                 return;
             }
             Outcome::Refused(status) => {
                 tracing::warn!(
                     url = %redact_url(&target.url),
-                    event = %event.name,
+                    event = %event.event,
                     attempt,
                     status,
                     "notification refused by the receiver; not retrying"
@@ -203,7 +199,7 @@ async fn deliver(
                 let wait = retry.backoff(attempt);
                 tracing::warn!(
                     url = %redact_url(&target.url),
-                    event = %event.name,
+                    event = %event.event,
                     attempt,
                     %reason,
                     retry_in = ?wait,
@@ -214,7 +210,7 @@ async fn deliver(
             Outcome::Failed(reason) => {
                 tracing::error!(
                     url = %redact_url(&target.url),
-                    event = %event.name,
+                    event = %event.event,
                     attempts,
                     %reason,
                     "notification failed; giving up"
@@ -230,12 +226,11 @@ async fn attempt_once(
     event: &Notification,
 ) -> Outcome {
     let now = SystemTime::now();
-    let body = json!({
-        "event": event.name,
-        "deployment": event.deployment,
-        "sent_at": humantime::format_rfc3339_seconds(now).to_string(),
-    });
-    let body = serde_json::to_vec(&body).expect("a JSON value serialises");
+    let body = Notification {
+        sent_at: humantime::format_rfc3339_seconds(now).to_string(),
+        ..event.clone()
+    };
+    let body = serde_json::to_vec(&body).expect("a notification serialises");
     let signature_headers = target
         .secret
         .as_ref()
@@ -273,6 +268,8 @@ mod tests {
         routing::post,
     };
 
+    use serde_json::Value;
+
     use super::*;
     use crate::{
         signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER},
@@ -281,12 +278,14 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    type Received = mpsc::UnboundedReceiver<(HeaderMap, Value)>;
+    /// Headers, the body as JSON, and the body as sent (what a signature covers).
+    type Request = (HeaderMap, Value, Bytes);
+    type Received = mpsc::UnboundedReceiver<Request>;
 
     #[derive(Clone)]
     struct Script {
         statuses: Arc<Mutex<VecDeque<u16>>>,
-        tx: mpsc::UnboundedSender<(HeaderMap, Value)>,
+        tx: mpsc::UnboundedSender<Request>,
     }
 
     /// A receiver on 127.0.0.1:0 answering `statuses` in turn (then 200), handing
@@ -303,7 +302,7 @@ mod tests {
                 post(
                     |State(s): State<Script>, headers: HeaderMap, body: Bytes| async move {
                         let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let _ = s.tx.send((headers, value));
+                        let _ = s.tx.send((headers, value, body));
                         let status = s.statuses.lock().unwrap().pop_front().unwrap_or(200);
                         StatusCode::from_u16(status).unwrap()
                     },
@@ -316,7 +315,7 @@ mod tests {
         (format!("http://{addr}/hook"), rx)
     }
 
-    async fn next(rx: &mut Received) -> (HeaderMap, Value) {
+    async fn next(rx: &mut Received) -> Request {
         tokio::time::timeout(WAIT, rx.recv())
             .await
             .expect("no notification within the time limit")
@@ -328,6 +327,14 @@ mod tests {
             url: url.to_owned(),
             secret: secret.map(str::to_owned),
             events: events.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    fn deployment(id: &str, canary_percent: f64) -> Deployment {
+        Deployment {
+            id: id.to_owned(),
+            canary_percent,
+            ..Deployment::default()
         }
     }
 
@@ -353,14 +360,13 @@ mod tests {
         let (url, mut rx) = receiver(&[]).await;
         let secret = "notification-secret-0123";
         let notifier = Notifier::with_retry(&[target(&url, Some(secret), &[])], fast());
-        notifier.notify(EventKind::Started, json!({"id": "d-1", "tenant": "api"}));
-        let (headers, body) = next(&mut rx).await;
+        notifier.notify(EventKind::Started, deployment("d-1", 0.0));
+        let (headers, body, raw) = next(&mut rx).await;
         assert_eq!(body["event"], "started");
         assert_eq!(body["deployment"]["id"], "d-1");
         let sent_at = body["sent_at"].as_str().unwrap();
         humantime::parse_rfc3339(sent_at).unwrap();
         // The receiver checks it exactly as the agent checks inbound webhooks.
-        let raw = serde_json::to_vec(&body).unwrap();
         WebhookVerifier::new(secret, Duration::from_secs(300))
             .verify(&headers, &raw, SystemTime::now())
             .unwrap();
@@ -371,8 +377,8 @@ mod tests {
     async fn target_without_secret_gets_no_signature() {
         let (url, mut rx) = receiver(&[]).await;
         let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
-        notifier.notify(EventKind::Promoted, json!({"id": "d-2"}));
-        let (headers, body) = next(&mut rx).await;
+        notifier.notify(EventKind::Promoted, deployment("d-2", 0.0));
+        let (headers, body, _) = next(&mut rx).await;
         assert_eq!(body["event"], "promoted");
         assert!(!headers.contains_key(SIGNATURE_HEADER));
         assert!(!headers.contains_key(TIMESTAMP_HEADER));
@@ -383,9 +389,9 @@ mod tests {
         let (url, mut rx) = receiver(&[500, 503]).await;
         let notifier =
             Notifier::with_retry(&[target(&url, Some("s3cret-s3cret-s3cret"), &[])], fast());
-        notifier.notify(EventKind::Step, json!({"id": "d-3", "canary_percent": 20}));
+        notifier.notify(EventKind::Step, deployment("d-3", 20.0));
         for _ in 0..3 {
-            let (headers, body) = next(&mut rx).await;
+            let (headers, body, _) = next(&mut rx).await;
             assert_eq!(body["event"], "step");
             assert!(
                 headers.contains_key(SIGNATURE_HEADER),
@@ -393,8 +399,8 @@ mod tests {
             );
         }
         // The third attempt succeeded: the next request is the next event, not a 4th try.
-        notifier.notify(EventKind::Promoted, json!({"id": "d-3"}));
-        let (_, body) = next(&mut rx).await;
+        notifier.notify(EventKind::Promoted, deployment("d-3", 0.0));
+        let (_, body, _) = next(&mut rx).await;
         assert_eq!(body["event"], "promoted");
     }
 
@@ -402,11 +408,11 @@ mod tests {
     async fn gives_up_after_four_attempts() {
         let (url, mut rx) = receiver(&[500, 500, 500, 500, 500]).await;
         let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
-        notifier.notify(EventKind::Failed, json!({"id": "d-4"}));
+        notifier.notify(EventKind::Failed, deployment("d-4", 0.0));
         for _ in 0..4 {
             assert_eq!(next(&mut rx).await.1["event"], "failed");
         }
-        notifier.notify(EventKind::Aborted, json!({"id": "d-4"}));
+        notifier.notify(EventKind::Aborted, deployment("d-4", 0.0));
         assert_eq!(next(&mut rx).await.1["event"], "aborted");
     }
 
@@ -414,8 +420,8 @@ mod tests {
     async fn client_errors_are_not_retried() {
         let (url, mut rx) = receiver(&[400]).await;
         let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
-        notifier.notify(EventKind::Started, json!({"id": "d-5"}));
-        notifier.notify(EventKind::Step, json!({"id": "d-5"}));
+        notifier.notify(EventKind::Started, deployment("d-5", 0.0));
+        notifier.notify(EventKind::Step, deployment("d-5", 0.0));
         assert_eq!(next(&mut rx).await.1["event"], "started");
         assert_eq!(
             next(&mut rx).await.1["event"],
@@ -431,18 +437,15 @@ mod tests {
             &[target(&url, None, &["promoted", "rolled_back", "step"])],
             fast(),
         );
-        notifier.notify(EventKind::Started, json!({"id": "d-6"}));
-        for percent in [10, 20, 30] {
-            notifier.notify(
-                EventKind::Step,
-                json!({"id": "d-6", "canary_percent": percent}),
-            );
+        notifier.notify(EventKind::Started, deployment("d-6", 0.0));
+        for percent in [10.0, 20.0, 30.0] {
+            notifier.notify(EventKind::Step, deployment("d-6", percent));
         }
-        notifier.notify(EventKind::Paused, json!({"id": "d-6"}));
-        notifier.notify(EventKind::RolledBack, json!({"id": "d-6"}));
+        notifier.notify(EventKind::Paused, deployment("d-6", 0.0));
+        notifier.notify(EventKind::RolledBack, deployment("d-6", 0.0));
         let mut seen = Vec::new();
         for _ in 0..5 {
-            let (_, body) = next(&mut rx).await;
+            let (_, body, _) = next(&mut rx).await;
             seen.push(format!(
                 "{}{}",
                 body["event"].as_str().unwrap(),
@@ -452,7 +455,13 @@ mod tests {
         // The first step is answered 502 and retried before the second is sent.
         assert_eq!(
             seen,
-            ["step10", "step10", "step20", "step30", "rolled_backnull"]
+            [
+                "step10.0",
+                "step10.0",
+                "step20.0",
+                "step30.0",
+                "rolled_back0.0"
+            ]
         );
     }
 
@@ -471,7 +480,7 @@ mod tests {
             ],
             fast(),
         );
-        notifier.notify(EventKind::Started, json!({"id": "d-7"}));
+        notifier.notify(EventKind::Started, deployment("d-7", 0.0));
         assert_eq!(next(&mut rx).await.1["event"], "started");
     }
 
@@ -480,11 +489,11 @@ mod tests {
         let (old_url, mut old_rx) = receiver(&[]).await;
         let (new_url, mut new_rx) = receiver(&[]).await;
         let notifier = Notifier::with_retry(&[target(&old_url, None, &[])], fast());
-        notifier.notify(EventKind::Started, json!({"id": "d-8"}));
+        notifier.notify(EventKind::Started, deployment("d-8", 0.0));
         assert_eq!(next(&mut old_rx).await.1["event"], "started");
         notifier.update_targets(&[target(&new_url, None, &[])]);
         assert_eq!(notifier.targets().len(), 1);
-        notifier.notify(EventKind::Step, json!({"id": "d-8"}));
+        notifier.notify(EventKind::Step, deployment("d-8", 0.0));
         assert_eq!(next(&mut new_rx).await.1["event"], "step");
         // The old target's task ended with its queue: its channel closes, nothing more came.
         drop(notifier);

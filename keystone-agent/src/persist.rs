@@ -14,6 +14,7 @@ use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    announce::SavedDrain,
     health::{BackendKey, HealthState},
     store::{PersistedState, STATE_VERSION, Store, StoreError, write_atomically},
 };
@@ -30,6 +31,9 @@ struct SavedHealth {
     state: HealthState,
 }
 
+/// A drain in progress or done, as saved (see `announce::SavedDrain`).
+const DRAIN_FILE: &str = "drain.json";
+
 /// How often a background save that failed is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -44,6 +48,8 @@ pub enum File {
     Health,
     /// Accepted webhook signatures (`webhook-replay.json`).
     WebhookReplay,
+    /// The BGP drain (`drain.json`).
+    Drain,
 }
 
 impl File {
@@ -53,6 +59,7 @@ impl File {
             File::Config => "config",
             File::Health => "health",
             File::WebhookReplay => "webhook_replay",
+            File::Drain => "drain",
         }
     }
 }
@@ -86,7 +93,7 @@ impl Persistence {
                 Opts::new(
                     "keystone_state_write_failures_total",
                     "Writes of the agent's files that failed (disk full, read-only, …), by file: \
-                     state, config, health, webhook_replay.",
+                     state, config, health, webhook_replay, drain.",
                 ),
                 &["file"],
             )
@@ -223,6 +230,32 @@ impl Persistence {
             .into_iter()
             .map(|h| ((h.tenant, h.service), h.address, h.state))
             .collect()
+    }
+
+    /// Saves the BGP drain; whether it was saved (else it is counted and shown, and
+    /// the caller tries again).
+    pub fn save_drain(&self, drain: &SavedDrain) -> bool {
+        let Some(store) = &self.store else {
+            return true;
+        };
+        let bytes = serde_json::to_vec_pretty(drain).expect("a drain serialises");
+        self.record(
+            File::Drain,
+            write_atomically(&store.path_of(DRAIN_FILE), &bytes),
+        )
+        .is_ok()
+    }
+
+    /// The drain a previous agent saved; `None` if there is none. An unreadable file
+    /// is logged and counts as none (the gateway then announces what is ready).
+    pub fn load_drain(&self) -> Option<SavedDrain> {
+        let path = self.store.as_ref()?.path_of(DRAIN_FILE);
+        let bytes = std::fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "saved drain unreadable; not draining")
+            })
+            .ok()
     }
 
     /// Whether a state save failed and is due to be tried again.

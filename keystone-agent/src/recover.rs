@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 
 use keystone_common::Endpoint;
 
-use crate::{config::LoadedConfig, dataplane::LiveShares, deploy::TrafficPlan};
+use crate::{
+    config::{LoadedConfig, ProtocolNumber},
+    dataplane::LiveShares,
+    deploy::TrafficPlan,
+};
 
 /// The `reason` of the plans made here (status: "weights recovered from …").
 pub const REASON: &str = "recovered from the pinned data plane";

@@ -81,6 +81,9 @@ fn needs_restart(old: &LoadedConfig, new: &LoadedConfig) -> Option<Problem> {
     if old.config.attach != new.config.attach {
         return Some(problem("attach", "how the XDP program is attached".into()));
     }
+    if old.config.fleet != new.config.fleet {
+        return Some(problem("fleet", "the fleet's etcd connection".into()));
+    }
     if old.config.admin.listen != new.config.admin.listen {
         return Some(problem("admin.listen", "the admin API address".into()));
     }

@@ -4,14 +4,14 @@
 //! (serde's flattened fields would lose the name, hence the separate pass).
 
 use keystone_api::{
-    CanaryRequest, StepParams, SwitchRequest, SwitchStrategy, WebhookConfig, WeightsRequest,
+    CanaryRequest, PlanRequest, StepParams, SwitchRequest, SwitchStrategy, WebhookConfig,
+    WeightsRequest,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::{
-    config::DurationSpec,
-    deploy::{self, Params},
+    deploy::Params,
     errors::{DeployError, invalid},
 };
 
@@ -35,6 +35,14 @@ pub fn canary(body: Value) -> Result<CanaryRequest, RequestError> {
 pub fn switch(body: Value) -> Result<SwitchRequest, RequestError> {
     let own = ["service", "from", "to", "strategy", "pipeline"];
     let (mut req, params) = read::<SwitchRequest>(body, &own, "")?;
+    req.params = params;
+    Ok(req)
+}
+
+/// `POST /deployments/plans`.
+pub fn plan(body: Value) -> Result<PlanRequest, RequestError> {
+    let own = ["orchestration", "version", "versions", "pipeline"];
+    let (mut req, params) = read::<PlanRequest>(body, &own, "")?;
     req.params = params;
     Ok(req)
 }
@@ -113,50 +121,11 @@ fn read<T: DeserializeOwned>(
     Ok((req, params))
 }
 
-/// `requested` over `p` (the tenant's config and defaults); thresholds are
-/// percentages, checked by [`deploy::threshold_rate`].
+/// `requested` over `p` (the tenant's config and defaults): the first value that
+/// does not read, else the first that breaks a rule of [`Params::problems`].
 pub fn apply(requested: &StepParams, p: &mut Params) -> Result<(), DeployError> {
-    let seconds = |field: &str, v: &keystone_api::DurationValue| {
-        let spec = match v {
-            keystone_api::DurationValue::Seconds(s) => DurationSpec::Seconds(*s),
-            keystone_api::DurationValue::Text(t) => DurationSpec::Text(t.clone()),
-        };
-        spec.parse()
-            .map(|d| d.as_secs_f64())
-            .map_err(|reason| invalid(field, reason))
-    };
-    let threshold = |field: &str, v: f64| {
-        deploy::threshold_rate(v, &v.to_string()).map_err(|reason| invalid(field, reason))
-    };
-    let r = requested;
-    if let Some(v) = r.initial_traffic {
-        p.initial_traffic = v;
-    }
-    if let Some(v) = r.increment {
-        p.increment = v;
-    }
-    if let Some(v) = &r.interval {
-        p.interval_seconds = seconds("interval", v)?;
-    }
-    if let Some(v) = r.max_traffic {
-        p.max_traffic = v;
-    }
-    if let Some(v) = r.health_threshold {
-        p.health_threshold = threshold("health_threshold", v)?;
-    }
-    if let Some(v) = r.rollback_threshold {
-        p.rollback_threshold = threshold("rollback_threshold", v)?;
-    }
-    if let Some(v) = r.min_samples {
-        p.min_samples = v;
-    }
-    if let Some(v) = &r.validation_timeout {
-        p.validation_timeout_seconds = Some(seconds("validation_timeout", v)?);
-    }
-    if let Some(v) = r.rollback_on_failure {
-        p.rollback_on_failure = v;
-    }
-    match p.problems().into_iter().next() {
+    let unread = p.apply(requested).into_iter().next();
+    match unread.or_else(|| p.problems().into_iter().next()) {
         Some((field, reason)) => Err(invalid(field, reason)),
         None => Ok(()),
     }

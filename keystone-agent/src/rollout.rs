@@ -12,11 +12,12 @@ use keystone_api::{CanaryRequest, EventKind, SwitchRequest};
 
 use crate::{
     clock::unix_now,
-    config::{LoadedConfig, PrometheusQuery, Strategy},
+    config::{LoadedConfig, PrometheusQuery},
     dataplane::{ApplyError, Counters, Dataplane},
-    deploy::{self, Action, Actor, DeployState, Deployment, TrafficPlan},
+    deploy::{self, Action, Actor, Deployment, TrafficPlan},
     deploy_metrics::DeploymentMetrics,
-    errors::{DeployError, ReloadError, invalid},
+    errors::{DeployError, invalid},
+    fleet::{Fleet, FleetError},
     health::HealthChecker,
     live::LiveConfig,
     notify::Notifier,
@@ -24,8 +25,11 @@ use crate::{
     reconcile::Reconciler,
     store::{PersistedState, StoreError},
     strategy::{self, check_not_running},
-    validation::Validation,
 };
+
+mod flip;
+mod plans;
+mod reload_effects;
 
 pub struct Rollouts {
     /// Deployments and traffic plans: what is persisted.
@@ -41,7 +45,13 @@ pub struct Rollouts {
     live: Arc<LiveConfig>,
     reconciler: Arc<Reconciler>,
     health: Arc<HealthChecker>,
+    /// The fleet this gateway shares deployments and plans with, if any (see `fleet`).
+    fleet: Option<Arc<Fleet>>,
 }
+
+/// How often a change is built again on the fleet's newer state after another
+/// gateway's write won the compare-and-swap.
+const CONFLICT_RETRIES: usize = 3;
 
 /// With the saved plans lost, keeps what the pinned data plane forwards (e.g. a
 /// finished switch) as manual weights, saved at once, instead of the config's.
@@ -89,7 +99,17 @@ impl Rollouts {
             live,
             reconciler,
             health,
+            fleet: None,
         }
+    }
+
+    /// Shares deployments and plans with `fleet` (see `fleet`).
+    pub fn in_fleet(mut self, fleet: Option<Arc<Fleet>>) -> Rollouts {
+        if let Some(fleet) = &fleet {
+            fleet.set_config(&self.live.get());
+        }
+        self.fleet = fleet;
+        self
     }
 
     /// Programs the data plane with the restored deployments and resumes their
@@ -138,24 +158,120 @@ impl Rollouts {
         self.persistence.save_state(runtime)
     }
 
-    /// Makes a change to deployments or plans final: saves it, then makes the data
-    /// plane match. If either fails, `before` is put back, so a change is live only
-    /// when it is saved too.
+    /// Makes a change to deployments or plans final: saves it and makes the data
+    /// plane match at once (the kernel's write does not wait for the fsync; the
+    /// caller's answer waits for both, so an answered change is saved). If either
+    /// fails, `before` is put back: in the file and in the data plane, which held an
+    /// unsaved change only for as long as its save took to fail.
     fn commit(
         &self,
         runtime: &mut PersistedState,
         before: PersistedState,
     ) -> Result<(), DeployError> {
-        if let Err(e) = self.persist(runtime) {
+        crate::change_timing::lap("check");
+        // In a fleet the change is made in etcd first: a refused write changes nothing.
+        let shared = match &self.fleet {
+            Some(fleet) => match fleet.write_state(runtime) {
+                Ok(revision) => Some((fleet, revision)),
+                Err(e) => {
+                    *runtime = before;
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        if shared.is_some() {
+            crate::change_timing::lap("etcd");
+        }
+        let (saved, applied) = crate::change_timing::save_while_applying(
+            || self.persist(runtime),
+            || self.reconcile(runtime),
+        );
+        // In a fleet etcd holds the change: a failed local copy is counted and shown
+        // (and saved again later), the change stands.
+        if let Err(e) = saved
+            && shared.is_none()
+        {
             *runtime = before;
+            if let Err(put_back) = self.reconcile(runtime) {
+                tracing::error!(error = %put_back, "cannot put back the data plane after a failed save");
+            }
             return Err(DeployError::Unsaved(e));
         }
-        if let Err(e) = self.reconcile(runtime) {
+        if let Err(e) = applied {
             *runtime = before;
             let _ = self.persist(runtime);
             return Err(e.into());
         }
+        if let Some((fleet, revision)) = shared {
+            self.confirm(fleet, revision);
+        }
         Ok(())
+    }
+
+    /// Runs `change` (which commits), built again on the fleet's newer state when
+    /// another gateway wrote first: of two starts for one tenant, the second then
+    /// finds the first running.
+    fn shared<R>(
+        &self,
+        mut change: impl FnMut() -> Result<R, DeployError>,
+    ) -> Result<R, DeployError> {
+        for _ in 0..CONFLICT_RETRIES {
+            match change() {
+                Err(DeployError::Fleet(FleetError::Conflict)) => self.catch_up()?,
+                other => return other,
+            }
+        }
+        change()
+    }
+
+    /// Reads the fleet's state now and makes it this gateway's.
+    fn catch_up(&self) -> Result<(), DeployError> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        Ok(self.catch_up_held(fleet, &mut self.runtime())?)
+    }
+
+    /// [`Self::catch_up`] with the runtime lock already held.
+    fn catch_up_held(&self, fleet: &Fleet, runtime: &mut PersistedState) -> Result<(), FleetError> {
+        if let Some((revision, state)) = fleet.read_state()? {
+            self.take_shared(fleet, runtime, revision, state);
+        }
+        Ok(())
+    }
+
+    /// Makes the fleet's desired state at `revision` this gateway's: the watch calls
+    /// this for every new revision.
+    pub fn apply_shared(&self, revision: i64, state: PersistedState) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let mut runtime = self.runtime();
+        self.take_shared(fleet, &mut runtime, revision, state);
+    }
+
+    /// Programs `state` into the maps and confirms `revision`; on a refusal the
+    /// previous state stays and nothing is confirmed.
+    fn take_shared(
+        &self,
+        fleet: &Fleet,
+        runtime: &mut PersistedState,
+        revision: i64,
+        state: PersistedState,
+    ) {
+        if revision <= fleet.applied_revision() {
+            return;
+        }
+        let before = std::mem::replace(runtime, state);
+        if let Err(e) = self.reconcile(runtime) {
+            tracing::error!(error = %e, revision, "cannot apply the fleet's state to the data plane");
+            *runtime = before;
+            return;
+        }
+        // The local copy lets a restart without etcd forward the last applied split.
+        let _ = self.persist(runtime);
+        self.confirm(fleet, revision);
     }
 
     /// Logs, counts and sends the events.
@@ -175,10 +291,7 @@ impl Rollouts {
                 "deployment event"
             );
             self.metrics.record(d, event.kind);
-            self.notifier.notify(
-                event.kind,
-                serde_json::to_value(d.view()).expect("deployment serialises"),
-            );
+            self.notifier.notify(event.kind, d.view());
         }
     }
 
@@ -203,44 +316,52 @@ impl Rollouts {
         self.persistence.save_health(self.health.known());
     }
 
-    /// Makes `new` the live config: what it does to deployments (see `outcome`) is
-    /// saved, and the data plane programmed, before it goes live; on any failure the
-    /// running config and runtime stay as they were. Returns the conflicts with
-    /// live outcomes.
-    pub fn adopt(&self, new: Arc<LoadedConfig>) -> Result<Vec<String>, ReloadError> {
-        let old = self.live.get();
-        let mut runtime = self.runtime();
-        let before = runtime.clone();
-        let effects = crate::outcome::after_reload(&old, &new, &mut runtime, unix_now());
-        let changed = *runtime != before;
-        if changed && let Err(e) = self.persist(&runtime) {
-            *runtime = before;
-            return Err(ReloadError::Unsaved(e));
-        }
-        if let Err(e) = self.reconciler.reconcile(&new, &runtime, &self.health) {
-            // Put back what was live; a half-applied change must not linger.
-            *runtime = before;
-            if changed {
-                let _ = self.persist(&runtime);
-            }
-            if let Err(restore) = self.reconcile(&runtime) {
-                tracing::error!(error = %restore, "could not restore the previous config in the data plane");
-            }
-            return Err(ReloadError::Dataplane(e));
-        }
-        self.live.replace(new.clone());
-        self.notifier.update_targets(&new.config.notifications);
-        self.publish(&runtime, &effects.events);
-        Ok(effects.conflicts)
-    }
-
     /// Advances every active deployment; called every `TICK`.
     pub fn tick(&self) {
-        let counters = self.reconciler.counters().ok();
+        let mut counters = self.reconciler.counters().ok();
+        // Tenants whose config differs between members hold still (see `fleet`).
+        let mut held = BTreeMap::new();
+        if let Some(fleet) = &self.fleet {
+            fleet.set_local(self.table_hashes(counters.as_ref()), counters.as_ref());
+            // Only the leader advances, on the whole fleet's counters.
+            if !fleet.may_advance() {
+                return;
+            }
+            counters = Some(fleet.fleet_counters());
+            held = fleet.config_mismatch();
+        }
         let config = self.live.get();
         let mut runtime = self.runtime();
         let now = unix_now();
-        let (events, mut changed) = self.advance(&config, &mut runtime, counters.as_ref(), now);
+        let before = self.fleet.as_ref().map(|_| runtime.clone());
+        let inputs = TickInputs {
+            counters: counters.as_ref(),
+            held: &held,
+        };
+        let (mut events, mut changed) = self.advance(&config, &mut runtime, inputs, now);
+        // Plans see this tick's deployment outcomes at once.
+        let (plan_events, plans_changed) = self.advance_plans(&config, &mut runtime, now);
+        events.extend(plan_events);
+        changed |= plans_changed;
+        if let (Some(fleet), Some(before)) = (&self.fleet, before)
+            && (changed || !events.is_empty())
+        {
+            match fleet.write_state(&runtime) {
+                Ok(revision) => {
+                    // Applied (again below with the drains, a no-op) before confirming.
+                    if let Err(e) = self.reconcile(&runtime) {
+                        tracing::error!(error = %e, "cannot apply a deployment step to the data plane");
+                    }
+                    self.confirm(fleet, revision);
+                }
+                Err(e) => {
+                    // Not shared, so not done: the next tick tries again.
+                    tracing::warn!(error = %e, "cannot share a deployment step with the fleet");
+                    *runtime = before;
+                    return;
+                }
+            }
+        }
         // A blue/green drain deadline passing changes the desired state once.
         let drains_due = self.drains_due(&runtime, now);
         // A save that failed is tried again (at most once a second) until it works.
@@ -267,24 +388,25 @@ impl Rollouts {
         self.publish(&runtime, &events);
     }
 
-    /// Ticks every active deployment with its signals; returns the events and whether
-    /// any history grew.
+    /// Ticks every active deployment with its signals (but those of `held` tenants);
+    /// returns the events and whether any history grew.
     fn advance(
         &self,
         config: &LoadedConfig,
         runtime: &mut PersistedState,
-        counters: Option<&Counters>,
+        inputs: TickInputs<'_>,
         now: f64,
     ) -> (Vec<deploy::Event>, bool) {
         let mut events = Vec::new();
         let mut changed = false;
         for d in runtime.deployments.iter_mut() {
-            if !d.state.is_running() {
+            if !d.state.is_running() || inputs.held.contains_key(&d.tenant) {
                 continue;
             }
             let signals = match config.tenants.iter().find(|t| t.name == d.tenant) {
                 Some(tenant) => {
                     let prometheus = self.prometheus_value(&d.id);
+                    let counters = inputs.counters;
                     crate::analysis::signals(tenant, d, &self.health, prometheus, counters)
                 }
                 None => Default::default(),
@@ -300,6 +422,31 @@ impl Rollouts {
             }
         }
         (events, changed)
+    }
+
+    /// Confirms to the fleet that the maps hold `revision`, with the tables' hashes
+    /// as now written (so a confirmation never carries the previous table's hash).
+    fn confirm(&self, fleet: &Fleet, revision: i64) {
+        let counters = self.reconciler.counters().ok();
+        fleet.set_local(self.table_hashes(counters.as_ref()), counters.as_ref());
+        fleet.applied(revision);
+    }
+
+    /// Per tenant, the hash of the live table this gateway forwards with.
+    fn table_hashes(&self, counters: Option<&Counters>) -> BTreeMap<String, String> {
+        let Some(counters) = counters else {
+            return BTreeMap::new();
+        };
+        self.live
+            .get()
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let vip = t.vip_endpoint();
+                let (_, hash) = counters.table_hashes.iter().find(|(v, _)| *v == vip)?;
+                Some((t.name.clone(), hash.to_string()))
+            })
+            .collect()
     }
 
     fn drained(&self) -> MutexGuard<'_, BTreeSet<String>> {
@@ -364,13 +511,16 @@ impl Rollouts {
         req: CanaryRequest,
         actor: Actor,
     ) -> Result<Deployment, DeployError> {
-        let (runtime, start) = self.build_start(
-            // Owned copies: `req` itself moves into the builder.
-            req.pipeline.clone().as_ref(),
-            &req.service.clone(),
-            |tenant, runtime| strategy::canary(tenant, runtime, req),
-        )?;
-        self.launch(runtime, start, "started", actor)
+        self.shared(|| {
+            let req = req.clone();
+            let (runtime, start) = self.build_start(
+                // Owned copies: `req` itself moves into the builder.
+                req.pipeline.clone().as_ref(),
+                &req.service.clone(),
+                |tenant, runtime| strategy::canary(tenant, runtime, req),
+            )?;
+            self.launch(runtime, start, "started", actor)
+        })
     }
 
     /// Starts a blue/green switch (see [`strategy::switch`]): validate, then flip.
@@ -379,13 +529,16 @@ impl Rollouts {
         req: SwitchRequest,
         actor: Actor,
     ) -> Result<Deployment, DeployError> {
-        let (runtime, start) = self.build_start(
-            // Owned copies: `req` itself moves into the builder.
-            req.pipeline.clone().as_ref(),
-            &req.service.clone(),
-            |tenant, runtime| strategy::switch(tenant, runtime, req),
-        )?;
-        let d = self.launch(runtime, start, "started; validating the idle side", actor)?;
+        let d = self.shared(|| {
+            let req = req.clone();
+            let (runtime, start) = self.build_start(
+                // Owned copies: `req` itself moves into the builder.
+                req.pipeline.clone().as_ref(),
+                &req.service.clone(),
+                |tenant, runtime| strategy::switch(tenant, runtime, req),
+            )?;
+            self.launch(runtime, start, "started; validating the idle side", actor)
+        })?;
         self.spawn_validation(d.id.clone());
         Ok(d)
     }
@@ -417,24 +570,8 @@ impl Rollouts {
         reason: &str,
         actor: Actor,
     ) -> Result<Deployment, DeployError> {
-        runtime.next_seq += 1;
-        let d = Deployment::new(start, runtime.next_seq, unix_now(), reason, actor);
         let before = runtime.clone();
-        runtime.plans.insert(d.tenant.clone(), TrafficPlan::of(&d));
-        runtime.deployments.push(d.clone());
-        let overflow = runtime
-            .deployments
-            .len()
-            .saturating_sub(deploy::HISTORY_LIMIT);
-        if overflow > 0 {
-            // Drop the oldest finished ones.
-            let mut dropped = 0;
-            runtime.deployments.retain(|x| {
-                let drop = dropped < overflow && !x.state.is_running();
-                dropped += usize::from(drop);
-                !drop
-            });
-        }
+        let d = record_start(&mut runtime, start, unix_now(), reason, actor);
         self.commit(&mut runtime, before)?;
         let event = deploy::Event {
             deployment_id: d.id.clone(),
@@ -444,89 +581,15 @@ impl Rollouts {
         Ok(d)
     }
 
-    fn resume_validations(self: &Arc<Self>) {
-        let pending: Vec<String> = self
-            .runtime()
-            .deployments
-            .iter()
-            .filter(|d| {
-                d.state == DeployState::Progressing
-                    && d.strategy == Strategy::BlueGreen
-                    && !d.validated
-            })
-            .map(|d| d.id.clone())
-            .collect();
-        for id in pending {
-            self.spawn_validation(id);
-        }
-    }
-
-    /// Validates the new side of switch `id` (see `validation`), then lets it flip.
-    fn spawn_validation(self: &Arc<Self>, id: String) {
-        let rollouts = self.clone();
-        tokio::spawn(async move {
-            let Some(validation) = rollouts.validation(&id) else {
-                return;
-            };
-            let result = validation.run().await;
-            rollouts.validation_done(&id, result);
-        });
-    }
-
-    fn validation(&self, id: &str) -> Option<Validation> {
-        let runtime = self.runtime();
-        let d = runtime.deployments.iter().find(|d| d.id == id)?;
-        Validation::of(&self.live.get(), d, unix_now())
-    }
-
-    fn validation_done(&self, id: &str, result: Result<(), String>) {
-        let mut runtime = self.runtime();
-        let Some(d) = runtime.deployments.iter_mut().find(|d| d.id == id) else {
-            return;
-        };
-        let events = d.validation_done(unix_now(), result);
-        if events.is_empty() {
-            return;
-        }
-        let plan = TrafficPlan::of(d);
-        let tenant = d.tenant.clone();
-        runtime.plans.insert(tenant, plan);
-        if let Err(e) = self.reconcile(&runtime) {
-            tracing::error!(error = %e, "cannot apply a blue/green flip to the data plane");
-        }
-        let _ = self.persist(&runtime);
-        self.publish(&runtime, &events);
-    }
-
     /// promote / abort / rollback / pause / resume, by `actor`.
     pub fn act(&self, id: &str, action: Action, actor: Actor) -> Result<Deployment, DeployError> {
+        self.shared(|| self.act_once(id, action, actor))
+    }
+
+    fn act_once(&self, id: &str, action: Action, actor: Actor) -> Result<Deployment, DeployError> {
         let mut runtime = self.runtime();
-        let i = runtime
-            .deployments
-            .iter()
-            .position(|d| d.id == id)
-            .ok_or_else(|| DeployError::UnknownDeployment { id: id.to_owned() })?;
-        let tenant = runtime.deployments[i].tenant.clone();
-        if action == Action::Rollback
-            && let Some(newer) = runtime.deployments[i + 1..]
-                .iter()
-                .find(|d| d.tenant == tenant)
-        {
-            return Err(DeployError::NotAllowed {
-                reason: format!(
-                    "deployment {} of the same tenant is newer; roll that one back instead",
-                    newer.id
-                ),
-            });
-        }
         let before = runtime.clone();
-        let d = &mut runtime.deployments[i];
-        let event = d
-            .act(unix_now(), action, actor)
-            .map_err(|reason| DeployError::NotAllowed { reason })?;
-        let plan = TrafficPlan::of(d);
-        let d = d.clone();
-        runtime.plans.insert(tenant, plan);
+        let (d, event) = act_on(&mut runtime, id, action, actor, unix_now())?;
         self.commit(&mut runtime, before)?;
         self.publish(&runtime, &[event]);
         Ok(d)
@@ -557,8 +620,10 @@ impl Rollouts {
     ) -> Result<(), DeployError> {
         let config = self.live.get();
         let t = strategy::tenant(&config, tenant, "tenant")?;
+        // A set: one lookup per weight, not a scan of the services (1,000 × 1,000).
+        let services: BTreeSet<&str> = t.services.iter().map(|s| s.name.as_str()).collect();
         for (name, w) in &weights {
-            if !t.services.iter().any(|s| &s.name == name) {
+            if !services.contains(name.as_str()) {
                 return Err(invalid(
                     format!("weights.{name}"),
                     format!("tenant '{tenant}' has no service '{name}'"),
@@ -569,16 +634,93 @@ impl Rollouts {
         }
         crate::config::check_not_all_zero(weights.values().copied())
             .map_err(|reason| invalid("weights", reason))?;
-        let mut runtime = self.runtime();
-        check_not_running(&runtime, tenant)?;
-        let before = runtime.clone();
-        runtime.plans.insert(
-            tenant.to_owned(),
-            TrafficPlan::Manual {
-                weights,
-                reason: None,
-            },
-        );
-        self.commit(&mut runtime, before)
+        self.shared(|| {
+            let mut runtime = self.runtime();
+            check_not_running(&runtime, tenant)?;
+            let before = runtime.clone();
+            runtime.plans.insert(
+                tenant.to_owned(),
+                TrafficPlan::Manual {
+                    weights: weights.clone(),
+                    reason: None,
+                },
+            );
+            self.commit(&mut runtime, before)
+        })
     }
+}
+
+/// What one tick advances deployments on.
+#[derive(Clone, Copy)]
+struct TickInputs<'a> {
+    /// Passive counters: this gateway's, or the fleet's summed.
+    counters: Option<&'a Counters>,
+    /// Tenants not advanced, with why (their config differs between members).
+    held: &'a BTreeMap<String, String>,
+}
+
+/// Records a new deployment (and its traffic plan) in `runtime`, dropping the oldest
+/// finished ones beyond the history limit; the caller commits.
+fn record_start(
+    runtime: &mut PersistedState,
+    start: deploy::Start,
+    now: f64,
+    reason: &str,
+    actor: Actor,
+) -> Deployment {
+    runtime.next_seq += 1;
+    let d = Deployment::new(start, runtime.next_seq, now, reason, actor);
+    runtime.plans.insert(d.tenant.clone(), TrafficPlan::of(&d));
+    runtime.deployments.push(d.clone());
+    let overflow = runtime
+        .deployments
+        .len()
+        .saturating_sub(deploy::HISTORY_LIMIT);
+    if overflow > 0 {
+        // Drop the oldest finished ones.
+        let mut dropped = 0;
+        runtime.deployments.retain(|x| {
+            let drop = dropped < overflow && !x.state.is_running();
+            dropped += usize::from(drop);
+            !drop
+        });
+    }
+    d
+}
+
+/// promote / abort / rollback / pause / resume of deployment `id` in `runtime`; the
+/// caller commits and publishes the event.
+fn act_on(
+    runtime: &mut PersistedState,
+    id: &str,
+    action: Action,
+    actor: Actor,
+    now: f64,
+) -> Result<(Deployment, deploy::Event), DeployError> {
+    let i = runtime
+        .deployments
+        .iter()
+        .position(|d| d.id == id)
+        .ok_or_else(|| DeployError::UnknownDeployment { id: id.to_owned() })?;
+    let tenant = runtime.deployments[i].tenant.clone();
+    if action == Action::Rollback
+        && let Some(newer) = runtime.deployments[i + 1..]
+            .iter()
+            .find(|d| d.tenant == tenant)
+    {
+        return Err(DeployError::NotAllowed {
+            reason: format!(
+                "deployment {} of the same tenant is newer; roll that one back instead",
+                newer.id
+            ),
+        });
+    }
+    let d = &mut runtime.deployments[i];
+    let event = d
+        .act(now, action, actor)
+        .map_err(|reason| DeployError::NotAllowed { reason })?;
+    let plan = TrafficPlan::of(d);
+    let d = d.clone();
+    runtime.plans.insert(tenant, plan);
+    Ok((d, event))
 }

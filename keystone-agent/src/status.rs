@@ -14,7 +14,7 @@ use keystone_api::{
 use keystone_common::{Endpoint, Reason, TrafficCounters, xdp_action_name};
 
 use crate::{
-    config::{LoadedConfig, ResolvedService, ResolvedTenant},
+    config::{LoadedConfig, ProtocolNumber, ResolvedService, ResolvedTenant},
     dataplane::{Counters, problems::problems},
     health::{HealthChecker, HealthState},
     live::Snapshot,
@@ -84,9 +84,9 @@ pub fn tenant_views(
                 about: TenantAbout {
                     name: t.name.clone(),
                     vip: t.vip.to_string(),
-                    protocol: t.protocol.into(),
-                    mode: t.mode.into(),
-                    strategy: t.strategy.into(),
+                    protocol: t.protocol,
+                    mode: t.mode,
+                    strategy: t.strategy,
                     active_environment: t.active_environment.clone(),
                     traffic_source: TrafficSource::of(runtime, &t.name).into(),
                     deployment_id: runtime
@@ -170,6 +170,10 @@ pub fn status(
             .iter()
             .map(|r| (r.name().to_owned(), now.reasons[*r as usize]))
             .collect(),
+        // The agent adds its fleet's view (see `Agent::status`).
+        fleet: None,
+        // Filled in by the agent, which owns the announcer.
+        announce: None,
     }
 }
 
@@ -198,6 +202,12 @@ fn tenant_status(t: &ResolvedTenant, view: Tenant, window: &Window) -> TenantSta
         bytes: vip_counters.bytes,
         new_connections: vip_counters.new_flows,
         backends,
+        table_hash: window
+            .now
+            .table_hashes
+            .iter()
+            .find(|(v, _)| *v == vip)
+            .map(|(_, h)| h.to_string()),
     }
 }
 

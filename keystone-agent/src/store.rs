@@ -24,6 +24,12 @@ pub struct PersistedState {
     /// Per tenant: how traffic is shared when not by configured weights.
     pub plans: BTreeMap<String, TrafficPlan>,
     pub next_seq: u64,
+    /// Coordinated multi-service plans (see `orchestration`), oldest first; saved with
+    /// the deployments they start, in one write.
+    #[serde(default)]
+    pub orchestrations: Vec<keystone_api::Plan>,
+    #[serde(default)]
+    pub next_plan_seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

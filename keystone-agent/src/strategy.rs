@@ -7,7 +7,7 @@ use std::time::Duration;
 use keystone_api::{CanaryRequest, SwitchRequest, SwitchStrategy};
 
 use crate::{
-    config::{DurationSpec, LoadedConfig, ResolvedTenant, Strategy},
+    config::{LoadedConfig, ResolvedTenant, Strategy},
     deploy::{Params, Start},
     errors::{DeployError, invalid},
     reconcile::weights_of,
@@ -19,7 +19,8 @@ use crate::{
 /// of a gradual switch) unless `canary_config.interval` or the request says.
 pub const DEFAULT_SWITCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Blue/green validation: how long the idle side may take unless `switch_config` says.
-pub const DEFAULT_VALIDATION_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_VALIDATION_TIMEOUT: Duration =
+    Duration::from_secs(keystone_api::defaults::VALIDATION_TIMEOUT_SECONDS as u64);
 
 pub fn check_not_running(runtime: &PersistedState, tenant: &str) -> Result<(), DeployError> {
     match runtime
@@ -193,8 +194,7 @@ fn switch_params(
 ) -> Result<Params, DeployError> {
     let switch = tenant.switch_config.clone().unwrap_or_default();
     let strategy = requested
-        // The config's word, checked by its validation.
-        .or(switch.strategy.as_deref().and_then(|w| w.parse().ok()))
+        .or(switch.strategy)
         .unwrap_or(SwitchStrategy::Instant);
     let mut params = Params::from_canary_config(tenant.canary_config.as_ref());
     if let Some(interval) = &switch.interval {
@@ -221,16 +221,11 @@ fn switch_params(
             ));
         }
     }
-    params.rollback_on_failure = switch.rollback_on_failure.unwrap_or(true);
     params.drain_timeout_seconds = switch.drain_timeout.as_ref().map(|d| d.get().as_secs_f64());
-    params.validation_timeout_seconds = Some(
-        switch
-            .validation_timeout
-            .as_ref()
-            .map(DurationSpec::get)
-            .unwrap_or(DEFAULT_VALIDATION_TIMEOUT)
-            .as_secs_f64(),
-    );
+    params.validation_timeout_seconds = Some(DEFAULT_VALIDATION_TIMEOUT.as_secs_f64());
+    // `switch_config`'s own step parameters, by the rules a request's follow (the
+    // config's validation has named any that do not read).
+    params.apply(&switch.given());
     Ok(params)
 }
 

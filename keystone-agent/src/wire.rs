@@ -1,43 +1,12 @@
-//! The agent's own words (the config's enums, health, where weights come from, the
+//! The agent's own words (health, where weights come from, the
 //! status of its files) as keystone-api says them: one conversion each.
 
 use keystone_api as api;
 
 use crate::{
-    config::{ForwardingMode, Protocol, Strategy},
-    dataplane::problems::DataplaneProblem,
-    health::HealthState,
-    outcome::TrafficSource,
+    dataplane::problems::DataplaneProblem, health::HealthState, outcome::TrafficSource,
     persist::PersistStatus,
 };
-
-impl From<Strategy> for api::Strategy {
-    fn from(s: Strategy) -> api::Strategy {
-        match s {
-            Strategy::Canary => api::Strategy::Canary,
-            Strategy::BlueGreen => api::Strategy::BlueGreen,
-            Strategy::Rolling => api::Strategy::Rolling,
-        }
-    }
-}
-
-impl From<Protocol> for api::Protocol {
-    fn from(p: Protocol) -> api::Protocol {
-        match p {
-            Protocol::Tcp => api::Protocol::Tcp,
-            Protocol::Udp => api::Protocol::Udp,
-        }
-    }
-}
-
-impl From<ForwardingMode> for api::ForwardingMode {
-    fn from(m: ForwardingMode) -> api::ForwardingMode {
-        match m {
-            ForwardingMode::Nat => api::ForwardingMode::Nat,
-            ForwardingMode::Dsr => api::ForwardingMode::Dsr,
-        }
-    }
-}
 
 impl From<HealthState> for api::HealthState {
     fn from(h: HealthState) -> api::HealthState {

@@ -102,23 +102,58 @@ pub struct PrometheusQuery {
     pub query: String,
 }
 
-/// The step parameters in force (request, else the tenant's config, else defaults).
-/// Thresholds are percentages (0–100), as in requests and the config.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DeploymentParams {
-    pub initial_traffic: Option<f64>,
-    pub increment: Option<f64>,
-    pub interval_seconds: Option<f64>,
-    pub max_traffic: Option<f64>,
-    pub health_threshold: Option<f64>,
-    pub rollback_threshold: Option<f64>,
-    pub min_samples: Option<u64>,
-    pub validation_timeout_seconds: Option<f64>,
-    pub rollback_on_failure: Option<bool>,
-    pub drain_timeout_seconds: Option<f64>,
-    pub prometheus: Option<PrometheusQuery>,
+/// The view's type for a step parameter's kind: durations in seconds.
+macro_rules! view_type {
+    (percent) => {
+        f64
+    };
+    (threshold) => {
+        f64
+    };
+    (duration) => {
+        f64
+    };
+    (timeout) => {
+        f64
+    };
+    (count) => {
+        u64
+    };
+    (flag) => {
+        bool
+    };
 }
+
+/// Declares [`DeploymentParams`] from [`with_step_params!`](crate::with_step_params)'s list.
+macro_rules! deployment_params {
+    ($(
+        $group:ident { $( { [$(#[$doc:meta])*] $name:ident $field:ident $kind:ident [$($req:ident)?] } )* }
+    )*) => {
+        /// The step parameters in force (request, else the tenant's config, else defaults).
+        /// Thresholds are percentages (0–100), as in requests and the config; durations
+        /// are seconds.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct DeploymentParams {
+            $($(
+                $(#[$doc])*
+                pub $field: Option<view_type!($kind)>,
+            )*)*
+            /// Blue/green: how long connections on the old side may keep it after a
+            /// completed switch (`switch_config.drain_timeout`).
+            pub drain_timeout_seconds: Option<f64>,
+            /// A Prometheus query that must pass too (`canary_config.analysis.prometheus`).
+            pub prometheus: Option<PrometheusQuery>,
+        }
+
+        impl DeploymentParams {
+            /// The step parameters' names as sent, in the order of their fields here.
+            pub const STEP_PARAMS: &'static [&'static str] = &[$($(stringify!($name)),*),*];
+        }
+    };
+}
+
+crate::with_step_params!(deployment_params);
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

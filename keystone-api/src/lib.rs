@@ -10,20 +10,35 @@
 
 #[macro_use]
 mod wire_enum;
+mod announce;
 mod deployment;
+mod fields;
+mod fleet;
 mod params;
+mod plan;
 mod status;
 mod time;
 
+pub use announce::{
+    AnnounceReason, AnnounceStatus, BgpSession, ConfigureResult, DrainRequest, DrainState,
+    VipAnnounce,
+};
 pub use deployment::{
     Accepted, Action, Actor, Analysis, CanaryRequest, DeployState, Deployment, DeploymentList,
     DeploymentParams, DeploymentWebhook, EventKind, Notification, PrometheusQuery, Step, Strategy,
     SwitchRequest, SwitchStrategy, Verdict, WebhookConfig, WeightsRequest,
 };
-pub use params::{DurationValue, StepParams};
+pub use fields::struct_fields;
+pub use fleet::{FleetMember, FleetStatus, STALE_HEADER};
+pub use params::{DurationValue, StepParams, defaults};
+pub use plan::{
+    OnFailure, Orchestration, PhaseState, Plan, PlanEvent, PlanList, PlanPhase, PlanRequest,
+    PlanState, PlanStrategy,
+};
 pub use status::{
     BackendIdentity, BackendStatus, DataplaneProblem, ErrorBody, ForwardingMode, Health,
     HealthState, HealthStatus, PersistStatus, Problem, Protocol, Reloaded, Status, Tenant,
     TenantAbout, TenantBackend, TenantList, TenantStatus, TrafficSource,
 };
 pub use time::rfc3339_unix;
+pub use wire_enum::{WireEnum, known};

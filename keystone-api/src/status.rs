@@ -100,6 +100,12 @@ pub struct Status {
     pub persistence: PersistStatus,
     pub xdp_actions: BTreeMap<String, u64>,
     pub packet_reasons: BTreeMap<String, u64>,
+    /// Present when the agent is a member of a fleet (`fleet:` in its config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::FleetStatus>,
+    /// BGP announcements (absent without a `bgp:` block).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::AnnounceStatus>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -111,6 +117,11 @@ pub struct TenantStatus {
     pub bytes: u64,
     pub new_connections: u64,
     pub backends: Vec<BackendStatus>,
+    /// The hash of the tenant's live Maglev table (16 hex digits): equal on every
+    /// gateway that sends its new flows to the same backends. Absent while the agent
+    /// has not written the table (not programmed yet, or found pinned at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_hash: Option<String>,
 }
 
 /// A backend in `GET /status`: the same view as in `GET /tenants`, and its counters.

@@ -132,14 +132,64 @@ fn every_schema_property_is_a_field_and_back() {
                 },
             ]),
         ),
-        ("Status", schema("Status"), fields(&[Status::default()])),
+        (
+            "Status",
+            schema("Status"),
+            fields(&[Status {
+                fleet: Some(FleetStatus::default()),
+                announce: Some(AnnounceStatus::default()),
+                ..Status::default()
+            }]),
+        ),
+        ("FleetStatus", schema("FleetStatus"), fields(&[FleetStatus::default()])),
+        ("FleetMember", schema("FleetMember"), fields(&[FleetMember::default()])),
         (
             "Status.problems",
             schema("Status")["properties"]["problems"]["items"].clone(),
             fields(&[DataplaneProblem::default()]),
         ),
-        ("TenantStatus", schema("TenantStatus"), fields(&[TenantStatus::default()])),
+        (
+            "TenantStatus",
+            schema("TenantStatus"),
+            fields(&[TenantStatus {
+                table_hash: Some("0123456789abcdef".into()),
+                ..TenantStatus::default()
+            }]),
+        ),
         ("BackendStatus", schema("BackendStatus"), fields(&[BackendStatus::default()])),
+        (
+            "AnnounceStatus",
+            schema("AnnounceStatus"),
+            fields(&[AnnounceStatus {
+                last_configure: Some(ConfigureResult::default()),
+                ..AnnounceStatus::default()
+            }]),
+        ),
+        (
+            "AnnounceStatus.last_configure",
+            schema("AnnounceStatus")["properties"]["last_configure"].clone(),
+            fields(&[ConfigureResult {
+                error: Some("e".into()),
+                ..ConfigureResult::default()
+            }]),
+        ),
+        (
+            "AnnounceStatus.sessions",
+            schema("AnnounceStatus")["properties"]["sessions"]["items"].clone(),
+            fields(&[BgpSession::default()]),
+        ),
+        (
+            "AnnounceStatus.vips",
+            schema("AnnounceStatus")["properties"]["vips"]["items"].clone(),
+            fields(&[VipAnnounce::default()]),
+        ),
+        (
+            "DrainRequest",
+            schema("DrainRequest"),
+            fields(&[DrainRequest {
+                timeout_seconds: Some(1.0),
+            }]),
+        ),
         ("Tenant", schema("Tenant"), fields(&[Tenant::default()])),
         ("TenantBackend", schema("TenantBackend"), fields(&[TenantBackend::default()])),
         ("StepParams", schema("StepParams"), fields(&[every_step_param()])),
@@ -185,6 +235,36 @@ fn every_schema_property_is_a_field_and_back() {
             }]),
         ),
         ("Notification", schema("Notification"), fields(&[Notification::default()])),
+        (
+            "Orchestration",
+            schema("Orchestration"),
+            fields(&[Orchestration {
+                strategy: Some(PlanStrategy::CoordinatedCanary),
+                on_failure: Some(OnFailure::Hold),
+                ..Orchestration::default()
+            }]),
+        ),
+        (
+            "PlanRequest",
+            schema("PlanRequest"),
+            fields(&[PlanRequest {
+                orchestration: Some(Orchestration::default()),
+                version: Some("v".into()),
+                versions: [("s".to_owned(), "v".to_owned())].into(),
+                params: every_step_param(),
+                pipeline: pipeline.clone(),
+            }]),
+        ),
+        ("Plan", schema("Plan"), fields(&[Plan::default()])),
+        ("PlanPhase", schema("PlanPhase"), fields(&[PlanPhase::default()])),
+        ("PlanEvent", schema("PlanEvent"), fields(&[PlanEvent::default()])),
+        (
+            "GET /deployments/plans 200",
+            doc["paths"]["/deployments/plans"]["get"]["responses"]["200"]["content"]
+                ["application/json"]["schema"]
+                .clone(),
+            fields(&[PlanList::default()]),
+        ),
         (
             "DeploymentAccepted",
             doc["components"]["responses"]["DeploymentAccepted"]["content"]["application/json"]
@@ -265,6 +345,14 @@ fn every_enum_lists_the_types_words() {
             names(EventKind::ALL),
         ),
         ("HealthState", &schemas["HealthState"], health),
+        ("PlanState", &schemas["PlanState"], names(PlanState::ALL)),
+        ("PhaseState", &schemas["PhaseState"], names(PhaseState::ALL)),
+        ("OnFailure", &schemas["OnFailure"], names(OnFailure::ALL)),
+        (
+            "PlanStrategy",
+            &schemas["PlanStrategy"],
+            names(PlanStrategy::ALL),
+        ),
         (
             "Health.status",
             &schemas["Health"]["properties"]["status"],
@@ -274,6 +362,16 @@ fn every_enum_lists_the_types_words() {
             "TrafficSource.kind",
             &schemas["TrafficSource"]["properties"]["kind"],
             kinds,
+        ),
+        (
+            "AnnounceStatus.drain",
+            &schemas["AnnounceStatus"]["properties"]["drain"],
+            names(DrainState::ALL),
+        ),
+        (
+            "AnnounceStatus.vips.reason",
+            &schemas["AnnounceStatus"]["properties"]["vips"]["items"]["properties"]["reason"],
+            names(AnnounceReason::ALL),
         ),
     ];
     let mut found = Vec::new();

@@ -45,6 +45,24 @@ pub fn replace_addr(mut check: u16, old: &[u32; 4], new: &[u32; 4], words: usize
     check
 }
 
+/// The ones'-complement difference an address change (1 word for IPv4, 4 for IPv6)
+/// makes to a sum: `~old + new`, folded. `replace_addr(check, ..)` equals
+/// `!fold(!check + addr_diff(..))`; the kernel's checksum helpers take this form.
+#[inline(always)]
+pub fn addr_diff(old: &[u32; 4], new: &[u32; 4], words: usize) -> u16 {
+    let mut sum = 0u64;
+    for i in 0..4 {
+        if i < words {
+            let nold = !old[i];
+            sum += (nold & 0xffff) as u64
+                + (nold >> 16) as u64
+                + (new[i] & 0xffff) as u64
+                + (new[i] >> 16) as u64;
+        }
+    }
+    fold(sum)
+}
+
 /// Ones'-complement sum of `data` (raw words) plus `initial`, not yet inverted.
 /// For building and verifying whole checksums in user space and tests.
 pub fn sum(data: &[u8], initial: u64) -> u64 {
@@ -94,5 +112,21 @@ mod tests {
         assert_eq!(inc, finish(sum(&data, 0)));
         data[10..12].copy_from_slice(&inc.to_ne_bytes());
         assert_eq!(folded(sum(&data, 0)), 0xffff);
+    }
+
+    #[test]
+    fn addr_diff_is_the_difference_replace_addr_applies() {
+        let old = [0x0a0b_0c0d, 0x1122_3344, 0xffff_0000, 0x0000_ffff];
+        let new = [0xc612_010a, 0x2001_0db8, 0x0000_0001, 0xdead_beef];
+        for words in [1, 4] {
+            for check in [0x0000u16, 0x1234, 0xfffe, 0xffff] {
+                let by_diff = !fold((!check) as u64 + addr_diff(&old, &new, words) as u64);
+                assert_eq!(
+                    folded(by_diff as u64),
+                    folded(replace_addr(check, &old, &new, words) as u64),
+                    "{words} words, check {check:#06x}"
+                );
+            }
+        }
     }
 }

@@ -71,6 +71,9 @@ pub mod forward {
     /// (`maps::NextHopCache`): the longest a changed neighbour or route towards a
     /// backend goes unnoticed. One lookup per backend, CPU and period is noise.
     pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
+    /// Entries of the per-CPU reply next-hop cache (`maps::ReplyHopCache`, a power
+    /// of two): clients whose replies keep their next hop at once, per CPU.
+    pub const REPLY_HOP_SLOTS: u32 = 1024;
 }
 
 /// Interfaces (`names::IFACES`).

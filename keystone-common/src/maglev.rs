@@ -46,7 +46,135 @@ fn permutation(id: u64, m: u64) -> (u64, u64) {
 
 /// Builds a table of `size` entries (`size` must be prime). Each entry is an index
 /// into `backends`; every entry is `NO_BACKEND` when no backend has weight > 0.
+///
+/// The same table as [`build_scan`] (and the paper's walk), built with less work:
+/// backends of equal weight get their turns in the same rounds, so a round visits
+/// only the backends it gives a turn to when one weight is due (the usual canary: one
+/// heavy backend among many of weight 1), and the probe for a free entry reads a
+/// bitmap (`size` bits: in cache for the largest tables) instead of the table.
 pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+    let Some((order, max_weight)) = weighted_order(backends) else {
+        return vec![NO_BACKEND; size as usize];
+    };
+    let mut fill = Fill::new(backends, &order, size);
+    let mut groups = WeightGroup::of(backends, &order);
+    let group_of: Vec<usize> = {
+        let mut g = vec![0; order.len()];
+        for (n, group) in groups.iter().enumerate() {
+            for &k in &group.members {
+                g[k] = n;
+            }
+        }
+        g
+    };
+    let mut due = vec![false; groups.len()];
+    loop {
+        // A group's credit is each of its members' credit in `build_scan`.
+        let mut only = None;
+        let mut due_count = 0;
+        for (n, group) in groups.iter_mut().enumerate() {
+            group.credit += group.weight;
+            due[n] = group.credit >= max_weight;
+            if due[n] {
+                group.credit -= max_weight;
+                only = Some(n);
+                due_count += 1;
+            }
+        }
+        // This round's turns, in `order`.
+        let full = match (due_count, only) {
+            (1, Some(n)) => groups[n].members.iter().any(|&k| fill.turn(k)),
+            _ => (0..order.len()).any(|k| due[group_of[k]] && fill.turn(k)),
+        };
+        if full {
+            return fill.table;
+        }
+    }
+}
+
+/// The backends (positions in `order`) of one weight, and their common credit.
+struct WeightGroup {
+    weight: u64,
+    credit: u64,
+    members: Vec<usize>,
+}
+
+impl WeightGroup {
+    fn of(backends: &[MaglevBackend], order: &[usize]) -> Vec<WeightGroup> {
+        let mut groups: Vec<WeightGroup> = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            let weight = backends[i].weight as u64;
+            match groups.iter_mut().find(|g| g.weight == weight) {
+                Some(g) => g.members.push(k),
+                None => groups.push(WeightGroup {
+                    weight,
+                    credit: 0,
+                    members: vec![k],
+                }),
+            }
+        }
+        groups
+    }
+}
+
+/// The table being filled: each backend's place in its permutation, `(offset + n ×
+/// skip) mod m` for its n-th step, kept incrementally (skip < m, so one subtraction
+/// replaces the division), and which entries are taken.
+struct Fill {
+    m: u64,
+    table: Vec<u32>,
+    taken: Vec<u64>,
+    filled: u64,
+    /// Per position in `order`: (backend index, current place, skip).
+    walks: Vec<(u32, u64, u64)>,
+}
+
+impl Fill {
+    fn new(backends: &[MaglevBackend], order: &[usize], size: u32) -> Fill {
+        let m = size as u64;
+        Fill {
+            m,
+            table: vec![NO_BACKEND; size as usize],
+            taken: vec![0; (size as usize).div_ceil(64)],
+            filled: 0,
+            walks: order
+                .iter()
+                .map(|&i| {
+                    let (offset, skip) = permutation(backends[i].id, m);
+                    (i as u32, offset, skip)
+                })
+                .collect(),
+        }
+    }
+
+    /// Gives the backend at position `k` its turn: the next free entry of its
+    /// permutation. True when that filled the table.
+    fn turn(&mut self, k: usize) -> bool {
+        let (backend, place, skip) = &mut self.walks[k];
+        let m = self.m;
+        let step = |e: u64| {
+            if e + *skip >= m {
+                e + *skip - m
+            } else {
+                e + *skip
+            }
+        };
+        let mut entry = *place;
+        while self.taken[(entry >> 6) as usize] & (1 << (entry & 63)) != 0 {
+            entry = step(entry);
+        }
+        self.taken[(entry >> 6) as usize] |= 1 << (entry & 63);
+        self.table[entry as usize] = *backend;
+        *place = step(entry);
+        self.filled += 1;
+        self.filled == m
+    }
+}
+
+/// [`build`] as it was written first: every backend visited on every round, the
+/// probe reading the table. Kept as the definition `build` is tested against, and as
+/// the baseline `cargo xtask bench control` times `build` against in the same run.
+pub fn build_scan(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let m = size as u64;
     let mut table = vec![NO_BACKEND; size as usize];
     let Some((order, max_weight)) = weighted_order(backends) else {
@@ -56,9 +184,6 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
         .iter()
         .map(|&i| permutation(backends[i].id, m))
         .collect();
-    // Each backend's place in its permutation, `(offset + n × skip) mod m` for its
-    // n-th step, kept incrementally (skip < m, so one subtraction replaces the
-    // division: the build is on the path of every weight change).
     let mut position: Vec<u64> = perms.iter().map(|&(offset, _)| offset).collect();
     let mut credit = vec![0u64; order.len()];
     let mut filled = 0u64;
@@ -121,6 +246,13 @@ mod tests {
             .collect()
     }
 
+    /// `n` backends of weight 1, the first of weight `heavy`.
+    fn canary(n: usize, heavy: u32) -> Vec<u32> {
+        let mut w = vec![1; n];
+        w[0] = heavy;
+        w
+    }
+
     fn shares(table: &[u32], n: usize) -> Vec<f64> {
         let mut counts = vec![0usize; n];
         for &e in table {
@@ -174,13 +306,19 @@ mod tests {
             (vec![3, 1, 0, 2], 1009),
             (vec![90, 10], SIZE),
             ((1..=100).collect::<Vec<u32>>(), 10_007),
+            // One heavy backend among many of weight 1 (a canary step), two weights
+            // due in the same rounds, and zero weights in between.
+            (canary(1000, 7), 65_537),
+            (
+                [vec![2; 50], vec![1; 50], vec![0; 3], vec![4; 10]].concat(),
+                10_007,
+            ),
+            ([vec![3; 20], vec![2; 30]].concat(), 1009),
         ] {
             let b = backends(&weights);
-            assert_eq!(
-                build(&b, size),
-                reference_build(&b, size),
-                "{weights:?} / {size}"
-            );
+            let want = reference_build(&b, size);
+            assert_eq!(build(&b, size), want, "{weights:?} / {size}");
+            assert_eq!(build_scan(&b, size), want, "scan: {weights:?} / {size}");
         }
     }
 

@@ -54,6 +54,9 @@ pub mod names {
     /// cache of `bpf_fib_lookup` answers towards backends. Never pinned: a new
     /// program starts with an empty one.
     pub const NEXT_HOPS: &str = "KS_NEXT_HOPS_V1";
+    /// Per-CPU array of `ReplyHopCache`, indexed by `ReplyHopCache::index` of the
+    /// client address: the same cache for `nat` replies. Never pinned.
+    pub const REPLY_HOPS: &str = "KS_REPLY_HOPS_V1";
     /// Array of `u32` `iface_flags`, indexed by ifindex (below
     /// `limits::iface::MAX_IFINDEX`): how the program runs on each interface, which
     /// decides where it may redirect (see `iface_flags`). Written by the agent after
@@ -62,6 +65,8 @@ pub mod names {
     pub const IFACES: &str = "KS_IFACES_V1";
     /// The XDP program's function name.
     pub const PROGRAM: &str = "keystone_xdp";
+    /// The tc (`sched_cls`) program's function name: the same code at the tc hook.
+    pub const TC_PROGRAM: &str = "keystone_tc";
 }
 
 mod addr;
@@ -174,6 +179,7 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for NextHopCache {}
+    unsafe impl aya::Pod for ReplyHopCache {}
     unsafe impl aya::Pod for legacy::ReverseNatV1 {}
     unsafe impl aya::Pod for legacy::FlowStateV1 {}
     unsafe impl aya::Pod for legacy::L4CountersV1 {}

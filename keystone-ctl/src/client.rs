@@ -1,6 +1,6 @@
 //! The admin API client: one call per request, answers mapped to exit codes.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use keystone_api::ErrorBody;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -41,6 +41,9 @@ pub struct Client {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
+    /// The agent's reason when its last answer was marked stale (a fleet member
+    /// that cannot follow the fleet), see [`Client::last_stale`].
+    stale: Mutex<Option<String>>,
 }
 
 impl Client {
@@ -54,7 +57,26 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             token,
             agent,
+            stale: Mutex::new(None),
         }
+    }
+
+    /// Why the agent marked its last answer stale, if it did: it is a fleet member
+    /// that cannot follow the fleet, so what it answered may be behind.
+    pub fn last_stale(&self) -> Option<String> {
+        self.stale.lock().expect("stale lock poisoned").clone()
+    }
+
+    /// Keeps the last answer's stale mark; warns (once per stale spell) on stderr.
+    fn note_stale(&self, reason: Option<String>) {
+        let mut last = self.stale.lock().expect("stale lock poisoned");
+        if let (None, Some(reason)) = (&*last, &reason) {
+            eprintln!(
+                "keystone-ctl: warning: {} answers from stale state, maybe behind its fleet: {reason}",
+                self.base
+            );
+        }
+        *last = reason;
     }
 
     pub fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -94,6 +116,11 @@ impl Client {
             )
         })?;
         let status = response.status().as_u16();
+        let stale = response
+            .headers()
+            .get(keystone_api::STALE_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        self.note_stale(stale);
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         match status {

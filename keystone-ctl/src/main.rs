@@ -7,7 +7,9 @@ mod client;
 mod connect;
 mod contexts;
 mod describe;
+mod drain;
 mod output;
+mod plan;
 mod promote;
 mod render;
 mod rollout;
@@ -29,6 +31,7 @@ use crate::{
     contexts::{Chosen, ConfigCommand},
     describe::{Shell, describe},
     output::{Output, print},
+    plan::PlanCommand,
     promote::PromoteArgs,
     rollout::{CanaryCommand, Target},
     status::StatusArgs,
@@ -125,6 +128,16 @@ enum Command {
         after_help = "Examples:\n  keystone-ctl reload\n  keystone-ctl --context staging reload"
     )]
     Reload,
+    /// Withdraw this gateway's VIPs from BGP, then wait until no new connection
+    /// arrives (exit 0) or the timeout passes (exit 12).
+    #[command(
+        after_help = "Examples:\n  keystone-ctl drain\n  keystone-ctl drain --timeout 1m\n  \
+        keystone-ctl drain --no-wait"
+    )]
+    Drain(drain::DrainArgs),
+    /// Announce this gateway's VIPs again (those that are ready).
+    #[command(after_help = "Examples:\n  keystone-ctl undrain")]
+    Undrain,
     /// Tenants with their backends' configured and effective weights, health and traffic.
     #[command(
         visible_alias = "backends",
@@ -187,6 +200,14 @@ enum Command {
         #[command(flatten)]
         poll: PollArgs,
     },
+    /// Coordinated multi-service plans (the config's deployment_orchestration):
+    /// start, follow, wait for, abort.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  keystone-ctl plan start --version v2\n  \
+            keystone-ctl plan wait plan-1"
+    )]
+    Plan(PlanCommand),
     /// Roll a version out through several contexts in turn (e.g. dev, staging,
     /// production), each with the tenant's strategy, waiting for each to complete;
     /// stops before a gated context (exit 11) and at a rollback (exit 10). The same
@@ -248,6 +269,8 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
     match &cli.command {
         Command::Status(args) => return status::status(client, args, output, out),
         Command::Reload => print(out, output, &client.post("/admin/reload", None)?, reloaded)?,
+        Command::Drain(args) => return drain::drain(client, args, output, out),
+        Command::Undrain => return drain::undrain(client, output, out),
         Command::Tenants => print(out, output, &client.get("/tenants")?, render::tenants)?,
         Command::Weights { tenant, weights } => {
             let body = body_of(&weights::weights_request(weights)?);
@@ -304,6 +327,7 @@ fn run(cli: &Cli, client: &Client, out: &mut dyn Write) -> Result<u8, Failure> {
             let d = client.get(&format!("/deployments/{}", segment(id)))?;
             print(out, output, &d, render::deployment)?;
         }
+        Command::Plan(command) => return plan::run(client, command, output, out),
         Command::Wait { id, poll } => {
             let options = WaitOptions {
                 timeout: poll.timeout,

@@ -138,7 +138,7 @@ fn promote_in(
                 code: exit::PAUSED,
                 at: format!("before {name}"),
                 why: "it is gated".to_owned(),
-                resume: resume_command(args, Some(name)),
+                resume: resume_command(Some(name)),
             }));
         }
         _ => {
@@ -164,7 +164,7 @@ fn promote_in(
         output,
     };
     let (code, d) = wait::wait_for(client, &id, &options, out, |_| Ok(()))?;
-    let resume = resume_command(args, None);
+    let resume = resume_command(None);
     let at = format!("in {name}");
     Ok(match code {
         exit::OK => Ok(()),
@@ -276,24 +276,75 @@ impl Target {
     }
 }
 
-/// The same command, approving `gate` too.
-fn resume_command(args: &PromoteArgs, gate: Option<&str>) -> String {
-    let mut approve: Vec<&str> = args.approve.iter().map(String::as_str).collect();
-    approve.extend(gate);
-    let mut command = format!(
-        "keystone-ctl promote {} --version {} --through {}",
-        args.tenant,
-        args.version,
-        args.through.join(",")
-    );
-    if !approve.is_empty() {
-        command.push_str(&format!(" --approve {}", approve.join(",")));
+/// The command as it was run (every flag kept, so it is the exact command to run
+/// again), approving `gate` too: its `--approve` values and the gate become one
+/// `--approve` at the end.
+fn resume_command(gate: Option<&str>) -> String {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    command_line(&argv, gate)
+}
+
+fn command_line(argv: &[String], gate: Option<&str>) -> String {
+    let mut words = vec!["keystone-ctl".to_owned()];
+    let mut approve: Vec<String> = Vec::new();
+    let mut rest = argv.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--approve" {
+            approve.extend(rest.next().cloned());
+        } else if let Some(value) = arg.strip_prefix("--approve=") {
+            approve.push(value.to_owned());
+        } else {
+            words.push(shell_word(arg));
+        }
     }
-    command
+    approve.extend(gate.map(str::to_owned));
+    if !approve.is_empty() {
+        words.push("--approve".to_owned());
+        words.push(shell_word(&approve.join(",")));
+    }
+    words.join(" ")
+}
+
+/// `word` as a shell reads it back: as it is when that is safe, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.,:/=@%+".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// One line for people, or one item for scripts.
 fn say(out: &mut dyn Write, output: Output, item: Value, text: String) {
     let text = output.item(&item).unwrap_or(text + "\n");
     out.write_all(text.as_bytes()).ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    fn argv(words: &str) -> Vec<String> {
+        words.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_resume_command_keeps_every_flag_and_adds_the_gate_to_one_approve() {
+        let run = argv(
+            "--context x promote web --version 2 --approve=staging --through dev,staging,production --timeout 10m",
+        );
+        assert_eq!(
+            command_line(&run, Some("production")),
+            "keystone-ctl --context x promote web --version 2 --through dev,staging,production --timeout 10m --approve staging,production"
+        );
+        assert_eq!(
+            command_line(&argv("promote web --version 2 --approve staging"), None),
+            "keystone-ctl promote web --version 2 --approve staging"
+        );
+        assert_eq!(
+            command_line(&["promote".into(), "it's a b".into()], None),
+            "keystone-ctl promote 'it'\\''s a b'"
+        );
+    }
 }

@@ -1,8 +1,8 @@
 //! Human output: tables padded to their widest cell, from the API's answers.
 
 use keystone_api::{
-    Analysis, BackendIdentity, Deployment, DeploymentList, Status, Strategy, Tenant, TenantList,
-    TrafficSource,
+    Analysis, BackendIdentity, Deployment, DeploymentList, FleetStatus, Status, Strategy, Tenant,
+    TenantList, TrafficSource,
 };
 use serde_json::Value;
 
@@ -175,6 +175,48 @@ pub fn status(status: &Status, wide: bool) -> String {
         out.push_str(&indent(&table(&rows)));
         out.push('\n');
     }
+    if let Some(f) = &status.fleet {
+        out.push_str(&fleet(f));
+    }
+    if let Some(a) = &status.announce {
+        out.push_str(&format!("\nBGP announcements (drain: {})\n", a.drain));
+        out.push_str(&indent(&crate::drain::vips(a)));
+        out.push('\n');
+    }
+    out
+}
+
+/// `status.fleet`: this gateway's view of the fleet, a line when it is stale or
+/// members' configs differ, and one row per live member.
+fn fleet(f: &FleetStatus) -> String {
+    let mut out = format!(
+        "\nfleet {} (this gateway {}, leader {}, revision {}, applied {})\n",
+        f.prefix,
+        f.gateway_id,
+        or_dash(f.leader.as_deref()),
+        f.revision,
+        f.applied_revision
+    );
+    if f.stale {
+        out.push_str(&format!(
+            "  STALE: {}\n",
+            or_dash(f.stale_reason.as_deref())
+        ));
+    }
+    for m in &f.config_mismatch {
+        out.push_str(&format!("  CONFIG MISMATCH: {m}\n"));
+    }
+    let mut rows = vec![header(&["GATEWAY", "LEADER", "APPLIED", "LAG"])];
+    for m in &f.members {
+        rows.push(vec![
+            m.gateway_id.clone(),
+            if m.leader { "yes" } else { "no" }.to_owned(),
+            m.applied_revision.to_string(),
+            m.lag.to_string(),
+        ]);
+    }
+    out.push_str(&indent(&table(&rows)));
+    out.push('\n');
     out
 }
 

@@ -151,3 +151,6 @@ fn status_until_done_exits_like_wait() {
     );
     assert!(out.ends_with("— exit 10\n"), "{out}");
 }
+
+mod drain;
+mod fleet;

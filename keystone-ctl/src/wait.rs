@@ -10,7 +10,7 @@ use keystone_api::{DeployState, Deployment, Verdict};
 use serde_json::{Value, json};
 
 use crate::{
-    client::{Client, Failure, segment, typed},
+    client::{Client, Failure, fail, segment, typed},
     exit,
     output::Output,
     render,
@@ -78,7 +78,8 @@ pub struct WaitOptions {
 /// `before_poll` runs first on every round (status --watch prints the status there).
 /// Returns the exit code: 0 completed, 10 rolled back/aborted/failed, 11 paused or
 /// awaiting approval, 12 still progressing at the timeout. An unreachable agent is
-/// retried until the timeout (it may be restarting), then exits 3.
+/// retried until the timeout (it may be restarting), then exits 3; so is one whose
+/// answers are marked stale (a fleet member cut off from its fleet).
 pub fn wait(
     client: &Client,
     id: &str,
@@ -103,6 +104,8 @@ pub fn wait_for(
     // The answer as sent (`-o json` prints it) and as read.
     let mut last_seen: Option<(Value, Deployment)> = None;
     let mut outage: Option<Failure> = None;
+    // A stale gateway's answer is never the end of a wait: its state may be behind.
+    let mut stale: Option<String> = None;
     loop {
         before_poll(out)?;
         match client.get(&path) {
@@ -121,7 +124,10 @@ pub fn wait_for(
                     out.write_all(text.as_bytes()).ok();
                     last_key = Some(key);
                 }
-                if let Some(code) = exit_code_for_state(d.state) {
+                stale = client.last_stale();
+                if stale.is_none()
+                    && let Some(code) = exit_code_for_state(d.state)
+                {
                     finish(out, options.output, (&raw, &d), code, None);
                     return Ok((code, d));
                 }
@@ -139,6 +145,15 @@ pub fn wait_for(
         if elapsed >= options.timeout {
             if let Some(f) = outage {
                 return Err(f);
+            }
+            if let Some(reason) = stale {
+                return Err(fail(
+                    exit::UNREACHABLE,
+                    format!(
+                        "the agent's answers were stale until the timeout ({reason}); \
+                         ask another gateway of the fleet"
+                    ),
+                ));
             }
             let (raw, d) = last_seen.unwrap_or_default();
             finish(

@@ -628,7 +628,7 @@ mod promote {
         assert_ends(
             &r.stdout,
             "stopped before production: it is gated — exit 11\n\
-                 resume with: keystone-ctl promote web --version 2 --through dev,staging,production --approve production\n",
+                 resume with: keystone-ctl promote web --version 2 --through dev,staging,production --interval 10ms --approve production\n",
         );
     }
 
@@ -672,7 +672,7 @@ mod promote {
         assert_ends(
             &r.stdout,
             "stopped in dev: deployment canary-1 ended rolled_back — exit 10\n\
-                 resume with: fix it, then keystone-ctl promote web --version 2 --through dev,staging,production\n",
+                 resume with: fix it, then keystone-ctl promote web --version 2 --through dev,staging,production --interval 10ms\n",
         );
     }
 }
@@ -695,7 +695,7 @@ fn promote_stops_at_a_deployment_awaiting_approval_and_refuses_api_flags() {
         r.stdout.ends_with(
             "stopped in dev: deployment canary-1 is awaiting_approval — exit 11\n\
              resume with: keystone-ctl --context dev canary promote canary-1, then \
-             keystone-ctl promote web --version 2 --through dev,staging,production\n"
+             keystone-ctl promote web --version 2 --through dev,staging,production --interval 10ms\n"
         ),
         "{}",
         r.stdout

@@ -1,21 +1,22 @@
-//! Forwarding: `bpf_fib_lookup` for the next hop, MAC rewrite, then `XDP_TX` or `bpf_redirect`.
+//! Forwarding: `bpf_fib_lookup` for the next hop, MAC rewrite, then the hook's transmit (`XDP_TX` or `bpf_redirect`).
 
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams, xdp_action::XDP_TX,
+        bpf_fib_lookup as FibParams,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
-    programs::XdpContext,
+    helpers::bpf_fib_lookup,
 };
-use keystone_common::{FAMILY_IPV4, NextHopCache, Reason, limits::forward::NEXT_HOP_TTL_NS};
+use keystone_common::{
+    FAMILY_IPV4, NextHopCache, Reason, ReplyHopCache, limits::forward::NEXT_HOP_TTL_NS,
+};
 
 use crate::{
     Verdict,
-    maps::{NEXT_HOPS, can_redirect},
+    hook::Hook,
+    maps::{NEXT_HOPS, REPLY_HOPS, can_redirect},
     parse::Packet,
 };
 
@@ -56,8 +57,8 @@ impl FibMiss {
 /// the ingress interface. The caller decides what a miss means (the contract passes
 /// the packet for every miss; see `Reason::FibNoNeighbour`, `Reason::FibFailed`).
 #[inline(always)]
-pub fn fib_lookup(
-    ctx: &XdpContext,
+pub fn fib_lookup<C: Hook>(
+    ctx: &C,
     pkt: &Packet,
     src: &[u32; 4],
     dst: &[u32; 4],
@@ -67,8 +68,8 @@ pub fn fib_lookup(
     p.l4_protocol = pkt.proto;
     p.sport = pkt.sport;
     p.dport = pkt.dport;
-    p.__bindgen_anon_1.tot_len = pkt.ip_len;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_1.tot_len = ctx.fib_tot_len(pkt.ip_len);
+    p.ifindex = ctx.ingress_ifindex();
     if pkt.family == FAMILY_IPV4 {
         p.family = AF_INET;
         p.__bindgen_anon_2.tos = pkt.tos;
@@ -80,7 +81,7 @@ pub fn fib_lookup(
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
     // SAFETY: `p` is a valid, exclusively borrowed bpf_fib_lookup of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         Ok(NextHop {
             ifindex: p.ifindex,
@@ -101,8 +102,8 @@ pub fn fib_lookup(
 /// `now` (`bpf_ktime_get_coarse_ns`, read once per packet by the caller), else
 /// `fib_lookup`, whose success refreshes the entry. Misses are never cached.
 #[inline(always)]
-pub fn backend_hop(
-    ctx: &XdpContext,
+pub fn backend_hop<C: Hook>(
+    ctx: &C,
     pkt: &Packet,
     slot: u32,
     generation: u32,
@@ -115,36 +116,78 @@ pub fn backend_hop(
     // SAFETY: this CPU's slot of a per-CPU array; nothing else touches it while the
     // program runs here.
     let entry = unsafe { &mut *entry };
-    let ingress = ctx.ingress_ifindex() as u32;
-    if now < entry.expires_ns && entry.generation == generation && entry.ingress_ifindex == ingress
-    {
-        return Ok(NextHop {
-            ifindex: entry.egress_ifindex,
-            smac: entry.smac,
-            dmac: entry.dmac,
-        });
+    let ingress = ctx.ingress_ifindex();
+    if entry.usable(generation, ingress, now) {
+        return Ok(cached(entry));
     }
     let hop = fib_lookup(ctx, pkt, &pkt.src, dst)?;
-    *entry = NextHopCache {
+    *entry = remembered(&hop, generation, ingress, now);
+    Ok(hop)
+}
+
+/// The next hop of a `nat` reply from `src` (its VIP) to its client (`pkt.dst`):
+/// from this CPU's `REPLY_HOPS` entry for the client while it is valid (see
+/// `ReplyHopCache`) at `now`, else `fib_lookup`, whose success refreshes the entry.
+/// Misses are never cached: `FibMiss::Local` (the gateway's own connections to a
+/// backend) is looked up on every packet, as before.
+#[inline(always)]
+pub fn reply_hop<C: Hook>(
+    ctx: &C,
+    pkt: &Packet,
+    src: &[u32; 4],
+    now: u64,
+) -> Result<NextHop, FibMiss> {
+    let Some(entry) = REPLY_HOPS.get_ptr_mut(ReplyHopCache::index(&pkt.dst)) else {
+        return fib_lookup(ctx, pkt, src, &pkt.dst);
+    };
+    // SAFETY: as in `backend_hop`.
+    let entry = unsafe { &mut *entry };
+    let ingress = ctx.ingress_ifindex();
+    let family = pkt.family as u32;
+    if entry.hop.usable(family, ingress, now) && entry.src == *src && entry.dst == pkt.dst {
+        return Ok(cached(&entry.hop));
+    }
+    let hop = fib_lookup(ctx, pkt, src, &pkt.dst)?;
+    *entry = ReplyHopCache {
+        hop: remembered(&hop, family, ingress, now),
+        src: *src,
+        dst: pkt.dst,
+    };
+    Ok(hop)
+}
+
+#[inline(always)]
+fn cached(entry: &NextHopCache) -> NextHop {
+    NextHop {
+        ifindex: entry.egress_ifindex,
+        smac: entry.smac,
+        dmac: entry.dmac,
+    }
+}
+
+/// The cache entry for a successful lookup at `now`.
+#[inline(always)]
+fn remembered(hop: &NextHop, generation: u32, ingress: u32, now: u64) -> NextHopCache {
+    NextHopCache {
         expires_ns: now + NEXT_HOP_TTL_NS,
         generation,
         ingress_ifindex: ingress,
         egress_ifindex: hop.ifindex,
         smac: hop.smac,
         dmac: hop.dmac,
-    };
-    Ok(hop)
+    }
 }
 
-/// Sets the frame's MACs for `hop` and sends it: `XDP_TX` back out of the ingress
-/// interface, else `bpf_redirect` to the egress one. A VLAN tag stays as it was.
-/// An egress device that cannot take the redirect (`can_redirect`) gets nothing:
+/// Sets the frame's MACs for `hop` and sends it (`Hook::transmit`): back out of the
+/// ingress interface, else to the egress one. A VLAN tag stays as it was. On XDP an
+/// egress device that cannot take the redirect (`can_redirect`) gets nothing:
 /// `Reason::EgressNotXdp`, the frame passed to the kernel with its MACs unchanged
-/// (addressed to this host, so the kernel forwards it).
+/// (addressed to this host, so the kernel forwards it); an skb (tc) reaches any
+/// device.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Verdict> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    if hop.ifindex != ingress && !can_redirect(ingress, hop.ifindex) {
+pub fn send<C: Hook>(ctx: &C, hop: &NextHop) -> Result<u32, Verdict> {
+    let ingress = ctx.ingress_ifindex();
+    if !C::SKB && hop.ifindex != ingress && !can_redirect(ingress, hop.ifindex) {
         return Err(Verdict::pass(Reason::EgressNotXdp));
     }
     let data = ctx.data();
@@ -157,10 +200,5 @@ pub fn send(ctx: &XdpContext, hop: &NextHop) -> Result<u32, Verdict> {
         core::ptr::write_unaligned(data as *mut [u8; 6], hop.dmac);
         core::ptr::write_unaligned((data + 6) as *mut [u8; 6], hop.smac);
     }
-    if hop.ifindex == ingress {
-        Ok(XDP_TX)
-    } else {
-        // SAFETY: plain helper call; with flags 0 it returns XDP_REDIRECT or XDP_ABORTED.
-        Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
-    }
+    Ok(ctx.transmit(hop.ifindex))
 }

@@ -1,6 +1,5 @@
 //! ICMP path-MTU errors for VIP flows: delivered to the backend that owns the flow (see `keystone_common::Event::IcmpToBackend`).
 
-use aya_ebpf::programs::XdpContext;
 use keystone_common::{
     Endpoint, Event, FAMILY_IPV4, FlowKey, Reason, VipInfo,
     checksum::{replace_addr, replace16, replace32},
@@ -9,6 +8,7 @@ use keystone_common::{
 
 use crate::{
     Verdict, forward,
+    hook::Hook,
     maps::{VIPS, count_event},
     nat::put8,
     parse::{self, Packet, addr_at, put16, put32, raw16_at, u8_at},
@@ -63,7 +63,7 @@ impl Embedded {
 /// An ICMP path-MTU error (`pkt.embedded != 0`) to a VIP address: if it is about a
 /// VIP flow, send it to the flow's backend; else it is not ours (`XDP_PASS`).
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &mut Packet) -> Result<u32, Verdict> {
+pub fn to_backend<C: Hook>(ctx: &C, pkt: &mut Packet) -> Result<u32, Verdict> {
     let e = embedded(pkt);
     if e.proto == 0 || e.src != pkt.dst {
         return Ok(parse::NOT_OURS);
@@ -117,7 +117,9 @@ pub fn to_backend(ctx: &XdpContext, pkt: &mut Packet) -> Result<u32, Verdict> {
 /// the backend's address and port; TTL/hop limit - 1 (callers checked it is > 1).
 /// Fixes the outer and embedded IPv4 header checksums and the ICMP checksum
 /// incrementally (ICMPv6: its pseudo-header holds the outer destination too). The
-/// embedded TCP/UDP checksum stays as it is (see `Event::IcmpToBackend`).
+/// embedded TCP/UDP checksum stays as it is (see `Event::IcmpToBackend`). In place
+/// on both hooks: an ICMP error's checksum is never partial (the kernel sums the
+/// messages it makes in software).
 #[inline(always)]
 fn rewrite(pkt: &mut Packet, e: &Embedded, to: &Endpoint) {
     let (ip, l4, p, end) = (pkt.ip, pkt.l4, pkt.embedded, pkt.end);

@@ -7,11 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use keystone_common::{
-    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, NextHopCache, Reason, ReverseNat,
-    TrafficCounters, VipAddr, VipInfo, addr_filter, iface_flags,
+    Backend, Endpoint, Event, FlowKey, FlowState, L4Counters, NextHopCache, Reason, ReplyHopCache,
+    ReverseNat, TrafficCounters, VipAddr, VipInfo, addr_filter, iface_flags,
     limits::{
         conn::CONN_TABLE_SIZE,
         filter::ADDR_FILTER_WORDS,
+        forward::REPLY_HOP_SLOTS,
         iface::MAX_IFINDEX,
         ring::{DEFAULT_MAX_BACKENDS as MAX_BACKENDS, DEFAULT_RING_ENTRIES},
         stats::XDP_ACTIONS,
@@ -51,8 +52,10 @@ const _: () = {
     assert!(same(names::REASON_STATS, "KS_REASON_STATS_V1"));
     assert!(same(names::EVENT_STATS, "KS_EVENT_STATS_V1"));
     assert!(same(names::NEXT_HOPS, "KS_NEXT_HOPS_V1"));
+    assert!(same(names::REPLY_HOPS, "KS_REPLY_HOPS_V1"));
     assert!(same(names::IFACES, "KS_IFACES_V1"));
     assert!(same(names::PROGRAM, "keystone_xdp"));
+    assert!(same(names::TC_PROGRAM, "keystone_tc"));
 };
 
 #[map(name = "KS_VIPS_V2")]
@@ -99,6 +102,10 @@ pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::
 // Indexed by backend slot, so the agent sizes it like BACKENDS (`limits.max_backends`).
 #[map(name = "KS_NEXT_HOPS_V1")]
 pub static NEXT_HOPS: PerCpuArray<NextHopCache> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "KS_REPLY_HOPS_V1")]
+pub static REPLY_HOPS: PerCpuArray<ReplyHopCache> =
+    PerCpuArray::with_max_entries(REPLY_HOP_SLOTS, 0);
 
 #[map(name = "KS_IFACES_V1")]
 pub static IFACES: Array<u32> = Array::with_max_entries(MAX_IFINDEX, 0);

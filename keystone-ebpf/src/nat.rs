@@ -2,10 +2,14 @@
 
 use keystone_common::{
     Endpoint, FAMILY_IPV4, PROTO_UDP,
-    checksum::{replace_addr, replace16, replace32},
+    checksum::{replace16, replace32},
 };
 
-use crate::parse::{Packet, put16, put32, raw16_at};
+use crate::{
+    hook::Hook,
+    l4sum::L4Change,
+    parse::{Packet, put16, put32, raw16_at},
+};
 
 #[inline(always)]
 pub fn put8(p: usize, v: u8) {
@@ -24,10 +28,10 @@ pub enum Side {
 
 /// Rewrites one side's address and port to `to`, decrements the TTL/hop limit
 /// (callers have checked it is > 1), and fixes the IPv4 header checksum and the
-/// TCP/UDP checksum (pseudo-header included) incrementally. A UDP/IPv4 checksum of 0
-/// ("none") stays 0; a computed UDP checksum of 0 is sent as 0xffff.
+/// TCP/UDP checksum (pseudo-header included) incrementally, the latter last and
+/// through the hook (`Hook::update_l4_checksum`).
 #[inline(always)]
-pub fn rewrite(pkt: &mut Packet, side: Side, to: &Endpoint) {
+pub fn rewrite<C: Hook>(ctx: &C, pkt: &mut Packet, side: Side, to: &Endpoint) {
     let v4 = pkt.family == FAMILY_IPV4;
     let (old_addr, old_port, port_at) = match side {
         Side::Dst => (pkt.dst, pkt.dport, pkt.l4 + 2),
@@ -40,17 +44,15 @@ pub fn rewrite(pkt: &mut Packet, side: Side, to: &Endpoint) {
     if check_at + 2 > pkt.end || port_at + 2 > pkt.end {
         return;
     }
-    let old_check = raw16_at(check_at);
-    let udp = pkt.proto == PROTO_UDP;
-    if !(udp && v4 && old_check == 0) {
-        let words = if v4 { 1 } else { 4 };
-        let mut check = replace_addr(old_check, &old_addr, &to.addr, words);
-        check = replace16(check, old_port, to.port);
-        if udp && check == 0 {
-            check = 0xffff;
-        }
-        put16(check_at, check);
-    }
+    let l4 = L4Change {
+        check_at,
+        old_addr,
+        new_addr: to.addr,
+        old_port,
+        new_port: to.port,
+        v4,
+        udp: pkt.proto == PROTO_UDP,
+    };
     put16(port_at, to.port);
 
     let ttl = pkt.ttl - 1;
@@ -74,6 +76,10 @@ pub fn rewrite(pkt: &mut Packet, side: Side, to: &Endpoint) {
         put32(addr_at + 12, to.addr[3]);
         put8(pkt.ip + 7, ttl);
     }
+    // The IPv4 header checksum is never partial, and written together with the
+    // fields it covers it keeps a `CHECKSUM_COMPLETE` sum unchanged: in place on
+    // both hooks.
+    ctx.update_l4_checksum(&l4);
 
     pkt.ttl = ttl;
     match side {

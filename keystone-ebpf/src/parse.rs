@@ -1,11 +1,12 @@
 //! Parsing: Ethernet (+ one 802.1Q/802.1ad tag), IPv4 (with options), IPv6, TCP and UDP, and ICMP path-MTU errors, with verifier-safe bounds checks.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::bindings::xdp_action::XDP_PASS;
 use keystone_common::{
     FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, icmp,
 };
 
-use crate::{Verdict, maps::is_vip_addr};
+pub use crate::raw::{put16, put32, raw16_at};
+use crate::{Verdict, hook::Hook, maps::is_vip_addr};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -19,8 +20,9 @@ const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 
 /// A TCP/UDP packet whose headers are all inside the frame, or an ICMP path-MTU error
-/// (`embedded != 0`). Pointers are raw packet addresses, valid until the program
-/// returns (no helper here changes packet data).
+/// (`embedded != 0`). Pointers are raw packet addresses, valid until a rewrite's L4
+/// checksum update (`Hook::update_l4_checksum`: on tc a helper that changes packet
+/// data); after it only `Hook::data` is read again (`forward::send`).
 pub struct Packet {
     /// Start of the IP header.
     pub ip: usize,
@@ -47,7 +49,10 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Frame length in bytes, for counters.
     pub frame_len: u64,
-    /// End of the frame (`data_end`), for re-checking bounds right before an access.
+    /// End of the directly accessible bytes (`data_end`), for re-checking bounds
+    /// right before an access. On XDP the end of the frame; on tc the end of the
+    /// skb's linear part (the headers: `hook::pull_headers`), the payload may lie
+    /// beyond it.
     pub end: usize,
     /// ICMP path-MTU errors only (else 0): start of the embedded packet, whose IP
     /// header (IPv4 without options) and first 8 bytes of TCP/UDP header are in the
@@ -76,20 +81,6 @@ pub fn u8_at(p: usize) -> u8 {
 // LLVM; letting it emit misaligned accesses instead also makes it merge stack
 // stores the verifier rejects.)
 
-/// A 16-bit field as stored (network order), e.g. a port.
-#[inline(always)]
-pub fn raw16_at(p: usize) -> u16 {
-    // SAFETY: callers bounds-check `p..p + 2` against data_end first; 2-byte aligned.
-    unsafe { core::ptr::read(p as *const u16) }
-}
-
-/// Stores a 16-bit field as is (network order).
-#[inline(always)]
-pub fn put16(p: usize, v: u16) {
-    // SAFETY: callers bounds-check `p..p + 2` against data_end first; 2-byte aligned.
-    unsafe { core::ptr::write(p as *mut u16, v) }
-}
-
 #[inline(always)]
 fn be16_at(p: usize) -> u16 {
     u16::from_be(raw16_at(p))
@@ -104,18 +95,6 @@ pub fn raw32_at(p: usize) -> u32 {
     } else {
         a << 16 | b
     }
-}
-
-/// Stores a 32-bit field as is (the inverse of `raw32_at`).
-#[inline(always)]
-pub fn put32(p: usize, v: u32) {
-    let (a, b) = if cfg!(target_endian = "little") {
-        (v, v >> 16)
-    } else {
-        (v >> 16, v)
-    };
-    put16(p, a as u16);
-    put16(p + 2, b as u16);
 }
 
 #[inline(always)]
@@ -156,28 +135,48 @@ fn is_ipv6_ext(nh: u8) -> bool {
 
 /// Parses the frame. `Ok(None)`: not a TCP/UDP packet we could care about (pass,
 /// uncounted). `Err`: a counted verdict per the `Reason` contract.
+///
+/// Headers are bounds-checked against `data_end`, lengths in the headers against
+/// the packet's length (`Hook::len`, as offsets: on tc the payload need not be
+/// directly accessible).
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Verdict> {
+pub fn parse<C: Hook>(ctx: &C) -> Result<Option<Packet>, Verdict> {
     let data = ctx.data();
     let end = ctx.data_end();
     if data + ETH_HLEN > end {
         return Err(Verdict::pass(Reason::NotIp));
     }
     let mut ethertype = be16_at(data + 12);
-    let mut ip = data + ETH_HLEN;
+    let mut l3 = ETH_HLEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         if data + ETH_HLEN + VLAN_HLEN > end {
             return Err(Verdict::pass(Reason::NotIp));
         }
         ethertype = be16_at(data + ETH_HLEN + 2);
-        ip = data + ETH_HLEN + VLAN_HLEN;
+        l3 = ETH_HLEN + VLAN_HLEN;
     }
-    let frame_len = (end - data) as u64;
+    let frame = Frame {
+        ip: data + l3,
+        end,
+        len: ctx.len(),
+        after_l3: ctx.len().wrapping_sub(l3 as u64),
+    };
     match ethertype {
-        ETH_P_IP => parse_ipv4(ip, end, frame_len),
-        ETH_P_IPV6 => parse_ipv6(ip, end, frame_len),
+        ETH_P_IP => parse_ipv4(&frame),
+        ETH_P_IPV6 => parse_ipv6(&frame),
         _ => Err(Verdict::pass(Reason::NotIp)),
     }
+}
+
+/// Where the IP header starts and how much packet follows it.
+struct Frame {
+    ip: usize,
+    /// `data_end`.
+    end: usize,
+    /// The whole packet's length.
+    len: u64,
+    /// Bytes from the IP header to the end of the packet.
+    after_l3: u64,
 }
 
 #[inline(always)]
@@ -213,7 +212,8 @@ fn l4_short(l4: usize, end: usize, proto: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, Verdict> {
+fn parse_ipv4(f: &Frame) -> Result<Option<Packet>, Verdict> {
+    let (ip, end, frame_len) = (f.ip, f.end, f.len);
     if ip + IPV4_HLEN > end {
         return Err(Verdict::pass(Reason::BadIpHeader));
     }
@@ -223,7 +223,7 @@ fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
     // its range; `black_box` keeps LLVM from folding it into a form it cannot follow.
     let hl = core::hint::black_box(((b0 & 0x0f) as usize) << 2) & 0x3c;
     let tot = be16_at(ip + 2) as usize;
-    if b0 >> 4 != 4 || hl < IPV4_HLEN || tot < hl || ip + tot > end {
+    if b0 >> 4 != 4 || hl < IPV4_HLEN || tot < hl || tot as u64 > f.after_l3 {
         return Err(for_vip(Reason::BadIpHeader, dst, FAMILY_IPV4));
     }
     let proto = u8_at(ip + 9);
@@ -237,9 +237,9 @@ fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
     if be16_at(ip + 6) & 0x3fff != 0 {
         return only_for_vip(Reason::Unparseable, dst, FAMILY_IPV4);
     }
-    // LLVM can prove `l4 + 20 <= end` from `ip + tot <= end` and `tot >= hl + 20`
-    // and drop the check below; the verifier cannot follow that proof, so hide where
-    // `l4` came from.
+    // The check below must stay on this very pointer, with constant lengths (what
+    // the verifier follows): hide where `l4` came from, so LLVM cannot fold it
+    // into the length checks above.
     let l4 = core::hint::black_box(ip + hl);
     if tot < hl + l4_min(proto) || l4_short(l4, end, proto) {
         return only_for_vip(Reason::TruncatedL4, dst, FAMILY_IPV4);
@@ -264,13 +264,14 @@ fn parse_ipv4(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, V
 }
 
 #[inline(always)]
-fn parse_ipv6(ip: usize, end: usize, frame_len: u64) -> Result<Option<Packet>, Verdict> {
+fn parse_ipv6(f: &Frame) -> Result<Option<Packet>, Verdict> {
+    let (ip, end, frame_len) = (f.ip, f.end, f.len);
     if ip + IPV6_HLEN > end {
         return Err(Verdict::pass(Reason::BadIpHeader));
     }
     let dst = addr6_at(ip + 24);
     let payload = be16_at(ip + 4) as usize;
-    if u8_at(ip) >> 4 != 6 || ip + IPV6_HLEN + payload > end {
+    if u8_at(ip) >> 4 != 6 || (IPV6_HLEN + payload) as u64 > f.after_l3 {
         return Err(for_vip(Reason::BadIpHeader, dst, FAMILY_IPV6));
     }
     let proto = u8_at(ip + 6);

@@ -1,6 +1,6 @@
 //! Backend selection: the connection table first, else the VIP's live Maglev table.
 
-use aya_ebpf::maps::Array;
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::Array};
 use keystone_common::{
     Backend, Event, FlowKey, FlowState, PROTO_TCP, Reason, VipInfo,
     backend_flags::UP,
@@ -15,7 +15,7 @@ use keystone_common::{
 };
 
 use crate::{
-    Verdict,
+    Verdict, ab,
     maps::{BACKENDS, CONNS, RINGS, count_event},
 };
 
@@ -123,16 +123,45 @@ fn maglev_pick(key: &FlowKey, vip: &VipInfo) -> Result<(u32, Backend), Verdict> 
 /// Any other TCP packet that finds no entry at all is counted as
 /// `Event::UntrackedMidFlow` (an evicted or foreign flow) before it is re-pinned.
 ///
+/// A SYN is tried first as a new flow: its pick inserted if absent (`BPF_NOEXIST`),
+/// with no lookup before it; only a SYN whose tuple the table holds already takes
+/// the path above.
+///
 /// `now_ns` is `bpf_ktime_get_coarse_ns()` (`FlowState::seen` keeps it in ticks).
+/// `V`: the `ab` variant (`ab::PRODUCTION` in the agent's program).
 ///
 /// Errors: those of `maglev_pick`.
 #[inline(always)]
-pub fn choose(key: &FlowKey, vip: &VipInfo, tcp_flags: u8, now_ns: u64) -> Result<Choice, Verdict> {
-    let (pinned, at) = pinned_state(key);
+pub fn choose<const V: u32>(
+    key: &FlowKey,
+    vip: &VipInfo,
+    tcp_flags: u8,
+    now_ns: u64,
+) -> Result<Choice, Verdict> {
     let tcp = key.proto == PROTO_TCP;
     let now = (now_ns >> CLOCK_SHIFT) as u32;
     let syn = tcp && is_new_connection(tcp_flags);
     let nat = vip.mode == mode::NAT;
+    // Nearly every SYN is a new flow: pinned by one insert-if-absent, no lookup
+    // first. The table holding the tuple already (or no pick) takes the full path.
+    if syn
+        && !ab::has(V, ab::LOOKUP_FIRST)
+        && let Ok((slot, b)) = maglev_pick(key, vip)
+    {
+        let state = FlowState::pinned(slot, b.generation)
+            .after_client(tcp_flags, now, nat)
+            .0;
+        if ab::has(V, ab::NO_INSERT) || CONNS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
+            return Ok(Choice {
+                slot,
+                backend: b,
+                new_flow: true,
+                connection_attempt: true,
+                handshake_done: false,
+            });
+        }
+    }
+    let (pinned, at) = pinned_state(key);
     if !(syn && pinned.syn_repicks(now))
         && let Some(b) = usable(&pinned, vip)
     {
@@ -166,7 +195,9 @@ pub fn choose(key: &FlowKey, vip: &VipInfo, tcp_flags: u8, now_ns: u64) -> Resul
         }
         // A failed insert (cannot happen for an LRU map short of memory pressure)
         // only means the next packet is hashed again, to the same backend.
-        let _ = CONNS.insert(key, state, 0);
+        if !ab::has(V, ab::NO_INSERT) {
+            let _ = CONNS.insert(key, state, 0);
+        }
     } else {
         update_in_place(at, &pinned, &state);
     }

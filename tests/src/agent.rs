@@ -104,6 +104,7 @@ impl Lab {
     pub fn agent_config(&self, tenants: Vec<Tenant>) -> AgentConfig {
         AgentConfig {
             interfaces: self.gateway_interfaces(),
+            attach: None,
             admin_listen: ADMIN_LISTEN.into(),
             token: ADMIN_TOKEN.into(),
             tenants,
@@ -280,6 +281,19 @@ impl Lab {
         headers: &[(&str, String)],
         body: Option<&str>,
     ) -> Result<(u16, String)> {
+        self.admin_send_to(ADMIN_LISTEN, method, path, auth, headers, body)
+    }
+
+    /// [`Lab::admin_send`] to the admin API at `admin` (another agent of the lab).
+    pub fn admin_send_to(
+        &self,
+        admin: &str,
+        method: &str,
+        path: &str,
+        auth: Auth<'_>,
+        headers: &[(&str, String)],
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
         let mut c = in_ns(self.gateway_ns(), "curl");
         c.args(["-sS", "-m", "5", "-X", method, "-w", "\n%{http_code}"]);
         let bearer = match auth {
@@ -303,11 +317,11 @@ impl Lab {
         let out = match body {
             Some(body) => {
                 c.args(["--data-binary", "@-"]);
-                c.arg(format!("http://{ADMIN_LISTEN}{path}"));
+                c.arg(format!("http://{admin}{path}"));
                 cmd::run_with_stdin(&mut c, body)?
             }
             None => {
-                c.arg(format!("http://{ADMIN_LISTEN}{path}"));
+                c.arg(format!("http://{admin}{path}"));
                 cmd::run(&mut c)?
             }
         };

@@ -3,6 +3,7 @@
 use std::{
     ffi::OsStr,
     io::Write,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
 
@@ -16,6 +17,56 @@ pub fn describe(cmd: &Command) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
+}
+
+/// What a command a test ran printed: its stdout, and everything it printed named
+/// by its command line and exit status (for failure messages).
+pub struct Printed {
+    pub success: bool,
+    pub stdout: String,
+    pub said: String,
+}
+
+/// Runs `cmd` to its end for a test; panics naming it if it cannot start.
+pub fn printed(cmd: &mut Command) -> Printed {
+    let what = describe(cmd);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting `{what}`: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said = format!(
+        "`{what}` ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Printed {
+        success: out.status.success(),
+        stdout,
+        said,
+    }
+}
+
+/// The repository's root (this crate lives in `tests/`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// `cargo xtask` from the repository, in the environment a shell would give it: without
+/// the variables `cargo test` sets for a test, which would make cargo rebuild the
+/// release binaries rather than reuse them.
+pub fn xtask() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(repo()).arg("xtask");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "LD_LIBRARY_PATH" {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
 }
 
 /// A command that runs `program` inside network namespace `ns` (`ip netns exec`).

@@ -1,25 +1,15 @@
 //! The agent's YAML config, written from typed values (the lab writes configs; the
 //! agent owns parsing and validation).
 
-use keystone_api::{Strategy, SwitchStrategy};
-use std::{fmt::Write as _, net::SocketAddr};
+pub use keystone_api::Protocol;
+use keystone_api::{DurationValue, StepParams, Strategy, SwitchStrategy};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    ops::{Deref, DerefMut},
+};
 
 use crate::lab::Mode;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
 
 /// A canary rollout then a blue/green flip back, as (what, blue weight, green weight):
 /// what `cargo xtask demo` shows and an integration test checks.
@@ -71,49 +61,71 @@ impl HealthCheck {
     }
 }
 
-/// A tenant's `canary_config:` block.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CanaryConfig {
-    pub initial_traffic: f64,
-    pub increment: f64,
-    /// As the config takes it (`2s`).
-    pub interval: String,
-    pub max_traffic: Option<f64>,
+/// A tenant's `canary_config:` block: keystone-api's step parameters, so the lab
+/// writes each one (in the config, and as keystone-ctl's flags) by its one name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CanaryConfig(pub StepParams);
+
+impl Deref for CanaryConfig {
+    type Target = StepParams;
+    fn deref(&self) -> &StepParams {
+        &self.0
+    }
+}
+
+impl DerefMut for CanaryConfig {
+    fn deref_mut(&mut self) -> &mut StepParams {
+        &mut self.0
+    }
 }
 
 impl CanaryConfig {
     /// The lab's canaries: 10 % first, then +30 % every `interval` (10 → 40 → 70 → 100).
     pub fn ten_plus_thirty(interval: &str) -> Self {
-        Self {
-            initial_traffic: 10.0,
-            increment: 30.0,
-            interval: interval.into(),
-            max_traffic: None,
-        }
+        CanaryConfig(StepParams {
+            initial_traffic: Some(10.0),
+            increment: Some(30.0),
+            interval: Some(DurationValue::Text(interval.into())),
+            ..StepParams::default()
+        })
+    }
+
+    /// Each parameter given, in `StepParams::NAMES` order: its name and its value as
+    /// JSON (a duration's text is a string, so YAML quotes it).
+    fn given(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let serde_json::Value::Object(mut given) =
+            serde_json::to_value(&self.0).expect("step parameters serialise")
+        else {
+            unreachable!("StepParams serialises as an object")
+        };
+        StepParams::NAMES
+            .iter()
+            .filter_map(|name| given.remove(*name).map(|v| (*name, v)))
+            .collect()
     }
 
     /// `canary start <tenant> --version <version>` with these steps as flags, for
     /// keystone-ctl: the same steps whether a canary comes from the config or the CLI.
     pub fn ctl_start_args(&self, tenant: &str, version: &str) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "canary",
-            "start",
-            tenant,
-            "--version",
-            version,
-            "--initial-traffic",
-            &self.initial_traffic.to_string(),
-            "--increment",
-            &self.increment.to_string(),
-            "--interval",
-            &self.interval,
-        ]
-        .map(str::to_owned)
-        .into();
-        if let Some(max) = self.max_traffic {
-            args.extend(["--max-traffic".to_owned(), max.to_string()]);
+        let mut args: Vec<String> = ["canary", "start", tenant, "--version", version]
+            .map(str::to_owned)
+            .into();
+        for (name, value) in self.given() {
+            args.push(format!("--{}", name.replace('_', "-")));
+            args.push(match value {
+                serde_json::Value::String(text) => text,
+                other => plain(&other),
+            });
         }
         args
+    }
+}
+
+/// A JSON scalar as a person writes it: `10`, not `10.0`.
+fn plain(value: &serde_json::Value) -> String {
+    match value.as_f64() {
+        Some(n) => n.to_string(),
+        None => value.to_string(),
     }
 }
 
@@ -222,6 +234,9 @@ impl Tenant {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub interfaces: Vec<String>,
+    /// The top-level `attach:` (`xdp`, `xdp-generic`, `tc`, `auto`); the agent's
+    /// default when `None`.
+    pub attach: Option<String>,
     pub admin_listen: String,
     pub token: String,
     pub tenants: Vec<Tenant>,
@@ -246,6 +261,9 @@ impl AgentConfig {
         let _ = writeln!(y, "# Written by keystone-lab.");
         let ifs: Vec<String> = self.interfaces.iter().map(|i| q(i)).collect();
         let _ = writeln!(y, "interfaces: [{}]", ifs.join(", "));
+        if let Some(attach) = &self.attach {
+            let _ = writeln!(y, "attach: {}", q(attach));
+        }
         let _ = writeln!(y, "admin:");
         let _ = writeln!(y, "  listen: {}", q(&self.admin_listen));
         let _ = writeln!(y, "  token: {}", q(&self.token));
@@ -264,7 +282,7 @@ impl AgentConfig {
         for t in &self.tenants {
             let _ = writeln!(y, "  - name: {}", q(&t.name));
             let _ = writeln!(y, "    listen: {}", q(&t.listen.to_string()));
-            let _ = writeln!(y, "    protocol: {}", t.protocol.as_str());
+            let _ = writeln!(y, "    protocol: {}", t.protocol);
             let _ = writeln!(y, "    mode: {}", t.mode.as_str());
             let _ = writeln!(y, "    deployment_strategy: {}", t.strategy);
             if let Some(size) = t.ring_size {
@@ -272,11 +290,12 @@ impl AgentConfig {
             }
             if let Some(c) = &t.canary {
                 let _ = writeln!(y, "    canary_config:");
-                let _ = writeln!(y, "      initial_traffic: {}", c.initial_traffic);
-                let _ = writeln!(y, "      increment: {}", c.increment);
-                let _ = writeln!(y, "      interval: {}", q(&c.interval));
-                if let Some(m) = c.max_traffic {
-                    let _ = writeln!(y, "      max_traffic: {m}");
+                for (name, value) in c.given() {
+                    let value = match value {
+                        serde_json::Value::String(text) => q(&text),
+                        other => plain(&other),
+                    };
+                    let _ = writeln!(y, "      {name}: {value}");
                 }
             }
             if let Some(env) = &t.active_environment {
@@ -353,6 +372,7 @@ mod tests {
     fn yaml_has_every_field() {
         let cfg = AgentConfig {
             interfaces: vec!["eth-client".into(), "eth-blue".into()],
+            attach: None,
             admin_listen: "127.0.0.1:9100".into(),
             token: "lab-test-token-0123".into(),
             webhook: None,
@@ -419,6 +439,7 @@ mod tests {
         };
         let cfg = AgentConfig {
             interfaces: vec!["eth-client".into()],
+            attach: None,
             admin_listen: "127.0.0.1:9100".into(),
             token: "lab-test-token-0123".into(),
             limits: Vec::new(),
@@ -429,12 +450,10 @@ mod tests {
             tenants: vec![
                 tenant("web", "198.18.0.10:80", "198.18.11.2", "198.18.12.2")
                     .with_health(HealthCheck::fast_http())
-                    .with_canary(CanaryConfig {
-                        initial_traffic: 10.0,
-                        increment: 30.0,
-                        interval: "2s".into(),
+                    .with_canary(CanaryConfig(StepParams {
                         max_traffic: Some(70.0),
-                    }),
+                        ..CanaryConfig::ten_plus_thirty("2s").0
+                    })),
                 tenant(
                     "shop",
                     "[2001:2::10]:80",

@@ -5,20 +5,18 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
-    AgentConfig, Bins, ClientLoop, HoldEvent, Lab, LabBuilder, Mode, Protocol, Summary, Tenant,
-    VIP4, VIP6, ok,
+    AgentConfig, Batch, Bins, ClientLoop, HoldEvent, Lab, LabBuilder, Mode, Protocol, Summary,
+    Tenant, VIP4, VIP6, ok,
 };
 
 /// The port every ks-backend serves on.
 pub const BACKEND_PORT: u16 = 8080;
 /// New connections (or datagrams) per split measurement.
 pub const FLOWS: u32 = 2000;
-/// Allowed distance, in percentage points, between weight share and measured share.
-pub const SPLIT_TOLERANCE: f64 = 3.0;
 /// The split most traffic tests measure.
 pub const W90_10: &[(&str, u32)] = &[("blue", 90), ("green", 10)];
 
@@ -30,6 +28,14 @@ pub fn v4(port: u16) -> SocketAddr {
 /// The IPv6 VIP on `port`.
 pub fn v6(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(VIP6), port)
+}
+
+/// Seconds since the Unix epoch, as the agent's timestamps count them.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
 }
 
 /// The IPv4 VIP on port 80.
@@ -133,9 +139,19 @@ pub fn udp(lab: &Lab, vip: SocketAddr, n: u32) -> Summary {
     )
 }
 
-/// The measured split `s` is `weights` within [`SPLIT_TOLERANCE`]; printed either way.
+/// `n` new flows of `protocol` to `vip`: TCP connections or UDP datagrams.
+pub fn new_flows(lab: &Lab, vip: SocketAddr, protocol: Protocol, n: u32) -> Summary {
+    match protocol {
+        Protocol::Tcp => tcp(lab, vip, n),
+        Protocol::Udp => udp(lab, vip, n),
+        Protocol::Unknown => panic!("new flows of an unknown protocol"),
+    }
+}
+
+/// The measured split `s` is `weights` within [`crate::traffic::split_tolerance`];
+/// printed either way.
 pub fn assert_split(lab: &Lab, what: &str, s: &Summary, weights: &[(&str, u32)]) {
-    if let Err(table) = s.check_split(weights, SPLIT_TOLERANCE) {
+    if let Err(table) = s.check_split(weights) {
         panic!("{what}: {table}\n{}", lab.test_diagnostics());
     }
     eprintln!("{what}:\n{}", s.table(weights));
@@ -175,6 +191,28 @@ pub fn hold_events(lab: &Lab, name: &str) -> Vec<HoldEvent> {
 pub fn batches_after(lab: &Lab, traffic: &ClientLoop, since: Instant, n: usize) {
     let bound = Duration::from_secs(30);
     ok(lab, "traffic", traffic.wait_batches_since(since, n, bound));
+}
+
+/// Everything the batches that started at or after `since` saw.
+pub fn summed_since(batches: &[Batch], since: Instant) -> Summary {
+    let mut s = Summary::default();
+    for b in batches.iter().filter(|b| b.started >= since) {
+        s.merge(&b.summary);
+    }
+    s
+}
+
+/// Some new connections of `total` were answered and none failed; else panics with
+/// `what`, the counts, the errors and `diagnostics()`.
+pub fn assert_none_failed(what: &str, total: &Summary, diagnostics: impl FnOnce() -> String) {
+    assert!(
+        total.failed == 0 && total.answered() > 0,
+        "{what}: {} of {} failed ({:?})\n{}",
+        total.failed,
+        total.attempted,
+        total.errors,
+        diagnostics()
+    );
 }
 
 /// SIGKILLs the agent: nothing of its own cleanup runs.

@@ -75,7 +75,9 @@ impl Lab {
             let entry = entry.map_err(io_err(format!("listing {}", dir.display())))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             // A bpffs also shows the kernel's own iterators (maps.debug, progs.debug).
-            if !(name.starts_with("KS_") || name == names::PROGRAM || name.starts_with("link_")) {
+            let program = name == names::PROGRAM || name == names::TC_PROGRAM;
+            let link = name.starts_with("link_") || name.starts_with("tc_link_");
+            if !(name.starts_with("KS_") || program || link) {
                 continue;
             }
             let path = entry.path();
@@ -83,11 +85,11 @@ impl Lab {
                 what: format!("reading the pinned {}", path.display()),
                 source: std::io::Error::other(e.to_string()),
             };
-            let ids = if name.starts_with("link_") {
+            let ids = if link {
                 let link: FdLink = PinnedLink::from_pin(&path).map_err(|e| what(&e))?.into();
                 let info = link.info().map_err(|e| what(&e))?;
                 (info.id(), Some(info.program_id()))
-            } else if name == names::PROGRAM {
+            } else if program {
                 (
                     ProgramInfo::from_pin(&path).map_err(|e| what(&e))?.id(),
                     None,

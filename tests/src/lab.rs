@@ -27,7 +27,7 @@
 mod addresses;
 mod cleanup;
 mod processes;
-mod topology;
+pub(crate) mod topology;
 
 pub use addresses::{Backend, CLIENT4, CLIENT6, GW_CLIENT4, GW_CLIENT6, VIP4, VIP6};
 pub use cleanup::{Owner, RUN_ENV};
@@ -186,46 +186,11 @@ impl LabBuilder {
     /// Creates the namespaces, links, addresses, routes and bpffs. On error,
     /// whatever was created is removed again.
     pub fn build(self) -> Result<Lab> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(LabError::NotRoot);
-        }
-        let prefix = format!(
-            "ks{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let name = self.name.unwrap_or_else(|| prefix.clone());
-        check_name(&name, 40, |c| {
-            c.is_ascii_alphanumeric() || c == '-' || c == '_'
-        })?;
-        if self.backends.is_empty() || self.backends.len() > 40 {
-            return Err(LabError::BadName {
-                name: self.backends.join(","),
-                reason: "a lab needs 1 to 40 backends",
-            });
-        }
-        for b in &self.backends {
-            check_name(b, 11, |c| c.is_ascii_lowercase() || c.is_ascii_digit())?;
-            if b == "client" || b == "gw" || self.backends.iter().filter(|x| *x == b).count() > 1 {
-                return Err(LabError::BadName {
-                    name: b.clone(),
-                    reason: "backend names must be unique and not client or gw",
-                });
-            }
-        }
+        let (prefix, name) = checked_names(self.name, &self.backends)?;
         let bins = match self.bins {
             Some(b) => b,
             None => Bins::beside_current_exe()?,
         };
-        let state_dir = Path::new(STATE_ROOT).join(&name);
-        if state_dir.join("state.json").exists() {
-            return Err(LabError::Exists {
-                name,
-                dir: state_dir,
-            });
-        }
-        fs::create_dir_all(&state_dir)
-            .map_err(io_err(format!("creating {}", state_dir.display())))?;
         let state = LabState {
             name,
             owner: Some(Owner::current(self.run)),
@@ -241,18 +206,69 @@ impl LabBuilder {
             bridge: self.bridged.then(|| BRIDGE.to_owned()),
             ..LabState::default()
         };
-        let mut lab = Lab {
+        let mut lab = Lab::open(state, bins, self.detach)?;
+        lab.create()?;
+        Ok(lab)
+    }
+}
+
+impl Lab {
+    /// A lab with `state` and nothing created yet: its state directory made and the
+    /// state saved, so that from here on dropping it removes whatever it records.
+    pub(crate) fn open(state: LabState, bins: Bins, detach: bool) -> Result<Lab> {
+        let state_dir = Path::new(STATE_ROOT).join(&state.name);
+        if state_dir.join("state.json").exists() {
+            return Err(LabError::Exists {
+                name: state.name,
+                dir: state_dir,
+            });
+        }
+        fs::create_dir_all(&state_dir)
+            .map_err(io_err(format!("creating {}", state_dir.display())))?;
+        let lab = Lab {
             state,
             state_dir,
             children: BTreeMap::new(),
             keep: false,
-            detach: self.detach,
+            detach,
             bins,
         };
         lab.save()?;
-        lab.create()?;
         Ok(lab)
     }
+}
+
+/// Checks that we run as root and that the lab's and the backends' names are usable;
+/// returns the prefix of the lab's namespaces and the lab's name (default: the prefix).
+pub(crate) fn checked_names(name: Option<String>, backends: &[String]) -> Result<(String, String)> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LabError::NotRoot);
+    }
+    let prefix = format!(
+        "ks{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let name = name.unwrap_or_else(|| prefix.clone());
+    check_name(&name, 40, |c| {
+        c.is_ascii_alphanumeric() || c == '-' || c == '_'
+    })?;
+    if backends.is_empty() || backends.len() > 40 {
+        return Err(LabError::BadName {
+            name: backends.join(","),
+            reason: "a lab needs 1 to 40 backends",
+        });
+    }
+    for b in backends {
+        check_name(b, 11, |c| c.is_ascii_lowercase() || c.is_ascii_digit())?;
+        if b == "client" || b == "gw" || backends.iter().filter(|x| *x == b).count() > 1 {
+            return Err(LabError::BadName {
+                name: b.clone(),
+                reason: "backend names must be unique and not client or gw",
+            });
+        }
+    }
+    Ok((prefix, name))
 }
 
 fn check_name(name: &str, max: usize, ok: impl Fn(char) -> bool) -> Result<()> {

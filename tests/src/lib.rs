@@ -11,10 +11,15 @@
 
 pub mod agent;
 pub mod bins;
+pub mod chromium;
 pub mod cmd;
 pub mod config;
+pub mod cpus;
 pub mod deploy;
 pub mod error;
+pub mod etcd;
+pub mod fleet;
+pub mod fleet_etcd;
 pub mod forge;
 pub mod helpers;
 #[cfg(feature = "dataplane")]
@@ -22,6 +27,7 @@ pub mod kernel;
 pub mod lab;
 pub mod mounts;
 pub mod packet_bench;
+pub mod plans;
 pub mod tools;
 pub mod traffic;
 pub mod wait;
@@ -36,6 +42,10 @@ pub use config::{
 };
 pub use deploy::Deployment;
 pub use error::{LabError, Result};
+pub use fleet::{
+    Announce, CLIENT_NET4, CLIENT_NET6, Churn, Count, Fleet, FleetBuilder, HeldFlow, Hold, Load,
+    LoadReport, RETURN_TABLE, gateway_back4, gateway_back6, gateway4, gateway6,
+};
 pub use lab::{
     BRIDGE, Backend, Lab, LabBuilder, LabState, Mode, Owner, RUN_ENV, STATE_ROOT, VIP4, VIP6,
 };

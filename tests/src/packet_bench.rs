@@ -43,4 +43,18 @@ pub enum Report {
         /// Mean of the kernel-reported durations, ns per call.
         mean_ns: f64,
     },
+    /// One CPU's share of a case run on every CPU at once (one thread pinned per CPU,
+    /// started together, `calls` each, its own flows). The `Round` of the same case
+    /// and round is the one-CPU figure (CPU 0).
+    Parallel {
+        case: String,
+        round: u32,
+        cpu: u32,
+        calls: u32,
+        /// Mean of the kernel-reported durations, ns per call.
+        mean_ns: f64,
+        /// The thread's CPU time ÷ its wall time over the calls: 1.0 when it was never
+        /// descheduled, so the CPUs really ran the program at the same time.
+        on_cpu: f64,
+    },
 }

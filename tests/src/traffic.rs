@@ -23,6 +23,29 @@ use crate::{
     wait::{Probe, wait_for},
 };
 
+/// How far, in binomial standard deviations, a measured share may be from its
+/// weight's share. A fair split then fails one check in ~16,000 (two-sided 4σ); the
+/// rule is ≥ 3.5σ, since ±5 points at n = 200 (1.4σ) failed CI on a fair draw.
+pub const SPLIT_SIGMAS: f64 = 4.0;
+
+/// The standard deviation, in percentage points, of a share `p` (0..=1) measured
+/// over `n` independent new connections: 100·√(p(1−p)/n).
+pub fn share_sigma(p: f64, n: u64) -> f64 {
+    100.0 * (p * (1.0 - p) / n.max(1) as f64).sqrt()
+}
+
+/// The tolerance, in points, of a split over `n` answers: [`SPLIT_SIGMAS`] σ of
+/// the weights' largest-variance share (the one nearest 50 %). E.g. n = 2000:
+/// 90/10 ±2.68, 50/50 ±4.47; n = 1000: 50/50 ±6.32.
+pub fn split_tolerance(weights: &[(&str, u32)], n: u64) -> f64 {
+    let total: u32 = weights.iter().map(|(_, w)| w).sum();
+    weights
+        .iter()
+        .map(|(_, w)| share_sigma(f64::from(*w) / f64::from(total.max(1)), n))
+        .fold(0.0, f64::max)
+        * SPLIT_SIGMAS
+}
+
 /// `ks-client`'s closing JSON line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -74,11 +97,14 @@ impl Summary {
         100.0 * *self.by_backend.get(backend).unwrap_or(&0) as f64 / total as f64
     }
 
-    /// `Err` (with a table) unless every backend's share is within `tolerance`
-    /// percentage points of its weight's share, and nothing failed.
-    pub fn check_split(&self, weights: &[(&str, u32)], tolerance: f64) -> Result<(), String> {
+    /// `Err` (with a table) unless nothing failed, only `weights`' backends answered
+    /// and every backend's share is within [`split_tolerance`] of its weight's
+    /// share for the number of answers measured.
+    pub fn check_split(&self, weights: &[(&str, u32)]) -> Result<(), String> {
+        let n = self.answered();
+        let tolerance = split_tolerance(weights, n);
         let total_weight: u32 = weights.iter().map(|(_, w)| w).sum();
-        let mut bad = self.failed > 0;
+        let mut bad = self.failed > 0 || n == 0;
         for (name, w) in weights {
             let expected = 100.0 * f64::from(*w) / f64::from(total_weight.max(1));
             bad |= (self.share(name) - expected).abs() > tolerance;
@@ -89,7 +115,7 @@ impl Summary {
             .any(|k| !weights.iter().any(|(n, _)| n == k));
         if bad || unknown {
             Err(format!(
-                "split outside ±{tolerance} points or requests failed:\n{}",
+                "split outside ±{tolerance:.2} points ({SPLIT_SIGMAS}σ at n = {n}) or requests failed:\n{}",
                 self.table(weights)
             ))
         } else {
@@ -486,14 +512,54 @@ mod tests {
     }
 
     #[test]
-    fn split_check_uses_tolerance() {
-        let mut s = Summary::default();
-        s.by_backend.insert("blue".into(), 1830);
-        s.by_backend.insert("green".into(), 170);
-        assert!(s.check_split(&[("blue", 90), ("green", 10)], 3.0).is_ok());
-        assert!(s.check_split(&[("blue", 95), ("green", 5)], 3.0).is_err());
-        s.failed = 1;
-        assert!(s.check_split(&[("blue", 90), ("green", 10)], 3.0).is_err());
+    fn the_split_tolerance_is_four_binomial_sigmas_of_the_widest_share() {
+        let close = |a: f64, b: f64| (a - b).abs() < 0.005;
+        assert!(
+            close(share_sigma(0.5, 2000), 1.118),
+            "{}",
+            share_sigma(0.5, 2000)
+        );
+        assert!(close(share_sigma(0.9, 2000), 0.671));
+        assert!(close(share_sigma(0.1, 2000), share_sigma(0.9, 2000)));
+        assert_eq!(share_sigma(1.0, 2000), 0.0);
+        let t = |w: &[(&str, u32)], n| split_tolerance(w, n);
+        assert!(close(t(&[("blue", 90), ("green", 10)], 2000), 2.683));
+        assert!(close(t(&[("blue", 50), ("green", 50)], 2000), 4.472));
+        assert!(close(t(&[("a", 50), ("b", 25), ("c", 25)], 2000), 4.472));
+        assert!(close(t(&[("blue", 1), ("green", 1)], 1000), 6.325));
+        assert_eq!(t(&[("blue", 100), ("green", 0)], 2000), 0.0);
+    }
+
+    #[test]
+    fn a_split_is_checked_against_its_binomial_tolerance() {
+        let summary = |blue, green| {
+            let mut s = Summary::default();
+            s.by_backend.insert("blue".into(), blue);
+            s.by_backend.insert("green".into(), green);
+            s
+        };
+        let w90 = &[("blue", 90), ("green", 10)];
+        // n = 2000, 90/10: ±2.68 points.
+        assert!(summary(1750, 250).check_split(w90).is_ok(), "87.5 %");
+        assert!(summary(1740, 260).check_split(w90).is_err(), "87.0 %");
+        // The draw that failed CI, 54.5/45.5 at n = 200, is fair (±14.1 points)…
+        assert!(
+            summary(109, 91)
+                .check_split(&[("blue", 1), ("green", 1)])
+                .is_ok()
+        );
+        // …and one 10 points off at n = 2000 is not (±4.47).
+        let err = summary(1200, 800)
+            .check_split(&[("blue", 1), ("green", 1)])
+            .unwrap_err();
+        assert!(err.contains("±4.47 points (4σ at n = 2000)"), "{err}");
+        let mut failed = summary(1800, 200);
+        failed.failed = 1;
+        assert!(failed.check_split(w90).is_err(), "a failed request");
+        assert!(summary(0, 0).check_split(w90).is_err(), "nothing answered");
+        let mut stray = summary(1800, 200);
+        stray.by_backend.insert("red".into(), 1);
+        assert!(stray.check_split(w90).is_err(), "an unknown backend");
     }
 
     #[test]

@@ -1,33 +1,59 @@
 //! The `BPF_PROG_TEST_RUN` environment shared by the packet tests
 //! (`tests/tests/packet/`) and `ks-packet-bench` (`cargo xtask bench packet`): a
 //! network namespace with a fixed topology so `bpf_fib_lookup` answers
-//! deterministically, the program loaded by the agent's own `AyaDataplane`, frame
-//! builders, and the config helpers.
+//! deterministically, the program loaded by the agent's own `AyaDataplane` and run
+//! at either hook (`in_netns` runs a test once per hook), frame builders, and the
+//! config helpers.
+//!
+//! This file is the environment and the test run; the frame builders are in
+//! `xdp/frames.rs`, the config helpers in `xdp/specs.rs` (both re-exported here).
 //!
 //! Everything here panics with context on failure (it runs inside tests and a bench
 //! binary); the namespace goes away with its thread and the bpffs is unmounted on drop.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    cell::Cell,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
+pub use keystone_agent::dataplane::Hook;
 use keystone_agent::dataplane::{
-    AyaDataplane, BackendSpec, Counters, Dataplane, LoadOptions, VipSpec,
+    AttachMode, AyaDataplane, Counters, Dataplane, LoadOptions, VipSpec,
 };
-use keystone_common::{
-    Endpoint, Event, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Reason, checksum,
-    iface_flags, tcp_flags::SYN,
-};
+use keystone_common::iface_flags;
+
+mod frames;
+mod specs;
+
+pub use frames::*;
+pub use specs::*;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+
+/// The tc verdicts (`TC_ACT_*`) the tc program returns.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// The tc verdict for an XDP action, as the program maps it.
+pub fn tc_verdict(xdp_action: u32) -> u32 {
+    match xdp_action {
+        XDP_PASS => TC_ACT_OK,
+        XDP_TX | XDP_REDIRECT => TC_ACT_REDIRECT,
+        _ => TC_ACT_SHOT,
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Environment: network namespace, bpffs, topology.
@@ -130,17 +156,47 @@ impl Drop for Bpffs {
     }
 }
 
-/// Runs `f` in a new thread that first moves into a fresh network namespace (which
-/// disappears with the thread, taking its interfaces along), re-raising its panic.
-pub fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
-    let handle = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e} (the packet tests need root)"));
-        setup_topology();
-        f();
-    });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
+thread_local! {
+    static HOOK: Cell<Hook> = const { Cell::new(Hook::Xdp) };
+}
+
+/// The hook this thread's test runs the program at (set by `in_netns_at`).
+pub fn hook() -> Hook {
+    HOOK.with(Cell::get)
+}
+
+/// The `attach:` mode for this thread's hook (for tests that attach to interfaces).
+pub fn attach_mode() -> AttachMode {
+    match hook() {
+        Hook::Xdp => AttachMode::Driver,
+        Hook::Tc => AttachMode::Tc,
+    }
+}
+
+/// Runs `f` once per hook (XDP, then tc): the same test for both programs.
+pub fn in_netns<F: Fn() + Send + Sync + 'static>(f: F) {
+    in_netns_at(&Hook::ALL, f)
+}
+
+/// Runs `f` once for each of `hooks`, each time in a new thread that first moves
+/// into a fresh network namespace (which disappears with the thread, taking its
+/// interfaces along), re-raising its panic with the hook named.
+pub fn in_netns_at<F: Fn() + Send + Sync + 'static>(hooks: &[Hook], f: F) {
+    let f = Arc::new(f);
+    for &hook in hooks {
+        let f = Arc::clone(&f);
+        let handle = std::thread::spawn(move || {
+            HOOK.with(|h| h.set(hook));
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
+                panic!("unshare(CLONE_NEWNET): {e} (the packet tests need root)")
+            });
+            setup_topology();
+            f();
+        });
+        if let Err(panic) = handle.join() {
+            eprintln!("(that failure ran the program at the {hook:?} hook)");
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -202,6 +258,27 @@ pub fn set_neighbour(ip: impl std::fmt::Display, mac: [u8; 6], dev: &str) {
     ]);
 }
 
+/// How many programs `iface` (in this thread's namespace) runs at `hook`: XDP as
+/// `ip link` shows it, tc as the kernel's tcx query lists them.
+pub fn attached_programs(iface: &str, hook: Hook) -> usize {
+    match hook {
+        Hook::Xdp => {
+            let out = Command::new("ip")
+                .args(["-d", "-j", "link", "show", "dev", iface])
+                .output()
+                .unwrap_or_else(|e| panic!("ip link show dev {iface}: {e}"));
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("ip -j link show dev {iface}: {e}"));
+            let xdp = &json[0]["xdp"];
+            usize::from(xdp["prog"]["id"].is_u64() || xdp["attached"][0]["prog"]["id"].is_u64())
+        }
+        Hook::Tc => SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
+            .unwrap_or_else(|e| panic!("tcx query of {iface}: {e}"))
+            .1
+            .len(),
+    }
+}
+
 pub fn ifindex(name: &str) -> u32 {
     nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("if_nametoindex({name}): {e}"))
 }
@@ -209,6 +286,8 @@ pub fn ifindex(name: &str) -> u32 {
 /// The loaded program, its maps and the netns it runs in (the caller's thread's).
 pub struct Gateway {
     pub dp: AyaDataplane,
+    /// The program `run` runs: this thread's `hook()`.
+    pub hook: Hook,
     /// Holds the pins; dropped (unmounted) after `dp`, as fields drop in order.
     pub _bpffs: Bpffs,
     pub in_index: u32,
@@ -228,6 +307,7 @@ impl Gateway {
         }
         Gateway {
             dp,
+            hook: hook(),
             _bpffs: bpffs,
             in_index,
             out_index,
@@ -236,8 +316,15 @@ impl Gateway {
 
     pub fn new() -> Self {
         let bpffs = Bpffs::mount();
-        let dp = AyaDataplane::load(LoadOptions::new(bpffs.dir.join("keystone")))
-            .unwrap_or_else(|e| panic!("AyaDataplane::load: {e} ({e:?})"));
+        let pin_dir = bpffs.dir.join("keystone");
+        let dp = AyaDataplane::load(LoadOptions::new(&pin_dir)).unwrap_or_else(|e| {
+            panic!(
+                "Gateway::new: loading the data plane (pins in {}) at the {:?} hook's test: {}",
+                pin_dir.display(),
+                hook(),
+                crate::error::report(&e)
+            )
+        });
         Gateway::with(dp, bpffs)
     }
 
@@ -251,9 +338,38 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("counters: {e}"))
     }
 
-    /// Runs one frame arriving on `ifindex`; returns (action, output frame).
+    /// Runs one frame arriving on `ifindex` through the gateway's hook; returns
+    /// (XDP action, output frame). At tc the action is the one the program counted
+    /// in `ACTION_STATS` (the only one that moved), checked against the tc verdict it
+    /// returned (`tc_verdict`).
     pub fn run(&self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        run_frame(&self.dp, frame, ifindex)
+        match self.hook {
+            Hook::Xdp => run_frame(&self.dp, frame, ifindex),
+            Hook::Tc => {
+                let actions = || {
+                    self.dp
+                        .action_counters()
+                        .unwrap_or_else(|e| panic!("ACTION_STATS: {e}"))
+                };
+                let before = actions();
+                let mut out = Vec::new();
+                let verdict = test_run_tc(self.dp.tc_program(), frame, ifindex, &mut out);
+                let after = actions();
+                let counted: Vec<u32> = (0..after.len() as u32)
+                    .filter(|&a| after[a as usize] != before[a as usize])
+                    .collect();
+                let [action] = counted[..] else {
+                    panic!("one packet at tc moved ACTION_STATS {before:?} → {after:?}");
+                };
+                assert_eq!(
+                    verdict,
+                    tc_verdict(action),
+                    "the tc verdict must be what the counted {} maps to",
+                    keystone_common::xdp_action_name(action)
+                );
+                (action, out)
+            }
+        }
     }
 }
 
@@ -289,385 +405,56 @@ pub fn test_run(prog: &Xdp, frame: &[u8], ifindex: u32, out: &mut Vec<u8>) -> Te
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes()); // data_end
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
-    out.clear();
-    out.resize(frame.len() + 256, 0);
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(out.as_mut_slice()),
-        ctx_in: Some(&ctx),
-        ..TestRunOptions::default()
-    };
-    let result = prog
-        .test_run(opts)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len()));
-    out.truncate(result.data_size_out as usize);
+    let result = run_once(prog, frame, &ctx, out, "");
     TestRunOutcome {
         action: result.return_value,
         duration: result.duration,
     }
 }
 
-// ---------------------------------------------------------------------------
-// Frames.
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug)]
-pub struct Flow {
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub proto: u8,
-}
-
-pub fn flow(src: &str, dst: &str, proto: u8) -> Flow {
-    Flow {
-        src: src.parse().expect("src"),
-        dst: dst.parse().expect("dst"),
-        proto,
-    }
-}
-
-impl Flow {
-    pub fn key(&self) -> FlowKey {
-        let s = Endpoint::new(self.src, self.proto);
-        let d = Endpoint::new(self.dst, self.proto);
-        FlowKey {
-            src: s.addr,
-            dst: d.addr,
-            src_port: s.port,
-            dst_port: d.port,
-            proto: self.proto,
-            family: s.family,
-            _pad: [0; 2],
-        }
-    }
-}
-
-/// How to build a frame; `Default` is a plain, valid packet.
-#[derive(Clone, Debug)]
-pub struct Shape {
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
-    pub vlan: Option<(u16, u16)>,
-    pub ttl: u8,
-    pub payload: usize,
-    /// IPv4 options (a multiple of 4 bytes).
-    pub options: Vec<u8>,
-    /// Send UDP/IPv4 with checksum 0 ("none").
-    pub udp_no_checksum: bool,
-    /// TCP flags (`keystone_common::tcp_flags`); SYN by default, a flow's first packet.
-    pub tcp_flags: u8,
-}
-
-impl Default for Shape {
-    fn default() -> Self {
-        Shape {
-            dst_mac: IN_MAC,
-            src_mac: CLIENT_MAC,
-            vlan: None,
-            ttl: 64,
-            payload: 32,
-            options: Vec::new(),
-            udp_no_checksum: false,
-            tcp_flags: SYN,
-        }
-    }
-}
-
-pub fn octets(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
-}
-
-pub fn pseudo_sum(f: &Flow, l4_len: usize) -> u64 {
-    let mut p = octets(f.src.ip());
-    p.extend(octets(f.dst.ip()));
-    if f.src.is_ipv4() {
-        p.extend([0, f.proto]);
-        p.extend((l4_len as u16).to_be_bytes());
-    } else {
-        p.extend((l4_len as u32).to_be_bytes());
-        p.extend([0, 0, 0, f.proto]);
-    }
-    checksum::sum(&p, 0)
-}
-
-/// A complete, valid frame for `f`.
-pub fn frame(f: &Flow, s: &Shape) -> Vec<u8> {
-    let payload: Vec<u8> = (0..s.payload).map(|i| (i * 7 + 3) as u8).collect();
-    let mut l4 = Vec::new();
-    l4.extend(f.src.port().to_be_bytes());
-    l4.extend(f.dst.port().to_be_bytes());
-    let check_at = if f.proto == PROTO_TCP {
-        l4.extend(0x0102_0304u32.to_be_bytes()); // seq
-        l4.extend(0u32.to_be_bytes()); // ack
-        l4.extend([0x50, s.tcp_flags]); // data offset 5, flags
-        l4.extend(64240u16.to_be_bytes()); // window
-        l4.extend([0, 0, 0, 0]); // checksum, urgent
-        16
-    } else {
-        l4.extend(((8 + payload.len()) as u16).to_be_bytes());
-        l4.extend([0, 0]);
-        6
+/// One `BPF_PROG_TEST_RUN` of `prog` (`what`: which, for the panic) on `frame` with
+/// context `ctx`; the output frame in `out`.
+fn run_once<P>(prog: &P, frame: &[u8], ctx: &[u8], out: &mut Vec<u8>, what: &str) -> TestRunResult
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    out.clear();
+    out.resize(frame.len() + 256, 0);
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(out.as_mut_slice()),
+        ctx_in: Some(ctx),
+        ..TestRunOptions::default()
     };
-    l4.extend(&payload);
-    if !(f.proto == PROTO_UDP && s.udp_no_checksum) {
-        let mut c = checksum::finish(checksum::sum(&l4, pseudo_sum(f, l4.len())));
-        if f.proto == PROTO_UDP && c == 0 {
-            c = 0xffff;
-        }
-        l4[check_at..check_at + 2].copy_from_slice(&c.to_ne_bytes());
-    }
-
-    wrap_ip(f.src.ip(), f.dst.ip(), f.proto, l4, s)
-}
-
-/// `l4` (the IP payload) behind an IP header from `src` to `dst` (checksum computed)
-/// and an Ethernet header (with the shape's MACs, VLAN tag, TTL and IPv4 options).
-pub fn wrap_ip(src: IpAddr, dst: IpAddr, proto: u8, l4: Vec<u8>, s: &Shape) -> Vec<u8> {
-    let mut ip = Vec::new();
-    if src.is_ipv4() {
-        let hl = 20 + s.options.len();
-        ip.push(0x40 | (hl / 4) as u8);
-        ip.push(0); // tos
-        ip.extend(((hl + l4.len()) as u16).to_be_bytes());
-        ip.extend([0x12, 0x34, 0x40, 0x00]); // id, DF
-        ip.extend([s.ttl, proto, 0, 0]);
-        ip.extend(octets(src));
-        ip.extend(octets(dst));
-        ip.extend(&s.options);
-        let c = checksum::finish(checksum::sum(&ip, 0));
-        ip[10..12].copy_from_slice(&c.to_ne_bytes());
-    } else {
-        ip.extend([0x60, 0, 0, 0]);
-        ip.extend((l4.len() as u16).to_be_bytes());
-        ip.extend([proto, s.ttl]);
-        ip.extend(octets(src));
-        ip.extend(octets(dst));
-    }
-
-    let mut out = Vec::new();
-    out.extend(s.dst_mac);
-    out.extend(s.src_mac);
-    if let Some((tpid, tci)) = s.vlan {
-        out.extend(tpid.to_be_bytes());
-        out.extend(tci.to_be_bytes());
-    }
-    out.extend(if src.is_ipv4() {
-        [0x08, 0x00]
-    } else {
-        [0x86, 0xdd]
+    let result = prog.test_run(opts).unwrap_or_else(|e| {
+        panic!(
+            "BPF_PROG_TEST_RUN{what} on a {}-byte frame: {e}",
+            frame.len()
+        )
     });
-    out.extend(ip);
-    out.extend(l4);
-    out
+    out.truncate(result.data_size_out as usize);
+    result
 }
 
-/// An ICMP error frame from `from` to `to` quoting `quote` (the start of an IP
-/// packet, cut where the sender chose): ICMPv4 for IPv4 addresses, else ICMPv6;
-/// the ICMP checksum is computed (ICMPv6: with its pseudo-header).
-pub fn icmp_frame(
-    from: IpAddr,
-    to: IpAddr,
-    (icmp_type, code): (u8, u8),
-    mtu: u16,
-    quote: &[u8],
-    s: &Shape,
-) -> Vec<u8> {
-    let v4 = from.is_ipv4();
-    let mut msg = vec![icmp_type, code, 0, 0];
-    // ICMPv4: 16 unused bits, then the next-hop MTU; ICMPv6: a 32-bit MTU.
-    msg.extend(u32::from(mtu).to_be_bytes());
-    msg.extend(quote);
-    let pseudo = if v4 {
-        0
-    } else {
-        let mut p = octets(from);
-        p.extend(octets(to));
-        p.extend((msg.len() as u32).to_be_bytes());
-        p.extend([0, 0, 0, PROTO_ICMPV6]);
-        checksum::sum(&p, 0)
+/// Whether `BPF_PROG_TEST_RUN` builds an skb of `frame` for the tc program: it
+/// refuses (EINVAL) a frame whose IPv4 or IPv6 header is cut short, as the kernel's
+/// receive path never hands one to tc either, and a bare Ethernet header.
+pub fn skb_buildable(frame: &[u8]) -> bool {
+    let network = match frame.get(12..14) {
+        Some([0x08, 0x00]) => 20,
+        Some([0x86, 0xdd]) => 40,
+        Some(_) => 1,
+        None => return false,
     };
-    let c = checksum::finish(checksum::sum(&msg, pseudo));
-    msg[2..4].copy_from_slice(&c.to_ne_bytes());
-    wrap_ip(from, to, if v4 { PROTO_ICMP } else { PROTO_ICMPV6 }, msg, s)
+    frame.len() >= 14 + network
 }
 
-/// Offset of the IP header.
-pub fn l3_offset(frame: &[u8]) -> usize {
-    match u16::from_be_bytes([frame[12], frame[13]]) {
-        0x8100 | 0x88a8 => 18,
-        _ => 14,
-    }
-}
-
-/// Parses a frame's flow back out (addresses, ports, protocol).
-pub fn parse_flow(frame: &[u8]) -> Flow {
-    let l3 = l3_offset(frame);
-    let ip = &frame[l3..];
-    if ip[0] >> 4 == 4 {
-        let hl = (ip[0] & 0x0f) as usize * 4;
-        let src = Ipv4Addr::from(<[u8; 4]>::try_from(&ip[12..16]).unwrap());
-        let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&ip[16..20]).unwrap());
-        let l4 = &ip[hl..];
-        Flow {
-            src: SocketAddr::new(src.into(), u16::from_be_bytes([l4[0], l4[1]])),
-            dst: SocketAddr::new(dst.into(), u16::from_be_bytes([l4[2], l4[3]])),
-            proto: ip[9],
-        }
-    } else {
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
-        let l4 = &ip[40..];
-        Flow {
-            src: SocketAddr::new(src.into(), u16::from_be_bytes([l4[0], l4[1]])),
-            dst: SocketAddr::new(dst.into(), u16::from_be_bytes([l4[2], l4[3]])),
-            proto: ip[6],
-        }
-    }
-}
-
-/// Verifies every checksum of a frame by full recomputation.
-pub fn assert_checksums(what: &str, frame: &[u8]) {
-    let l3 = l3_offset(frame);
-    let ip = &frame[l3..];
-    let f = parse_flow(frame);
-    let (l4, l4_len) = if ip[0] >> 4 == 4 {
-        let hl = (ip[0] & 0x0f) as usize * 4;
-        assert_eq!(
-            checksum::folded(checksum::sum(&ip[..hl], 0)),
-            0xffff,
-            "{what}: bad IPv4 header checksum"
-        );
-        let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-        (&ip[hl..tot], tot - hl)
-    } else {
-        let plen = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-        (&ip[40..40 + plen], plen)
-    };
-    if f.proto == PROTO_UDP && f.src.is_ipv4() && l4[6] == 0 && l4[7] == 0 {
-        return; // no checksum
-    }
-    let s = checksum::sum(l4, pseudo_sum(&f, l4_len));
-    assert_eq!(
-        checksum::folded(s),
-        0xffff,
-        "{what}: bad {} checksum",
-        if f.proto == PROTO_TCP { "TCP" } else { "UDP" }
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Config helpers.
-// ---------------------------------------------------------------------------
-
-pub fn ep(addr: impl Into<IpAddr>, port: u16, proto: u8) -> Endpoint {
-    Endpoint::new(SocketAddr::new(addr.into(), port), proto)
-}
-
-pub fn backend(name: &str, endpoint: Endpoint, weight: u32) -> BackendSpec {
-    BackendSpec {
-        name: name.into(),
-        endpoint,
-        weight,
-        up: true,
-    }
-}
-
-pub fn vip(name: &str, vip: Endpoint, mode: u32, backends: Vec<BackendSpec>) -> VipSpec {
-    VipSpec {
-        name: name.into(),
-        vip,
-        mode,
-        flags: 0,
-        ring_size: 65_537,
-        backends,
-    }
-}
-
-/// The reason counters that moved between `before` and `after`, by how much.
-pub fn reason_deltas(before: &Counters, after: &Counters) -> Vec<(Reason, u64)> {
-    deltas(&Reason::ALL, &before.reasons, &after.reasons, |r| {
-        r as usize
-    })
-}
-
-/// The event counters that moved between `before` and `after`, by how much.
-pub fn event_deltas(before: &Counters, after: &Counters) -> Vec<(Event, u64)> {
-    deltas(&Event::ALL, &before.events, &after.events, |e| e as usize)
-}
-
-fn deltas<T: Copy>(
-    all: &[T],
-    before: &[u64],
-    after: &[u64],
-    index: fn(T) -> usize,
-) -> Vec<(T, u64)> {
-    all.iter()
-        .filter_map(|&c| {
-            let d = after[index(c)] - before[index(c)];
-            (d != 0).then_some((c, d))
-        })
-        .collect()
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// xorshift64*: deterministic flows without a dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-}
-
-/// Rewrites `frame`'s flow as the program should (NAT): new addresses/ports, TTL - 1,
-/// new MACs; recomputed from scratch by the builder.
-pub fn natted(to: Flow, s: &Shape, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
-    frame(
-        &to,
-        &Shape {
-            dst_mac,
-            src_mac,
-            ttl: s.ttl - 1,
-            ..s.clone()
-        },
-    )
-}
-
-pub fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
-    frame
+/// Runs the tc program once on `frame` arriving on `ifindex` (an skb on that
+/// device, as `BPF_PROG_TEST_RUN` builds it); returns the tc verdict.
+pub fn test_run_tc(prog: &SchedClassifier, frame: &[u8], ifindex: u32, out: &mut Vec<u8>) -> u32 {
+    // `struct __sk_buff` up to `ifindex`: ingress_ifindex at 36, ifindex at 40.
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    run_once(prog, frame, &ctx, out, " (tc)").return_value
 }

@@ -22,6 +22,8 @@ use std::{
     time::Duration,
 };
 
+use keystone_agent::dataplane::Hook;
+use keystone_api::{Health, HealthStatus};
 use keystone_lab::{
     AgentConfig, Bins, Lab, Mode, Probe, cmd,
     helpers::{BACKEND_PORT, kill_agent, new_lab, stop_agent_cleanly, tcp_tenant, vip},
@@ -222,24 +224,30 @@ fn failed_starts_leave_a_kept_forwarding_data_plane_as_it_was_and_forwarding() {
     failed_starts_leave_the_pinned_data_plane(Gone::KeptForwarding);
 }
 
-/// A second agent on the pins of a running one is refused before it touches them, the
-/// first keeps its data plane and forwarding; once the first is SIGKILLed (the kernel
-/// drops its lock) a new agent starts on the same pins.
-#[test]
-fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_forwarding() {
-    let mut lab = lab_with_config(|_| {});
+/// A second agent on the pins of a running one is refused before it touches them,
+/// naming the first (the lock's holder); the first keeps its data plane (its XDP or
+/// tcx links too) and forwarding; once the first is SIGKILLed (the kernel drops its
+/// lock) a new agent starts on the same pins.
+fn a_second_agent_is_refused(attach: Option<&str>) {
+    let mut lab = lab_with_config(|cfg| cfg.attach = attach.map(str::to_owned));
     let r = lab.start_agent();
     ok(&lab, "starting the first agent", r);
     let before = view(&lab);
+    if attach == Some("tc") {
+        let tcx = Hook::Tc.link_pin(&lab.pin_dir(), "eth-client");
+        assert!(tcx.exists(), "no tcx link pinned at {}", tcx.display());
+    }
+    let first = ok(&lab, "the first agent's pid", lab.pid_of("agent"));
 
     let mut cfg = web_config(&lab);
+    cfg.attach = attach.map(str::to_owned);
     cfg.admin_listen = "127.0.0.1:9101".into();
     let second = write_other_config(&lab, "second.yaml", &cfg);
     let stderr = failed_start(&mut lab, "second", &second, &[]);
     let pin_dir = lab.pin_dir();
     assert!(
         stderr.contains(&format!(
-            "pin directory {} is in use by another keystone-agent",
+            "pin directory {} is in use by another keystone-agent (pid {first} holds its lock)",
             pin_dir.display()
         )),
         "stderr:\n{stderr}"
@@ -262,8 +270,18 @@ fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_forwarding() {
     assert_forwarding(&lab, "after the restart", 50);
 }
 
-/// `GET /health` as JSON.
-fn health(lab: &Lab) -> serde_json::Value {
+#[test]
+fn a_second_agent_on_the_same_pins_is_refused_and_the_first_keeps_forwarding() {
+    a_second_agent_is_refused(None);
+}
+
+#[test]
+fn a_second_agent_on_the_same_pins_at_attach_tc_is_refused_and_the_first_keeps_its_tcx_links() {
+    a_second_agent_is_refused(Some("tc"));
+}
+
+/// `GET /health`, as keystone-api reads it.
+fn health(lab: &Lab) -> Health {
     let (code, body) = ok(lab, "GET /health", lab.admin_get("/health"));
     assert_eq!(code, 200, "GET /health: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /health: {e}: {body}"))
@@ -276,6 +294,19 @@ fn metric(lab: &Lab, sample: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{body}"))
+}
+
+/// Waits until the sample `sample` of `GET /metrics` is `want`.
+fn wait_metric(lab: &Lab, sample: &str, want: f64) {
+    let r = wait_for(&format!("{sample} to be {want}"), SHORT, || {
+        let now = metric(lab, sample);
+        Ok(if now == want {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet(format!("{sample} {now}"))
+        })
+    });
+    ok(lab, sample, r);
 }
 
 /// Waits until the pin directory holds exactly `names` again.
@@ -324,9 +355,10 @@ fn pins_removed_under_a_running_agent_are_pinned_again() {
         fs::remove_file(&path).unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
     }
     wait_pins(&lab, "the agent to pin everything again", &before);
+    // The agent counts a round's pins after pinning them: wait for the count too.
+    wait_metric(&lab, "keystone_pins_restored_total", pins);
     assert_eq!(view(&lab), before, "pinned again, the same objects");
-    assert_eq!(metric(&lab, "keystone_pins_restored_total"), pins);
-    assert_eq!(health(&lab)["status"], "ok");
+    assert_eq!(health(&lab).status, HealthStatus::Ok);
 
     kill_agent(&mut lab);
     assert_eq!(view(&lab), before, "after the SIGKILL");
@@ -340,28 +372,28 @@ fn pins_removed_under_a_running_agent_are_pinned_again() {
     in_mounts_of(&lab, "agent", &["umount", "-l", dir]);
     let r = wait_for("/health to say the pins are missing", SHORT, || {
         let h = health(&lab);
-        Ok(if h["status"] == "degraded" {
+        Ok(if h.status == HealthStatus::Degraded {
             Probe::Ready(h)
         } else {
-            Probe::NotYet(h.to_string())
+            Probe::NotYet(format!("{h:?}"))
         })
     });
     let h = ok(&lab, "degraded health", r);
-    let problem = h["problems"][0].as_str().unwrap_or_default();
+    let problem = h.problems.first().map(String::as_str).unwrap_or_default();
     assert!(
         problem.contains("forwarding stops if the agent exits")
             && problem.contains("not on a bpf filesystem"),
-        "{h}"
+        "{h:?}"
     );
     assert_eq!(metric(&lab, "keystone_pins_missing"), pins);
 
     in_mounts_of(&lab, "agent", &["mount", "-t", "bpf", "bpf", dir]);
     let r = wait_for("/health to be ok again", SHORT, || {
         let h = health(&lab);
-        Ok(if h["status"] == "ok" {
+        Ok(if h.status == HealthStatus::Ok {
             Probe::Ready(())
         } else {
-            Probe::NotYet(h.to_string())
+            Probe::NotYet(format!("{h:?}"))
         })
     });
     ok(&lab, "health", r);

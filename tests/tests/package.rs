@@ -20,34 +20,13 @@ use std::{
 use keystone_api::{DeployState, EventKind};
 use keystone_lab::{
     AgentConfig, Lab, Mode,
+    cmd::{repo, xtask},
     helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
 };
 
 const PACKAGE: &str = "keystone-lb";
 const UNIT: &str = "keystone-agent.service";
 const CONFFILE: &str = "/etc/keystone/keystone.yaml";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the workspace")
-        .to_path_buf()
-}
-
-/// `cargo xtask` from the repository, in the environment a shell would give it: without
-/// the variables `cargo test` sets for this test, which would make cargo rebuild the
-/// release binaries rather than reuse them.
-fn xtask() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(repo()).arg("xtask");
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "LD_LIBRARY_PATH" {
-            cmd.env_remove(&*name);
-        }
-    }
-    cmd
-}
 
 fn run(cmd: &mut Command) -> Output {
     let what = keystone_lab::cmd::describe(cmd);

@@ -1,7 +1,9 @@
 //! Packet tests (`BPF_PROG_TEST_RUN`) for where the program may send a packet
-//! (`iface_flags`: redirect only into devices that take XDP frames, else the kernel
-//! forwards it) and for the SYN checksum check (partial checksums from senders with
-//! transmit offload). Run as root, like `packet.rs`.
+//! (`iface_flags`: at XDP redirect only into devices that take XDP frames, else the
+//! kernel forwards it; at tc into any device) and for the SYN checksum check
+//! (partial checksums from senders with transmit offload: counted at XDP, which
+//! cannot complete them, not at tc, where the skb keeps them right). Run as root,
+//! like `packet.rs`.
 
 use keystone_common::{Event, PROTO_TCP, Reason, checksum, iface_flags, mode, tcp_flags::ACK};
 use keystone_lab::xdp::*;
@@ -48,7 +50,7 @@ fn event_count(gw: &Gateway, e: Event) -> u64 {
 
 #[test]
 fn an_egress_device_that_takes_no_xdp_frames_gets_packets_through_the_kernel() {
-    in_netns(|| {
+    in_netns_at(&[Hook::Xdp], || {
         let mut gw = gateway();
         let (inn, out) = (gw.in_index, gw.out_index);
         let d = Shape::default();
@@ -107,6 +109,51 @@ fn an_egress_device_that_takes_no_xdp_frames_gets_packets_through_the_kernel() {
     });
 }
 
+/// At tc the packet is an skb, which `bpf_redirect` takes to any device: a nat or dsr
+/// packet, and a reply, go straight to a device without an XDP program (a bridge).
+#[test]
+fn at_tc_an_egress_device_that_takes_no_xdp_frames_gets_the_redirect() {
+    in_netns_at(&[Hook::Tc], || {
+        let mut gw = gateway();
+        let (inn, out) = (gw.in_index, gw.out_index);
+        let d = Shape::default();
+        set_flags(&mut gw, inn, 0);
+        set_flags(&mut gw, out, 0);
+
+        let f = flow("198.18.0.2:42000", "198.18.0.100:80", PROTO_TCP);
+        let to = flow("198.18.0.2:42000", "198.18.1.10:8080", PROTO_TCP);
+        let (action, frame_out) = gw.run(&frame(&f, &d), inn);
+        assert_eq!(action, XDP_REDIRECT, "nat into a non-XDP egress");
+        assert_eq!(
+            hex(&frame_out),
+            hex(&natted(to, &d, backend_mac(0), OUT_MAC))
+        );
+
+        let f = flow("198.18.0.2:42001", "198.18.0.101:80", PROTO_TCP);
+        let input = frame(&f, &d);
+        let (action, frame_out) = gw.run(&input, inn);
+        assert_eq!(action, XDP_REDIRECT, "dsr into a non-XDP egress");
+        assert_eq!(
+            hex(&frame_out),
+            hex(&with_macs(input, backend_mac(2), OUT_MAC))
+        );
+
+        let reply = flow("198.18.1.10:8080", "198.18.0.2:42000", PROTO_TCP);
+        let translated = flow("198.18.0.100:80", "198.18.0.2:42000", PROTO_TCP);
+        let s = Shape {
+            tcp_flags: ACK,
+            ..d.clone()
+        };
+        let (action, frame_out) = gw.run(&frame(&reply, &s), out);
+        assert_eq!(action, XDP_REDIRECT, "nat reply into a non-XDP egress");
+        assert_eq!(
+            hex(&frame_out),
+            hex(&natted(translated, &s, CLIENT_MAC, IN_MAC))
+        );
+        assert_eq!(reason_count(&gw, Reason::EgressNotXdp), 0);
+    });
+}
+
 /// `frame` with its TCP checksum replaced by `check` (raw, as stored).
 fn with_tcp_check(mut frame: Vec<u8>, v4: bool, check: u16) -> Vec<u8> {
     let at = l3_offset(&frame) + if v4 { 20 } else { 40 } + 16;
@@ -127,6 +174,8 @@ fn syns_with_partial_or_bad_checksums_are_counted_and_forwarded_as_usual() {
         let gw = gateway();
         let inn = gw.in_index;
         let d = Shape::default();
+        // Partial checksums count at XDP only (tc completes them: none counted).
+        let partials = |n: u64| if gw.hook == Hook::Tc { 0 } else { n };
         let counts = |gw: &Gateway| {
             (
                 event_count(gw, Event::SynChecksumPartial),
@@ -139,15 +188,15 @@ fn syns_with_partial_or_bad_checksums_are_counted_and_forwarded_as_usual() {
         assert_eq!(counts(&gw), (0, 0), "a right checksum counts nothing");
 
         assert_eq!(gw.run(&partial(&f, &d, true), inn).0, XDP_REDIRECT);
-        assert_eq!(counts(&gw), (1, 0), "partial IPv4 SYN");
+        assert_eq!(counts(&gw), (partials(1), 0), "partial IPv4 SYN");
 
         let f6 = flow("[2001:db8::2]:43000", "[2001:db8::100]:80", PROTO_TCP);
         assert_eq!(gw.run(&partial(&f6, &d, false), inn).0, XDP_REDIRECT);
-        assert_eq!(counts(&gw), (2, 0), "partial IPv6 SYN");
+        assert_eq!(counts(&gw), (partials(2), 0), "partial IPv6 SYN");
 
         let bad = with_tcp_check(frame(&f, &d), true, 0x1234);
         assert_eq!(gw.run(&bad, inn).0, XDP_REDIRECT);
-        assert_eq!(counts(&gw), (2, 1), "corrupt SYN");
+        assert_eq!(counts(&gw), (partials(2), 1), "corrupt SYN");
 
         // Not checked: segments that are not SYNs, and SYNs longer than the check.
         let ack = Shape {
@@ -160,7 +209,11 @@ fn syns_with_partial_or_bad_checksums_are_counted_and_forwarded_as_usual() {
             ..d.clone()
         };
         gw.run(&partial(&f, &long, true), inn);
-        assert_eq!(counts(&gw), (2, 1), "ACKs and long SYNs are not checked");
+        assert_eq!(
+            counts(&gw),
+            (partials(2), 1),
+            "ACKs and long SYNs are not checked"
+        );
     });
 }
 
@@ -173,7 +226,8 @@ fn counter_maps_pinned_smaller_by_an_older_agent_are_replaced() {
     use keystone_agent::dataplane::{AyaDataplane, Dataplane, LoadOptions};
     use keystone_common::names;
 
-    in_netns(|| {
+    // (The maps are the same at both hooks; the counters it reads count at XDP.)
+    in_netns_at(&[Hook::Xdp], || {
         let bpffs = Bpffs::mount();
         let pin_dir = bpffs.dir.join("ks");
         std::fs::create_dir_all(&pin_dir).unwrap();

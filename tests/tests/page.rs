@@ -1,8 +1,9 @@
 //! The agent's status page (`GET /ui`) in headless Chromium (Debian's `chromium`,
-//! installed by `cargo xtask setup`), run in the lab's gateway namespace: given the
-//! read-only token in the URL fragment, the page shows each backend's share and
-//! health as `GET /tenants` reports them, before and during a canary (the bars
-//! move), and the running canary's step timeline.
+//! installed by `cargo xtask setup`), run in the lab's gateway namespace and driven
+//! over the DevTools protocol (`keystone_lab::chromium`): given the read-only token in
+//! the URL fragment, ONE open page, never reloaded, shows each backend's share and
+//! health as `GET /tenants` reports them and the running deployment's timeline, and
+//! follows a canary's first step, a pause and a rollback as they happen.
 //!
 //! `KEYSTONE_PAGE_SCREENSHOT=<file.png>` also saves a screenshot of the page during
 //! the canary (how docs/status-page.png is made).
@@ -11,16 +12,13 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use keystone_lab::{
     ADMIN_LISTEN, ADMIN_TOKEN, Auth, HealthCheck, Lab, Probe,
-    cmd::{self, in_ns},
+    chromium::Browser,
     helpers::{Setup, lab_with_agent, tcp_tenant, v4},
     ok, wait_for,
 };
 
 /// The read-only token the page is given.
 const READ_TOKEN: &str = "lab-read-only-token-0123";
-/// Virtual time Chromium lets the page run (several of its 1 s polls) before the
-/// DOM is taken.
-const PAGE_TIME_MS: &str = "3500";
 
 /// Lab with tenant `web` on `vip`, blue at 100 and green at 0, both health-checked,
 /// and `admin.read_token_file` naming a file holding [`READ_TOKEN`].
@@ -102,32 +100,71 @@ fn page_view(dom: &str, tenant: &str) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-/// Chromium, headless in the gateway namespace with a profile of this lab's own,
-/// on the page with `token` in its fragment; `output` is `--dump-dom` or
-/// `--screenshot=<file>`.
-fn chromium(lab: &Lab, token: &str, output: &str) -> keystone_lab::Result<String> {
+/// Chromium, headless in the gateway namespace with a profile of this lab's own, on
+/// the page with `token` in its fragment.
+fn open_page(lab: &Lab, token: &str) -> Browser {
+    let url = format!("http://{ADMIN_LISTEN}/ui#token={token}");
     let profile = lab.state_dir().join("chromium");
-    cmd::run(in_ns(lab.gateway_ns(), "timeout").args([
-        "120",
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        &format!("--user-data-dir={}", profile.display()),
-        "--window-size=1000,520",
-        &format!("--virtual-time-budget={PAGE_TIME_MS}"),
-        output,
-        &format!("http://{ADMIN_LISTEN}/ui#token={token}"),
-    ]))
-}
-
-/// The page's DOM, given `token`, once it has polled a few times.
-fn load_page(lab: &Lab, token: &str) -> String {
     ok(
         lab,
-        "chromium --dump-dom",
-        chromium(lab, token, "--dump-dom"),
+        "opening the page in chromium",
+        Browser::open(lab.gateway_ns(), &profile, &url, (1000, 520)),
     )
+}
+
+/// The page's DOM, or '' before the first load commits.
+const DOM: &str = "document.documentElement ? document.documentElement.outerHTML : ''";
+/// Set once in the open page: a reload or a new navigation would lose it.
+const MARK: &str = "window.keystoneTestMark = 'still the first load'";
+/// The page's DOM and whether it still carries [`MARK`].
+/// (Before the first load commits there is no `documentElement`: an empty DOM, polled again.)
+const LOOK: &str = "({dom: document.documentElement ? document.documentElement.outerHTML : '', \
+    marked: window.keystoneTestMark === 'still the first load'})";
+
+/// Polls the open page (never reloading it) until it shows `web`'s backends as
+/// `GET /tenants` reports them at that moment and `shows` holds; returns that DOM
+/// and the API's view. Once `marked`, every look asserts the page was not reloaded.
+fn wait_page(
+    lab: &Lab,
+    page: &mut Browser,
+    when: &str,
+    marked: bool,
+    shows: impl Fn(&str) -> Result<(), String>,
+) -> (BTreeMap<String, (String, String)>, String) {
+    let r = wait_for(&format!("the page {when}"), Duration::from_secs(30), || {
+        let look = page.eval(LOOK)?;
+        let dom = look["dom"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            !marked || look["marked"] == true,
+            "the page was reloaded {when}:\n{dom}"
+        );
+        let api = api_view(&lab.tenants_json()?, "web");
+        let shown = page_view(&dom, "web");
+        Ok(match shows(&dom) {
+            Ok(()) if shown == api => Probe::Ready((api, dom)),
+            Ok(()) => Probe::NotYet(format!("page {shown:?}, API {api:?}")),
+            Err(missing) => Probe::NotYet(format!("{missing} in\n{dom}")),
+        })
+    });
+    ok(lab, "the open page", r)
+}
+
+/// Ok when `dom` contains `text`.
+fn has(dom: &str, text: &str) -> Result<(), String> {
+    dom.contains(text)
+        .then_some(())
+        .ok_or_else(|| format!("no {text:?}"))
+}
+
+/// `POST /deployments/{id}/{action}` with the admin token; asserts 200.
+fn act(lab: &Lab, id: &str, action: &str) {
+    let path = format!("/deployments/{id}/{action}");
+    let (code, answer) = ok(
+        lab,
+        &path,
+        lab.admin_send("POST", &path, Auth::Token, &[], None),
+    );
+    assert_eq!(code, 200, "{path}: {answer}");
 }
 
 /// Polls `GET /tenants` until every backend of `web` is up.
@@ -143,22 +180,16 @@ fn wait_all_up(lab: &Lab) {
     ok(lab, "health checks", r);
 }
 
-/// `web`'s backends as `GET /tenants` reports them, and the page's DOM, asserted
-/// to show the same.
-fn page_and_api(lab: &Lab, when: &str) -> (BTreeMap<String, (String, String)>, String) {
-    let api = api_view(&ok(lab, "GET /tenants", lab.tenants_json()), "web");
-    let dom = load_page(lab, READ_TOKEN);
-    assert_eq!(page_view(&dom, "web"), api, "the page {when}:\n{dom}");
-    (api, dom)
-}
-
 #[test]
-fn the_page_shows_the_split_health_and_timeline_the_api_reports() {
+fn one_open_page_follows_a_canary_a_pause_and_a_rollback_live() {
     let lab = page_lab(v4(8301));
     wait_all_up(&lab);
-    let (before, dom) = page_and_api(&lab, "before the canary");
+    let mut page = open_page(&lab, READ_TOKEN);
+    let (before, _) = wait_page(&lab, &mut page, "before the canary", false, |dom| {
+        has(dom, "No deployment running.")
+    });
     assert_eq!(before["green"].0, "0.0", "green takes nothing yet");
-    assert!(dom.contains("No deployment running."), "{dom}");
+    ok(&lab, "marking the page", page.eval(MARK));
 
     let canary = r#"{"service":"web","version":"1.1.0","initial_traffic":20,"increment":30,"interval":"1h"}"#;
     let (code, answer) = ok(
@@ -173,35 +204,67 @@ fn the_page_shows_the_split_health_and_timeline_the_api_reports() {
         ),
     );
     assert_eq!(code, 202, "{answer}");
-    let (during, dom) = page_and_api(&lab, "during the canary");
-    assert_eq!(during["green"].0, "20.0", "the canary's first step");
-    let deployment = lab.deployments().unwrap().remove(0);
-    let block = tags(&dom, "deployment")
-        .into_iter()
-        .find(|tag| attr(tag, "data-deployment") == Some(deployment.id.as_str()))
-        .unwrap_or_else(|| panic!("no timeline of {} in\n{dom}", deployment.id));
-    assert_eq!(attr(block, "data-state"), Some("progressing"), "{block}");
-    assert!(
-        dom.contains("progressing · 20.0%"),
-        "the timeline shows the first step:\n{dom}"
+    let id = lab.deployments().unwrap().remove(0).id;
+    let timeline = |state: &'static str| {
+        let id = id.clone();
+        move |dom: &str| {
+            let block = tags(dom, "deployment")
+                .into_iter()
+                .find(|tag| attr(tag, "data-deployment") == Some(id.as_str()))
+                .ok_or_else(|| format!("no timeline of {id}"))?;
+            match attr(block, "data-state") {
+                Some(s) if s == state => has(dom, &format!("{state} · 20.0%")),
+                other => Err(format!("timeline state {other:?}, not {state}")),
+            }
+        }
+    };
+    let (during, _) = wait_page(
+        &lab,
+        &mut page,
+        "during the canary",
+        true,
+        timeline("progressing"),
     );
+    assert_eq!(during["green"].0, "20.0", "the canary's first step");
+
+    act(&lab, &id, "pause");
+    let (paused, _) = wait_page(&lab, &mut page, "after the pause", true, timeline("paused"));
+    assert_eq!(paused["green"].0, "20.0", "a pause keeps the split");
 
     if let Ok(path) = std::env::var("KEYSTONE_PAGE_SCREENSHOT") {
-        ok(
-            &lab,
-            "chromium --screenshot",
-            chromium(&lab, READ_TOKEN, &format!("--screenshot={path}")),
-        );
+        let png = ok(&lab, "a screenshot", page.screenshot());
+        ok(&lab, "writing the screenshot", std::fs::write(path, png));
     }
+
+    act(&lab, &id, "rollback");
+    let (after, _) = wait_page(&lab, &mut page, "after the rollback", true, |dom| {
+        has(dom, "No deployment running.")
+    });
+    assert_eq!(
+        after["green"].0, "0.0",
+        "the rollback took green's share back"
+    );
 }
 
 #[test]
 fn the_page_refuses_a_wrong_token_and_asks_for_one() {
     let lab = page_lab(v4(8302));
-    let dom = load_page(&lab, "wrong-token-0123456789");
-    assert!(
-        dom.contains("the agent refused the token: wrong bearer token"),
-        "{dom}"
+    let mut page = open_page(&lab, "wrong-token-0123456789");
+    let r = wait_for(
+        "the page to refuse the token",
+        Duration::from_secs(30),
+        || {
+            let dom = page.eval(DOM)?;
+            let dom = dom.as_str().unwrap_or_default().to_owned();
+            Ok(
+                if dom.contains("the agent refused the token: wrong bearer token") {
+                    Probe::Ready(dom)
+                } else {
+                    Probe::NotYet(dom)
+                },
+            )
+        },
     );
+    let dom = ok(&lab, "the open page", r);
     assert!(page_view(&dom, "web").is_empty(), "no data shown: {dom}");
 }

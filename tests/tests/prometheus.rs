@@ -13,13 +13,13 @@ use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use keystone_api::{DeployState, SwitchStrategy};
 use keystone_lab::{
     ADMIN_LISTEN, CanaryConfig, HealthCheck, Lab, LabBuilder, Mode, Probe, Protocol, SwitchConfig,
-    Tenant, VIP4, VIP6, forge::TCP_ACK, lab::CLIENT4, ok, wait_for,
+    Tenant, VIP4, VIP6, forge::TCP_ACK, helpers::unix_now, lab::CLIENT4, ok, wait_for,
 };
 use serde_json::Value;
 
@@ -57,13 +57,6 @@ fn alert_rules_pass_promtool() {
     promtool(&["check", "rules", rules.to_str().unwrap()]);
     let tests = repo_file("examples/prometheus/keystone-alerts.test.yml");
     promtool(&["test", "rules", tests.to_str().unwrap()]);
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
 }
 
 /// `GET http://PROMETHEUS/api/v1/<path>` with `params` (curl in the gateway

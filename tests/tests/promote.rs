@@ -1,6 +1,7 @@
 //! `keystone-ctl promote` through two real agents, one lab and one context each: the
-//! canary runs in dev, promotion stops before the gated production (exit 11), and the
-//! same command with `--approve production` skips dev and promotes production; new
+//! canary runs in dev, promotion stops before the gated production (exit 11), the same
+//! command again stops there again, and the command it prints (the same one with
+//! `--approve production`), run word for word, skips dev and promotes production; new
 //! connections then land on the new version in each, and only after its promotion.
 //! Run with `cargo xtask test -- promote`.
 
@@ -136,15 +137,12 @@ fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
         "200ms",
     ];
 
+    let gate_stop = "stopped before production: it is gated — exit 11\n\
+         resume with: keystone-ctl promote web --version 1.1.0 --through dev,production \
+         --timeout 60s --interval 200ms --approve production\n";
     let (code, out) = ctl(&dev, home.path(), &promote);
     assert_eq!(code, Some(11), "{out}\n{}", dev.agent_diagnostics());
-    assert!(
-        out.ends_with(
-            "stopped before production: it is gated — exit 11\n\
-             resume with: keystone-ctl promote web --version 1.1.0 --through dev,production --approve production\n"
-        ),
-        "{out}"
-    );
+    assert!(out.ends_with(gate_stop), "{out}");
     assert_eq!(
         newest(&dev),
         Some((Some("1.1.0".into()), DeployState::Completed))
@@ -158,8 +156,26 @@ fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
         "blue",
     );
 
-    let approved = [promote.as_slice(), &["--approve", "production"]].concat();
-    let (code, out) = ctl(&dev, home.path(), &approved);
+    // The same command again (a retried CI job) stops at the same gate.
+    let (code, again) = ctl(&dev, home.path(), &promote);
+    assert_eq!(code, Some(11), "{again}");
+    assert!(again.ends_with(gate_stop), "{again}");
+    assert!(
+        again.contains("dev: web is at version 1.1.0 already"),
+        "{again}"
+    );
+    assert_eq!(newest(&production), None, "a rerun does not pass the gate");
+
+    // The printed command, run word for word, approves the gate and goes on.
+    let printed = out
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("resume with: ")
+        .unwrap();
+    let words: Vec<&str> = printed.split(' ').collect();
+    assert_eq!(words[0], "keystone-ctl", "{printed}");
+    let (code, out) = ctl(&dev, home.path(), &words[1..]);
     assert_eq!(code, Some(0), "{out}\n{}", production.agent_diagnostics());
     assert!(
         out.contains("dev: web is at version 1.1.0 already"),

@@ -3,7 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
-use keystone_lab::{ADMIN_TOKEN, Lab, LabBuilder, Mode, Protocol, VIP4, VIP6};
+use keystone_lab::{
+    ADMIN_LISTEN, ADMIN_TOKEN, Fleet, FleetBuilder, Lab, LabBuilder, LabError, Mode, Protocol,
+    VIP4, VIP6,
+};
 
 use crate::{build, util};
 
@@ -124,8 +127,69 @@ pub fn down(name: &str, all: bool, run: Option<&str>) -> Result<()> {
         println!("no lab was left behind");
     }
     for n in names {
-        let removed = Lab::down(&n).with_context(|| format!("taking lab {n:?} down"))?;
+        // A fleet's gateways are labs of their own, taken down with their fleet.
+        let removed = match Fleet::down(&n) {
+            Err(LabError::NoState { .. }) if all || run.is_some() => continue,
+            r => r.with_context(|| format!("taking lab {n:?} down"))?,
+        };
         println!("lab {n:?} is down; removed: {}", removed.join(", "));
     }
+    Ok(())
+}
+
+/// The weights of `lab up --gateways`.
+const FLEET_WEIGHTS: &[(&str, u32)] = &[("blue", 70), ("green", 30)];
+
+/// A fleet of `gateways` that stays up: every agent running tenant `web` on
+/// 198.18.0.10:80 and announcing it.
+pub fn fleet_up(name: &str, gateways: usize) -> Result<()> {
+    util::require_root("`cargo xtask lab up --gateways`")?;
+    build::build()?;
+    let mut fleet = FleetBuilder::new()
+        .name(name)
+        .gateways(gateways)
+        .bins(util::bins()?)
+        .detach_processes(true)
+        .build()?;
+    let all: Vec<usize> = (1..=gateways).collect();
+    fleet
+        .start_web(FLEET_WEIGHTS, &all)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", fleet.diagnostics()))?;
+    let client = fleet.base().client_ns().to_owned();
+    let router = fleet.router_ns().to_owned();
+    let gw_ns: Vec<String> = fleet
+        .gateways()
+        .iter()
+        .map(|g| g.gateway_ns().to_owned())
+        .collect();
+    let router_socket = fleet.base().bird_socket();
+    fleet.keep()?;
+    let bins = util::bins()?;
+    println!("\nfleet {name:?} is up (nat); state and logs in /run/keystone-lab/{name}*/");
+    println!("  client   {client}  (198.18.1.2, 2001:2:0:1::2)");
+    println!(
+        "  router   {router}  (BIRD: BGP + BFD to every gateway, ECMP; socket {})",
+        router_socket.display()
+    );
+    for (i, ns) in (1..).zip(&gw_ns) {
+        println!(
+            "  gateway  {ns}  ({}, XDP + keystone-agent + BIRD, admin http://{ADMIN_LISTEN}, token {ADMIN_TOKEN})",
+            keystone_lab::gateway4(i)
+        );
+    }
+    println!("  VIP      tcp {VIP4}:80 announced by every gateway; weights blue 70, green 30");
+    println!("\ntry:");
+    println!("  ip netns exec {router} ip route show {VIP4}");
+    println!("  birdc -s {} show protocols", router_socket.display());
+    println!(
+        "  ip netns exec {client} {} --target {VIP4}:80 --connections 1000",
+        bins.client.display()
+    );
+    if let Some(gw) = gw_ns.first() {
+        let ctl = bins.ctl.display();
+        println!("  ip netns exec {gw} {ctl} --token {ADMIN_TOKEN} status");
+        println!("  ip netns exec {gw} {ctl} --token {ADMIN_TOKEN} drain   (then: undrain)");
+    }
+    println!("\ntear down: cargo xtask lab down --name {name}");
     Ok(())
 }

@@ -74,6 +74,10 @@ enum LabCmd {
         name: String,
         #[arg(long, value_enum, default_value_t = Mode::Nat)]
         mode: Mode,
+        /// A fleet instead: a router running BIRD (BGP, BFD, ECMP) in front of this
+        /// many gateways, each running BIRD and the agent announcing the VIPs (nat).
+        #[arg(long, value_name = "N", conflicts_with = "mode")]
+        gateways: Option<usize>,
     },
     /// Stop everything the lab started and remove its namespaces.
     Down {
@@ -94,8 +98,16 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Build => build::build(),
         Cmd::Lab {
-            command: LabCmd::Up { name, mode },
-        } => lab::up(&name, mode),
+            command:
+                LabCmd::Up {
+                    name,
+                    mode,
+                    gateways,
+                },
+        } => match gateways {
+            Some(n) => lab::fleet_up(&name, n),
+            None => lab::up(&name, mode),
+        },
         Cmd::Lab {
             command: LabCmd::Down { name, all, run },
         } => lab::down(&name, all, run.as_deref()),
@@ -105,5 +117,62 @@ fn main() -> Result<()> {
             package::package(output.as_deref(), no_build).map(drop)
         }
         Cmd::Test { args } => test::test(&args),
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// Two flattened `--rounds` (bench fleet's and its etcd part's) built, then
+    /// refused every run of the command; clap's own check runs only in debug builds.
+    #[test]
+    fn bench_fleet_takes_its_documented_arguments() {
+        let args = [
+            "xtask",
+            "bench",
+            "fleet",
+            "--part",
+            "etcd",
+            "--no-build",
+            "--changes",
+            "5",
+            "--rounds",
+            "1",
+            "--held",
+            "10",
+        ];
+        if let Err(e) = Cli::try_parse_from(args) {
+            panic!("{args:?}: {e}");
+        }
+    }
+
+    /// `bench all` and every command line it runs parse (a bad one would fail only
+    /// after the commands before it had run for an hour).
+    #[test]
+    fn bench_all_and_the_commands_it_runs_parse() {
+        let all = [
+            "xtask",
+            "bench",
+            "all",
+            "--force",
+            "--dry-run",
+            "--out",
+            "/tmp/x",
+        ];
+        if let Err(e) = Cli::try_parse_from(all) {
+            panic!("{all:?}: {e}");
+        }
+        for args in crate::bench::all::command_lines() {
+            let line: Vec<&str> = ["xtask", "bench"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .collect();
+            if let Err(e) = Cli::try_parse_from(&line) {
+                panic!("{line:?}: {e}");
+            }
+        }
     }
 }

@@ -39,12 +39,25 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     // tests/tests/page.rs loads the agent's status page in headless Chromium.
     ("chromium", "chromium"),
+    // The fleet lab: BIRD announces VIPs to the lab router (BGP + BFD, ECMP), etcd
+    // coordinates one rollout across gateways, and etcd-client's build needs protoc.
+    ("bird", "bird2"),
+    ("birdc", "bird2"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("protoc", "protobuf-compiler"),
+    // protoc's well-known types (descriptor.proto), which etcd-client's protos import;
+    // a path, not a program (`which` of an absolute path checks that file).
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
 ];
 
 /// Packages (by program) whose Debian install starts a host service that the benches
 /// and tests never use: they run their own copies (in the lab's namespaces, or the
 /// Prometheus test's temp dir).
-const BENCH_SERVICES: &[&str] = &["haproxy", "nginx", "prometheus"];
+const BENCH_SERVICES: &[&str] = &["haproxy", "nginx", "prometheus", "bird", "etcd"];
 
 /// What setup did, one line per step.
 type Report = Vec<String>;
@@ -231,11 +244,13 @@ pub fn cargo_deb() -> Result<()> {
 
 /// The Debian packages the lab uses: apt-get update once, and only if one is missing.
 fn debian_packages(report: &mut Report) -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    let mut missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(program, _)| which(program).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
+    // One package can ship several of the programs (bird2: bird and birdc).
+    missing.dedup();
     if missing.is_empty() {
         let names: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(_, p)| *p).collect();
         report.push(format!(

@@ -113,3 +113,11 @@ pub fn interrupted() -> Result<()> {
     }
     Ok(())
 }
+
+/// The machine's load averages over 1, 5 and 15 minutes (`/proc/loadavg`), for
+/// benches to say how busy the machine was.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}

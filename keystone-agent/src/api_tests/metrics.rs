@@ -170,3 +170,33 @@ async fn metrics_say_what_they_mean() {
         Some(1.0)
     );
 }
+
+/// The data plane's table hash is the tenant's `table_hash` in `/status` and the
+/// `hash` label of `keystone_vip_table_hash_info`; a tenant without one has neither.
+#[tokio::test]
+async fn table_hash_shows_in_status_and_metrics() {
+    let h = Harness::new();
+    let vip = Endpoint::new("198.18.0.10:80".parse().unwrap(), PROTO_TCP);
+    let (status, body) = h.call("GET", "/status", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["tenants"][0].get("table_hash"), None, "{body}");
+
+    let hash = crate::dataplane::TableHash([0x3f, 0x9a, 0x0c, 0x41, 0xd2, 0xe8, 0x7b, 0x65]);
+    h.fake.counters.lock().unwrap().table_hashes = vec![(vip, hash)];
+    let (_, body) = h.call("GET", "/status", Some(TOKEN)).await;
+    assert_eq!(json(&body)["tenants"][0]["table_hash"], "3f9a0c41d2e87b65");
+    let (_, text) = h.call("GET", "/metrics", None).await;
+    assert_eq!(
+        sample(
+            &text,
+            "keystone_vip_table_hash_info",
+            &[
+                ("tenant", "web"),
+                ("vip", "198.18.0.10:80"),
+                ("hash", "3f9a0c41d2e87b65")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

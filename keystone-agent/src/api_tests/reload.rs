@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 
-use super::{Harness, TOKEN, config_text, json};
+use super::{Harness, TOKEN, config_text, error_body, json};
 
 #[tokio::test]
 async fn reload_applies_new_weights() {
@@ -32,12 +32,9 @@ async fn invalid_reload_is_refused_with_field_and_line_and_old_config_stays() {
     h.write(&config_text(90, 10).replace("weight: 10", "weight: ten"));
     let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let body = json(&body);
-    assert_eq!(
-        body["problems"][0]["field"],
-        "tenants[0].services[1].weight"
-    );
-    assert_eq!(body["problems"][0]["line"], 13);
+    let problem = &error_body(&body).problems[0];
+    assert_eq!(problem.field, "tenants[0].services[1].weight");
+    assert_eq!(problem.line, Some(13));
     assert_eq!(
         h.fake.applied.lock().unwrap().len(),
         1,

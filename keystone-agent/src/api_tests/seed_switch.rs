@@ -7,13 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::http::StatusCode;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
 
-use super::{Harness, TOKEN, json};
+use super::Harness;
 use crate::deploy::{DeployState, Deployment};
 
 /// An HTTP server answering 200 on `ok_path` and 404 on any other path.
@@ -61,20 +60,8 @@ tenants:
 /// Reloads `config`, asks for a switch to green naming no strategy, and waits until
 /// the idle side's validation has decided.
 async fn switch_after_validation(h: &Harness, config: &str) -> Deployment {
-    h.write(config);
-    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = h
-        .send(
-            "POST",
-            "/deployments/blue-green/switch",
-            Some(TOKEN),
-            &[],
-            r#"{"service":"web","to":"green"}"#,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    h.reload_with(config).await;
+    let (_, id) = h.switch_web_to_green().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let d = h.state.agent.deployment(&id).unwrap();

@@ -1,8 +1,6 @@
 //! A blue/green switch through the API: validated, flipped, and the old side drained.
 
-use axum::http::StatusCode;
-
-use super::{Harness, TOKEN, json, percents};
+use super::{Harness, percents};
 
 #[tokio::test]
 async fn blue_green_switch_validates_flips_and_drains_the_old_side() {
@@ -28,22 +26,10 @@ tenants:
       - {{name: green, address: "{green_addr}", environment: green}}
 "#
     );
-    h.write(&config);
-    let (status, body) = h.call("POST", "/admin/reload", Some(TOKEN)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    h.reload_with(&config).await;
     assert_eq!(percents(&h.live_weights()), [100.0, 0.0]);
-    let (status, body) = h
-        .send(
-            "POST",
-            "/deployments/blue-green/switch",
-            Some(TOKEN),
-            &[],
-            r#"{"service":"web","to":"green"}"#,
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(json(&body)["deployment"]["from_environment"], "blue");
-    let id = json(&body)["deployment_id"].as_str().unwrap().to_owned();
+    let (answer, id) = h.switch_web_to_green().await;
+    assert_eq!(answer["deployment"]["from_environment"], "blue");
     let blue_up = || h.fake.applied.lock().unwrap().last().unwrap()[0].backends[0].up;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut flipped_with_blue_up = false;
@@ -77,5 +63,31 @@ tenants:
     assert!(
         crate::agent::unix_now() >= drained_at,
         "blue left before its drain timeout"
+    );
+}
+
+/// `switch_config`'s own step parameters reach the switch, read like a request's.
+#[tokio::test]
+async fn switch_config_step_parameters_are_the_switchs() {
+    let h = Harness::new();
+    h.reload_with(
+        r#"interfaces: [eth0]
+tenants:
+  - name: web
+    listen: 198.18.0.10:80
+    deployment_strategy: blue_green
+    active_environment: blue
+    switch_config: {strategy: instant, validation_timeout: 1m10s, rollback_on_failure: false}
+    services:
+      - {name: blue, address: "198.18.11.2:8080", environment: blue}
+      - {name: green, address: "198.18.11.3:8080", environment: green}
+"#,
+    )
+    .await;
+    let (_, id) = h.switch_web_to_green().await;
+    let p = h.state.agent.deployment(&id).unwrap().params;
+    assert_eq!(
+        (p.validation_timeout_seconds, p.rollback_on_failure),
+        (Some(70.0), false)
     );
 }

@@ -43,6 +43,26 @@ impl<'de> Deserialize<'de> for DurationSpec {
     }
 }
 
+/// A request's duration (keystone-api's), to be read by the same rules.
+impl From<&keystone_api::DurationValue> for DurationSpec {
+    fn from(v: &keystone_api::DurationValue) -> DurationSpec {
+        match v {
+            keystone_api::DurationValue::Seconds(s) => DurationSpec::Seconds(*s),
+            keystone_api::DurationValue::Text(t) => DurationSpec::Text(t.clone()),
+        }
+    }
+}
+
+/// The config's duration as a request would give it.
+impl From<&DurationSpec> for keystone_api::DurationValue {
+    fn from(v: &DurationSpec) -> keystone_api::DurationValue {
+        match v {
+            DurationSpec::Seconds(s) => keystone_api::DurationValue::Seconds(*s),
+            DurationSpec::Text(t) => keystone_api::DurationValue::Text(t.clone()),
+        }
+    }
+}
+
 impl DurationSpec {
     pub fn parse(&self) -> Result<Duration, String> {
         let d = match self {

@@ -14,6 +14,17 @@ pub struct Problem {
     pub reason: String,
 }
 
+/// The API's shape of a problem (`ErrorBody.problems`).
+impl From<Problem> for keystone_api::Problem {
+    fn from(p: Problem) -> Self {
+        keystone_api::Problem {
+            field: p.field,
+            line: p.line.map(|l| l as u64),
+            reason: p.reason,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {

@@ -250,7 +250,7 @@ fn the_seed_blue_green_config_keeps_its_switch_settings() {
         .expect("the seed's blue/green config");
     let loaded = load(blue_green);
     let switch = loaded.config.tenants[0].switch_config.as_ref().unwrap();
-    assert_eq!(switch.strategy.as_deref(), Some("instant"));
+    assert_eq!(switch.strategy, Some(keystone_api::SwitchStrategy::Instant));
     assert_eq!(switch.validation_endpoint.as_deref(), Some("/health"));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     // The seed's comment offers `gradual`: the same block with it switches in steps.
@@ -260,7 +260,7 @@ fn the_seed_blue_green_config_keeps_its_switch_settings() {
     );
     let loaded = load(&gradual);
     let switch = loaded.config.tenants[0].switch_config.as_ref().unwrap();
-    assert_eq!(switch.strategy.as_deref(), Some("gradual"));
+    assert_eq!(switch.strategy, Some(keystone_api::SwitchStrategy::Gradual));
 }
 
 #[test]

@@ -163,6 +163,34 @@ fn bad_enum_and_duration_are_named() {
     assert_reason(&p[0], "'soon' is not a duration");
 }
 
+/// Each enum of a tenant refuses a word it does not know with the field, its line and
+/// the accepted words (the words are keystone-api's, read strictly).
+#[test]
+fn an_unknown_word_names_the_field_line_and_accepted_words() {
+    for (field, word, accepted) in [
+        ("protocol", "sctp", "expected `tcp` or `udp`"),
+        ("mode", "sideways", "expected `nat` or `dsr`"),
+        (
+            "deployment_strategy",
+            "yolo",
+            "expected one of `canary`, `blue_green`, `rolling`",
+        ),
+        // `unknown` is the API's word for a word it does not know: not a config value.
+        ("protocol", "unknown", "expected `tcp` or `udp`"),
+    ] {
+        let text = format!(
+            "tenants:\n  - name: api\n    listen: 198.18.0.10:80\n    {field}: {word}\n    services: []\n"
+        );
+        let p = problems(&text);
+        assert_at(&p[0], &format!("tenants[0].{field}"), 4);
+        assert_eq!(
+            p[0].reason,
+            format!("unknown variant `{word}`, {accepted}"),
+            "{p:#?}"
+        );
+    }
+}
+
 #[test]
 fn all_semantic_problems_reported_at_once_with_lines() {
     let text = r#"tenants:
@@ -327,4 +355,28 @@ fn switch_config_is_checked() {
 fn yaml_syntax_error_has_a_line() {
     let p = problems("tenants:\n  - name: [unclosed\n");
     assert!(p[0].line.is_some(), "{p:?}");
+}
+
+#[test]
+fn interfaces_are_names_or_a_name_with_its_own_attach() {
+    use crate::dataplane::AttachMode;
+    let text =
+        format!("attach: xdp-generic\ninterfaces: [eth0, {{name: eth1, attach: tc}}]\n{SEED}");
+    let cfg = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.config.interface_modes(),
+        vec![
+            ("eth0".to_owned(), AttachMode::Generic),
+            ("eth1".to_owned(), AttachMode::Tc)
+        ]
+    );
+}
+
+#[test]
+fn a_bad_interface_attach_is_named_with_its_line() {
+    let text = format!("interfaces:\n  - eth0\n  - name: eth1\n    attach: fast\n{SEED}");
+    let p = problems(&text);
+    assert_at(&p[0], "interfaces[1].attach", 4);
+    assert_reason(&p[0], "fast");
+    assert_reason(&p[0], "tc");
 }

@@ -10,7 +10,7 @@ use crate::dataplane::{AttachMode, Limits};
 
 /// The keys a config may have at its top level; any other is an error (a typo such
 /// as `tenant:` would otherwise leave the agent with no tenant).
-pub const TOP_LEVEL_KEYS: [&str; 7] = [
+pub const TOP_LEVEL_KEYS: [&str; 10] = [
     "interfaces",
     "attach",
     "admin",
@@ -18,14 +18,19 @@ pub const TOP_LEVEL_KEYS: [&str; 7] = [
     "webhook",
     "notifications",
     "limits",
+    "fleet",
+    "bgp",
+    "deployment_orchestration",
 ];
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct Config {
-    /// Interfaces the XDP program attaches to (client side and backend side).
+    /// Interfaces the program attaches to (client side and backend side): names, or
+    /// `{name, attach}` for one attached otherwise than `attach:` says.
     #[serde(default)]
-    pub interfaces: Vec<String>,
-    /// How the program attaches to them: `xdp` (native, the default) or `xdp-generic`.
+    pub interfaces: Vec<InterfaceConfig>,
+    /// How the program attaches to them: `xdp` (native, the default), `xdp-generic`,
+    /// `tc` or `auto` (tc on virtual devices, xdp on NICs).
     #[serde(default)]
     pub attach: AttachMode,
     #[serde(default)]
@@ -41,6 +46,75 @@ pub struct Config {
     /// Data plane capacities (map sizes); set at start, a reload cannot change them.
     #[serde(default)]
     pub limits: Limits,
+    /// The etcd cluster this gateway shares its desired state with (none: alone).
+    #[serde(default)]
+    pub fleet: Option<super::FleetConfig>,
+    /// VIPs announced by BGP through BIRD (`announce`); off without it.
+    #[serde(default)]
+    pub bgp: Option<super::BgpConfig>,
+    /// A coordinated multi-service plan (the seed's block), started by
+    /// `POST /deployments/plans` when the request gives none.
+    #[serde(default)]
+    pub deployment_orchestration: Option<keystone_api::Orchestration>,
+}
+
+impl Config {
+    /// Each interface with how it is attached (its own `attach:`, else the top
+    /// level's).
+    pub fn interface_modes(&self) -> Vec<(String, AttachMode)> {
+        self.interfaces
+            .iter()
+            .map(|i| (i.name.clone(), i.attach.unwrap_or(self.attach)))
+            .collect()
+    }
+}
+
+/// One entry of `interfaces:`: a name (`veth0`) or a map (`{name: veth0, attach: tc}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InterfaceConfig {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach: Option<AttachMode>,
+}
+
+/// The map form's fields.
+#[derive(Deserialize)]
+struct InterfaceFields {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    attach: Option<AttachMode>,
+}
+
+impl<'de> Deserialize<'de> for InterfaceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = InterfaceConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an interface name, or a map with `name` and `attach`")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(InterfaceConfig {
+                    name: name.to_owned(),
+                    attach: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let f = InterfaceFields::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(InterfaceConfig {
+                    name: f.name,
+                    attach: f.attach,
+                })
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -112,38 +186,33 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Tcp,
-    Udp,
+/// The tenant's words are keystone-api's (one spelling each), read strictly with
+/// [`keystone_api::known`]: a word the agent does not know is refused by field and line.
+pub use keystone_api::{ForwardingMode, Protocol, Strategy};
+
+/// The protocol's IP protocol number, as the data plane keys VIPs and backends.
+pub trait ProtocolNumber {
+    fn number(self) -> u8;
 }
 
-impl Protocol {
-    pub fn number(self) -> u8 {
+impl ProtocolNumber for Protocol {
+    fn number(self) -> u8 {
         match self {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
+            Protocol::Unknown => unreachable!("the config refuses a protocol it does not know"),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ForwardingMode {
-    #[default]
-    Nat,
-    Dsr,
+fn tcp() -> Protocol {
+    Protocol::Tcp
 }
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    #[default]
-    Canary,
-    BlueGreen,
-    Rolling,
+fn nat() -> ForwardingMode {
+    ForwardingMode::Nat
+}
+fn canary() -> Strategy {
+    Strategy::Canary
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -163,9 +232,9 @@ pub struct Tenant {
     /// The VIP, `address:port` (IPv6 in brackets). Required.
     #[serde(default)]
     pub listen: Option<String>,
-    #[serde(default)]
+    #[serde(default = "tcp", deserialize_with = "keystone_api::known")]
     pub protocol: Protocol,
-    #[serde(default)]
+    #[serde(default = "nat", deserialize_with = "keystone_api::known")]
     pub mode: ForwardingMode,
     #[serde(default)]
     pub stickiness: Stickiness,
@@ -173,7 +242,7 @@ pub struct Tenant {
     /// tenants' `2 × ring_size` must fit `limits.ring_entries`.
     #[serde(default = "default_ring_size")]
     pub ring_size: u32,
-    #[serde(default)]
+    #[serde(default = "canary", deserialize_with = "keystone_api::known")]
     pub deployment_strategy: Strategy,
     #[serde(default)]
     pub canary_config: Option<CanaryConfig>,
@@ -187,31 +256,6 @@ pub struct Tenant {
 
 fn default_ring_size() -> u32 {
     ring::DEFAULT_RING_SIZE
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct CanaryConfig {
-    /// Percent of new connections the canary starts with.
-    pub initial_traffic: f64,
-    /// Percent added each `interval`.
-    pub increment: f64,
-    pub interval: DurationSpec,
-    /// Percent at which the rollout pauses for approval.
-    #[serde(default = "hundred")]
-    pub max_traffic: f64,
-    /// Success rate in percent (0–100) needed to take the next step; see
-    /// `params::threshold_rate` for the one rule.
-    #[serde(default = "default_health_threshold")]
-    pub health_threshold: f64,
-    /// Success rate in percent below which the canary is rolled back.
-    #[serde(default = "default_rollback_threshold")]
-    pub rollback_threshold: f64,
-    /// Fewer samples than this make a verdict inconclusive (default 5).
-    #[serde(default)]
-    pub min_samples: Option<u64>,
-    /// Extra analysis sources (like Argo Rollouts / Flagger analysis).
-    #[serde(default)]
-    pub analysis: Option<AnalysisConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -231,41 +275,140 @@ pub struct PrometheusQuery {
     pub query: String,
 }
 
-fn hundred() -> f64 {
-    100.0
-}
-fn default_health_threshold() -> f64 {
-    95.0
-}
-fn default_rollback_threshold() -> f64 {
-    90.0
+/// The config's type for a step parameter's kind, as written: percentages as
+/// numbers, durations kept as written until `validate()` (which knows field and line).
+macro_rules! config_value {
+    (percent) => {
+        f64
+    };
+    (threshold) => {
+        f64
+    };
+    (duration) => {
+        DurationSpec
+    };
+    (timeout) => {
+        DurationSpec
+    };
+    (count) => {
+        u64
+    };
+    (flag) => {
+        bool
+    };
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct SwitchConfig {
-    /// `instant` or `gradual` (the seed calls it `switch_strategy`); a switch request
-    /// that names no strategy uses this one.
-    #[serde(default, alias = "switch_strategy")]
-    pub strategy: Option<String>,
-    /// HTTP path the idle side must answer before a switch goes to it (instead of
-    /// each service's own health check).
-    #[serde(default)]
-    pub validation_endpoint: Option<String>,
-    #[serde(default)]
-    pub validation_timeout: Option<DurationSpec>,
-    #[serde(default)]
-    pub rollback_on_failure: Option<bool>,
-    /// How long the new side is watched after an instant flip, and the step interval
-    /// of a gradual switch (default: `canary_config.interval`, else 10s).
-    #[serde(default)]
-    pub interval: Option<DurationSpec>,
-    /// Percent per step of a gradual switch (default: `canary_config.increment`, else 10).
-    #[serde(default)]
-    pub increment: Option<f64>,
-    /// After a completed switch, how long connections established on the old side
-    /// keep it before they are moved (default: until they close).
-    #[serde(default)]
-    pub drain_timeout: Option<DurationSpec>,
+/// A `required` parameter is a plain value (serde refuses the key left out, by field
+/// and line); any other is an `Option`.
+macro_rules! config_type {
+    ($kind:ident required) => { config_value!($kind) };
+    ($kind:ident) => { Option<config_value!($kind)> };
+}
+
+/// Declares [`CanaryConfig`] (the `canary` step parameters) and [`SwitchConfig`] (the
+/// `blue_green` ones) from keystone-api's one list, each field read on its own (no
+/// `flatten`, so an error keeps its path and line), and their values as a request
+/// would give them ([`given`](CanaryConfig::given)), for the engine to apply.
+macro_rules! config_step_structs {
+    (
+        canary { $( { [$(#[$cdoc:meta])*] $cname:ident $cfield:ident $ckind:ident [$($creq:ident)?] } )* }
+        blue_green { $( { [$(#[$bdoc:meta])*] $bname:ident $bfield:ident $bkind:ident [$($breq:ident)?] } )* }
+    ) => {
+        /// A tenant's `canary_config`: its step parameters, and what else judges a canary.
+        #[derive(Clone, Debug, Deserialize, Serialize)]
+        pub struct CanaryConfig {
+            $(
+                $(#[$cdoc])*
+                pub $cname: config_type!($ckind $($creq)?),
+            )*
+            /// Extra analysis sources (like Argo Rollouts / Flagger analysis).
+            #[serde(default)]
+            pub analysis: Option<AnalysisConfig>,
+        }
+
+        impl CanaryConfig {
+            /// The step parameters `canary_config` sets, as a request would give them.
+            pub fn given(&self) -> keystone_api::StepParams {
+                keystone_api::StepParams {
+                    $($cname: Given::given(&self.$cname),)*
+                    ..Default::default()
+                }
+            }
+        }
+
+        /// A tenant's `switch_config`: how a blue/green switch runs.
+        #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+        pub struct SwitchConfig {
+            /// `instant` or `gradual` (the seed calls it `switch_strategy`); a switch request
+            /// that names no strategy uses this one. Another word reads as `Unknown`,
+            /// which validation refuses naming the word as written.
+            #[serde(default, alias = "switch_strategy")]
+            pub strategy: Option<keystone_api::SwitchStrategy>,
+            /// HTTP path the idle side must answer before a switch goes to it (instead of
+            /// each service's own health check).
+            #[serde(default)]
+            pub validation_endpoint: Option<String>,
+            $(
+                $(#[$bdoc])*
+                pub $bname: config_type!($bkind $($breq)?),
+            )*
+            /// How long the new side is watched after an instant flip, and the step interval
+            /// of a gradual switch (default: `canary_config.interval`, else 10s).
+            #[serde(default)]
+            pub interval: Option<DurationSpec>,
+            /// Percent per step of a gradual switch (default: `canary_config.increment`, else 10).
+            #[serde(default)]
+            pub increment: Option<f64>,
+            /// After a completed switch, how long connections established on the old side
+            /// keep it before they are moved (default: until they close).
+            #[serde(default)]
+            pub drain_timeout: Option<DurationSpec>,
+        }
+
+        impl SwitchConfig {
+            /// The blue/green step parameters `switch_config` sets, as a request would give them.
+            pub fn given(&self) -> keystone_api::StepParams {
+                keystone_api::StepParams {
+                    $($bname: Given::given(&self.$bname),)*
+                    ..Default::default()
+                }
+            }
+        }
+
+        /// The step parameters' names, in the order of the config's fields.
+        #[cfg(test)]
+        pub const STEP_PARAMS: &[&str] = &[$(stringify!($cname),)* $(stringify!($bname),)*];
+    };
+}
+
+keystone_api::with_step_params!(config_step_structs);
+
+/// A config value as a request would give it (None: left out).
+trait Given<W> {
+    fn given(&self) -> Option<W>;
+}
+
+macro_rules! given_as_is {
+    ($($t:ty),*) => {$(
+        impl Given<$t> for $t {
+            fn given(&self) -> Option<$t> {
+                Some(*self)
+            }
+        }
+    )*};
+}
+given_as_is!(f64, u64, bool);
+
+impl Given<keystone_api::DurationValue> for DurationSpec {
+    fn given(&self) -> Option<keystone_api::DurationValue> {
+        Some(self.into())
+    }
+}
+
+impl<W, T: Given<W>> Given<W> for Option<T> {
+    fn given(&self) -> Option<W> {
+        self.as_ref().and_then(Given::given)
+    }
 }
 
 /// A service's health check, with the seed's field names (see `seed::check_health`

@@ -120,7 +120,7 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
             ),
         );
     }
-    for (i, name) in config.interfaces.iter().enumerate() {
+    for (i, name) in config.interfaces.iter().map(|i| &i.name).enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
             push(
                 format!("interfaces[{i}]"),
@@ -129,6 +129,17 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
         }
     }
 
+    if let Some(bgp) = &config.bgp {
+        let listen: Vec<std::net::IpAddr> = config
+            .tenants
+            .iter()
+            .filter_map(|t| t.listen.as_deref()?.parse::<std::net::SocketAddr>().ok())
+            .map(|l| l.ip())
+            .collect();
+        for (field, reason) in bgp.problems(&listen) {
+            push(field, reason);
+        }
+    }
     if let Some(webhook) = &config.webhook {
         match (&webhook.secret, &webhook.secret_file) {
             (Some(_), Some(_)) => push(
@@ -148,6 +159,9 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
         if let Some(Err(reason)) = webhook.tolerance.as_ref().map(DurationSpec::parse) {
             push("webhook.tolerance".into(), reason);
         }
+    }
+    for (field, reason) in config.fleet.iter().flat_map(|f| f.problems()) {
+        push(format!("fleet.{field}"), reason);
     }
     for (i, target) in config.notifications.iter().enumerate() {
         match url::Url::parse(&target.url) {
@@ -275,9 +289,7 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
                     ),
                 );
             }
-            if let Some(strategy) = &switch.strategy
-                && strategy.parse::<keystone_api::SwitchStrategy>().is_err()
-            {
+            if switch.strategy == Some(keystone_api::SwitchStrategy::Unknown) {
                 // Named as written: `strategy`, or the seed's `switch_strategy`.
                 let seed_name = at("switch_config.switch_strategy");
                 let field = if index.lines.contains_key(&seed_name) {
@@ -285,9 +297,10 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
                 } else {
                     at("switch_config.strategy")
                 };
+                let word = index.written.get(&field).cloned().unwrap_or_default();
                 push(
                     field,
-                    format!("unknown switch strategy '{strategy}'; expected instant or gradual"),
+                    format!("unknown switch strategy '{word}'; expected instant or gradual"),
                 );
             }
         }
@@ -418,6 +431,15 @@ pub(super) fn validate(config: &Config, index: &Index, resolve: &Resolver) -> Ch
             );
         }
     }
+    if let Some(plan) = &config.deployment_orchestration {
+        let names: Vec<&str> = config.tenants.iter().map(|t| t.name.as_str()).collect();
+        for e in crate::orchestration::phases(plan, &names)
+            .err()
+            .unwrap_or_default()
+        {
+            push(format!("deployment_orchestration.{}", e.field), e.reason);
+        }
+    }
     Checked {
         tenants: resolved,
         problems,
@@ -444,7 +466,10 @@ fn validate_canary(
     for (name, value) in [
         ("health_threshold", c.health_threshold),
         ("rollback_threshold", c.rollback_threshold),
-    ] {
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| Some((name, v?)))
+    {
         let field = format!("{at}.{name}");
         let written = index
             .written

@@ -288,7 +288,7 @@ fn switch_strategy_is_the_seeds_name_for_strategy() {
     ))
     .unwrap();
     let switch = loaded.config.tenants[0].switch_config.as_ref().unwrap();
-    assert_eq!(switch.strategy.as_deref(), Some("gradual"));
+    assert_eq!(switch.strategy, Some(keystone_api::SwitchStrategy::Gradual));
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let p = problems(&bg(
         "      switch_strategy: sideways\n      validation_endpoint: ready\n",
@@ -298,10 +298,9 @@ fn switch_strategy_is_the_seeds_name_for_strategy() {
             .reason
             .contains("'ready'")
     );
-    assert!(
-        find(&p, "tenants[0].switch_config.switch_strategy")
-            .reason
-            .contains("'sideways'")
+    assert_eq!(
+        find(&p, "tenants[0].switch_config.switch_strategy").reason,
+        "unknown switch strategy 'sideways'; expected instant or gradual"
     );
 }
 

@@ -1,9 +1,9 @@
-//! The real data plane: loads the XDP object with aya 0.14, pins maps, program and
-//! links in a bpffs directory, attaches to interfaces, and programs the maps
-//! through [`Tables`].
+//! The real data plane: loads the eBPF object (its XDP and tc programs) with aya
+//! 0.14, pins maps, programs and links in a bpffs directory, attaches to
+//! interfaces, and programs the maps through [`Tables`].
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -12,10 +12,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapError},
-    programs::{Xdp, links::FdLink},
+    programs::{SchedClassifier, Xdp, links::FdLink},
 };
 use keystone_common::{
-    Endpoint, Event, FlowKey, FlowState, Reason, limits::stats::XDP_ACTIONS, names,
+    Endpoint, Event, FlowKey, FlowState, Reason, ReplyHopCache, limits::stats::XDP_ACTIONS, names,
 };
 
 use super::{
@@ -23,7 +23,7 @@ use super::{
     interfaces, object,
     pins::{PinKeeper, PinKind, PinWatch},
     start::Start,
-    tables::Tables,
+    tables::{TableHash, Tables},
 };
 
 mod attach;
@@ -32,7 +32,8 @@ mod counters;
 mod maps;
 mod migrate;
 
-use attach::{attach, program_mut, set_iface_flags, write_iface_flags};
+pub use attach::Hook;
+use attach::{attach, set_iface_flags, tc_program, write_iface_flags, xdp_program};
 pub(super) use bpffs::{check_bpffs, remove_if_exists};
 use counters::{sum_l4, sum_traffic, sum_u64};
 pub use maps::AyaMaps;
@@ -90,9 +91,13 @@ pub fn sized_maps(limits: &Limits) -> [(&'static str, &'static str, u32); 10] {
     ]
 }
 
-/// How the program is attached to each interface (the config's `attach:`).
+/// How the program is attached to an interface (the config's `attach:`, top level
+/// or per interface).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum AttachMode {
+    /// `auto`: `xdp` on a NIC not enslaved to a bridge or bond, else `tc` (`interfaces::auto`).
+    #[serde(rename = "auto")]
+    Auto,
     /// `xdp`: native (driver) XDP; falls back to generic mode, with a warning, where
     /// the driver refuses it (a bridge, bond or VLAN device).
     #[default]
@@ -102,6 +107,11 @@ pub enum AttachMode {
     /// the kernel's transmit path, so they reach any device (a bridge included).
     #[serde(rename = "xdp-generic")]
     Generic,
+    /// `tc`: the same program at the tc ingress hook (a tcx link): no skb → XDP
+    /// buffer copy on virtual devices, redirects reach any device, and partial
+    /// checksums are kept right.
+    #[serde(rename = "tc")]
+    Tc,
 }
 
 /// How to load the data plane.
@@ -114,6 +124,8 @@ pub struct LoadOptions {
     /// they mounted themselves (`mount -t bpf bpf <dir>`).
     pub pin_dir: PathBuf,
     pub xdp_mode: AttachMode,
+    /// Interfaces attached otherwise than `xdp_mode` says (per-interface `attach:`).
+    pub interface_modes: BTreeMap<String, AttachMode>,
     /// Map sizes (the config's `limits:`). A pinned connection table of another
     /// size is replaced; other pinned maps must have their configured size (see
     /// [`AyaDataplane::load`]).
@@ -130,8 +142,17 @@ impl LoadOptions {
             interfaces: Vec::new(),
             pin_dir: pin_dir.into(),
             xdp_mode: AttachMode::Driver,
+            interface_modes: BTreeMap::new(),
             limits: Limits::default(),
         }
+    }
+
+    /// How `interface` is attached.
+    pub fn mode_of(&self, interface: &str) -> AttachMode {
+        self.interface_modes
+            .get(interface)
+            .copied()
+            .unwrap_or(self.xdp_mode)
     }
 }
 
@@ -148,8 +169,9 @@ struct Attachment {
     pin: PathBuf,
     link: FdLink,
     /// `iface_flags` for the mode it was attached in; `None` when the program was
-    /// swapped into a link a previous agent pinned (mode not known here).
+    /// swapped into an XDP link a previous agent pinned (mode not known here).
     flags: Option<u32>,
+    hook: Hook,
 }
 
 /// The loaded program and its maps. Dropping it leaves the pins in place, so
@@ -218,7 +240,7 @@ impl AyaDataplane {
     }
 
     fn load_into(object: &[u8], opts: LoadOptions, start: &mut Start) -> Result<Self, LoadError> {
-        let pin_dir = opts.pin_dir;
+        let pin_dir = opts.pin_dir.clone();
         let limits = opts.limits;
         check_pinned_capacities(&pin_dir, &limits)?;
         let reused_maps = start.existed(names::VIPS) || start.existed(names::VIPS_V1);
@@ -253,47 +275,31 @@ impl AyaDataplane {
             }
         }
 
-        let program = program_mut(&mut ebpf)?;
-        // The verifier gives up with EAGAIN when a signal arrives while it runs (it
-        // checks for pending signals between instructions); retried like libbpf does.
-        let mut attempts = 1;
-        loop {
-            match program.load() {
-                Ok(()) => break,
-                Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                    if attempts < 5 && io_error.kind() == std::io::ErrorKind::WouldBlock =>
-                {
-                    attempts += 1;
-                }
-                Err(source) => {
-                    return Err(LoadError::Program {
-                        what: "load",
-                        source,
-                    });
-                }
-            }
-        }
-        let program_pin = pin_dir.join(names::PROGRAM);
-        start.replace_program(&program_pin)?;
-        program.pin(&program_pin).map_err(|source| LoadError::Pin {
-            path: program_pin.clone(),
-            source,
-        })?;
+        // Both programs are loaded and pinned whatever the interfaces use, so a
+        // restart with another `attach:` can swap hooks and tests can run either.
+        load_program(xdp_program(&mut ebpf)?, &pin_dir, Hook::Xdp, start)?;
+        load_program(tc_program(&mut ebpf)?, &pin_dir, Hook::Tc, start)?;
 
         let mut attachments = Vec::new();
         for interface in &opts.interfaces {
-            attachments.push(attach(program, interface, &pin_dir, opts.xdp_mode, start)?);
+            attachments.push(attach(
+                &mut ebpf,
+                interface,
+                &pin_dir,
+                opts.mode_of(interface),
+                start,
+            )?);
         }
         let iface_flags = write_iface_flags(&mut ebpf, &attachments)?;
 
         let maps = AyaMaps::take(&mut ebpf)?;
         let tables = Tables::recover(maps, limits)?;
         let pins = PinKeeper::open(
-            start.lock()?,
+            start.lock(),
             MAP_NAMES
                 .into_iter()
                 .map(|name| (pin_dir.join(name), PinKind::Map))
-                .chain([(program_pin, PinKind::Program)])
+                .chain(Hook::ALL.map(|hook| (pin_dir.join(hook.program()), PinKind::Program)))
                 .chain(attachments.iter().map(|a| (a.pin.clone(), PinKind::Link))),
         )?;
         Ok(AyaDataplane {
@@ -331,6 +337,14 @@ impl AyaDataplane {
             .expect("load() checked the program exists and is XDP")
     }
 
+    /// The loaded tc program: the same code at the tc hook.
+    pub fn tc_program(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(names::TC_PROGRAM)
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .expect("load() checked the program exists and is sched_cls")
+    }
+
     /// The backend a new flow to `vip` goes to, predicted the way the kernel picks it
     /// (`keystone_common::flow_hash` into the live Maglev table, from the shadow
     /// copy). Established flows keep their backend from the connection table.
@@ -339,8 +353,25 @@ impl AyaDataplane {
     }
 
     /// The backend slot given to `backend` under `vip`.
+    /// The VIP's table hash computed from the kernel's maps as they are now (see
+    /// [`Tables::read_table_hash`]).
+    pub fn read_table_hash(&self, vip: &Endpoint) -> Result<Option<TableHash>, MapAccessError> {
+        self.tables.read_table_hash(vip)
+    }
+
     pub fn backend_slot(&self, vip: &Endpoint, backend: &Endpoint) -> Option<u32> {
         self.tables.backend_slot(vip, backend)
+    }
+
+    /// `ACTION_STATS`, summed over CPUs: packets by the XDP action they got (at tc:
+    /// the action their tc verdict stands for).
+    pub fn action_counters(&self) -> Result<[u64; XDP_ACTIONS as usize], MapAccessError> {
+        let maps = self.tables.maps();
+        let mut actions = [0; XDP_ACTIONS as usize];
+        for (action, count) in (0..XDP_ACTIONS).zip(&mut actions) {
+            *count = sum_u64(&maps.action_stats, names::ACTION_STATS, action)?;
+        }
+        Ok(actions)
     }
 
     /// The connection-table entry of a flow, if any.
@@ -365,6 +396,23 @@ impl AyaDataplane {
         }
     }
 
+    /// Every CPU's entries of the reply next-hop cache (`names::REPLY_HOPS`).
+    pub fn reply_hops(&self) -> Result<Vec<ReplyHopCache>, LoadError> {
+        let map = self
+            .ebpf
+            .map(names::REPLY_HOPS)
+            .ok_or(LoadError::MissingMap {
+                map: names::REPLY_HOPS,
+            })?;
+        let err = maps::map_err(names::REPLY_HOPS);
+        let hops = aya::maps::PerCpuArray::<_, ReplyHopCache>::try_from(map).map_err(&err)?;
+        let mut all = Vec::new();
+        for values in hops.iter() {
+            all.extend(values.map_err(&err)?.iter().copied());
+        }
+        Ok(all)
+    }
+
     /// Detaches from every interface and removes all pins (maps included).
     pub fn detach(mut self) -> Result<(), LoadError> {
         self.release(false)
@@ -379,20 +427,80 @@ impl AyaDataplane {
             self.pins.forget();
         }
         if keep_forwarding {
-            tracing::info!(pin_dir = %self.pin_dir.display(), "leaving the XDP program attached and pinned");
+            tracing::info!(pin_dir = %self.pin_dir.display(), "leaving the program attached and pinned");
             return Ok(());
         }
         for a in attachments {
             remove_if_exists(&a.pin)?;
             // Closing the last fd of an unpinned link detaches it.
             drop(a.link);
-            tracing::info!(interface = %a.interface, "detached XDP program");
+            tracing::info!(interface = %a.interface, hook = ?a.hook, "detached the program");
         }
-        remove_if_exists(&self.pin_dir.join(names::PROGRAM))?;
+        for hook in Hook::ALL {
+            remove_if_exists(&self.pin_dir.join(hook.program()))?;
+        }
         for name in MAP_NAMES.into_iter().chain(LEGACY_MAPS) {
             remove_if_exists(&self.pin_dir.join(name))?;
         }
         Ok(())
+    }
+}
+
+/// Loads `program` (retrying the verifier's EAGAIN) and pins it as
+/// `hook.program()`, replacing (and keeping, for an undo) a previous agent's.
+fn load_program<P: LoadPin>(
+    program: &mut P,
+    pin_dir: &Path,
+    hook: Hook,
+    start: &mut Start,
+) -> Result<(), LoadError> {
+    // The verifier gives up with EAGAIN when a signal arrives while it runs (it
+    // checks for pending signals between instructions); retried like libbpf does.
+    let mut attempts = 1;
+    loop {
+        match program.load() {
+            Ok(()) => break,
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if attempts < 5 && io_error.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                attempts += 1;
+            }
+            Err(source) => {
+                return Err(LoadError::Program {
+                    what: "load",
+                    source,
+                });
+            }
+        }
+    }
+    let pin = pin_dir.join(hook.program());
+    start.replace_program(&pin, hook)?;
+    program
+        .pin(&pin)
+        .map_err(|source| LoadError::Pin { path: pin, source })
+}
+
+/// The two program types' `load` and `pin`.
+trait LoadPin {
+    fn load(&mut self) -> Result<(), aya::programs::ProgramError>;
+    fn pin(&mut self, path: &Path) -> Result<(), aya::pin::PinError>;
+}
+
+impl LoadPin for Xdp {
+    fn load(&mut self) -> Result<(), aya::programs::ProgramError> {
+        Xdp::load(self)
+    }
+    fn pin(&mut self, path: &Path) -> Result<(), aya::pin::PinError> {
+        Xdp::pin(self, path)
+    }
+}
+
+impl LoadPin for SchedClassifier {
+    fn load(&mut self) -> Result<(), aya::programs::ProgramError> {
+        SchedClassifier::load(self)
+    }
+    fn pin(&mut self, path: &Path) -> Result<(), aya::pin::PinError> {
+        SchedClassifier::pin(self, path)
     }
 }
 
@@ -426,6 +534,11 @@ impl Dataplane for AyaDataplane {
                 .vips
                 .push((*vip, sum_traffic(&maps.vip_stats, names::VIP_STATS, index)?));
         }
+        counters.table_hashes = self
+            .tables
+            .table_hashes()
+            .filter_map(|(vip, hash)| Some((*vip, hash?)))
+            .collect();
         for (vip, backend, slot) in self.tables.backend_slots() {
             counters.backends.push((
                 *vip,
@@ -436,10 +549,8 @@ impl Dataplane for AyaDataplane {
                 .backend_l4
                 .push((*vip, *backend, sum_l4(&maps.backend_l4, slot)?));
         }
-        for action in 0..XDP_ACTIONS {
-            counters.actions[action as usize] =
-                sum_u64(&maps.action_stats, names::ACTION_STATS, action)?;
-        }
+        counters.last_apply = self.tables.last_timing();
+        counters.actions = self.action_counters()?;
         for reason in Reason::ALL {
             counters.reasons[reason as usize] =
                 sum_u64(&maps.reason_stats, names::REASON_STATS, reason as u32)?;

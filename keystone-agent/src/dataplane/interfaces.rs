@@ -12,7 +12,9 @@ use std::{
 
 use keystone_common::{iface_flags, mode};
 
-use super::{ApplyError, VipSpec};
+use super::{ApplyError, AttachMode, VipSpec};
+
+mod auto;
 
 const SYS_NET: &str = "/sys/class/net";
 
@@ -142,20 +144,91 @@ pub fn flags(native: bool) -> u32 {
     }
 }
 
-/// The flags of an interface whose link a previous agent pinned (its mode is not
-/// known here): native where the device has a native XDP hook, as the attach
+/// The flags of an interface whose XDP link a previous agent pinned (its mode is
+/// not known here): native where the device has a native XDP hook, as the attach
 /// fallback would have chosen.
 pub fn guessed_flags(name: &str) -> u32 {
-    predicted_flags(&[name.to_owned()], false)[0].1
+    predicted_flags(&[(name.to_owned(), AttachMode::Driver)])[0].1
 }
 
-/// The flags `interfaces` will get when attached (`generic`: `attach: xdp-generic`),
-/// as the attach fallback chooses: native where the device has a native XDP hook.
-/// For checking a config before anything is attached.
-pub fn predicted_flags(interfaces: &[String], generic: bool) -> Vec<(String, u32)> {
+/// The first kernel with the tcx hook `attach: tc` attaches to (Linux 6.6).
+pub const TCX_KERNEL: (u32, u32) = (6, 6);
+/// Makes the agent take the kernel for the version it names (`5.15`) when it asks
+/// whether tcx is there: for tests of what an older kernel gets.
+pub const KERNEL_VERSION_ENV: &str = "KEYSTONE_KERNEL_VERSION";
+
+/// `major.minor` of a kernel release (`6.18.44-fc` → (6, 18)).
+fn major_minor(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    Some((parts.next()?.ok()?, parts.next()?.ok()?))
+}
+
+/// The running kernel's release (or `KERNEL_VERSION_ENV`'s), as written.
+fn kernel_release() -> String {
+    std::env::var(KERNEL_VERSION_ENV)
+        .or_else(|_| fs::read_to_string("/proc/sys/kernel/osrelease"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether the kernel has tcx (an unreadable version counts as having it: the
+/// attach then says what failed).
+fn has_tcx(release: &str) -> bool {
+    major_minor(release).is_none_or(|v| v >= TCX_KERNEL)
+}
+
+/// `attach: tc` on a kernel without tcx, refused before anything is attached. There
+/// is no clsact (cls_bpf) fallback: the agent's restarts and upgrades swap the
+/// program inside pinned links, which cls_bpf filters are not.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interface {interface}: `attach: tc` needs the tcx hook of Linux {}.{} or later, and this kernel is {kernel}: use `attach: xdp-generic` (or `xdp`) for it",
+    TCX_KERNEL.0,
+    TCX_KERNEL.1
+)]
+pub struct NoTcx {
+    pub interface: String,
+    pub kernel: String,
+}
+
+/// Refuses an interface whose `attach:` is `tc` on a kernel without tcx (`auto`
+/// picks XDP there, see `auto::hook`).
+pub fn check_tcx(interfaces: &[(String, AttachMode)]) -> Result<(), NoTcx> {
+    let kernel = kernel_release();
+    if has_tcx(&kernel) {
+        return Ok(());
+    }
+    match interfaces.iter().find(|(_, m)| *m == AttachMode::Tc) {
+        Some((interface, _)) => Err(NoTcx {
+            interface: interface.clone(),
+            kernel,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `mode` for `name`, with `auto` decided (`auto::hook`).
+pub fn resolved(name: &str, mode: AttachMode) -> AttachMode {
+    match mode {
+        AttachMode::Auto => auto::hook(&auto::Device::of(name)),
+        mode => mode,
+    }
+}
+
+/// The flags `interfaces` (name, `attach:`) will get when attached: native where
+/// `xdp` and the device has a native XDP hook (as the attach fallback chooses),
+/// else generic (`xdp-generic` and `tc` take skbs). For checking a config before
+/// anything is attached.
+pub fn predicted_flags(interfaces: &[(String, AttachMode)]) -> Vec<(String, u32)> {
     interfaces
         .iter()
-        .map(|i| (i.clone(), flags(!generic && kind(i).has_native_xdp())))
+        .map(|(i, mode)| {
+            let native = resolved(i, *mode) == AttachMode::Driver && kind(i).has_native_xdp();
+            (i.clone(), flags(native))
+        })
         .collect()
 }
 
@@ -200,6 +273,14 @@ pub fn check_dsr_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcx_is_there_from_linux_6_6() {
+        assert_eq!(major_minor("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(major_minor("5.15.0-91-generic\n"), Some((5, 15)));
+        assert!(has_tcx("6.6.0") && has_tcx("7.0") && has_tcx("unknown"));
+        assert!(!has_tcx("6.1.0") && !has_tcx("5.15.0-91-generic"));
+    }
 
     #[test]
     fn ipv4_routes_match_by_longest_prefix() {

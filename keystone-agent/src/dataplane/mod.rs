@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod aya_dataplane;
 pub mod interfaces;
+pub(crate) mod map_batch;
 pub mod object;
 pub mod pins;
 pub mod problems;
@@ -25,8 +26,8 @@ pub mod rings;
 pub mod start;
 pub mod tables;
 
-pub use aya_dataplane::{AttachMode, AyaDataplane, LoadOptions};
-pub use tables::{FakeMaps, MapWriter, Tables};
+pub use aya_dataplane::{AttachMode, AyaDataplane, Hook, LoadOptions};
+pub use tables::{FakeMaps, MapWriter, TableHash, Tables};
 
 /// The data plane's capacities: the config's `limits:` section. They size the kernel
 /// maps when the program is loaded, so they change only with a restart (and only
@@ -142,10 +143,13 @@ pub struct LiveShares {
     pub entries: Vec<(Endpoint, u32)>,
 }
 
-/// Summed (over CPUs) counters read from the kernel.
+/// Summed (over CPUs) counters read from the kernel, and the tables' hashes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub vips: Vec<(Endpoint, TrafficCounters)>,
+    /// (VIP, hash of its live table) for every VIP whose table this agent wrote (see
+    /// [`tables::table_hash`]); a VIP found pinned is listed once its table is rewritten.
+    pub table_hashes: Vec<(Endpoint, TableHash)>,
     /// (VIP, backend, counters) for every backend currently programmed.
     pub backends: Vec<(Endpoint, Endpoint, TrafficCounters)>,
     /// (VIP, backend, passive TCP signals) for every backend currently programmed:
@@ -158,6 +162,8 @@ pub struct Counters {
     pub reasons: [u64; Reason::COUNT as usize],
     /// Packets per `Event`, indexed by `Event as u32`.
     pub events: [u64; Event::COUNT as usize],
+    /// Where the last apply that changed a table spent its time.
+    pub last_apply: Option<tables::ApplyTiming>,
 }
 
 pub trait Dataplane: Send + 'static {
@@ -226,11 +232,16 @@ pub enum LoadError {
     )]
     NotBpffs { path: PathBuf, mount_point: PathBuf },
     #[error(
-        "pin directory {} is in use by another keystone-agent (it holds the directory's \
-         lock): stop that agent first, or give this one its own --pin-dir",
-        path.display()
+        "pin directory {} is in use by another keystone-agent ({} its lock): stop that \
+         agent first, or give this one its own --pin-dir",
+        path.display(),
+        holder.map_or("it holds".to_owned(), |pid| format!("pid {pid} holds"))
     )]
-    PinDirInUse { path: PathBuf },
+    PinDirInUse {
+        path: PathBuf,
+        /// The lock holder's pid, when `/proc/locks` tells it.
+        holder: Option<u32>,
+    },
     #[error(
         "interface {interface} does not exist (in this network namespace): check \
          `interfaces:` in the config or --interface"
@@ -247,7 +258,7 @@ pub enum LoadError {
     MissingProgram { name: &'static str },
     #[error("the eBPF object has no map {map}")]
     MissingMap { map: &'static str },
-    #[error("XDP program ({what}): {source}")]
+    #[error("eBPF program ({what}): {source}")]
     Program {
         what: &'static str,
         #[source]
@@ -262,7 +273,16 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("XDP link pinned at {}: {source}", path.display())]
+    #[error(
+        "attaching to the tc ingress hook (tcx) of {interface}: {source} (tcx needs \
+         Linux 6.6 or later; on older kernels use `attach: xdp-generic`)"
+    )]
+    AttachTc {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("link pinned at {}: {source}", path.display())]
     Link {
         path: PathBuf,
         #[source]

@@ -32,12 +32,23 @@ use super::LoadError;
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// An exclusive lock on a pin directory, held as long as this value (or a
-/// [`PinDirLock::try_clone`] of it) lives.
+/// An exclusive lock on a pin directory, held as long as this value (or a clone
+/// of it) lives.
+#[derive(Clone, Debug)]
+pub struct PinDirLock(Arc<LockedDir>);
+
 #[derive(Debug)]
-pub struct PinDirLock {
+struct LockedDir {
     dir: PathBuf,
     file: File,
+}
+
+impl Drop for LockedDir {
+    /// Unlocks before closing: a `flock` lives as long as any copy of the
+    /// descriptor, and a child another thread forked holds one until it execs.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 impl PinDirLock {
@@ -50,17 +61,17 @@ impl PinDirLock {
         };
         let file = File::open(dir).map_err(pin_dir_err)?;
         // A lock can be held for an instant by a process that no longer wants it: a
-        // child forked (by this process or the one before it) holds a copy of the
-        // descriptor until it execs. Only a holder that keeps it past the grace is
-        // another agent.
+        // child the one before this one forked holds a copy of the descriptor until
+        // it execs (or exits). Only a holder that keeps it past the grace is another
+        // agent.
         let deadline = std::time::Instant::now() + LOCK_GRACE;
         loop {
             match file.try_lock() {
                 Ok(()) => {
-                    return Ok(PinDirLock {
+                    return Ok(PinDirLock(Arc::new(LockedDir {
                         dir: dir.to_owned(),
                         file,
-                    });
+                    })));
                 }
                 Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(LOCK_RETRY);
@@ -68,6 +79,7 @@ impl PinDirLock {
                 Err(fs::TryLockError::WouldBlock) => {
                     return Err(LoadError::PinDirInUse {
                         path: dir.to_owned(),
+                        holder: file.metadata().ok().and_then(|m| lock_holder(&m)),
                     });
                 }
                 Err(fs::TryLockError::Error(e)) => return Err(pin_dir_err(e)),
@@ -75,25 +87,35 @@ impl PinDirLock {
         }
     }
 
-    /// Another handle on the same lock: it is released when every handle is gone.
-    pub fn try_clone(&self) -> Result<Self, LoadError> {
-        Ok(PinDirLock {
-            dir: self.dir.clone(),
-            file: self.file.try_clone().map_err(|source| LoadError::PinDir {
-                path: self.dir.clone(),
-                source,
-            })?,
-        })
+    fn dir(&self) -> &Path {
+        &self.0.dir
     }
 
     /// Whether the directory now at the path is the one this lock is on (not removed
     /// and created again, or hidden by a bpffs mounted over it).
     fn still_at_path(&self) -> bool {
-        match (self.file.metadata(), fs::metadata(&self.dir)) {
+        match (self.0.file.metadata(), fs::metadata(self.dir())) {
             (Ok(locked), Ok(now)) => locked.dev() == now.dev() && locked.ino() == now.ino(),
             _ => false,
         }
     }
+}
+
+/// The pid that holds a `flock` on the file of `meta`, from `/proc/locks` (lines
+/// like `1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF`; the device's major and
+/// minor in hex, the inode in decimal). `None` when it cannot be told.
+fn lock_holder(meta: &fs::Metadata) -> Option<u32> {
+    let dev = meta.dev();
+    // glibc's major()/minor() encoding of st_dev.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == "FLOCK" && f[5] == file)
+        .and_then(|f| f[4].parse().ok())
 }
 
 /// A spare reference to one pinned object, to pin it again.
@@ -275,12 +297,79 @@ impl PinKeeper {
         if self.lock.still_at_path() {
             return Ok(());
         }
-        let dir = self.lock.dir.clone();
+        let dir = self.lock.dir().to_owned();
         fs::create_dir_all(&dir)
             .map_err(|e| format!("pin directory {} is gone: {e}", dir.display()))?;
         super::aya_dataplane::check_bpffs(&dir).map_err(|e| e.to_string())?;
         self.lock = PinDirLock::acquire(&dir).map_err(|e| e.to_string())?;
         tracing::warn!(pin_dir = %dir.display(), "the pin directory was replaced; locked the new one");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command};
+
+    use super::*;
+
+    /// Kills and reaps the child on every path.
+    struct Reaped(Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// What the child's descriptors point at (`/proc/<pid>/fd`).
+    fn fd_targets(child: &Child) -> Vec<PathBuf> {
+        fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .expect("/proc/<child>/fd")
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .collect()
+    }
+
+    /// The lock is the agent's, not its descriptor's: a child does not get the
+    /// descriptor (close-on-exec), and a copy still open when the agent lets go (a
+    /// child another thread forked and that has not exec'd yet) does not keep the
+    /// directory locked — before, the next agent was refused "in use" (the packet
+    /// test `a_load_that_fails_part_way_undoes_itself` did, once, under load).
+    #[test]
+    fn the_lock_goes_with_the_agent_not_with_a_copy_of_its_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = PinDirLock::acquire(dir.path()).unwrap();
+
+        let plain = Reaped(Command::new("sleep").arg("30").spawn().unwrap());
+        assert!(
+            !fd_targets(&plain.0).contains(&dir.path().to_owned()),
+            "a spawned child holds the lock's descriptor: {:?}",
+            fd_targets(&plain.0)
+        );
+
+        // The child's stdin: the same open file description as the lock's.
+        let copy = lock.0.file.try_clone().unwrap();
+        let _holder = Reaped(Command::new("sleep").arg("30").stdin(copy).spawn().unwrap());
+        drop(lock);
+        PinDirLock::acquire(dir.path())
+            .expect("the lock once its agent let go, with a copy of the descriptor open");
+    }
+
+    /// A second lock on a held directory is refused, naming the holder.
+    #[test]
+    fn a_held_directory_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = PinDirLock::acquire(dir.path()).unwrap();
+        let err = PinDirLock::acquire(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "pin directory {} is in use by another keystone-agent (pid {} holds its lock): \
+                 stop that agent first, or give this one its own --pin-dir",
+                dir.path().display(),
+                std::process::id()
+            )
+        );
     }
 }

@@ -17,14 +17,62 @@ use std::{
 use aya::{
     maps::MapData,
     programs::{
-        Xdp,
+        SchedClassifier, Xdp,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
         xdp::XdpLink,
     },
 };
 use aya_obj::programs::XdpAttachType;
 
-use super::{LoadError, aya_dataplane, pins::PinDirLock};
+use super::{
+    LoadError,
+    aya_dataplane::{self, Hook},
+    pins::PinDirLock,
+};
+
+/// A program an earlier agent pinned, to pin back and swap back into its links.
+enum Previous {
+    Xdp(Xdp),
+    Tc(SchedClassifier),
+}
+
+impl Previous {
+    fn open(path: &Path, hook: Hook) -> Result<Self, aya::programs::ProgramError> {
+        Ok(match hook {
+            Hook::Xdp => Previous::Xdp(Xdp::from_pin(path, XdpAttachType::Interface)?),
+            Hook::Tc => Previous::Tc(SchedClassifier::from_pin(path)?),
+        })
+    }
+
+    fn hook(&self) -> Hook {
+        match self {
+            Previous::Xdp(_) => Hook::Xdp,
+            Previous::Tc(_) => Hook::Tc,
+        }
+    }
+
+    /// Puts this program back into the pinned link at `link`.
+    fn swap_back(&mut self, link: &Path) -> Result<(), String> {
+        let link = FdLink::from(PinnedLink::from_pin(link).map_err(|e| e.to_string())?);
+        match self {
+            Previous::Xdp(p) => XdpLink::try_from(link)
+                .map_err(|e| e.to_string())
+                .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| e.to_string())),
+            Previous::Tc(p) => SchedClassifierLink::try_from(link)
+                .map_err(|e| e.to_string())
+                .and_then(|l| p.attach_to_link(l).map(drop).map_err(|e| e.to_string())),
+        }
+    }
+
+    fn pin(&mut self, path: &Path) -> Result<(), String> {
+        match self {
+            Previous::Xdp(p) => p.pin(path),
+            Previous::Tc(p) => p.pin(path),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
 
 pub struct Start {
     pin_dir: PathBuf,
@@ -37,10 +85,11 @@ pub struct Start {
     created: Vec<PathBuf>,
     /// Pins this start replaced, with the map that was pinned there.
     replaced_maps: Vec<(PathBuf, MapData)>,
-    /// The program an earlier agent pinned, replaced by this start's.
-    previous_program: Option<(PathBuf, Xdp)>,
-    /// Pinned links that now run this start's program instead of the previous one.
-    swapped_links: Vec<PathBuf>,
+    /// The programs an earlier agent pinned, replaced by this start's.
+    previous_programs: Vec<(PathBuf, Previous)>,
+    /// Pinned links that now run this start's program (at that hook) instead of
+    /// the previous one.
+    swapped_links: Vec<(PathBuf, Hook)>,
     /// Pins to remove once the start is committed.
     unpin_on_commit: Vec<PathBuf>,
     committed: bool,
@@ -84,7 +133,7 @@ impl Start {
             existing,
             created: Vec::new(),
             replaced_maps: Vec::new(),
-            previous_program: None,
+            previous_programs: Vec::new(),
             swapped_links: Vec::new(),
             unpin_on_commit: Vec::new(),
             committed: false,
@@ -95,8 +144,8 @@ impl Start {
         &self.pin_dir
     }
 
-    pub fn lock(&self) -> Result<PinDirLock, LoadError> {
-        self.lock.try_clone()
+    pub fn lock(&self) -> PinDirLock {
+        self.lock.clone()
     }
 
     /// Whether `name` was pinned before this start.
@@ -119,24 +168,23 @@ impl Start {
 
     /// Unpins the program at `path` (if any) for this start's, keeping the old one to
     /// pin back, and to swap back into the links, if the start fails.
-    pub fn replace_program(&mut self, path: &Path) -> Result<(), LoadError> {
+    pub fn replace_program(&mut self, path: &Path, hook: Hook) -> Result<(), LoadError> {
         if !path.exists() {
             self.created(path.to_owned());
             return Ok(());
         }
-        let old =
-            Xdp::from_pin(path, XdpAttachType::Interface).map_err(|source| LoadError::Program {
-                what: "open the pinned previous",
-                source,
-            })?;
+        let old = Previous::open(path, hook).map_err(|source| LoadError::Program {
+            what: "open the pinned previous",
+            source,
+        })?;
         aya_dataplane::remove_if_exists(path)?;
-        self.previous_program = Some((path.to_owned(), old));
+        self.previous_programs.push((path.to_owned(), old));
         Ok(())
     }
 
-    /// Records a pinned link that now runs this start's program.
-    pub fn swapped_link(&mut self, path: PathBuf) {
-        self.swapped_links.push(path);
+    /// Records a pinned link (at `hook`) that now runs this start's program.
+    pub fn swapped_link(&mut self, path: PathBuf, hook: Hook) {
+        self.swapped_links.push((path, hook));
     }
 
     /// Records a pin the new data plane makes obsolete once it is committed.
@@ -159,8 +207,12 @@ impl Start {
         let warn = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
             tracing::error!(path = %path.display(), error = %e, "failed start: cannot {what}");
         };
-        for link in self.swapped_links.drain(..).rev() {
-            let Some((_, previous)) = &mut self.previous_program else {
+        for (link, hook) in self.swapped_links.drain(..).rev() {
+            let previous = self
+                .previous_programs
+                .iter_mut()
+                .find(|(_, p)| p.hook() == hook);
+            let Some((_, previous)) = previous else {
                 warn(
                     "give the link back its program",
                     &link,
@@ -168,14 +220,8 @@ impl Start {
                 );
                 continue;
             };
-            let swapped_back = PinnedLink::from_pin(&link)
-                .map_err(|e| e.to_string())
-                .and_then(|pinned| {
-                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())
-                })
-                .and_then(|link| previous.attach_to_link(link).map_err(|e| e.to_string()));
-            match swapped_back {
-                Ok(_) => {
+            match previous.swap_back(&link) {
+                Ok(()) => {
                     tracing::info!(link = %link.display(), "failed start: the link runs its previous program again")
                 }
                 Err(e) => warn("give the link back its program", &link, &e),
@@ -186,10 +232,10 @@ impl Start {
                 warn("remove the pin", &path, &e);
             }
         }
-        if let Some((path, mut previous)) = self.previous_program.take() {
+        for (path, mut previous) in self.previous_programs.drain(..).rev() {
             let restored = aya_dataplane::remove_if_exists(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|()| previous.pin(&path).map_err(|e| e.to_string()));
+                .and_then(|()| previous.pin(&path));
             if let Err(e) = restored {
                 warn("pin the previous program back", &path, &e);
             }

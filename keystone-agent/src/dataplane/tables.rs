@@ -3,7 +3,10 @@
 //! of writes that keeps established flows where they are. Raw map operations go
 //! through [`MapWriter`], so all of this runs against [`FakeMaps`] in tests.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use keystone_common::{
     Backend, Endpoint, FlowKey, ReverseNat, VipAddr, VipInfo, addr_filter, backend_flags,
@@ -18,6 +21,7 @@ use super::{
 };
 
 mod fake;
+mod hash;
 #[cfg(test)]
 mod live_share_tests;
 mod recover;
@@ -28,6 +32,7 @@ mod tests;
 mod validate;
 
 pub use fake::{FakeMaps, Op};
+pub use hash::{TableHash, table_hash};
 use validate::validate;
 
 /// The raw map operations `Tables` needs. Reads are only used once, to pick up the
@@ -52,8 +57,9 @@ pub trait MapWriter {
     fn remove_vip_addr(&mut self, addr: &VipAddr) -> Result<(), MapAccessError>;
     fn set_filter_word(&mut self, index: u32, word: u32) -> Result<(), MapAccessError>;
     fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), MapAccessError>;
-    /// One entry of the ring array (`index` is absolute: stripe base + offset).
-    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), MapAccessError>;
+    /// Ring array entries: `slots[i]` at `indexes[i]` (absolute: stripe base +
+    /// offset), all in one batch. On an error an unknown prefix may be written.
+    fn set_ring_entries(&mut self, indexes: &[u32], slots: &[u32]) -> Result<(), MapAccessError>;
     fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), MapAccessError>;
     fn remove_reverse(&mut self, backend: &Endpoint) -> Result<(), MapAccessError>;
     /// Zeroes a VIP index's counters (the index is given to a new VIP).
@@ -65,6 +71,24 @@ pub trait MapWriter {
 
 /// (VIP, backend): what a backend slot is allocated to.
 type SlotKey = (Endpoint, Endpoint);
+
+/// Where one apply spent its time, summed over the tables it changed. The table
+/// hash is not here: it is computed when status or metrics first read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyTiming {
+    /// Tables built and flipped.
+    pub tables: u32,
+    /// Validation, allocation, VIP addresses, backends and reverse-NAT entries.
+    pub prepare: Duration,
+    /// The Maglev builds.
+    pub build: Duration,
+    /// Comparing with the inactive stripe and writing the changed entries.
+    pub write: Duration,
+    /// The VIPS writes that flip to the new tables.
+    pub flip: Duration,
+    /// After the flips: backends marked down or removed, stale entries.
+    pub finish: Duration,
+}
 
 #[derive(Clone, Debug, Default)]
 struct Slot {
@@ -93,6 +117,36 @@ struct Vip {
     table: Option<TableInput>,
     /// The VIPS entry the kernel holds, as far as we know.
     written: Option<VipInfo>,
+    /// The spec the last successful apply made live: an apply passes over a VIP whose
+    /// spec equals it (`None`: unknown, so the next apply looks at everything).
+    applied: Option<VipSpec>,
+    /// The live table's hash (see `hash.rs`), computed when first read.
+    hash: hash::LiveHash,
+    work: VipWork,
+}
+
+impl Vip {
+    fn new(name: String, index: u32, written: Option<VipInfo>) -> Vip {
+        Vip {
+            name,
+            index,
+            table: None,
+            written,
+            applied: None,
+            hash: hash::LiveHash::default(),
+            work: VipWork::default(),
+        }
+    }
+}
+
+/// What applies did for one VIP: for tests and logs that check a change to one VIP
+/// leaves the others alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipWork {
+    /// Applies that looked at the VIP's spec (it had changed, or was unknown).
+    pub evaluated: u64,
+    /// Maglev tables built for it.
+    pub builds: u64,
 }
 
 /// One of a VIP's two tables: where it lives in the ring array, and what we know it
@@ -130,6 +184,8 @@ pub struct Tables<W> {
     filter: Vec<u32>,
     /// Ring entries written over this value's lifetime (for tests and logs).
     ring_writes: u64,
+    /// Where the last apply that changed a table spent its time.
+    last_timing: Option<ApplyTiming>,
 }
 
 impl<W: MapWriter> Tables<W> {
@@ -144,6 +200,16 @@ impl<W: MapWriter> Tables<W> {
     /// Ring entries written so far.
     pub fn ring_writes(&self) -> u64 {
         self.ring_writes
+    }
+
+    /// What applies did for `vip` so far (`None`: not programmed).
+    pub fn vip_work(&self, vip: &Endpoint) -> Option<VipWork> {
+        self.vips.get(vip).map(|v| v.work)
+    }
+
+    /// Where the last apply that changed a table spent its time (`None`: none yet).
+    pub fn last_timing(&self) -> Option<ApplyTiming> {
+        self.last_timing
     }
 
     pub fn limits(&self) -> &Limits {
@@ -219,7 +285,30 @@ impl<W: MapWriter> Tables<W> {
     ///    only), then one VIPS write flips to it;
     /// 4. backends marked down or removed lose `UP` (their flows re-pick through the
     ///    new tables), then stale reverse-NAT entries and VIP addresses go.
+    ///
+    /// A VIP whose spec equals the one the last successful apply made live is passed
+    /// over (steps 2 and 3 look only at the others): a change to one tenant costs the
+    /// same whatever the others hold. Any failure forgets every applied spec, so the
+    /// next apply looks at everything again.
     pub fn apply(&mut self, specs: &[VipSpec]) -> Result<(), ApplyError> {
+        let result = self.apply_changes(specs);
+        match &result {
+            Ok(()) => {
+                for spec in specs {
+                    if let Some(v) = self.vips.get_mut(&spec.vip)
+                        && v.applied.as_ref() != Some(spec)
+                    {
+                        v.applied = Some(spec.clone());
+                    }
+                }
+            }
+            Err(_) => self.vips.values_mut().for_each(|v| v.applied = None),
+        }
+        result
+    }
+
+    fn apply_changes(&mut self, specs: &[VipSpec]) -> Result<(), ApplyError> {
+        let started = Instant::now();
         let reverse = validate(specs, &self.limits)?;
         self.release_retiring();
         let desired: HashMap<Endpoint, &VipSpec> = specs.iter().map(|s| (s.vip, s)).collect();
@@ -271,24 +360,30 @@ impl<W: MapWriter> Tables<W> {
                 max: max_vips,
             })?;
             self.maps.reset_vip_stats(index)?;
-            self.vips.insert(
-                spec.vip,
-                Vip {
-                    name: spec.name.clone(),
-                    index,
-                    table: None,
-                    written: None,
-                },
-            );
+            self.vips
+                .insert(spec.vip, Vip::new(spec.name.clone(), index, None));
         }
-        let wanted: HashSet<SlotKey> = specs
+        // From here on only the VIPs whose spec changed.
+        let changed: Vec<&VipSpec> = specs
+            .iter()
+            .filter(|s| self.vips[&s.vip].applied.as_ref() != Some(*s))
+            .collect();
+        for spec in &changed {
+            self.vips
+                .get_mut(&spec.vip)
+                .expect("allocated above")
+                .work
+                .evaluated += 1;
+        }
+        let changed_vips: HashSet<Endpoint> = changed.iter().map(|s| s.vip).collect();
+        let wanted: HashSet<SlotKey> = changed
             .iter()
             .flat_map(|s| s.backends.iter().map(move |b| (s.vip, b.endpoint)))
             .collect();
         let gone: Vec<SlotKey> = self
             .slot_of
             .keys()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| changed_vips.contains(&k.0) && !wanted.contains(k))
             .copied()
             .collect();
         let mut to_remove = Vec::new();
@@ -298,8 +393,8 @@ impl<W: MapWriter> Tables<W> {
             freed.insert(slot);
             to_remove.push(slot);
         }
-        let total = wanted.len();
-        for spec in specs {
+        let total = specs.iter().map(|s| s.backends.len()).sum();
+        for spec in &changed {
             for b in &spec.backends {
                 let key = (spec.vip, b.endpoint);
                 if !self.slot_of.contains_key(&key) {
@@ -337,7 +432,7 @@ impl<W: MapWriter> Tables<W> {
             }
         }
         let mut going_down = Vec::new();
-        for spec in specs {
+        for spec in &changed {
             let index = self.vips[&spec.vip].index;
             for b in &spec.backends {
                 let slot = self.slot_of[&(spec.vip, b.endpoint)];
@@ -354,7 +449,10 @@ impl<W: MapWriter> Tables<W> {
                 }
             }
         }
-        for (backend, rev) in &reverse {
+        for (backend, rev) in reverse
+            .iter()
+            .filter(|(_, r)| changed_vips.contains(&r.vip))
+        {
             let rev = ReverseNat {
                 vip: rev.vip,
                 vip_index: self.vips[&rev.vip].index,
@@ -367,9 +465,14 @@ impl<W: MapWriter> Tables<W> {
         }
 
         // 3. Tables and flips.
-        for spec in specs {
-            self.apply_table(spec)?;
+        let mut timing = ApplyTiming {
+            prepare: started.elapsed(),
+            ..ApplyTiming::default()
+        };
+        for spec in &changed {
+            self.apply_table(spec, &mut timing)?;
         }
+        let finishing = Instant::now();
 
         // 4. Down and removed backends, stale reverse entries and addresses.
         for (slot, value) in going_down {
@@ -399,6 +502,10 @@ impl<W: MapWriter> Tables<W> {
             self.vip_addrs.remove(&addr);
         }
         self.write_filter(&filter)?;
+        if timing.tables > 0 {
+            timing.finish = finishing.elapsed();
+            self.last_timing = Some(timing);
+        }
         Ok(())
     }
 

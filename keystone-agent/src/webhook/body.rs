@@ -1,82 +1,37 @@
-//! The seed's `DeploymentWebhook` body: parsed and checked, every error naming what
-//! is wrong.
+//! The seed's `DeploymentWebhook` body, read strictly into keystone-api's shape: every
+//! error names what is wrong, as written.
 
-use serde::{Deserialize, Serialize};
+pub use keystone_api::DeploymentWebhook;
+use keystone_api::{Strategy, struct_fields};
+use serde_json::Value;
 
 use super::WebhookError;
-use crate::config::Strategy;
+use crate::requests;
 
-/// The webhook body a CI pipeline sends to start a deployment.
+/// Parses and checks a webhook body; every error is a 400 naming what is wrong, but a
+/// step parameter in `config` is refused as a request's is (422, `config.interval`).
 /// An unknown field is refused by name: a misspelt `config` or `environment` must not
 /// silently start a deployment with defaults.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeploymentWebhook {
-    /// The tenant's name.
-    pub service: String,
-    /// `labels.version` of the backends to roll out.
-    pub version: String,
-    /// `canary`, `blue_green` or `rolling`.
-    pub strategy: String,
-    /// Target environment, e.g. `green` for a blue/green switch.
-    #[serde(default)]
-    pub environment: Option<String>,
-    /// Pipeline metadata (e.g. `{id, url, commit, triggered_by}`), kept verbatim.
-    #[serde(default)]
-    pub pipeline: Option<serde_json::Value>,
-    /// Strategy overrides: `initial_traffic`, `increment`, `interval`, `max_traffic`,
-    /// `health_threshold`, `rollback_threshold`, `min_samples`, `strategy` (switch) ...
-    #[serde(default)]
-    pub config: Option<serde_json::Value>,
-}
-
-impl DeploymentWebhook {
-    /// The strategy as the config's enum (`parse_webhook` has checked it).
-    pub fn strategy(&self) -> Strategy {
-        parse_strategy(&self.strategy).unwrap_or_default()
-    }
-}
-
-fn parse_strategy(text: &str) -> Option<Strategy> {
-    match text {
-        "canary" => Some(Strategy::Canary),
-        "blue_green" => Some(Strategy::BlueGreen),
-        "rolling" => Some(Strategy::Rolling),
-        _ => None,
-    }
-}
-
-/// Parses and checks a webhook body; every error is a 400 naming what is wrong.
-/// Unknown fields are ignored (pipelines may send more than Keystone reads).
 pub fn parse_webhook(body: &[u8]) -> Result<DeploymentWebhook, WebhookError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let webhook: DeploymentWebhook = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|e| json_error(&e))
-        .and_then(|w| {
-            deserializer
-                .end()
-                .map_err(|e| WebhookError::MalformedJson {
-                    line: e.line(),
-                    column: e.column(),
-                    reason: strip_position(&e.to_string()),
-                })?;
-            Ok(w)
-        })?;
-    for (field, value) in [("service", &webhook.service), ("version", &webhook.version)] {
-        if value.trim().is_empty() {
-            return Err(WebhookError::InvalidField {
-                field: field.to_owned(),
-                reason: "must not be empty".to_owned(),
-            });
-        }
-    }
-    if parse_strategy(&webhook.strategy).is_none() {
-        return Err(WebhookError::UnknownStrategy {
-            strategy: webhook.strategy.clone(),
+    let value: Value = serde_json::from_slice(body).map_err(|e| WebhookError::MalformedJson {
+        line: e.line(),
+        column: e.column(),
+        reason: strip_position(&e.to_string()),
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err(typed(value)
+            .err()
+            .unwrap_or_else(|| body_error("expected a JSON object")));
+    };
+    let known = struct_fields::<DeploymentWebhook>();
+    if let Some(name) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(WebhookError::UnknownField {
+            field: name.clone(),
+            known: known.join(", "),
         });
     }
-    for (field, value) in [("pipeline", &webhook.pipeline), ("config", &webhook.config)] {
-        if let Some(value) = value
+    for field in ["pipeline", "config"] {
+        if let Some(value) = fields.get(field)
             && !value.is_object()
             && !value.is_null()
         {
@@ -86,7 +41,44 @@ pub fn parse_webhook(body: &[u8]) -> Result<DeploymentWebhook, WebhookError> {
             });
         }
     }
+    let config = fields.remove("config").filter(|c| !c.is_null());
+    let strategy = fields.get("strategy").cloned();
+    let mut webhook = typed(Value::Object(fields))?;
+    for (field, value) in [("service", &webhook.service), ("version", &webhook.version)] {
+        if value.trim().is_empty() {
+            return Err(WebhookError::InvalidField {
+                field: field.to_owned(),
+                reason: "must not be empty".to_owned(),
+            });
+        }
+    }
+    // keystone-api reads a word it does not know as `Unknown`; the agent must know it.
+    if webhook.strategy == Strategy::Unknown {
+        return Err(WebhookError::UnknownStrategy {
+            strategy: strategy
+                .as_ref()
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        });
+    }
+    webhook.config = config
+        .map(requests::webhook_config)
+        .transpose()
+        .map_err(WebhookError::Config)?;
     Ok(webhook)
+}
+
+/// The body without `config`, as keystone-api's type; an error names the field.
+fn typed(body: Value) -> Result<DeploymentWebhook, WebhookError> {
+    serde_path_to_error::deserialize(body).map_err(|e| json_error(&e))
+}
+
+fn body_error(reason: &str) -> WebhookError {
+    WebhookError::InvalidField {
+        field: "(body)".to_owned(),
+        reason: format!("{reason} (the body must be a JSON object)"),
+    }
 }
 
 fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> WebhookError {
@@ -106,10 +98,7 @@ fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> WebhookError
                 };
                 WebhookError::MissingField { field }
             } else if path == "." {
-                WebhookError::InvalidField {
-                    field: "(body)".to_owned(),
-                    reason: format!("{reason} (the body must be a JSON object)"),
-                }
+                body_error(&reason)
             } else {
                 WebhookError::InvalidField {
                     field: path,
@@ -136,6 +125,7 @@ fn strip_position(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use axum::http::StatusCode;
+    use keystone_api::SwitchStrategy;
 
     use super::*;
 
@@ -145,14 +135,16 @@ mod tests {
             "service": "api", "version": "1.24.0", "strategy": "blue_green",
             "environment": "green",
             "pipeline": {"id": "4711", "url": "https://ci/4711", "commit": "abc123", "triggered_by": "alice"},
-            "config": {"strategy": "gradual", "interval": "30s"}
+            "config": {"switch_strategy": "gradual", "interval": "30s"}
         }"#;
         let w = parse_webhook(body).unwrap();
         assert_eq!(w.service, "api");
-        assert_eq!(w.strategy(), Strategy::BlueGreen);
+        assert_eq!(w.strategy, Strategy::BlueGreen);
         assert_eq!(w.environment.as_deref(), Some("green"));
         assert_eq!(w.pipeline.as_ref().unwrap()["commit"], "abc123");
-        assert_eq!(w.config.as_ref().unwrap()["interval"], "30s");
+        let config = w.config.unwrap();
+        assert_eq!(config.params.interval, Some("30s".parse().unwrap()));
+        assert_eq!(config.switch_strategy, Some(SwitchStrategy::Gradual));
     }
 
     #[test]
@@ -163,6 +155,11 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("unknown field `confg`"), "{e}");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        // The fields it lists are keystone-api's `DeploymentWebhook`'s, as the seed spells them.
+        assert_eq!(
+            e.to_string(),
+            "unknown field `confg`; expected one of service, version, strategy, environment, pipeline, config"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //!   agent saves them in its state directory before it answers, so a restart —
 //!   clean or a crash — does not reopen the window; a request whose pair cannot be
 //!   saved is refused (503), and if the saved pairs cannot be read at start, every
-//!   timestamp from before that start is refused.
+//!   timestamp from before that start is refused. A member of a fleet also claims
+//!   the pair in etcd first (`fleet/replay.rs`), so a delivery accepted by one
+//!   gateway is a replay on every other; if etcd cannot answer it is refused (503).
 //!
 //! The scheme itself (headers, HMAC, tolerance, compare) is [`crate::signing`]; the
 //! same scheme signs the agent's outbound notifications (see [`crate::notify`]).
@@ -49,7 +51,7 @@ pub use self::{
     verifier::WebhookVerifier,
 };
 pub use crate::signing::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
-use crate::store::StoreError;
+use crate::{fleet::FleetError, requests::RequestError, store::StoreError};
 
 /// How far a timestamp may be from the agent's clock unless `webhook.tolerance` says otherwise.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
@@ -115,8 +117,13 @@ pub enum WebhookError {
     MissingField { field: String },
     #[error("field '{field}': {reason}")]
     InvalidField { field: String, reason: String },
+    #[error("unknown field `{field}`; expected one of {known}")]
+    UnknownField { field: String, known: String },
     #[error("unknown strategy '{strategy}'; expected canary, blue_green or rolling")]
     UnknownStrategy { strategy: String },
+    /// A step parameter in `config` (named `config.…`), refused as in a request.
+    #[error(transparent)]
+    Config(RequestError),
     #[error(
         "cannot save the accepted signature, so the request was refused (it could be replayed after a restart): {0}"
     )]
@@ -125,6 +132,11 @@ pub enum WebhookError {
         "{TIMESTAMP_HEADER} {timestamp} is older than this agent's start, and the signatures accepted before it could not be read; sign again"
     )]
     BeforeStart { timestamp: u64 },
+    /// A member of a fleet cannot tell whether another gateway accepted the delivery.
+    #[error(
+        "cannot check this delivery against the ones the fleet accepted, so it was refused: {0}"
+    )]
+    Fleet(#[source] FleetError),
 }
 
 impl WebhookError {
@@ -143,12 +155,15 @@ impl WebhookError {
             | SignatureMismatch
             | Replayed { .. }
             | BeforeStart { .. } => StatusCode::UNAUTHORIZED,
-            ReplayNotSaved(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ReplayNotSaved(_) | Fleet(_) => StatusCode::SERVICE_UNAVAILABLE,
             TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             MalformedJson { .. }
             | MissingField { .. }
             | InvalidField { .. }
-            | UnknownStrategy { .. } => StatusCode::BAD_REQUEST,
+            | UnknownField { .. }
+            | UnknownStrategy { .. }
+            | Config(RequestError::Body(_)) => StatusCode::BAD_REQUEST,
+            Config(RequestError::Param(_)) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }

@@ -10,6 +10,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.yaml"),
     ("get", "/status"),
     ("post", "/admin/reload"),
+    ("post", "/admin/drain"),
+    ("post", "/admin/undrain"),
     ("get", "/tenants"),
     ("post", "/tenants/{name}/weights"),
     ("post", "/deployments/canary"),
@@ -21,6 +23,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/deployments/{id}/rollback"),
     ("post", "/deployments/{id}/pause"),
     ("post", "/deployments/{id}/resume"),
+    ("get", "/deployments/plans"),
+    ("post", "/deployments/plans"),
+    ("get", "/deployments/plans/{id}"),
+    ("post", "/deployments/plans/{id}/abort"),
     ("post", "/webhooks/deployment"),
 ];
 

@@ -12,7 +12,8 @@ use axum::http::HeaderMap;
 use super::{DEFAULT_TOLERANCE, WebhookError, replay::ReplayCache};
 use crate::{
     config::WebhookConfig,
-    signing::{self, SIGNATURE_HEADER, Skew, TIMESTAMP_HEADER, unix_secs},
+    fleet::Fleet,
+    signing::{self, Mac, SIGNATURE_HEADER, Skew, TIMESTAMP_HEADER, unix_secs},
 };
 
 /// Checks signed webhook requests against one secret and remembers accepted ones.
@@ -87,6 +88,46 @@ impl WebhookVerifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), WebhookError> {
+        self.verify_in(headers, body, now, None)
+    }
+
+    /// [`WebhookVerifier::verify`] for a member of `fleet`: a verified request is
+    /// first claimed for the whole fleet (the same delivery sent to another gateway
+    /// is a replay too), then accepted here. If etcd cannot say, it is refused (503).
+    pub fn verify_in(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+        fleet: Option<&Fleet>,
+    ) -> Result<(), WebhookError> {
+        let (timestamp, expected) = self.check(headers, body, now)?;
+        let now_secs = unix_secs(now);
+        let tolerance_secs = self.tolerance.as_secs();
+        if let Some(fleet) = fleet {
+            // Kept until the timestamp has left the window on either side of now.
+            let keep = 2 * self.tolerance;
+            let claimed = fleet
+                .claim_delivery(timestamp, &hex::encode(expected), keep)
+                .map_err(WebhookError::Fleet)?;
+            if !claimed {
+                return Err(WebhookError::Replayed { timestamp });
+            }
+        }
+        self.replay
+            .lock()
+            .expect("replay cache lock poisoned")
+            .accept(timestamp, expected, now_secs, tolerance_secs)
+    }
+
+    /// A request's timestamp and MAC, if its headers are well formed, its timestamp
+    /// within ±tolerance of `now` and its signature matching.
+    fn check(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(u64, Mac), WebhookError> {
         let header = |name: &'static str| {
             headers
                 .get(name)
@@ -125,11 +166,7 @@ impl WebhookVerifier {
 
         let expected = signing::verify(&self.secret, timestamp, body, &presented)
             .ok_or(WebhookError::SignatureMismatch)?;
-
-        self.replay
-            .lock()
-            .expect("replay cache lock poisoned")
-            .accept(timestamp, expected, now_secs, tolerance_secs)
+        Ok((timestamp, expected))
     }
 
     /// Accepted requests still remembered for replay refusal.

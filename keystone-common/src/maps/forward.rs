@@ -61,6 +61,42 @@ pub struct NextHopCache {
     pub dmac: [u8; 6],
 }
 
+impl NextHopCache {
+    /// Whether the entry answers for `generation` and a packet that arrived on
+    /// `ingress` at `now` (not expired).
+    #[inline(always)]
+    pub const fn usable(&self, generation: u32, ingress: u32, now: u64) -> bool {
+        now < self.expires_ns && self.generation == generation && self.ingress_ifindex == ingress
+    }
+}
+
+/// Value of the per-CPU reply next-hop cache (`names::REPLY_HOPS`): a successful
+/// `bpf_fib_lookup` for a `nat` reply (VIP → client), reused while `hop` is
+/// usable (`NextHopCache::usable`: same expiry, same ingress check; its
+/// `generation` holds the address family) and `src`/`dst` are the reply's VIP and
+/// client. Direct-mapped: the entry at `index(dst)`, so two clients sharing an
+/// entry take turns (each change is a lookup, never a wrong hop). The lookup is per
+/// (VIP, client): multipath hashing towards one client is decided by the first reply
+/// of each `NEXT_HOP_TTL_NS` period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyHopCache {
+    pub hop: NextHopCache,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+impl ReplyHopCache {
+    /// The entry for client address `dst`, below `limits::forward::REPLY_HOP_SLOTS`.
+    #[inline(always)]
+    pub const fn index(dst: &[u32; 4]) -> u32 {
+        let mixed =
+            (dst[0] ^ dst[1].rotate_left(8) ^ dst[2].rotate_left(16) ^ dst[3].rotate_left(24))
+                .wrapping_mul(0x9e37_79b1);
+        mixed >> (32 - crate::limits::forward::REPLY_HOP_SLOTS.trailing_zeros())
+    }
+}
+
 /// Value of the reverse-NAT map (keyed by the backend's `Endpoint`): replies from
 /// that backend get the VIP as their source. Stateless, so any gateway with the
 /// same config translates any reply.

@@ -27,6 +27,7 @@ fn layouts_have_no_implicit_padding() {
     assert_eq!(size_of::<legacy::L4CountersV1>(), 4 * 8);
     assert_eq!(size_of::<ReverseNat>(), 20 + 4 + 4);
     assert_eq!(size_of::<NextHopCache>(), 8 + 3 * 4 + 6 + 6);
+    assert_eq!(size_of::<ReplyHopCache>(), 32 + 16 + 16);
     assert_eq!(size_of::<legacy::ReverseNatV1>(), 20 + 4);
     assert_eq!(size_of::<TrafficCounters>(), 24);
     assert_eq!(size_of::<L4Counters>(), 5 * 8);
@@ -95,4 +96,22 @@ fn new_connections_are_syn_without_ack() {
     assert!(!is_new_connection(ACK));
     assert!(!is_new_connection(FIN | ACK));
     assert!(!is_new_connection(0));
+}
+
+#[test]
+fn reply_hop_indexes_stay_in_the_cache_and_spread_neighbouring_clients() {
+    const SLOTS: u32 = crate::limits::forward::REPLY_HOP_SLOTS;
+    let mut used = [false; SLOTS as usize];
+    for i in 0..256u32 {
+        let v4 = [u32::from_ne_bytes([198, 18, 0, i as u8]), 0, 0, 0];
+        let v6 = [0x0db8_0120, 0, 0, i.to_be()];
+        for addr in [v4, v6] {
+            let index = ReplyHopCache::index(&addr);
+            assert!(index < SLOTS, "{addr:?} -> {index}");
+            used[index as usize] = true;
+        }
+    }
+    // 512 clients of two /24-like ranges: most get an entry of their own.
+    let distinct = used.iter().filter(|&&u| u).count();
+    assert!(distinct > 300, "{distinct} distinct entries");
 }

@@ -32,7 +32,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub(super) fn new(prefix: &str, name: &str, index: u32, bridged: bool) -> Self {
+    pub(crate) fn new(prefix: &str, name: &str, index: u32, bridged: bool) -> Self {
         let octet = 10 + index as u8;
         let hextet = u16::from_str_radix(&(10 + index).to_string(), 16).expect("index < 90");
         let (ipv4, ipv6, gw_ipv4, gw_ipv6) = if bridged {

@@ -20,7 +20,7 @@ pub struct Owner {
 }
 
 impl Owner {
-    pub(super) fn current(run: Option<String>) -> Owner {
+    pub(crate) fn current(run: Option<String>) -> Owner {
         let pid = std::process::id();
         Owner {
             pid,

@@ -10,6 +10,13 @@ impl Lab {
         self.bridge().unwrap_or(&b.gw_if)
     }
 
+    /// Creates network namespace `ns`, recorded for teardown.
+    pub(crate) fn add_namespace(&mut self, ns: &str) -> Result<()> {
+        cmd::run(Command::new("ip").args(["netns", "add", ns]))?;
+        self.state.namespaces.push(ns.to_owned());
+        self.save()
+    }
+
     pub(super) fn create(&mut self) -> Result<()> {
         let (gw, client) = (self.state.gateway_ns.clone(), self.state.client_ns.clone());
         let backends = self.state.backends.clone();
@@ -18,9 +25,7 @@ impl Lab {
         let mut all = vec![gw.clone(), client.clone()];
         all.extend(backends.iter().map(|b| b.ns.clone()));
         for ns in &all {
-            cmd::run(Command::new("ip").args(["netns", "add", ns]))?;
-            self.state.namespaces.push(ns.clone());
-            self.save()?;
+            self.add_namespace(ns)?;
         }
 
         // Links: created in the gateway namespace, the peer placed into the other one.
@@ -111,15 +116,7 @@ impl Lab {
             }
         }
         ip_batch(&gw, &gw_batch)?;
-        ip_batch(
-            &client,
-            &format!(
-                "link set lo up\n\
-                 addr add {CLIENT4}/24 dev eth-gw\n\
-                 addr add {CLIENT6}/64 dev eth-gw nodad\n\
-                 link set eth-gw up\n"
-            ),
-        )?;
+        ip_batch(&client, &client_link())?;
         for b in &backends {
             let mut batch = format!(
                 "link set lo up\n\
@@ -149,14 +146,16 @@ impl Lab {
             )?;
         }
 
-        // veth facts (DESIGN.md): XDP_REDIRECT into a veth needs GRO on the receiving
-        // peer, and TX checksum offload leaves partial checksums XDP cannot fix up.
         for ns in std::iter::once(&client).chain(backends.iter().map(|b| &b.ns)) {
-            cmd::run(in_ns(ns, "ethtool").args(["-K", "eth-gw", "gro", "on", "tx", "off"]))?;
+            veth_for_xdp(ns, "eth-gw")?;
         }
 
-        // A bpffs of its own: `ip netns exec` hides /sys/fs/bpf, and pins must not
-        // collide between labs.
+        self.mount_bpffs()
+    }
+
+    /// A bpffs of its own: `ip netns exec` hides /sys/fs/bpf, and pins must not
+    /// collide between labs.
+    pub(crate) fn mount_bpffs(&mut self) -> Result<()> {
         let pin_dir = self.pin_dir();
         fs::create_dir_all(&pin_dir).map_err(io_err(format!("creating {}", pin_dir.display())))?;
         nix::mount::mount(
@@ -226,7 +225,7 @@ impl Lab {
     }
 }
 
-fn rp_filter_off<'a>(ifaces: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub(crate) fn rp_filter_off<'a>(ifaces: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut v: Vec<String> = ["all", "default"]
         .iter()
         .map(|i| format!("net.ipv4.conf.{i}.rp_filter=0"))
@@ -239,10 +238,26 @@ fn rp_filter_off<'a>(ifaces: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     v
 }
 
-fn sysctl(ns: &str, settings: &[String]) -> Result<()> {
+/// The client's link (`eth-gw`) addressed and up, as an `ip -batch`.
+pub(crate) fn client_link() -> String {
+    format!(
+        "link set lo up\n\
+         addr add {CLIENT4}/24 dev eth-gw\n\
+         addr add {CLIENT6}/64 dev eth-gw nodad\n\
+         link set eth-gw up\n"
+    )
+}
+
+/// The veth facts (DESIGN.md): XDP_REDIRECT into a veth needs GRO on the receiving
+/// peer, and TX checksum offload leaves partial checksums XDP cannot fix up.
+pub(crate) fn veth_for_xdp(ns: &str, dev: &str) -> Result<()> {
+    cmd::run(in_ns(ns, "ethtool").args(["-K", dev, "gro", "on", "tx", "off"])).map(drop)
+}
+
+pub(crate) fn sysctl(ns: &str, settings: &[String]) -> Result<()> {
     cmd::run(in_ns(ns, "sysctl").arg("-qw").args(settings)).map(drop)
 }
 
-fn ip_batch(ns: &str, batch: &str) -> Result<()> {
+pub(crate) fn ip_batch(ns: &str, batch: &str) -> Result<()> {
     cmd::run_with_stdin(Command::new("ip").args(["-n", ns, "-batch", "-"]), batch).map(drop)
 }

@@ -64,7 +64,7 @@ fn l4_of(gw: &Gateway, b: &Endpoint) -> L4Counters {
         .expect("backend L4 counters")
 }
 
-fn pinned_slot(gw: &Gateway, f: &Flow) -> Option<u32> {
+pub(crate) fn pinned_slot(gw: &Gateway, f: &Flow) -> Option<u32> {
     gw.dp
         .conn(&f.key())
         .expect("read CONNS")
@@ -73,7 +73,7 @@ fn pinned_slot(gw: &Gateway, f: &Flow) -> Option<u32> {
 
 /// Backend `b` (MAC index `i`) answers client flow `f` with `tcp_flags`; returns the
 /// action (the reply is translated back to the client).
-fn reply(gw: &Gateway, f: &Flow, b: &Endpoint, i: u8, tcp_flags: u8) -> u32 {
+pub(crate) fn reply(gw: &Gateway, f: &Flow, b: &Endpoint, i: u8, tcp_flags: u8) -> u32 {
     let from = Flow {
         src: b.socket_addr(),
         dst: f.src,
@@ -90,7 +90,7 @@ fn reply(gw: &Gateway, f: &Flow, b: &Endpoint, i: u8, tcp_flags: u8) -> u32 {
 
 /// A full handshake of `f` (client SYN, the backend's SYN-ACK, client ACK); returns
 /// the backend it went to.
-fn establish(gw: &Gateway, pair: &Pair, f: &Flow) -> SocketAddr {
+pub(crate) fn establish(gw: &Gateway, pair: &Pair, f: &Flow) -> SocketAddr {
     let to = send(gw, f);
     let (b, i) = pair.which(to);
     assert_eq!(reply(gw, f, &b, i, SYN | ACK), XDP_REDIRECT, "SYN-ACK");
@@ -164,7 +164,7 @@ fn a_syn_on_a_tracked_tuple_is_picked_through_the_live_table() {
 
 /// Flows for the reuse tests: 40 ports of the client (the one whose neighbour entry
 /// the topology has) towards `vip4(100)`:80.
-fn reuse_flows() -> Vec<Flow> {
+pub(crate) fn reuse_flows() -> Vec<Flow> {
     (0..40u16)
         .map(|i| {
             flow(

@@ -15,6 +15,7 @@
 
 mod choice;
 mod conns;
+mod cpus;
 mod dsr;
 mod icmp;
 mod l4_counters;
@@ -25,6 +26,7 @@ mod not_ours;
 mod pins;
 mod reply;
 mod table;
+mod table_hash;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -24,6 +24,7 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
         let f = flow("198.18.0.2:40000", "198.18.0.100:80", PROTO_TCP);
         let opts = LoadOptions {
             interfaces: vec![IN_IF.into()],
+            xdp_mode: attach_mode(),
             ..LoadOptions::new(&pin_dir)
         };
 
@@ -35,12 +36,15 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
             .iter()
             .map(|b| dp.backend_slot(&v, &b.endpoint))
             .collect();
-        assert!(
-            pin_dir.join(format!("link_{IN_IF}")).exists(),
-            "link pinned"
-        );
+        let link = hook().link_pin(&pin_dir, IN_IF);
+        assert!(link.exists(), "link pinned at {}", link.display());
         dp.shutdown(true).unwrap();
         drop(dp);
+        assert_eq!(
+            attached_programs(IN_IF, hook()),
+            1,
+            "kept forwarding: the program stays attached"
+        );
 
         // A second agent picks up the pins (and the pinned link) and the same slots.
         let mut dp = AyaDataplane::load(opts).unwrap_or_else(|e| panic!("second load: {e}"));
@@ -59,11 +63,13 @@ fn pinned_maps_are_reused_and_removed_on_detach() {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "pins left after detach: {left:?}");
+        assert_eq!(attached_programs(IN_IF, hook()), 0, "detached from {IN_IF}");
     });
 }
 
 /// The pinned objects' kernel ids by pin name (a link: the program it runs), and the
-/// XDP program `IN_IF` runs: equal snapshots mean nothing was replaced.
+/// XDP program `IN_IF` runs: equal snapshots mean nothing was replaced. (The loads
+/// here attach XDP, at either hook: only XDP refuses a second program.)
 fn pinned_state(
     pin_dir: &std::path::Path,
 ) -> (std::collections::BTreeMap<String, u32>, Option<u64>) {
@@ -78,12 +84,12 @@ fn pinned_state(
     for entry in std::fs::read_dir(pin_dir).into_iter().flatten() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let id = if name.starts_with("link_") {
+        let id = if name.starts_with("link_") || name.starts_with("tc_link_") {
             FdLink::from(PinnedLink::from_pin(&path).unwrap())
                 .info()
                 .unwrap()
                 .program_id()
-        } else if name == keystone_common::names::PROGRAM {
+        } else if Hook::ALL.iter().any(|h| h.program() == name) {
             ProgramInfo::from_pin(&path).unwrap().id()
         } else {
             MapInfo::from_pin(&path).unwrap().id()
@@ -127,7 +133,21 @@ fn a_load_that_fails_part_way_undoes_itself() {
         };
 
         refused("a fresh load onto an interface another data plane holds");
-        assert_eq!(pinned_state(&pin_dir), (Default::default(), None));
+        // Removing the last reference to a link detaches it in a kernel worker, a
+        // moment later on a loaded machine: wait (bounded) for the program to go.
+        let r = keystone_lab::wait_for(
+            "the refused load's program to leave the interface",
+            std::time::Duration::from_secs(10),
+            || {
+                let now = pinned_state(&pin_dir);
+                Ok(if now == (Default::default(), None) {
+                    keystone_lab::Probe::Ready(())
+                } else {
+                    keystone_lab::Probe::NotYet(format!("{now:?}"))
+                })
+            },
+        );
+        r.unwrap_or_else(|e| panic!("{e}"));
         assert!(!pin_dir.exists(), "the pin directory it created stays");
 
         let mut dp = AyaDataplane::load(LoadOptions {

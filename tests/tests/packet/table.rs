@@ -179,6 +179,9 @@ pub fn run(table: fn() -> Vec<Case>) {
 
 fn check(gw: &Gateway, c: &Case) {
     let what = &c.what;
+    if gw.hook == Hook::Tc && !skb_buildable(&c.input) {
+        return;
+    }
     let ingress = match c.ingress {
         Side::Client => gw.in_index,
         Side::Backends => gw.out_index,

@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use keystone_api::{Accepted, DeployState, Deployment, Strategy, SwitchRequest, SwitchStrategy};
-use keystone_common::{Endpoint, PROTO_TCP, VipInfo};
+use keystone_common::{
+    Endpoint, PROTO_TCP, VipInfo,
+    maglev::{self, MaglevBackend},
+};
 use keystone_lab::{
     ADMIN_LISTEN, ADMIN_TOKEN, AgentConfig, HealthCheck, Lab, LabBuilder, Mode, Protocol, Service,
     SwitchConfig, Tenant, VIP4,
@@ -160,6 +163,10 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
     let started = Instant::now();
     lab.start_agent()?;
     println!("bench control: agent ready in {}", human(started.elapsed()));
+    println!(
+        "bench control: load average at the start: {}",
+        load_average()
+    );
     let pins = Pins::open(&lab.pin_dir())?;
     let netns = InNetns::enter(lab.gateway_ns())?;
     let mut admin = Admin::connect(ADMIN_LISTEN, ADMIN_TOKEN)?;
@@ -196,6 +203,7 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
         floor_med,
     );
 
+    let mut builds = Vec::new();
     for &backends in &BACKEND_COUNTS {
         for &size in &TABLE_SIZES {
             let cfg = config(lab, backends, size)?;
@@ -216,6 +224,32 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
                 None,
                 floor_med,
             );
+            for (stage, samples) in STAGES.iter().zip(&changes.stages) {
+                summary_row(
+                    &mut t,
+                    &format!("  API stage: {stage}"),
+                    samples,
+                    None,
+                    floor_med,
+                );
+            }
+            summary_row(
+                &mut t,
+                "  HTTP + polling (live − queue − check − apply)",
+                &changes.outside,
+                None,
+                floor_med,
+            );
+            for (phase, samples) in PHASES.iter().zip(&changes.phases) {
+                summary_row(
+                    &mut t,
+                    &format!("  agent: {phase}"),
+                    samples,
+                    None,
+                    floor_med,
+                );
+            }
+            builds.push((case.clone(), changes.build_before, changes.build));
             let written: Vec<f64> = changes.written.iter().map(|&w| w as f64).collect();
             t.row(&[
                 "  ring entries the agent rewrites (median)".to_owned(),
@@ -250,6 +284,8 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
         floor_med,
     );
     t.print();
+    print_builds(&builds);
+    println!("bench control: load average at the end: {}", load_average());
     let ms: Vec<f64> = removals.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     println!(
         "health removal median vs interval × fall ({}): {}",
@@ -257,6 +293,71 @@ fn measure(lab: &mut Lab, args: &Args) -> Result<()> {
         ratio(median(&ms).unwrap_or(0.0), bound.as_secs_f64() * 1e3)
     );
     Ok(())
+}
+
+/// The phases of `keystone_dataplane_last_apply_seconds`, in order.
+const PHASES: [&str; 5] = ["prepare", "build", "write", "flip", "finish"];
+
+/// The stages of `keystone_api_last_change_seconds` (without a fleet), in order:
+/// `save` and `apply` overlap, `commit` is their wall time.
+const STAGES: [&str; 6] = ["queue", "check", "save", "apply", "commit", "answer"];
+
+/// `family{label="key"}` for each of `keys`, from the agent's `/metrics`.
+fn metric_values<const N: usize>(
+    metrics: &str,
+    family: &str,
+    label: &str,
+    keys: &[&str; N],
+) -> Result<[Duration; N]> {
+    let mut values = [Duration::ZERO; N];
+    for (key, d) in keys.iter().zip(&mut values) {
+        let name = format!("{family}{{{label}=\"{key}\"}} ");
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .with_context(|| format!("/metrics has no {name}"))?;
+        *d = Duration::from_secs_f64(
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("{name}{value}"))?,
+        );
+    }
+    Ok(values)
+}
+
+/// The Maglev build before (`maglev::build_scan`) and now (`maglev::build`), timed
+/// alternately in the bench process on each change's table.
+fn print_builds(builds: &[(String, Vec<Duration>, Vec<Duration>)]) {
+    let mut t = Table::new(&[
+        "Maglev build in the bench process",
+        "n",
+        "before (scan)",
+        "now",
+        "now / before",
+    ]);
+    for (case, before, now) in builds {
+        let ms = |d: &[Duration]| {
+            median(&d.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>()).unwrap_or(0.0)
+        };
+        let (b, n) = (ms(before), ms(now));
+        let fmt = |v: f64| human(Duration::from_secs_f64(v / 1e3));
+        t.row(&[
+            case.trim_start_matches("weights → live: ").to_owned(),
+            now.len().to_string(),
+            fmt(b),
+            fmt(n),
+            ratio(n, b),
+        ]);
+    }
+    t.print();
+}
+
+/// `/proc/loadavg`'s first three fields: how busy the shared machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// What `weight_changes` measured, one sample per change.
@@ -267,6 +368,14 @@ struct Changes {
     answered: Vec<Duration>,
     /// The Maglev build of the same table in the bench process.
     build: Vec<Duration>,
+    /// The same with the build as it was before (`maglev::build_scan`).
+    build_before: Vec<Duration>,
+    /// The agent's own account of each change, per phase (`PHASES`).
+    phases: [Vec<Duration>; PHASES.len()],
+    /// The same per stage of the API call (`STAGES`).
+    stages: [Vec<Duration>; STAGES.len()],
+    /// API call → live minus the agent's stages before the flip.
+    outside: Vec<Duration>,
     /// Entries that differ from the table two changes before, which the inactive
     /// stripe holds: what the agent writes, one map update each.
     written: Vec<usize>,
@@ -288,6 +397,10 @@ fn weight_changes(
         live: Vec::new(),
         answered: Vec::new(),
         build: Vec::new(),
+        build_before: Vec::new(),
+        phases: Default::default(),
+        stages: Default::default(),
+        outside: Vec::new(),
         written: Vec::new(),
     };
     let mut tables: Vec<Vec<Endpoint>> = Vec::new();
@@ -310,9 +423,34 @@ fn weight_changes(
         let info = pins.vip(&web).context("web VIP gone")?;
         let weights: Vec<(Endpoint, u32)> =
             services.iter().map(|s| (ep(s.address), s.weight)).collect();
-        let b0 = Instant::now();
-        let want = live::predicted_table(&weights, size);
-        let build = b0.elapsed();
+        // Before and now alternate which goes first (caches, frequency).
+        let timed = |build: fn(&[MaglevBackend], u32) -> Vec<u32>| {
+            let b0 = Instant::now();
+            let table = live::predicted_table_by(build, &weights, size);
+            (table, b0.elapsed())
+        };
+        let ((want, build), (scanned, build_before)) = if r % 2 == 0 {
+            (timed(maglev::build), timed(maglev::build_scan))
+        } else {
+            let before = timed(maglev::build_scan);
+            (timed(maglev::build), before)
+        };
+        if scanned != want {
+            bail!("maglev::build and maglev::build_scan differ for {backends} backends × {size}");
+        }
+        let metrics = admin.ok("GET", "/metrics", None)?;
+        let phases = metric_values(
+            &metrics,
+            "keystone_dataplane_last_apply_seconds",
+            "phase",
+            &PHASES,
+        )?;
+        let stages = metric_values(
+            &metrics,
+            "keystone_api_last_change_seconds",
+            "stage",
+            &STAGES,
+        )?;
         if pins.live_table(&info)? != want {
             bail!(
                 "the live table of web ({backends} backends, weight {weight}) differs from the Maglev prediction"
@@ -322,6 +460,18 @@ fn weight_changes(
             c.live.push(flipped - t0);
             c.answered.push(t_answer);
             c.build.push(build);
+            c.build_before.push(build_before);
+            for (samples, d) in c.phases.iter_mut().zip(phases) {
+                samples.push(d);
+            }
+            for (samples, d) in c.stages.iter_mut().zip(stages) {
+                samples.push(d);
+            }
+            // Before the flip the agent spent queue + check + apply (which ends just
+            // after it): the rest of API call → live is HTTP and the bench's polling.
+            let [queue, check, _, apply, ..] = stages;
+            c.outside
+                .push((flipped - t0).saturating_sub(queue + check + apply));
             let two_before = &tables[r - 2];
             c.written
                 .push(two_before.iter().zip(&want).filter(|(a, b)| a != b).count());

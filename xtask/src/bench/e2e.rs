@@ -5,12 +5,18 @@
 //! second and latency (wrk, `Connection: close`), keep-alive requests (wrk), throughput
 //! (iperf3) and packets per second forwarded (trafgen, counted at the backends).
 //!
-//! Every case runs on a plain gateway: before each one the bench checks that no XDP
-//! program, nftables rule or VIP address is left from the one before.
+//! Every case runs in a lab of its own (`--one-lab`: all in one, as before), so no
+//! case feels what the one before left: a client full of TIME-WAIT sockets, conntrack
+//! entries, a process. Before each case the bench checks that no XDP program,
+//! nftables rule or VIP address is in the gateway, and prints what the case found and
+//! what it left behind (`leftover.rs`).
 
 mod configs;
 mod gateway;
+mod hooks;
+mod leftover;
 mod measure;
+mod netstat;
 mod report;
 mod tools;
 
@@ -20,10 +26,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
-use keystone_lab::{Lab, LabBuilder, Mode};
+use keystone_lab::{BRIDGE, Bins, Lab, LabBuilder, Mode};
 
 use self::{
     configs::{Member, Ports},
+    hooks::{Hook, Run},
+    leftover::Leftover,
+    netstat::TcpCounters,
     tools::{CpuTimes, Iperf, LinkCounters, Wrk},
 };
 use super::table;
@@ -73,6 +82,38 @@ pub struct Args {
     /// (nearest rank: give an odd number).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
     rounds: u32,
+    /// The hook Keystone's cases attach the program at (the agent's `attach:`).
+    #[arg(long, default_value = "xdp", value_parser = hooks::ATTACH)]
+    attach: String,
+    /// Run each Keystone case once per hook (tc, xdp-generic and native xdp; behind a
+    /// bridge also tc on the bridge device), each as a case of its own with a fresh lab,
+    /// instead of once at `--attach`/`--bridge-attach`; a table compares the hooks.
+    #[arg(long, conflicts_with_all = ["attach", "bridge_attach"])]
+    compare_hooks: bool,
+    /// Run every case in one lab, one after another (how the bench ran before each case
+    /// got a lab of its own): shows what a case leaves for the next.
+    #[arg(long)]
+    one_lab: bool,
+    /// How the backends are reached: a routed link each (`default`), or one Linux
+    /// bridge in the gateway whose ports are the backends' links (`bridge`).
+    #[arg(long, value_enum, default_value_t = Topology::Default)]
+    topology: Topology,
+    /// With `--topology bridge`: which gateway devices Keystone's program is attached
+    /// to besides the client's link: the bridge's `ports`, or the `bridge` itself.
+    #[arg(long, value_enum, default_value_t = BridgeAttach::Ports)]
+    bridge_attach: BridgeAttach,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Topology {
+    Default,
+    Bridge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum BridgeAttach {
+    Ports,
+    Bridge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +147,7 @@ fn parse_weights(s: &str) -> Result<Weights, String> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Case {
+pub(super) enum Case {
     /// The client to one backend through the gateway as a plain router.
     Direct,
     /// Keystone, `mode: nat`.
@@ -195,14 +236,9 @@ pub fn run(args: Args) -> Result<()> {
     let programs = Programs::find()?;
     util::stop_on_signals()?;
     let started = Instant::now();
-    let lab = LabBuilder::new()
-        .name(format!("bench-e2e-{}", std::process::id()))
-        // DSR needs the VIP on the backends' `lo` (and no ARP answers for it); the
-        // other cases never send to the VIP past the gateway, so one lab serves all.
-        .mode(Mode::Dsr)
-        .backends(&BACKENDS)
-        .bins(util::bins()?)
-        .build()?;
+    let bins = util::bins()?;
+    let bridged = args.topology == Topology::Bridge;
+    let lab = new_lab(&bins, 0, bridged)?;
     let pool = lab
         .backends()
         .iter()
@@ -215,28 +251,50 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let mut bench = Bench {
         lab,
+        labs_made: 1,
+        bins,
+        one_lab: args.one_lab,
         programs,
         secs,
         connections: args.connections,
         pool,
+        hook: Hook::new(&args.attach, args.bridge_attach),
+        bridged,
+        compare_hooks: args.compare_hooks,
+    };
+    let planned = hooks::runs(&cases, bench.hook, args.compare_hooks, bridged);
+    let keystone_at = if args.compare_hooks {
+        "each hook in turn".to_owned()
+    } else {
+        format!(
+            "`attach: {}` on {}",
+            args.attach,
+            bench.keystone_interfaces().join(", ")
+        )
     };
     println!(
-        "bench e2e: lab {} (client {}, gateway {}, backends {}); {} s per measurement, weights {}, {} wrk connections",
+        "bench e2e: lab {} (client {}, gateway {}, backends {}{}); {} s per measurement, weights {}, {} wrk connections; Keystone attached with {}",
         bench.lab.name(),
         bench.lab.client_ns(),
         bench.lab.gateway_ns(),
         BACKENDS.join(", "),
+        if bridged {
+            format!(" behind the bridge {BRIDGE}")
+        } else {
+            String::new()
+        },
         secs,
         bench.weights_label(),
-        args.connections
+        args.connections,
+        keystone_at
     );
     let runs = bench
-        .run(&cases, args.rounds)
+        .run(&planned, args.rounds)
         .map_err(|e| anyhow!("{e:#}\n{}", bench.lab.diagnostics()))?;
-    let results: Vec<CaseResult> = cases
+    let results: Vec<CaseResult> = planned
         .iter()
-        .map(|&c| {
-            let of_case: Vec<&CaseResult> = runs.iter().filter(|r| r.case == c).collect();
+        .map(|p| {
+            let of_case: Vec<&CaseResult> = runs.iter().filter(|r| r.label == p.label).collect();
             CaseResult::median(&of_case)
         })
         .collect();
@@ -247,6 +305,23 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     bench.report(&results);
+    if bench.compare_hooks {
+        bench.report_hooks(&results);
+    }
+    let left: Vec<String> = planned
+        .iter()
+        .map(|p| {
+            let most = runs
+                .iter()
+                .filter(|r| r.label == p.label)
+                .map(|r| r.left_time_wait);
+            format!("{} {}", p.label, most.max().unwrap_or(0))
+        })
+        .collect();
+    println!(
+        "\nTIME-WAIT sockets each case left in the client (most over rounds): {}",
+        left.join(", ")
+    );
     println!(
         "\nbench e2e: done in {:.0} s; the lab is being torn down",
         started.elapsed().as_secs_f64()
@@ -263,6 +338,12 @@ struct Window {
     backend_rx: Vec<u64>,
     /// Packets the client's link sent.
     client_tx: u64,
+    /// TCP counters over the window, summed over the client and the backends.
+    tcp: TcpCounters,
+    /// Packets the machine's CPUs dropped for a full input backlog.
+    backlog_drops: u64,
+    /// Time some runnable task waited for a CPU (/proc/pressure/cpu), µs.
+    cpu_wait_us: u64,
     secs: f64,
 }
 
@@ -279,6 +360,27 @@ impl Window {
     fn backend_rx_total(&self) -> u64 {
         self.backend_rx.iter().sum()
     }
+
+    /// The TCP and backlog counters of the window, for a progress line.
+    fn tcp_line(&self) -> String {
+        format!(
+            "TCP in client and backends: {} SYNs sent again, {} segments sent again, {} listen drops; {} backlog drops; a task waited for a CPU {:.0} % of the time",
+            self.tcp.syn_retrans,
+            self.tcp.retrans_segs,
+            self.tcp.listen_drops,
+            self.backlog_drops,
+            self.cpu_wait_share()
+        )
+    }
+
+    /// Percent of the window during which some runnable task waited for a CPU.
+    fn cpu_wait_share(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.cpu_wait_us as f64 / (self.secs * 1e4)
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Counters at one instant.
@@ -287,6 +389,9 @@ struct Marks {
     cpu: CpuTimes,
     backends: Vec<LinkCounters>,
     client: LinkCounters,
+    tcp: TcpCounters,
+    backlog_drops: u64,
+    cpu_wait_us: u64,
 }
 
 impl Marks {
@@ -300,6 +405,9 @@ impl Marks {
                 .map(|(a, b)| b.rx_packets.saturating_sub(a.rx_packets))
                 .collect(),
             client_tx: end.client.tx_packets.saturating_sub(self.client.tx_packets),
+            tcp: end.tcp.since(&self.tcp),
+            backlog_drops: end.backlog_drops.saturating_sub(self.backlog_drops),
+            cpu_wait_us: end.cpu_wait_us.saturating_sub(self.cpu_wait_us),
             secs: end.at.duration_since(self.at).as_secs_f64(),
         }
     }
@@ -318,11 +426,15 @@ struct Pps {
 /// Everything one case measured.
 struct CaseResult {
     case: Case,
+    /// The row's name (`Run::label`).
+    label: String,
     close: (Wrk, Window),
     keepalive: (Wrk, Window),
     iperf: (Iperf, Window),
     /// `None` where the balancer does not balance UDP (HAProxy).
     pps: Option<(Pps, Window)>,
+    /// TIME-WAIT sockets the case left in the client.
+    left_time_wait: u64,
 }
 
 /// The median of `xs` (0 for none).
@@ -359,6 +471,11 @@ impl Window {
                 .map(|i| runs.iter().filter_map(|w| w.backend_rx.get(i)).sum())
                 .collect(),
             client_tx: runs.iter().map(|w| w.client_tx).sum(),
+            tcp: runs
+                .iter()
+                .fold(TcpCounters::default(), |acc, w| acc.plus(&w.tcp)),
+            backlog_drops: runs.iter().map(|w| w.backlog_drops).sum(),
+            cpu_wait_us: runs.iter().map(|w| w.cpu_wait_us).sum(),
             secs: runs.iter().map(|w| w.secs).sum(),
         }
     }
@@ -375,6 +492,7 @@ impl CaseResult {
         let pps: Vec<&(Pps, Window)> = runs.iter().filter_map(|r| r.pps.as_ref()).collect();
         CaseResult {
             case: runs[0].case,
+            label: runs[0].label.clone(),
             close: wrk(|r| &r.close),
             keepalive: wrk(|r| &r.keepalive),
             iperf: (
@@ -398,19 +516,37 @@ impl CaseResult {
                     Window::merge(&pps.iter().map(|p| &p.1).collect::<Vec<_>>()),
                 )
             }),
+            left_time_wait: runs.iter().map(|r| r.left_time_wait).max().unwrap_or(0),
         }
     }
 }
 
 struct Bench {
     lab: Lab,
+    /// Labs built so far (each case's lab has its own name).
+    labs_made: u32,
+    bins: Bins,
+    one_lab: bool,
     programs: Programs,
     secs: u64,
     connections: u32,
     pool: Vec<Member>,
+    /// Where the Keystone case being run attaches its program.
+    hook: Hook,
+    /// The backends are behind a bridge.
+    bridged: bool,
+    compare_hooks: bool,
 }
 
 impl Bench {
+    /// The gateway devices Keystone's program is attached to.
+    fn keystone_interfaces(&self) -> Vec<String> {
+        match (self.bridged, self.hook.on) {
+            (true, BridgeAttach::Bridge) => vec![GW_CLIENT_LINK.to_owned(), BRIDGE.to_owned()],
+            _ => self.lab.gateway_interfaces(),
+        }
+    }
+
     fn weights_label(&self) -> String {
         self.pool
             .iter()
@@ -419,40 +555,71 @@ impl Bench {
             .join(" / ")
     }
 
-    /// Every case `rounds` times, every other round in reverse order.
-    fn run(&mut self, cases: &[Case], rounds: u32) -> Result<Vec<CaseResult>> {
+    /// Every case `rounds` times, every other round in reverse order, each in a fresh
+    /// lab unless `one_lab`.
+    fn run(&mut self, runs: &[Run], rounds: u32) -> Result<Vec<CaseResult>> {
         self.prepare()?;
         let mut results = Vec::new();
         for round in 1..=rounds {
-            let mut order = cases.to_vec();
+            let mut order = runs.to_vec();
             if round % 2 == 0 {
                 order.reverse();
             }
-            for case in order {
+            for run in order {
                 util::interrupted()?;
-                self.check_plain_gateway()
-                    .with_context(|| format!("before {}", case.label()))?;
-                if rounds > 1 {
-                    println!("\n== {} (round {round} of {rounds}) ==", case.label());
-                } else {
-                    println!("\n== {} ==", case.label());
+                if !self.one_lab && !results.is_empty() {
+                    // The old lab goes (with everything it holds) once the new one is up.
+                    self.lab = new_lab(&self.bins, self.labs_made, self.bridged)?;
+                    self.labs_made += 1;
+                    self.prepare()?;
                 }
-                results.push(self.run_case(case)?);
+                self.check_plain_gateway()
+                    .with_context(|| format!("before {}", run.label))?;
+                if rounds > 1 {
+                    println!("\n== {} (round {round} of {rounds}) ==", run.label);
+                } else {
+                    println!("\n== {} ==", run.label);
+                }
+                println!(
+                    "starts from (lab {}): {}",
+                    self.lab.name(),
+                    Leftover::measure(&self.lab)?
+                );
+                self.hook = run.hook;
+                results.push(self.run_case(&run)?);
             }
         }
         Ok(results)
     }
 
-    fn run_case(&mut self, case: Case) -> Result<CaseResult> {
+    fn run_case(&mut self, run: &Run) -> Result<CaseResult> {
+        let (case, label) = (run.case, &run.label);
         self.start_case(case)
-            .with_context(|| format!("starting {}", case.label()))?;
-        let r = self
+            .with_context(|| format!("starting {label}"))?;
+        let mut r = self
             .measure(case)
-            .with_context(|| format!("measuring {}", case.label()))?;
+            .with_context(|| format!("measuring {label}"))?;
+        r.label = label.clone();
         self.end_case(case)
-            .with_context(|| format!("stopping {}", case.label()))?;
+            .with_context(|| format!("stopping {label}"))?;
+        let left = Leftover::measure(&self.lab)?;
+        println!("left behind: {left}");
+        r.left_time_wait = left.client_time_wait();
         Ok(r)
     }
+}
+
+/// The bench's lab: DSR needs the VIP on the backends' `lo` (and no ARP answers for
+/// it); the other cases never send to the VIP past the gateway, so one layout serves
+/// all. `n` makes each lab's name its own; `bridged` puts the backends behind a bridge.
+fn new_lab(bins: &Bins, n: u32, bridged: bool) -> Result<Lab> {
+    Ok(LabBuilder::new()
+        .name(format!("bench-e2e-{}-{n}", std::process::id()))
+        .mode(Mode::Dsr)
+        .backends(&BACKENDS)
+        .bridged(bridged)
+        .bins(bins.clone())
+        .build()?)
 }
 
 #[cfg(test)]

@@ -14,11 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo};
-use keystone_common::{
-    Backend, Endpoint, VipInfo,
-    maglev::{self, MaglevBackend},
-    names,
-};
+use keystone_common::{Backend, Endpoint, VipInfo, maglev::MaglevBackend, names};
 use nix::sched::{CloneFlags, setns};
 
 /// The agent's pinned maps, opened once.
@@ -74,9 +70,14 @@ impl Pins {
     }
 }
 
-/// The table `keystone_common::maglev` builds for these (backend, weight) pairs, as the
+/// The table `build` (`keystone_common::maglev::build`, or `build_scan`, the same
+/// table the way it was built before) makes for these (backend, weight) pairs, as the
 /// agent orders them (by identity), as endpoints.
-pub fn predicted_table(backends: &[(Endpoint, u32)], size: u32) -> Vec<Endpoint> {
+pub fn predicted_table_by(
+    build: fn(&[MaglevBackend], u32) -> Vec<u32>,
+    backends: &[(Endpoint, u32)],
+    size: u32,
+) -> Vec<Endpoint> {
     let mut sorted: Vec<(u64, u32, Endpoint)> = backends
         .iter()
         .filter(|(_, w)| *w > 0)
@@ -87,7 +88,7 @@ pub fn predicted_table(backends: &[(Endpoint, u32)], size: u32) -> Vec<Endpoint>
         .iter()
         .map(|&(id, weight, _)| MaglevBackend { id, weight })
         .collect();
-    maglev::build(&ids, size)
+    build(&ids, size)
         .into_iter()
         .map(|i| sorted[i as usize].2)
         .collect()
@@ -155,21 +156,31 @@ impl Drop for InNetns {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection to the admin API.
+/// A keep-alive HTTP/1.1 connection to the admin API (or, without a token, to
+/// another server in the namespace, e.g. etcd's HTTP gateway).
 pub struct Admin {
     addr: String,
-    token: String,
+    token: Option<String>,
     stream: BufReader<TcpStream>,
 }
 
 impl Admin {
     pub fn connect(addr: &str, token: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr).with_context(|| format!("admin API {addr}"))?;
+        Admin::open(addr, Some(token))
+    }
+
+    /// A connection that sends no `Authorization` header.
+    pub fn without_token(addr: &str) -> Result<Self> {
+        Admin::open(addr, None)
+    }
+
+    fn open(addr: &str, token: Option<&str>) -> Result<Self> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("HTTP to {addr}"))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(Admin {
             addr: addr.to_owned(),
-            token: token.to_owned(),
+            token: token.map(str::to_owned),
             stream: BufReader::new(stream),
         })
     }
@@ -177,18 +188,23 @@ impl Admin {
     /// Writes a request without waiting for the answer.
     pub fn send(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<()> {
         let body = body.unwrap_or("");
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.addr,
-            self.token,
             body.len()
         );
         self.stream.get_mut().write_all(request.as_bytes())?;
         Ok(())
     }
 
-    /// Reads one answer: (status, body). Needs `Content-Length` (axum sends it).
+    /// Reads one answer: (status, body), sized by `Content-Length` (axum) or chunked
+    /// (etcd's gateway).
     pub fn receive(&mut self) -> Result<(u16, String)> {
         let mut line = String::new();
         self.stream.read_line(&mut line)?;
@@ -197,7 +213,7 @@ impl Admin {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("bad status line {line:?}"))?;
-        let mut length = None;
+        let (mut length, mut chunked) = (None, false);
         loop {
             line.clear();
             self.stream.read_line(&mut line)?;
@@ -205,16 +221,50 @@ impl Admin {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().ok();
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().ok();
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.trim().eq_ignore_ascii_case("chunked");
+                }
             }
         }
-        let length: usize = length.context("answer without Content-Length")?;
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body)?;
+        let body = if chunked {
+            self.read_chunks()?
+        } else {
+            let length: usize = length.context("answer without Content-Length")?;
+            let mut body = vec![0; length];
+            self.stream.read_exact(&mut body)?;
+            body
+        };
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// A chunked body up to its last chunk, then its trailers.
+    fn read_chunks(&mut self) -> Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            let size = line.trim_end().split(';').next().unwrap_or("");
+            let size = usize::from_str_radix(size, 16)
+                .with_context(|| format!("bad chunk size line {line:?}"))?;
+            if size == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            self.stream.read_exact(&mut body[start..])?;
+            line.clear();
+            self.stream.read_line(&mut line)?;
+        }
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                return Ok(body);
+            }
+        }
     }
 
     pub fn call(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {

@@ -1,8 +1,11 @@
 //! `cargo xtask bench …`: each command measures Keystone and its baselines side by side
 //! in one run and prints a table with ratios. Nothing here asserts a timing.
 
+pub mod all;
 pub mod control;
 pub mod e2e;
+pub mod fleet;
+mod fleet_etcd;
 pub mod live;
 pub mod packet;
 pub mod scale;
@@ -21,6 +24,11 @@ pub enum BenchCmd {
     Control(control::Args),
     /// Kernel memory per flow and per VIP; 1,000,000 flows; 1,000 VIPs × 100 backends.
     Scale(scale::Args),
+    /// A fleet of gateways: behind a BGP router (drain, hard kill and join under load)
+    /// and through etcd (confirmation latency, leader failover, writes per step).
+    Fleet(fleet::Args),
+    /// Every bench command above in sequence on a quiet machine, each one's output in a file.
+    All(all::Args),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -30,5 +38,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::E2e(args) => e2e::run(args),
         BenchCmd::Control(args) => control::run(args),
         BenchCmd::Scale(args) => scale::run(args),
+        BenchCmd::Fleet(args) => fleet::run(args),
+        BenchCmd::All(args) => all::run(args),
     }
 }

@@ -1,8 +1,10 @@
 //! The program's maps, typed, behind [`MapWriter`].
 
+use std::os::fd::AsFd;
+
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use keystone_common::{
@@ -146,10 +148,12 @@ impl MapWriter for AyaMaps {
             .map_err(map_err(names::BACKENDS))
     }
 
-    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), MapAccessError> {
-        self.rings
-            .set(index, slot, 0)
-            .map_err(map_err(names::RINGS))
+    fn set_ring_entries(&mut self, indexes: &[u32], slots: &[u32]) -> Result<(), MapAccessError> {
+        let fd = IterableMap::map(&self.rings).fd().as_fd();
+        crate::dataplane::map_batch::update(fd, indexes, slots).map_err(|e| MapAccessError {
+            map: names::RINGS,
+            source: MapError::IoError(e),
+        })
     }
 
     fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), MapAccessError> {

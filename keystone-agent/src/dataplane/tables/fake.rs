@@ -20,7 +20,8 @@ pub enum Op {
     RemoveVipAddr(VipAddr),
     SetFilter(u32, u32),
     SetBackend(u32, Backend),
-    SetRing(u32, u32),
+    /// One batch of ring entries: (index, slot).
+    SetRings(Vec<(u32, u32)>),
     SetReverse(Endpoint, ReverseNat),
     RemoveReverse(Endpoint),
     ResetVipStats(u32),
@@ -109,9 +110,10 @@ impl MapWriter for FakeMaps {
         self.log.push(Op::SetBackend(slot, *backend));
         Ok(())
     }
-    fn set_ring_entry(&mut self, index: u32, slot: u32) -> Result<(), MapAccessError> {
-        self.rings.insert(index, slot);
-        self.log.push(Op::SetRing(index, slot));
+    fn set_ring_entries(&mut self, indexes: &[u32], slots: &[u32]) -> Result<(), MapAccessError> {
+        let entries: Vec<(u32, u32)> = indexes.iter().copied().zip(slots.iter().copied()).collect();
+        self.rings.extend(entries.iter().copied());
+        self.log.push(Op::SetRings(entries));
         Ok(())
     }
     fn set_reverse(&mut self, backend: &Endpoint, rev: &ReverseNat) -> Result<(), MapAccessError> {

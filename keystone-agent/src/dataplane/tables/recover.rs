@@ -32,6 +32,7 @@ impl<W: MapWriter> Tables<W> {
             vip_addrs: HashMap::new(),
             filter: vec![0; ADDR_FILTER_WORDS as usize],
             ring_writes: 0,
+            last_timing: None,
         };
         let mut by_index = HashMap::new();
         for (vip, info) in t.maps.read_vips()? {
@@ -44,15 +45,8 @@ impl<W: MapWriter> Tables<W> {
                 || (info.ring_size > 0 && !t.space.reserve(live))
             {
                 // Not something we wrote; drop it at the next apply.
-                t.vips.insert(
-                    vip,
-                    Vip {
-                        name: String::new(),
-                        index: u32::MAX,
-                        table: None,
-                        written: Some(info),
-                    },
-                );
+                t.vips
+                    .insert(vip, Vip::new(String::new(), u32::MAX, Some(info)));
                 continue;
             }
             by_index.insert(info.index, vip);
@@ -60,15 +54,8 @@ impl<W: MapWriter> Tables<W> {
             if info.ring_size > 0 {
                 t.stripes[info.index as usize][(info.ring_slot & 1) as usize].region = Some(live);
             }
-            t.vips.insert(
-                vip,
-                Vip {
-                    name: String::new(),
-                    index: info.index,
-                    table: None,
-                    written: Some(info),
-                },
-            );
+            t.vips
+                .insert(vip, Vip::new(String::new(), info.index, Some(info)));
         }
         let max_backends = t.slots.len();
         for (slot, b) in t

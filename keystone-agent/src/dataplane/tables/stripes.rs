@@ -7,13 +7,20 @@ use keystone_common::{
     maglev::{self, MaglevBackend},
 };
 
-use super::{MapWriter, TableInput, Tables};
+use std::time::Instant;
+
+use super::{ApplyTiming, MapWriter, TableInput, Tables, hash::LiveHash};
 use crate::dataplane::{ApplyError, VipSpec, rings::Region};
 
 impl<W: MapWriter> Tables<W> {
     /// Builds the VIP's table if its inputs changed, writes it into the inactive
     /// stripe and flips; rewrites the VIPS entry if mode or flags changed.
-    pub(super) fn apply_table(&mut self, spec: &VipSpec) -> Result<(), ApplyError> {
+    /// Adds what it did to `timing`.
+    pub(super) fn apply_table(
+        &mut self,
+        spec: &VipSpec,
+        timing: &mut ApplyTiming,
+    ) -> Result<(), ApplyError> {
         let v = &self.vips[&spec.vip];
         let index = v.index;
         let mut backends: Vec<(u64, u32, u32)> = spec
@@ -42,9 +49,11 @@ impl<W: MapWriter> Tables<W> {
             ring_base: v.written.map_or(0, |w| w.ring_base),
         };
         let table_changed = v.table.as_ref() != Some(&input);
+        let mut hash = None;
         if table_changed {
             if input.backends.is_empty() {
                 info.ring_size = 0;
+                hash = Some(LiveHash::empty());
             } else {
                 let stripe = 1 - self.live_stripe[index as usize];
                 let ids: Vec<MaglevBackend> = input
@@ -52,12 +61,20 @@ impl<W: MapWriter> Tables<W> {
                     .iter()
                     .map(|&(id, weight, _)| MaglevBackend { id, weight })
                     .collect();
+                let started = Instant::now();
                 let table: Vec<u32> = maglev::build(&ids, input.size)
                     .into_iter()
                     .map(|i| input.backends.get(i as usize).map_or(NO_BACKEND, |b| b.2))
                     .collect();
+                let built = Instant::now();
+                timing.build += built - started;
                 let region = self.place_stripe(spec, index, stripe, input.size)?;
                 self.write_stripe(index, stripe, &table)?;
+                timing.write += built.elapsed();
+                // Hashed when first read, from the stripe's shadow copy: the hash is
+                // for status and metrics, and a SHA-256 over every entry must not
+                // delay this table, nor the next change, going live.
+                hash = Some(LiveHash::pending());
                 info.ring_slot = stripe;
                 info.ring_size = input.size;
                 info.ring_base = region.base;
@@ -65,11 +82,18 @@ impl<W: MapWriter> Tables<W> {
         }
         let v = self.vips.get_mut(&spec.vip).expect("allocated above");
         if v.written != Some(info) {
+            let started = Instant::now();
             self.maps.set_vip(&spec.vip, &info)?;
+            timing.flip += started.elapsed();
             v.written = Some(info);
             self.live_stripe[index as usize] = info.ring_slot;
         }
         v.table = Some(input);
+        if let Some(hash) = hash {
+            v.hash = hash;
+            v.work.builds += u64::from(info.ring_size > 0);
+            timing.tables += 1;
+        }
         // The table just retired keeps its place only if the next one fits there.
         let retired = 1 - self.live_stripe[index as usize];
         let keep = self.stripes[index as usize][retired as usize]
@@ -145,27 +169,28 @@ impl<W: MapWriter> Tables<W> {
         }
     }
 
-    /// Writes the entries of `table` that differ from what the stripe holds.
+    /// Writes the entries of `table` that differ from what the stripe holds, in one
+    /// batch. After a failed write the stripe's contents are unknown (it is not live,
+    /// so the next table is written into it whole).
     fn write_stripe(&mut self, index: u32, stripe: u32, table: &[u32]) -> Result<(), ApplyError> {
-        let base = self.stripes[index as usize][stripe as usize]
-            .region
-            .expect("placed before writing")
-            .base;
-        let shadow = &mut self.stripes[index as usize][stripe as usize].known;
-        for (i, &slot) in table.iter().enumerate() {
-            if shadow.get(i) == Some(&slot) {
-                continue;
-            }
-            self.maps.set_ring_entry(base + i as u32, slot)?;
-            self.ring_writes += 1;
-            if i < shadow.len() {
-                shadow[i] = slot;
-            } else if i == shadow.len() {
-                shadow.push(slot);
-            }
-            // Beyond the known prefix: written, but we keep the prefix contiguous;
-            // the loop fills it in order, so this branch is not taken.
+        let s = &mut self.stripes[index as usize][stripe as usize];
+        let base = s.region.expect("placed before writing").base;
+        let (indexes, slots): (Vec<u32>, Vec<u32>) = table
+            .iter()
+            .enumerate()
+            .filter(|&(i, slot)| s.known.get(i) != Some(slot))
+            .map(|(i, &slot)| (base + i as u32, slot))
+            .unzip();
+        if indexes.is_empty() {
+            return Ok(());
         }
+        if let Err(e) = self.maps.set_ring_entries(&indexes, &slots) {
+            s.known.clear();
+            return Err(e.into());
+        }
+        self.ring_writes += indexes.len() as u64;
+        s.known.clear();
+        s.known.extend_from_slice(table);
         Ok(())
     }
 }

@@ -81,8 +81,14 @@ fn first_leaves_third_joins(t: &mut Tables<FakeMaps>) {
     );
 }
 
+/// Ring entries written by `ops`, over all their batches.
 fn ring_writes(ops: &[Op]) -> usize {
-    ops.iter().filter(|o| matches!(o, Op::SetRing(..))).count()
+    ops.iter()
+        .map(|o| match o {
+            Op::SetRings(entries) => entries.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn flows() -> impl Iterator<Item = FlowKey> {
@@ -116,7 +122,7 @@ fn first_apply_writes_the_stripe_then_flips_with_one_vip_write() {
         ops.iter().filter(|o| matches!(o, Op::SetVip(..))).count(),
         1
     );
-    let last_ring = last(&ops, "ring writes", |o| matches!(o, Op::SetRing(..)));
+    let last_ring = last(&ops, "ring writes", |o| matches!(o, Op::SetRings(..)));
     let first_backend = first(&ops, "backend writes", |o| matches!(o, Op::SetBackend(..)));
     assert!(
         first_backend < last_ring && last_ring < flip,
@@ -189,6 +195,31 @@ fn only_changed_entries_are_written_and_flips_alternate() {
         "{differ} entries changed"
     );
     assert_ne!(a, c);
+}
+
+#[test]
+fn a_table_change_writes_its_ring_entries_in_one_batch() {
+    let mut t = tables();
+    apply(&mut t, &two(1, 1));
+    apply(&mut t, &two(3, 1));
+    // Stripe 1 holds two(1, 1): the change writes only the entries that differ, and
+    // all of them in one batch (one syscall on the real maps), before the flip.
+    let ops = apply(&mut t, &two(2, 1));
+    let batches: Vec<usize> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::SetRings(entries) => Some(entries.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert!(
+        batches[0] > 0 && batches[0] < SIZE as usize / 2,
+        "{batches:?}"
+    );
+    let batch = first(&ops, "the batch", |o| matches!(o, Op::SetRings(..)));
+    let flip = first(&ops, "the flip", |o| matches!(o, Op::SetVip(..)));
+    assert!(batch < flip, "{ops:?}");
 }
 
 #[test]
@@ -509,4 +540,6 @@ fn too_many_vips_and_backends() {
     assert!(t.maps().log.is_empty());
 }
 
+mod hash;
+mod only_changed;
 mod placement;

@@ -59,23 +59,24 @@ pub(super) fn validate(
         }
         let mut backends = HashSet::new();
         for b in &spec.backends {
-            let backend = b.endpoint.socket_addr().to_string();
+            // Formatted only for an error: this runs over every backend on every apply.
+            let backend = || b.endpoint.socket_addr().to_string();
             if !backends.insert(b.endpoint) {
                 return Err(ApplyError::DuplicateBackend {
                     vip: vip(),
-                    backend,
+                    backend: backend(),
                 });
             }
             if b.endpoint.family != spec.vip.family || b.endpoint.proto != spec.vip.proto {
                 return Err(ApplyError::BackendMismatch {
                     vip: vip(),
-                    backend,
+                    backend: backend(),
                 });
             }
             if spec.mode == mode::NAT {
                 if let Some(other) = reverse.get(&b.endpoint) {
                     return Err(ApplyError::AmbiguousReverseNat {
-                        backend,
+                        backend: backend(),
                         first: other.vip.socket_addr().to_string(),
                         second: spec.vip.socket_addr().to_string(),
                     });

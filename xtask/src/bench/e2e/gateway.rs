@@ -13,27 +13,29 @@ use keystone_lab::{
     wait_for,
 };
 
-use super::{Bench, Case, LINK, NFT_TABLE, PORTS, READY, SINK_TABLE, configs};
+use super::{Bench, Case, LINK, NFT_TABLE, PORTS, READY, SINK_TABLE, configs, leftover};
 
 impl Bench {
     /// Backends (nginx, iperf3 server, a sink for the generator's UDP), TCP settings
-    /// for a client that opens tens of thousands of connections, and warm neighbours.
+    /// for a client that opens tens of thousands of connections, TX offload off on
+    /// every sending link, and warm neighbours.
     pub(super) fn prepare(&mut self) -> Result<()> {
-        // Only locally opened connections use these (the client's; in the gateway only
-        // HAProxy's to the backends): what anyone benchmarking either would set.
+        let sysctls: Vec<String> = leftover::SYSCTLS
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
         for ns in [
             self.lab.client_ns().to_owned(),
             self.lab.gateway_ns().to_owned(),
         ] {
-            self.lab.exec(
-                &ns,
-                "sysctl",
-                &[
-                    "-qw",
-                    "net.ipv4.tcp_tw_reuse=1",
-                    "net.ipv4.ip_local_port_range=1024 65535",
-                ],
-            )?;
+            let mut args = vec!["-qw"];
+            args.extend(sysctls.iter().map(String::as_str));
+            self.lab.exec(&ns, "sysctl", &args)?;
+        }
+        // The lab turns TX offload off where the client and the backends send; the
+        // gateway's own sends (HAProxy's) get the same, so no peer segments in "hardware".
+        for (ns, dev) in leftover::sending_links(&self.lab) {
+            self.lab.exec(&ns, "ethtool", &["-K", &dev, "tx", "off"])?;
         }
         for b in self.lab.backends().to_vec() {
             let dir = self.lab.state_dir().join(format!("nginx-{}", b.name));
@@ -198,13 +200,20 @@ impl Bench {
             Case::Direct => {}
             Case::Nat | Case::Dsr => {
                 let mode = case.keystone_mode().expect("a Keystone case");
-                let cfg = self.lab.agent_config(self.tenants(mode)?);
+                let cfg = keystone_lab::AgentConfig {
+                    attach: Some(self.hook.attach.to_owned()),
+                    interfaces: self.keystone_interfaces(),
+                    ..self.lab.agent_config(self.tenants(mode)?)
+                };
                 self.lab.write_config(&cfg)?;
                 self.lab.start_agent()?;
-                let want = self.lab.gateway_interfaces();
-                let xdp = self.xdp_interfaces()?;
-                if let Some(missing) = want.iter().find(|i| !xdp.contains(i)) {
-                    bail!("keystone-agent is up but {missing} has no XDP program");
+                // (At tc the agent's start is the check: it refuses one it cannot attach.)
+                if self.hook.attach != "tc" {
+                    let want = self.keystone_interfaces();
+                    let xdp = self.xdp_interfaces()?;
+                    if let Some(missing) = want.iter().find(|i| !xdp.contains(i)) {
+                        bail!("keystone-agent is up but {missing} has no XDP program");
+                    }
                 }
             }
             Case::Nftables => {

@@ -19,6 +19,7 @@ use keystone_lab::{
 use super::{
     Bench, Case, CaseResult, FLOWS, GW_CLIENT_LINK, LINK, Marks, PORTS, Pps, READY, WARM_UP_SECS,
     Window, configs,
+    netstat::{self, TcpCounters},
     tools::{self, CpuTimes, Iperf, LinkCounters, Wrk},
 };
 use crate::{bench::table::human, util};
@@ -59,10 +60,12 @@ impl Bench {
         };
         Ok(CaseResult {
             case,
+            label: case.label().to_owned(),
             close,
             keepalive,
             iperf,
             pps,
+            left_time_wait: 0,
         })
     }
 
@@ -81,7 +84,14 @@ impl Bench {
             .iter()
             .map(|b| self.link_counters(&b.ns, LINK))
             .collect::<Result<_>>()?;
+        let mut tcp = TcpCounters::of(self.lab.client_ns())?;
+        for b in self.lab.backends() {
+            tcp = tcp.plus(&TcpCounters::of(&b.ns)?);
+        }
         Ok(Marks {
+            tcp,
+            backlog_drops: netstat::backlog_drops()?,
+            cpu_wait_us: netstat::cpu_wait_us(),
             at: Instant::now(),
             cpu: CpuTimes::now()?,
             backends,
@@ -413,11 +423,12 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
 /// One wrk run's line: rate, latencies, errors and the CPU during it.
 fn print_wrk(what: &str, unit: &str, (wrk, window): &(Wrk, Window), cpu_note: &str) {
     println!(
-        "{what}: {:.0} {unit}, p50 {}, p99 {}, {} errors; CPU {}{cpu_note}",
+        "{what}: {:.0} {unit}, p50 {}, p99 {}, {} errors; CPU {}{cpu_note}; {}",
         wrk.requests_per_sec,
         human(wrk.p50),
         human(wrk.p99),
         wrk.errors,
-        window.cpu
+        window.cpu,
+        window.tcp_line()
     );
 }
