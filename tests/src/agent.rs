@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use keystone_api::Strategy;
+use keystone_api::{DeploymentList, Health, Status, Strategy, TenantList};
+use serde::de::DeserializeOwned;
 
 use crate::{
     bins::Bins,
@@ -40,8 +41,9 @@ pub enum Auth<'a> {
     None,
 }
 
-/// A 2xx answer's JSON body as `T`, or an error with the status and body.
-fn parse_answer<T: serde::de::DeserializeOwned>(what: &str, code: u16, body: &str) -> Result<T> {
+/// A 2xx answer's JSON body as `T` (a keystone-api type), or an error with `what`, the
+/// status and the body.
+pub fn answer_as<T: DeserializeOwned>(what: &str, code: u16, body: &str) -> Result<T> {
     if !(200..300).contains(&code) {
         return Err(LabError::Http {
             what: what.to_owned(),
@@ -49,11 +51,28 @@ fn parse_answer<T: serde::de::DeserializeOwned>(what: &str, code: u16, body: &st
             body: body.to_owned(),
         });
     }
+    body_as(what, body)
+}
+
+/// An admin API body as `T` whatever its status (an error answer as
+/// [`keystone_api::ErrorBody`]).
+pub fn body_as<T: DeserializeOwned>(what: &str, body: &str) -> Result<T> {
     serde_json::from_str(body).map_err(|source| LabError::Parse {
         what: what.to_owned(),
         output: body.to_owned(),
         source,
     })
+}
+
+/// The deployment id in the 202 answer to a start (API or webhook): its `deployment_id`.
+pub fn deployment_id(body: &str) -> String {
+    let accepted: keystone_api::Accepted =
+        body_as("a start's answer", body).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !accepted.deployment_id.is_empty(),
+        "no deployment id in {body}"
+    );
+    accepted.deployment_id
 }
 
 impl Lab {
@@ -251,6 +270,28 @@ impl Lab {
         self.admin_request("GET", path)
     }
 
+    /// [`Lab::admin_get`] of a 2xx answer, read as the keystone-api type `T`.
+    pub fn admin_get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (code, body) = self.admin_get(path)?;
+        answer_as(&format!("GET {path}"), code, &body)
+    }
+
+    /// `GET /status`.
+    pub fn status(&self) -> Result<Status> {
+        self.admin_get_as("/status")
+    }
+
+    /// `GET /health`.
+    pub fn health(&self) -> Result<Health> {
+        self.admin_get_as("/health")
+    }
+
+    /// `GET /tenants`.
+    pub fn tenants(&self) -> Result<Vec<keystone_api::Tenant>> {
+        self.admin_get_as::<TenantList>("/tenants")
+            .map(|l| l.tenants)
+    }
+
     /// `method http://ADMIN_LISTEN<path>` with the bearer token. Returns (status, body).
     pub fn admin_request(&self, method: &str, path: &str) -> Result<(u16, String)> {
         let out = cmd::run(in_ns(self.gateway_ns(), "curl").args([
@@ -331,9 +372,7 @@ impl Lab {
 
     /// `GET /deployments/{id}`.
     pub fn deployment(&self, id: &str) -> Result<Deployment> {
-        let path = format!("/deployments/{id}");
-        let (code, body) = self.admin_get(&path)?;
-        parse_answer(&format!("GET {path}"), code, &body)
+        self.admin_get_as(&format!("/deployments/{id}"))
     }
 
     /// For failure messages about an agent: [`Lab::diagnostics`], then every
@@ -392,18 +431,8 @@ impl Lab {
 
     /// `GET /deployments` (newest first).
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            deployments: Vec<Deployment>,
-        }
-        let (code, body) = self.admin_get("/deployments")?;
-        parse_answer::<List>("GET /deployments", code, &body).map(|l| l.deployments)
-    }
-
-    /// `GET /tenants`, as JSON.
-    pub fn tenants_json(&self) -> Result<serde_json::Value> {
-        let (code, body) = self.admin_get("/tenants")?;
-        parse_answer("GET /tenants", code, &body)
+        self.admin_get_as::<DeploymentList>("/deployments")
+            .map(|l| l.deployments)
     }
 
     /// Polls `GET /deployments/{id}` until `done` holds for it; returns that view.

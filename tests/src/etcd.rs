@@ -10,9 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keystone_api::{FleetStatus, Status};
+
 use crate::{
     ADMIN_LISTEN, ADMIN_TOKEN,
-    agent::Auth,
+    agent::{Auth, answer_as},
     error::{LabError, Result, io_err},
     lab::Lab,
     wait::{Probe, wait_for},
@@ -174,20 +176,18 @@ impl Gateway {
         lab.admin_send_to(&self.admin, method, path, Auth::Token, &[], body)
     }
 
-    /// `GET /status`, as JSON.
-    pub fn status(&self, lab: &Lab) -> Result<serde_json::Value> {
+    /// `GET /status`.
+    pub fn status(&self, lab: &Lab) -> Result<Status> {
         let (code, body) = self.send(lab, "GET", "/status", None)?;
-        if code != 200 {
-            return Err(LabError::Http {
-                what: format!("GET /status on {}", self.id),
-                status: code,
-                body,
-            });
-        }
-        serde_json::from_str(&body).map_err(|source| LabError::Parse {
-            what: format!("GET /status on {}", self.id),
-            output: body,
-            source,
+        answer_as(&format!("GET /status on {}", self.id), code, &body)
+    }
+
+    /// `status.fleet`; an error if the status has none (the gateway is in no fleet).
+    pub fn fleet(&self, lab: &Lab) -> Result<FleetStatus> {
+        self.status(lab)?.fleet.ok_or_else(|| LabError::Command {
+            cmd: format!("GET /status on {}", self.id),
+            status: "no `fleet` in the answer".into(),
+            stderr: "the gateway's config has no `fleet:` block".into(),
         })
     }
 
@@ -297,13 +297,13 @@ pub fn wait_fleet(
     gateways: &[&Gateway],
     what: &str,
     timeout: Duration,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> Result<(Vec<serde_json::Value>, Duration)> {
+    done: impl Fn(&[FleetStatus]) -> bool,
+) -> Result<(Vec<FleetStatus>, Duration)> {
     let start = Instant::now();
     let statuses = wait_for(what, timeout, || {
-        let statuses: Vec<serde_json::Value> = gateways
+        let statuses: Vec<FleetStatus> = gateways
             .iter()
-            .map(|g| g.status(lab).map(|s| s["fleet"].clone()))
+            .map(|g| g.fleet(lab))
             .collect::<Result<_>>()?;
         Ok(if done(&statuses) {
             Probe::Ready(statuses)

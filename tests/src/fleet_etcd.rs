@@ -11,18 +11,19 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use keystone_api::DeployState;
-use serde_json::Value;
+use keystone_api::{DeployState, FleetStatus};
 
 use crate::{
     AgentConfig, Bins, CanaryConfig, Deployment, HealthCheck, Lab,
-    agent::ok,
+    agent::{body_as, ok},
     etcd::{
         Etcd, Gateway, fleet_block, gateway_interface, respawn_gateway, start_gateway, wait_fleet,
     },
     helpers::{BACKEND_PORT, new_lab, tcp, tcp_tenant, v4},
     wait::{Probe, wait_for},
 };
+
+pub use crate::agent::deployment_id;
 
 /// The fleet's key prefix in etcd.
 pub const PREFIX: &str = "/keystone/lab-fleet";
@@ -97,10 +98,10 @@ pub fn reconnect(lab: &Lab) {
 /// Waits until gateway `g`'s `status.fleet` says stale; returns the reason.
 pub fn wait_stale(lab: &Lab, g: &Gateway) -> String {
     let r = wait_for(&format!("{} to report stale", g.id), STALE_WITHIN, || {
-        let s = g.status(lab)?;
-        Ok(match s["fleet"]["stale_reason"].as_str() {
-            Some(reason) if s["fleet"]["stale"] == true => Probe::Ready(reason.to_owned()),
-            _ => Probe::NotYet(s["fleet"].to_string()),
+        let fleet = g.fleet(lab)?;
+        Ok(match &fleet.stale_reason {
+            Some(reason) if fleet.stale => Probe::Ready(reason.clone()),
+            _ => Probe::NotYet(format!("{fleet:?}")),
         })
     });
     ok(lab, "stale", r)
@@ -218,7 +219,7 @@ impl Fleet {
 
     /// Waits until every gateway sees all of them as members, one leader, nobody
     /// stale, and every member confirmed the same revision; returns the statuses.
-    pub fn wait_in_step(&self, what: &str) -> Vec<Value> {
+    pub fn wait_in_step(&self, what: &str) -> Vec<FleetStatus> {
         let n = self.gateways.len();
         let r = wait_fleet(&self.lab, &self.all(), what, LONG, |s| in_step(s, n));
         ok(&self.lab, what, r).0
@@ -226,7 +227,7 @@ impl Fleet {
 
     /// Every member record as every gateway sees it (`statuses`) has one and the same
     /// non-empty table hash for `tenant`; returns it.
-    pub fn one_hash(&self, statuses: &[Value], tenant: &str, what: &str) -> String {
+    pub fn one_hash(&self, statuses: &[FleetStatus], tenant: &str, what: &str) -> String {
         let hashes: Vec<String> = statuses
             .iter()
             .flat_map(|s| tenant_hashes(s, tenant))
@@ -279,12 +280,12 @@ impl Fleet {
     /// Waits until gateway `asked` sees a leader other than `old`; returns it.
     pub fn wait_new_leader(&self, asked: &str, old: &str) -> String {
         let r = wait_for("another gateway to lead", LONG, || {
-            let s = self.gateway(asked).status(&self.lab)?;
-            let now = s["fleet"]["leader"].as_str().unwrap_or("").to_owned();
+            let fleet = self.gateway(asked).fleet(&self.lab)?;
+            let now = fleet.leader.clone().unwrap_or_default();
             Ok(if !now.is_empty() && now != old {
                 Probe::Ready(now)
             } else {
-                Probe::NotYet(s["fleet"].to_string())
+                Probe::NotYet(format!("{fleet:?}"))
             })
         });
         ok(&self.lab, "failover", r)
@@ -297,8 +298,8 @@ impl Fleet {
             s.push_str(&format!(
                 "--- status.fleet of {}:\n{}\n",
                 g.id,
-                match g.status(&self.lab) {
-                    Ok(status) => status["fleet"].to_string(),
+                match g.fleet(&self.lab) {
+                    Ok(fleet) => format!("{fleet:?}"),
                     Err(e) => e.to_string(),
                 }
             ));
@@ -346,48 +347,30 @@ impl Fleet {
             "GET /deployments/{deployment} on {id}: {body}\n{}",
             self.diagnostics()
         );
-        serde_json::from_str(&body).expect("a deployment")
+        body_as("a deployment", &body).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
 /// Every status lists `n` members with one leader, none is stale, and every member
 /// confirmed the revision every gateway knows.
-pub fn in_step(statuses: &[Value], n: usize) -> bool {
-    let revision = statuses[0]["revision"].as_i64();
+pub fn in_step(statuses: &[FleetStatus], n: usize) -> bool {
+    let revision = statuses[0].revision;
     statuses.iter().all(|s| {
-        let members = s["members"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        s["stale"] == false
-            && !s["leader"].is_null()
-            && s["leader"] == statuses[0]["leader"]
-            && s["revision"].as_i64() == revision
-            && members.len() == n
-            && members
-                .iter()
-                .all(|m| m["applied_revision"].as_i64() == revision)
+        !s.stale
+            && s.leader.is_some()
+            && s.leader == statuses[0].leader
+            && s.revision == revision
+            && s.members.len() == n
+            && s.members.iter().all(|m| m.applied_revision == revision)
     })
-}
-
-/// The deployment id in a 2xx answer.
-pub fn deployment_id(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
-    v["deployment_id"]
-        .as_str()
-        .or_else(|| v["id"].as_str())
-        .unwrap_or_else(|| panic!("no deployment id in {body}"))
-        .to_owned()
 }
 
 /// The table hash of `tenant` in every member record of one gateway's
 /// `status.fleet` (one per member; empty where a member has none).
-pub fn tenant_hashes(status: &Value, tenant: &str) -> Vec<String> {
-    status["members"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+pub fn tenant_hashes(status: &FleetStatus, tenant: &str) -> Vec<String> {
+    status
+        .members
         .iter()
-        .map(|m| m["table_hashes"][tenant].as_str().unwrap_or("").to_owned())
+        .map(|m| m.table_hashes.get(tenant).cloned().unwrap_or_default())
         .collect()
 }

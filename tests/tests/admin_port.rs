@@ -17,9 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keystone_api::{HealthState, Status};
 use keystone_lab::{
     ADMIN_LISTEN, ClientLoop, HealthCheck, Lab, Mode, Probe,
-    agent::AGENT,
+    agent::{AGENT, body_as},
     helpers::{BACKEND_PORT, new_lab, tcp_tenant, vip},
     ok, wait_for,
 };
@@ -175,14 +176,12 @@ fn idle_and_slowloris_admin_connections_do_not_take_the_vips_down() {
             other => Probe::NotYet(format!("{other:?}")),
         })
     });
-    let status: serde_json::Value =
-        serde_json::from_str(&ok(&lab, "GET /status", status)).expect("status JSON");
-    for b in status["tenants"][0]["backends"]
-        .as_array()
-        .expect("backends")
-    {
-        assert_eq!(b["health"], "up", "{b}");
-        assert_eq!(b["health_local_error"], serde_json::Value::Null, "{b}");
+    let status = ok(&lab, "GET /status", status);
+    let status: Status = body_as("GET /status", &status).expect("status JSON");
+    for b in &status.tenants.first().expect("backends").backends {
+        let b = &b.backend.identity;
+        assert_eq!(b.health, HealthState::Up, "{b:?}");
+        assert_eq!(b.health_local_error, None, "{b:?}");
     }
     // At the limit a new connection closes the one idle the longest (all of the
     // flood's are idle: none has sent a whole request) or, were all busy, is refused.

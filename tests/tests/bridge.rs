@@ -5,8 +5,10 @@
 
 use std::net::SocketAddr;
 
+use keystone_api::Status;
 use keystone_lab::{
     AgentConfig, BRIDGE, Lab, LabBuilder, Mode, Protocol,
+    agent::body_as,
     helpers::{BACKEND_PORT, FLOWS, W90_10, assert_split, new_lab, v4},
     ok,
 };
@@ -153,12 +155,13 @@ fn assert_partial_checksums_reported(lab: &Lab) {
         lab.test_diagnostics()
     );
     let (_, status) = ok(lab, "GET /status", lab.admin_get("/status"));
-    let status: serde_json::Value = ok(lab, "status JSON", serde_json::from_str(&status));
-    let problems = status["problems"].as_array().cloned().unwrap_or_default();
+    let status: Status = ok(lab, "status JSON", body_as("GET /status", &status));
     assert!(
-        problems.iter().any(|p| p["kind"] == "partial_checksums"
-            && p["message"].as_str().is_some_and(|m| m.contains("tx off"))),
-        "status should report partial checksums with the remedy: {status:#}"
+        status
+            .problems
+            .iter()
+            .any(|p| p.kind == "partial_checksums" && p.message.contains("tx off")),
+        "status should report partial checksums with the remedy: {status:#?}"
     );
     let out = ok(lab, "keystone-ctl status", lab.ctl(&["status"]));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -11,9 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keystone_api::DeployState;
+use keystone_api::{DeployState, DeploymentList};
 use keystone_lab::{
     AgentConfig, CanaryConfig, Deployment, HealthCheck, Lab, Probe,
+    agent::body_as,
     etcd::{Gateway, fleet_block, gateway_interface, wait_fleet},
     fleet_etcd::{
         Fleet, LONG, PREFIX, TTL_SECS, admin, cut_off, deployment_id, etcd_host, in_step,
@@ -67,13 +68,8 @@ fn two_starts_for_one_tenant_on_two_gateways_one_wins_the_other_gets_409() {
                 .gateway(g)
                 .send(&fleet.lab, "GET", "/deployments", None),
         );
-        let list: Value = serde_json::from_str(&body).expect("JSON");
-        let ids: Vec<&str> = list["deployments"]
-            .as_array()
-            .expect("deployments")
-            .iter()
-            .filter_map(|d| d["id"].as_str())
-            .collect();
+        let list: DeploymentList = body_as("GET /deployments", &body).expect("JSON");
+        let ids: Vec<&str> = list.deployments.iter().map(|d| d.id.as_str()).collect();
         assert_eq!((code, ids), (200, vec![id.as_str()]), "deployments on {g}");
     }
 }
@@ -168,16 +164,11 @@ fn the_leader_killed_mid_canary_another_resumes_at_the_same_step() {
         (DeployState::Progressing, 40.0)
     );
     let statuses = fleet.wait_in_step("in step at 40 %");
-    let leader = statuses[0]["leader"].as_str().expect("a leader").to_owned();
+    let leader = statuses[0].leader.clone().expect("a leader");
     let (asked, _) = kill_leader(&mut fleet, &leader);
     let done = wait_for("the canary to complete", LONG, || {
         let (_, body) = asked.send(&fleet.lab, "GET", &format!("/deployments/{id}"), None)?;
-        let d: Deployment =
-            serde_json::from_str(&body).map_err(|e| keystone_lab::LabError::Parse {
-                what: "deployment".into(),
-                output: body.clone(),
-                source: e,
-            })?;
+        let d: Deployment = body_as("deployment", &body)?;
         Ok(if d.is_running() {
             Probe::NotYet(d.summary())
         } else {
@@ -324,8 +315,7 @@ fn corrupt_or_newer_fleet_data_is_refused_and_nothing_applied() {
     );
     for g in &fleet.gateways {
         let r = wait_for("the newer format to be refused", SHORT, || {
-            let s = g.status(&fleet.lab)?;
-            let reason = s["fleet"]["stale_reason"].as_str().unwrap_or("").to_owned();
+            let reason = g.fleet(&fleet.lab)?.stale_reason.unwrap_or_default();
             Ok(if reason.contains("newer Keystone") {
                 Probe::Ready(reason)
             } else {
@@ -400,17 +390,6 @@ fn a_reload_that_fails_a_running_deployment_is_written_to_the_fleet() {
     );
 }
 
-/// The `config_mismatch` lines of a `status.fleet`.
-fn mismatch(status: &Value) -> Vec<String> {
-    status["config_mismatch"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|l| l.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Gateway b reloaded with another weight for web: every gateway's status names the
 /// mismatch (and `keystone_fleet_config_mismatch` counts it), and the leader does not
 /// advance web's canary (1 s steps) while it lasts; once b runs the same config
@@ -427,11 +406,11 @@ fn members_with_different_configs_are_flagged_and_the_canary_holds_until_they_ma
         SHORT,
         |s| {
             s.iter()
-                .all(|s| mismatch(s).iter().any(|l| l.contains("'web'")))
+                .all(|s| s.config_mismatch.iter().any(|l| l.contains("'web'")))
         },
     );
     let (statuses, _) = ok(&fleet.lab, "the mismatch", flagged);
-    let line = &mismatch(&statuses[0])[0];
+    let line = &statuses[0].config_mismatch[0];
     assert!(
         line.contains("a:") && line.contains("b:"),
         "the line names both gateways' hashes: {line}"
@@ -452,13 +431,13 @@ fn members_with_different_configs_are_flagged_and_the_canary_holds_until_they_ma
     let started = Instant::now();
     let flagged_throughout = std::cell::Cell::new(true);
     let r = wait_for("three step intervals", SHORT, || {
-        let s = fleet.gateway("a").status(&fleet.lab)?;
-        let flagged = !mismatch(&s["fleet"]).is_empty();
+        let s = fleet.gateway("a").fleet(&fleet.lab)?;
+        let flagged = !s.config_mismatch.is_empty();
         flagged_throughout.set(flagged_throughout.get() && flagged);
         Ok(if started.elapsed() > Duration::from_secs(3) {
             Probe::Ready(())
         } else {
-            Probe::NotYet(s["fleet"].to_string())
+            Probe::NotYet(format!("{s:?}"))
         })
     });
     ok(&fleet.lab, "holding", r);
@@ -486,7 +465,7 @@ fn members_with_different_configs_are_flagged_and_the_canary_holds_until_they_ma
         &fleet.lab,
         "the mismatch to clear",
         wait_fleet(&fleet.lab, &fleet.all(), "no mismatch", SHORT, |s| {
-            s.iter().all(|s| mismatch(s).is_empty())
+            s.iter().all(|s| s.config_mismatch.is_empty())
         }),
     );
     assert_eq!(statuses.len(), 2);
@@ -623,7 +602,7 @@ fn lease_of(fleet: &Fleet, key: &str) -> i64 {
 fn after_an_etcd_outage_the_leader_holds_one_lease_and_fails_over_within_the_ttl() {
     let mut fleet = Fleet::start(&["a", "b"], "30s");
     let statuses = fleet.wait_in_step("in step before the outage");
-    let leader = statuses[0]["leader"].as_str().expect("a leader").to_owned();
+    let leader = statuses[0].leader.clone().expect("a leader");
     let leader_key = format!("{PREFIX}/leader");
     let member_key = format!("{PREFIX}/members/{leader}");
     let lease = lease_of(&fleet, &member_key);
@@ -636,7 +615,7 @@ fn after_an_etcd_outage_the_leader_holds_one_lease_and_fails_over_within_the_ttl
     ok(&fleet.lab, "restarting etcd", r);
     let statuses = fleet.wait_in_step("the fleet after etcd's restart");
     assert_eq!(
-        statuses[0]["leader"].as_str(),
+        statuses[0].leader.as_deref(),
         Some(leader.as_str()),
         "the leader from before the outage leads"
     );
@@ -682,10 +661,10 @@ fn a_read_only_state_dir_in_a_fleet_fails_the_local_copy_not_the_change() {
         "a's status",
         fleet.gateway("a").status(&fleet.lab),
     );
-    let persistence = &status["persistence"];
+    let persistence = &status.persistence;
     assert!(
-        persistence["saved"] == false && persistence["unsaved"]["state"].is_string(),
-        "a's status shows the local save failed: {persistence}"
+        !persistence.saved && persistence.unsaved.contains_key("state"),
+        "a's status shows the local save failed: {persistence:?}"
     );
     let failures = metric(
         &fleet.lab,

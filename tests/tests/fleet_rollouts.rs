@@ -11,10 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use keystone_api::{DeployState, PhaseState, Plan, PlanState};
+use keystone_api::{
+    DeployState, Deployment, DeploymentList, FleetStatus, PhaseState, Plan, PlanState,
+};
 use keystone_lab::{
     ADMIN_TOKEN, AgentConfig, Auth, CanaryConfig, ClientLoop, HealthCheck, Lab, Probe,
     SwitchConfig, WebhookConfig,
+    agent::{answer_as, body_as},
     fleet_etcd::{Fleet, LONG, deployment_id},
     helpers::{
         assert_all_on, assert_holds_unbroken, assert_none_failed, batches_after, hold_events,
@@ -24,7 +27,6 @@ use keystone_lab::{
     plans::{ORCHESTRATION, TENANTS, assert_held_after_phase_2, events},
     wait_for,
 };
-use serde_json::Value;
 
 const SHORT: Duration = Duration::from_secs(30);
 /// Keep-alive connections held through a switch.
@@ -242,27 +244,14 @@ fn start_plan(fleet: &Fleet, on: &str) -> Plan {
         "plan start on {on}: {code} {answer}\n{}",
         fleet.diagnostics()
     );
-    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not a plan ({e}): {answer}"))
+    body_as("a plan", &answer).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Plan `id` as gateway `on` shows it.
 fn plan(fleet: &Fleet, on: &str, id: &str) -> keystone_lab::Result<Plan> {
-    let (code, body) =
-        fleet
-            .gateway(on)
-            .send(&fleet.lab, "GET", &format!("/deployments/plans/{id}"), None)?;
-    if code != 200 {
-        return Err(keystone_lab::LabError::Http {
-            what: format!("GET /deployments/plans/{id} on {on}"),
-            status: code,
-            body,
-        });
-    }
-    serde_json::from_str(&body).map_err(|source| keystone_lab::LabError::Parse {
-        what: format!("plan {id} on {on}"),
-        output: body,
-        source,
-    })
+    let path = format!("/deployments/plans/{id}");
+    let (code, body) = fleet.gateway(on).send(&fleet.lab, "GET", &path, None)?;
+    answer_as(&format!("GET {path} on {on}"), code, &body)
 }
 
 /// Polls plan `id` on gateway `on` until `done` holds for it.
@@ -280,19 +269,21 @@ fn wait_plan(fleet: &Fleet, on: &str, id: &str, what: &str, done: impl Fn(&Plan)
 
 /// Polls on gateway `on` until `phase` runs and each of its canaries waits at 50 %
 /// for approval; then waits until every gateway has confirmed that state.
-fn wait_phase_at_50(fleet: &Fleet, on: &str, id: &str, phase: usize) -> (Plan, Vec<Value>) {
+fn wait_phase_at_50(fleet: &Fleet, on: &str, id: &str, phase: usize) -> (Plan, Vec<FleetStatus>) {
     let p = wait_plan(fleet, on, id, "phase at 50 %", |p| {
         p.phases[phase].state == PhaseState::Running
             && p.phases[phase].deployments.values().all(|d| {
                 let (code, body) = fleet.send(on, "GET", &format!("/deployments/{d}"), None);
-                code == 200 && body.contains(r#""state":"awaiting_approval""#)
+                code == 200
+                    && body_as::<Deployment>("a deployment", &body)
+                        .is_ok_and(|d| d.state == DeployState::AwaitingApproval)
             })
     });
     (p, fleet.wait_in_step("every gateway to confirm the phase"))
 }
 
 /// Every gateway has one table hash per tenant (checked for all three tenants).
-fn same_tables(fleet: &Fleet, statuses: &[Value], what: &str) {
+fn same_tables(fleet: &Fleet, statuses: &[FleetStatus], what: &str) {
     for (name, ..) in TENANTS {
         fleet.one_hash(statuses, name, what);
     }
@@ -360,7 +351,7 @@ fn a_plan_on_the_fleet_moves_every_gateway_and_survives_the_leader() {
     assert_on(&fleet, 0, "u2", "phase 2: user-service on its new version");
     assert_half_on_new(&fleet, 1, "phase 2: product-service");
 
-    let leader = statuses[0]["leader"].as_str().expect("a leader").to_owned();
+    let leader = statuses[0].leader.clone().expect("a leader");
     let survivor = if leader == "b" { "c" } else { "b" };
     let killed = fleet.gateway(&leader).process.clone();
     let r = fleet.lab.kill(&killed);
@@ -391,7 +382,7 @@ fn a_plan_on_the_fleet_moves_every_gateway_and_survives_the_leader() {
     ];
     assert_eq!(counts, [1, 1, 1, 1, 0], "{:#?}", held.history);
     let (_, list) = fleet.send(survivor, "GET", "/deployments", None);
-    let list: keystone_api::DeploymentList = serde_json::from_str(&list).expect("deployments");
+    let list: DeploymentList = body_as("GET /deployments", &list).expect("deployments");
     assert_eq!(list.deployments.len(), 2, "nothing started twice: {list:?}");
 
     let statuses = fleet.wait_in_step("every gateway to confirm the rollback");
@@ -441,7 +432,7 @@ fn post_webhook(fleet: &Fleet, on: &str, headers: &[(&str, String)], body: &str)
 fn deployment_ids(fleet: &Fleet, on: &str) -> Vec<String> {
     let (code, body) = fleet.send(on, "GET", "/deployments", None);
     assert_eq!(code, 200, "GET /deployments on {on}: {body}");
-    let list: keystone_api::DeploymentList = serde_json::from_str(&body).expect("deployments");
+    let list: DeploymentList = body_as("GET /deployments", &body).expect("deployments");
     list.deployments.into_iter().map(|d| d.id).collect()
 }
 
@@ -526,7 +517,7 @@ fn a_plan_on_the_fleet_survives_a_sigterm_restart_and_a_reload() {
     let started = start_plan(&fleet, "b");
     let id = started.id.clone();
     let (at_phase_1, statuses) = wait_phase_at_50(&fleet, "c", &id, 0);
-    let leader = statuses[0]["leader"].as_str().expect("a leader").to_owned();
+    let leader = statuses[0].leader.clone().expect("a leader");
     let survivor = if leader == "b" { "c" } else { "b" };
 
     let process = fleet.gateway(&leader).process.clone();
@@ -684,7 +675,9 @@ fn idle_admin_connections_do_not_stop_a_fleet_canary_or_the_api() {
                     a.send(&fleet.lab, "GET", &format!("/deployments/{id}"), None)?;
                 answers.push(code);
                 most_fds = most_fds.max(open_fds(&fleet));
-                Ok(if code == 200 && body.contains(r#""state":"completed""#) {
+                let completed = body_as::<Deployment>("a deployment", &body)
+                    .is_ok_and(|d| d.state == DeployState::Completed);
+                Ok(if code == 200 && completed {
                     Probe::Ready(())
                 } else {
                     Probe::NotYet(format!("HTTP {code} {body}"))

@@ -282,9 +282,7 @@ fn a_second_agent_on_the_same_pins_at_attach_tc_is_refused_and_the_first_keeps_i
 
 /// `GET /health`, as keystone-api reads it.
 fn health(lab: &Lab) -> Health {
-    let (code, body) = ok(lab, "GET /health", lab.admin_get("/health"));
-    assert_eq!(code, 200, "GET /health: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /health: {e}: {body}"))
+    ok(lab, "GET /health", lab.health())
 }
 
 /// The value of one sample line of `GET /metrics` (e.g. `keystone_pins_missing`).

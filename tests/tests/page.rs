@@ -51,19 +51,18 @@ fn page_lab(vip: SocketAddr) -> Lab {
 
 /// Each backend of `tenant` as (traffic percent to one decimal, health), from an
 /// answer of `GET /tenants`.
-fn api_view(tenants: &serde_json::Value, tenant: &str) -> BTreeMap<String, (String, String)> {
-    let tenant = tenants["tenants"]
-        .as_array()
-        .and_then(|all| all.iter().find(|t| t["name"] == tenant))
-        .unwrap_or_else(|| panic!("no tenant {tenant} in {tenants}"));
-    tenant["backends"]
-        .as_array()
-        .unwrap()
+fn api_view(tenants: &[keystone_api::Tenant], tenant: &str) -> BTreeMap<String, (String, String)> {
+    let tenant = tenants
+        .iter()
+        .find(|t| t.about.name == tenant)
+        .unwrap_or_else(|| panic!("no tenant {tenant} in {tenants:?}"));
+    tenant
+        .backends
         .iter()
         .map(|b| {
-            let percent = format!("{:.1}", b["traffic_percent"].as_f64().unwrap());
-            let health = b["health"].as_str().unwrap().to_owned();
-            (b["name"].as_str().unwrap().to_owned(), (percent, health))
+            let percent = format!("{:.1}", b.traffic_percent);
+            let health = b.identity.health.name().to_owned();
+            (b.identity.name.clone(), (percent, health))
         })
         .collect()
 }
@@ -138,7 +137,7 @@ fn wait_page(
             !marked || look["marked"] == true,
             "the page was reloaded {when}:\n{dom}"
         );
-        let api = api_view(&lab.tenants_json()?, "web");
+        let api = api_view(&lab.tenants()?, "web");
         let shown = page_view(&dom, "web");
         Ok(match shows(&dom) {
             Ok(()) if shown == api => Probe::Ready((api, dom)),
@@ -170,7 +169,7 @@ fn act(lab: &Lab, id: &str, action: &str) {
 /// Polls `GET /tenants` until every backend of `web` is up.
 fn wait_all_up(lab: &Lab) {
     let r = wait_for("web's backends to be up", Duration::from_secs(30), || {
-        let view = api_view(&lab.tenants_json()?, "web");
+        let view = api_view(&lab.tenants()?, "web");
         Ok(if view.values().all(|(_, health)| health == "up") {
             Probe::Ready(())
         } else {

@@ -53,9 +53,7 @@ fn plan_lab() -> Lab {
 }
 
 fn plan(lab: &Lab, id: &str) -> keystone_lab::Result<Plan> {
-    let (code, body) = lab.admin_get(&format!("/deployments/plans/{id}"))?;
-    assert_eq!(code, 200, "GET /deployments/plans/{id}: {body}");
-    Ok(serde_json::from_str(&body).unwrap_or_else(|e| panic!("not a plan ({e}): {body}")))
+    lab.admin_get_as(&format!("/deployments/plans/{id}"))
 }
 
 /// Polls the plan until `done` holds for it.
@@ -182,12 +180,11 @@ fn a_failing_middle_phase_is_rolled_back_while_the_first_holds() {
         "the restarted agent resumes phase 2 with the same canaries\n{}",
         lab.agent_diagnostics()
     );
-    let (_, list) = ok(&lab, "GET /deployments", lab.admin_get("/deployments"));
-    let deployments: keystone_api::DeploymentList = serde_json::from_str(&list).unwrap();
+    let deployments = ok(&lab, "GET /deployments", lab.deployments());
     assert_eq!(
-        deployments.deployments.len(),
+        deployments.len(),
         2,
-        "nothing started twice: {list}"
+        "nothing started twice: {deployments:#?}"
     );
 
     let r = lab.stop_backend("p2");

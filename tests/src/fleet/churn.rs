@@ -142,7 +142,7 @@ impl Fleet {
             .copied()
             .collect();
         let all: Vec<usize> = (1..=self.gateways().len()).collect();
-        let old: Vec<String> = all
+        let old: Vec<_> = all
             .iter()
             .map(|&i| self.table_hashes(i))
             .collect::<Result<_>>()?;
@@ -153,7 +153,7 @@ impl Fleet {
             gw.reload()?;
         }
         wait_for("every gateway to run its new table", FOLLOW, || {
-            let now: Vec<String> = all
+            let now: Vec<_> = all
                 .iter()
                 .map(|&i| self.table_hashes(i))
                 .collect::<Result<_>>()?;
@@ -195,15 +195,15 @@ impl Fleet {
         })
     }
 
-    /// Gateway `i`'s `tenants[].table_hash` in `/status`, as `name=hash,…`.
-    pub fn table_hashes(&self, i: usize) -> Result<String> {
-        let status = self.status(i)?;
-        let tenants = status["tenants"].as_array().cloned().unwrap_or_default();
-        Ok(tenants
-            .iter()
-            .map(|t| format!("{}={}", t["name"], t["table_hash"]))
-            .collect::<Vec<_>>()
-            .join(","))
+    /// Gateway `i`'s `tenants[].table_hash` in `/status`: (tenant, hash) in its
+    /// order, the hash None while the agent has written no table.
+    pub fn table_hashes(&self, i: usize) -> Result<Vec<(String, Option<String>)>> {
+        Ok(self
+            .status(i)?
+            .tenants
+            .into_iter()
+            .map(|t| (t.about.name, t.table_hash))
+            .collect())
     }
 
     /// The client's established TCP flows to `vip` that a backend holds, with their

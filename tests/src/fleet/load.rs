@@ -11,6 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keystone_api::{AnnounceStatus, Status};
+
+use crate::agent::answer_as;
 use crate::error::{LabError, Result};
 use crate::traffic::{ClientLoop, HoldEvent};
 
@@ -225,34 +228,21 @@ impl Fleet {
     }
 
     /// Gateway `i`'s `announce` in `GET /status`.
-    pub fn announce_status(&self, i: usize) -> Result<serde_json::Value> {
+    pub fn announce_status(&self, i: usize) -> Result<AnnounceStatus> {
         let status = self.status(i)?;
-        status
-            .get("announce")
-            .cloned()
-            .ok_or_else(|| LabError::Command {
-                cmd: format!("GET /status on gateway {i}"),
-                status: "no `announce` in the answer".into(),
-                stderr: format!(
-                    "the agent does not announce VIPs (the `bgp:` block of issue 11); it said: {status}"
-                ),
-            })
+        status.announce.clone().ok_or_else(|| LabError::Command {
+            cmd: format!("GET /status on gateway {i}"),
+            status: "no `announce` in the answer".into(),
+            stderr: format!(
+                "the agent does not announce VIPs (the `bgp:` block of issue 11); it said: {}",
+                serde_json::to_string(&status).unwrap_or_default()
+            ),
+        })
     }
 
-    /// Gateway `i`'s `GET /status`, as JSON.
-    pub fn status(&self, i: usize) -> Result<serde_json::Value> {
+    /// Gateway `i`'s `GET /status`.
+    pub fn status(&self, i: usize) -> Result<Status> {
         let (code, body) = self.gateway(i).admin_get("/status")?;
-        if code != 200 {
-            return Err(LabError::Http {
-                what: format!("GET /status on gateway {i}"),
-                status: code,
-                body,
-            });
-        }
-        serde_json::from_str(&body).map_err(|source| LabError::Parse {
-            what: format!("GET /status on gateway {i}"),
-            output: body,
-            source,
-        })
+        answer_as(&format!("GET /status on gateway {i}"), code, &body)
     }
 }

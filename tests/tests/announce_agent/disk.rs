@@ -74,12 +74,15 @@ fn a_broken_routes_directory_is_reported_retried_and_forwarding_goes_on(broken: 
     };
     let (code, out, err) = ctl(&lab, &["drain", "--no-wait"]);
     assert_eq!(code, 0, "keystone-ctl drain: {out}{err}");
-    let last = announce_status(&lab)["last_configure"].clone();
-    assert_eq!(last["ok"], false, "{last}");
-    let error = last["error"].as_str().unwrap_or_default();
+    let last = last_configure(&lab);
+    assert_eq!(last.as_ref().map(|c| c.ok), Some(false), "{last:?}");
+    let error = last
+        .as_ref()
+        .and_then(|c| c.error.as_deref())
+        .unwrap_or_default();
     assert!(
         error.contains(&bird.routes_file.display().to_string()) && error.contains(os_error),
-        "want the path and {os_error:?}: {last}"
+        "want the path and {os_error:?}: {last:?}"
     );
     let (_, metrics) = ok(&lab, "GET /metrics", lab.admin_get("/metrics"));
     let errors: f64 = metrics
@@ -98,7 +101,7 @@ fn a_broken_routes_directory_is_reported_retried_and_forwarding_goes_on(broken: 
     };
     ok(&lab, "mending the directory", mended);
     wait(&lab, "the retry to withdraw the VIP", || {
-        !bird.announces(vip4()) && announce_status(&lab)["last_configure"]["ok"] == true
+        !bird.announces(vip4()) && last_configure(&lab).is_some_and(|c| c.ok)
     });
 }
 

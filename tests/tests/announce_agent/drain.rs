@@ -28,10 +28,15 @@ fn a_drain_stays_through_a_reload() {
     assert!(!bird.announces(vip4()), "{}", bird.birdc("show route"));
 
     ok(&lab, "keystone-ctl reload", lab.reload());
-    let status = announce_status(&lab);
-    assert_eq!(status["drain"], "drained", "{status}");
-    assert_eq!(status["vips"][0]["announced"], false, "{status}");
-    assert_eq!(status["vips"][0]["reason"], "draining", "{status}");
+    let status = announce_status(&lab).expect("status.announce");
+    let vip = status.vips.first();
+    assert_eq!(status.drain, DrainState::Drained, "{status:?}");
+    assert_eq!(vip.map(|v| v.announced), Some(false), "{status:?}");
+    assert_eq!(
+        vip.map(|v| v.reason),
+        Some(AnnounceReason::Draining),
+        "{status:?}"
+    );
     assert!(!bird.announces(vip4()), "{}", bird.birdc("show route"));
     let log = lab.stderr_of("agent").unwrap_or_default();
     assert_eq!(
@@ -60,8 +65,8 @@ fn sigterm_mid_drain_exits_at_once_and_the_restarted_gateway_stays_withdrawn() {
     let since = std::time::Instant::now();
     let r = traffic.wait_batches_since(since, 2, SHORT);
     ok(&lab, "new connections during the drain", r);
-    let status = announce_status(&lab);
-    assert_eq!(status["drain"], "draining", "{status}");
+    let status = announce_status(&lab).expect("status.announce");
+    assert_eq!(status.drain, DrainState::Draining, "{status:?}");
 
     // The lab's stop gives the agent a few seconds, then SIGKILLs: exit 0 means it
     // did not wait for the drain.
@@ -73,11 +78,15 @@ fn sigterm_mid_drain_exits_at_once_and_the_restarted_gateway_stays_withdrawn() {
     let r = lab.start_agent();
     ok(&lab, "starting the agent again", r);
     wait(&lab, "the restarted agent to configure BIRD", || {
-        announce_status(&lab)["last_configure"]["ok"] == true
+        last_configure(&lab).is_some_and(|c| c.ok)
     });
-    let status = announce_status(&lab);
-    assert_ne!(status["drain"], "serving", "{status}");
-    assert_eq!(status["vips"][0]["reason"], "draining", "{status}");
+    let status = announce_status(&lab).expect("status.announce");
+    assert_ne!(status.drain, DrainState::Serving, "{status:?}");
+    assert_eq!(
+        status.vips.first().map(|v| v.reason),
+        Some(AnnounceReason::Draining),
+        "{status:?}"
+    );
     assert!(!bird.announces(vip4()), "{}", bird.birdc("show route"));
     let log = lab.stderr_of("agent").unwrap_or_default();
     assert!(

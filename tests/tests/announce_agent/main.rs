@@ -24,6 +24,7 @@ use std::{
     time::Duration,
 };
 
+use keystone_api::{AnnounceReason, AnnounceStatus, ConfigureResult, DrainState, VipAnnounce};
 use keystone_lab::{
     HealthCheck, Lab, Mode, Probe,
     cmd::{self, in_ns},
@@ -183,12 +184,19 @@ fn wait_announced(lab: &Lab, bird: &Bird) {
     });
 }
 
-/// `status.announce` of the running agent.
-fn announce_status(lab: &Lab) -> serde_json::Value {
-    let (code, body) = ok(lab, "GET /status", lab.admin_get("/status"));
-    assert_eq!(code, 200, "GET /status: {body}");
-    let status: serde_json::Value = ok(lab, "parsing /status", serde_json::from_str(&body));
-    status["announce"].clone()
+/// `status.announce` of the running agent (None without a `bgp:` block).
+fn announce_status(lab: &Lab) -> Option<AnnounceStatus> {
+    ok(lab, "GET /status", lab.status()).announce
+}
+
+/// The last `birdc configure` of the running agent, if any.
+fn last_configure(lab: &Lab) -> Option<ConfigureResult> {
+    announce_status(lab).and_then(|a| a.last_configure)
+}
+
+/// The first VIP of `status.announce`, if any.
+fn first_vip(lab: &Lab) -> Option<VipAnnounce> {
+    announce_status(lab).and_then(|a| a.vips.into_iter().next())
 }
 
 /// Every one of `n` new connections through the VIP answered by a backend.

@@ -21,7 +21,7 @@ fn a_reload_without_bgp_withdraws_the_vips_from_bird() {
         !bird.announces(vip4()) && !bird.file_lists(vip4())
     });
     wait(&lab, "status to show no announcements", || {
-        announce_status(&lab).is_null()
+        announce_status(&lab).is_none()
     });
     let log = lab.stderr_of("agent").unwrap_or_default();
     assert!(
@@ -47,6 +47,6 @@ fn a_reload_to_another_bird_moves_the_routes() {
     });
     // BIRD holds the route a moment before the agent records that it took it.
     wait(&lab, "the status to show the VIP announced", || {
-        announce_status(&lab)["vips"][0]["announced"] == true
+        first_vip(&lab).is_some_and(|v| v.announced)
     });
 }

@@ -104,10 +104,7 @@ fn restart_after_sigkill_keeps_the_routes(before_restart: impl FnOnce(&Lab)) {
     wait(
         &lab,
         "the new agent to report the VIP announced as ready",
-        || {
-            let vip = &announce_status(&lab)["vips"][0];
-            vip["announced"] == true && vip["reason"] == "ready"
-        },
+        || first_vip(&lab).is_some_and(|v| v.announced && v.reason == AnnounceReason::Ready),
     );
     done.store(true, Ordering::SeqCst);
     let (looks, missing) = watcher.join().expect("the watcher");

@@ -1,6 +1,7 @@
 //! Blue/green switches: the seed's gradual switch, an instant flip under load, and
 //! a reload after a finished release.
 
+use keystone_api::{Status, TrafficSource};
 use keystone_lab::helpers::{assert_none_failed, summed_since};
 
 use super::*;
@@ -50,9 +51,8 @@ fn seed_gradual_switch_moves_in_steps() {
         ),
     );
     assert_eq!(status, 202, "{body}\n{}", lab.agent_diagnostics());
-    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let id = answer["deployment_id"].as_str().expect("deployment_id");
-    let done = measure_each_step(&lab, vip, id, &[25.0, 50.0, 75.0, 100.0]);
+    let id = deployment_id(&body);
+    let done = measure_each_step(&lab, vip, &id, &[25.0, 50.0, 75.0, 100.0]);
     assert_eq!(done.strategy, Strategy::BlueGreen);
     let s = tcp(&lab, vip, BATCH);
     assert_all_on(&lab, "after the gradual switch", &s, "green");
@@ -233,19 +233,25 @@ fn a_reload_keeps_a_finished_release() {
     }
     let (code, body) = ok(&lab, "GET /status", lab.admin_get("/status"));
     assert_eq!(code, 200, "{body}");
-    let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    let status: Status = body_as("GET /status", &body).expect("status is JSON");
     for (tenant, id) in [(0, &switch), (1, &canary)] {
-        let t = &status["tenants"][tenant];
-        assert_eq!(t["traffic_source"]["deployment_id"], id.as_str(), "{t:#}");
-        let backends: BTreeMap<String, (u64, u64)> = t["backends"]
-            .as_array()
-            .expect("backends")
+        let t = status
+            .tenants
+            .get(tenant)
+            .unwrap_or_else(|| panic!("no tenant {tenant} in {status:#?}"));
+        let source = match &t.about.traffic_source {
+            TrafficSource::Deployment { deployment_id, .. } => Some(deployment_id),
+            _ => None,
+        };
+        assert_eq!(source, Some(id), "{t:#?}");
+        let backends: BTreeMap<String, (u64, u64)> = t
+            .backends
             .iter()
             .map(|b| {
-                let n = |k: &str| b[k].as_u64().expect("a weight");
+                let b = &b.backend;
                 (
-                    b["name"].as_str().unwrap_or("?").to_owned(),
-                    (n("configured_weight"), n("effective_weight")),
+                    b.identity.name.clone(),
+                    (b.configured_weight.into(), b.effective_weight.into()),
                 )
             })
             .collect();

@@ -28,7 +28,9 @@ use std::{
 use keystone_api::{Action, DeployState, Strategy, SwitchStrategy};
 use keystone_lab::{
     Auth, CanaryConfig, ClientLoop, Deployment, HealthCheck, Lab, Summary, SwitchConfig, Tenant,
-    WebhookConfig, cmd,
+    WebhookConfig,
+    agent::{body_as, deployment_id},
+    cmd,
     helpers::{
         Setup, assert_all_on, assert_holds_unbroken, batches_after, hold_events, lab_with_agent,
         tcp, tcp_tenant, unix_now, v4, v6, web_lab,
@@ -109,12 +111,7 @@ fn ctl_start(lab: &Lab, args: &[&str]) -> String {
         output_text(&out),
         lab.agent_diagnostics()
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("keystone-ctl {args:?}: not JSON ({e}): {}", stdout(&out)));
-    json["deployment_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("keystone-ctl {args:?}: no deployment_id in {json}"))
-        .to_owned()
+    deployment_id(&stdout(&out))
 }
 
 /// `keystone-ctl canary start web --version 1.1.0` with the lab's steps (10 %, +30 %
@@ -219,17 +216,12 @@ fn signed(secret: &str, ts: u64, body: &str) -> Vec<(&'static str, String)> {
 
 /// Effective weight per backend of every tenant, from `GET /tenants`.
 fn weights(lab: &Lab) -> BTreeMap<String, u64> {
-    let json = ok(lab, "GET /tenants", lab.tenants_json());
     let mut w = BTreeMap::new();
-    for t in json["tenants"].as_array().into_iter().flatten() {
-        for b in t["backends"].as_array().into_iter().flatten() {
+    for t in ok(lab, "GET /tenants", lab.tenants()) {
+        for b in &t.backends {
             w.insert(
-                format!(
-                    "{}/{}",
-                    t["name"].as_str().unwrap_or("?"),
-                    b["name"].as_str().unwrap_or("?")
-                ),
-                b["effective_weight"].as_u64().unwrap_or(u64::MAX),
+                format!("{}/{}", t.about.name, b.identity.name),
+                u64::from(b.effective_weight),
             );
         }
     }

@@ -1,6 +1,8 @@
 //! The admin token and the signed CI webhook: what each refuses, and a webhook
 //! replayed after a restart.
 
+use keystone_api::ErrorBody;
+
 use super::*;
 
 /// The signed webhook and a fresh Unix timestamp.
@@ -85,9 +87,11 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
                 "admin request",
                 lab.admin_send(method, path, auth, &[], body),
             );
-            let json: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            let error = body_as::<ErrorBody>(path, &answer)
+                .map(|e| e.error)
+                .unwrap_or_default();
             assert!(
-                code == 401 && json["error"].is_string(),
+                code == 401 && !error.is_empty(),
                 "{method} {path} with {auth:?}: HTTP {code} {answer} (want 401 with a JSON error)"
             );
         }
@@ -158,12 +162,7 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
         "signed webhook: {answer}\n{}",
         lab.agent_diagnostics()
     );
-    let json: serde_json::Value = serde_json::from_str(&answer)
-        .unwrap_or_else(|e| panic!("webhook answer is not JSON ({e}): {answer}"));
-    let id = json["deployment_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no deployment_id in {answer}"))
-        .to_owned();
+    let id = deployment_id(&answer);
     assert_eq!(deployment_ids(&lab), std::slice::from_ref(&id));
     let d = ok(&lab, "GET /deployments/{id}", lab.deployment(&id));
     assert!(
@@ -207,8 +206,9 @@ fn admin_api_needs_the_token_and_the_webhook_needs_a_fresh_signature() {
         ),
     ] {
         let (code, answer) = post_webhook(&lab, &signed(WEBHOOK_SECRET, now_secs(), bad), bad);
-        let json: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-        let reason = json["error"].as_str().unwrap_or_default();
+        let reason = body_as::<ErrorBody>("the webhook's answer", &answer)
+            .map(|e| e.error)
+            .unwrap_or_default();
         assert!(
             code == 400 && !reason.is_empty() && reason.contains(says),
             "webhook with {what}: HTTP {code} {answer} (want 400 with a reason)"
@@ -241,8 +241,7 @@ fn a_webhook_replayed_after_a_restart_is_refused() {
         let headers = signed(WEBHOOK_SECRET, now_secs(), &body);
         let (code, answer) = post_webhook(&lab, &headers, &body);
         assert_eq!(code, 202, "the first delivery: {answer}");
-        let json: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
-        let id = json["deployment_id"].as_str().expect("an id").to_owned();
+        let id = deployment_id(&answer);
         // Finished, so that a replay accepted by mistake would start a new one.
         let (code, answer) = ok(
             &lab,

@@ -318,17 +318,17 @@ fn admin_api_under_100_concurrent_clients() {
         .filter(|w| !accepted.iter().any(|o| o.started > w.finished))
         .map(|w| w.weights.expect("valid writes carry weights"))
         .collect();
-    let tenants = ok(&lab, "GET /tenants", lab.tenants_json());
-    let web = tenants["tenants"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == "web"))
-        .unwrap_or_else(|| panic!("no tenant web in {tenants}"));
+    let tenants = ok(&lab, "GET /tenants", lab.tenants());
+    let web = tenants
+        .iter()
+        .find(|t| t.about.name == "web")
+        .unwrap_or_else(|| panic!("no tenant web in {tenants:?}"));
     let effective: [u32; 3] = BACKENDS.map(|name| {
-        web["backends"]
-            .as_array()
-            .and_then(|bs| bs.iter().find(|b| b["name"] == name))
-            .and_then(|b| b["effective_weight"].as_u64())
-            .unwrap_or_else(|| panic!("no effective weight for {name} in {web}")) as u32
+        web.backends
+            .iter()
+            .find(|b| b.identity.name == name)
+            .map(|b| b.effective_weight)
+            .unwrap_or_else(|| panic!("no effective weight for {name} in {web:?}"))
     });
     eprintln!(
         "{} accepted writes; {} could have been applied last; effective weights {effective:?}",

@@ -1,6 +1,9 @@
 //! What the agent keeps and refuses around its state: a change that cannot be saved,
 //! a restart with a dead backend, an unreadable state file.
 
+use keystone_api::{ErrorBody, HealthState, HealthStatus, TrafficSource};
+use keystone_lab::agent::{body_as, deployment_id};
+
 use super::*;
 
 /// A lab whose agent keeps its state on a tmpfs of `bytes` (mounted before it starts).
@@ -27,16 +30,20 @@ fn assert_new_connections_on(lab: &Lab, what: &str, backend: &str) {
 }
 
 /// The live table hash of the lab's first tenant (`status.tenants[0].table_hash`).
-fn table_hash(lab: &Lab) -> serde_json::Value {
-    admin_json(lab, "GET", "/status", None).1["tenants"][0]["table_hash"].clone()
+fn table_hash(lab: &Lab) -> keystone_lab::Result<Option<String>> {
+    Ok(lab
+        .status()?
+        .tenants
+        .first()
+        .and_then(|t| t.table_hash.clone()))
 }
 
 /// Posts `switch` to `/deployments/blue-green/switch` (`what` names it), waits until
 /// it has completed, and checks that new connections land on green.
 fn switch_completes(lab: &mut Lab, what: &str, switch: &str) {
-    let (code, answer) = admin_json(lab, "POST", "/deployments/blue-green/switch", Some(switch));
+    let (code, answer) = admin(lab, "POST", "/deployments/blue-green/switch", Some(switch));
     assert_eq!(code, 202, "{what}: {answer}");
-    let id = answer["deployment_id"].as_str().expect("an id").to_owned();
+    let id = deployment_id(&answer);
     let r = lab.wait_deployment(&id, "finish", SHORT, |d| !d.is_running());
     let done = ok(lab, "waiting for the switch", r);
     assert_eq!(
@@ -48,15 +55,12 @@ fn switch_completes(lab: &mut Lab, what: &str, switch: &str) {
     assert_new_connections_on(lab, "after the switch", "green");
 }
 
-fn admin_json(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let (code, answer) = ok(
+/// `method path` with `body` and the admin token: (status, body).
+fn admin(lab: &Lab, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    ok(
         lab,
         path,
         lab.admin_send(method, path, Auth::Token, &[], body),
-    );
-    (
-        code,
-        serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer)),
     )
 }
 
@@ -95,8 +99,10 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
             ok(&lab, "remounting the state dir read-only", r);
         }
         for (method, path, body) in refusals {
-            let (code, answer) = admin_json(&lab, method, path, Some(body));
-            let error = answer["error"].as_str().unwrap_or_default();
+            let (code, answer) = admin(&lab, method, path, Some(body));
+            let error = body_as::<ErrorBody>(path, &answer)
+                .map(|e| e.error)
+                .unwrap_or_default();
             assert!(
                 code == 503 && error.contains("not applied") && error.contains(reason),
                 "{method} {path} with the state dir {disk}: HTTP {code} {answer} (want 503 naming '{reason}')\n{}",
@@ -104,13 +110,15 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
             );
         }
         assert_new_connections_on(&lab, &format!("after the refusals ({disk} disk)"), "blue");
-        let (_, health) = admin_json(&lab, "GET", "/health", None);
+        let health = ok(&lab, "GET /health", lab.health());
         assert!(
-            health["status"] == "degraded"
-                && health["persistence"]["unsaved"]["state"]
-                    .as_str()
+            health.status == HealthStatus::Degraded
+                && health
+                    .persistence
+                    .unsaved
+                    .get("state")
                     .is_some_and(|e| e.contains(reason)),
-            "/health with the state dir {disk}: {health:#}"
+            "/health with the state dir {disk}: {health:#?}"
         );
     }
     assert!(
@@ -131,8 +139,8 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     let r = lab.set_read_only(&dir, false);
     ok(&lab, "remounting the state dir read-write", r);
     switch_completes(&mut lab, "the switch once the disk takes writes", switch);
-    let (_, health) = admin_json(&lab, "GET", "/health", None);
-    assert_eq!(health["status"], "ok", "{health:#}");
+    let health = ok(&lab, "GET /health", lab.health());
+    assert_eq!(health.status, HealthStatus::Ok, "{health:#?}");
     let r = lab.stop_agent();
     ok(&lab, "stopping the agent", r);
     let r = lab.start_agent();
@@ -155,22 +163,27 @@ fn a_restart_with_a_dead_backend_refuses_no_connection() {
             ])
         },
     );
-    let with_green = table_hash(&lab);
+    let with_green = ok(&lab, "GET /status", table_hash(&lab));
     let r = lab.stop_backend("green");
     ok(&lab, "stopping green's backend", r);
     // The status shows the health before the data plane drops green (the health
     // follow-up applies it): wait for the live table to change too.
     let r = keystone_lab::wait_for("green to be down and out of the table", SHORT, || {
-        let json = lab.tenants_json()?;
-        let health = json["tenants"][0]["backends"][1]["health"].clone();
-        let table = table_hash(&lab);
-        Ok(if health == "down" && table != with_green {
-            keystone_lab::Probe::Ready(())
-        } else {
-            keystone_lab::Probe::NotYet(format!(
-                "green {health}, table {table} (with green {with_green})"
-            ))
-        })
+        let health = lab
+            .tenants()?
+            .first()
+            .and_then(|t| t.backends.get(1))
+            .map(|b| b.identity.health);
+        let table = table_hash(&lab)?;
+        Ok(
+            if health == Some(HealthState::Down) && table != with_green {
+                keystone_lab::Probe::Ready(())
+            } else {
+                keystone_lab::Probe::NotYet(format!(
+                    "green {health:?}, table {table:?} (with green {with_green:?})"
+                ))
+            },
+        )
     });
     ok(&lab, "waiting for green's health", r);
     let traffic = ok(
@@ -225,15 +238,15 @@ fn an_unreadable_state_file_keeps_the_pinned_split() {
     ok(&lab, "starting the agent again", r);
     assert_new_connections_on(&lab, "after the restart on a corrupt state.json", "green");
 
-    let (_, status) = admin_json(&lab, "GET", "/status", None);
+    let status = ok(&lab, "GET /status", lab.status());
     assert_eq!(
-        status["tenants"][0]["traffic_source"],
-        serde_json::json!({"kind": "manual", "reason": "recovered from the pinned data plane"}),
-        "{status:#}"
+        status.tenants.first().map(|t| &t.about.traffic_source),
+        Some(&TrafficSource::Manual {
+            reason: Some("recovered from the pinned data plane".into())
+        }),
+        "{status:#?}"
     );
-    let recovered = status["persistence"]["recovered"]
-        .as_str()
-        .unwrap_or_default();
+    let recovered = status.persistence.recovered.as_deref().unwrap_or_default();
     let kept = recovered
         .split_whitespace()
         .find(|w| w.contains("state.json.unreadable-"))
