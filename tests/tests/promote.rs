@@ -123,6 +123,52 @@ fn backends(lab: &Lab) -> Vec<(String, u32, HealthState)> {
 /// A home for keystone-ctl with one context per lab (`name`, lab, gated), all reading
 /// one token file.
 fn contexts(labs: &[(&str, &Lab, bool)]) -> TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let token = home.path().join("token");
+    let mut file = File::create(&token).unwrap();
+    writeln!(file, "{ADMIN_TOKEN}").unwrap();
+    let token = token.to_str().unwrap();
+    for (name, lab, gated) in labs {
+        let api = admin_api_from_here(lab);
+        let gated = gated.to_string();
+        let set = [
+            "config",
+            "set-context",
+            name,
+            "--api",
+            &api,
+            "--token-file",
+            token,
+            "--gated",
+            &gated,
+        ];
+        let (code, out) = ctl(lab, home.path(), &set);
+        assert_eq!(code, Some(0), "{out}");
+    }
+    home
+}
+
+/// `promote web --version 1.1.0 --through <through>`, 60 s for each context.
+fn promote_through(through: &str) -> [&str; 10] {
+    [
+        "promote",
+        "web",
+        "--version",
+        "1.1.0",
+        "--through",
+        through,
+        "--timeout",
+        "60s",
+        "--interval",
+        "200ms",
+    ]
+}
+
+#[test]
+fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
+    let vip = v4(80);
+    let dev = web_lab(vip);
+    let production = web_lab(vip);
     let home = contexts(&[("dev", &dev, false), ("production", &production, true)]);
     let promote = promote_through("dev,production");
 
