@@ -59,6 +59,19 @@ impl HealthCheck {
             failure_threshold: 2,
         }
     }
+
+    /// As [`HealthCheck::fast_http`], but slow to call a backend down (2 s timeout,
+    /// 5 failures): for tests that hold connections and fail no backend on purpose,
+    /// where a probe starved of CPU on a busy CI machine must not take a healthy
+    /// backend, and its held connections, out. A stopped backend refuses at once and
+    /// is still down within about a second.
+    pub fn tolerant_http() -> Self {
+        Self {
+            timeout: "2s".into(),
+            failure_threshold: 5,
+            ..Self::fast_http()
+        }
+    }
 }
 
 /// A tenant's `canary_config:` block: keystone-api's step parameters, so the lab

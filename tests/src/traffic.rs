@@ -28,6 +28,10 @@ use crate::{
 /// rule is ≥ 3.5σ, since ±5 points at n = 200 (1.4σ) failed CI on a fair draw.
 pub const SPLIT_SIGMAS: f64 = 4.0;
 
+/// Each held connection's request timeout (ks-client `--timeout-ms`): a held
+/// connection is broken when a request gets no answer within it.
+pub const HOLD_TIMEOUT_MS: u64 = 5000;
+
 /// The standard deviation, in percentage points, of a share `p` (0..=1) measured
 /// over `n` independent new connections: 100·√(p(1−p)/n).
 pub fn share_sigma(p: f64, n: u64) -> f64 {
@@ -454,6 +458,10 @@ impl Lab {
                 interval_ms.to_string(),
                 "--echo-bytes".into(),
                 echo_bytes.to_string(),
+                // A request lost at a gateway's failure is resent by TCP at ~0.2, 0.6,
+                // 1.4 and 3 s: a connection that answers within 5 s was not broken.
+                "--timeout-ms".into(),
+                HOLD_TIMEOUT_MS.to_string(),
             ],
         )
     }

@@ -647,8 +647,11 @@ fn after_an_etcd_outage_the_leader_holds_one_lease_and_fails_over_within_the_ttl
         fleet.diagnostics()
     );
     let (_, took) = kill_leader(&mut fleet, &leader);
-    // The bound: the TTL, one keep-alive period and a status poll.
-    let bound = Duration::from_secs(TTL_SECS + 3);
+    // Not a timing benchmark: the bound tells "the old lease is the one kept alive
+    // and it expires" (a failover within a few TTLs) from "the outage left a lease
+    // that never ends". Generous: etcd under a loaded CI machine may extend a lease
+    // by an election timeout, and the revoke waits for a raft commit and fsync.
+    let bound = Duration::from_secs(TTL_SECS + 10);
     assert!(took <= bound, "failover took {took:?}, more than {bound:?}");
 }
 

@@ -180,7 +180,7 @@ impl Fleet {
                 BACKEND_PORT,
                 weights,
             )?
-            .with_health(crate::HealthCheck::fast_http());
+            .with_health(crate::HealthCheck::tolerant_http());
         Ok(self.agent_config_text(i, vec![tenant]))
     }
 

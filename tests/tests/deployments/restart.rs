@@ -86,10 +86,13 @@ fn agent_killed_mid_canary_resumes_and_traffic_keeps_flowing() {
         resumed.summary(),
         resumed.history_table()
     );
+    // The schedule is wall-clock: a restart slower than what was left of the step
+    // resumes at the next one (70 %). Either way the history before the kill is
+    // kept as it was (the final check below sees every step exactly once).
     assert!(
         resumed.state == DeployState::Progressing
-            && resumed.canary_percent == 40.0
-            && resumed.history.len() >= at40.history.len(),
+            && (resumed.canary_percent == 40.0 || resumed.canary_percent == 70.0)
+            && resumed.history.starts_with(&at40.history),
         "the restarted agent did not resume the canary at 40 %: {}\n{}",
         resumed.summary(),
         lab.agent_diagnostics()
