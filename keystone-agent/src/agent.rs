@@ -292,6 +292,12 @@ impl Agent {
             .with_state(|runtime| crate::status::tenant_views(&config, runtime, &self.health))
     }
 
+    /// Delivers the deployment notifications still queued, within `grace`; returns
+    /// how many were left undelivered.
+    pub async fn flush_notifications(&self, grace: std::time::Duration) -> usize {
+        self.rollouts.flush_notifications(grace).await
+    }
+
     /// Detaches the data plane (or leaves it forwarding); see `Dataplane::shutdown`.
     pub fn shutdown_dataplane(&self, keep_forwarding: bool) -> Result<(), LoadError> {
         // Routes first: once BIRD withdrew them, the routers stop sending flows here.

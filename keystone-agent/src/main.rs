@@ -351,6 +351,9 @@ async fn run(args: Args, config: LoadedConfig, prepared: Prepared) -> anyhow::Re
         }
     }
     tasks.shutdown(GRACE).await;
+    // The tasks' last steps may have queued events: a receiver waiting for
+    // "promoted" must get it even when the agent stops right after.
+    agent.flush_notifications(GRACE).await;
     // Last: the lease goes back, so the others stop waiting for this gateway at once.
     if let Some(run) = fleet_run
         && tokio::time::timeout(GRACE, run).await.is_err()

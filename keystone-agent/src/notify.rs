@@ -12,15 +12,20 @@
 //! fails to connect or gets a 5xx is retried (4 attempts, backoff 0.5 s, 1 s, 2 s); a
 //! 4xx (or 3xx) answer is final. Every failure is logged (the URL without its
 //! credentials, see [`redact_url`]); nothing is reported back to the caller, for whom
-//! `notify` never blocks.
+//! `notify` never blocks. At a clean stop [`Notifier::flush`] delivers what is
+//! queued (within a grace period) before the agent exits, so a deployment that
+//! finished just before a SIGTERM is still reported.
 
 use std::{
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use keystone_api::{Deployment, EventKind, Notification};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{config::NotificationTarget, secrets::redact_url, signing::signed_headers};
 
@@ -73,6 +78,11 @@ fn subscribed(target: &NotificationTarget, event: &str) -> bool {
 /// Sends deployment events to the configured targets.
 pub struct Notifier {
     queues: Mutex<Vec<Queue>>,
+    /// Every delivery task started (also those of removed targets, which end once
+    /// their queue is drained), for [`Notifier::flush`].
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Events queued whose delivery has not ended (delivered, refused or given up).
+    pending: Arc<AtomicUsize>,
     client: ureq::Agent,
     retry: RetryPolicy,
 }
@@ -94,6 +104,8 @@ impl Notifier {
             .into();
         let notifier = Notifier {
             queues: Mutex::new(Vec::new()),
+            workers: Mutex::new(Vec::new()),
+            pending: Arc::new(AtomicUsize::new(0)),
             client,
             retry,
         };
@@ -146,8 +158,36 @@ impl Notifier {
                     reason = %e,
                     "notification dropped: the target's queue is full or closed"
                 );
+            } else {
+                self.pending.fetch_add(1, Ordering::SeqCst);
             }
         }
+    }
+
+    /// At a clean stop: no new events, and waits at most `grace` until every queued
+    /// one is delivered (or refused, or given up after its retries). Returns how many
+    /// were still undelivered then (logged: they are lost with the process).
+    pub async fn flush(&self, grace: Duration) -> usize {
+        // Dropping the senders ends each task once its queue is drained.
+        drop(std::mem::take(
+            &mut *self.queues.lock().expect("notifier lock poisoned"),
+        ));
+        let workers = std::mem::take(&mut *self.workers.lock().expect("notifier lock poisoned"));
+        let finished = tokio::time::timeout(grace, async {
+            for worker in workers {
+                let _ = worker.await;
+            }
+        })
+        .await;
+        let left = self.pending.load(Ordering::SeqCst);
+        if finished.is_err() && left > 0 {
+            tracing::error!(
+                undelivered = left,
+                grace = ?grace,
+                "notifications still undelivered when the agent stopped"
+            );
+        }
+        left
     }
 
     fn spawn(&self, target: NotificationTarget) -> Queue {
@@ -155,11 +195,16 @@ impl Notifier {
         let client = self.client.clone();
         let retry = self.retry;
         let worker_target = target.clone();
-        tokio::spawn(async move {
+        let pending = self.pending.clone();
+        let worker = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 deliver(&client, &worker_target, &event, retry).await;
+                pending.fetch_sub(1, Ordering::SeqCst);
             }
         });
+        let mut workers = self.workers.lock().expect("notifier lock poisoned");
+        workers.retain(|w| !w.is_finished());
+        workers.push(worker);
         Queue { target, tx }
     }
 }
@@ -498,5 +543,41 @@ mod tests {
         // The old target's task ended with its queue: its channel closes, nothing more came.
         drop(notifier);
         assert!(old_rx.try_recv().is_err());
+    }
+
+    /// A stop right after an event: `flush` returns only once it was delivered (here
+    /// on the second attempt, after a 503), and says nothing was left.
+    #[tokio::test]
+    async fn flush_delivers_what_is_queued_before_the_stop() {
+        let (url, mut rx) = receiver(&[503]).await;
+        let notifier = Notifier::with_retry(&[target(&url, None, &[])], fast());
+        notifier.notify(EventKind::Promoted, deployment("d-9", 100.0));
+        assert_eq!(notifier.flush(WAIT).await, 0);
+        // Both attempts had arrived when flush returned: nothing is waited for here.
+        let events: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|(_, body, _)| body["event"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(events, ["promoted", "promoted"]);
+        // After the stop nothing is queued any more (and nothing panics).
+        notifier.notify(EventKind::Step, deployment("d-9", 100.0));
+        assert_eq!(notifier.flush(WAIT).await, 0);
+    }
+
+    /// A receiver that is down for longer than the grace: `flush` gives up when the
+    /// grace ends and counts the event it could not deliver.
+    #[tokio::test]
+    async fn flush_counts_what_the_grace_could_not_deliver() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let slow = RetryPolicy {
+            first_backoff: Duration::from_secs(60),
+            ..fast()
+        };
+        let notifier =
+            Notifier::with_retry(&[target(&format!("http://{dead}/hook"), None, &[])], slow);
+        notifier.notify(EventKind::Promoted, deployment("d-10", 100.0));
+        assert_eq!(notifier.flush(Duration::from_millis(300)).await, 1);
     }
 }

@@ -295,6 +295,12 @@ impl Rollouts {
         }
     }
 
+    /// At a clean stop, after the background tasks: delivers the queued deployment
+    /// notifications within `grace` (see [`Notifier::flush`]).
+    pub async fn flush_notifications(&self, grace: std::time::Duration) -> usize {
+        self.notifier.flush(grace).await
+    }
+
     /// Keeps a copy of the live config's text beside the state.
     pub fn save_config_copy(&self) {
         let Some(store) = self.persistence.store() else {

@@ -68,7 +68,10 @@ pub fn promote(
         .collect::<Result<Vec<_>, _>>()?;
     for context in &chosen {
         let client = connect(context)?;
-        if let Err(stop) = promote_in(args, context, &client, output, out)? {
+        // Every failure in a context names it (an unreachable agent, a missing tenant).
+        let ended = promote_in(args, context, &client, output, out)
+            .map_err(|f| fail(f.code, format!("context {}: {}", context.name, f.message)))?;
+        if let Err(stop) = ended {
             say(
                 out,
                 output,
@@ -104,8 +107,8 @@ fn promote_in(
     out: &mut dyn Write,
 ) -> Result<Result<(), Stop>, Failure> {
     let name = &context.name;
-    let tenant = find_tenant(&typed(&client.get("/tenants")?)?, &args.tenant, name)?;
-    let target = Target::of(&tenant, &args.version, name)?;
+    let tenant = find_tenant(&typed(&client.get("/tenants")?)?, &args.tenant)?;
+    let target = Target::of(&tenant, &args.version)?;
     let list: DeploymentList = typed(&client.get("/deployments")?)?;
     let newest = list
         .deployments
@@ -189,7 +192,7 @@ fn promote_in(
     })
 }
 
-fn find_tenant(list: &TenantList, tenant: &str, context: &str) -> Result<Tenant, Failure> {
+fn find_tenant(list: &TenantList, tenant: &str) -> Result<Tenant, Failure> {
     list.tenants
         .iter()
         .find(|t| t.about.name == tenant)
@@ -198,10 +201,7 @@ fn find_tenant(list: &TenantList, tenant: &str, context: &str) -> Result<Tenant,
             let names: Vec<&str> = list.tenants.iter().map(|t| t.about.name.as_str()).collect();
             fail(
                 exit::REFUSED,
-                format!(
-                    "context {context} has no tenant '{tenant}' (tenants: {})",
-                    names.join(", ")
-                ),
+                format!("no tenant '{tenant}' (tenants: {})", names.join(", ")),
             )
         })
 }
@@ -214,7 +214,7 @@ enum Target {
 }
 
 impl Target {
-    fn of(tenant: &Tenant, version: &str, context: &str) -> Result<Target, Failure> {
+    fn of(tenant: &Tenant, version: &str) -> Result<Target, Failure> {
         if tenant.about.strategy != Strategy::BlueGreen {
             return Ok(Target::Canary {
                 version: version.to_owned(),
@@ -232,7 +232,7 @@ impl Target {
             _ => Err(fail(
                 exit::REFUSED,
                 format!(
-                    "blue/green tenant '{}' in context {context} needs the backends of version {version} in one environment (found: {})",
+                    "blue/green tenant '{}' needs the backends of version {version} in one environment (found: {})",
                     tenant.about.name,
                     if environments.is_empty() {
                         "none".to_owned()

@@ -675,6 +675,32 @@ mod promote {
                  resume with: fix it, then keystone-ctl promote web --version 2 --through dev,staging,production --interval 10ms\n",
         );
     }
+
+    #[test]
+    fn an_unreachable_context_is_an_error_naming_it() {
+        let home = tempfile::tempdir().unwrap();
+        let seen_by = contexts(
+            home.path(),
+            [runs("canary", "completed"), unused(), unused()],
+        );
+        // A port nothing listens on: bound, then let go.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let set = ["config", "set-context", "staging", "--api", &api];
+        assert_eq!(ctl_at(home.path(), &[], &set).code, Some(0));
+        let r = ctl_at(home.path(), &[], &PROMOTE);
+        assert_eq!(r.code, Some(3), "{}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.starts_with(&format!(
+                "keystone-ctl: context staging: cannot reach the agent at {api}/tenants: "
+            )),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(seen(&seen_by[0]).len(), 4, "dev ran first");
+        assert!(seen(&seen_by[2]).is_empty(), "production was never asked");
+    }
 }
 
 #[test]

@@ -1,8 +1,14 @@
-//! `keystone-ctl promote` through two real agents, one lab and one context each: the
-//! canary runs in dev, promotion stops before the gated production (exit 11), the same
-//! command again stops there again, and the command it prints (the same one with
-//! `--approve production`), run word for word, skips dev and promotes production; new
-//! connections then land on the new version in each, and only after its promotion.
+//! `keystone-ctl promote` through real agents, one lab and one context each.
+//!
+//! Two agents: the canary runs in dev, promotion stops before the gated production
+//! (exit 11), the same command again stops there again, and the command it prints (the
+//! same one with `--approve production`), run word for word, skips dev and promotes
+//! production; new connections then land on the new version in each, and only after
+//! its promotion.
+//!
+//! Three agents, the new version down in the middle one: staging's canary rolls back,
+//! promotion stops there (exit 10), dev stays on the new version and production is
+//! never started.
 //! Run with `cargo xtask test -- promote`.
 
 use std::{
@@ -12,14 +18,17 @@ use std::{
     path::Path,
     process::Command,
     thread,
+    time::Duration,
 };
 
-use keystone_api::DeployState;
+use keystone_api::{DeployState, HealthState, TenantList};
 use keystone_lab::{
-    ADMIN_LISTEN, ADMIN_TOKEN, CanaryConfig, HealthCheck, Lab,
+    ADMIN_LISTEN, ADMIN_TOKEN, CanaryConfig, HealthCheck, Lab, Probe,
     helpers::{Setup, assert_all_on, lab_with_agent, tcp, tcp_tenant, v4},
+    ok, wait_for,
 };
 use nix::sched::{CloneFlags, setns};
+use tempfile::TempDir;
 
 /// An agent running tenant `web` on `vip`: blue (1.0.0) takes every new connection,
 /// green (1.1.0) none; canaries step 10 → 40 → 70 → 100 every second.
@@ -98,18 +107,30 @@ fn newest(lab: &Lab) -> Option<(Option<String>, DeployState)> {
     list.into_iter().next().map(|d| (d.version, d.state))
 }
 
-#[test]
-fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
-    let vip = v4(80);
-    let dev = web_lab(vip);
-    let production = web_lab(vip);
+/// `web`'s backends in `lab` as `GET /tenants` shows them: name, effective weight, health.
+fn backends(lab: &Lab) -> Vec<(String, u32, HealthState)> {
+    let json = ok(lab, "GET /tenants", lab.tenants_json());
+    let list: TenantList =
+        serde_json::from_value(json).expect("GET /tenants as keystone-api has it");
+    let web = list.tenants.into_iter().find(|t| t.about.name == "web");
+    web.expect("tenant web")
+        .backends
+        .into_iter()
+        .map(|b| (b.identity.name, b.effective_weight, b.identity.health))
+        .collect()
+}
+
+/// A home for keystone-ctl with one context per lab (`name`, lab, gated), all reading
+/// one token file.
+fn contexts(labs: &[(&str, &Lab, bool)]) -> TempDir {
     let home = tempfile::tempdir().unwrap();
     let token = home.path().join("token");
     let mut file = File::create(&token).unwrap();
     writeln!(file, "{ADMIN_TOKEN}").unwrap();
     let token = token.to_str().unwrap();
-    for (name, lab, gated) in [("dev", &dev, "false"), ("production", &production, "true")] {
+    for (name, lab, gated) in labs {
         let api = admin_api_from_here(lab);
+        let gated = gated.to_string();
         let set = [
             "config",
             "set-context",
@@ -119,23 +140,37 @@ fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
             "--token-file",
             token,
             "--gated",
-            gated,
+            &gated,
         ];
         let (code, out) = ctl(lab, home.path(), &set);
         assert_eq!(code, Some(0), "{out}");
     }
-    let promote = [
+    home
+}
+
+/// `promote web --version 1.1.0 --through <through>`, 60 s for each context.
+fn promote_through(through: &str) -> [&str; 10] {
+    [
         "promote",
         "web",
         "--version",
         "1.1.0",
         "--through",
-        "dev,production",
+        through,
         "--timeout",
         "60s",
         "--interval",
         "200ms",
-    ];
+    ]
+}
+
+#[test]
+fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
+    let vip = v4(80);
+    let dev = web_lab(vip);
+    let production = web_lab(vip);
+    let home = contexts(&[("dev", &dev, false), ("production", &production, true)]);
+    let promote = promote_through("dev,production");
 
     let gate_stop = "stopped before production: it is gated — exit 11\n\
          resume with: keystone-ctl promote web --version 1.1.0 --through dev,production \
@@ -191,5 +226,116 @@ fn promote_goes_through_two_agents_and_stops_before_the_gated_one() {
         "production after its canary",
         &tcp(&production, vip, 200),
         "green",
+    );
+}
+
+/// The new version's server stopped in staging only, so staging's canary fails its
+/// health checks there and rolls back by itself: promotion (production not gated, so
+/// only the rollback stops it) exits 10 naming staging, dev stays on 1.1.0 and
+/// production is never started.
+#[test]
+fn promote_stops_with_exit_10_where_the_version_rolls_back() {
+    let vip = v4(80);
+    let dev = web_lab(vip);
+    let mut staging = web_lab(vip);
+    let production = web_lab(vip);
+    let r = staging.stop_backend("green");
+    ok(&staging, "stopping staging's green", r);
+    let r = wait_for(
+        "staging's green to be down",
+        Duration::from_secs(30),
+        || {
+            let now = backends(&staging);
+            Ok(
+                if now
+                    .iter()
+                    .any(|(b, _, h)| b == "green" && *h == HealthState::Down)
+                {
+                    Probe::Ready(())
+                } else {
+                    Probe::NotYet(format!("{now:?}"))
+                },
+            )
+        },
+    );
+    ok(&staging, "waiting for green's health checks to fail", r);
+    let home = contexts(&[
+        ("dev", &dev, false),
+        ("staging", &staging, false),
+        ("production", &production, false),
+    ]);
+    let production_before = backends(&production);
+
+    let (code, out) = ctl(
+        &dev,
+        home.path(),
+        &promote_through("dev,staging,production"),
+    );
+    assert_eq!(code, Some(10), "{out}\n{}", staging.agent_diagnostics());
+    let canary = staging.deployments().unwrap().into_iter().next();
+    let canary = canary.expect("staging's canary was started");
+    assert!(
+        canary.version.as_deref() == Some("1.1.0")
+            && canary.state == DeployState::RolledBack
+            && canary.canary_percent == 0.0,
+        "staging's canary ended {}\n{}",
+        canary.summary(),
+        canary.history_table()
+    );
+    let id = &canary.id;
+    assert!(
+        out.contains(&format!(
+            "staging: started deployment {id}: canary of web version 1.1.0"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "deployment {id} ended rolled_back: canary 0% \
+             (rolled back: every new backend is failing its health checks"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(&format!(
+            "stopped in staging: deployment {id} ended rolled_back — exit 10\n\
+             resume with: fix it, then keystone-ctl promote web --version 1.1.0 \
+             --through dev,staging,production --timeout 60s --interval 200ms\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("production:"),
+        "production was never started: {out}"
+    );
+
+    assert_eq!(
+        newest(&dev),
+        Some((Some("1.1.0".into()), DeployState::Completed)),
+        "dev stays at 1.1.0"
+    );
+    assert_all_on(
+        &dev,
+        "dev after the promotion stopped",
+        &tcp(&dev, vip, 200),
+        "green",
+    );
+    assert_all_on(
+        &staging,
+        "staging after its rollback",
+        &tcp(&staging, vip, 200),
+        "blue",
+    );
+    assert_eq!(newest(&production), None, "nothing started in production");
+    assert_eq!(
+        backends(&production),
+        production_before,
+        "production's split as before"
+    );
+    assert_all_on(
+        &production,
+        "production after the promotion stopped",
+        &tcp(&production, vip, 200),
+        "blue",
     );
 }
