@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use keystone_api::{DeployState, HealthState, TenantList};
+use keystone_api::{DeployState, HealthState};
 use keystone_lab::{
     ADMIN_LISTEN, ADMIN_TOKEN, CanaryConfig, HealthCheck, Lab, Probe,
     helpers::{Setup, assert_all_on, lab_with_agent, tcp, tcp_tenant, v4},
@@ -109,10 +109,8 @@ fn newest(lab: &Lab) -> Option<(Option<String>, DeployState)> {
 
 /// `web`'s backends in `lab` as `GET /tenants` shows them: name, effective weight, health.
 fn backends(lab: &Lab) -> Vec<(String, u32, HealthState)> {
-    let json = ok(lab, "GET /tenants", lab.tenants_json());
-    let list: TenantList =
-        serde_json::from_value(json).expect("GET /tenants as keystone-api has it");
-    let web = list.tenants.into_iter().find(|t| t.about.name == "web");
+    let tenants = ok(lab, "GET /tenants", lab.tenants());
+    let web = tenants.into_iter().find(|t| t.about.name == "web");
     web.expect("tenant web")
         .backends
         .into_iter()
