@@ -81,8 +81,9 @@ pub struct Persistence {
     store: Option<Store>,
     failures: IntCounterVec,
     status: Mutex<PersistStatus>,
-    /// When a failed state save may be retried in the background.
-    retry_at: Mutex<Option<Instant>>,
+    /// Files whose last write failed, and when it may be tried again in the
+    /// background (the tick retries `state` and `health`, see [`Self::retry_due`]).
+    retry_at: Mutex<BTreeMap<&'static str, Instant>>,
 }
 
 impl Persistence {
@@ -102,7 +103,7 @@ impl Persistence {
                 saved: true,
                 ..Default::default()
             }),
-            retry_at: Mutex::new(None),
+            retry_at: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -164,6 +165,13 @@ impl Persistence {
 
     /// Records how a write of `file` went; passes the result on.
     pub fn record<E: std::fmt::Display>(&self, file: File, result: Result<(), E>) -> Result<(), E> {
+        {
+            let mut retry_at = self.retry_at.lock().expect("retry lock poisoned");
+            match &result {
+                Ok(()) => retry_at.remove(file.name()),
+                Err(_) => retry_at.insert(file.name(), Instant::now() + RETRY),
+            };
+        }
         let mut status = self.status.lock().expect("persist status lock poisoned");
         match &result {
             Ok(()) => {
@@ -188,10 +196,7 @@ impl Persistence {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let result = self.record(File::State, store.save(state));
-        *self.retry_at.lock().expect("retry lock poisoned") =
-            result.is_err().then(|| Instant::now() + RETRY);
-        result
+        self.record(File::State, store.save(state))
     }
 
     /// Saves which checked backends are up and which are down.
@@ -258,11 +263,47 @@ impl Persistence {
             .ok()
     }
 
-    /// Whether a state save failed and is due to be tried again.
-    pub fn state_retry_due(&self) -> bool {
+    /// Whether the last write of `file` failed and is due to be tried again (at most
+    /// once per `RETRY`): without it, a file that failed while the disk was full
+    /// stayed unsaved, and `/health` degraded, until its content next changed.
+    pub fn retry_due(&self, file: File) -> bool {
         self.retry_at
             .lock()
             .expect("retry lock poisoned")
-            .is_some_and(|at| Instant::now() >= at)
+            .get(file.name())
+            .is_some_and(|at| Instant::now() >= *at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A health write that failed (here: `health.json` is a directory, so the
+    /// rename onto it fails) keeps `health` unsaved and due for a retry; the next
+    /// write that works clears both.
+    #[test]
+    fn a_failed_health_write_is_retried_and_a_good_one_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join(HEALTH_FILE);
+        std::fs::create_dir(&blocker).unwrap();
+        let p = Persistence::new(Some(Store::new(dir.path())));
+        p.save_health(Vec::new());
+        assert!(
+            p.status().unsaved.contains_key("health"),
+            "{:?}",
+            p.status()
+        );
+        assert!(!p.retry_due(File::Health), "not before RETRY has passed");
+        // RETRY passed (moved back rather than waited for).
+        p.retry_at
+            .lock()
+            .unwrap()
+            .insert(File::Health.name(), Instant::now());
+        assert!(p.retry_due(File::Health) && !p.retry_due(File::State));
+        std::fs::remove_dir(&blocker).unwrap();
+        p.save_health(Vec::new());
+        assert!(!p.retry_due(File::Health));
+        assert!(p.status().saved && p.status().unsaved.is_empty());
     }
 }

@@ -324,6 +324,10 @@ impl Rollouts {
 
     /// Advances every active deployment; called every `TICK`.
     pub fn tick(&self) {
+        // Health saves only on a change: one that failed (disk full) is tried again.
+        if self.persistence.retry_due(File::Health) {
+            self.persistence.save_health(self.health.known());
+        }
         let mut counters = self.reconciler.counters().ok();
         // Tenants whose config differs between members hold still (see `fleet`).
         let mut held = BTreeMap::new();
@@ -371,7 +375,7 @@ impl Rollouts {
         // A blue/green drain deadline passing changes the desired state once.
         let drains_due = self.drains_due(&runtime, now);
         // A save that failed is tried again (at most once a second) until it works.
-        changed |= self.persistence.state_retry_due();
+        changed |= self.persistence.retry_due(File::State);
         if events.is_empty() {
             if changed {
                 let _ = self.persist(&runtime);

@@ -139,8 +139,17 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
     let r = lab.set_read_only(&dir, false);
     ok(&lab, "remounting the state dir read-write", r);
     switch_completes(&mut lab, "the switch once the disk takes writes", switch);
-    let health = ok(&lab, "GET /health", lab.health());
-    assert_eq!(health.status, HealthStatus::Ok, "{health:#?}");
+    // Every file that failed while the disk was full is written again on its own
+    // (health.json too, which otherwise saves only on a health change).
+    let r = keystone_lab::wait_for("/health to be ok again", SHORT, || {
+        let health = lab.health()?;
+        Ok(if health.status == HealthStatus::Ok {
+            keystone_lab::Probe::Ready(())
+        } else {
+            keystone_lab::Probe::NotYet(format!("{health:#?}"))
+        })
+    });
+    ok(&lab, "/health once the disk takes writes", r);
     let r = lab.stop_agent();
     ok(&lab, "stopping the agent", r);
     let r = lab.start_agent();
