@@ -151,15 +151,17 @@ impl Notifier {
                 deployment: deployment.clone(),
                 sent_at: String::new(),
             };
+            // Counted before it is queued: the worker may deliver it (and count it
+            // done) before try_send returns.
+            self.pending.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = queue.tx.try_send(item) {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(
                     url = %redact_url(&queue.target.url),
                     event = event.name(),
                     reason = %e,
                     "notification dropped: the target's queue is full or closed"
                 );
-            } else {
-                self.pending.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
