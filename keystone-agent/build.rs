@@ -53,9 +53,13 @@ fn ab_variants(root_dir: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&ab_dir).with_context(|| format!("mkdir {}", ab_dir.display()))?;
     // aya-build's cargo target dir is `OUT_DIR/aya-build`: share the first build's,
     // so core and the dependencies are not built twice.
+    // The link is relative, so a copied target directory keeps working; one made by
+    // an older build (absolute, perhaps into a directory since removed) is replaced.
     let shared = ab_dir.join("aya-build");
-    if !shared.exists() {
-        std::os::unix::fs::symlink(out_dir.join("aya-build"), &shared)
+    let relative = std::path::Path::new("../aya-build");
+    if std::fs::read_link(&shared).ok().as_deref() != Some(relative) {
+        let _ = std::fs::remove_file(&shared);
+        std::os::unix::fs::symlink(relative, &shared)
             .with_context(|| format!("symlink {}", shared.display()))?;
     }
     let package = Package {
