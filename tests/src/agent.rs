@@ -128,6 +128,7 @@ impl Lab {
             token: ADMIN_TOKEN.into(),
             tenants,
             webhook: None,
+            notifications: Vec::new(),
             limits: Vec::new(),
         }
     }

@@ -188,6 +188,14 @@ pub struct WebhookConfig {
     pub tolerance: String,
 }
 
+/// One `notifications:` target: where the agent POSTs deployment events, signed with
+/// `secret`.
+#[derive(Clone, Debug)]
+pub struct NotificationTarget {
+    pub url: String,
+    pub secret: String,
+}
+
 /// One VIP with its backends.
 #[derive(Clone, Debug)]
 pub struct Tenant {
@@ -254,6 +262,8 @@ pub struct AgentConfig {
     pub token: String,
     pub tenants: Vec<Tenant>,
     pub webhook: Option<WebhookConfig>,
+    /// The `notifications:` targets.
+    pub notifications: Vec<NotificationTarget>,
     /// The `limits:` section as (field, value), e.g. `("max_backends", 2048)`;
     /// the agent's defaults for fields not listed.
     pub limits: Vec<(String, u32)>,
@@ -284,6 +294,13 @@ impl AgentConfig {
             let _ = writeln!(y, "webhook:");
             let _ = writeln!(y, "  secret: {}", q(&w.secret));
             let _ = writeln!(y, "  tolerance: {}", q(&w.tolerance));
+        }
+        if !self.notifications.is_empty() {
+            let _ = writeln!(y, "notifications:");
+            for n in &self.notifications {
+                let _ = writeln!(y, "  - url: {}", q(&n.url));
+                let _ = writeln!(y, "    secret: {}", q(&n.secret));
+            }
         }
         if !self.limits.is_empty() {
             let _ = writeln!(y, "limits:");
@@ -389,6 +406,7 @@ mod tests {
             admin_listen: "127.0.0.1:9100".into(),
             token: "lab-test-token-0123".into(),
             webhook: None,
+            notifications: Vec::new(),
             limits: vec![("max_vips".into(), 4), ("conn_table_entries".into(), 512)],
             tenants: vec![Tenant {
                 name: "web".into(),
@@ -460,6 +478,10 @@ mod tests {
                 secret: "0123456789abcdef-lab".into(),
                 tolerance: "5m".into(),
             }),
+            notifications: vec![NotificationTarget {
+                url: "http://127.0.0.1:9/events".into(),
+                secret: "lab-notification-secret".into(),
+            }],
             tenants: vec![
                 tenant("web", "198.18.0.10:80", "198.18.11.2", "198.18.12.2")
                     .with_health(HealthCheck::fast_http())
@@ -481,6 +503,7 @@ mod tests {
         let y = cfg.to_yaml();
         for want in [
             "webhook:\n  secret: \"0123456789abcdef-lab\"\n  tolerance: \"5m\"",
+            "notifications:\n  - url: \"http://127.0.0.1:9/events\"\n    secret: \"lab-notification-secret\"",
             "    canary_config:\n      initial_traffic: 10\n      increment: 30\n      interval: \"2s\"\n      max_traffic: 70",
             "    deployment_strategy: blue_green",
             "    active_environment: \"blue\"",

@@ -37,8 +37,8 @@ pub mod xdp;
 pub use agent::{ADMIN_LISTEN, ADMIN_TOKEN, Auth, ok};
 pub use bins::Bins;
 pub use config::{
-    AgentConfig, CanaryConfig, HealthCheck, Protocol, ROLLOUT, Service, SwitchConfig, Tenant,
-    WebhookConfig,
+    AgentConfig, CanaryConfig, HealthCheck, NotificationTarget, Protocol, ROLLOUT, Service,
+    SwitchConfig, Tenant, WebhookConfig,
 };
 pub use deploy::Deployment;
 pub use error::{LabError, Result};

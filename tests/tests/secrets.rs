@@ -10,7 +10,7 @@
 use std::{fs, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use keystone_lab::{
-    ADMIN_TOKEN, Auth, Mode, Probe, Protocol, WebhookConfig,
+    ADMIN_TOKEN, Auth, Mode, NotificationTarget, Probe, Protocol, WebhookConfig,
     agent::AGENT,
     helpers::{BACKEND_PORT, new_lab, vip},
     wait_for,
@@ -66,12 +66,14 @@ fn secret_files_are_private_and_logs_show_no_credentials() {
         tolerance: "5m".into(),
     });
     // Nothing listens on port 9: every delivery fails and is logged, four times.
-    let url = format!("http://ci:{PASSWORD}@127.0.0.1:9/hook?api_key={API_KEY}&team=web");
-    let yaml =
-        cfg.to_yaml().replace(
-            &format!("  token: \"{ADMIN_TOKEN}\""),
-            &format!("  token_file: \"{}\"", token_file.display()),
-        ) + &format!("notifications:\n  - url: \"{url}\"\n    secret: \"{NOTIFY_SECRET}\"\n");
+    cfg.notifications.push(NotificationTarget {
+        url: format!("http://ci:{PASSWORD}@127.0.0.1:9/hook?api_key={API_KEY}&team=web"),
+        secret: NOTIFY_SECRET.into(),
+    });
+    let yaml = cfg.to_yaml().replace(
+        &format!("  token: \"{ADMIN_TOKEN}\""),
+        &format!("  token_file: \"{}\"", token_file.display()),
+    );
     lab.write_config_text(&yaml).expect("config");
     lab.start_agent()
         .unwrap_or_else(|e| panic!("starting keystone-agent: {e}\n{}", lab.diagnostics()));

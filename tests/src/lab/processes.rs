@@ -103,6 +103,11 @@ impl Lab {
         read_lossy(&p.stderr)
     }
 
+    /// The file process `name`'s stderr goes to; it stays after the process is stopped.
+    pub fn stderr_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.record(name)?.stderr.clone())
+    }
+
     /// `Some(status)` once the process has exited.
     pub fn exited(&mut self, name: &str) -> Result<Option<ExitStatus>> {
         let child = self

@@ -8,12 +8,13 @@
 //! and panics with the agent's output, its deployments and counters when something
 //! is off.
 //!
-//! One file per topic: `canary`, `blue_green`, `webhook`, `restart`, `ci`; what
+//! One file per topic: `canary`, `blue_green`, `webhook`, `restart`, `ci`, `notify`; what
 //! several share is here.
 
 mod blue_green;
 mod canary;
 mod ci;
+mod notify;
 mod restart;
 mod webhook;
 
