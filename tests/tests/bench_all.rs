@@ -29,7 +29,7 @@ fn bench_all_dry_run_lists_every_bench_command_in_order() {
         .collect();
     let expected = [
         ("bench packet", "packet"),
-        ("bench e2e --rounds 3", "e2e"),
+        ("bench e2e --compare-hooks --rounds 3", "e2e"),
         (
             "bench e2e --topology bridge --compare-hooks --rounds 3",
             "e2e-bridge",

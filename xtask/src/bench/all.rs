@@ -21,7 +21,9 @@ const QUIET_LOAD_PER_CPU: f64 = 1.5;
 /// `cargo xtask bench`).
 const COMMANDS: [(&str, &[&str]); 6] = [
     ("packet", &["packet"]),
-    ("e2e", &["e2e", "--rounds", "3"]),
+    // Every hook against the peers: native XDP is the agent's default, tc is what
+    // `attach: auto` picks on a veth like the lab's.
+    ("e2e", &["e2e", "--compare-hooks", "--rounds", "3"]),
     (
         "e2e-bridge",
         &[
